@@ -1,0 +1,56 @@
+-- Receiving: a peer INSERTs a change record into synclink.inbox; this applies it and keeps
+-- nothing. Runs as the role the peer connects as, which therefore needs write access to the
+-- linked tables (and EXECUTE on synclink.apply, a superuser has both).
+CREATE FUNCTION synclink.receive() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM synclink.apply(NEW.origin, NEW.sender, NEW.target_schema, NEW.target_table,
+                           NEW.op, NEW.new_rows, NEW.old_rows);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER receive BEFORE INSERT ON synclink.inbox
+    FOR EACH ROW EXECUTE FUNCTION synclink.receive();
+
+-- A peer asking this node to set up or remove its half of a link.
+CREATE FUNCTION synclink.serve_request() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM synclink.handle_request(NEW.from_node, NEW.action, NEW.body);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER serve BEFORE INSERT ON synclink.request
+    FOR EACH ROW EXECUTE FUNCTION synclink.serve_request();
+
+-- The data path is not for application roles: with these an ordinary role could write rows
+-- that are never captured, or send rows to a peer that were never written here.
+REVOKE ALL ON FUNCTION synclink.apply(text, text, text, text, "char", text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION synclink.ship(integer, "char", text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb) FROM PUBLIC;
+
+CREATE VIEW @extschema@.sync_status AS
+SELECT l.relid            AS "table",
+       l.peer_name        AS peer,
+       p.node_name        AS peer_node,
+       format('%I.%I', l.peer_schema, l.peer_table) AS peer_table,
+       l.mode,
+       l.key_columns      AS key,
+       l.columns,
+       l.initiator,
+       p.conninfo,
+       l.created_at
+  FROM synclink.link l
+  JOIN synclink.peer p USING (peer_name)
+ ORDER BY l.relid::text, l.peer_name;
+GRANT SELECT ON @extschema@.sync_status TO PUBLIC;
+
+CREATE FUNCTION synclink.before_drop() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'synclink_before_drop';
+CREATE EVENT TRIGGER synclink_before_drop ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION')
+    EXECUTE FUNCTION synclink.before_drop();

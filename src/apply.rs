@@ -1,0 +1,260 @@
+//! The receiving side: a change record delivered into `synclink.inbox` is applied here,
+//! set-based, as an upsert or delete by the link's key. Applying is idempotent, so a record
+//! delivered twice leaves the table as once.
+//!
+//! While a record is applied, the backend remembers which node it came from; the capture
+//! triggers that fire on the applied rows ask `applying_from()` and do not send the rows back.
+//! This marker lives in backend memory and only this function sets it, so unlike a GUC it
+//! cannot be set by an application role to silence replication.
+
+use crate::error::{OrRaise, SqlError};
+use crate::sql::{ident, join, qualified};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+
+#[derive(thiserror::Error, Debug)]
+pub enum ApplyError {
+    #[error("change from unknown node \"{0}\"")]
+    UnknownSender(String),
+    #[error("table {schema}.{table} is not linked with node \"{node}\"")]
+    NotLinked { schema: String, table: String, node: String },
+    #[error("unknown change operation \"{0}\"")]
+    BadOp(String),
+}
+
+impl SqlError for ApplyError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            ApplyError::UnknownSender(_) | ApplyError::NotLinked { .. } => {
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT
+            }
+            ApplyError::BadOp(_) => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            ApplyError::UnknownSender(_) => "Register the sending database here with sync_add_peer().".into(),
+            ApplyError::NotLinked { .. } => "Link the table again with sync_link_table() on either node.".into(),
+            ApplyError::BadOp(_) => "The sending node runs an incompatible synclink version.".into(),
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Applying {
+    origin: String,
+    sender: String,
+}
+
+thread_local! {
+    static APPLYING: RefCell<Option<Applying>> = const { RefCell::new(None) };
+}
+
+/// The node a change being applied right now started on, if any: captures during apply
+/// keep that origin so a hub forwards it without sending it back.
+pub fn current_origin() -> Option<String> {
+    APPLYING.with(|a| a.borrow().as_ref().map(|x| x.origin.clone()))
+}
+
+/// True while synclink applies a change that came from, or started on, `node`.
+#[pg_extern(stable, parallel_restricted, schema = "synclink")]
+fn applying_from(node: &str) -> bool {
+    APPLYING.with(|a| {
+        a.borrow().as_ref().is_some_and(|x| x.origin == node || x.sender == node)
+    })
+}
+
+pub struct ApplySpec<'a> {
+    pub table: String,
+    pub row_type: &'a str,
+    pub columns: &'a [String],
+    pub key: &'a [String],
+    /// Columns whose type has no equality operator (json, point, …): compared as text.
+    pub text_compare: &'a [String],
+}
+
+fn compared(spec: &ApplySpec, alias: &str, col: &str) -> String {
+    if spec.text_compare.iter().any(|c| c == col) {
+        format!("{alias}.{}::text", ident(col))
+    } else {
+        format!("{alias}.{}", ident(col))
+    }
+}
+
+/// Insert the rows, or update the row with the same key when it differs.
+pub fn upsert_sql(spec: &ApplySpec) -> String {
+    let cols = join(spec.columns, ", ", |c| ident(c));
+    let select = join(spec.columns, ", ", |c| format!("r.{}", ident(c)));
+    let keys = join(spec.key, ", ", |c| ident(c));
+    let rest: Vec<String> = spec.columns.iter().filter(|c| !spec.key.contains(c)).cloned().collect();
+    let action = if rest.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!(
+            "DO UPDATE SET {}\n WHERE ({}) IS DISTINCT FROM ({})",
+            join(&rest, ", ", |c| format!("{c} = EXCLUDED.{c}", c = ident(c))),
+            join(&rest, ", ", |c| compared(spec, "t", c)),
+            join(&rest, ", ", |c| compared(spec, "EXCLUDED", c)),
+        )
+    };
+    format!(
+        "INSERT INTO {table} AS t ({cols}) OVERRIDING SYSTEM VALUE\n\
+         SELECT {select} FROM unnest($1::{row}[]) r\n\
+         ON CONFLICT ({keys}) {action}",
+        table = spec.table,
+        row = spec.row_type,
+    )
+}
+
+/// Delete the rows whose key is in the record.
+pub fn delete_sql(spec: &ApplySpec) -> String {
+    format!(
+        "DELETE FROM {table} t USING unnest($1::{row}[]) r WHERE {cond}",
+        table = spec.table,
+        row = spec.row_type,
+        cond = join(spec.key, " AND ", |k| format!("t.{k} = r.{k}", k = ident(k))),
+    )
+}
+
+struct Target {
+    table: String,
+    row_type: String,
+    columns: Vec<String>,
+    key: Vec<String>,
+    text_compare: Vec<String>,
+}
+
+/// Columns of a composite type whose type has no default equality operator.
+fn text_compare_columns(row_type: &str) -> Vec<String> {
+    let typed: Vec<(String, pg_sys::Oid)> = Spi::connect(|c| {
+        c.select(
+            "SELECT a.attname::text, a.atttypid FROM pg_attribute a \
+             WHERE a.attrelid = (SELECT typrelid FROM pg_type WHERE oid = $1::regtype) \
+               AND a.attnum > 0 AND NOT a.attisdropped",
+            None,
+            &[row_type.into()],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get::<String>(1).unwrap().unwrap(), r.get::<pg_sys::Oid>(2).unwrap().unwrap()))
+        .collect()
+    });
+    typed
+        .into_iter()
+        .filter(|(_, oid)| unsafe {
+            // The type cache knows whether '=' exists, including for arrays and domains.
+            let tc = pg_sys::lookup_type_cache(*oid, pg_sys::TYPECACHE_EQ_OPR as i32);
+            (*tc).eq_opr == pg_sys::InvalidOid
+        })
+        .map(|(n, _)| n)
+        .collect()
+}
+
+fn target(sender: &str, schema: &str, table: &str) -> Result<Target, ApplyError> {
+    let peer = crate::peer::find_by_node(sender).ok_or_else(|| ApplyError::UnknownSender(sender.into()))?;
+    let row = Spi::connect(|c| {
+        c.select(
+            "SELECT row_type, columns, key_columns, relid::oid FROM synclink.link \
+             WHERE peer_name = $1 AND relid = to_regclass(format('%I.%I', $2::text, $3::text))",
+            None,
+            &[peer.name.as_str().into(), schema.into(), table.into()],
+        )
+        .unwrap()
+        .into_iter()
+        .next()
+        .map(|r| {
+            (
+                r.get::<String>(1).unwrap().unwrap(),
+                r.get::<Vec<String>>(2).unwrap().unwrap(),
+                r.get::<Vec<String>>(3).unwrap().unwrap(),
+            )
+        })
+    });
+    let (row_type, columns, key) = row.ok_or_else(|| ApplyError::NotLinked {
+        schema: schema.into(),
+        table: table.into(),
+        node: sender.into(),
+    })?;
+    let text_compare = text_compare_columns(&row_type);
+    Ok(Target { table: qualified(schema, table), row_type, columns, key, text_compare })
+}
+
+/// Apply one change record. Called by the inbox trigger on behalf of a peer.
+#[pg_extern(schema = "synclink")]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    origin: &str,
+    sender: &str,
+    target_schema: &str,
+    target_table: &str,
+    op: i8,
+    new_rows: Option<&str>,
+    old_rows: Option<&str>,
+) -> i64 {
+    let t = target(sender, target_schema, target_table).or_raise();
+    let spec = ApplySpec {
+        table: t.table.clone(),
+        row_type: &t.row_type,
+        columns: &t.columns,
+        key: &t.key,
+        text_compare: &t.text_compare,
+    };
+    let (sql, rows) = match op as u8 {
+        b'I' | b'U' => (upsert_sql(&spec), new_rows),
+        b'D' | b'K' => (delete_sql(&spec), old_rows),
+        b'T' => (format!("DELETE FROM {}", t.table), None),
+        other => crate::error::raise(ApplyError::BadOp((other as char).to_string())),
+    };
+    APPLYING.with(|a| {
+        *a.borrow_mut() = Some(Applying { origin: origin.into(), sender: sender.into() })
+    });
+    PgTryBuilder::new(|| {
+        Spi::connect_mut(|c| {
+            let args = match rows {
+                Some(r) => vec![r.into()],
+                None if op as u8 == b'T' => vec![],
+                None => return 0,
+            };
+            c.update(sql.as_str(), None, &args).unwrap().len() as i64
+        })
+    })
+    .finally(|| APPLYING.with(|a| *a.borrow_mut() = None))
+    .execute()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn upsert_updates_only_changed_rows() {
+        let cols = strings(&["id", "name", "doc"]);
+        let key = strings(&["id"]);
+        let tc = strings(&["doc"]);
+        let spec = ApplySpec { table: "\"public\".\"p\"".into(), row_type: "synclink.\"p_row\"", columns: &cols, key: &key, text_compare: &tc };
+        let sql = upsert_sql(&spec);
+        assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE SET \"name\" = EXCLUDED.\"name\", \"doc\" = EXCLUDED.\"doc\""), "{sql}");
+        assert!(sql.contains("(t.\"name\", t.\"doc\"::text) IS DISTINCT FROM (EXCLUDED.\"name\", EXCLUDED.\"doc\"::text)"), "{sql}");
+        assert!(sql.contains("OVERRIDING SYSTEM VALUE"));
+    }
+
+    #[test]
+    fn upsert_of_key_only_table_does_nothing_on_conflict() {
+        let cols = strings(&["a", "b"]);
+        let spec = ApplySpec { table: "t".into(), row_type: "r", columns: &cols, key: &cols, text_compare: &[] };
+        assert!(upsert_sql(&spec).ends_with("ON CONFLICT (\"a\", \"b\") DO NOTHING"));
+    }
+
+    #[test]
+    fn delete_matches_every_key_column() {
+        let cols = strings(&["a", "b", "v"]);
+        let key = strings(&["a", "b"]);
+        let spec = ApplySpec { table: "t".into(), row_type: "r", columns: &cols, key: &key, text_compare: &[] };
+        assert_eq!(delete_sql(&spec), "DELETE FROM t t USING unnest($1::r[]) r WHERE t.\"a\" = r.\"a\" AND t.\"b\" = r.\"b\"");
+    }
+}

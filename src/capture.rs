@@ -1,0 +1,166 @@
+//! The capture side: one generated PL/pgSQL trigger function per link, fired once per
+//! statement with its transition tables, packing the changed rows into change records of up
+//! to CHUNK_ROWS rows each and handing them to `synclink.ship`.
+
+use crate::sql::{ident, join, literal};
+
+/// Rows per change record: large enough that a bulk statement costs a handful of round trips,
+/// small enough that one record stays a few megabytes.
+pub const CHUNK_ROWS: usize = 5000;
+
+pub struct CaptureSpec<'a> {
+    pub link_id: i32,
+    pub function: &'a str,
+    pub table_display: &'a str,
+    pub peer_name: &'a str,
+    pub peer_node: &'a str,
+    pub row_type: &'a str,
+    pub columns: &'a [String],
+    pub key: &'a [String],
+}
+
+/// `ROW(alias."a", alias."b")::synclink."t_row"` for the link's wire columns.
+fn row_expr(spec: &CaptureSpec, alias: &str) -> String {
+    format!(
+        "ROW({})::{}",
+        join(spec.columns, ", ", |c| format!("{alias}.{}", ident(c))),
+        spec.row_type
+    )
+}
+
+/// The SELECT that turns `source` rows into chunked text arrays.
+fn chunks(spec: &CaptureSpec, source: &str, filter: &str) -> String {
+    format!(
+        "SELECT array_agg({row})::text AS rows\n\
+         \x20             FROM (SELECT *, (row_number() OVER () - 1) / {CHUNK_ROWS} AS \"synclink$part\"\n\
+         \x20                     FROM {source} s{filter}) r\n\
+         \x20            GROUP BY r.\"synclink$part\"",
+        row = row_expr(spec, "r"),
+    )
+}
+
+fn ship_loop(spec: &CaptureSpec, query: &str, op: char, new_or_old: &str) -> String {
+    let args = if new_or_old == "new" { "part.rows, NULL" } else { "NULL, part.rows" };
+    format!(
+        "        FOR part IN\n            {query}\n        LOOP\n            \
+         PERFORM synclink.ship({}, '{op}', {args});\n        END LOOP;\n",
+        spec.link_id
+    )
+}
+
+pub fn function_sql(spec: &CaptureSpec) -> String {
+    let key_match = join(spec.key, " AND ", |k| format!("n.{k} = s.{k}", k = ident(k)));
+    let vanished = format!("\n                     WHERE NOT EXISTS (SELECT FROM new_rows n WHERE {key_match})");
+    format!(
+        r#"CREATE FUNCTION {function}() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET "DateStyle" = 'ISO, YMD'
+    SET "IntervalStyle" = 'postgres'
+    SET bytea_output = 'hex'
+    SET extra_float_digits = '3'
+AS $synclink$
+-- Captures changes to {table} for peer {peer} (synclink link {id}).
+-- Made by sync_link_table(); sync_unlink_table() drops it.
+-- Rows travel as {row_type}[] in text form, {CHUNK_ROWS} rows per change record at most.
+-- The session settings above make that text mean the same on the receiving side.
+DECLARE
+    part record;
+BEGIN
+    -- A change synclink is applying from this peer is not sent back to it.
+    IF synclink.applying_from({peer_node}) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+{insert}    ELSIF TG_OP = 'UPDATE' THEN
+        -- Keys that no longer exist after the statement are removed first, across the whole
+        -- statement, so a key that moved into another chunk is never deleted after its upsert.
+{vanish}{update}    ELSIF TG_OP = 'DELETE' THEN
+{delete}    ELSE
+        PERFORM synclink.ship({id}, 'T', NULL, NULL);
+    END IF;
+    RETURN NULL;
+END
+$synclink$"#,
+        function = spec.function,
+        table = spec.table_display,
+        peer = literal(spec.peer_name),
+        id = spec.link_id,
+        row_type = spec.row_type,
+        peer_node = literal(spec.peer_node),
+        insert = ship_loop(spec, &chunks(spec, "new_rows", ""), 'I', "new"),
+        vanish = ship_loop(spec, &chunks(spec, "old_rows", &vanished), 'K', "old"),
+        update = ship_loop(spec, &chunks(spec, "new_rows", ""), 'U', "new"),
+        delete = ship_loop(spec, &chunks(spec, "old_rows", ""), 'D', "old"),
+    )
+}
+
+/// The statement triggers that call the capture function, one per event.
+pub fn trigger_sqls(table: &str, function: &str, peer_name: &str) -> Vec<(String, String)> {
+    let events = [
+        ("insert", "INSERT", "REFERENCING NEW TABLE AS new_rows "),
+        ("update", "UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "),
+        ("delete", "DELETE", "REFERENCING OLD TABLE AS old_rows "),
+        ("truncate", "TRUNCATE", ""),
+    ];
+    events
+        .iter()
+        .map(|(suffix, event, referencing)| {
+            let name = format!("synclink_{peer_name}_{suffix}");
+            let sql = format!(
+                "CREATE TRIGGER {} AFTER {event} ON {table} {referencing}FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+                ident(&name)
+            );
+            (name, sql)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec<'a>(cols: &'a [String], key: &'a [String]) -> CaptureSpec<'a> {
+        CaptureSpec {
+            link_id: 7,
+            function: "synclink.\"products_b_capture\"",
+            table_display: "public.products",
+            peer_name: "b",
+            peer_node: "shop_abc123",
+            row_type: "synclink.\"products_b_row\"",
+            columns: cols,
+            key,
+        }
+    }
+
+    #[test]
+    fn capture_function_ships_every_operation() {
+        let cols = vec!["id".to_string(), "Name \"x\"".to_string()];
+        let key = vec!["id".to_string()];
+        let sql = function_sql(&spec(&cols, &key));
+        for op in ["'I'", "'U'", "'K'", "'D'", "'T'"] {
+            assert!(sql.contains(&format!("synclink.ship(7, {op}")), "{op} missing in\n{sql}");
+        }
+        assert!(sql.contains("ROW(r.\"id\", r.\"Name \"\"x\"\"\")::synclink.\"products_b_row\""));
+        assert!(sql.contains("n.\"id\" = s.\"id\""));
+        assert!(sql.contains("synclink.applying_from('shop_abc123')"));
+        assert!(sql.contains("SECURITY DEFINER") && sql.contains("SET search_path = pg_catalog, pg_temp"));
+    }
+
+    #[test]
+    fn composite_key_matches_all_columns() {
+        let cols = vec!["a".to_string(), "b".to_string(), "v".to_string()];
+        let key = vec!["a".to_string(), "b".to_string()];
+        let sql = function_sql(&spec(&cols, &key));
+        assert!(sql.contains("n.\"a\" = s.\"a\" AND n.\"b\" = s.\"b\""));
+    }
+
+    #[test]
+    fn triggers_reference_the_right_transition_tables() {
+        let t = trigger_sqls("\"public\".\"products\"", "synclink.\"f\"", "b");
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[0].0, "synclink_b_insert");
+        assert!(t[1].1.contains("OLD TABLE AS old_rows NEW TABLE AS new_rows"));
+        assert!(!t[3].1.contains("REFERENCING"));
+    }
+}

@@ -1,0 +1,525 @@
+//! Linking a table with a peer: validation on both sides, the objects each side makes
+//! (row type, capture function, statement triggers), and the request that makes the peer set
+//! up its half so one call links both directions.
+
+use crate::capture::{self, CaptureSpec};
+use crate::error::{notice, raise, OrRaise, SqlError};
+use crate::peer::{self, Peer, PeerError};
+use crate::remote::catching;
+use crate::sql::{ident, join, object_name, qualified};
+use pgrx::prelude::*;
+use pgrx::PgRelation;
+use serde::{Deserialize, Serialize};
+
+#[derive(thiserror::Error, Debug)]
+pub enum LinkError {
+    #[error("table {0} has no primary key")]
+    NoPrimaryKey(String),
+    #[error("table {table} does not exist on node \"{node}\"")]
+    MissingTable { table: String, node: String },
+    #[error("table {table} has different columns on node \"{node}\"")]
+    ColumnMismatch { table: String, node: String, differences: Vec<String> },
+    #[error("table {table} on node \"{node}\" has no primary key or unique index on ({key})")]
+    KeyMismatch { table: String, node: String, key: String },
+    #[error("table {table} is not linked with peer \"{peer}\"")]
+    NotLinked { table: String, peer: String },
+    #[error("table {0} is already linked differently on node \"{1}\"")]
+    LinkedDifferently(String, String),
+    #[error("unknown request \"{0}\" from a peer")]
+    BadRequest(String),
+}
+
+impl SqlError for LinkError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            LinkError::NoPrimaryKey(_) | LinkError::KeyMismatch { .. } => ERRCODE_INVALID_TABLE_DEFINITION,
+            LinkError::MissingTable { .. } => ERRCODE_UNDEFINED_TABLE,
+            LinkError::ColumnMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
+            LinkError::NotLinked { .. } => ERRCODE_UNDEFINED_OBJECT,
+            LinkError::LinkedDifferently(..) => ERRCODE_DUPLICATE_OBJECT,
+            LinkError::BadRequest(_) => ERRCODE_PROTOCOL_VIOLATION,
+        }
+    }
+    fn detail(&self) -> Option<String> {
+        match self {
+            LinkError::ColumnMismatch { differences, .. } => Some(differences.join("; ")),
+            _ => None,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            LinkError::NoPrimaryKey(t) => format!("synclink matches rows by key: ALTER TABLE {t} ADD PRIMARY KEY (...)."),
+            LinkError::MissingTable { .. } => "Create the table on that node with the same columns first (synclink copies rows, not table definitions).".into(),
+            LinkError::ColumnMismatch { .. } => "Both tables need the same column names with compatible types; generated columns are recomputed on each side and must be generated on both.".into(),
+            LinkError::KeyMismatch { .. } => "Give the table on that node the same primary key.".into(),
+            LinkError::NotLinked { .. } => "sync_status lists the linked tables.".into(),
+            LinkError::LinkedDifferently(..) => "Run sync_unlink_table() for it first, then link again.".into(),
+            LinkError::BadRequest(_) => "Both nodes must run the same synclink version.".into(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WireColumn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub base_type: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub wire: WireColumn,
+    pub generated: bool,
+}
+
+pub struct TableInfo {
+    pub oid: pg_sys::Oid,
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<Column>,
+    pub primary_key: Option<Vec<String>>,
+    pub unique_keys: Vec<Vec<String>>,
+}
+
+impl TableInfo {
+    pub fn display(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+    /// Columns that travel: everything but generated columns, in the table's order.
+    pub fn wire_columns(&self) -> Vec<WireColumn> {
+        self.columns.iter().filter(|c| !c.generated).map(|c| c.wire.clone()).collect()
+    }
+}
+
+/// Catalog facts about a table. Types are printed with search_path = pg_catalog (set on every
+/// synclink function), so a user type shows schema-qualified on both nodes.
+pub fn describe(oid: pg_sys::Oid) -> TableInfo {
+    Spi::connect(|c| {
+        let head = c
+            .select(
+                "SELECT n.nspname::text, cl.relname::text FROM pg_class cl \
+                 JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = $1",
+                None,
+                &[oid.into()],
+            )
+            .unwrap()
+            .first();
+        let schema: String = head.get(1).unwrap().unwrap();
+        let name: String = head.get(2).unwrap().unwrap();
+        let columns = c
+            .select(
+                "SELECT attname::text, format_type(atttypid, atttypmod), format_type(atttypid, NULL), \
+                        attgenerated <> '' FROM pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                None,
+                &[oid.into()],
+            )
+            .unwrap()
+            .into_iter()
+            .map(|r| Column {
+                wire: WireColumn {
+                    name: r.get(1).unwrap().unwrap(),
+                    type_name: r.get(2).unwrap().unwrap(),
+                    base_type: r.get(3).unwrap().unwrap(),
+                },
+                generated: r.get(4).unwrap().unwrap(),
+            })
+            .collect();
+        let mut primary_key = None;
+        let mut unique_keys = Vec::new();
+        let keys = c
+            .select(
+                "SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord) \
+                 FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
+                   AND i.indisvalid \
+                 GROUP BY i.indexrelid, i.indisprimary \
+                 HAVING bool_and(a.attnotnull)",
+                None,
+                &[oid.into()],
+            )
+            .unwrap();
+        for r in keys {
+            let is_pk: bool = r.get(1).unwrap().unwrap();
+            let cols: Vec<String> = r.get(2).unwrap().unwrap();
+            if is_pk {
+                primary_key = Some(cols.clone());
+            }
+            unique_keys.push(cols);
+        }
+        TableInfo { oid, schema, name, columns, primary_key, unique_keys }
+    })
+}
+
+fn lookup(schema: &str, table: &str) -> Option<pg_sys::Oid> {
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT to_regclass(format('%I.%I', $1::text, $2::text))::oid",
+        &[schema.into(), table.into()],
+    )
+    .unwrap()
+}
+
+/// Types that carry the same values in text form either way.
+fn compatible(a: &str, b: &str) -> bool {
+    let strings = ["text", "character varying"];
+    a == b || (strings.contains(&a) && strings.contains(&b))
+}
+
+/// Compare the columns a peer sends with ours; every difference is listed, not just the first.
+pub fn column_differences(local: &[Column], wire: &[WireColumn]) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for w in wire {
+        match local.iter().find(|c| c.wire.name == w.name) {
+            None => diffs.push(format!("column \"{}\" is missing", w.name)),
+            Some(c) if c.generated => diffs.push(format!("column \"{}\" is generated on one side only", w.name)),
+            Some(c) if !compatible(&c.wire.base_type, &w.base_type) => diffs.push(format!(
+                "column \"{}\" is {} here but {} on the other side",
+                w.name, c.wire.type_name, w.type_name
+            )),
+            Some(_) => {}
+        }
+    }
+    for c in local.iter().filter(|c| !c.generated) {
+        if !wire.iter().any(|w| w.name == c.wire.name) {
+            diffs.push(format!("column \"{}\" exists only here", c.wire.name));
+        }
+    }
+    diffs
+}
+
+fn same_set(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LinkRequest {
+    schema: String,
+    table: String,
+    columns: Vec<WireColumn>,
+    key: Vec<String>,
+    initiator: String,
+    from_schema: String,
+    from_table: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UnlinkRequest {
+    schema: String,
+    table: String,
+}
+
+pub struct Link {
+    pub id: i32,
+    pub relid: pg_sys::Oid,
+    pub peer_name: String,
+    pub peer_schema: String,
+    pub peer_table: String,
+    pub row_type: String,
+    pub capture_function: String,
+    pub triggers: Vec<String>,
+}
+
+fn load(where_sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Option<Link> {
+    Spi::connect(|c| {
+        c.select(
+            &format!(
+                "SELECT link_id, relid::oid, peer_name, peer_schema, peer_table, row_type, \
+                        capture_function, triggers FROM synclink.link WHERE {where_sql}"
+            ),
+            None,
+            &args,
+        )
+        .unwrap()
+        .into_iter()
+        .next()
+        .map(|r| Link {
+            id: r.get(1).unwrap().unwrap(),
+            relid: r.get(2).unwrap().unwrap(),
+            peer_name: r.get(3).unwrap().unwrap(),
+            peer_schema: r.get(4).unwrap().unwrap(),
+            peer_table: r.get(5).unwrap().unwrap(),
+            row_type: r.get(6).unwrap().unwrap(),
+            capture_function: r.get(7).unwrap().unwrap(),
+            triggers: r.get(8).unwrap().unwrap(),
+        })
+    })
+}
+
+pub fn find(relid: pg_sys::Oid, peer: &str) -> Option<Link> {
+    load("relid = $1 AND peer_name = $2", vec![relid.into(), peer.into()])
+}
+
+/// A name in schema synclink not yet taken by a type or function.
+fn free_name(base: &str, suffix: &str, id: i32) -> String {
+    let taken = |n: &str| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_type WHERE typname = $1 AND typnamespace = 'synclink'::regnamespace) \
+                 OR EXISTS (SELECT 1 FROM pg_proc WHERE proname = $1 AND pronamespace = 'synclink'::regnamespace)",
+            &[n.into()],
+        )
+        .unwrap()
+        .unwrap_or(false)
+    };
+    let name = object_name(base, suffix, id);
+    if !taken(&name) {
+        return name;
+    }
+    object_name(&format!("{base}_{id}"), suffix, id)
+}
+
+/// Make this node's half of a link and record it. Both sides use the same wire column order.
+fn create_local(
+    info: &TableInfo,
+    peer: &Peer,
+    wire: &[WireColumn],
+    key: &[String],
+    initiator: &str,
+    peer_schema: &str,
+    peer_table: &str,
+) -> i32 {
+    let id = Spi::get_one::<i32>("SELECT nextval('synclink.link_link_id_seq')::int").unwrap().unwrap();
+    let base = format!("{}_{}", info.name, peer.name);
+    let row_type = qualified("synclink", &free_name(&base, "row", id));
+    let function = qualified("synclink", &free_name(&base, "capture", id));
+    // Our own column types, in the agreed order: the peer's text form is parsed into these.
+    let attrs = join(wire, ", ", |w| {
+        let local = info.columns.iter().find(|c| c.wire.name == w.name).expect("validated column");
+        format!("{} {}", ident(&w.name), local.wire.type_name)
+    });
+    Spi::run(&format!("CREATE TYPE {row_type} AS ({attrs})")).unwrap();
+    let columns: Vec<String> = wire.iter().map(|w| w.name.clone()).collect();
+    let table = info.display();
+    let spec = CaptureSpec {
+        link_id: id,
+        function: &function,
+        table_display: &format!("{}.{}", info.schema, info.name),
+        peer_name: &peer.name,
+        peer_node: &peer.node_name,
+        row_type: &row_type,
+        columns: &columns,
+        key,
+    };
+    Spi::run(&capture::function_sql(&spec)).unwrap();
+    Spi::run(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC")).unwrap();
+    let mut triggers = Vec::new();
+    for (name, sql) in capture::trigger_sqls(&table, &function, &peer.name) {
+        Spi::run(&sql).unwrap();
+        triggers.push(name);
+    }
+    Spi::run_with_args(
+        "INSERT INTO synclink.link (link_id, relid, peer_name, peer_schema, peer_table, columns, \
+             key_columns, initiator, row_type, capture_function, triggers) \
+         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            id.into(),
+            info.oid.into(),
+            peer.name.as_str().into(),
+            peer_schema.into(),
+            peer_table.into(),
+            columns.into(),
+            key.to_vec().into(),
+            initiator.into(),
+            row_type.as_str().into(),
+            function.as_str().into(),
+            triggers.into(),
+        ],
+    )
+    .unwrap();
+    id
+}
+
+/// Remove exactly what create_local made.
+fn drop_local(link: &Link) {
+    let table = Spi::get_one_with_args::<String>(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[link.relid.into()],
+    )
+    .unwrap();
+    if let Some(table) = table {
+        for t in &link.triggers {
+            Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t))).unwrap();
+        }
+    }
+    Spi::run(&format!("DROP FUNCTION IF EXISTS {}()", link.capture_function)).unwrap();
+    Spi::run(&format!("DROP TYPE IF EXISTS {}", link.row_type)).unwrap();
+    Spi::run_with_args("DELETE FROM synclink.link WHERE link_id = $1", &[link.id.into()]).unwrap();
+}
+
+/// Ask the peer to act on its half. A connection failure becomes a clear error; an error the
+/// peer raises (its table is missing, its columns differ…) reaches the user unchanged.
+fn request(peer: &Peer, action: &str, body: serde_json::Value) -> Result<(), PeerError> {
+    let sql = format!("INSERT INTO {} (from_node, action, body) VALUES ($1, $2, $3)", peer.foreign("request"));
+    let local = crate::node::local_name();
+    let body = pgrx::JsonB(body);
+    match catching(|| Spi::run_with_args(&sql, &[local.as_str().into(), action.into(), body.into()])) {
+        Ok(r) => {
+            r.unwrap();
+            Ok(())
+        }
+        Err(f) if f.is_connection() => Err(peer::unreachable(&peer.name, f)),
+        Err(f) => crate::remote::reraise(f),
+    }
+}
+
+fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>) -> bool {
+    let peer = peer::resolve(peer_name).or_raise();
+    let info = describe(relid);
+    let key = info.primary_key.clone().unwrap_or_else(|| raise(LinkError::NoPrimaryKey(info.display())));
+    if find(relid, &peer.name).is_some() {
+        notice(&format!("table {} is already linked with peer \"{}\", skipping", info.display(), peer.name));
+        return false;
+    }
+    let wire = info.wire_columns();
+    let local = crate::node::local_name();
+    create_local(&info, &peer, &wire, &key, &local, &info.schema, &info.name);
+    let body = LinkRequest {
+        schema: info.schema.clone(),
+        table: info.name.clone(),
+        columns: wire,
+        key,
+        initiator: local,
+        from_schema: info.schema.clone(),
+        from_table: info.name.clone(),
+    };
+    request(&peer, "link", serde_json::to_value(body).unwrap()).or_raise();
+    true
+}
+
+/// Mirror a table with a peer, both directions. Returns false when it was already linked.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_link_table(tbl: PgRelation, peer: default!(Option<&str>, "NULL")) -> bool {
+    link_table(tbl.oid(), peer)
+}
+
+/// Undo a link on the peer and here. With `tolerate_unreachable`, a peer that cannot be
+/// reached is warned about and only this node's half is removed.
+pub fn unlink_by_id(id: i32, tolerate_unreachable: bool) {
+    let link = load("link_id = $1", vec![id.into()]).expect("link exists");
+    let peer = peer::find(&link.peer_name).expect("link has its peer");
+    let body = UnlinkRequest { schema: link.peer_schema.clone(), table: link.peer_table.clone() };
+    match request(&peer, "unlink", serde_json::to_value(body).unwrap()) {
+        Ok(()) => {}
+        Err(e @ PeerError::Unreachable { .. }) if tolerate_unreachable => crate::error::warning(
+            &format!("{e}; its half of the link to this node is left in place"),
+            "Run SELECT sync_unlink_table(...) on the peer once it is back.",
+        ),
+        Err(e) => raise(e),
+    }
+    drop_local(&link);
+}
+
+fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>) -> bool {
+    let peer = peer::resolve(peer_name).or_raise();
+    let link = find(relid, &peer.name).unwrap_or_else(|| {
+        raise(LinkError::NotLinked { table: describe(relid).display(), peer: peer.name.clone() })
+    });
+    unlink_by_id(link.id, false);
+    true
+}
+
+/// Stop mirroring a table with a peer, on both nodes. The table and its rows stay as they are.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_unlink_table(tbl: PgRelation, peer: default!(Option<&str>, "NULL")) -> bool {
+    unlink_table(tbl.oid(), peer)
+}
+
+fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
+    let node = crate::node::local_name();
+    let display = format!("{}.{}", ident(&req.schema), ident(&req.table));
+    let oid = lookup(&req.schema, &req.table)
+        .ok_or_else(|| LinkError::MissingTable { table: display.clone(), node: node.clone() })?;
+    let info = describe(oid);
+    let differences = column_differences(&info.columns, &req.columns);
+    if !differences.is_empty() {
+        return Err(LinkError::ColumnMismatch { table: display, node, differences });
+    }
+    if !info.unique_keys.iter().any(|k| same_set(k, &req.key)) {
+        return Err(LinkError::KeyMismatch { table: display, node, key: req.key.join(", ") });
+    }
+    if let Some(existing) = find(oid, &from.name) {
+        let (cols, key) = Spi::get_two_with_args::<Vec<String>, Vec<String>>(
+            "SELECT columns, key_columns FROM synclink.link WHERE link_id = $1",
+            &[existing.id.into()],
+        )
+        .unwrap();
+        let wanted: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
+        if cols.as_deref() == Some(&wanted[..]) && key.as_deref() == Some(&req.key[..]) {
+            return Ok(());
+        }
+        return Err(LinkError::LinkedDifferently(display, node));
+    }
+    create_local(&info, from, &req.columns, &req.key, &req.initiator, &req.from_schema, &req.from_table);
+    Ok(())
+}
+
+fn handle_unlink(from: &Peer, req: UnlinkRequest) {
+    if let Some(oid) = lookup(&req.schema, &req.table) {
+        if let Some(link) = find(oid, &from.name) {
+            drop_local(&link);
+        }
+    }
+}
+
+/// Carry out a peer's request; called by the trigger on synclink.request.
+#[pg_extern(schema = "synclink")]
+#[search_path(pg_catalog, pg_temp)]
+fn handle_request(from_node: &str, action: &str, body: pgrx::JsonB) {
+    let from = peer::find_by_node(from_node).unwrap_or_else(|| {
+        raise(PeerError::UnknownNode(from_node.into()))
+    });
+    match action {
+        "link" => {
+            let req: LinkRequest = serde_json::from_value(body.0)
+                .unwrap_or_else(|_| raise(LinkError::BadRequest(action.into())));
+            handle_link(&from, req).or_raise()
+        }
+        "unlink" => {
+            let req: UnlinkRequest = serde_json::from_value(body.0)
+                .unwrap_or_else(|_| raise(LinkError::BadRequest(action.into())));
+            handle_unlink(&from, req)
+        }
+        other => raise(LinkError::BadRequest(other.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: &str, generated: bool) -> Column {
+        let base = ty.split('(').next().unwrap().to_string();
+        Column { wire: WireColumn { name: name.into(), type_name: ty.into(), base_type: base }, generated }
+    }
+
+    #[test]
+    fn identical_columns_in_another_order_match() {
+        let local = vec![col("id", "bigint", false), col("name", "text", false)];
+        let wire = vec![local[1].wire.clone(), local[0].wire.clone()];
+        assert!(column_differences(&local, &wire).is_empty());
+    }
+
+    #[test]
+    fn text_and_varchar_are_compatible_but_int_and_text_are_not() {
+        let local = vec![col("name", "character varying(255)", false), col("price", "integer", false)];
+        let wire = vec![col("name", "text", false).wire, col("price", "text", false).wire];
+        let d = column_differences(&local, &wire);
+        assert_eq!(d, vec!["column \"price\" is integer here but text on the other side".to_string()]);
+    }
+
+    #[test]
+    fn every_difference_is_reported() {
+        let local = vec![col("id", "bigint", false), col("extra", "text", false), col("total", "numeric", true)];
+        let wire = vec![col("id", "bigint", false).wire, col("gone", "text", false).wire, col("total", "numeric", false).wire];
+        let d = column_differences(&local, &wire);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d.iter().any(|x| x.contains("\"gone\" is missing")));
+        assert!(d.iter().any(|x| x.contains("\"total\" is generated on one side only")));
+        assert!(d.iter().any(|x| x.contains("\"extra\" exists only here")));
+    }
+}

@@ -1,0 +1,72 @@
+//! This database's node name: the origin every change it captures carries.
+
+use crate::error::{OrRaise, SqlError};
+use pgrx::prelude::*;
+
+#[derive(thiserror::Error, Debug)]
+pub enum NodeError {
+    #[error("invalid node name \"{0}\"")]
+    InvalidName(String),
+    #[error("cannot rename node while {0} link(s) exist")]
+    InUse(i64),
+}
+
+impl SqlError for NodeError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            NodeError::InvalidName(_) => PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            NodeError::InUse(_) => PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            NodeError::InvalidName(_) => "Use 1 to 63 letters, digits, '_', '.' or '-'.".into(),
+            NodeError::InUse(_) => "Peers know this node by its name; unlink every table first.".into(),
+        })
+    }
+}
+
+pub fn local_name() -> String {
+    Spi::get_one::<String>("SELECT node_name FROM synclink.node")
+        .expect("synclink.node is readable")
+        .expect("synclink.node has its row")
+}
+
+fn valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The name this database is known by among synclink nodes.
+#[pg_extern(stable)]
+fn sync_node_name() -> String {
+    local_name()
+}
+
+/// Rename this node, e.g. after a physical copy that kept the system identifier.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_set_node_name(name: &str) -> String {
+    if !valid(name) {
+        crate::error::raise(NodeError::InvalidName(name.into()));
+    }
+    let links = Spi::get_one::<i64>("SELECT count(*) FROM synclink.link").unwrap().unwrap_or(0);
+    if links > 0 {
+        Err::<(), _>(NodeError::InUse(links)).or_raise();
+    }
+    Spi::run_with_args("UPDATE synclink.node SET node_name = $1", &[name.into()]).unwrap();
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn node_names() {
+        assert!(super::valid("shop_1a2b3c"));
+        assert!(super::valid("eu-west.1"));
+        assert!(!super::valid(""));
+        assert!(!super::valid("a b"));
+        assert!(!super::valid(&"x".repeat(64)));
+    }
+}

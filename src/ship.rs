@@ -1,0 +1,106 @@
+//! Sending a change record to the peer: one INSERT into the peer's inbox through the
+//! link's foreign table, inside the writer's transaction.
+
+use crate::error::{raise, SqlError};
+use crate::remote::catching;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+#[derive(thiserror::Error, Debug)]
+pub enum ShipError {
+    #[error("could not send changes to {table} on peer \"{peer}\"")]
+    PeerFailed { peer: String, table: String, reason: String, connection: bool },
+}
+
+impl SqlError for ShipError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            ShipError::PeerFailed { connection: true, .. } => {
+                PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
+            }
+            ShipError::PeerFailed { .. } => PgSqlErrorCode::ERRCODE_FDW_ERROR,
+        }
+    }
+    fn detail(&self) -> Option<String> {
+        match self {
+            ShipError::PeerFailed { reason, .. } => Some(reason.clone()),
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            ShipError::PeerFailed { connection: true, .. } => "The statement was rolled back here too, so both databases still agree. Check that the peer is up and reachable.".into(),
+            ShipError::PeerFailed { .. } => "The statement was rolled back here too, so both databases still agree. The peer's error is in DETAIL and in its server log.".into(),
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Route {
+    peer: String,
+    insert_sql: String,
+    target_schema: String,
+    target_table: String,
+    node: String,
+}
+
+thread_local! {
+    // Link ids are never reused, so an entry can only go stale by its link being dropped, and
+    // then its capture trigger is gone too.
+    static ROUTES: RefCell<HashMap<i32, Route>> = RefCell::new(HashMap::new());
+}
+
+fn route(link_id: i32) -> Route {
+    if let Some(r) = ROUTES.with(|m| m.borrow().get(&link_id).cloned()) {
+        return r;
+    }
+    let (peer, schema, table) = Spi::get_three_with_args::<String, String, String>(
+        "SELECT peer_name, peer_schema, peer_table FROM synclink.link WHERE link_id = $1",
+        &[link_id.into()],
+    )
+    .unwrap();
+    let peer = crate::peer::find(&peer.expect("capture trigger of a removed link")).unwrap();
+    let r = Route {
+        insert_sql: format!(
+            "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            peer.foreign("inbox")
+        ),
+        peer: peer.name,
+        target_schema: schema.unwrap(),
+        target_table: table.unwrap(),
+        node: crate::node::local_name(),
+    };
+    ROUTES.with(|m| m.borrow_mut().insert(link_id, r.clone()));
+    r
+}
+
+/// Send one change record of a link to its peer. Called by the generated capture functions.
+#[pg_extern(schema = "synclink")]
+#[search_path(pg_catalog, pg_temp)]
+fn ship(link_id: i32, op: i8, new_rows: Option<&str>, old_rows: Option<&str>) {
+    let r = route(link_id);
+    let origin = crate::apply::current_origin().unwrap_or_else(|| r.node.clone());
+    let sent = catching(|| {
+        Spi::run_with_args(
+            &r.insert_sql,
+            &[
+                origin.as_str().into(),
+                r.node.as_str().into(),
+                r.target_schema.as_str().into(),
+                r.target_table.as_str().into(),
+                op.into(),
+                new_rows.into(),
+                old_rows.into(),
+            ],
+        )
+    });
+    if let Err(f) = sent {
+        raise(ShipError::PeerFailed {
+            peer: r.peer.clone(),
+            table: format!("{}.{}", r.target_schema, r.target_table),
+            connection: f.is_connection(),
+            reason: f.summary(),
+        });
+    }
+}
