@@ -207,7 +207,7 @@ mod tests {
     }
 
     macro_rules! rejects {
-        ($($name:ident: $input:expr => $pat:pat;)*) => {
+        ($($name:ident: $input:expr => $pat:pat),* $(,)?) => {
             $(#[test] fn $name() {
                 let err = Conninfo::parse($input).unwrap_err();
                 assert!(matches!(err, $pat), "{err:?}");
@@ -217,11 +217,11 @@ mod tests {
     }
 
     rejects! {
-        rejects_missing_equals: "host localhost" => ConninfoError::Syntax(_);
-        rejects_unterminated_quote: "password='hunter2" => ConninfoError::Syntax(_);
-        rejects_uri: "postgresql://u:hunter2@h/db" => ConninfoError::Syntax(_);
-        rejects_client_encoding: "client_encoding=latin1" => ConninfoError::Unsupported(_);
-        rejects_duplicate: "host=a host=b" => ConninfoError::Duplicate(_);
-        rejects_bad_key: "ho;st=a" => ConninfoError::Syntax(_);
+        rejects_missing_equals: "host localhost" => ConninfoError::Syntax(_),
+        rejects_unterminated_quote: "password='hunter2" => ConninfoError::Syntax(_),
+        rejects_uri: "postgresql://u:hunter2@h/db" => ConninfoError::Syntax(_),
+        rejects_client_encoding: "client_encoding=latin1" => ConninfoError::Unsupported(_),
+        rejects_duplicate: "host=a host=b" => ConninfoError::Duplicate(_),
+        rejects_bad_key: "ho;st=a" => ConninfoError::Syntax(_),
     }
 }
