@@ -59,11 +59,14 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
     SET "IntervalStyle" = 'postgres'
     SET bytea_output = 'hex'
     SET extra_float_digits = '3'
+    SET enable_nestloop = off
 AS $synclink$
 -- Captures changes to {table} for peer {peer} (synclink link {id}).
 -- Made by sync_link_table(); sync_unlink_table() drops it.
 -- Rows travel as {row_type}[] in text form, {CHUNK_ROWS} rows per change record at most.
 -- The session settings above make that text mean the same on the receiving side.
+-- enable_nestloop is off because PL/pgSQL keeps the plans made for the first statement's
+-- transition tables: a nested loop chosen for 1 row would be quadratic for 100,000.
 DECLARE
     part record;
 BEGIN
