@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 mod apply;
 mod capture;
 mod conninfo;
+mod db;
 mod error;
 mod link;
 mod node;

@@ -49,10 +49,10 @@ impl SqlError for LinkError {
     }
     fn hint(&self) -> Option<String> {
         Some(match self {
-            LinkError::NoPrimaryKey(t) => format!("synclink matches rows by key: ALTER TABLE {t} ADD PRIMARY KEY (...)."),
+            LinkError::NoPrimaryKey(t) => format!("synclink matches rows by a primary key that is not DEFERRABLE (INSERT ... ON CONFLICT cannot use one that is): ALTER TABLE {t} ADD PRIMARY KEY (...)."),
             LinkError::MissingTable { .. } => "Create the table on that node with the same columns first (synclink copies rows, not table definitions).".into(),
             LinkError::ColumnMismatch { .. } => "Both tables need the same column names with compatible types; generated columns are recomputed on each side and must be generated on both.".into(),
-            LinkError::KeyMismatch { .. } => "Give the table on that node the same primary key.".into(),
+            LinkError::KeyMismatch { .. } => "Give the table on that node the same primary key (not DEFERRABLE).".into(),
             LinkError::NotLinked { .. } => "sync_status lists the linked tables.".into(),
             LinkError::LinkedDifferently(..) => "Run sync_unlink_table() for it first, then link again.".into(),
             LinkError::BadRequest(_) => "Both nodes must run the same synclink version.".into(),
@@ -135,7 +135,7 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
                  FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                  WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
-                   AND i.indisvalid \
+                   AND i.indisvalid AND i.indimmediate \
                  GROUP BY i.indexrelid, i.indisprimary \
                  HAVING bool_and(a.attnotnull)",
                 None,
@@ -333,12 +333,11 @@ fn create_local(
 
 /// Remove exactly what create_local made.
 fn drop_local(link: &Link) {
-    let table = Spi::get_one_with_args::<String>(
+    let table = crate::db::maybe_one::<String>(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[link.relid.into()],
-    )
-    .unwrap();
+    );
     if let Some(table) = table {
         for t in &link.triggers {
             Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t))).unwrap();

@@ -109,11 +109,10 @@ pub fn find(name: &str) -> Option<Peer> {
 }
 
 pub fn find_by_node(node: &str) -> Option<Peer> {
-    let name = Spi::get_one_with_args::<String>(
+    let name = crate::db::maybe_one::<String>(
         "SELECT peer_name FROM synclink.peer WHERE node_name = $1",
         &[node.into()],
-    )
-    .unwrap()?;
+    )?;
     find(&name)
 }
 

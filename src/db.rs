@@ -1,0 +1,15 @@
+//! Small SPI conveniences.
+
+use pgrx::datum::{DatumWithOid, FromDatum, IntoDatum};
+use pgrx::prelude::*;
+use pgrx::spi::SpiError;
+
+/// The first column of the first row, or None when the query returns no row or NULL.
+/// (pgrx reports "no row" as an error; for a catalog lookup it is an ordinary answer.)
+pub fn maybe_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
+    match Spi::get_one_with_args::<T>(sql, args) {
+        Ok(v) => v,
+        Err(SpiError::InvalidPosition) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
