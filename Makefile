@@ -1,0 +1,43 @@
+# synclink — the commands in the README.
+#   make demo   two throwaway clusters, a linked table, changes flowing both ways
+#   make test   every test: unit, in-database (#[pg_test]) and end-to-end on real clusters
+#   make bench  side-by-side timings (release build)
+# Each starts by installing what a fresh Debian machine with Rust is missing.
+
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PGRX_DATA ?= /tmp/synclink-pgrx-test
+export PG_CONFIG
+
+.PHONY: setup install test unit e2e demo bench lint
+
+setup:
+	@bash scripts/setup.sh
+
+install: setup
+	cargo pgrx install --pg-config $(PG_CONFIG)
+
+# #[test] and #[pg_test] in the extension crate. initdb refuses to run as root, so as root
+# the test cluster runs as the postgres OS user.
+unit: setup
+	@if [ "$$(id -u)" -eq 0 ]; then \
+	  mkdir -p $(PGRX_DATA) && chown postgres $(PGRX_DATA) && \
+	  cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_DATA)/pgdata; \
+	else \
+	  cargo pgrx test pg15; \
+	fi
+
+# End-to-end scenarios on real clusters started by pgrx-tests/ (needs the extension installed).
+e2e: install
+	cargo test -p synclink-e2e -- --test-threads=2
+
+test: unit e2e
+
+demo:
+	@bash scripts/demo.sh
+
+bench:
+	@bash scripts/bench.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --features pg15 -- -D warnings
