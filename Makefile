@@ -28,7 +28,7 @@ unit: setup
 
 # End-to-end scenarios on real clusters started by pgrx-tests/ (needs the extension installed).
 e2e: install
-	cargo test -p synclink-e2e -- --test-threads=2
+	cargo test -p synclink-e2e --tests -- --test-threads=2
 
 test: unit e2e
 

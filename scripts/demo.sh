@@ -46,7 +46,7 @@ for p in "$PORT_A" "$PORT_B"; do
   as_pg "$BIN/psql" -X -q -h "$BASE" -p "$p" -U postgres -d postgres \
     -c "CREATE ROLE sync LOGIN SUPERUSER PASSWORD '$PASSWORD'" -c "CREATE DATABASE shop"
   psql_on "$p" <<SQL
-CREATE EXTENSION synclink CASCADE;
+CREATE EXTENSION synclink;
 CREATE TABLE products (
   id bigserial PRIMARY KEY,
   name varchar(255) NOT NULL,

@@ -4,6 +4,16 @@
 CREATE SCHEMA IF NOT EXISTS synclink;
 GRANT USAGE ON SCHEMA synclink TO PUBLIC;
 
+-- Peers are reached with postgres_fdw's code under a wrapper of synclink's own: a plain
+-- CREATE EXTENSION synclink is enough (an extension script cannot CREATE EXTENSION
+-- postgres_fdw itself), and DROP EXTENSION synclink takes the wrapper away again.
+CREATE FUNCTION synclink.fdw_handler() RETURNS fdw_handler
+    AS '$libdir/postgres_fdw', 'postgres_fdw_handler' LANGUAGE C STRICT;
+CREATE FUNCTION synclink.fdw_validator(text[], oid) RETURNS void
+    AS '$libdir/postgres_fdw', 'postgres_fdw_validator' LANGUAGE C STRICT;
+CREATE FOREIGN DATA WRAPPER synclink
+    HANDLER synclink.fdw_handler VALIDATOR synclink.fdw_validator;
+
 -- This database's identity among nodes. Changes carry it as their origin, so it must be
 -- unique among linked databases: the default mixes in the cluster's system identifier,
 -- which differs for every initdb (but not for a physical copy; see sync_set_node_name).

@@ -223,7 +223,7 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
     let peer = Peer { name: name.into(), server: server.clone(), node_name: String::new() };
     let srv = ident(&server);
     let mut ddl = vec![
-        format!("CREATE SERVER {srv} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({})", options(&server_opts)),
+        format!("CREATE SERVER {srv} FOREIGN DATA WRAPPER synclink OPTIONS ({})", options(&server_opts)),
         format!(
             "CREATE FOREIGN TABLE {} (node_name text) SERVER {srv} OPTIONS (schema_name 'synclink', table_name 'node')",
             peer.foreign("node")

@@ -117,6 +117,15 @@ impl Cluster {
         self.running = false;
     }
 
+    /// Directory holding the server's Unix socket, for clients such as pgbench.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn bindir(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
@@ -162,7 +171,7 @@ impl Cluster {
             .unwrap();
         admin.batch_execute(&format!("CREATE DATABASE \"{db}\"")).unwrap();
         let mut c = self.connect(db);
-        c.batch_execute("CREATE EXTENSION synclink CASCADE").unwrap();
+        c.batch_execute("CREATE EXTENSION synclink").unwrap();
         c
     }
 }
@@ -217,7 +226,11 @@ impl Pair {
 
     /// Both databases created and registered with each other, but nothing linked yet.
     pub fn peered() -> (Pair, Client, Client) {
-        let p = Pair::new(&[]);
+        Pair::peered_with(&[])
+    }
+
+    pub fn peered_with(extra_conf: &[&str]) -> (Pair, Client, Client) {
+        let p = Pair::new(extra_conf);
         let mut ca = p.a.create_db(&p.db);
         let mut cb = p.b.create_db(&p.db);
         ca.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)]).unwrap();

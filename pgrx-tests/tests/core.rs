@@ -209,6 +209,7 @@ fn drop_extension_leaves_nothing_behind() {
         .query(
             "SELECT 'triggers', count(*) FROM pg_trigger WHERE tgname LIKE 'synclink%'
              UNION ALL SELECT 'servers', count(*) FROM pg_foreign_server
+             UNION ALL SELECT 'wrappers', count(*) FROM pg_foreign_data_wrapper
              UNION ALL SELECT 'mappings', count(*) FROM pg_user_mappings
              UNION ALL SELECT 'foreign tables', count(*) FROM pg_foreign_table
              UNION ALL SELECT 'schema', count(*) FROM pg_namespace WHERE nspname = 'synclink'
@@ -246,4 +247,17 @@ fn odd_identifiers_are_names_not_sql() {
     assert_eq!(ha.0, 2);
     a.execute("SELECT count(*) FROM x", &[]).unwrap();
     a.execute("SELECT sync_unlink_table($1::text::regclass)", &[&t]).unwrap();
+}
+
+#[test]
+fn plain_create_extension_and_a_preloaded_library_work_alike() {
+    let (_p, mut a, mut b) = Pair::peered_with(&["shared_preload_libraries = 'synclink'"]);
+    // CREATE EXTENSION without CASCADE was enough: synclink brings its own wrapper
+    let wrappers: i64 = a.query_one("SELECT count(*) FROM pg_foreign_data_wrapper WHERE fdwname = 'synclink'", &[]).unwrap().get(0);
+    assert_eq!(wrappers, 1);
+    both(&mut a, &mut b, PRODUCTS);
+    a.execute("SELECT sync_link_table('products')", &[]).unwrap();
+    a.execute("INSERT INTO products (id, name) SELECT g, 'x' FROM generate_series(1, 1000) g", &[]).unwrap();
+    b.execute("UPDATE products SET price = 3 WHERE id % 2 = 0", &[]).unwrap();
+    assert_eq!(same(&mut a, &mut b, "products"), 1000);
 }
