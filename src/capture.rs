@@ -13,7 +13,6 @@ pub struct CaptureSpec<'a> {
     pub function: &'a str,
     pub table_display: &'a str,
     pub peer_name: &'a str,
-    pub peer_node: &'a str,
     pub row_type: &'a str,
     pub columns: &'a [String],
     pub key: &'a [String],
@@ -40,7 +39,11 @@ fn chunks(spec: &CaptureSpec, source: &str, filter: &str) -> String {
 }
 
 fn ship_loop(spec: &CaptureSpec, query: &str, op: char, new_or_old: &str) -> String {
-    let args = if new_or_old == "new" { "part.rows, NULL" } else { "NULL, part.rows" };
+    let args = if new_or_old == "new" {
+        "part.rows, NULL"
+    } else {
+        "NULL, part.rows"
+    };
     format!(
         "        FOR part IN\n            {query}\n        LOOP\n            \
          PERFORM synclink.ship({}, '{op}', {args});\n        END LOOP;\n",
@@ -49,8 +52,12 @@ fn ship_loop(spec: &CaptureSpec, query: &str, op: char, new_or_old: &str) -> Str
 }
 
 pub fn function_sql(spec: &CaptureSpec) -> String {
-    let key_match = join(spec.key, " AND ", |k| format!("n.{k} = s.{k}", k = ident(k)));
-    let vanished = format!("\n                     WHERE NOT EXISTS (SELECT FROM new_rows n WHERE {key_match})");
+    let key_match = join(spec.key, " AND ", |k| {
+        format!("n.{k} = s.{k}", k = ident(k))
+    });
+    let vanished = format!(
+        "\n                     WHERE NOT EXISTS (SELECT FROM new_rows n WHERE {key_match})"
+    );
     format!(
         r#"CREATE FUNCTION {function}() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -65,15 +72,12 @@ AS $synclink$
 -- Made by sync_link_table(); sync_unlink_table() drops it.
 -- Rows travel as {row_type}[] in text form, {CHUNK_ROWS} rows per change record at most.
 -- The session settings above make that text mean the same on the receiving side.
+-- The triggers' WHEN clause keeps changes synclink applies from this peer from being sent back.
 -- enable_nestloop is off because PL/pgSQL keeps the plans made for the first statement's
 -- transition tables: a nested loop chosen for 1 row would be quadratic for 100,000.
 DECLARE
     part record;
 BEGIN
-    -- A change synclink is applying from this peer is not sent back to it.
-    IF synclink.applying_from({peer_node}) THEN
-        RETURN NULL;
-    END IF;
     IF TG_OP = 'INSERT' THEN
 {insert}    ELSIF TG_OP = 'UPDATE' THEN
         -- Keys that no longer exist after the statement are removed first, across the whole
@@ -90,7 +94,6 @@ $synclink$"#,
         peer = literal(spec.peer_name),
         id = spec.link_id,
         row_type = spec.row_type,
-        peer_node = literal(spec.peer_node),
         insert = ship_loop(spec, &chunks(spec, "new_rows", ""), 'I', "new"),
         vanish = ship_loop(spec, &chunks(spec, "old_rows", &vanished), 'K', "old"),
         update = ship_loop(spec, &chunks(spec, "new_rows", ""), 'U', "new"),
@@ -99,10 +102,20 @@ $synclink$"#,
 }
 
 /// The statement triggers that call the capture function, one per event.
-pub fn trigger_sqls(table: &str, function: &str, peer_name: &str) -> Vec<(String, String)> {
+/// The WHEN clause skips the function while synclink applies a change from the peer itself.
+pub fn trigger_sqls(
+    table: &str,
+    function: &str,
+    peer_name: &str,
+    peer_node: &str,
+) -> Vec<(String, String)> {
     let events = [
         ("insert", "INSERT", "REFERENCING NEW TABLE AS new_rows "),
-        ("update", "UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "),
+        (
+            "update",
+            "UPDATE",
+            "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows ",
+        ),
         ("delete", "DELETE", "REFERENCING OLD TABLE AS old_rows "),
         ("truncate", "TRUNCATE", ""),
     ];
@@ -111,8 +124,10 @@ pub fn trigger_sqls(table: &str, function: &str, peer_name: &str) -> Vec<(String
         .map(|(suffix, event, referencing)| {
             let name = format!("synclink_{peer_name}_{suffix}");
             let sql = format!(
-                "CREATE TRIGGER {} AFTER {event} ON {table} {referencing}FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
-                ident(&name)
+                "CREATE TRIGGER {} AFTER {event} ON {table} {referencing}FOR EACH STATEMENT\n    \
+                 WHEN (NOT synclink.applying_from({})) EXECUTE FUNCTION {function}()",
+                ident(&name),
+                literal(peer_node)
             );
             (name, sql)
         })
@@ -129,7 +144,6 @@ mod tests {
             function: "synclink.\"products_b_capture\"",
             table_display: "public.products",
             peer_name: "b",
-            peer_node: "shop_abc123",
             row_type: "synclink.\"products_b_row\"",
             columns: cols,
             key,
@@ -142,12 +156,17 @@ mod tests {
         let key = vec!["id".to_string()];
         let sql = function_sql(&spec(&cols, &key));
         for op in ["'I'", "'U'", "'K'", "'D'", "'T'"] {
-            assert!(sql.contains(&format!("synclink.ship(7, {op}")), "{op} missing in\n{sql}");
+            assert!(
+                sql.contains(&format!("synclink.ship(7, {op}")),
+                "{op} missing in\n{sql}"
+            );
         }
         assert!(sql.contains("ROW(r.\"id\", r.\"Name \"\"x\"\"\")::synclink.\"products_b_row\""));
         assert!(sql.contains("n.\"id\" = s.\"id\""));
-        assert!(sql.contains("synclink.applying_from('shop_abc123')"));
-        assert!(sql.contains("SECURITY DEFINER") && sql.contains("SET search_path = pg_catalog, pg_temp"));
+        assert!(
+            sql.contains("SECURITY DEFINER")
+                && sql.contains("SET search_path = pg_catalog, pg_temp")
+        );
     }
 
     #[test]
@@ -160,10 +179,20 @@ mod tests {
 
     #[test]
     fn triggers_reference_the_right_transition_tables() {
-        let t = trigger_sqls("\"public\".\"products\"", "synclink.\"f\"", "b");
+        let t = trigger_sqls(
+            "\"public\".\"products\"",
+            "synclink.\"f\"",
+            "b",
+            "shop_abc123",
+        );
+        assert!(t
+            .iter()
+            .all(|(_, sql)| sql.contains("WHEN (NOT synclink.applying_from('shop_abc123'))")));
         assert_eq!(t.len(), 4);
         assert_eq!(t[0].0, "synclink_b_insert");
-        assert!(t[1].1.contains("OLD TABLE AS old_rows NEW TABLE AS new_rows"));
+        assert!(t[1]
+            .1
+            .contains("OLD TABLE AS old_rows NEW TABLE AS new_rows"));
         assert!(!t[3].1.contains("REFERENCING"));
     }
 }

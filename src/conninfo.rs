@@ -30,7 +30,11 @@ impl SqlError for ConninfoError {
 /// Options that belong to the user mapping (postgres_fdw refuses them on a server).
 const MAPPING_KEYS: &[&str] = &["user", "password", "sslcert", "sslkey", "sslpassword"];
 const SECRET_KEYS: &[&str] = &["password", "sslpassword"];
-const REFUSED_KEYS: &[&str] = &["client_encoding", "fallback_application_name", "replication"];
+const REFUSED_KEYS: &[&str] = &[
+    "client_encoding",
+    "fallback_application_name",
+    "replication",
+];
 
 /// Defaults that keep a dead peer from hanging a writer: libpq has no connect timeout by
 /// default, and statement_timeout cannot interrupt a blocking connect.
@@ -59,7 +63,11 @@ impl Conninfo {
             if REFUSED_KEYS.contains(&key.as_str()) {
                 return Err(ConninfoError::Unsupported(key));
             }
-            let seen = out.server.iter().chain(out.mapping.iter()).any(|(k, _)| *k == key);
+            let seen = out
+                .server
+                .iter()
+                .chain(out.mapping.iter())
+                .any(|(k, _)| *k == key);
             if seen {
                 return Err(ConninfoError::Duplicate(key));
             }
@@ -119,7 +127,9 @@ fn pairs(input: &str) -> Result<Vec<(String, String)>, ConninfoError> {
         let key: String = chars[start..i].iter().collect();
         skip_ws(&mut i);
         if i >= chars.len() || chars[i] != '=' {
-            return Err(ConninfoError::Syntax(format!("missing \"=\" after \"{key}\"")));
+            return Err(ConninfoError::Syntax(format!(
+                "missing \"=\" after \"{key}\""
+            )));
         }
         i += 1;
         skip_ws(&mut i);
@@ -157,7 +167,9 @@ fn pairs(input: &str) -> Result<Vec<(String, String)>, ConninfoError> {
             }
         }
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ConninfoError::Syntax(format!("\"{key}\" is not an option name")));
+            return Err(ConninfoError::Syntax(format!(
+                "\"{key}\" is not an option name"
+            )));
         }
         out.push((key, value));
     }
@@ -174,7 +186,8 @@ mod tests {
 
     #[test]
     fn splits_credentials_from_server_options() {
-        let c = Conninfo::parse("host=127.0.0.1 port=5434 dbname=shop user=sync password=s3cret").unwrap();
+        let c = Conninfo::parse("host=127.0.0.1 port=5434 dbname=shop user=sync password=s3cret")
+            .unwrap();
         assert_eq!(get(&c.server, "host"), Some("127.0.0.1"));
         assert_eq!(get(&c.server, "dbname"), Some("shop"));
         assert_eq!(get(&c.mapping, "user"), Some("sync"));
@@ -187,12 +200,19 @@ mod tests {
     fn keeps_a_given_connect_timeout() {
         let c = Conninfo::parse("host=h connect_timeout=2").unwrap();
         assert_eq!(get(&c.server, "connect_timeout"), Some("2"));
-        assert_eq!(c.server.iter().filter(|(k, _)| k == "connect_timeout").count(), 1);
+        assert_eq!(
+            c.server
+                .iter()
+                .filter(|(k, _)| k == "connect_timeout")
+                .count(),
+            1
+        );
     }
 
     #[test]
     fn quoted_values_and_escapes() {
-        let c = Conninfo::parse("host = 'my host' password='it\\'s a \\\\ secret' dbname=a\\ b").unwrap();
+        let c = Conninfo::parse("host = 'my host' password='it\\'s a \\\\ secret' dbname=a\\ b")
+            .unwrap();
         assert_eq!(get(&c.server, "host"), Some("my host"));
         assert_eq!(get(&c.mapping, "password"), Some("it's a \\ secret"));
         assert_eq!(get(&c.server, "dbname"), Some("a b"));
@@ -202,7 +222,10 @@ mod tests {
     fn display_never_shows_secrets() {
         let c = Conninfo::parse("host=h user=u password='p w' sslpassword=x").unwrap();
         let shown = c.display();
-        assert!(!shown.contains("p w") && !shown.contains("password"), "{shown}");
+        assert!(
+            !shown.contains("p w") && !shown.contains("password"),
+            "{shown}"
+        );
         assert!(shown.contains("host=h") && shown.contains("user=u"));
     }
 

@@ -44,7 +44,11 @@ impl<T, E: SqlError> OrRaise<T> for Result<T, E> {
 }
 
 pub fn notice(msg: &str) {
-    ereport!(PgLogLevel::NOTICE, PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, msg);
+    ereport!(
+        PgLogLevel::NOTICE,
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        msg
+    );
 }
 
 pub fn warning(msg: &str, hint: &str) {

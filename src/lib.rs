@@ -18,6 +18,7 @@ mod peer;
 mod remote;
 mod ship;
 mod sql;
+mod subxact;
 mod teardown;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
@@ -63,7 +64,9 @@ mod tests {
 
     #[pg_test]
     fn node_name_is_derived_from_the_database() {
-        let name = Spi::get_one::<String>("SELECT sync_node_name()").unwrap().unwrap();
+        let name = Spi::get_one::<String>("SELECT sync_node_name()")
+            .unwrap()
+            .unwrap();
         assert!(name.starts_with("pgrx_tests_"), "{name}");
         assert_eq!(name.len(), "pgrx_tests_".len() + 6);
     }
@@ -71,13 +74,16 @@ mod tests {
     #[pg_test]
     fn node_can_be_renamed_while_nothing_is_linked() {
         Spi::run("SELECT sync_set_node_name('eu-west.1')").unwrap();
-        let name = Spi::get_one::<String>("SELECT sync_node_name()").unwrap().unwrap();
+        let name = Spi::get_one::<String>("SELECT sync_node_name()")
+            .unwrap()
+            .unwrap();
         assert_eq!(name, "eu-west.1");
     }
 
     #[pg_test]
     fn nothing_is_being_applied_outside_apply() {
-        let applying = Spi::get_one::<bool>("SELECT synclink.applying_from(sync_node_name())").unwrap();
+        let applying =
+            Spi::get_one::<bool>("SELECT synclink.applying_from(sync_node_name())").unwrap();
         assert_eq!(applying, Some(false));
     }
 
@@ -90,7 +96,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(open, Some(0));
-        let inbox = Spi::get_one::<bool>("SELECT has_table_privilege('public', 'synclink.inbox', 'INSERT')").unwrap();
+        let inbox = Spi::get_one::<bool>(
+            "SELECT has_table_privilege('public', 'synclink.inbox', 'INSERT')",
+        )
+        .unwrap();
         assert_eq!(inbox, Some(false));
     }
 }

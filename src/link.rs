@@ -18,9 +18,17 @@ pub enum LinkError {
     #[error("table {table} does not exist on node \"{node}\"")]
     MissingTable { table: String, node: String },
     #[error("table {table} has different columns on node \"{node}\"")]
-    ColumnMismatch { table: String, node: String, differences: Vec<String> },
+    ColumnMismatch {
+        table: String,
+        node: String,
+        differences: Vec<String>,
+    },
     #[error("table {table} on node \"{node}\" has no primary key or unique index on ({key})")]
-    KeyMismatch { table: String, node: String, key: String },
+    KeyMismatch {
+        table: String,
+        node: String,
+        key: String,
+    },
     #[error("table {table} is not linked with peer \"{peer}\"")]
     NotLinked { table: String, peer: String },
     #[error("table {0} is already linked differently on node \"{1}\"")]
@@ -33,7 +41,9 @@ impl SqlError for LinkError {
     fn sqlstate(&self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
         match self {
-            LinkError::NoPrimaryKey(_) | LinkError::KeyMismatch { .. } => ERRCODE_INVALID_TABLE_DEFINITION,
+            LinkError::NoPrimaryKey(_) | LinkError::KeyMismatch { .. } => {
+                ERRCODE_INVALID_TABLE_DEFINITION
+            }
             LinkError::MissingTable { .. } => ERRCODE_UNDEFINED_TABLE,
             LinkError::ColumnMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
             LinkError::NotLinked { .. } => ERRCODE_UNDEFINED_OBJECT,
@@ -89,7 +99,11 @@ impl TableInfo {
     }
     /// Columns that travel: everything but generated columns, in the table's order.
     pub fn wire_columns(&self) -> Vec<WireColumn> {
-        self.columns.iter().filter(|c| !c.generated).map(|c| c.wire.clone()).collect()
+        self.columns
+            .iter()
+            .filter(|c| !c.generated)
+            .map(|c| c.wire.clone())
+            .collect()
     }
 }
 
@@ -150,7 +164,14 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
             }
             unique_keys.push(cols);
         }
-        TableInfo { oid, schema, name, columns, primary_key, unique_keys }
+        TableInfo {
+            oid,
+            schema,
+            name,
+            columns,
+            primary_key,
+            unique_keys,
+        }
     })
 }
 
@@ -174,7 +195,10 @@ pub fn column_differences(local: &[Column], wire: &[WireColumn]) -> Vec<String> 
     for w in wire {
         match local.iter().find(|c| c.wire.name == w.name) {
             None => diffs.push(format!("column \"{}\" is missing", w.name)),
-            Some(c) if c.generated => diffs.push(format!("column \"{}\" is generated on one side only", w.name)),
+            Some(c) if c.generated => diffs.push(format!(
+                "column \"{}\" is generated on one side only",
+                w.name
+            )),
             Some(c) if !compatible(&c.wire.base_type, &w.base_type) => diffs.push(format!(
                 "column \"{}\" is {} here but {} on the other side",
                 w.name, c.wire.type_name, w.type_name
@@ -249,7 +273,10 @@ fn load(where_sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Option<Link> {
 }
 
 pub fn find(relid: pg_sys::Oid, peer: &str) -> Option<Link> {
-    load("relid = $1 AND peer_name = $2", vec![relid.into(), peer.into()])
+    load(
+        "relid = $1 AND peer_name = $2",
+        vec![relid.into(), peer.into()],
+    )
 }
 
 /// A name in schema synclink not yet taken by a type or function.
@@ -280,13 +307,19 @@ fn create_local(
     peer_schema: &str,
     peer_table: &str,
 ) -> i32 {
-    let id = Spi::get_one::<i32>("SELECT nextval('synclink.link_link_id_seq')::int").unwrap().unwrap();
+    let id = Spi::get_one::<i32>("SELECT nextval('synclink.link_link_id_seq')::int")
+        .unwrap()
+        .unwrap();
     let base = format!("{}_{}", info.name, peer.name);
     let row_type = qualified("synclink", &free_name(&base, "row", id));
     let function = qualified("synclink", &free_name(&base, "capture", id));
     // Our own column types, in the agreed order: the peer's text form is parsed into these.
     let attrs = join(wire, ", ", |w| {
-        let local = info.columns.iter().find(|c| c.wire.name == w.name).expect("validated column");
+        let local = info
+            .columns
+            .iter()
+            .find(|c| c.wire.name == w.name)
+            .expect("validated column");
         format!("{} {}", ident(&w.name), local.wire.type_name)
     });
     Spi::run(&format!("CREATE TYPE {row_type} AS ({attrs})")).unwrap();
@@ -297,7 +330,6 @@ fn create_local(
         function: &function,
         table_display: &format!("{}.{}", info.schema, info.name),
         peer_name: &peer.name,
-        peer_node: &peer.node_name,
         row_type: &row_type,
         columns: &columns,
         key,
@@ -305,7 +337,7 @@ fn create_local(
     Spi::run(&capture::function_sql(&spec)).unwrap();
     Spi::run(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC")).unwrap();
     let mut triggers = Vec::new();
-    for (name, sql) in capture::trigger_sqls(&table, &function, &peer.name) {
+    for (name, sql) in capture::trigger_sqls(&table, &function, &peer.name, &peer.node_name) {
         Spi::run(&sql).unwrap();
         triggers.push(name);
     }
@@ -343,18 +375,31 @@ fn drop_local(link: &Link) {
             Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t))).unwrap();
         }
     }
-    Spi::run(&format!("DROP FUNCTION IF EXISTS {}()", link.capture_function)).unwrap();
+    Spi::run(&format!(
+        "DROP FUNCTION IF EXISTS {}()",
+        link.capture_function
+    ))
+    .unwrap();
     Spi::run(&format!("DROP TYPE IF EXISTS {}", link.row_type)).unwrap();
-    Spi::run_with_args("DELETE FROM synclink.link WHERE link_id = $1", &[link.id.into()]).unwrap();
+    Spi::run_with_args(
+        "DELETE FROM synclink.link WHERE link_id = $1",
+        &[link.id.into()],
+    )
+    .unwrap();
 }
 
 /// Ask the peer to act on its half. A connection failure becomes a clear error; an error the
 /// peer raises (its table is missing, its columns differ…) reaches the user unchanged.
 fn request(peer: &Peer, action: &str, body: serde_json::Value) -> Result<(), PeerError> {
-    let sql = format!("INSERT INTO {} (from_node, action, body) VALUES ($1, $2, $3)", peer.foreign("request"));
+    let sql = format!(
+        "INSERT INTO {} (from_node, action, body) VALUES ($1, $2, $3)",
+        peer.foreign("request")
+    );
     let local = crate::node::local_name();
     let body = pgrx::JsonB(body);
-    match catching(|| Spi::run_with_args(&sql, &[local.as_str().into(), action.into(), body.into()])) {
+    match catching(|| {
+        Spi::run_with_args(&sql, &[local.as_str().into(), action.into(), body.into()])
+    }) {
         Ok(r) => {
             r.unwrap();
             Ok(())
@@ -367,9 +412,16 @@ fn request(peer: &Peer, action: &str, body: serde_json::Value) -> Result<(), Pee
 fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>) -> bool {
     let peer = peer::resolve(peer_name).or_raise();
     let info = describe(relid);
-    let key = info.primary_key.clone().unwrap_or_else(|| raise(LinkError::NoPrimaryKey(info.display())));
+    let key = info
+        .primary_key
+        .clone()
+        .unwrap_or_else(|| raise(LinkError::NoPrimaryKey(info.display())));
     if find(relid, &peer.name).is_some() {
-        notice(&format!("table {} is already linked with peer \"{}\", skipping", info.display(), peer.name));
+        notice(&format!(
+            "table {} is already linked with peer \"{}\", skipping",
+            info.display(),
+            peer.name
+        ));
         return false;
     }
     let wire = info.wire_columns();
@@ -400,7 +452,10 @@ fn sync_link_table(tbl: PgRelation, peer: default!(Option<&str>, "NULL")) -> boo
 pub fn unlink_by_id(id: i32, tolerate_unreachable: bool) {
     let link = load("link_id = $1", vec![id.into()]).expect("link exists");
     let peer = peer::find(&link.peer_name).expect("link has its peer");
-    let body = UnlinkRequest { schema: link.peer_schema.clone(), table: link.peer_table.clone() };
+    let body = UnlinkRequest {
+        schema: link.peer_schema.clone(),
+        table: link.peer_table.clone(),
+    };
     match request(&peer, "unlink", serde_json::to_value(body).unwrap()) {
         Ok(()) => {}
         Err(e @ PeerError::Unreachable { .. }) if tolerate_unreachable => crate::error::warning(
@@ -415,7 +470,10 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool) {
 fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>) -> bool {
     let peer = peer::resolve(peer_name).or_raise();
     let link = find(relid, &peer.name).unwrap_or_else(|| {
-        raise(LinkError::NotLinked { table: describe(relid).display(), peer: peer.name.clone() })
+        raise(LinkError::NotLinked {
+            table: describe(relid).display(),
+            peer: peer.name.clone(),
+        })
     });
     unlink_by_id(link.id, false);
     true
@@ -431,15 +489,25 @@ fn sync_unlink_table(tbl: PgRelation, peer: default!(Option<&str>, "NULL")) -> b
 fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
     let node = crate::node::local_name();
     let display = format!("{}.{}", ident(&req.schema), ident(&req.table));
-    let oid = lookup(&req.schema, &req.table)
-        .ok_or_else(|| LinkError::MissingTable { table: display.clone(), node: node.clone() })?;
+    let oid = lookup(&req.schema, &req.table).ok_or_else(|| LinkError::MissingTable {
+        table: display.clone(),
+        node: node.clone(),
+    })?;
     let info = describe(oid);
     let differences = column_differences(&info.columns, &req.columns);
     if !differences.is_empty() {
-        return Err(LinkError::ColumnMismatch { table: display, node, differences });
+        return Err(LinkError::ColumnMismatch {
+            table: display,
+            node,
+            differences,
+        });
     }
     if !info.unique_keys.iter().any(|k| same_set(k, &req.key)) {
-        return Err(LinkError::KeyMismatch { table: display, node, key: req.key.join(", ") });
+        return Err(LinkError::KeyMismatch {
+            table: display,
+            node,
+            key: req.key.join(", "),
+        });
     }
     if let Some(existing) = find(oid, &from.name) {
         let (cols, key) = Spi::get_two_with_args::<Vec<String>, Vec<String>>(
@@ -453,7 +521,15 @@ fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
         }
         return Err(LinkError::LinkedDifferently(display, node));
     }
-    create_local(&info, from, &req.columns, &req.key, &req.initiator, &req.from_schema, &req.from_table);
+    create_local(
+        &info,
+        from,
+        &req.columns,
+        &req.key,
+        &req.initiator,
+        &req.from_schema,
+        &req.from_table,
+    );
     Ok(())
 }
 
@@ -469,9 +545,8 @@ fn handle_unlink(from: &Peer, req: UnlinkRequest) {
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn handle_request(from_node: &str, action: &str, body: pgrx::JsonB) {
-    let from = peer::find_by_node(from_node).unwrap_or_else(|| {
-        raise(PeerError::UnknownNode(from_node.into()))
-    });
+    let from = peer::find_by_node(from_node)
+        .unwrap_or_else(|| raise(PeerError::UnknownNode(from_node.into())));
     match action {
         "link" => {
             let req: LinkRequest = serde_json::from_value(body.0)
@@ -493,7 +568,14 @@ mod tests {
 
     fn col(name: &str, ty: &str, generated: bool) -> Column {
         let base = ty.split('(').next().unwrap().to_string();
-        Column { wire: WireColumn { name: name.into(), type_name: ty.into(), base_type: base }, generated }
+        Column {
+            wire: WireColumn {
+                name: name.into(),
+                type_name: ty.into(),
+                base_type: base,
+            },
+            generated,
+        }
     }
 
     #[test]
@@ -505,20 +587,39 @@ mod tests {
 
     #[test]
     fn text_and_varchar_are_compatible_but_int_and_text_are_not() {
-        let local = vec![col("name", "character varying(255)", false), col("price", "integer", false)];
-        let wire = vec![col("name", "text", false).wire, col("price", "text", false).wire];
+        let local = vec![
+            col("name", "character varying(255)", false),
+            col("price", "integer", false),
+        ];
+        let wire = vec![
+            col("name", "text", false).wire,
+            col("price", "text", false).wire,
+        ];
         let d = column_differences(&local, &wire);
-        assert_eq!(d, vec!["column \"price\" is integer here but text on the other side".to_string()]);
+        assert_eq!(
+            d,
+            vec!["column \"price\" is integer here but text on the other side".to_string()]
+        );
     }
 
     #[test]
     fn every_difference_is_reported() {
-        let local = vec![col("id", "bigint", false), col("extra", "text", false), col("total", "numeric", true)];
-        let wire = vec![col("id", "bigint", false).wire, col("gone", "text", false).wire, col("total", "numeric", false).wire];
+        let local = vec![
+            col("id", "bigint", false),
+            col("extra", "text", false),
+            col("total", "numeric", true),
+        ];
+        let wire = vec![
+            col("id", "bigint", false).wire,
+            col("gone", "text", false).wire,
+            col("total", "numeric", false).wire,
+        ];
         let d = column_differences(&local, &wire);
         assert_eq!(d.len(), 3, "{d:?}");
         assert!(d.iter().any(|x| x.contains("\"gone\" is missing")));
-        assert!(d.iter().any(|x| x.contains("\"total\" is generated on one side only")));
+        assert!(d
+            .iter()
+            .any(|x| x.contains("\"total\" is generated on one side only")));
         assert!(d.iter().any(|x| x.contains("\"extra\" exists only here")));
     }
 }

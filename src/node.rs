@@ -21,7 +21,9 @@ impl SqlError for NodeError {
     fn hint(&self) -> Option<String> {
         Some(match self {
             NodeError::InvalidName(_) => "Use 1 to 63 letters, digits, '_', '.' or '-'.".into(),
-            NodeError::InUse(_) => "Peers know this node by its name; unlink every table first.".into(),
+            NodeError::InUse(_) => {
+                "Peers know this node by its name; unlink every table first.".into()
+            }
         })
     }
 }
@@ -35,7 +37,9 @@ pub fn local_name() -> String {
 fn valid(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// The name this database is known by among synclink nodes.
@@ -51,7 +55,9 @@ fn sync_set_node_name(name: &str) -> String {
     if !valid(name) {
         crate::error::raise(NodeError::InvalidName(name.into()));
     }
-    let links = Spi::get_one::<i64>("SELECT count(*) FROM synclink.link").unwrap().unwrap_or(0);
+    let links = Spi::get_one::<i64>("SELECT count(*) FROM synclink.link")
+        .unwrap()
+        .unwrap_or(0);
     if links > 0 {
         Err::<(), _>(NodeError::InUse(links)).or_raise();
     }

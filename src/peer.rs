@@ -39,7 +39,9 @@ impl SqlError for PeerError {
         match self {
             PeerError::InvalidName(_) => ERRCODE_INVALID_NAME,
             PeerError::Exists(_) | PeerError::ServerTaken(_) => ERRCODE_DUPLICATE_OBJECT,
-            PeerError::Unknown(_) | PeerError::UnknownNode(_) | PeerError::NoPeers => ERRCODE_UNDEFINED_OBJECT,
+            PeerError::Unknown(_) | PeerError::UnknownNode(_) | PeerError::NoPeers => {
+                ERRCODE_UNDEFINED_OBJECT
+            }
             PeerError::Ambiguous(_) => ERRCODE_AMBIGUOUS_PARAMETER,
             PeerError::Unreachable { .. } => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             PeerError::NoSynclink(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -155,8 +157,8 @@ impl HideStatementFromLog {
         if !allowed {
             return HideStatementFromLog { previous: None };
         }
-        let previous = Spi::get_one::<String>("SELECT current_setting('log_min_error_statement')")
-            .unwrap();
+        let previous =
+            Spi::get_one::<String>("SELECT current_setting('log_min_error_statement')").unwrap();
         Spi::run("SELECT set_config('log_min_error_statement', 'panic', true)").unwrap();
         HideStatementFromLog { previous }
     }
@@ -164,8 +166,11 @@ impl HideStatementFromLog {
     /// Called on success only: on error the transaction's abort restores the setting.
     fn restore(self) {
         if let Some(p) = self.previous {
-            Spi::run_with_args("SELECT set_config('log_min_error_statement', $1, true)", &[p.as_str().into()])
-                .unwrap();
+            Spi::run_with_args(
+                "SELECT set_config('log_min_error_statement', $1, true)",
+                &[p.as_str().into()],
+            )
+            .unwrap();
         }
     }
 }
@@ -182,7 +187,10 @@ fn probe(peer: &Peer) -> Result<String, PeerError> {
 }
 
 pub fn unreachable(peer: &str, f: RemoteFailure) -> PeerError {
-    PeerError::Unreachable { peer: peer.into(), reason: f.summary() }
+    PeerError::Unreachable {
+        peer: peer.into(),
+        reason: f.summary(),
+    }
 }
 
 fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
@@ -220,7 +228,11 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
     if !server_opts.iter().any(|(k, _)| k == "application_name") {
         server_opts.push(("application_name".into(), format!("synclink from {local}")));
     }
-    let peer = Peer { name: name.into(), server: server.clone(), node_name: String::new() };
+    let peer = Peer {
+        name: name.into(),
+        server: server.clone(),
+        node_name: String::new(),
+    };
     let srv = ident(&server);
     let mut ddl = vec![
         format!("CREATE SERVER {srv} FOREIGN DATA WRAPPER synclink OPTIONS ({})", options(&server_opts)),
@@ -240,7 +252,10 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
         ),
     ];
     if !parsed.mapping.is_empty() {
-        ddl.push(format!("CREATE USER MAPPING FOR PUBLIC SERVER {srv} OPTIONS ({})", options(&parsed.mapping)));
+        ddl.push(format!(
+            "CREATE USER MAPPING FOR PUBLIC SERVER {srv} OPTIONS ({})",
+            options(&parsed.mapping)
+        ));
     } else {
         ddl.push(format!("CREATE USER MAPPING FOR PUBLIC SERVER {srv}"));
     }
@@ -249,7 +264,10 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
     }
     let node = probe(&peer)?;
     if node == local {
-        return Err(PeerError::SameNode { peer: name.into(), node });
+        return Err(PeerError::SameNode {
+            peer: name.into(),
+            node,
+        });
     }
     Spi::run_with_args(
         "INSERT INTO synclink.peer (peer_name, server_name, node_name, conninfo) VALUES ($1, $2, $3, $4)",
@@ -270,21 +288,36 @@ fn sync_add_peer(name: &str, conninfo: &str) -> String {
 }
 
 pub fn drop_objects(peer: &Peer) {
-    Spi::run(&format!("DROP SERVER IF EXISTS {} CASCADE", ident(&peer.server))).unwrap();
-    Spi::run_with_args("DELETE FROM synclink.peer WHERE peer_name = $1", &[peer.name.as_str().into()]).unwrap();
+    Spi::run(&format!(
+        "DROP SERVER IF EXISTS {} CASCADE",
+        ident(&peer.server)
+    ))
+    .unwrap();
+    Spi::run_with_args(
+        "DELETE FROM synclink.peer WHERE peer_name = $1",
+        &[peer.name.as_str().into()],
+    )
+    .unwrap();
 }
 
 fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
     let peer = find(name).ok_or_else(|| PeerError::Unknown(name.into()))?;
     let links: Vec<i32> = Spi::connect(|c| {
-        c.select("SELECT link_id FROM synclink.link WHERE peer_name = $1 ORDER BY link_id", None, &[name.into()])
-            .unwrap()
-            .into_iter()
-            .map(|r| r.get::<i32>(1).unwrap().unwrap())
-            .collect()
+        c.select(
+            "SELECT link_id FROM synclink.link WHERE peer_name = $1 ORDER BY link_id",
+            None,
+            &[name.into()],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get::<i32>(1).unwrap().unwrap())
+        .collect()
     });
     if !links.is_empty() && !cascade {
-        return Err(PeerError::HasLinks { peer: name.into(), count: links.len() as i64 });
+        return Err(PeerError::HasLinks {
+            peer: name.into(),
+            count: links.len() as i64,
+        });
     }
     for id in links {
         crate::link::unlink_by_id(id, true);

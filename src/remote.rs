@@ -58,16 +58,16 @@ pub fn catching<T>(f: impl FnOnce() -> T) -> Result<T, RemoteFailure> {
         let w = wrapped;
         Ok((w.0)())
     })
-        .catch_others(|e| match e {
-            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => Err(RemoteFailure {
-                sqlstate: r.sql_error_code(),
-                message: r.message().to_string(),
-                detail: r.detail().map(str::to_string),
-                hint: r.hint().map(str::to_string),
-            }),
-            other => other.rethrow(),
-        })
-        .execute()
+    .catch_others(|e| match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => Err(RemoteFailure {
+            sqlstate: r.sql_error_code(),
+            message: r.message().to_string(),
+            detail: r.detail().map(str::to_string),
+            hint: r.hint().map(str::to_string),
+        }),
+        other => other.rethrow(),
+    })
+    .execute()
 }
 
 #[cfg(test)]
@@ -76,7 +76,10 @@ mod tests {
     fn sqlstate_roundtrip() {
         // MAKE_SQLSTATE packs 6 bits per character, first character lowest.
         let pack = |s: &str| -> isize {
-            s.bytes().enumerate().map(|(i, b)| ((b - b'0') as isize) << (6 * i)).sum()
+            s.bytes()
+                .enumerate()
+                .map(|(i, b)| ((b - b'0') as isize) << (6 * i))
+                .sum()
         };
         for s in ["08001", "42P01", "28P01", "57P01"] {
             assert_eq!(super::sqlstate_text(pack(s)), s);

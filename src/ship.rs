@@ -4,21 +4,29 @@
 use crate::error::{raise, SqlError};
 use crate::remote::catching;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::PgOid;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ShipError {
     #[error("could not send changes to {table} on peer \"{peer}\"")]
-    PeerFailed { peer: String, table: String, reason: String, connection: bool },
+    PeerFailed {
+        peer: String,
+        table: String,
+        reason: String,
+        connection: bool,
+    },
 }
 
 impl SqlError for ShipError {
     fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
-            ShipError::PeerFailed { connection: true, .. } => {
-                PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
-            }
+            ShipError::PeerFailed {
+                connection: true, ..
+            } => PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             ShipError::PeerFailed { .. } => PgSqlErrorCode::ERRCODE_FDW_ERROR,
         }
     }
@@ -35,10 +43,10 @@ impl SqlError for ShipError {
     }
 }
 
-#[derive(Clone)]
 struct Route {
     peer: String,
-    insert_sql: String,
+    /// The INSERT into the peer's inbox, planned once per backend.
+    insert: OwnedPreparedStatement,
     target_schema: String,
     target_table: String,
     node: String,
@@ -47,10 +55,10 @@ struct Route {
 thread_local! {
     // Link ids are never reused, so an entry can only go stale by its link being dropped, and
     // then its capture trigger is gone too.
-    static ROUTES: RefCell<HashMap<i32, Route>> = RefCell::new(HashMap::new());
+    static ROUTES: RefCell<HashMap<i32, Rc<Route>>> = RefCell::new(HashMap::new());
 }
 
-fn route(link_id: i32) -> Route {
+fn route(link_id: i32) -> Rc<Route> {
     if let Some(r) = ROUTES.with(|m| m.borrow().get(&link_id).cloned()) {
         return r;
     }
@@ -60,17 +68,29 @@ fn route(link_id: i32) -> Route {
     )
     .unwrap();
     let peer = crate::peer::find(&peer.expect("capture trigger of a removed link")).unwrap();
-    let r = Route {
-        insert_sql: format!(
-            "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            peer.foreign("inbox")
-        ),
+    let sql = format!(
+        "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        peer.foreign("inbox")
+    );
+    let text = PgOid::from(pg_sys::TEXTOID);
+    let types = [
+        text,
+        text,
+        text,
+        text,
+        PgOid::from(pg_sys::CHAROID),
+        text,
+        text,
+    ];
+    let insert = Spi::connect(|c| c.prepare_mut(sql.as_str(), &types).unwrap().keep());
+    let r = Rc::new(Route {
+        insert,
         peer: peer.name,
         target_schema: schema.unwrap(),
         target_table: table.unwrap(),
         node: crate::node::local_name(),
-    };
+    });
     ROUTES.with(|m| m.borrow_mut().insert(link_id, r.clone()));
     r
 }
@@ -82,18 +102,22 @@ fn ship(link_id: i32, op: i8, new_rows: Option<&str>, old_rows: Option<&str>) {
     let r = route(link_id);
     let origin = crate::apply::current_origin().unwrap_or_else(|| r.node.clone());
     let sent = catching(|| {
-        Spi::run_with_args(
-            &r.insert_sql,
-            &[
-                origin.as_str().into(),
-                r.node.as_str().into(),
-                r.target_schema.as_str().into(),
-                r.target_table.as_str().into(),
-                op.into(),
-                new_rows.into(),
-                old_rows.into(),
-            ],
-        )
+        Spi::connect_mut(|c| {
+            c.update(
+                &r.insert,
+                None,
+                &[
+                    origin.as_str().into(),
+                    r.node.as_str().into(),
+                    r.target_schema.as_str().into(),
+                    r.target_table.as_str().into(),
+                    op.into(),
+                    new_rows.into(),
+                    old_rows.into(),
+                ],
+            )
+            .unwrap();
+        })
     });
     if let Err(f) = sent {
         raise(ShipError::PeerFailed {

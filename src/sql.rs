@@ -62,7 +62,10 @@ mod tests {
 
     #[test]
     fn qualified_quotes_both_parts() {
-        assert_eq!(qualified("Sales", "order items"), "\"Sales\".\"order items\"");
+        assert_eq!(
+            qualified("Sales", "order items"),
+            "\"Sales\".\"order items\""
+        );
     }
 
     #[test]

@@ -28,11 +28,15 @@ unsafe fn drops_synclink(parsetree: *mut pg_sys::Node) -> bool {
 
 fn remove_everything() {
     let links: Vec<i32> = Spi::connect(|c| {
-        c.select("SELECT link_id FROM synclink.link ORDER BY link_id", None, &[])
-            .unwrap()
-            .into_iter()
-            .map(|r| r.get::<i32>(1).unwrap().unwrap())
-            .collect()
+        c.select(
+            "SELECT link_id FROM synclink.link ORDER BY link_id",
+            None,
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get::<i32>(1).unwrap().unwrap())
+        .collect()
     });
     for id in links {
         link::unlink_by_id(id, true);
@@ -58,7 +62,9 @@ pub extern "C" fn pg_finfo_synclink_before_drop() -> &'static pg_sys::Pg_finfo_r
 /// Event trigger function, installed by sql/finalize.sql for ddl_command_start / DROP EXTENSION.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub unsafe extern "C-unwind" fn synclink_before_drop(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn synclink_before_drop(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
     let context = (*fcinfo).context;
     if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_EventTriggerData {
         error!("synclink_before_drop() may only be called as an event trigger");

@@ -16,13 +16,21 @@ use std::time::Duration;
 pub const SYNC_PASSWORD: &str = "e2e-sync-pw-31337";
 
 fn pg_bindir() -> PathBuf {
-    let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
-    let out = Command::new(&pg_config).arg("--bindir").output().expect("pg_config runs");
+    let pg_config = std::env::var("PG_CONFIG")
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+    let out = Command::new(&pg_config)
+        .arg("--bindir")
+        .output()
+        .expect("pg_config runs");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// Run a server binary, as `postgres` when we are root.
@@ -38,7 +46,11 @@ fn run_pg(bin: &Path, args: &[&str]) -> std::process::Output {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -64,12 +76,32 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
-            let ok = Command::new("chown").args(["postgres"]).arg(&dir).status().unwrap().success();
+            let ok = Command::new("chown")
+                .args(["postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success();
             assert!(ok, "chown postgres {}", dir.display());
         }
         let data = dir.join("data");
-        let out = run_pg(&bin.join("initdb"), &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "--no-sync"]);
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run_pg(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
         let mut conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n\
@@ -85,11 +117,23 @@ impl Cluster {
         let hba = std::fs::read_to_string(data.join("pg_hba.conf")).unwrap();
         let hba: String = hba
             .lines()
-            .map(|l| if l.starts_with("host") { l.replace("trust", "scram-sha-256") } else { l.to_string() })
+            .map(|l| {
+                if l.starts_with("host") {
+                    l.replace("trust", "scram-sha-256")
+                } else {
+                    l.to_string()
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n");
         write_as_pg(&data.join("pg_hba.conf"), &(hba + "\n"));
-        let mut c = Cluster { name: name.into(), port, dir, bin, running: false };
+        let mut c = Cluster {
+            name: name.into(),
+            port,
+            dir,
+            bin,
+            running: false,
+        };
         c.start_again();
         c
     }
@@ -105,15 +149,39 @@ impl Cluster {
     pub fn start_again(&mut self) {
         let out = run_pg(
             &self.bin.join("pg_ctl"),
-            &["-D", self.data().to_str().unwrap(), "-l", self.log_path().to_str().unwrap(), "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-l",
+                self.log_path().to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         );
-        assert!(out.status.success(), "pg_ctl start failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log_tail(40));
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(40)
+        );
         self.running = true;
     }
 
     /// Stop the way a crash would: no shutdown checkpoint, connections cut.
     pub fn stop_immediate(&mut self) {
-        run_pg(&self.bin.join("pg_ctl"), &["-D", self.data().to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+        run_pg(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
         self.running = false;
     }
 
@@ -138,7 +206,11 @@ impl Cluster {
 
     /// A superuser session over the Unix socket.
     pub fn connect(&self, db: &str) -> Client {
-        let conn = format!("host={} port={} user=postgres dbname={db}", self.dir.display(), self.port);
+        let conn = format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.display(),
+            self.port
+        );
         let mut last = None;
         for _ in 0..50 {
             match Client::connect(&conn, NoTls) {
@@ -151,13 +223,19 @@ impl Cluster {
     }
 
     pub fn connect_as(&self, db: &str, user: &str, password: &str) -> Client {
-        let conn = format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", self.port);
+        let conn = format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            self.port
+        );
         Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect as {user}: {e}"))
     }
 
     /// The libpq connection string another node uses to reach `db` here as the sync role.
     pub fn conninfo(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} dbname={db} user=sync password={SYNC_PASSWORD}", self.port)
+        format!(
+            "host=127.0.0.1 port={} dbname={db} user=sync password={SYNC_PASSWORD}",
+            self.port
+        )
     }
 
     /// A database with synclink installed and the `sync` login role the peers connect as.
@@ -169,7 +247,9 @@ impl Cluster {
                  CREATE ROLE sync LOGIN SUPERUSER PASSWORD '{SYNC_PASSWORD}'; END IF; END $$"
             ))
             .unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE \"{db}\"")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+            .unwrap();
         let mut c = self.connect(db);
         c.batch_execute("CREATE EXTENSION synclink").unwrap();
         c
@@ -179,10 +259,24 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- server log of {} (last 60 lines) ----\n{}\n----", self.name, self.log_tail(60));
+            eprintln!(
+                "---- server log of {} (last 60 lines) ----\n{}\n----",
+                self.name,
+                self.log_tail(60)
+            );
         }
         if self.running {
-            run_pg(&self.bin.join("pg_ctl"), &["-D", self.data().to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+            run_pg(
+                &self.bin.join("pg_ctl"),
+                &[
+                    "-D",
+                    self.data().to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -198,7 +292,11 @@ fn append(path: &Path, text: &str) {
 fn write_as_pg(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     if is_root() {
-        Command::new("chown").arg("postgres").arg(path).status().unwrap();
+        Command::new("chown")
+            .arg("postgres")
+            .arg(path)
+            .status()
+            .unwrap();
     }
 }
 
@@ -221,7 +319,11 @@ impl Pair {
         let refs: Vec<&str> = conf.iter().map(String::as_str).collect();
         let a = Cluster::start("a", &refs);
         let b = tb.join().expect("cluster b starts");
-        Pair { a, b, db: "shop".into() }
+        Pair {
+            a,
+            b,
+            db: "shop".into(),
+        }
     }
 
     /// Both databases created and registered with each other, but nothing linked yet.
@@ -233,8 +335,10 @@ impl Pair {
         let p = Pair::new(extra_conf);
         let mut ca = p.a.create_db(&p.db);
         let mut cb = p.b.create_db(&p.db);
-        ca.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)]).unwrap();
-        cb.execute("SELECT sync_add_peer('a', $1)", &[&p.a.conninfo(&p.db)]).unwrap();
+        ca.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)])
+            .unwrap();
+        cb.execute("SELECT sync_add_peer('a', $1)", &[&p.a.conninfo(&p.db)])
+            .unwrap();
         (p, ca, cb)
     }
 }
@@ -260,7 +364,9 @@ pub fn table_hash(c: &mut Client, table: &str, order: &str) -> (i64, String) {
 
 /// The SQLSTATE, message, detail and hint of a failed statement.
 pub fn db_error(e: postgres::Error) -> (String, String, String, String) {
-    let d = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
+    let d = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {e}"));
     (
         d.code().code().to_string(),
         d.message().to_string(),

@@ -21,25 +21,45 @@ fn changes_flow_both_ways_for_single_rows_and_bulk_statements() {
     let (_p, mut a, mut b) = Pair::peered();
     both(&mut a, &mut b, PRODUCTS);
     // one call on A links both directions; B never runs a migration of its own
-    let linked: bool = a.query_one("SELECT sync_link_table('products')", &[]).unwrap().get(0);
+    let linked: bool = a
+        .query_one("SELECT sync_link_table('products')", &[])
+        .unwrap()
+        .get(0);
     assert!(linked);
 
-    a.execute("INSERT INTO products (id, name, price) VALUES (1, 'kettle', 25)", &[]).unwrap();
-    b.execute("INSERT INTO products (id, name, price) VALUES (2, 'teapot', 30)", &[]).unwrap();
+    a.execute(
+        "INSERT INTO products (id, name, price) VALUES (1, 'kettle', 25)",
+        &[],
+    )
+    .unwrap();
+    b.execute(
+        "INSERT INTO products (id, name, price) VALUES (2, 'teapot', 30)",
+        &[],
+    )
+    .unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 2);
 
-    b.execute("UPDATE products SET price = 26 WHERE id = 1", &[]).unwrap();
+    b.execute("UPDATE products SET price = 26 WHERE id = 1", &[])
+        .unwrap();
     a.execute("DELETE FROM products WHERE id = 2", &[]).unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 1);
-    let price: i32 = a.query_one("SELECT price FROM products WHERE id = 1", &[]).unwrap().get(0);
+    let price: i32 = a
+        .query_one("SELECT price FROM products WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(price, 26);
 
     // bulk statements cross in change records of several thousand rows
     a.execute("INSERT INTO products (id, name, price) SELECT g, 'item ' || g, g % 1000 FROM generate_series(10, 100009) g", &[]).unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 100_001);
-    b.execute("UPDATE products SET price = coalesce(price, 0) + 1, updated_at = now()", &[]).unwrap();
+    b.execute(
+        "UPDATE products SET price = coalesce(price, 0) + 1, updated_at = now()",
+        &[],
+    )
+    .unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 100_001);
-    a.execute("DELETE FROM products WHERE id BETWEEN 5000 AND 60000", &[]).unwrap();
+    a.execute("DELETE FROM products WHERE id BETWEEN 5000 AND 60000", &[])
+        .unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 45_000);
     b.execute("TRUNCATE products", &[]).unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 0);
@@ -49,21 +69,35 @@ fn changes_flow_both_ways_for_single_rows_and_bulk_statements() {
 fn key_changes_and_nulls_round_trip() {
     let (_p, mut a, mut b) = Pair::peered();
     both(&mut a, &mut b, PRODUCTS);
-    a.execute("SELECT sync_link_table('products')", &[]).unwrap();
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
     a.execute("INSERT INTO products (id, name, price) SELECT g, 'p' || g, NULL FROM generate_series(1, 12000) g", &[]).unwrap();
     // Keys move into other rows' old keys, across the boundaries of change records: rows
     // 1..6000 leave for 100001.., then rows 6001..12000 take their keys (a sequential scan
     // visits them in that order, so the sender's unique index accepts it).
-    a.execute("UPDATE products SET id = CASE WHEN id <= 6000 THEN id + 100000 ELSE id - 6000 END", &[]).unwrap();
+    a.execute(
+        "UPDATE products SET id = CASE WHEN id <= 6000 THEN id + 100000 ELSE id - 6000 END",
+        &[],
+    )
+    .unwrap();
     same(&mut a, &mut b, "products");
-    let n: String = b.query_one("SELECT name FROM products WHERE id = 1", &[]).unwrap().get(0);
+    let n: String = b
+        .query_one("SELECT name FROM products WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, "p6001");
-    b.execute("UPDATE products SET id = -id WHERE id > 100000", &[]).unwrap();
+    b.execute("UPDATE products SET id = -id WHERE id > 100000", &[])
+        .unwrap();
     same(&mut a, &mut b, "products");
-    b.execute("UPDATE products SET price = 5 WHERE id = 100", &[]).unwrap();
-    b.execute("UPDATE products SET price = NULL WHERE id = 100", &[]).unwrap();
+    b.execute("UPDATE products SET price = 5 WHERE id = 100", &[])
+        .unwrap();
+    b.execute("UPDATE products SET price = NULL WHERE id = 100", &[])
+        .unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 12_000);
-    let nulls: i64 = a.query_one("SELECT count(*) FROM products WHERE price IS NULL", &[]).unwrap().get(0);
+    let nulls: i64 = a
+        .query_one("SELECT count(*) FROM products WHERE price IS NULL", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(nulls, 12_000);
 }
 
@@ -81,7 +115,8 @@ fn every_supported_column_type_round_trips_exactly() {
     both(&mut a, &mut b, ddl);
     // the receiving side's sessions use other output settings: the wire format must not care
     b.batch_execute("ALTER DATABASE shop SET \"DateStyle\" = 'SQL, DMY'; ALTER DATABASE shop SET \"IntervalStyle\" = 'sql_standard'; ALTER DATABASE shop SET timezone = 'Asia/Kolkata'").unwrap();
-    a.execute("SELECT sync_link_table('everything')", &[]).unwrap();
+    a.execute("SELECT sync_link_table('everything')", &[])
+        .unwrap();
     a.batch_execute(r#"SET "IntervalStyle" = 'iso_8601'; SET bytea_output = 'escape'; SET extra_float_digits = 0;
         INSERT INTO everything (id, c_smallint, c_bigint, c_numeric, c_real, c_double, c_text, c_varchar, c_char,
             c_bool, c_date, c_ts, c_tstz, c_interval, c_uuid, c_jsonb, c_json, c_bytea, c_text_arr, c_int_arr, c_mood)
@@ -96,7 +131,10 @@ fn every_supported_column_type_round_trips_exactly() {
          NULL, 'null', 'null', '\x'::bytea, '{}', ARRAY[]::integer[], NULL),
         (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
          NULL, NULL, NULL)"#).unwrap();
-    b.batch_execute("UPDATE everything SET c_numeric = 1.5, c_mood = 'sad', c_json = '[1,  2]' WHERE id = 3").unwrap();
+    b.batch_execute(
+        "UPDATE everything SET c_numeric = 1.5, c_mood = 'sad', c_json = '[1,  2]' WHERE id = 3",
+    )
+    .unwrap();
 
     // compare in one fixed text form, column by column, generated column included
     let cols = "id, c_smallint, c_bigint, c_numeric, c_real::float8, c_double, c_text, c_varchar, c_char::text, c_bool,
@@ -114,9 +152,15 @@ fn every_supported_column_type_round_trips_exactly() {
     };
     let (da, db) = (dump(&mut a), dump(&mut b));
     assert_eq!(da, db);
-    assert!(da.contains("\"{\"\"keep\"\":  \"\"whitespace\"\",   \"\"dup\"\": 1, \"\"dup\"\": 2}\""), "json text kept byte for byte: {da}");
+    assert!(
+        da.contains("\"{\"\"keep\"\":  \"\"whitespace\"\",   \"\"dup\"\": 1, \"\"dup\"\": 2}\""),
+        "json text kept byte for byte: {da}"
+    );
     assert!(da.contains("3.14159274"), "{da}");
-    let total: String = b.query_one("SELECT c_total::text FROM everything WHERE id = 3", &[]).unwrap().get(0);
+    let total: String = b
+        .query_one("SELECT c_total::text FROM everything WHERE id = 3", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(total, "3.0", "generated column recomputed on the receiver");
 }
 
@@ -134,13 +178,22 @@ fn applied_changes_are_not_echoed_back() {
          CREATE TRIGGER count_attempt BEFORE INSERT ON products FOR EACH ROW EXECUTE FUNCTION count_attempt();",
     )
     .unwrap();
-    a.execute("SELECT sync_link_table('products')", &[]).unwrap();
-    a.execute("INSERT INTO products (id, name) SELECT g, 'n' FROM generate_series(1, 100) g", &[]).unwrap();
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    a.execute(
+        "INSERT INTO products (id, name) SELECT g, 'n' FROM generate_series(1, 100) g",
+        &[],
+    )
+    .unwrap();
     a.execute("UPDATE products SET price = 1", &[]).unwrap();
     same(&mut a, &mut b, "products");
     let attempts: i64 = a.query_one("SELECT n FROM attempts", &[]).unwrap().get(0);
-    assert_eq!(attempts, 100, "A saw its own 100 inserts and nothing came back from B");
-    b.execute("UPDATE products SET price = 2 WHERE id <= 10", &[]).unwrap();
+    assert_eq!(
+        attempts, 100,
+        "A saw its own 100 inserts and nothing came back from B"
+    );
+    b.execute("UPDATE products SET price = 2 WHERE id <= 10", &[])
+        .unwrap();
     let attempts: i64 = a.query_one("SELECT n FROM attempts", &[]).unwrap().get(0);
     assert_eq!(attempts, 110, "B's 10 updates arrived once each");
     same(&mut a, &mut b, "products");
@@ -150,12 +203,19 @@ fn applied_changes_are_not_echoed_back() {
 fn an_application_role_cannot_silence_or_forge_replication() {
     let (p, mut a, mut b) = Pair::peered();
     both(&mut a, &mut b, PRODUCTS);
-    a.execute("SELECT sync_link_table('products')", &[]).unwrap();
-    a.batch_execute("CREATE ROLE app LOGIN PASSWORD 'app-pw'; GRANT ALL ON products TO app").unwrap();
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    a.batch_execute("CREATE ROLE app LOGIN PASSWORD 'app-pw'; GRANT ALL ON products TO app")
+        .unwrap();
     let mut app = p.a.connect_as(&p.db, "app", "app-pw");
     // the echo marker is not a setting: setting look-alikes changes nothing
-    app.batch_execute("SET synclink.origin = 'shop_whatever'; SET application_name = 'synclink'").unwrap();
-    app.execute("INSERT INTO products (id, name) VALUES (7, 'from app')", &[]).unwrap();
+    app.batch_execute("SET synclink.origin = 'shop_whatever'; SET application_name = 'synclink'")
+        .unwrap();
+    app.execute(
+        "INSERT INTO products (id, name) VALUES (7, 'from app')",
+        &[],
+    )
+    .unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 1);
     for forged in [
         "SELECT synclink.apply('x', 'x', 'public', 'products', 'I', NULL, NULL)",
@@ -165,7 +225,10 @@ fn an_application_role_cannot_silence_or_forge_replication() {
         "SELECT synclink.handle_request('x', 'unlink', '{}')",
     ] {
         let err = app.batch_execute(forged).expect_err(forged);
-        let code = err.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default();
+        let code = err
+            .as_db_error()
+            .map(|d| d.code().code().to_string())
+            .unwrap_or_default();
         assert_eq!(code, "42501", "{forged}: {err}");
     }
 }
@@ -174,15 +237,28 @@ fn an_application_role_cannot_silence_or_forge_replication() {
 fn linking_twice_is_a_no_op_and_unlink_keeps_the_data() {
     let (_p, mut a, mut b) = Pair::peered();
     both(&mut a, &mut b, PRODUCTS);
-    assert!(a.query_one("SELECT sync_link_table('products')", &[]).unwrap().get::<_, bool>(0));
+    assert!(a
+        .query_one("SELECT sync_link_table('products')", &[])
+        .unwrap()
+        .get::<_, bool>(0));
     // a migration that runs twice, from either side
-    assert!(!a.query_one("SELECT sync_link_table('products')", &[]).unwrap().get::<_, bool>(0));
-    assert!(!b.query_one("SELECT sync_link_table('products')", &[]).unwrap().get::<_, bool>(0));
-    a.execute("INSERT INTO products (id, name) VALUES (1, 'x')", &[]).unwrap();
+    assert!(!a
+        .query_one("SELECT sync_link_table('products')", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    assert!(!b
+        .query_one("SELECT sync_link_table('products')", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    a.execute("INSERT INTO products (id, name) VALUES (1, 'x')", &[])
+        .unwrap();
     let shown: i64 = b.query_one("SELECT count(*) FROM sync_status WHERE \"table\" = 'products'::regclass AND peer = 'a'", &[]).unwrap().get(0);
     assert_eq!(shown, 1);
 
-    assert!(b.query_one("SELECT sync_unlink_table('products')", &[]).unwrap().get::<_, bool>(0));
+    assert!(b
+        .query_one("SELECT sync_unlink_table('products')", &[])
+        .unwrap()
+        .get::<_, bool>(0));
     for c in [&mut a, &mut b] {
         let (triggers, links): (i64, i64) = {
             let r = c.query_one("SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'products'::regclass), (SELECT count(*) FROM synclink.link)", &[]).unwrap();
@@ -191,11 +267,21 @@ fn linking_twice_is_a_no_op_and_unlink_keeps_the_data() {
         assert_eq!((triggers, links), (0, 0));
         let objects: i64 = c.query_one("SELECT (SELECT count(*) FROM pg_proc WHERE pronamespace = 'synclink'::regnamespace AND prorettype = 'trigger'::regtype AND proname LIKE 'products%') + (SELECT count(*) FROM pg_type WHERE typnamespace = 'synclink'::regnamespace AND typname LIKE 'products%')", &[]).unwrap().get(0);
         assert_eq!(objects, 0, "capture function and row type are gone");
-        let rows: i64 = c.query_one("SELECT count(*) FROM products", &[]).unwrap().get(0);
+        let rows: i64 = c
+            .query_one("SELECT count(*) FROM products", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(rows, 1);
     }
-    a.execute("INSERT INTO products (id, name) VALUES (2, 'only on a')", &[]).unwrap();
-    let on_b: i64 = b.query_one("SELECT count(*) FROM products", &[]).unwrap().get(0);
+    a.execute(
+        "INSERT INTO products (id, name) VALUES (2, 'only on a')",
+        &[],
+    )
+    .unwrap();
+    let on_b: i64 = b
+        .query_one("SELECT count(*) FROM products", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(on_b, 1);
 }
 
@@ -203,7 +289,8 @@ fn linking_twice_is_a_no_op_and_unlink_keeps_the_data() {
 fn drop_extension_leaves_nothing_behind() {
     let (_p, mut a, mut b) = Pair::peered();
     both(&mut a, &mut b, PRODUCTS);
-    a.execute("SELECT sync_link_table('products')", &[]).unwrap();
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
     a.batch_execute("DROP EXTENSION synclink").unwrap();
     let leftovers: Vec<(String, i64)> = a
         .query(
@@ -225,9 +312,19 @@ fn drop_extension_leaves_nothing_behind() {
         assert_eq!(n, 0, "{what} left behind");
     }
     // and the peer stopped sending: its half of the link was removed too
-    let peer_triggers: i64 = b.query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'products'::regclass", &[]).unwrap().get(0);
+    let peer_triggers: i64 = b
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'products'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(peer_triggers, 0);
-    b.execute("INSERT INTO products (id, name) VALUES (1, 'b keeps working')", &[]).unwrap();
+    b.execute(
+        "INSERT INTO products (id, name) VALUES (1, 'b keeps working')",
+        &[],
+    )
+    .unwrap();
 }
 
 #[test]
@@ -239,25 +336,75 @@ fn odd_identifiers_are_names_not_sql() {
     both(&mut a, &mut b, ddl);
     a.batch_execute("CREATE TABLE x (i int)").unwrap();
     let t = r#""Sales Dept"."Order ""Items""; DROP TABLE x; --""#;
-    a.execute("SELECT sync_link_table($1::text::regclass)", &[&t]).unwrap();
-    a.execute(&format!(r#"INSERT INTO {t} VALUES (1, 2, 'ä'), (2, NULL, '"')"#), &[]).unwrap();
-    b.execute(&format!(r#"UPDATE {t} SET "qty'); DELETE FROM t; --" = 9 WHERE "Line ID" = 2"#), &[]).unwrap();
+    a.execute("SELECT sync_link_table($1::text::regclass)", &[&t])
+        .unwrap();
+    a.execute(
+        &format!(r#"INSERT INTO {t} VALUES (1, 2, 'ä'), (2, NULL, '"')"#),
+        &[],
+    )
+    .unwrap();
+    b.execute(
+        &format!(r#"UPDATE {t} SET "qty'); DELETE FROM t; --" = 9 WHERE "Line ID" = 2"#),
+        &[],
+    )
+    .unwrap();
     let ha = table_hash(&mut a, t, r#"t."Line ID""#);
     assert_eq!(ha, table_hash(&mut b, t, r#"t."Line ID""#));
     assert_eq!(ha.0, 2);
     a.execute("SELECT count(*) FROM x", &[]).unwrap();
-    a.execute("SELECT sync_unlink_table($1::text::regclass)", &[&t]).unwrap();
+    a.execute("SELECT sync_unlink_table($1::text::regclass)", &[&t])
+        .unwrap();
 }
 
 #[test]
 fn plain_create_extension_and_a_preloaded_library_work_alike() {
     let (_p, mut a, mut b) = Pair::peered_with(&["shared_preload_libraries = 'synclink'"]);
     // CREATE EXTENSION without CASCADE was enough: synclink brings its own wrapper
-    let wrappers: i64 = a.query_one("SELECT count(*) FROM pg_foreign_data_wrapper WHERE fdwname = 'synclink'", &[]).unwrap().get(0);
+    let wrappers: i64 = a
+        .query_one(
+            "SELECT count(*) FROM pg_foreign_data_wrapper WHERE fdwname = 'synclink'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(wrappers, 1);
     both(&mut a, &mut b, PRODUCTS);
-    a.execute("SELECT sync_link_table('products')", &[]).unwrap();
-    a.execute("INSERT INTO products (id, name) SELECT g, 'x' FROM generate_series(1, 1000) g", &[]).unwrap();
-    b.execute("UPDATE products SET price = 3 WHERE id % 2 = 0", &[]).unwrap();
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    a.execute(
+        "INSERT INTO products (id, name) SELECT g, 'x' FROM generate_series(1, 1000) g",
+        &[],
+    )
+    .unwrap();
+    b.execute("UPDATE products SET price = 3 WHERE id % 2 = 0", &[])
+        .unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 1000);
+}
+
+#[test]
+fn a_record_applied_twice_or_onto_an_existing_row_converges() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, PRODUCTS);
+    // B already holds a row A is about to insert (data from before the link)
+    b.execute("INSERT INTO products (id, name, price) VALUES (1, 'stale', 1)", &[]).unwrap();
+    a.execute("SELECT sync_link_table('products')", &[]).unwrap();
+    a.execute("INSERT INTO products (id, name, price) VALUES (1, 'fresh', 2), (2, 'new', 3)", &[]).unwrap();
+    assert_eq!(same(&mut a, &mut b, "products"), 2);
+
+    // deliver the same insert and delete records to B once more, as a retry would
+    let node_a: String = a.query_one("SELECT sync_node_name()", &[]).unwrap().get(0);
+    let rows: String = b
+        .query_one("SELECT array_agg(ROW(id, name, price, created_at, updated_at)::synclink.products_a_row)::text FROM products", &[])
+        .unwrap()
+        .get(0);
+    for _ in 0..2 {
+        b.execute("SELECT synclink.apply($1, $1, 'public', 'products', 'I', $2, NULL)", &[&node_a, &rows]).unwrap();
+    }
+    assert_eq!(same(&mut a, &mut b, "products"), 2);
+    let gone = "{\"(2,x,,\\\"2024-01-01 00:00:00\\\",\\\"2024-01-01 00:00:00\\\")\"}";
+    for _ in 0..2 {
+        b.execute("SELECT synclink.apply($1, $1, 'public', 'products', 'D', NULL, $2)", &[&node_a, &gone]).unwrap();
+    }
+    let left: Vec<i64> = b.query("SELECT id FROM products ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(left, vec![1]);
 }

@@ -36,17 +36,27 @@ macro_rules! cases {
 #[test]
 fn link_and_peer_errors_are_clear_and_leave_nothing_behind() {
     let (p, mut a, mut b) = Pair::peered();
-    both(&mut a, &mut b, "
+    both(
+        &mut a,
+        &mut b,
+        "
         CREATE TABLE no_pk (id int, v text);
         CREATE TABLE deferred_pk (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED);
         CREATE TABLE cols (id int PRIMARY KEY, v text);
         CREATE TABLE typed (id int PRIMARY KEY, n integer);
         CREATE TABLE keyed (id int PRIMARY KEY, code text NOT NULL UNIQUE);
-        CREATE TABLE fine (id int PRIMARY KEY, v text)");
-    a.batch_execute("CREATE TABLE only_here (id int PRIMARY KEY); ALTER TABLE cols ADD COLUMN extra int;
-        ALTER TABLE typed ALTER COLUMN n TYPE text").unwrap();
-    b.batch_execute("ALTER TABLE cols ADD COLUMN other int; ALTER TABLE keyed DROP CONSTRAINT keyed_pkey;
-        ALTER TABLE keyed ADD PRIMARY KEY (code)").unwrap();
+        CREATE TABLE fine (id int PRIMARY KEY, v text)",
+    );
+    a.batch_execute(
+        "CREATE TABLE only_here (id int PRIMARY KEY); ALTER TABLE cols ADD COLUMN extra int;
+        ALTER TABLE typed ALTER COLUMN n TYPE text",
+    )
+    .unwrap();
+    b.batch_execute(
+        "ALTER TABLE cols ADD COLUMN other int; ALTER TABLE keyed DROP CONSTRAINT keyed_pkey;
+        ALTER TABLE keyed ADD PRIMARY KEY (code)",
+    )
+    .unwrap();
 
     let cases = cases! {
         no_primary_key on 'a': "SELECT sync_link_table('no_pk')"
@@ -83,30 +93,59 @@ fn link_and_peer_errors_are_clear_and_leave_nothing_behind() {
         let err = c.batch_execute(case.sql).expect_err(case.name);
         let (code, message, _detail, hint) = db_error(err);
         assert_eq!(code, case.code, "{}: {message}", case.name);
-        assert!(message.contains(case.message), "{}: message {message:?}", case.name);
+        assert!(
+            message.contains(case.message),
+            "{}: message {message:?}",
+            case.name
+        );
         assert!(hint.contains(case.hint), "{}: hint {hint:?}", case.name);
         for node in [&mut a, &mut b] {
-            assert_eq!(link_objects(node), 0, "{}: something was left half-made", case.name);
+            assert_eq!(
+                link_objects(node),
+                0,
+                "{}: something was left half-made",
+                case.name
+            );
         }
     }
 
     // every column difference is listed in DETAIL
-    let (_, _, detail, _) = db_error(a.batch_execute("SELECT sync_link_table('cols')").unwrap_err());
-    assert!(detail.contains("\"extra\"") && detail.contains("\"other\""), "{detail}");
-    let (_, _, detail, _) = db_error(a.batch_execute("SELECT sync_link_table('typed')").unwrap_err());
-    assert!(detail.contains("column \"n\" is integer here but text on the other side"), "{detail}");
+    let (_, _, detail, _) = db_error(
+        a.batch_execute("SELECT sync_link_table('cols')")
+            .unwrap_err(),
+    );
+    assert!(
+        detail.contains("\"extra\"") && detail.contains("\"other\""),
+        "{detail}"
+    );
+    let (_, _, detail, _) = db_error(
+        a.batch_execute("SELECT sync_link_table('typed')")
+            .unwrap_err(),
+    );
+    assert!(
+        detail.contains("column \"n\" is integer here but text on the other side"),
+        "{detail}"
+    );
 
     // a migration that runs twice: same peer again is a no-op, linking twice too
-    a.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)]).unwrap();
+    a.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)])
+        .unwrap();
     a.execute("SELECT sync_link_table('fine')", &[]).unwrap();
     a.execute("SELECT sync_link_table('fine')", &[]).unwrap();
 
     // a peer with links is not dropped by accident; cascade unlinks both sides first
     let (code, _, _, hint) = db_error(a.batch_execute("SELECT sync_drop_peer('b')").unwrap_err());
-    assert_eq!((code.as_str(), hint.contains("cascade => true")), ("2BP01", true));
-    a.execute("SELECT sync_drop_peer('b', cascade => true)", &[]).unwrap();
+    assert_eq!(
+        (code.as_str(), hint.contains("cascade => true")),
+        ("2BP01", true)
+    );
+    a.execute("SELECT sync_drop_peer('b', cascade => true)", &[])
+        .unwrap();
     assert_eq!(link_objects(&mut a) + link_objects(&mut b), 0);
-    let servers: i64 = a.query_one("SELECT count(*) FROM pg_foreign_server", &[]).unwrap().get(0);
+    let servers: i64 = a
+        .query_one("SELECT count(*) FROM pg_foreign_server", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(servers, 0);
 }
 
@@ -116,19 +155,28 @@ fn ambiguous_and_unregistered_peers() {
     both(&mut a, &mut b, "CREATE TABLE t (id int PRIMARY KEY)");
     // B forgets A: A's request cannot be served, and says what to do on B
     b.execute("SELECT sync_drop_peer('a')", &[]).unwrap();
-    let (code, message, _, hint) = db_error(a.batch_execute("SELECT sync_link_table('t')").unwrap_err());
+    let (code, message, _, hint) =
+        db_error(a.batch_execute("SELECT sync_link_table('t')").unwrap_err());
     assert_eq!(code, "42704", "{message}");
-    assert!(message.contains("is not registered as a peer here"), "{message}");
+    assert!(
+        message.contains("is not registered as a peer here"),
+        "{message}"
+    );
     assert!(hint.contains("sync_add_peer"), "{hint}");
     assert_eq!(link_objects(&mut a), 0);
 
     // with two peers the call must say which
     let c = Cluster::start("c", &[]);
     c.create_db(&p.db);
-    a.execute("SELECT sync_add_peer('c', $1)", &[&c.conninfo(&p.db)]).unwrap();
-    let (code, _, detail, hint) = db_error(a.batch_execute("SELECT sync_link_table('t')").unwrap_err());
+    a.execute("SELECT sync_add_peer('c', $1)", &[&c.conninfo(&p.db)])
+        .unwrap();
+    let (code, _, detail, hint) =
+        db_error(a.batch_execute("SELECT sync_link_table('t')").unwrap_err());
     assert_eq!(code, "42P08");
-    assert!(detail.contains("b, c") && hint.contains("second argument"), "{detail} / {hint}");
+    assert!(
+        detail.contains("b, c") && hint.contains("second argument"),
+        "{detail} / {hint}"
+    );
 }
 
 #[test]
@@ -141,14 +189,21 @@ fn unreachable_peers_fail_fast_and_never_show_the_password() {
     cb_plain.batch_execute("CREATE DATABASE plain").unwrap();
 
     // nothing listens on the port
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let started = Instant::now();
     let (code, message, detail, hint) = db_error(
         ca.batch_execute(&format!("SELECT sync_add_peer('x', 'host=127.0.0.1 port={closed} dbname=shop user=sync password=closed-secret')"))
             .unwrap_err(),
     );
     assert_eq!(code, "08001");
-    assert!(message.contains("could not connect to peer \"x\""), "{message}");
+    assert!(
+        message.contains("could not connect to peer \"x\""),
+        "{message}"
+    );
     assert!(detail.contains("Connection refused"), "{detail}");
     assert!(hint.contains("pg_hba.conf"), "{hint}");
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -163,7 +218,10 @@ fn unreachable_peers_fail_fast_and_never_show_the_password() {
     );
     let waited = started.elapsed();
     assert_eq!(code, "08001", "{detail}");
-    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(6), "waited {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(6),
+        "waited {waited:?}"
+    );
     drop(silent);
 
     // a wrong password: the error, sync_status and both server logs never show it
@@ -173,19 +231,39 @@ fn unreachable_peers_fail_fast_and_never_show_the_password() {
             .unwrap_err(),
     );
     assert_eq!(code, "08001");
-    assert!(detail.contains("password authentication failed"), "{detail}");
+    assert!(
+        detail.contains("password authentication failed"),
+        "{detail}"
+    );
     for text in [&message, &detail, &hint] {
         assert!(!text.contains(secret), "password leaked: {text}");
     }
     // the right one works, and is not shown either
-    ca.execute("SELECT sync_add_peer('b', $1)", &[&b.conninfo("shop")]).unwrap();
-    let shown: String = ca.query_one("SELECT string_agg(s::text, ' ') FROM sync_status s", &[]).unwrap().get::<_, Option<String>>(0).unwrap_or_default();
-    let peer_row: String = ca.query_one("SELECT p::text FROM synclink.peer p", &[]).unwrap().get(0);
-    assert!(!shown.contains(SYNC_PASSWORD) && !peer_row.contains(SYNC_PASSWORD), "{peer_row}");
+    ca.execute("SELECT sync_add_peer('b', $1)", &[&b.conninfo("shop")])
+        .unwrap();
+    let shown: String = ca
+        .query_one("SELECT string_agg(s::text, ' ') FROM sync_status s", &[])
+        .unwrap()
+        .get::<_, Option<String>>(0)
+        .unwrap_or_default();
+    let peer_row: String = ca
+        .query_one("SELECT p::text FROM synclink.peer p", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        !shown.contains(SYNC_PASSWORD) && !peer_row.contains(SYNC_PASSWORD),
+        "{peer_row}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     for (name, log) in [("a", a.log()), ("b", b.log())] {
-        assert!(!log.contains(secret) && !log.contains("closed-secret"), "password in the log of {name}:\n{log}");
-        assert!(!log.contains(SYNC_PASSWORD), "password in the log of {name}");
+        assert!(
+            !log.contains(secret) && !log.contains("closed-secret"),
+            "password in the log of {name}:\n{log}"
+        );
+        assert!(
+            !log.contains(SYNC_PASSWORD),
+            "password in the log of {name}"
+        );
     }
 
     // a database without synclink
@@ -194,31 +272,63 @@ fn unreachable_peers_fail_fast_and_never_show_the_password() {
             .unwrap_err(),
     );
     assert_eq!(code, "0A000");
-    assert!(message.contains("does not run synclink") && hint.contains("CREATE EXTENSION synclink"), "{message} {hint}");
-    let peers: i64 = ca.query_one("SELECT count(*) FROM synclink.peer", &[]).unwrap().get(0);
-    let servers: i64 = ca.query_one("SELECT count(*) FROM pg_foreign_server", &[]).unwrap().get(0);
-    assert_eq!((peers, servers), (1, 1), "failed registrations left nothing behind");
+    assert!(
+        message.contains("does not run synclink") && hint.contains("CREATE EXTENSION synclink"),
+        "{message} {hint}"
+    );
+    let peers: i64 = ca
+        .query_one("SELECT count(*) FROM synclink.peer", &[])
+        .unwrap()
+        .get(0);
+    let servers: i64 = ca
+        .query_one("SELECT count(*) FROM pg_foreign_server", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (peers, servers),
+        (1, 1),
+        "failed registrations left nothing behind"
+    );
 }
 
 #[test]
 fn a_write_while_the_peer_is_down_fails_whole_and_works_again_after() {
     let (mut p, mut a, mut b) = Pair::peered();
-    both(&mut a, &mut b, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE t (id int PRIMARY KEY, v text)",
+    );
     a.execute("SELECT sync_link_table('t')", &[]).unwrap();
-    a.execute("INSERT INTO t VALUES (1, 'before')", &[]).unwrap();
+    a.execute("INSERT INTO t VALUES (1, 'before')", &[])
+        .unwrap();
     p.b.stop_immediate();
     let started = Instant::now();
-    let (code, message, _, hint) = db_error(a.batch_execute("INSERT INTO t VALUES (2, 'while down')").unwrap_err());
+    let (code, message, _, hint) = db_error(
+        a.batch_execute("INSERT INTO t VALUES (2, 'while down')")
+            .unwrap_err(),
+    );
     assert!(code.starts_with("08"), "{code} {message}");
-    assert!(message.contains("could not send changes to public.t on peer \"b\""), "{message}");
+    assert!(
+        message.contains("could not send changes to public.t on peer \"b\""),
+        "{message}"
+    );
     assert!(hint.contains("rolled back here too"), "{hint}");
     assert!(started.elapsed() < Duration::from_secs(6));
-    let (code, _, _, _) = db_error(a.batch_execute("SELECT sync_unlink_table('t')").unwrap_err());
+    let (code, _, _, _) = db_error(
+        a.batch_execute("SELECT sync_unlink_table('t')")
+            .unwrap_err(),
+    );
     assert_eq!(code, "08001", "unlink needs the peer");
     p.b.start_again();
     a.execute("INSERT INTO t VALUES (3, 'after')", &[]).unwrap();
     let mut b = p.b.connect(&p.db);
-    let rows: Vec<i32> = b.query("SELECT id FROM t ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let rows: Vec<i32> = b
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(rows, vec![1, 3]);
     let on_a: i64 = a.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
     assert_eq!(on_a, 2);

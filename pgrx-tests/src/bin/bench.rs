@@ -34,13 +34,20 @@ CREATE TRIGGER after_products_insert AFTER INSERT ON bench_rowtrig
     FOR EACH ROW EXECUTE PROCEDURE insert_legacy_products();";
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn pgbench_tps(pair: &Pair, table: &str, seconds: u64) -> f64 {
@@ -55,7 +62,12 @@ fn pgbench_tps(pair: &Pair, table: &str, seconds: u64) -> f64 {
         .output()
         .expect("pgbench runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "pgbench failed: {}\n{}", text, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pgbench failed: {}\n{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.lines()
         .find(|l| l.starts_with("tps = "))
         .and_then(|l| l.split_whitespace().nth(2))
@@ -75,9 +87,18 @@ fn main() {
         a.batch_execute(&ddl).unwrap();
         b.batch_execute(&ddl).unwrap();
     }
-    a.execute("SELECT sync_add_peer('b', $1)", &[&pair.b.conninfo(&pair.db)]).unwrap();
-    b.execute("SELECT sync_add_peer('a', $1)", &[&pair.a.conninfo(&pair.db)]).unwrap();
-    a.execute("SELECT sync_link_table('bench_linked')", &[]).unwrap();
+    a.execute(
+        "SELECT sync_add_peer('b', $1)",
+        &[&pair.b.conninfo(&pair.db)],
+    )
+    .unwrap();
+    b.execute(
+        "SELECT sync_add_peer('a', $1)",
+        &[&pair.a.conninfo(&pair.db)],
+    )
+    .unwrap();
+    a.execute("SELECT sync_link_table('bench_linked')", &[])
+        .unwrap();
     a.batch_execute(ROW_TRIGGER).unwrap();
     let _ = SYNC_PASSWORD;
 
@@ -102,7 +123,10 @@ fn main() {
             .unwrap();
             this[v] = started.elapsed().as_secs_f64() * 1000.0;
             if v > 0 {
-                let on_b: i64 = b.query_one(&format!("SELECT count(*) FROM {t}"), &[]).unwrap().get(0);
+                let on_b: i64 = b
+                    .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                    .unwrap()
+                    .get(0);
                 assert_eq!(on_b, rows, "{t}: the peer must hold every row");
             }
         }
@@ -110,16 +134,44 @@ fn main() {
             times[v].push(this[v]);
             ratios[v].push(this[v] / this[0]);
         }
-        println!("  round {}: unlinked {:.0} ms, synclink {:.0} ms, row triggers {:.0} ms", round + 1, this[0], this[1], this[2]);
+        println!(
+            "  round {}: unlinked {:.0} ms, synclink {:.0} ms, row triggers {:.0} ms",
+            round + 1,
+            this[0],
+            this[1],
+            this[2]
+        );
     }
-    let (ru, rl, rr) = (median(ratios[0].clone()), median(ratios[1].clone()), median(ratios[2].clone()));
+    let (ru, rl, rr) = (
+        median(ratios[0].clone()),
+        median(ratios[1].clone()),
+        median(ratios[2].clone()),
+    );
     println!();
     println!("bulk {rows}-row INSERT … SELECT (median of {rounds})");
     println!("  {:<34} {:>10} {:>14}", "variant", "ms", "x unlinked");
-    println!("  {:<34} {:>10.0} {:>13.2}x", "unlinked", median(times[0].clone()), ru);
-    println!("  {:<34} {:>10.0} {:>13.2}x", "synclink (sync mode)", median(times[1].clone()), rl);
-    println!("  {:<34} {:>10.0} {:>13.2}x", "row-level triggers (article)", median(times[2].clone()), rr);
-    println!("  synclink is {:.1}x faster than row-level triggers", rr / rl);
+    println!(
+        "  {:<34} {:>10.0} {:>13.2}x",
+        "unlinked",
+        median(times[0].clone()),
+        ru
+    );
+    println!(
+        "  {:<34} {:>10.0} {:>13.2}x",
+        "synclink (sync mode)",
+        median(times[1].clone()),
+        rl
+    );
+    println!(
+        "  {:<34} {:>10.0} {:>13.2}x",
+        "row-level triggers (article)",
+        median(times[2].clone()),
+        rr
+    );
+    println!(
+        "  synclink is {:.1}x faster than row-level triggers",
+        rr / rl
+    );
 
     println!();
     println!("single-row INSERT, 4 clients, {seconds} s each (same-run ratios)");
@@ -130,12 +182,20 @@ fn main() {
         tps.push(pgbench_tps(&pair, t, seconds));
     }
     println!("  {:<34} {:>10} {:>14}", "variant", "tps", "x unlinked");
-    for (name, v) in [("unlinked", tps[0]), ("synclink (sync mode)", tps[1]), ("row-level triggers (article)", tps[2])] {
+    for (name, v) in [
+        ("unlinked", tps[0]),
+        ("synclink (sync mode)", tps[1]),
+        ("row-level triggers (article)", tps[2]),
+    ] {
         println!("  {:<34} {:>10.0} {:>13.2}x", name, v, v / tps[0]);
     }
     let (na, nb): (i64, i64) = (
-        a.query_one("SELECT count(*) FROM bench_linked", &[]).unwrap().get(0),
-        b.query_one("SELECT count(*) FROM bench_linked", &[]).unwrap().get(0),
+        a.query_one("SELECT count(*) FROM bench_linked", &[])
+            .unwrap()
+            .get(0),
+        b.query_one("SELECT count(*) FROM bench_linked", &[])
+            .unwrap()
+            .get(0),
     );
     assert_eq!(na, nb, "every single-row insert reached the peer");
 }
