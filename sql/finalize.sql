@@ -54,3 +54,18 @@ CREATE FUNCTION synclink.before_drop() RETURNS event_trigger
 CREATE EVENT TRIGGER synclink_before_drop ON ddl_command_start
     WHEN TAG IN ('DROP EXTENSION')
     EXECUTE FUNCTION synclink.before_drop();
+
+-- A dropped table takes its links along; an ALTER TABLE that would break a link is refused.
+CREATE FUNCTION synclink.on_sql_drop() RETURNS event_trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN PERFORM synclink.forget_dropped_tables(); END $$;
+CREATE EVENT TRIGGER synclink_forget_dropped_tables ON sql_drop
+    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION synclink.on_sql_drop();
+
+CREATE FUNCTION synclink.on_alter_table() RETURNS event_trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN PERFORM synclink.check_altered_tables(); END $$;
+CREATE EVENT TRIGGER synclink_check_altered_tables ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION synclink.on_alter_table();

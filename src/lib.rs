@@ -11,6 +11,7 @@ mod apply;
 mod capture;
 mod conninfo;
 mod db;
+mod ddl;
 mod error;
 mod link;
 mod node;

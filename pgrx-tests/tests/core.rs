@@ -386,9 +386,18 @@ fn a_record_applied_twice_or_onto_an_existing_row_converges() {
     let (_p, mut a, mut b) = Pair::peered();
     both(&mut a, &mut b, PRODUCTS);
     // B already holds a row A is about to insert (data from before the link)
-    b.execute("INSERT INTO products (id, name, price) VALUES (1, 'stale', 1)", &[]).unwrap();
-    a.execute("SELECT sync_link_table('products')", &[]).unwrap();
-    a.execute("INSERT INTO products (id, name, price) VALUES (1, 'fresh', 2), (2, 'new', 3)", &[]).unwrap();
+    b.execute(
+        "INSERT INTO products (id, name, price) VALUES (1, 'stale', 1)",
+        &[],
+    )
+    .unwrap();
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    a.execute(
+        "INSERT INTO products (id, name, price) VALUES (1, 'fresh', 2), (2, 'new', 3)",
+        &[],
+    )
+    .unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 2);
 
     // deliver the same insert and delete records to B once more, as a retry would
@@ -398,13 +407,89 @@ fn a_record_applied_twice_or_onto_an_existing_row_converges() {
         .unwrap()
         .get(0);
     for _ in 0..2 {
-        b.execute("SELECT synclink.apply($1, $1, 'public', 'products', 'I', $2, NULL)", &[&node_a, &rows]).unwrap();
+        b.execute(
+            "SELECT synclink.apply($1, $1, 'public', 'products', 'I', $2, NULL)",
+            &[&node_a, &rows],
+        )
+        .unwrap();
     }
     assert_eq!(same(&mut a, &mut b, "products"), 2);
     let gone = "{\"(2,x,,\\\"2024-01-01 00:00:00\\\",\\\"2024-01-01 00:00:00\\\")\"}";
     for _ in 0..2 {
-        b.execute("SELECT synclink.apply($1, $1, 'public', 'products', 'D', NULL, $2)", &[&node_a, &gone]).unwrap();
+        b.execute(
+            "SELECT synclink.apply($1, $1, 'public', 'products', 'D', NULL, $2)",
+            &[&node_a, &gone],
+        )
+        .unwrap();
     }
-    let left: Vec<i64> = b.query("SELECT id FROM products ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let left: Vec<i64> = b
+        .query("SELECT id FROM products ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(left, vec![1]);
+}
+
+#[test]
+fn schema_changes_keep_links_honest() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, PRODUCTS);
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    for (sql, message) in [
+        (
+            "ALTER TABLE products DROP COLUMN price",
+            "cannot change replicated columns",
+        ),
+        (
+            "ALTER TABLE products RENAME COLUMN name TO title",
+            "cannot change replicated columns",
+        ),
+        (
+            "ALTER TABLE products ALTER COLUMN price TYPE bigint",
+            "cannot change replicated columns",
+        ),
+        (
+            "ALTER TABLE products RENAME TO goods",
+            "cannot rename \"public\".\"goods\"",
+        ),
+    ] {
+        let err = a.batch_execute(sql).expect_err(sql);
+        let (code, msg, _, hint) = synclink_e2e::db_error(err);
+        assert_eq!(code, "55006", "{sql}: {msg}");
+        assert!(
+            msg.contains(message) && hint.contains("sync_unlink_table"),
+            "{sql}: {msg} / {hint}"
+        );
+    }
+    // an added column is allowed, with a warning that it is not mirrored
+    a.batch_execute("ALTER TABLE products ADD COLUMN note text")
+        .unwrap();
+    a.execute(
+        "INSERT INTO products (id, name, note) VALUES (1, 'x', 'local only')",
+        &[],
+    )
+    .unwrap();
+    let on_b: i64 = b
+        .query_one("SELECT count(*) FROM products", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(on_b, 1);
+
+    // dropping a linked table unlinks it on both nodes; the peer keeps working
+    b.batch_execute("DROP TABLE products").unwrap();
+    for c in [&mut a, &mut b] {
+        let links: i64 = c
+            .query_one("SELECT count(*) FROM synclink.link", &[])
+            .unwrap()
+            .get(0);
+        let leftovers: i64 = c.query_one("SELECT count(*) FROM pg_proc WHERE pronamespace = 'synclink'::regnamespace AND proname LIKE 'products%'", &[]).unwrap().get(0);
+        assert_eq!((links, leftovers), (0, 0));
+    }
+    a.execute(
+        "INSERT INTO products (id, name) VALUES (2, 'still fine')",
+        &[],
+    )
+    .unwrap();
 }
