@@ -13,3 +13,14 @@ pub fn maybe_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> 
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The first column of every row.
+pub fn column<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Vec<T> {
+    Spi::connect(|c| {
+        c.select(sql, None, args)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.get::<T>(1).unwrap())
+            .collect()
+    })
+}

@@ -54,20 +54,13 @@ impl SqlError for DdlError {
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn forget_dropped_tables() {
-    let ids: Vec<i32> = Spi::connect(|c| {
-        c.select(
-            "SELECT l.link_id FROM synclink.link l \
-             JOIN pg_event_trigger_dropped_objects() d \
-               ON d.classid = 'pg_class'::regclass AND d.objid = l.relid::oid AND d.objsubid = 0 \
-             ORDER BY l.link_id",
-            None,
-            &[],
-        )
-        .unwrap()
-        .into_iter()
-        .map(|r| r.get::<i32>(1).unwrap().unwrap())
-        .collect()
-    });
+    let ids = crate::db::column::<i32>(
+        "SELECT l.link_id FROM synclink.link l \
+         JOIN pg_event_trigger_dropped_objects() d \
+           ON d.classid = 'pg_class'::regclass AND d.objid = l.relid::oid AND d.objsubid = 0 \
+         ORDER BY l.link_id",
+        &[],
+    );
     for id in ids {
         link::unlink_by_id(id, true);
     }

@@ -123,13 +123,7 @@ pub fn resolve(name: Option<&str>) -> Result<Peer, PeerError> {
     if let Some(n) = name {
         return find(n).ok_or_else(|| PeerError::Unknown(n.into()));
     }
-    let names: Vec<String> = Spi::connect(|c| {
-        c.select("SELECT peer_name FROM synclink.peer ORDER BY 1", None, &[])
-            .unwrap()
-            .into_iter()
-            .map(|r| r.get::<String>(1).unwrap().unwrap())
-            .collect()
-    });
+    let names = crate::db::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[]);
     match names.len() {
         0 => Err(PeerError::NoPeers),
         1 => Ok(find(&names[0]).unwrap()),
@@ -302,17 +296,10 @@ pub fn drop_objects(peer: &Peer) {
 
 fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
     let peer = find(name).ok_or_else(|| PeerError::Unknown(name.into()))?;
-    let links: Vec<i32> = Spi::connect(|c| {
-        c.select(
-            "SELECT link_id FROM synclink.link WHERE peer_name = $1 ORDER BY link_id",
-            None,
-            &[name.into()],
-        )
-        .unwrap()
-        .into_iter()
-        .map(|r| r.get::<i32>(1).unwrap().unwrap())
-        .collect()
-    });
+    let links = crate::db::column::<i32>(
+        "SELECT link_id FROM synclink.link WHERE peer_name = $1 ORDER BY link_id",
+        &[name.into()],
+    );
     if !links.is_empty() && !cascade {
         return Err(PeerError::HasLinks {
             peer: name.into(),

@@ -4,7 +4,7 @@
 //! DROP statement itself and, when synclink is among the extensions dropped, removes them
 //! first — and asks each peer to drop its half of every link, so the peer stops sending.
 
-use crate::link;
+use crate::{db, link};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -27,28 +27,10 @@ unsafe fn drops_synclink(parsetree: *mut pg_sys::Node) -> bool {
 }
 
 fn remove_everything() {
-    let links: Vec<i32> = Spi::connect(|c| {
-        c.select(
-            "SELECT link_id FROM synclink.link ORDER BY link_id",
-            None,
-            &[],
-        )
-        .unwrap()
-        .into_iter()
-        .map(|r| r.get::<i32>(1).unwrap().unwrap())
-        .collect()
-    });
-    for id in links {
+    for id in db::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]) {
         link::unlink_by_id(id, true);
     }
-    let peers: Vec<String> = Spi::connect(|c| {
-        c.select("SELECT peer_name FROM synclink.peer", None, &[])
-            .unwrap()
-            .into_iter()
-            .map(|r| r.get::<String>(1).unwrap().unwrap())
-            .collect()
-    });
-    for p in peers {
+    for p in db::column::<String>("SELECT peer_name FROM synclink.peer", &[]) {
         crate::peer::drop_objects(&crate::peer::find(&p).unwrap());
     }
 }

@@ -266,17 +266,7 @@ impl Drop for Cluster {
             );
         }
         if self.running {
-            run_pg(
-                &self.bin.join("pg_ctl"),
-                &[
-                    "-D",
-                    self.data().to_str().unwrap(),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ],
-            );
+            self.stop_immediate();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -373,4 +363,9 @@ pub fn db_error(e: postgres::Error) -> (String, String, String, String) {
         d.detail().unwrap_or("").to_string(),
         d.hint().unwrap_or("").to_string(),
     )
+}
+
+/// The single bigint a query returns, e.g. a count.
+pub fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
 }

@@ -1,6 +1,6 @@
 //! Two real clusters, one linked table: changes made on either side appear on the other.
 
-use synclink_e2e::{both, table_hash, Pair};
+use synclink_e2e::{both, count, table_hash, Pair};
 
 const PRODUCTS: &str = "CREATE TABLE products (
     id bigint PRIMARY KEY,
@@ -94,10 +94,7 @@ fn key_changes_and_nulls_round_trip() {
     b.execute("UPDATE products SET price = NULL WHERE id = 100", &[])
         .unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 12_000);
-    let nulls: i64 = a
-        .query_one("SELECT count(*) FROM products WHERE price IS NULL", &[])
-        .unwrap()
-        .get(0);
+    let nulls = count(&mut a, "SELECT count(*) FROM products WHERE price IS NULL");
     assert_eq!(nulls, 12_000);
 }
 
@@ -187,14 +184,14 @@ fn applied_changes_are_not_echoed_back() {
     .unwrap();
     a.execute("UPDATE products SET price = 1", &[]).unwrap();
     same(&mut a, &mut b, "products");
-    let attempts: i64 = a.query_one("SELECT n FROM attempts", &[]).unwrap().get(0);
+    let attempts = count(&mut a, "SELECT n FROM attempts");
     assert_eq!(
         attempts, 100,
         "A saw its own 100 inserts and nothing came back from B"
     );
     b.execute("UPDATE products SET price = 2 WHERE id <= 10", &[])
         .unwrap();
-    let attempts: i64 = a.query_one("SELECT n FROM attempts", &[]).unwrap().get(0);
+    let attempts = count(&mut a, "SELECT n FROM attempts");
     assert_eq!(attempts, 110, "B's 10 updates arrived once each");
     same(&mut a, &mut b, "products");
 }
@@ -252,7 +249,10 @@ fn linking_twice_is_a_no_op_and_unlink_keeps_the_data() {
         .get::<_, bool>(0));
     a.execute("INSERT INTO products (id, name) VALUES (1, 'x')", &[])
         .unwrap();
-    let shown: i64 = b.query_one("SELECT count(*) FROM sync_status WHERE \"table\" = 'products'::regclass AND peer = 'a'", &[]).unwrap().get(0);
+    let shown = count(
+        &mut b,
+        "SELECT count(*) FROM sync_status WHERE \"table\" = 'products'::regclass AND peer = 'a'",
+    );
     assert_eq!(shown, 1);
 
     assert!(b
@@ -265,12 +265,9 @@ fn linking_twice_is_a_no_op_and_unlink_keeps_the_data() {
             (r.get(0), r.get(1))
         };
         assert_eq!((triggers, links), (0, 0));
-        let objects: i64 = c.query_one("SELECT (SELECT count(*) FROM pg_proc WHERE pronamespace = 'synclink'::regnamespace AND prorettype = 'trigger'::regtype AND proname LIKE 'products%') + (SELECT count(*) FROM pg_type WHERE typnamespace = 'synclink'::regnamespace AND typname LIKE 'products%')", &[]).unwrap().get(0);
+        let objects = count(c, "SELECT (SELECT count(*) FROM pg_proc WHERE pronamespace = 'synclink'::regnamespace AND prorettype = 'trigger'::regtype AND proname LIKE 'products%') + (SELECT count(*) FROM pg_type WHERE typnamespace = 'synclink'::regnamespace AND typname LIKE 'products%')");
         assert_eq!(objects, 0, "capture function and row type are gone");
-        let rows: i64 = c
-            .query_one("SELECT count(*) FROM products", &[])
-            .unwrap()
-            .get(0);
+        let rows = count(c, "SELECT count(*) FROM products");
         assert_eq!(rows, 1);
     }
     a.execute(
@@ -278,10 +275,7 @@ fn linking_twice_is_a_no_op_and_unlink_keeps_the_data() {
         &[],
     )
     .unwrap();
-    let on_b: i64 = b
-        .query_one("SELECT count(*) FROM products", &[])
-        .unwrap()
-        .get(0);
+    let on_b = count(&mut b, "SELECT count(*) FROM products");
     assert_eq!(on_b, 1);
 }
 
@@ -312,13 +306,10 @@ fn drop_extension_leaves_nothing_behind() {
         assert_eq!(n, 0, "{what} left behind");
     }
     // and the peer stopped sending: its half of the link was removed too
-    let peer_triggers: i64 = b
-        .query_one(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'products'::regclass",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let peer_triggers = count(
+        &mut b,
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'products'::regclass",
+    );
     assert_eq!(peer_triggers, 0);
     b.execute(
         "INSERT INTO products (id, name) VALUES (1, 'b keeps working')",
@@ -360,13 +351,10 @@ fn odd_identifiers_are_names_not_sql() {
 fn plain_create_extension_and_a_preloaded_library_work_alike() {
     let (_p, mut a, mut b) = Pair::peered_with(&["shared_preload_libraries = 'synclink'"]);
     // CREATE EXTENSION without CASCADE was enough: synclink brings its own wrapper
-    let wrappers: i64 = a
-        .query_one(
-            "SELECT count(*) FROM pg_foreign_data_wrapper WHERE fdwname = 'synclink'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let wrappers = count(
+        &mut a,
+        "SELECT count(*) FROM pg_foreign_data_wrapper WHERE fdwname = 'synclink'",
+    );
     assert_eq!(wrappers, 1);
     both(&mut a, &mut b, PRODUCTS);
     a.execute("SELECT sync_link_table('products')", &[])
@@ -471,20 +459,14 @@ fn schema_changes_keep_links_honest() {
         &[],
     )
     .unwrap();
-    let on_b: i64 = b
-        .query_one("SELECT count(*) FROM products", &[])
-        .unwrap()
-        .get(0);
+    let on_b = count(&mut b, "SELECT count(*) FROM products");
     assert_eq!(on_b, 1);
 
     // dropping a linked table unlinks it on both nodes; the peer keeps working
     b.batch_execute("DROP TABLE products").unwrap();
     for c in [&mut a, &mut b] {
-        let links: i64 = c
-            .query_one("SELECT count(*) FROM synclink.link", &[])
-            .unwrap()
-            .get(0);
-        let leftovers: i64 = c.query_one("SELECT count(*) FROM pg_proc WHERE pronamespace = 'synclink'::regnamespace AND proname LIKE 'products%'", &[]).unwrap().get(0);
+        let links = count(c, "SELECT count(*) FROM synclink.link");
+        let leftovers = count(c, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'synclink'::regnamespace AND proname LIKE 'products%'");
         assert_eq!((links, leftovers), (0, 0));
     }
     a.execute(

@@ -2,7 +2,7 @@
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
-use synclink_e2e::{both, db_error, Cluster, Pair, SYNC_PASSWORD};
+use synclink_e2e::{both, count, db_error, Cluster, Pair, SYNC_PASSWORD};
 
 /// Counts of everything a link makes, on one node.
 fn link_objects(c: &mut postgres::Client) -> i64 {
@@ -142,10 +142,7 @@ fn link_and_peer_errors_are_clear_and_leave_nothing_behind() {
     a.execute("SELECT sync_drop_peer('b', cascade => true)", &[])
         .unwrap();
     assert_eq!(link_objects(&mut a) + link_objects(&mut b), 0);
-    let servers: i64 = a
-        .query_one("SELECT count(*) FROM pg_foreign_server", &[])
-        .unwrap()
-        .get(0);
+    let servers = count(&mut a, "SELECT count(*) FROM pg_foreign_server");
     assert_eq!(servers, 0);
 }
 
@@ -276,14 +273,8 @@ fn unreachable_peers_fail_fast_and_never_show_the_password() {
         message.contains("does not run synclink") && hint.contains("CREATE EXTENSION synclink"),
         "{message} {hint}"
     );
-    let peers: i64 = ca
-        .query_one("SELECT count(*) FROM synclink.peer", &[])
-        .unwrap()
-        .get(0);
-    let servers: i64 = ca
-        .query_one("SELECT count(*) FROM pg_foreign_server", &[])
-        .unwrap()
-        .get(0);
+    let peers = count(&mut ca, "SELECT count(*) FROM synclink.peer");
+    let servers = count(&mut ca, "SELECT count(*) FROM pg_foreign_server");
     assert_eq!(
         (peers, servers),
         (1, 1),
@@ -330,6 +321,6 @@ fn a_write_while_the_peer_is_down_fails_whole_and_works_again_after() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(rows, vec![1, 3]);
-    let on_a: i64 = a.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
+    let on_a = count(&mut a, "SELECT count(*) FROM t");
     assert_eq!(on_a, 2);
 }
