@@ -30,7 +30,7 @@ unit: setup
 e2e: install
 	cargo test -p synclink-e2e --tests -- --test-threads=2
 
-test: unit e2e
+test: lint unit e2e
 
 demo:
 	@bash scripts/demo.sh
@@ -38,6 +38,6 @@ demo:
 bench:
 	@bash scripts/bench.sh
 
-lint:
+lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --features pg15 -- -D warnings

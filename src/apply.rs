@@ -175,7 +175,6 @@ fn text_compare_columns(row_type: &str) -> Vec<String> {
             &[row_type.into()],
         )
         .unwrap()
-        .into_iter()
         .map(|r| {
             (
                 r.get::<String>(1).unwrap().unwrap(),

@@ -19,7 +19,6 @@ pub fn column<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Vec
     Spi::connect(|c| {
         c.select(sql, None, args)
             .unwrap()
-            .into_iter()
             .filter_map(|r| r.get::<T>(1).unwrap())
             .collect()
     })

@@ -81,7 +81,6 @@ fn check_altered_tables() {
             &[],
         )
         .unwrap()
-        .into_iter()
         .map(|r| {
             (
                 r.get(1).unwrap().unwrap(),
@@ -116,7 +115,6 @@ fn check_altered_tables() {
                 &[row_type.as_str().into()],
             )
             .unwrap()
-            .into_iter()
             .map(|r| (r.get(1).unwrap().unwrap(), r.get(2).unwrap().unwrap()))
             .collect()
         });

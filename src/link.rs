@@ -131,7 +131,6 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
                 &[oid.into()],
             )
             .unwrap()
-            .into_iter()
             .map(|r| Column {
                 wire: WireColumn {
                     name: r.get(1).unwrap().unwrap(),
@@ -257,7 +256,6 @@ fn load(where_sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Option<Link> {
             &args,
         )
         .unwrap()
-        .into_iter()
         .next()
         .map(|r| Link {
             id: r.get(1).unwrap().unwrap(),

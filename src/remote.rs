@@ -70,6 +70,19 @@ pub fn catching<T>(f: impl FnOnce() -> T) -> Result<T, RemoteFailure> {
     .execute()
 }
 
+/// Raise a failure caught from the peer again, as the peer reported it.
+pub fn reraise(f: RemoteFailure) -> ! {
+    let mut report = pgrx::pg_sys::panic::ErrorReport::new(f.sqlstate, f.message, "synclink");
+    if let Some(d) = f.detail {
+        report = report.set_detail(d);
+    }
+    if let Some(h) = f.hint {
+        report = report.set_hint(h);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -85,17 +98,4 @@ mod tests {
             assert_eq!(super::sqlstate_text(pack(s)), s);
         }
     }
-}
-
-/// Raise a failure caught from the peer again, as the peer reported it.
-pub fn reraise(f: RemoteFailure) -> ! {
-    let mut report = pgrx::pg_sys::panic::ErrorReport::new(f.sqlstate, f.message, "synclink");
-    if let Some(d) = f.detail {
-        report = report.set_detail(d);
-    }
-    if let Some(h) = f.hint {
-        report = report.set_hint(h);
-    }
-    report.report(PgLogLevel::ERROR);
-    unreachable!()
 }
