@@ -7,7 +7,7 @@ CREATE FUNCTION synclink.receive() RETURNS trigger
 AS $$
 BEGIN
     PERFORM synclink.apply(NEW.origin, NEW.sender, NEW.target_schema, NEW.target_table,
-                           NEW.op, NEW.new_rows, NEW.old_rows);
+                           NEW.op, NEW.new_rows, NEW.old_rows, NEW.seq, NEW.floor_seq);
     RETURN NULL;
 END
 $$;
@@ -29,16 +29,28 @@ CREATE TRIGGER serve BEFORE INSERT ON synclink.request
 
 -- The data path is not for application roles: with these an ordinary role could write rows
 -- that are never captured, or send rows to a peer that were never written here.
-REVOKE ALL ON FUNCTION synclink.apply(text, text, text, text, "char", text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION synclink.apply(text, text, text, text, "char", text, text, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.ship(integer, "char", text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb) FROM PUBLIC;
 
+-- One row per link. Queue figures are the link's own; delivery counters and errors are the
+-- peer's (one queue per peer keeps its changes in order). peer_reachable is what synclink
+-- last saw: false from a failed attempt until synclink.retry_interval has passed.
 CREATE VIEW @extschema@.sync_status AS
 SELECT l.relid            AS "table",
        l.peer_name        AS peer,
        p.node_name        AS peer_node,
        format('%I.%I', l.peer_schema, l.peer_table) AS peer_table,
        l.mode,
+       NOT synclink.peer_known_down(l.peer_name) AS peer_reachable,
+       q.queued,
+       q.oldest_queued_at,
+       clock_timestamp() - q.oldest_queued_at AS oldest_queued_age,
+       s.last_delivered_at,
+       s.delivered,
+       s.failed,
+       coalesce(CASE WHEN q.last_queued_at > s.last_error_at OR s.last_error_at IS NULL
+                     THEN q.last_reason END, s.last_error) AS last_error,
        l.key_columns      AS key,
        l.columns,
        l.initiator,
@@ -46,6 +58,12 @@ SELECT l.relid            AS "table",
        l.created_at
   FROM synclink.link l
   JOIN synclink.peer p USING (peer_name)
+  LEFT JOIN synclink.peer_state s USING (peer_name)
+  LEFT JOIN LATERAL (
+        SELECT count(*) AS queued, min(o.queued_at) AS oldest_queued_at,
+               max(o.queued_at) AS last_queued_at,
+               (array_agg(o.reason ORDER BY o.seq DESC) FILTER (WHERE o.reason IS NOT NULL))[1] AS last_reason
+          FROM synclink.outbox o WHERE o.link_id = l.link_id) q ON true
  ORDER BY l.relid::text, l.peer_name;
 GRANT SELECT ON @extschema@.sync_status TO PUBLIC;
 

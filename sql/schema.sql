@@ -55,7 +55,9 @@ CREATE TABLE synclink.link (
 );
 
 -- Where peers deliver changes. Rows are applied by a BEFORE trigger and never stored,
--- so a 100k-row batch costs no heap write or TOAST compression here.
+-- so a 100k-row batch costs no heap write or TOAST compression here. A record that was
+-- queued carries its sender's outbox seq, so a redelivery is recognised and skipped, and
+-- the lowest seq its sender still holds, below which this node may forget what it applied.
 CREATE TABLE synclink.inbox (
     origin        text NOT NULL,
     sender        text NOT NULL,
@@ -63,7 +65,43 @@ CREATE TABLE synclink.inbox (
     target_table  text NOT NULL,
     op            "char" NOT NULL,
     new_rows      text,
-    old_rows      text
+    old_rows      text,
+    seq           bigint,
+    floor_seq     bigint
+);
+
+-- Changes waiting for a peer: every change in async mode, and in sync mode every change made
+-- while the peer could not be reached or while earlier changes still wait. Delivered in seq
+-- order per peer, and deleted in the transaction that delivered them.
+CREATE TABLE synclink.outbox (
+    seq       bigserial PRIMARY KEY,
+    peer_name text NOT NULL REFERENCES synclink.peer,
+    link_id   int NOT NULL REFERENCES synclink.link,
+    origin    text NOT NULL,
+    op        "char" NOT NULL,
+    new_rows  text,
+    old_rows  text,
+    queued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    reason    text  -- the error that sent this change here; NULL when it queued behind others
+);
+CREATE INDEX outbox_peer_seq ON synclink.outbox (peer_name, seq);
+
+-- Queued records applied here, per sender: delivery is at-least-once (the peer commits
+-- before the sender deletes), so each is applied once in effect.
+CREATE TABLE synclink.applied (
+    sender text NOT NULL,
+    seq    bigint NOT NULL,
+    PRIMARY KEY (sender, seq)
+);
+
+-- Delivery health per peer, written by whoever flushes (one at a time per peer).
+CREATE TABLE synclink.peer_state (
+    peer_name         text PRIMARY KEY REFERENCES synclink.peer ON DELETE CASCADE,
+    delivered         bigint NOT NULL DEFAULT 0,
+    failed            bigint NOT NULL DEFAULT 0,
+    last_delivered_at timestamptz,
+    last_error        text,
+    last_error_at     timestamptz
 );
 
 -- Requests from peers to set up or remove their half of a link. Kept as an audit trail.

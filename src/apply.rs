@@ -250,6 +250,23 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
     compiled
 }
 
+/// Record that a queued record from `sender` is applied; false if it was already. Entries below
+/// the sender's floor (the lowest seq it still holds) can never be delivered again.
+fn first_delivery(sender: &str, seq: i64, floor: Option<i64>) -> bool {
+    if let Some(floor) = floor {
+        Spi::run_with_args(
+            "DELETE FROM synclink.applied WHERE sender = $1 AND seq < $2",
+            &[sender.into(), floor.into()],
+        )
+        .unwrap();
+    }
+    crate::db::maybe_one::<i64>(
+        "INSERT INTO synclink.applied (sender, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING seq",
+        &[sender.into(), seq.into()],
+    )
+    .is_some()
+}
+
 fn execute(stmt: &OwnedPreparedStatement, rows: &str) {
     Spi::connect_mut(|c| {
         c.update(stmt, None, &[rows.into()]).unwrap();
@@ -268,8 +285,15 @@ fn apply(
     op: i8,
     new_rows: Option<&str>,
     old_rows: Option<&str>,
+    seq: default!(Option<i64>, "NULL"),
+    floor_seq: default!(Option<i64>, "NULL"),
 ) {
     let id = link_id(sender, target_schema, target_table).or_raise();
+    if let Some(seq) = seq {
+        if !first_delivery(sender, seq, floor_seq) {
+            return;
+        }
+    }
     let plans = compile(id, target_schema, target_table);
     APPLYING.with(|a| {
         *a.borrow_mut() = Some(Applying {

@@ -62,7 +62,7 @@ fn forget_dropped_tables() {
         &[],
     );
     for id in ids {
-        link::unlink_by_id(id, true);
+        link::unlink_by_id(id, true, true);
     }
 }
 

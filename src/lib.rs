@@ -16,13 +16,21 @@ mod error;
 mod link;
 mod node;
 mod peer;
+mod queue;
 mod remote;
 mod ship;
 mod sql;
 mod subxact;
 mod teardown;
+mod worker;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    queue::init_gucs();
+    worker::init();
+}
 
 /// Internal functions (`schema = "synclink"`) are declared against this schema; the tables in
 /// it come from sql/schema.sql.
@@ -91,7 +99,7 @@ mod tests {
     #[pg_test]
     fn the_data_path_is_closed_to_public() {
         let open = Spi::get_one::<i64>(
-            "SELECT count(*) FROM (VALUES ('synclink.apply(text,text,text,text,\"char\",text,text)'),
+            "SELECT count(*) FROM (VALUES ('synclink.apply(text,text,text,text,\"char\",text,text,bigint,bigint)'),
                     ('synclink.ship(integer,\"char\",text,text)'), ('synclink.handle_request(text,text,jsonb)')) f(sig)
               WHERE has_function_privilege('public', sig, 'EXECUTE')",
         )

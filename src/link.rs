@@ -35,6 +35,13 @@ pub enum LinkError {
     LinkedDifferently(String, String),
     #[error("unknown request \"{0}\" from a peer")]
     BadRequest(String),
+    #[error("{count} changes to {table} are still queued for peer \"{peer}\" on node \"{node}\"")]
+    HasQueued {
+        table: String,
+        peer: String,
+        node: String,
+        count: i64,
+    },
 }
 
 impl SqlError for LinkError {
@@ -49,6 +56,7 @@ impl SqlError for LinkError {
             LinkError::NotLinked { .. } => ERRCODE_UNDEFINED_OBJECT,
             LinkError::LinkedDifferently(..) => ERRCODE_DUPLICATE_OBJECT,
             LinkError::BadRequest(_) => ERRCODE_PROTOCOL_VIOLATION,
+            LinkError::HasQueued { .. } => ERRCODE_OBJECT_IN_USE,
         }
     }
     fn detail(&self) -> Option<String> {
@@ -66,6 +74,7 @@ impl SqlError for LinkError {
             LinkError::NotLinked { .. } => "sync_status lists the linked tables.".into(),
             LinkError::LinkedDifferently(..) => "Run sync_unlink_table() for it first, then link again.".into(),
             LinkError::BadRequest(_) => "Both nodes must run the same synclink version.".into(),
+            LinkError::HasQueued { peer, node, .. } => format!("Deliver them first with SELECT sync_flush('{peer}') on node \"{node}\", or pass discard_queued => true to throw them away."),
         })
     }
 }
@@ -226,12 +235,20 @@ struct LinkRequest {
     initiator: String,
     from_schema: String,
     from_table: String,
+    #[serde(default = "sync_mode")]
+    mode: String,
+}
+
+fn sync_mode() -> String {
+    "sync".into()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct UnlinkRequest {
     schema: String,
     table: String,
+    #[serde(default)]
+    discard_queued: bool,
 }
 
 pub struct Link {
@@ -296,15 +313,12 @@ fn free_name(base: &str, suffix: &str, id: i32) -> String {
 }
 
 /// Make this node's half of a link and record it. Both sides use the same wire column order.
-fn create_local(
-    info: &TableInfo,
-    peer: &Peer,
-    wire: &[WireColumn],
-    key: &[String],
-    initiator: &str,
-    peer_schema: &str,
-    peer_table: &str,
-) -> i32 {
+/// `req` describes the link as the initiating node sent it; `peer_table` is the peer's
+/// (schema, table) as seen from this node.
+fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&str, &str)) -> i32 {
+    let (wire, key) = (&req.columns, &req.key[..]);
+    let (initiator, mode) = (req.initiator.as_str(), req.mode.as_str());
+    let (peer_schema, peer_table) = peer_table;
     let id = Spi::get_one::<i32>("SELECT nextval('synclink.link_link_id_seq')::int")
         .unwrap()
         .unwrap();
@@ -341,8 +355,8 @@ fn create_local(
     }
     Spi::run_with_args(
         "INSERT INTO synclink.link (link_id, relid, peer_name, peer_schema, peer_table, columns, \
-             key_columns, initiator, row_type, capture_function, triggers) \
-         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             key_columns, initiator, row_type, capture_function, triggers, mode) \
+         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         &[
             id.into(),
             info.oid.into(),
@@ -355,6 +369,7 @@ fn create_local(
             row_type.as_str().into(),
             function.as_str().into(),
             triggers.into(),
+            mode.into(),
         ],
     )
     .unwrap();
@@ -407,7 +422,8 @@ fn request(peer: &Peer, action: &str, body: serde_json::Value) -> Result<(), Pee
     }
 }
 
-fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>) -> bool {
+fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, mode: &str) -> bool {
+    crate::queue::check_mode(mode).or_raise();
     let peer = peer::resolve(peer_name).or_raise();
     let info = describe(relid);
     let key = info
@@ -424,7 +440,6 @@ fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>) -> bool {
     }
     let wire = info.wire_columns();
     let local = crate::node::local_name();
-    create_local(&info, &peer, &wire, &key, &local, &info.schema, &info.name);
     let body = LinkRequest {
         schema: info.schema.clone(),
         table: info.name.clone(),
@@ -433,26 +448,71 @@ fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>) -> bool {
         initiator: local,
         from_schema: info.schema.clone(),
         from_table: info.name.clone(),
+        mode: mode.into(),
     };
-    request(&peer, "link", serde_json::to_value(body).unwrap()).or_raise();
+    // Links pair tables of the same name, so the peer's table is called as ours.
+    create_local(&info, &peer, &body, (&body.schema, &body.table));
+    request(&peer, "link", serde_json::to_value(&body).unwrap()).or_raise();
     true
 }
 
 /// Mirror a table with a peer, both directions. Returns false when it was already linked.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
-fn sync_link_table(tbl: PgRelation, peer: default!(Option<&str>, "NULL")) -> bool {
-    link_table(tbl.oid(), peer)
+fn sync_link_table(
+    tbl: PgRelation,
+    peer: default!(Option<&str>, "NULL"),
+    mode: default!(&str, "'sync'"),
+) -> bool {
+    link_table(tbl.oid(), peer, mode)
+}
+
+/// Changes still queued for one link are never dropped quietly: refused, or with `discard`
+/// removed and reported.
+fn settle_queue(link: &Link, discard: bool) -> Result<(), LinkError> {
+    let count = Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM synclink.outbox WHERE link_id = $1",
+        &[link.id.into()],
+    )
+    .unwrap()
+    .unwrap_or(0);
+    if count == 0 {
+        return Ok(());
+    }
+    let table = format!("{}.{}", ident(&link.peer_schema), ident(&link.peer_table));
+    if !discard {
+        return Err(LinkError::HasQueued {
+            table,
+            peer: link.peer_name.clone(),
+            node: crate::node::local_name(),
+            count,
+        });
+    }
+    Spi::run_with_args(
+        "DELETE FROM synclink.outbox WHERE link_id = $1",
+        &[link.id.into()],
+    )
+    .unwrap();
+    crate::error::warning(
+        &format!(
+            "discarded {count} queued changes to {table} for peer \"{}\"",
+            link.peer_name
+        ),
+        "Compare the two tables before linking them again.",
+    );
+    Ok(())
 }
 
 /// Undo a link on the peer and here. With `tolerate_unreachable`, a peer that cannot be
 /// reached is warned about and only this node's half is removed.
-pub fn unlink_by_id(id: i32, tolerate_unreachable: bool) {
+pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
     let link = load("link_id = $1", vec![id.into()]).expect("link exists");
     let peer = peer::find(&link.peer_name).expect("link has its peer");
+    settle_queue(&link, discard).or_raise();
     let body = UnlinkRequest {
         schema: link.peer_schema.clone(),
         table: link.peer_table.clone(),
+        discard_queued: discard,
     };
     match request(&peer, "unlink", serde_json::to_value(body).unwrap()) {
         Ok(()) => {}
@@ -465,7 +525,7 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool) {
     drop_local(&link);
 }
 
-fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>) -> bool {
+fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> bool {
     let peer = peer::resolve(peer_name).or_raise();
     let link = find(relid, &peer.name).unwrap_or_else(|| {
         raise(LinkError::NotLinked {
@@ -473,15 +533,19 @@ fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>) -> bool {
             peer: peer.name.clone(),
         })
     });
-    unlink_by_id(link.id, false);
+    unlink_by_id(link.id, false, discard);
     true
 }
 
 /// Stop mirroring a table with a peer, on both nodes. The table and its rows stay as they are.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
-fn sync_unlink_table(tbl: PgRelation, peer: default!(Option<&str>, "NULL")) -> bool {
-    unlink_table(tbl.oid(), peer)
+fn sync_unlink_table(
+    tbl: PgRelation,
+    peer: default!(Option<&str>, "NULL"),
+    discard_queued: default!(bool, false),
+) -> bool {
+    unlink_table(tbl.oid(), peer, discard_queued)
 }
 
 fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
@@ -519,24 +583,18 @@ fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
         }
         return Err(LinkError::LinkedDifferently(display, node));
     }
-    create_local(
-        &info,
-        from,
-        &req.columns,
-        &req.key,
-        &req.initiator,
-        &req.from_schema,
-        &req.from_table,
-    );
+    create_local(&info, from, &req, (&req.from_schema, &req.from_table));
     Ok(())
 }
 
-fn handle_unlink(from: &Peer, req: UnlinkRequest) {
+fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<(), LinkError> {
     if let Some(oid) = lookup(&req.schema, &req.table) {
         if let Some(link) = find(oid, &from.name) {
+            settle_queue(&link, req.discard_queued)?;
             drop_local(&link);
         }
     }
+    Ok(())
 }
 
 /// Carry out a peer's request; called by the trigger on synclink.request.
@@ -554,7 +612,7 @@ fn handle_request(from_node: &str, action: &str, body: pgrx::JsonB) {
         "unlink" => {
             let req: UnlinkRequest = serde_json::from_value(body.0)
                 .unwrap_or_else(|_| raise(LinkError::BadRequest(action.into())));
-            handle_unlink(&from, req)
+            handle_unlink(&from, req).or_raise()
         }
         other => raise(LinkError::BadRequest(other.into())),
     }

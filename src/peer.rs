@@ -31,6 +31,8 @@ pub enum PeerError {
     SameNode { peer: String, node: String },
     #[error("peer \"{peer}\" still has {count} linked table(s)")]
     HasLinks { peer: String, count: i64 },
+    #[error("{count} changes are still queued for peer \"{peer}\"")]
+    HasQueued { peer: String, count: i64 },
 }
 
 impl SqlError for PeerError {
@@ -46,7 +48,9 @@ impl SqlError for PeerError {
             PeerError::Unreachable { .. } => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             PeerError::NoSynclink(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             PeerError::SameNode { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
-            PeerError::HasLinks { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            PeerError::HasLinks { .. } | PeerError::HasQueued { .. } => {
+                ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST
+            }
         }
     }
     fn detail(&self) -> Option<String> {
@@ -68,6 +72,7 @@ impl SqlError for PeerError {
             PeerError::NoSynclink(_) => "Run CREATE EXTENSION synclink CASCADE on the peer database, and grant the connecting role access to it.".into(),
             PeerError::SameNode { .. } => "The connection string points back at this database, or both are physical copies: give one a new name with sync_set_node_name().".into(),
             PeerError::HasLinks { peer, .. } => format!("Unlink the tables first, or run SELECT sync_drop_peer('{peer}', cascade => true)."),
+            PeerError::HasQueued { peer, .. } => format!("Deliver them with SELECT sync_flush('{peer}'), or unlink its tables with discard_queued => true to throw them away."),
         })
     }
 }
@@ -236,9 +241,11 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
         ),
         format!(
             "CREATE FOREIGN TABLE {} (origin text, sender text, target_schema text, target_table text, \
-             op \"char\", new_rows text, old_rows text) SERVER {srv} OPTIONS (schema_name 'synclink', table_name 'inbox')",
+             op \"char\", new_rows text, old_rows text, seq bigint, floor_seq bigint) SERVER {srv} \
+             OPTIONS (schema_name 'synclink', table_name 'inbox', batch_size '100')",
             peer.foreign("inbox")
         ),
+        format!("CREATE SEQUENCE {} MINVALUE 0 START 0", crate::queue::retry_register(name)),
         format!(
             "CREATE FOREIGN TABLE {} (from_node text, action text, body jsonb) SERVER {srv} \
              OPTIONS (schema_name 'synclink', table_name 'request')",
@@ -268,6 +275,11 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
         &[name.into(), server.as_str().into(), node.as_str().into(), shown.as_str().into()],
     )
     .unwrap();
+    Spi::run_with_args(
+        "INSERT INTO synclink.peer_state (peer_name) VALUES ($1)",
+        &[name.into()],
+    )
+    .unwrap();
     Ok(node)
 }
 
@@ -285,6 +297,11 @@ pub fn drop_objects(peer: &Peer) {
     Spi::run(&format!(
         "DROP SERVER IF EXISTS {} CASCADE",
         ident(&peer.server)
+    ))
+    .unwrap();
+    Spi::run(&format!(
+        "DROP SEQUENCE IF EXISTS {}",
+        crate::queue::retry_register(&peer.name)
     ))
     .unwrap();
     Spi::run_with_args(
@@ -306,8 +323,15 @@ fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
             count: links.len() as i64,
         });
     }
+    let count = crate::queue::queued(name);
+    if count > 0 {
+        return Err(PeerError::HasQueued {
+            peer: name.into(),
+            count,
+        });
+    }
     for id in links {
-        crate::link::unlink_by_id(id, true);
+        crate::link::unlink_by_id(id, true, false);
     }
     drop_objects(&peer);
     Ok(true)

@@ -2,7 +2,7 @@
 //! link's foreign table, inside the writer's transaction.
 
 use crate::error::{raise, SqlError};
-use crate::remote::catching;
+use crate::queue::{self, Flushed};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
@@ -45,6 +45,7 @@ impl SqlError for ShipError {
 
 struct Route {
     peer: String,
+    asynchronous: bool,
     /// The INSERT into the peer's inbox, planned once per backend.
     insert: OwnedPreparedStatement,
     target_schema: String,
@@ -67,6 +68,11 @@ fn route(link_id: i32) -> Rc<Route> {
         &[link_id.into()],
     )
     .unwrap();
+    let asynchronous = crate::db::maybe_one::<bool>(
+        "SELECT mode = 'async' FROM synclink.link WHERE link_id = $1",
+        &[link_id.into()],
+    )
+    .unwrap_or(false);
     let peer = crate::peer::find(&peer.expect("capture trigger of a removed link")).unwrap();
     let sql = format!(
         "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows) \
@@ -85,6 +91,7 @@ fn route(link_id: i32) -> Rc<Route> {
     ];
     let insert = Spi::connect(|c| c.prepare_mut(sql.as_str(), &types).unwrap().keep());
     let r = Rc::new(Route {
+        asynchronous,
         insert,
         peer: peer.name,
         target_schema: schema.unwrap(),
@@ -95,36 +102,68 @@ fn route(link_id: i32) -> Rc<Route> {
     r
 }
 
-/// Send one change record of a link to its peer. Called by the generated capture functions.
+fn send(r: &Route, origin: &str, op: i8, new_rows: Option<&str>, old_rows: Option<&str>) {
+    Spi::connect_mut(|c| {
+        c.update(
+            &r.insert,
+            None,
+            &[
+                origin.into(),
+                r.node.as_str().into(),
+                r.target_schema.as_str().into(),
+                r.target_table.as_str().into(),
+                op.into(),
+                new_rows.into(),
+                old_rows.into(),
+            ],
+        )
+        .unwrap();
+    })
+}
+
+/// Send one change record of a link to its peer, or queue it. Called by the generated
+/// capture functions.
+///
+/// async: always queued. sync: sent now when nothing is queued for the peer; otherwise queued
+/// behind the earlier changes, after trying to deliver those first when the peer may be back.
+/// A peer that cannot be reached gets the change queued (the failed attempt is rolled back in
+/// its subtransaction), and writers leave it alone for synclink.retry_interval.
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn ship(link_id: i32, op: i8, new_rows: Option<&str>, old_rows: Option<&str>) {
     let r = route(link_id);
     let origin = crate::apply::current_origin().unwrap_or_else(|| r.node.clone());
-    let sent = catching(|| {
-        Spi::connect_mut(|c| {
-            c.update(
-                &r.insert,
-                None,
-                &[
-                    origin.as_str().into(),
-                    r.node.as_str().into(),
-                    r.target_schema.as_str().into(),
-                    r.target_table.as_str().into(),
-                    op.into(),
-                    new_rows.into(),
-                    old_rows.into(),
-                ],
-            )
-            .unwrap();
-        })
-    });
-    if let Err(f) = sent {
-        raise(ShipError::PeerFailed {
+    let queue = |reason: Option<&str>| {
+        queue::enqueue(&r.peer, link_id, &origin, op, new_rows, old_rows, reason)
+    };
+    if r.asynchronous {
+        return queue(None);
+    }
+    let down = queue::known_down(&r.peer);
+    if queue::has_queued(&r.peer) {
+        if down {
+            return queue(None);
+        }
+        let peer = crate::peer::find(&r.peer).expect("route of an existing peer");
+        match queue::flush(&peer, queue::writer_flush_limit()) {
+            Flushed::Done(_) => {}
+            Flushed::Partial(_) | Flushed::Busy => return queue(None),
+            Flushed::Failed(_, f) => return queue(Some(&f.summary())),
+        }
+    } else if down {
+        return queue(None);
+    }
+    match crate::subxact::run(|| send(&r, &origin, op, new_rows, old_rows)) {
+        Ok(()) => {}
+        Err(f) if f.is_connection() => {
+            queue::mark_down(&r.peer);
+            queue(Some(&f.summary()));
+        }
+        Err(f) => raise(ShipError::PeerFailed {
             peer: r.peer.clone(),
             table: format!("{}.{}", r.target_schema, r.target_table),
-            connection: f.is_connection(),
+            connection: false,
             reason: f.summary(),
-        });
+        }),
     }
 }

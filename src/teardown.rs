@@ -28,7 +28,7 @@ unsafe fn drops_synclink(parsetree: *mut pg_sys::Node) -> bool {
 
 fn remove_everything() {
     for id in db::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]) {
-        link::unlink_by_id(id, true);
+        link::unlink_by_id(id, true, true);
     }
     for p in db::column::<String>("SELECT peer_name FROM synclink.peer", &[]) {
         crate::peer::drop_objects(&crate::peer::find(&p).unwrap());

@@ -369,3 +369,16 @@ pub fn db_error(e: postgres::Error) -> (String, String, String, String) {
 pub fn count(c: &mut Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap().get(0)
 }
+
+/// Poll `check` until it holds or `limit` passes; returns how long it took.
+pub fn wait_until(
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "still not true after {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    started.elapsed()
+}

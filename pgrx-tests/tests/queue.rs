@@ -1,0 +1,273 @@
+//! No change is ever lost: while the peer is away changes queue, in order, and are delivered
+//! once in effect when it is back.
+
+use std::time::{Duration, Instant};
+use synclink_e2e::{both, count, db_error, table_hash, Pair};
+
+const T: &str = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+
+fn same(a: &mut postgres::Client, b: &mut postgres::Client) -> i64 {
+    let ha = table_hash(a, "t", "t.id");
+    assert_eq!(
+        ha,
+        table_hash(b, "t", "t.id"),
+        "t differs between the nodes"
+    );
+    ha.0
+}
+
+fn status(c: &mut postgres::Client) -> (bool, i64, i64, Option<String>) {
+    let r = c
+        .query_one("SELECT peer_reachable, queued, delivered, last_error FROM sync_status WHERE \"table\" = 't'::regclass", &[])
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+#[test]
+fn writes_while_the_peer_is_down_are_queued_and_delivered_in_order() {
+    let (mut p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t')", &[]).unwrap();
+    a.execute("INSERT INTO t VALUES (1, 'before')", &[])
+        .unwrap();
+    p.b.stop_immediate();
+
+    let started = Instant::now();
+    for sql in [
+        "INSERT INTO t VALUES (2, 'v0')",
+        "UPDATE t SET v = 'v1' WHERE id = 2",
+        "UPDATE t SET v = 'v2' WHERE id = 2",
+        "INSERT INTO t SELECT g, 'bulk' FROM generate_series(3, 12002) g",
+        "DELETE FROM t WHERE id BETWEEN 5 AND 104",
+        "UPDATE t SET id = -id WHERE id BETWEEN 200 AND 299",
+    ] {
+        a.execute(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "writers did not wait on the dead peer: {:?}",
+        started.elapsed()
+    );
+    let (reachable, queued, _, error) = status(&mut a);
+    assert!(!reachable);
+    assert!(queued >= 6, "queued {queued}");
+    assert!(
+        error.unwrap_or_default().contains("could not connect"),
+        "last_error names the cause"
+    );
+
+    // queued changes are never dropped quietly
+    let (code, message, _, hint) = db_error(
+        a.batch_execute("SELECT sync_unlink_table('t')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "55006", "{message}");
+    assert!(
+        hint.contains("sync_flush") && hint.contains("discard_queued"),
+        "{hint}"
+    );
+    let (code, _, _, _) = db_error(
+        a.batch_execute("SELECT sync_drop_peer('b', cascade => true)")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "2BP01");
+
+    p.b.start_again();
+    let mut b = p.b.connect(&p.db);
+    let delivered: i64 = a.query_one("SELECT sync_flush('b')", &[]).unwrap().get(0);
+    assert_eq!(delivered, queued);
+    assert_eq!(same(&mut a, &mut b), 11_902);
+    let v: String = b
+        .query_one("SELECT v FROM t WHERE id = 2", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "v2", "updates to one row arrive in order");
+    let (reachable, queued, delivered_total, _) = status(&mut a);
+    assert_eq!((reachable, queued), (true, 0));
+    assert!(delivered_total >= delivered);
+
+    // and the link works directly again
+    a.execute("INSERT INTO t VALUES (20000, 'after')", &[])
+        .unwrap();
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 0);
+    same(&mut a, &mut b);
+}
+
+#[test]
+fn the_next_write_after_the_peer_returns_delivers_the_queue_first() {
+    let (mut p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t')", &[]).unwrap();
+    a.batch_execute("SET synclink.retry_interval = 0").unwrap();
+    p.b.stop_immediate();
+    a.execute(
+        "INSERT INTO t SELECT g, 'queued' FROM generate_series(1, 50) g",
+        &[],
+    )
+    .unwrap();
+    a.execute("UPDATE t SET v = 'changed' WHERE id <= 10", &[])
+        .unwrap();
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 2);
+    p.b.start_again();
+    let mut b = p.b.connect(&p.db);
+    // no worker, no sync_flush: the next write takes the queue along, in front of itself
+    a.execute("UPDATE t SET v = 'last' WHERE id = 1", &[])
+        .unwrap();
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 0);
+    assert_eq!(same(&mut a, &mut b), 50);
+    let v: String = b
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "last");
+}
+
+#[test]
+fn a_redelivered_record_is_applied_once() {
+    let (mut p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t')", &[]).unwrap();
+    p.b.stop_immediate();
+    a.execute("INSERT INTO t VALUES (1, 'first'), (2, 'first')", &[])
+        .unwrap();
+    a.execute("DELETE FROM t WHERE id = 2", &[]).unwrap();
+    // keep a copy of the queue as it was before delivery
+    a.batch_execute("CREATE TABLE saved AS SELECT * FROM synclink.outbox")
+        .unwrap();
+    p.b.start_again();
+    let mut b = p.b.connect(&p.db);
+    a.execute("SELECT sync_flush('b')", &[]).unwrap();
+    b.execute("UPDATE t SET v = 'newer' WHERE id = 1", &[])
+        .unwrap();
+    b.execute("INSERT INTO t VALUES (2, 'again')", &[]).unwrap();
+    // the sender delivers the same records again, as after a crash between the peer's commit
+    // and its own: the peer recognises them and leaves its newer rows alone
+    a.batch_execute("INSERT INTO synclink.outbox SELECT * FROM saved")
+        .unwrap();
+    let again: i64 = a.query_one("SELECT sync_flush('b')", &[]).unwrap().get(0);
+    assert_eq!(again, 2);
+    let rows: Vec<(i32, String)> = b
+        .query("SELECT id, v FROM t ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(1, "newer".to_string()), (2, "again".to_string())]
+    );
+    same(&mut a, &mut b);
+}
+
+#[test]
+fn async_mode_always_queues_and_delivers_on_flush() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    let (code, message, _, hint) = db_error(
+        a.batch_execute("SELECT sync_link_table('t', mode => 'eventually')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "22023");
+    assert!(
+        message.contains("unknown mode \"eventually\"") && hint.contains("'async'"),
+        "{message} {hint}"
+    );
+
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    let modes: Vec<String> = b
+        .query("SELECT mode FROM sync_status", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        modes,
+        vec!["async".to_string()],
+        "both halves of the link use the mode"
+    );
+    a.execute(
+        "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g",
+        &[],
+    )
+    .unwrap();
+    b.execute("INSERT INTO t VALUES (5000, 'from b')", &[])
+        .unwrap();
+    assert_eq!(
+        count(&mut b, "SELECT count(*) FROM t"),
+        1,
+        "nothing crossed before delivery"
+    );
+    assert_eq!(
+        a.query_one("SELECT sync_flush()", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+    assert_eq!(
+        b.query_one("SELECT sync_flush('a')", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+    assert_eq!(same(&mut a, &mut b), 1001);
+
+    // unlinking with changes still queued needs an explicit discard, and says what it threw away
+    a.execute("UPDATE t SET v = 'pending' WHERE id = 1", &[])
+        .unwrap();
+    a.execute("SELECT sync_unlink_table('t', discard_queued => true)", &[])
+        .unwrap();
+    assert_eq!(
+        count(&mut a, "SELECT count(*) FROM synclink.outbox")
+            + count(&mut a, "SELECT count(*) FROM synclink.link"),
+        0
+    );
+}
+
+#[test]
+fn the_background_worker_delivers_without_being_asked() {
+    let preload = [
+        "shared_preload_libraries = 'synclink'",
+        "synclink.worker_naptime = 50",
+    ];
+    let (mut p, mut a, mut b) = Pair::peered_with(&preload);
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    a.execute(
+        "INSERT INTO t SELECT g, 'async' FROM generate_series(1, 1000) g",
+        &[],
+    )
+    .unwrap();
+    b.execute("UPDATE t SET v = 'from b' WHERE id = 1", &[])
+        .ok();
+    let took = synclink_e2e::wait_until(Duration::from_secs(10), || {
+        count(&mut b, "SELECT count(*) FROM t") == 1000
+    });
+    assert!(took < Duration::from_secs(3), "delivered after {took:?}");
+    b.execute("UPDATE t SET v = 'from b' WHERE id <= 10", &[])
+        .unwrap();
+    synclink_e2e::wait_until(Duration::from_secs(10), || {
+        count(&mut a, "SELECT count(*) FROM t WHERE v = 'from b'") == 10
+    });
+    same(&mut a, &mut b);
+
+    // sync mode: the backlog built while the peer was down drains by itself when it is back
+    a.execute("SELECT sync_unlink_table('t')", &[]).unwrap();
+    a.execute("SELECT sync_link_table('t')", &[]).unwrap();
+    p.b.stop_immediate();
+    for i in 0..20 {
+        a.execute(
+            "UPDATE t SET v = $1 WHERE id = $2",
+            &[&format!("down {i}"), &(i + 1)],
+        )
+        .unwrap();
+    }
+    assert!(count(&mut a, "SELECT count(*) FROM synclink.outbox") >= 20);
+    p.b.start_again();
+    let mut b = p.b.connect(&p.db);
+    synclink_e2e::wait_until(Duration::from_secs(60), || {
+        count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
+    });
+    same(&mut a, &mut b);
+}

@@ -1,0 +1,328 @@
+//! The durable outbox: changes that could not, or should not, go to the peer at once.
+//!
+//! Order is kept per peer: a sync-mode change goes straight to the peer only while nothing is
+//! queued for it, otherwise it queues behind what is there. Flushing delivers queued records
+//! in seq order, one flusher per peer at a time (an advisory lock), and deletes them in the
+//! transaction that delivered them. The peer commits first, so a record can arrive twice; the
+//! peer recognises it by (sender, seq).
+//!
+//! Whether a peer is known to be down is kept in a per-peer sequence used as a register:
+//! setval is not transactional and takes no row lock, so a writer that finds the peer down
+//! tells every other writer at once without waiting for anyone's commit.
+
+use crate::error::{warning, SqlError};
+use crate::peer::{self, Peer};
+use crate::remote::RemoteFailure;
+use pgrx::prelude::*;
+
+static RETRY_INTERVAL_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(5000);
+static WRITER_FLUSH_LIMIT: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
+static BACKLOG_WARNING: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100_000);
+
+pub fn init_gucs() {
+    pgrx::GucRegistry::define_int_guc(
+        c"synclink.retry_interval",
+        c"How long writers leave a peer alone after it could not be reached.",
+        c"Changes queue meanwhile; the background worker and sync_flush() keep trying.",
+        &RETRY_INTERVAL_MS,
+        0,
+        3_600_000,
+        pgrx::GucContext::Userset,
+        pgrx::GucFlags::UNIT_MS,
+    );
+    pgrx::GucRegistry::define_int_guc(
+        c"synclink.writer_flush_limit",
+        c"Queued changes a sync-mode write delivers ahead of its own when the peer is back.",
+        c"Without the background worker, writes drain the queue this many changes at a time.",
+        &WRITER_FLUSH_LIMIT,
+        0,
+        1_000_000,
+        pgrx::GucContext::Userset,
+        pgrx::GucFlags::default(),
+    );
+    pgrx::GucRegistry::define_int_guc(
+        c"synclink.backlog_warning",
+        c"Queued changes for one peer above which every queued change raises a WARNING.",
+        c"0 turns the warning off.",
+        &BACKLOG_WARNING,
+        0,
+        i32::MAX,
+        pgrx::GucContext::Userset,
+        pgrx::GucFlags::default(),
+    );
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum QueueError {
+    #[error("unknown mode \"{0}\"")]
+    BadMode(String),
+}
+
+impl SqlError for QueueError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+    }
+    fn hint(&self) -> Option<String> {
+        Some("Use mode => 'sync' (ship inside the writer's transaction, queue when the peer is down) or mode => 'async' (always queue; the background worker delivers).".into())
+    }
+}
+
+pub fn check_mode(mode: &str) -> Result<(), QueueError> {
+    match mode {
+        "sync" | "async" => Ok(()),
+        other => Err(QueueError::BadMode(other.into())),
+    }
+}
+
+pub fn writer_flush_limit() -> i64 {
+    WRITER_FLUSH_LIMIT.get() as i64
+}
+
+pub fn retry_register(peer: &str) -> String {
+    crate::sql::qualified("synclink", &format!("{peer}_retry_at"))
+}
+
+fn now_ms() -> i64 {
+    Spi::get_one::<i64>("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+        .unwrap()
+        .unwrap()
+}
+
+/// True while writers should not try the peer (it failed less than retry_interval ago).
+pub fn known_down(peer: &str) -> bool {
+    let until = Spi::get_one::<i64>(&format!("SELECT last_value FROM {}", retry_register(peer)))
+        .unwrap()
+        .unwrap_or(0);
+    until > now_ms()
+}
+
+pub fn mark_down(peer: &str) {
+    let until = now_ms() + RETRY_INTERVAL_MS.get() as i64;
+    Spi::run_with_args(
+        &format!(
+            "SELECT setval('{}', $1)",
+            retry_register(peer).replace('\'', "''")
+        ),
+        &[until.into()],
+    )
+    .unwrap();
+}
+
+fn mark_up(peer: &str) {
+    Spi::run(&format!(
+        "SELECT setval('{}', 1, false)",
+        retry_register(peer).replace('\'', "''")
+    ))
+    .unwrap();
+}
+
+pub fn has_queued(peer: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = $1)",
+        &[peer.into()],
+    )
+    .unwrap()
+    .unwrap_or(false)
+}
+
+pub fn queued(peer: &str) -> i64 {
+    Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM synclink.outbox WHERE peer_name = $1",
+        &[peer.into()],
+    )
+    .unwrap()
+    .unwrap_or(0)
+}
+
+/// Put one change record in the outbox.
+#[allow(clippy::too_many_arguments)]
+pub fn enqueue(
+    peer: &str,
+    link_id: i32,
+    origin: &str,
+    op: i8,
+    new_rows: Option<&str>,
+    old_rows: Option<&str>,
+    reason: Option<&str>,
+) {
+    Spi::run_with_args(
+        "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            peer.into(),
+            link_id.into(),
+            origin.into(),
+            op.into(),
+            new_rows.into(),
+            old_rows.into(),
+            reason.into(),
+        ],
+    )
+    .unwrap();
+    let limit = BACKLOG_WARNING.get() as i64;
+    if limit > 0 {
+        let n = queued(peer);
+        if n > limit {
+            warning(
+                &format!("{n} changes are queued for peer \"{peer}\""),
+                "Check sync_status for the peer's last error; the queue drains once it is reachable. \
+                 synclink.backlog_warning sets this threshold.",
+            );
+        }
+    }
+}
+
+pub enum Flushed {
+    /// Records delivered; the queue is empty now (as far as this transaction can see).
+    Done(i64),
+    /// Records delivered before the limit was reached; more wait.
+    Partial(i64),
+    /// Someone else is flushing this peer right now.
+    Busy,
+    /// The peer could not take them; nothing was delivered in the failed batch.
+    Failed(i64, RemoteFailure),
+}
+
+fn lock_key(peer: &str) -> String {
+    format!("synclink flush {peer}")
+}
+
+/// Deliver up to `limit` queued records (0: all) to `peer`, in order, in batches.
+pub fn flush(peer: &Peer, limit: i64) -> Flushed {
+    let locked = Spi::get_one_with_args::<bool>(
+        "SELECT pg_try_advisory_xact_lock(hashtext($1))",
+        &[lock_key(&peer.name).as_str().into()],
+    )
+    .unwrap()
+    .unwrap_or(false);
+    if !locked {
+        return Flushed::Busy;
+    }
+    let sql = format!(
+        "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows, seq, floor_seq) \
+         SELECT o.origin, $2, l.peer_schema, l.peer_table, o.op, o.new_rows, o.old_rows, o.seq, $3 \
+           FROM synclink.outbox o JOIN synclink.link l USING (link_id) \
+          WHERE o.seq = ANY($1) ORDER BY o.seq",
+        peer.foreign("inbox")
+    );
+    let node = crate::node::local_name();
+    let mut delivered = 0i64;
+    loop {
+        let batch_size = if limit > 0 {
+            (limit - delivered).min(1000)
+        } else {
+            1000
+        };
+        if batch_size <= 0 {
+            return if has_queued(&peer.name) {
+                Flushed::Partial(delivered)
+            } else {
+                Flushed::Done(delivered)
+            };
+        }
+        let seqs = crate::db::column::<i64>(
+            "SELECT seq FROM synclink.outbox WHERE peer_name = $1 ORDER BY seq LIMIT $2",
+            &[peer.name.as_str().into(), batch_size.into()],
+        );
+        if seqs.is_empty() {
+            if delivered > 0 {
+                mark_up(&peer.name);
+            }
+            return Flushed::Done(delivered);
+        }
+        let floor = seqs[0];
+        let sent = crate::subxact::run(|| {
+            Spi::connect_mut(|c| {
+                c.update(
+                    sql.as_str(),
+                    None,
+                    &[seqs.clone().into(), node.as_str().into(), floor.into()],
+                )
+                .unwrap();
+                c.update(
+                    "DELETE FROM synclink.outbox WHERE seq = ANY($1)",
+                    None,
+                    &[seqs.clone().into()],
+                )
+                .unwrap();
+            })
+        });
+        match sent {
+            Ok(()) => {
+                delivered += seqs.len() as i64;
+                record_delivery(&peer.name, seqs.len() as i64);
+            }
+            Err(f) => {
+                if f.is_connection() {
+                    mark_down(&peer.name);
+                }
+                record_failure(&peer.name, &f.summary());
+                return Flushed::Failed(delivered, f);
+            }
+        }
+    }
+}
+
+fn record_delivery(peer: &str, n: i64) {
+    Spi::run_with_args(
+        "INSERT INTO synclink.peer_state AS s (peer_name, delivered, last_delivered_at) \
+         VALUES ($1, $2, clock_timestamp()) \
+         ON CONFLICT (peer_name) DO UPDATE SET delivered = s.delivered + $2, last_delivered_at = clock_timestamp()",
+        &[peer.into(), n.into()],
+    )
+    .unwrap();
+}
+
+pub fn record_failure(peer: &str, error: &str) {
+    Spi::run_with_args(
+        "INSERT INTO synclink.peer_state AS s (peer_name, failed, last_error, last_error_at) \
+         VALUES ($1, 1, $2, clock_timestamp()) \
+         ON CONFLICT (peer_name) DO UPDATE SET failed = s.failed + 1, last_error = $2, last_error_at = clock_timestamp()",
+        &[peer.into(), error.into()],
+    )
+    .unwrap();
+}
+
+/// Deliver what is queued for a peer (or for every peer) now. Returns how many change
+/// records were delivered; a peer that cannot take them is reported with a WARNING and
+/// keeps its queue.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_flush(peer: default!(Option<&str>, "NULL")) -> i64 {
+    let peers: Vec<Peer> = match peer {
+        Some(name) => vec![peer::resolve(Some(name)).unwrap_or_else(|e| crate::error::raise(e))],
+        None => crate::db::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[])
+            .iter()
+            .filter_map(|n| peer::find(n))
+            .collect(),
+    };
+    let mut total = 0;
+    for p in peers {
+        match flush(&p, 0) {
+            Flushed::Done(n) | Flushed::Partial(n) => total += n,
+            Flushed::Busy => warning(
+                &format!("peer \"{}\" is being flushed by another session", p.name),
+                "Its queue is being delivered; try again when that session has committed.",
+            ),
+            Flushed::Failed(n, f) => {
+                total += n;
+                warning(
+                    &format!(
+                        "could not deliver queued changes to peer \"{}\": {}",
+                        p.name,
+                        f.summary()
+                    ),
+                    "The changes stay queued; sync_status shows how many.",
+                );
+            }
+        }
+    }
+    total
+}
+
+/// For sync_status: is the peer inside its retry interval after a failure?
+#[pg_extern(schema = "synclink", stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn peer_known_down(peer: &str) -> bool {
+    known_down(peer)
+}
