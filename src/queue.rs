@@ -19,6 +19,8 @@ static RETRY_INTERVAL_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(5
 static WRITER_FLUSH_LIMIT: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 static BACKLOG_WARNING: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100_000);
 
+const BACKLOG_CHECK_EVERY: i64 = 1000;
+
 pub fn init_gucs() {
     pgrx::GucRegistry::define_int_guc(
         c"synclink.retry_interval",
@@ -42,8 +44,8 @@ pub fn init_gucs() {
     );
     pgrx::GucRegistry::define_int_guc(
         c"synclink.backlog_warning",
-        c"Queued changes for one peer above which every queued change raises a WARNING.",
-        c"0 turns the warning off.",
+        c"Queued changes for one peer above which queueing raises a WARNING.",
+        c"Checked every 1000 queued changes; 0 turns the warning off.",
         &BACKLOG_WARNING,
         0,
         i32::MAX,
@@ -86,6 +88,17 @@ fn now_ms() -> i64 {
     Spi::get_one::<i64>("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
         .unwrap()
         .unwrap()
+}
+
+/// What a sync-mode writer needs to know before trying the peer, in one query: is anything
+/// queued for it, and is it inside its retry interval after a failure.
+pub fn peer_situation_sql(peer: &str) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = {}), \
+                (SELECT last_value FROM {}) > (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+        crate::sql::literal(peer),
+        retry_register(peer)
+    )
 }
 
 /// True while writers should not try the peer (it failed less than retry_interval ago).
@@ -145,9 +158,9 @@ pub fn enqueue(
     old_rows: Option<&str>,
     reason: Option<&str>,
 ) {
-    Spi::run_with_args(
+    let seq = crate::db::maybe_one::<i64>(
         "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
         &[
             peer.into(),
             link_id.into(),
@@ -158,9 +171,11 @@ pub fn enqueue(
             reason.into(),
         ],
     )
-    .unwrap();
+    .expect("the outbox returns the seq it gave");
+    // Counting the queue on every change would cost more than queueing it; every
+    // BACKLOG_CHECK_EVERY-th seq is often enough for a warning about growth.
     let limit = BACKLOG_WARNING.get() as i64;
-    if limit > 0 {
+    if limit > 0 && seq % BACKLOG_CHECK_EVERY == 0 {
         let n = queued(peer);
         if n > limit {
             warning(

@@ -48,6 +48,8 @@ struct Route {
     asynchronous: bool,
     /// The INSERT into the peer's inbox, planned once per backend.
     insert: OwnedPreparedStatement,
+    /// (anything queued for the peer?, peer known to be down?)
+    situation: OwnedPreparedStatement,
     target_schema: String,
     target_table: String,
     node: String,
@@ -89,10 +91,18 @@ fn route(link_id: i32) -> Rc<Route> {
         text,
         text,
     ];
-    let insert = Spi::connect(|c| c.prepare_mut(sql.as_str(), &types).unwrap().keep());
+    let (insert, situation) = Spi::connect(|c| {
+        (
+            c.prepare_mut(sql.as_str(), &types).unwrap().keep(),
+            c.prepare(queue::peer_situation_sql(&peer.name).as_str(), &[])
+                .unwrap()
+                .keep(),
+        )
+    });
     let r = Rc::new(Route {
         asynchronous,
         insert,
+        situation,
         peer: peer.name,
         target_schema: schema.unwrap(),
         target_table: table.unwrap(),
@@ -139,8 +149,14 @@ fn ship(link_id: i32, op: i8, new_rows: Option<&str>, old_rows: Option<&str>) {
     if r.asynchronous {
         return queue(None);
     }
-    let down = queue::known_down(&r.peer);
-    if queue::has_queued(&r.peer) {
+    let (queued, down) = Spi::connect(|c| {
+        let row = c.select(&r.situation, None, &[]).unwrap().first();
+        (
+            row.get::<bool>(1).unwrap().unwrap_or(false),
+            row.get::<bool>(2).unwrap().unwrap_or(false),
+        )
+    });
+    if queued {
         if down {
             return queue(None);
         }

@@ -5,7 +5,7 @@
 //! never blocked. A delivery worker idles while synclink is not installed in its database;
 //! otherwise, every synclink.worker_naptime, it delivers each
 //! peer's queue in order, in transactions of up to WORKER_BATCH records, and backs off from a
-//! peer that cannot be reached (1 s, doubling to 30 s).
+//! peer that cannot be reached (1 s, doubling to 5 s).
 
 use crate::queue::{self, Flushed};
 use pgrx::bgworkers::*;
@@ -20,6 +20,9 @@ static LAUNCHER_DB: pgrx::GucSetting<Option<std::ffi::CString>> =
 /// Records delivered per worker transaction: large enough to drain fast, small enough that
 /// a failure repeats little work.
 const WORKER_BATCH: i64 = 10_000;
+
+/// The longest a returning peer waits for the worker to notice it.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub fn init() {
     pgrx::GucRegistry::define_int_guc(
@@ -150,9 +153,9 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                 }
                 Flushed::Busy => {}
                 Flushed::Failed(..) => {
-                    let wait = backoff.get(&name).map_or(Duration::from_secs(1), |b| {
-                        (b.wait * 2).min(Duration::from_secs(30))
-                    });
+                    let wait = backoff
+                        .get(&name)
+                        .map_or(Duration::from_secs(1), |b| (b.wait * 2).min(MAX_BACKOFF));
                     backoff.insert(
                         name,
                         Backoff {

@@ -138,6 +138,15 @@ impl Cluster {
         c
     }
 
+    /// Superuser connection string over the Unix socket, for client threads.
+    pub fn socket_conninfo(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.display(),
+            self.port
+        )
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.join("data")
     }

@@ -1,16 +1,19 @@
 //! synclink benchmarks, measured side by side in one run on two local clusters.
 //!
-//!   bulk:   100,000-row INSERT … SELECT into the same table unlinked, linked with synclink,
-//!           and with the hand-written row-level triggers of the railwaymen article
+//!   bulk:   100,000-row INSERT … SELECT into the same table unlinked, linked with synclink
+//!           (sync and async mode), and with the hand-written row-level triggers of the
+//!           railwaymen article
 //!   single: single-row INSERT transactions per second from 4 pgbench clients
+//!   drain:  how fast the background worker delivers a backlog of queued changes
 //!
 //! Variants run in rotating order within each round and every ratio is taken against the
 //! unlinked figure of the same round, so machine noise hits all of them alike.
-//! Run with `make bench` (installs the release build first). BENCH_ROUNDS, BENCH_SECONDS tune it.
+//! Run with `make bench` (installs the release build first). BENCH_ROUNDS, BENCH_SECONDS,
+//! BENCH_ROWS and BENCH_BACKLOG tune it.
 
 use std::process::Command;
-use std::time::Instant;
-use synclink_e2e::{Pair, SYNC_PASSWORD};
+use std::time::{Duration, Instant};
+use synclink_e2e::{count, wait_until, Pair};
 
 const TABLE: &str = "(id bigserial PRIMARY KEY, name varchar(255), price integer,
     created_at timestamp NOT NULL, updated_at timestamp NOT NULL)";
@@ -79,10 +82,29 @@ fn main() {
     let rounds = env_or("BENCH_ROUNDS", 3) as usize;
     let seconds = env_or("BENCH_SECONDS", 10);
     let rows = env_or("BENCH_ROWS", 100_000) as i64;
-    let pair = Pair::new(&["fsync = on", "shared_buffers = 256MB", "max_wal_size = 2GB"]);
+    let backlog = env_or("BENCH_BACKLOG", 100_000) as i64;
+    let mut pair = Pair::new(&[
+        "fsync = on",
+        "shared_buffers = 256MB",
+        "max_wal_size = 2GB",
+        "shared_preload_libraries = 'synclink'",
+    ]);
     let mut a = pair.a.create_db(&pair.db);
     let mut b = pair.b.create_db(&pair.db);
-    for t in ["bench_unlinked", "bench_linked", "bench_rowtrig"] {
+    let variants = [
+        "bench_unlinked",
+        "bench_linked",
+        "bench_async",
+        "bench_rowtrig",
+    ];
+    let names = [
+        "unlinked",
+        "synclink, sync mode",
+        "synclink, async mode",
+        "row-level triggers (article)",
+    ];
+    let n = variants.len();
+    for t in variants {
         let ddl = format!("CREATE TABLE {t} {TABLE}");
         a.batch_execute(&ddl).unwrap();
         b.batch_execute(&ddl).unwrap();
@@ -99,103 +121,119 @@ fn main() {
     .unwrap();
     a.execute("SELECT sync_link_table('bench_linked')", &[])
         .unwrap();
+    a.execute(
+        "SELECT sync_link_table('bench_async', mode => 'async')",
+        &[],
+    )
+    .unwrap();
     a.batch_execute(ROW_TRIGGER).unwrap();
-    let _ = SYNC_PASSWORD;
 
-    println!("synclink benchmark: {rows} rows per bulk statement, {rounds} rounds, PostgreSQL 15, two clusters on loopback, fsync on");
-    let variants = ["bench_unlinked", "bench_linked", "bench_rowtrig"];
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    println!(
+        "synclink benchmark: PostgreSQL 15, two clusters on loopback, fsync on, library preloaded"
+    );
+    println!();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); n];
     for round in 0..rounds {
-        let mut this = [0.0f64; 3];
-        for k in 0..3 {
-            let v = (round + k) % 3;
+        let mut this = vec![0.0f64; n];
+        for k in 0..n {
+            let v = (round + k) % n;
             let t = variants[v];
             a.batch_execute(&format!("TRUNCATE {t}")).unwrap();
             b.batch_execute(&format!("TRUNCATE {t}")).unwrap();
+            wait_until(Duration::from_secs(60), || {
+                count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
+            });
             a.batch_execute("CHECKPOINT").unwrap();
             let started = Instant::now();
             a.execute(
-                &format!("INSERT INTO {t} (id, name, price, created_at, updated_at) \
-                          SELECT g, 'item ' || g, g % 1000, now(), now() FROM generate_series(1, {rows}) g"),
+                &format!(
+                    "INSERT INTO {t} (id, name, price, created_at, updated_at) \
+                     SELECT g, 'item ' || g, g % 1000, now(), now() FROM generate_series(1, {rows}) g"
+                ),
                 &[],
             )
             .unwrap();
             this[v] = started.elapsed().as_secs_f64() * 1000.0;
             if v > 0 {
-                let on_b: i64 = b
-                    .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-                    .unwrap()
-                    .get(0);
-                assert_eq!(on_b, rows, "{t}: the peer must hold every row");
+                let sql = format!("SELECT count(*) FROM {t}");
+                wait_until(Duration::from_secs(120), || count(&mut b, &sql) == rows);
             }
         }
-        for v in 0..3 {
+        for v in 0..n {
             times[v].push(this[v]);
             ratios[v].push(this[v] / this[0]);
         }
+        let line: Vec<String> = (0..n)
+            .map(|v| format!("{} {:.0} ms", names[v], this[v]))
+            .collect();
+        println!("  round {}: {}", round + 1, line.join(", "));
+    }
+    println!();
+    println!("bulk {rows}-row INSERT … SELECT, the writer's time to commit (median of {rounds}; every row checked on the peer)");
+    println!("  {:<32} {:>10} {:>12}", "variant", "ms", "x unlinked");
+    for v in 0..n {
         println!(
-            "  round {}: unlinked {:.0} ms, synclink {:.0} ms, row triggers {:.0} ms",
-            round + 1,
-            this[0],
-            this[1],
-            this[2]
+            "  {:<32} {:>10.0} {:>11.2}x",
+            names[v],
+            median(times[v].clone()),
+            median(ratios[v].clone())
         );
     }
-    let (ru, rl, rr) = (
-        median(ratios[0].clone()),
-        median(ratios[1].clone()),
-        median(ratios[2].clone()),
-    );
-    println!();
-    println!("bulk {rows}-row INSERT … SELECT (median of {rounds})");
-    println!("  {:<34} {:>10} {:>14}", "variant", "ms", "x unlinked");
     println!(
-        "  {:<34} {:>10.0} {:>13.2}x",
-        "unlinked",
-        median(times[0].clone()),
-        ru
-    );
-    println!(
-        "  {:<34} {:>10.0} {:>13.2}x",
-        "synclink (sync mode)",
-        median(times[1].clone()),
-        rl
-    );
-    println!(
-        "  {:<34} {:>10.0} {:>13.2}x",
-        "row-level triggers (article)",
-        median(times[2].clone()),
-        rr
-    );
-    println!(
-        "  synclink is {:.1}x faster than row-level triggers",
-        rr / rl
+        "  synclink sync mode is {:.1}x faster than the row-level triggers",
+        median(ratios[3].clone()) / median(ratios[1].clone())
     );
 
     println!();
-    println!("single-row INSERT, 4 clients, {seconds} s each (same-run ratios)");
+    println!("single-row INSERT, 4 clients, {seconds} s each");
     let mut tps = Vec::new();
     for t in variants {
         a.batch_execute(&format!("TRUNCATE {t}")).unwrap();
         b.batch_execute(&format!("TRUNCATE {t}")).unwrap();
+        wait_until(Duration::from_secs(60), || {
+            count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
+        });
         tps.push(pgbench_tps(&pair, t, seconds));
     }
-    println!("  {:<34} {:>10} {:>14}", "variant", "tps", "x unlinked");
-    for (name, v) in [
-        ("unlinked", tps[0]),
-        ("synclink (sync mode)", tps[1]),
-        ("row-level triggers (article)", tps[2]),
-    ] {
-        println!("  {:<34} {:>10.0} {:>13.2}x", name, v, v / tps[0]);
+    println!("  {:<32} {:>10} {:>12}", "variant", "tps", "x unlinked");
+    for v in 0..n {
+        println!(
+            "  {:<32} {:>10.0} {:>11.2}x",
+            names[v],
+            tps[v],
+            tps[v] / tps[0]
+        );
     }
-    let (na, nb): (i64, i64) = (
-        a.query_one("SELECT count(*) FROM bench_linked", &[])
-            .unwrap()
-            .get(0),
-        b.query_one("SELECT count(*) FROM bench_linked", &[])
-            .unwrap()
-            .get(0),
+    for t in ["bench_linked", "bench_async"] {
+        let sql = format!("SELECT count(*) FROM {t}");
+        let on_a = count(&mut a, &sql);
+        wait_until(Duration::from_secs(120), || count(&mut b, &sql) == on_a);
+    }
+
+    // a backlog: the peer is stopped, single-row changes queue, the peer comes back
+    a.batch_execute("TRUNCATE bench_linked").unwrap();
+    b.batch_execute("TRUNCATE bench_linked").unwrap();
+    pair.b.stop_immediate();
+    a.batch_execute(&format!(
+        "DO $$ BEGIN FOR i IN 1..{backlog} LOOP
+             INSERT INTO bench_linked (name, price, created_at, updated_at) VALUES ('queued', 1, now(), now());
+         END LOOP; END $$"
+    ))
+    .unwrap();
+    let queued = count(&mut a, "SELECT count(*) FROM synclink.outbox");
+    pair.b.start_again();
+    let started = Instant::now();
+    wait_until(Duration::from_secs(900), || {
+        count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
+    });
+    let took = started.elapsed().as_secs_f64();
+    let mut b = pair.b.connect(&pair.db);
+    assert_eq!(count(&mut b, "SELECT count(*) FROM bench_linked"), backlog);
+    println!();
+    println!("backlog of {queued} queued changes (one row each), drained by the background worker");
+    println!(
+        "  {took:.1} s from the peer's restart: {:.0} changes/s",
+        queued as f64 / took
     );
-    assert_eq!(na, nb, "every single-row insert reached the peer");
 }
