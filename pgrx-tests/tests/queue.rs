@@ -271,3 +271,38 @@ fn the_background_worker_delivers_without_being_asked() {
     });
     same(&mut a, &mut b);
 }
+
+#[test]
+fn the_outbox_survives_a_crash_of_its_own_server() {
+    let (mut p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t')", &[]).unwrap();
+    p.b.stop_immediate();
+    a.execute(
+        "INSERT INTO t SELECT g, 'queued' FROM generate_series(1, 3000) g",
+        &[],
+    )
+    .unwrap();
+    a.execute("UPDATE t SET v = 'changed' WHERE id % 3 = 0", &[])
+        .unwrap();
+    a.execute("DELETE FROM t WHERE id > 2900", &[]).unwrap();
+    let queued = count(&mut a, "SELECT count(*) FROM synclink.outbox");
+    drop(a);
+    // the sender itself crashes with its queue full, then both come back
+    p.a.stop_immediate();
+    p.a.start_again();
+    p.b.start_again();
+    let mut a = p.a.connect(&p.db);
+    let mut b = p.b.connect(&p.db);
+    assert_eq!(
+        count(&mut a, "SELECT count(*) FROM synclink.outbox"),
+        queued
+    );
+    assert_eq!(
+        a.query_one("SELECT sync_flush('b')", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        queued
+    );
+    assert_eq!(same(&mut a, &mut b), 2900);
+}

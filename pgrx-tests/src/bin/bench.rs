@@ -211,6 +211,74 @@ fn main() {
         wait_until(Duration::from_secs(120), || count(&mut b, &sql) == on_a);
     }
 
+    // async delivery lag: one writer commits single rows at a steady rate; a reader on the
+    // peer notes when each id appears
+    let rate = env_or("BENCH_LAG_RATE", 200);
+    let samples = env_or("BENCH_LAG_SAMPLES", 2000) as i64;
+    a.batch_execute("TRUNCATE bench_async").unwrap();
+    b.batch_execute("TRUNCATE bench_async").unwrap();
+    wait_until(Duration::from_secs(60), || {
+        count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
+    });
+    let committed_at: std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+        std::sync::Arc::new(std::sync::Mutex::new(vec![None; samples as usize + 1]));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (committed_at, done) = (committed_at.clone(), done.clone());
+        let conninfo = pair.a.socket_conninfo(&pair.db);
+        std::thread::spawn(move || {
+            let mut w = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+            let start = Instant::now();
+            for i in 1..=samples {
+                let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                w.execute(
+                    "INSERT INTO bench_async VALUES ($1, 'lag', 1, now(), now())",
+                    &[&i],
+                )
+                .unwrap();
+                committed_at.lock().unwrap()[i as usize] = Some(Instant::now());
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let mut seen = 0i64;
+    let mut lags = Vec::new();
+    while seen < samples {
+        let max: Option<i64> = b
+            .query_one("SELECT max(id) FROM bench_async", &[])
+            .unwrap()
+            .get(0);
+        let now = Instant::now();
+        let max = max.unwrap_or(0);
+        if max > seen {
+            let c = committed_at.lock().unwrap();
+            for id in (seen + 1)..=max {
+                if let Some(t) = c[id as usize] {
+                    lags.push(now.saturating_duration_since(t).as_secs_f64() * 1000.0);
+                }
+            }
+            seen = max;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    writer.join().unwrap();
+    lags.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let pct = |q: f64| lags[((lags.len() as f64 - 1.0) * q).round() as usize];
+    println!();
+    println!(
+        "async mode, commit on A to visible on B, {rate} single-row commits/s ({} samples)",
+        lags.len()
+    );
+    println!(
+        "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+
     // a backlog: the peer is stopped, single-row changes queue, the peer comes back
     a.batch_execute("TRUNCATE bench_linked").unwrap();
     b.batch_execute("TRUNCATE bench_linked").unwrap();
