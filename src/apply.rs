@@ -194,8 +194,36 @@ fn text_compare_columns(row_type: &str) -> Vec<String> {
         .collect()
 }
 
+/// (sender node, schema, table) of a record.
+type LinkKey = (String, String, String);
+
+thread_local! {
+    // Within one transaction a delivery brings many records for the same link, and links do
+    // not change under it; the answer is kept for the transaction (its local id) only.
+    static LINK_IDS: RefCell<HashMap<LinkKey, (u32, i32)>> = RefCell::new(HashMap::new());
+    // Per sender, the floor below which applied seqs were already forgotten.
+    static PRUNED_BELOW: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
+}
+
+fn local_xact() -> u32 {
+    unsafe { (*pg_sys::MyProc).lxid }
+}
+
 /// The link a record is for: the one between its sender and the named table here.
 fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
+    let key = (sender.to_string(), schema.to_string(), table.to_string());
+    let xact = local_xact();
+    if let Some((x, id)) = LINK_IDS.with(|m| m.borrow().get(&key).copied()) {
+        if x == xact {
+            return Ok(id);
+        }
+    }
+    let id = lookup_link_id(sender, schema, table)?;
+    LINK_IDS.with(|m| m.borrow_mut().insert(key, (xact, id)));
+    Ok(id)
+}
+
+fn lookup_link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
     let id = crate::db::maybe_one::<i32>(
         "SELECT l.link_id FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
          WHERE p.node_name = $1 AND l.relid = to_regclass(format('%I.%I', $2::text, $3::text))",
@@ -253,12 +281,14 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
 /// Record that a queued record from `sender` is applied; false if it was already. Entries below
 /// the sender's floor (the lowest seq it still holds) can never be delivered again.
 fn first_delivery(sender: &str, seq: i64, floor: Option<i64>) -> bool {
-    if let Some(floor) = floor {
+    let done = PRUNED_BELOW.with(|m| m.borrow().get(sender).copied());
+    if let Some(floor) = floor.filter(|f| done.is_none_or(|d| *f > d)) {
         Spi::run_with_args(
             "DELETE FROM synclink.applied WHERE sender = $1 AND seq < $2",
             &[sender.into(), floor.into()],
         )
         .unwrap();
+        PRUNED_BELOW.with(|m| m.borrow_mut().insert(sender.to_string(), floor));
     }
     crate::db::maybe_one::<i64>(
         "INSERT INTO synclink.applied (sender, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING seq",
@@ -302,6 +332,10 @@ fn apply(
         })
     });
     PgTryBuilder::new(|| match (op as u8, new_rows, old_rows) {
+        // A queued record takes the upsert at once: a delivery brings up to a thousand of them
+        // in one transaction, and a subtransaction each would overflow the backend's subxid
+        // cache, which slows every other session's snapshots.
+        (b'I', Some(rows), _) if seq.is_some() => execute(&plans.upsert, rows),
         // Most inserts are new rows: a plain INSERT is a third cheaper than ON CONFLICT.
         // A record delivered again, or a row that exists already, takes the upsert.
         (b'I', Some(rows), _) => {
