@@ -78,6 +78,22 @@ fn pgbench_tps(pair: &Pair, table: &str, seconds: u64) -> f64 {
         .unwrap_or_else(|| panic!("no tps in pgbench output:\n{text}"))
 }
 
+/// Empty a variant's table on both nodes. A linked table is truncated on A only and the
+/// TRUNCATE travels; truncating both sides of an async link would race: B's queued TRUNCATE
+/// could reach A after A's next rows.
+fn reset(a: &mut postgres::Client, b: &mut postgres::Client, table: &str, linked: bool) {
+    a.batch_execute(&format!("TRUNCATE {table}")).unwrap();
+    if !linked {
+        b.batch_execute(&format!("TRUNCATE {table}")).unwrap();
+    }
+    let sql = format!("SELECT count(*) FROM {table}");
+    wait_until(Duration::from_secs(120), || {
+        count(a, "SELECT count(*) FROM synclink.outbox") == 0
+            && count(b, "SELECT count(*) FROM synclink.outbox") == 0
+            && count(b, &sql) == 0
+    });
+}
+
 fn main() {
     let rounds = env_or("BENCH_ROUNDS", 3) as usize;
     let seconds = env_or("BENCH_SECONDS", 10);
@@ -103,6 +119,7 @@ fn main() {
         "synclink, async mode",
         "row-level triggers (article)",
     ];
+    let linked = [false, true, true, false];
     let n = variants.len();
     for t in variants {
         let ddl = format!("CREATE TABLE {t} {TABLE}");
@@ -139,11 +156,7 @@ fn main() {
         for k in 0..n {
             let v = (round + k) % n;
             let t = variants[v];
-            a.batch_execute(&format!("TRUNCATE {t}")).unwrap();
-            b.batch_execute(&format!("TRUNCATE {t}")).unwrap();
-            wait_until(Duration::from_secs(60), || {
-                count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
-            });
+            reset(&mut a, &mut b, t, linked[v]);
             a.batch_execute("CHECKPOINT").unwrap();
             let started = Instant::now();
             a.execute(
@@ -188,13 +201,9 @@ fn main() {
     println!();
     println!("single-row INSERT, 4 clients, {seconds} s each");
     let mut tps = Vec::new();
-    for t in variants {
-        a.batch_execute(&format!("TRUNCATE {t}")).unwrap();
-        b.batch_execute(&format!("TRUNCATE {t}")).unwrap();
-        wait_until(Duration::from_secs(60), || {
-            count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
-        });
-        tps.push(pgbench_tps(&pair, t, seconds));
+    for v in 0..n {
+        reset(&mut a, &mut b, variants[v], linked[v]);
+        tps.push(pgbench_tps(&pair, variants[v], seconds));
     }
     println!("  {:<32} {:>10} {:>12}", "variant", "tps", "x unlinked");
     for v in 0..n {
@@ -215,16 +224,11 @@ fn main() {
     // peer notes when each id appears
     let rate = env_or("BENCH_LAG_RATE", 200);
     let samples = env_or("BENCH_LAG_SAMPLES", 2000) as i64;
-    a.batch_execute("TRUNCATE bench_async").unwrap();
-    b.batch_execute("TRUNCATE bench_async").unwrap();
-    wait_until(Duration::from_secs(60), || {
-        count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
-    });
+    reset(&mut a, &mut b, "bench_async", true);
     let committed_at: std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
         std::sync::Arc::new(std::sync::Mutex::new(vec![None; samples as usize + 1]));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let (committed_at, done) = (committed_at.clone(), done.clone());
+        let committed_at = committed_at.clone();
         let conninfo = pair.a.socket_conninfo(&pair.db);
         std::thread::spawn(move || {
             let mut w = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
@@ -241,7 +245,6 @@ fn main() {
                 .unwrap();
                 committed_at.lock().unwrap()[i as usize] = Some(Instant::now());
             }
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
     let mut seen = 0i64;
@@ -280,8 +283,7 @@ fn main() {
     );
 
     // a backlog: the peer is stopped, single-row changes queue, the peer comes back
-    a.batch_execute("TRUNCATE bench_linked").unwrap();
-    b.batch_execute("TRUNCATE bench_linked").unwrap();
+    reset(&mut a, &mut b, "bench_linked", true);
     pair.b.stop_immediate();
     a.batch_execute(&format!(
         "DO $$ BEGIN FOR i IN 1..{backlog} LOOP
