@@ -73,6 +73,16 @@ for p in "$PORT_A" "$PORT_B"; do
   psql_on "$p" -At -c "SELECT format('port %s: %s rows, checksum %s, kettle costs %s', $p, count(*), md5(string_agg(format('%s|%s|%s', id, name, price), ',' ORDER BY id)), max(price) FILTER (WHERE id = 1)) FROM products"
 done
 
+say "B goes down: A keeps working, the change waits in A's outbox"
+as_pg "$BIN/pg_ctl" -D "$BASE/b" -m immediate stop >/dev/null
+psql_on "$PORT_A" -c "INSERT INTO products (id, name, price) VALUES (4, 'saucer', 4)"
+psql_on "$PORT_A" -c "SELECT peer, peer_reachable, queued, left(last_error, 70) AS last_error FROM sync_status"
+
+say "B is back: sync_flush() delivers the queue (a preloaded background worker would do it unasked)"
+as_pg "$BIN/pg_ctl" -D "$BASE/b" -l "$BASE/b.log" -w start >/dev/null
+psql_on "$PORT_A" -c "SELECT sync_flush('b') AS delivered"
+psql_on "$PORT_B" -At -c "SELECT 'B has the saucer: ' || EXISTS (SELECT 1 FROM products WHERE id = 4)"
+
 say "unlink: tables and rows stay, the triggers go"
 psql_on "$PORT_A" -c "SELECT sync_unlink_table('products')"
 psql_on "$PORT_A" -c "INSERT INTO products (id, name) VALUES (5000, 'not mirrored')"
