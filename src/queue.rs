@@ -172,6 +172,7 @@ pub fn enqueue(
         ],
     )
     .expect("the outbox returns the seq it gave");
+    crate::worker::wake_at_commit();
     // Counting the queue on every change would cost more than queueing it; every
     // BACKLOG_CHECK_EVERY-th seq is often enough for a warning about growth.
     let limit = BACKLOG_WARNING.get() as i64;

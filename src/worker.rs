@@ -10,8 +10,83 @@
 use crate::queue::{self, Flushed};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Where each database's delivery worker can be woken: (database oid << 32 | pid), 0 = free.
+/// A writer that queued a change sets that worker's latch when its transaction commits, so
+/// delivery starts at once instead of at the next poll.
+pub struct Workers {
+    slots: [AtomicU64; 64],
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers {
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+unsafe impl PGRXSharedMemory for Workers {}
+
+static WORKERS: PgAtomic<Workers> = unsafe { PgAtomic::new(c"synclink_workers") };
+
+/// Set in the postmaster when preloaded, so every backend forked from it knows the shared
+/// memory above exists.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The local transaction that already has a wake-up registered for its commit.
+    static WAKE_REGISTERED: Cell<u32> = const { Cell::new(0) };
+}
+
+fn register_worker(dboid: u32) {
+    let me = ((dboid as u64) << 32) | unsafe { pg_sys::MyProcPid } as u32 as u64;
+    let slots = &WORKERS.get().slots;
+    // Take over the slot of an earlier worker for this database, or else a free one.
+    let slot = slots
+        .iter()
+        .find(|s| (s.load(Ordering::Acquire) >> 32) as u32 == dboid)
+        .or_else(|| {
+            slots.iter().find(|s| {
+                s.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            })
+        });
+    if let Some(s) = slot {
+        s.store(me, Ordering::Release);
+    }
+}
+
+fn wake_now() {
+    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    for s in WORKERS.get().slots.iter() {
+        let v = s.load(Ordering::Acquire);
+        if v != 0 && (v >> 32) as u32 == dboid {
+            unsafe {
+                let proc = pg_sys::BackendPidGetProc(v as u32 as i32);
+                if !proc.is_null() {
+                    pg_sys::SetLatch(&mut (*proc).procLatch);
+                }
+            }
+        }
+    }
+}
+
+/// Wake this database's delivery worker when the current transaction commits.
+pub fn wake_at_commit() {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return;
+    }
+    let xact = unsafe { (*pg_sys::MyProc).lxid };
+    if WAKE_REGISTERED.with(|w| w.replace(xact)) != xact {
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, wake_now);
+    }
+}
 
 static NAPTIME_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 static LAUNCHER_DB: pgrx::GucSetting<Option<std::ffi::CString>> =
@@ -38,6 +113,8 @@ pub fn init() {
     // Workers, and the server-start setting they read, exist only when preloaded: a library
     // loaded later by CREATE EXTENSION may not define PGC_POSTMASTER settings.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pg_shmem_init!(WORKERS);
+        PRELOADED.store(true, Ordering::Relaxed);
         pgrx::GucRegistry::define_string_guc(
             c"synclink.launcher_database",
             c"Database the synclink launcher connects to, to list the databases.",
@@ -113,6 +190,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let dboid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
+    register_worker(dboid.to_u32());
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     let mut nap = Duration::from_millis(NAPTIME_MS.get() as u64);
     while BackgroundWorker::wait_latch(Some(nap)) {

@@ -306,3 +306,36 @@ fn the_outbox_survives_a_crash_of_its_own_server() {
     );
     assert_eq!(same(&mut a, &mut b), 2900);
 }
+
+#[test]
+fn a_commit_wakes_the_worker_at_once() {
+    // the worker only looks by itself every 5 s: quick delivery must come from the wake-up
+    let conf = [
+        "shared_preload_libraries = 'synclink'",
+        "synclink.worker_naptime = 5000",
+    ];
+    let (_p, mut a, mut b) = Pair::peered_with(&conf);
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    // the first change also waits for the launcher to start this database's worker
+    a.execute("INSERT INTO t VALUES (0, 'warm-up')", &[])
+        .unwrap();
+    synclink_e2e::wait_until(Duration::from_secs(20), || {
+        count(&mut b, "SELECT count(*) FROM t") == 1
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut slowest = Duration::ZERO;
+    for i in 1..=5 {
+        a.execute("INSERT INTO t VALUES ($1, 'woken')", &[&i])
+            .unwrap();
+        let took = synclink_e2e::wait_until(Duration::from_secs(10), || {
+            count(&mut b, "SELECT count(*) FROM t") == i as i64 + 1
+        });
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "slowest delivery took {slowest:?}"
+    );
+}
