@@ -205,14 +205,10 @@ thread_local! {
     static PRUNED_BELOW: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
 }
 
-fn local_xact() -> u32 {
-    unsafe { (*pg_sys::MyProc).lxid }
-}
-
 /// The link a record is for: the one between its sender and the named table here.
 fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
     let key = (sender.to_string(), schema.to_string(), table.to_string());
-    let xact = local_xact();
+    let xact = crate::db::local_xact();
     if let Some((x, id)) = LINK_IDS.with(|m| m.borrow().get(&key).copied()) {
         if x == xact {
             return Ok(id);

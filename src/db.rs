@@ -23,3 +23,8 @@ pub fn column<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Vec
             .collect()
     })
 }
+
+/// This backend's local id of the current transaction: a key for per-transaction caches.
+pub fn local_xact() -> u32 {
+    unsafe { (*pgrx::pg_sys::MyProc).lxid }
+}

@@ -84,47 +84,49 @@ pub fn retry_register(peer: &str) -> String {
     crate::sql::qualified("synclink", &format!("{peer}_retry_at"))
 }
 
-fn now_ms() -> i64 {
-    Spi::get_one::<i64>("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
-        .unwrap()
-        .unwrap()
+/// The register holds epoch milliseconds, so it is compared with, and set from, this.
+const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// SQL that is true while writers should not try the peer (it failed less than
+/// retry_interval ago).
+fn down_sql(peer: &str) -> String {
+    format!(
+        "(SELECT last_value FROM {}) > {NOW_MS}",
+        retry_register(peer)
+    )
 }
 
 /// What a sync-mode writer needs to know before trying the peer, in one query: is anything
 /// queued for it, and is it inside its retry interval after a failure.
 pub fn peer_situation_sql(peer: &str) -> String {
     format!(
-        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = {}), \
-                (SELECT last_value FROM {}) > (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = {}), {}",
         crate::sql::literal(peer),
-        retry_register(peer)
+        down_sql(peer)
     )
 }
 
-/// True while writers should not try the peer (it failed less than retry_interval ago).
 pub fn known_down(peer: &str) -> bool {
-    let until = Spi::get_one::<i64>(&format!("SELECT last_value FROM {}", retry_register(peer)))
+    Spi::get_one::<bool>(&format!("SELECT {}", down_sql(peer)))
         .unwrap()
-        .unwrap_or(0);
-    until > now_ms()
+        .unwrap_or(false)
 }
 
 pub fn mark_down(peer: &str) {
-    let until = now_ms() + RETRY_INTERVAL_MS.get() as i64;
     Spi::run_with_args(
         &format!(
-            "SELECT setval('{}', $1)",
-            retry_register(peer).replace('\'', "''")
+            "SELECT setval({}, {NOW_MS} + $1)",
+            crate::sql::literal(&retry_register(peer))
         ),
-        &[until.into()],
+        &[(RETRY_INTERVAL_MS.get() as i64).into()],
     )
     .unwrap();
 }
 
 fn mark_up(peer: &str) {
     Spi::run(&format!(
-        "SELECT setval('{}', 1, false)",
-        retry_register(peer).replace('\'', "''")
+        "SELECT setval({}, 1, false)",
+        crate::sql::literal(&retry_register(peer))
     ))
     .unwrap();
 }

@@ -17,16 +17,12 @@ pub enum ShipError {
         peer: String,
         table: String,
         reason: String,
-        connection: bool,
     },
 }
 
 impl SqlError for ShipError {
     fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
-            ShipError::PeerFailed {
-                connection: true, ..
-            } => PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             ShipError::PeerFailed { .. } => PgSqlErrorCode::ERRCODE_FDW_ERROR,
         }
     }
@@ -37,7 +33,6 @@ impl SqlError for ShipError {
     }
     fn hint(&self) -> Option<String> {
         Some(match self {
-            ShipError::PeerFailed { connection: true, .. } => "The statement was rolled back here too, so both databases still agree. Check that the peer is up and reachable.".into(),
             ShipError::PeerFailed { .. } => "The statement was rolled back here too, so both databases still agree. The peer's error is in DETAIL and in its server log.".into(),
         })
     }
@@ -65,17 +60,26 @@ fn route(link_id: i32) -> Rc<Route> {
     if let Some(r) = ROUTES.with(|m| m.borrow().get(&link_id).cloned()) {
         return r;
     }
-    let (peer, schema, table) = Spi::get_three_with_args::<String, String, String>(
-        "SELECT peer_name, peer_schema, peer_table FROM synclink.link WHERE link_id = $1",
-        &[link_id.into()],
-    )
-    .unwrap();
-    let asynchronous = crate::db::maybe_one::<bool>(
-        "SELECT mode = 'async' FROM synclink.link WHERE link_id = $1",
-        &[link_id.into()],
-    )
-    .unwrap_or(false);
-    let peer = crate::peer::find(&peer.expect("capture trigger of a removed link")).unwrap();
+    let (peer, schema, table, asynchronous) = Spi::connect(|c| {
+        let row = c
+            .select(
+                "SELECT peer_name, peer_schema, peer_table, mode = 'async' FROM synclink.link \
+                 WHERE link_id = $1",
+                None,
+                &[link_id.into()],
+            )
+            .unwrap()
+            .first();
+        (
+            row.get::<String>(1)
+                .unwrap()
+                .expect("capture trigger of a removed link"),
+            row.get::<String>(2).unwrap().unwrap(),
+            row.get::<String>(3).unwrap().unwrap(),
+            row.get::<bool>(4).unwrap().unwrap_or(false),
+        )
+    });
+    let peer = crate::peer::find(&peer).unwrap();
     let sql = format!(
         "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -104,8 +108,8 @@ fn route(link_id: i32) -> Rc<Route> {
         insert,
         situation,
         peer: peer.name,
-        target_schema: schema.unwrap(),
-        target_table: table.unwrap(),
+        target_schema: schema,
+        target_table: table,
         node: crate::node::local_name(),
     });
     ROUTES.with(|m| m.borrow_mut().insert(link_id, r.clone()));
@@ -178,7 +182,6 @@ fn ship(link_id: i32, op: i8, new_rows: Option<&str>, old_rows: Option<&str>) {
         Err(f) => raise(ShipError::PeerFailed {
             peer: r.peer.clone(),
             table: format!("{}.{}", r.target_schema, r.target_table),
-            connection: false,
             reason: f.summary(),
         }),
     }

@@ -82,7 +82,7 @@ pub fn wake_at_commit() {
     if !PRELOADED.load(Ordering::Relaxed) {
         return;
     }
-    let xact = unsafe { (*pg_sys::MyProc).lxid };
+    let xact = crate::db::local_xact();
     if WAKE_REGISTERED.with(|w| w.replace(xact)) != xact {
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, wake_now);
     }
