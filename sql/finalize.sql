@@ -1,18 +1,23 @@
--- Receiving: a peer INSERTs a change record into synclink.inbox; this applies it and keeps
--- nothing. Runs as the role the peer connects as, which therefore needs write access to the
--- linked tables (and EXECUTE on synclink.apply, a superuser has both).
-CREATE FUNCTION synclink.receive() RETURNS trigger
+-- Receiving: a peer INSERTs a change record into synclink.inbox; the row trigger
+-- synclink.receive() (in Rust: it runs once per record) applies it and keeps nothing. It runs
+-- as the role the peer connects as, which therefore needs write access to the linked tables
+-- (a superuser has it).
+CREATE TRIGGER receive BEFORE INSERT ON synclink.inbox
+    FOR EACH ROW EXECUTE FUNCTION synclink.receive();
+
+-- Queued records are held by the row trigger until the delivering statement ends; this applies them,
+-- a run of records for one table as one statement.
+CREATE FUNCTION synclink.receive_done() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM synclink.apply(NEW.origin, NEW.sender, NEW.target_schema, NEW.target_table,
-                           NEW.op, NEW.new_rows, NEW.old_rows, NEW.seq, NEW.floor_seq);
+    PERFORM synclink.apply_pending();
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER receive BEFORE INSERT ON synclink.inbox
-    FOR EACH ROW EXECUTE FUNCTION synclink.receive();
+CREATE TRIGGER receive_done AFTER INSERT ON synclink.inbox
+    FOR EACH STATEMENT EXECUTE FUNCTION synclink.receive_done();
 
 -- A peer asking this node to set up or remove its half of a link.
 CREATE FUNCTION synclink.serve_request() RETURNS trigger
@@ -30,6 +35,7 @@ CREATE TRIGGER serve BEFORE INSERT ON synclink.request
 -- The data path is not for application roles: with these an ordinary role could write rows
 -- that are never captured, or send rows to a peer that were never written here.
 REVOKE ALL ON FUNCTION synclink.apply(text, text, text, text, "char", text, text, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION synclink.apply_pending() FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.ship(integer, "char", text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb) FROM PUBLIC;
 

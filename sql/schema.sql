@@ -75,8 +75,11 @@ CREATE TABLE synclink.inbox (
 -- order per peer, and deleted in the transaction that delivered them.
 CREATE TABLE synclink.outbox (
     seq       bigserial PRIMARY KEY,
-    peer_name text NOT NULL REFERENCES synclink.peer,
-    link_id   int NOT NULL REFERENCES synclink.link,
+    -- No foreign keys to peer and link: with several writers, each one's FOR KEY SHARE check
+    -- on the same parent row costs a multixact per change. Unlinking settles the link's queue
+    -- once its triggers are gone (no writer left), so a change cannot outlive its link.
+    peer_name text NOT NULL,
+    link_id   int NOT NULL,
     origin    text NOT NULL,
     op        "char" NOT NULL,
     new_rows  text,

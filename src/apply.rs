@@ -110,6 +110,27 @@ pub fn insert_sql(spec: &ApplySpec) -> String {
 
 /// Insert the rows, or update the row with the same key when it differs.
 pub fn upsert_sql(spec: &ApplySpec) -> String {
+    upsert_from(spec, &format!("unnest($1::{}[]) r", spec.row_type))
+}
+
+/// The upsert for a run of records merged into one array, where a key can come more than
+/// once: its last version wins, and rows are written in the order their last versions came.
+pub fn merged_upsert_sql(spec: &ApplySpec) -> String {
+    let cols = join(spec.columns, ", ", |c| ident(c));
+    let keys = join(spec.key, ", ", |c| format!("r.{}", ident(c)));
+    upsert_from(
+        spec,
+        &format!(
+            "(SELECT DISTINCT ON ({keys}) r.*\n\
+             \x20   FROM unnest($1::{row}[]) WITH ORDINALITY AS r({cols}, \"synclink$ord\")\n\
+             \x20  ORDER BY {keys}, r.\"synclink$ord\" DESC) r\n\
+             ORDER BY r.\"synclink$ord\"",
+            row = spec.row_type,
+        ),
+    )
+}
+
+fn upsert_from(spec: &ApplySpec, source: &str) -> String {
     let cols = join(spec.columns, ", ", |c| ident(c));
     let select = join(spec.columns, ", ", |c| format!("r.{}", ident(c)));
     let keys = join(spec.key, ", ", |c| ident(c));
@@ -131,10 +152,9 @@ pub fn upsert_sql(spec: &ApplySpec) -> String {
     };
     format!(
         "INSERT INTO {table} AS t ({cols}) OVERRIDING SYSTEM VALUE\n\
-         SELECT {select} FROM unnest($1::{row}[]) r\n\
+         SELECT {select} FROM {source}\n\
          ON CONFLICT ({keys}) {action}",
         table = spec.table,
-        row = spec.row_type,
     )
 }
 
@@ -157,6 +177,7 @@ struct Compiled {
     table: String,
     insert: OwnedPreparedStatement,
     upsert: OwnedPreparedStatement,
+    merged_upsert: OwnedPreparedStatement,
     delete: OwnedPreparedStatement,
 }
 
@@ -201,8 +222,8 @@ thread_local! {
     // Within one transaction a delivery brings many records for the same link, and links do
     // not change under it; the answer is kept for the transaction (its local id) only.
     static LINK_IDS: RefCell<HashMap<LinkKey, (u32, i32)>> = RefCell::new(HashMap::new());
-    // Per sender, the floor below which applied seqs were already forgotten.
-    static PRUNED_BELOW: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
+    // Per sender, the transaction that last forgot applied seqs.
+    static PRUNED_IN: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
 }
 
 /// The link a record is for: the one between its sender and the named table here.
@@ -264,6 +285,10 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
             .prepare_mut(upsert_sql(&spec).as_str(), &text)
             .unwrap()
             .keep(),
+        merged_upsert: c
+            .prepare_mut(merged_upsert_sql(&spec).as_str(), &text)
+            .unwrap()
+            .keep(),
         delete: c
             .prepare_mut(delete_sql(&spec).as_str(), &text)
             .unwrap()
@@ -274,23 +299,38 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
     compiled
 }
 
-/// Record that a queued record from `sender` is applied; false if it was already. Entries below
-/// the sender's floor (the lowest seq it still holds) can never be delivered again.
-fn first_delivery(sender: &str, seq: i64, floor: Option<i64>) -> bool {
-    let done = PRUNED_BELOW.with(|m| m.borrow().get(sender).copied());
-    if let Some(floor) = floor.filter(|f| done.is_none_or(|d| *f > d)) {
-        Spi::run_with_args(
-            "DELETE FROM synclink.applied WHERE sender = $1 AND seq < $2",
-            &[sender.into(), floor.into()],
-        )
-        .unwrap();
-        PRUNED_BELOW.with(|m| m.borrow_mut().insert(sender.to_string(), floor));
+/// Forget applied seqs below the sender's floor (the lowest seq it still holds): those can
+/// never be delivered again. Once per delivering transaction: within one, each batch's floor
+/// lies above the previous batch, and deleting what was inserted a moment ago would only leave
+/// dead index entries for every later prune to step over.
+fn prune(sender: &str, floor: Option<i64>) {
+    let xact = crate::db::local_xact();
+    let Some(floor) = floor else { return };
+    if PRUNED_IN.with(|m| m.borrow().get(sender) == Some(&xact)) {
+        return;
     }
-    crate::db::maybe_one::<i64>(
-        "INSERT INTO synclink.applied (sender, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING seq",
-        &[sender.into(), seq.into()],
+    Spi::run_with_args(
+        "DELETE FROM synclink.applied WHERE sender = $1 AND seq < $2",
+        &[sender.into(), floor.into()],
     )
-    .is_some()
+    .unwrap();
+    PRUNED_IN.with(|m| m.borrow_mut().insert(sender.to_string(), xact));
+}
+
+/// Record that queued records from `sender` are applied; returns the seqs that were not yet.
+fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64> {
+    prune(sender, floor);
+    Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO synclink.applied (sender, seq) SELECT $1, unnest($2::bigint[]) \
+             ON CONFLICT DO NOTHING RETURNING seq",
+            None,
+            &[sender.into(), seqs.into()],
+        )
+        .unwrap()
+        .filter_map(|r| r.get::<i64>(1).unwrap())
+        .collect()
+    })
 }
 
 fn execute(stmt: &OwnedPreparedStatement, rows: &str) {
@@ -299,7 +339,152 @@ fn execute(stmt: &OwnedPreparedStatement, rows: &str) {
     })
 }
 
-/// Apply one change record. Called by the inbox trigger on behalf of a peer.
+/// Run `f` with the apply marker set, so the capture triggers it fires know where the rows
+/// came from.
+fn marked(origin: &str, sender: &str, f: impl FnOnce() + std::panic::UnwindSafe) {
+    APPLYING.with(|a| {
+        *a.borrow_mut() = Some(Applying {
+            origin: origin.into(),
+            sender: sender.into(),
+        })
+    });
+    PgTryBuilder::new(f)
+        .finally(|| APPLYING.with(|a| *a.borrow_mut() = None))
+        .execute()
+}
+
+/// A queued upsert or delete record, held until the end of the inbox statement that brought
+/// it so that a run of records for one table is applied as one statement.
+struct Pending {
+    link: i32,
+    schema: String,
+    table: String,
+    origin: String,
+    sender: String,
+    upsert: bool,
+    seq: i64,
+    floor: Option<i64>,
+    rows: String,
+}
+
+#[derive(Default)]
+struct PendingBuffer {
+    /// (local transaction, subtransaction) the records arrived in: records of a statement
+    /// that failed (and was rolled back to a savepoint) must never be applied by a later one.
+    owner: (u32, pg_sys::SubTransactionId),
+    records: Vec<Pending>,
+    bytes: usize,
+}
+
+thread_local! {
+    static PENDING: RefCell<PendingBuffer> = RefCell::new(PendingBuffer::default());
+}
+
+/// Held records are applied early once they reach this size.
+const PENDING_BYTES: usize = 32 << 20;
+
+fn current_owner() -> (u32, pg_sys::SubTransactionId) {
+    (crate::db::local_xact(), unsafe {
+        pg_sys::GetCurrentSubTransactionId()
+    })
+}
+
+fn hold(p: Pending) -> bool {
+    let owner = current_owner();
+    PENDING.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.owner != owner {
+            *b = PendingBuffer {
+                owner,
+                ..Default::default()
+            };
+        }
+        b.bytes += p.rows.len();
+        b.records.push(p);
+        b.bytes >= PENDING_BYTES
+    })
+}
+
+/// Join text arrays of one row type into one: `{a,b}` + `{c}` → `{a,b,c}`.
+fn concat_arrays<'a>(parts: impl Iterator<Item = &'a str>) -> String {
+    let inner: Vec<&str> = parts
+        .map(|p| &p[1..p.len() - 1])
+        .filter(|p| !p.is_empty())
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// Apply the held records: each once (by its sender's seq), consecutive records for the same
+/// table and of the same kind merged into one upsert or one delete. Merging keeps the result
+/// of applying them one by one: the last version of a key wins an upsert run, and a delete
+/// run removes the union of its keys.
+#[pg_extern(schema = "synclink")]
+#[search_path(pg_catalog, pg_temp)]
+fn apply_pending() {
+    let owner = current_owner();
+    let buffer = PENDING.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if buffer.owner != owner || buffer.records.is_empty() {
+        return;
+    }
+    let mut fresh = std::collections::HashSet::new();
+    let mut senders: Vec<&str> = buffer.records.iter().map(|p| p.sender.as_str()).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    for sender in senders {
+        let mine = buffer.records.iter().filter(|p| p.sender == sender);
+        let floor = mine.clone().filter_map(|p| p.floor).max();
+        let seqs = mine.map(|p| p.seq).collect();
+        for seq in first_deliveries(sender, seqs, floor) {
+            fresh.insert((sender.to_string(), seq));
+        }
+    }
+    let todo: Vec<&Pending> = buffer
+        .records
+        .iter()
+        .filter(|p| fresh.contains(&(p.sender.clone(), p.seq)))
+        .collect();
+    let same_run = |a: &Pending, b: &Pending| {
+        a.link == b.link && a.upsert == b.upsert && a.origin == b.origin && a.sender == b.sender
+    };
+    for run in todo.chunk_by(|a, b| same_run(a, b)) {
+        let first = run[0];
+        let plans = compile(first.link, &first.schema, &first.table);
+        let stmt = match (first.upsert, run.len()) {
+            (true, 1) => &plans.upsert,
+            (true, _) => &plans.merged_upsert,
+            (false, _) => &plans.delete,
+        };
+        let rows = if run.len() == 1 {
+            first.rows.clone()
+        } else {
+            concat_arrays(run.iter().map(|p| p.rows.as_str()))
+        };
+        marked(&first.origin, &first.sender, || execute(stmt, &rows));
+    }
+}
+
+/// The inbox's row trigger: a peer delivers a change record by inserting it. Written in
+/// Rust and without a SET clause because it runs once per record: postgres_fdw's sessions
+/// already pin search_path to pg_catalog, and the inbox takes no INSERT from anyone else.
+pub fn receive(trigger: &PgTrigger) {
+    let row = trigger.new().expect("the inbox trigger fires for INSERT");
+    let text = |name: &str| row.get_by_name::<String>(name).unwrap();
+    let bigint = |name: &str| row.get_by_name::<i64>(name).unwrap();
+    let (new_rows, old_rows) = (text("new_rows"), text("old_rows"));
+    apply_record(
+        &text("origin").unwrap_or_default(),
+        &text("sender").unwrap_or_default(),
+        &text("target_schema").unwrap_or_default(),
+        &text("target_table").unwrap_or_default(),
+        row.get_by_name::<i8>("op").unwrap().unwrap_or(0),
+        new_rows.as_deref(),
+        old_rows.as_deref(),
+        bigint("seq"),
+        bigint("floor_seq"),
+    )
+}
+
+/// Apply one change record, as the inbox trigger does.
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
@@ -314,26 +499,68 @@ fn apply(
     seq: default!(Option<i64>, "NULL"),
     floor_seq: default!(Option<i64>, "NULL"),
 ) {
+    apply_record(
+        origin,
+        sender,
+        target_schema,
+        target_table,
+        op,
+        new_rows,
+        old_rows,
+        seq,
+        floor_seq,
+    );
+    apply_pending();
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_record(
+    origin: &str,
+    sender: &str,
+    target_schema: &str,
+    target_table: &str,
+    op: i8,
+    new_rows: Option<&str>,
+    old_rows: Option<&str>,
+    seq: Option<i64>,
+    floor_seq: Option<i64>,
+) {
     let id = link_id(sender, target_schema, target_table).or_raise();
+    // Queued records are held until the inbox statement ends (apply_pending): a delivery
+    // brings hundreds of them, usually a row or two each.
+    let held = match (op as u8, seq) {
+        (b'I' | b'U', Some(_)) => Some((true, new_rows)),
+        (b'D' | b'K', Some(_)) => Some((false, old_rows)),
+        _ => None,
+    };
+    if let (Some((upsert, rows)), Some(seq)) = (held, seq) {
+        let full = hold(Pending {
+            link: id,
+            schema: target_schema.into(),
+            table: target_table.into(),
+            origin: origin.into(),
+            sender: sender.into(),
+            upsert,
+            seq,
+            floor: floor_seq,
+            rows: rows.unwrap_or("{}").into(),
+        });
+        if full {
+            apply_pending();
+        }
+        return;
+    }
+    // Anything else keeps its place in the order: what is held goes first.
+    apply_pending();
     if let Some(seq) = seq {
-        if !first_delivery(sender, seq, floor_seq) {
+        if first_deliveries(sender, vec![seq], floor_seq).is_empty() {
             return;
         }
     }
     let plans = compile(id, target_schema, target_table);
-    APPLYING.with(|a| {
-        *a.borrow_mut() = Some(Applying {
-            origin: origin.into(),
-            sender: sender.into(),
-        })
-    });
-    PgTryBuilder::new(|| match (op as u8, new_rows, old_rows) {
-        // A queued record takes the upsert at once: a delivery brings up to a thousand of them
-        // in one transaction, and a subtransaction each would overflow the backend's subxid
-        // cache, which slows every other session's snapshots.
-        (b'I', Some(rows), _) if seq.is_some() => execute(&plans.upsert, rows),
+    marked(origin, sender, || match (op as u8, new_rows, old_rows) {
         // Most inserts are new rows: a plain INSERT is a third cheaper than ON CONFLICT.
-        // A record delivered again, or a row that exists already, takes the upsert.
+        // A row that exists already takes the upsert.
         (b'I', Some(rows), _) => {
             if let Err(f) = crate::subxact::run(|| execute(&plans.insert, rows)) {
                 if f.sqlstate != PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION {
@@ -348,8 +575,6 @@ fn apply(
         (b'I' | b'U' | b'D' | b'K', _, _) => {}
         (other, _, _) => crate::error::raise(ApplyError::BadOp((other as char).to_string())),
     })
-    .finally(|| APPLYING.with(|a| *a.borrow_mut() = None))
-    .execute()
 }
 
 #[cfg(test)]
@@ -389,6 +614,40 @@ mod tests {
             text_compare: &[],
         };
         assert!(upsert_sql(&spec).ends_with("ON CONFLICT (\"a\", \"b\") DO NOTHING"));
+    }
+
+    #[test]
+    fn arrays_join_without_empty_parts() {
+        let parts = ["{\"(1,a)\"}", "{}", "{\"(2,b)\",\"(3,NULL)\"}"];
+        assert_eq!(
+            concat_arrays(parts.into_iter()),
+            "{\"(1,a)\",\"(2,b)\",\"(3,NULL)\"}"
+        );
+        assert_eq!(concat_arrays(["{}", "{}"].into_iter()), "{}");
+    }
+
+    #[test]
+    fn merged_upsert_keeps_the_last_version_of_a_key() {
+        let cols = strings(&["id", "name"]);
+        let key = strings(&["id"]);
+        let spec = ApplySpec {
+            table: "t".into(),
+            row_type: "r",
+            columns: &cols,
+            key: &key,
+            text_compare: &[],
+        };
+        let sql = merged_upsert_sql(&spec);
+        assert!(sql.contains("SELECT DISTINCT ON (r.\"id\") r.*"), "{sql}");
+        assert!(
+            sql.contains("WITH ORDINALITY AS r(\"id\", \"name\", \"synclink$ord\")"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("ORDER BY r.\"id\", r.\"synclink$ord\" DESC) r"),
+            "{sql}"
+        );
+        assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE"), "{sql}");
     }
 
     #[test]

@@ -35,7 +35,19 @@ pub extern "C-unwind" fn _PG_init() {
 /// Internal functions (`schema = "synclink"`) are declared against this schema; the tables in
 /// it come from sql/schema.sql.
 #[pg_schema]
-mod synclink {}
+mod synclink {
+    use pgrx::prelude::*;
+
+    /// The inbox's row trigger (sql/finalize.sql): applies or holds each delivered change
+    /// record, and stores nothing.
+    #[pg_trigger]
+    fn receive<'a>(
+        trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+        crate::apply::receive(trigger);
+        Ok(None)
+    }
+}
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

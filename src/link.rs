@@ -523,6 +523,9 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
         Err(e) => raise(e),
     }
     drop_local(&link);
+    // Dropping the triggers waited for writers still inside a transaction; a change one of
+    // them queued meanwhile is settled now, or the whole unlink (the peer's half too) fails.
+    settle_queue(&link, discard).or_raise();
 }
 
 fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> bool {
@@ -592,6 +595,7 @@ fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<(), LinkError> {
         if let Some(link) = find(oid, &from.name) {
             settle_queue(&link, req.discard_queued)?;
             drop_local(&link);
+            settle_queue(&link, req.discard_queued)?;
         }
     }
     Ok(())

@@ -14,6 +14,13 @@ use crate::error::{warning, SqlError};
 use crate::peer::{self, Peer};
 use crate::remote::RemoteFailure;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::PgOid;
+use std::cell::RefCell;
+
+thread_local! {
+    static ENQUEUE: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
 
 static RETRY_INTERVAL_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(5000);
 static WRITER_FLUSH_LIMIT: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
@@ -160,20 +167,49 @@ pub fn enqueue(
     old_rows: Option<&str>,
     reason: Option<&str>,
 ) {
-    let seq = crate::db::maybe_one::<i64>(
-        "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
-        &[
-            peer.into(),
-            link_id.into(),
-            origin.into(),
-            op.into(),
-            new_rows.into(),
-            old_rows.into(),
-            reason.into(),
-        ],
-    )
-    .expect("the outbox returns the seq it gave");
+    // Planned once per backend: in async mode this runs for every statement the application
+    // makes on a linked table.
+    let seq = ENQUEUE.with(|plan| {
+        let mut plan = plan.borrow_mut();
+        Spi::connect_mut(|c| {
+            let stmt = plan.get_or_insert_with(|| {
+                let text = PgOid::from(pg_sys::TEXTOID);
+                c.prepare_mut(
+                    "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, reason) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+                    &[
+                        text,
+                        PgOid::from(pg_sys::INT4OID),
+                        text,
+                        PgOid::from(pg_sys::CHAROID),
+                        text,
+                        text,
+                        text,
+                    ],
+                )
+                .unwrap()
+                .keep()
+            });
+            c.update(
+                &*stmt,
+                None,
+                &[
+                    peer.into(),
+                    link_id.into(),
+                    origin.into(),
+                    op.into(),
+                    new_rows.into(),
+                    old_rows.into(),
+                    reason.into(),
+                ],
+            )
+            .unwrap()
+            .first()
+            .get::<i64>(1)
+            .unwrap()
+            .expect("the outbox returns the seq it gave")
+        })
+    });
     crate::worker::wake_at_commit();
     // Counting the queue on every change would cost more than queueing it; every
     // BACKLOG_CHECK_EVERY-th seq is often enough for a warning about growth.
@@ -220,11 +256,12 @@ pub fn flush(peer: &Peer, limit: i64) -> Flushed {
         "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows, seq, floor_seq) \
          SELECT o.origin, $2, l.peer_schema, l.peer_table, o.op, o.new_rows, o.old_rows, o.seq, $3 \
            FROM synclink.outbox o JOIN synclink.link l USING (link_id) \
-          WHERE o.seq = ANY($1) ORDER BY o.seq",
+          WHERE o.peer_name = $4 AND o.seq BETWEEN $3 AND $5 AND o.seq = ANY($1) ORDER BY o.seq",
         peer.foreign("inbox")
     );
     let node = crate::node::local_name();
     let mut delivered = 0i64;
+    let mut after = 0i64;
     loop {
         let batch_size = if limit > 0 {
             (limit - delivered).min(1000)
@@ -238,9 +275,11 @@ pub fn flush(peer: &Peer, limit: i64) -> Flushed {
                 Flushed::Done(delivered)
             };
         }
+        // Starting after the last batch: the index still holds the entries this transaction
+        // deleted, and skipping them again on every batch made a long drain quadratic.
         let seqs = crate::db::column::<i64>(
-            "SELECT seq FROM synclink.outbox WHERE peer_name = $1 ORDER BY seq LIMIT $2",
-            &[peer.name.as_str().into(), batch_size.into()],
+            "SELECT seq FROM synclink.outbox WHERE peer_name = $1 AND seq > $3 ORDER BY seq LIMIT $2",
+            &[peer.name.as_str().into(), batch_size.into(), after.into()],
         );
         if seqs.is_empty() {
             if delivered > 0 {
@@ -249,24 +288,32 @@ pub fn flush(peer: &Peer, limit: i64) -> Flushed {
             return Flushed::Done(delivered);
         }
         let floor = seqs[0];
+        let last = seqs[seqs.len() - 1];
         let sent = crate::subxact::run(|| {
             Spi::connect_mut(|c| {
                 c.update(
                     sql.as_str(),
                     None,
-                    &[seqs.clone().into(), node.as_str().into(), floor.into()],
+                    &[
+                        seqs.clone().into(),
+                        node.as_str().into(),
+                        floor.into(),
+                        peer.name.as_str().into(),
+                        last.into(),
+                    ],
                 )
                 .unwrap();
                 c.update(
-                    "DELETE FROM synclink.outbox WHERE seq = ANY($1)",
+                    "DELETE FROM synclink.outbox WHERE seq BETWEEN $2 AND $3 AND seq = ANY($1)",
                     None,
-                    &[seqs.clone().into()],
+                    &[seqs.clone().into(), floor.into(), last.into()],
                 )
                 .unwrap();
             })
         });
         match sent {
             Ok(()) => {
+                after = last;
                 delivered += seqs.len() as i64;
                 record_delivery(&peer.name, seqs.len() as i64);
             }

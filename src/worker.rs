@@ -205,7 +205,11 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
             .unwrap()
             .unwrap_or(false);
             installed.then(|| {
-                crate::db::column::<String>("SELECT DISTINCT peer_name FROM synclink.outbox", &[])
+                crate::db::column::<String>(
+                    "SELECT peer_name FROM synclink.peer p \
+                     WHERE EXISTS (SELECT 1 FROM synclink.outbox o WHERE o.peer_name = p.peer_name)",
+                    &[],
+                )
             })
         });
         let Some(peers) = peers else {

@@ -2,7 +2,7 @@
 //! once in effect when it is back.
 
 use std::time::{Duration, Instant};
-use synclink_e2e::{both, count, db_error, table_hash, Pair};
+use synclink_e2e::{both, count, db_error, table_hash, wait_until, Pair};
 
 const T: &str = "CREATE TABLE t (id int PRIMARY KEY, v text)";
 
@@ -338,4 +338,111 @@ fn a_commit_wakes_the_worker_at_once() {
         slowest < Duration::from_millis(1500),
         "slowest delivery took {slowest:?}"
     );
+}
+
+/// A run of queued records for one table is applied as one statement on the peer; the result
+/// must be that of applying them one by one: the last version of a key wins, a delete between
+/// two writes of a key is honoured, a key that moved is gone from its old place.
+#[test]
+fn a_run_of_queued_records_applies_as_if_one_by_one() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    let mut w = a.transaction().unwrap();
+    for i in 0..50 {
+        w.execute(
+            "INSERT INTO t VALUES ($1, 'v0') ON CONFLICT (id) DO UPDATE SET v = 'v0'",
+            &[&(i % 7)],
+        )
+        .unwrap();
+        w.execute(
+            "UPDATE t SET v = 'v' || $1::text WHERE id = $2",
+            &[&i.to_string(), &(i % 5)],
+        )
+        .unwrap();
+        if i % 9 == 0 {
+            w.execute("DELETE FROM t WHERE id = $1", &[&(i % 7)])
+                .unwrap();
+        }
+        if i == 30 {
+            w.execute("UPDATE t SET id = id + 100 WHERE id < 3", &[])
+                .unwrap();
+        }
+    }
+    w.commit().unwrap();
+    let queued = count(&mut a, "SELECT count(*) FROM synclink.outbox");
+    assert!(queued >= 100, "queued {queued}");
+    let delivered: i64 = a.query_one("SELECT sync_flush('b')", &[]).unwrap().get(0);
+    assert_eq!(delivered, queued);
+    same(&mut a, &mut b);
+}
+
+/// The sender crashes after the peer committed a delivery and before its own commit removed
+/// the records from its outbox. The peer's commit is held (it waits for a synchronous standby
+/// that does not exist) until the sender is down, so the window is hit every time.
+#[test]
+fn a_sender_crashing_mid_delivery_delivers_once_in_effect() {
+    let (mut p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    a.execute(
+        "INSERT INTO t SELECT g, 'first' FROM generate_series(1, 1000) g",
+        &[],
+    )
+    .unwrap();
+    a.execute("UPDATE t SET v = 'second' WHERE id <= 10", &[])
+        .unwrap();
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 2);
+
+    b.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        .unwrap();
+    b.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let conninfo = p.a.socket_conninfo(&p.db);
+    let flusher = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+        c.query_one("SELECT sync_flush('b')", &[]).map(|_| ())
+    });
+    wait_until(Duration::from_secs(30), || {
+        count(
+            &mut b,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+        ) == 1
+    });
+    p.a.stop_immediate();
+    assert!(
+        flusher.join().unwrap().is_err(),
+        "the sender died before its commit"
+    );
+    b.batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
+        .unwrap();
+    b.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_until(Duration::from_secs(30), || {
+        count(&mut b, "SELECT count(*) FROM t WHERE v = 'second'") == 10
+    });
+    // a newer change on the peer: applying the batch a second time would overwrite it
+    b.execute("UPDATE t SET v = 'changed on b' WHERE id = 1", &[])
+        .unwrap();
+
+    p.a.start_again();
+    let mut a = p.a.connect(&p.db);
+    assert_eq!(
+        count(&mut a, "SELECT count(*) FROM synclink.outbox"),
+        2,
+        "the sender still holds the batch the peer committed"
+    );
+    let redelivered: i64 = a.query_one("SELECT sync_flush('b')", &[]).unwrap().get(0);
+    assert_eq!(redelivered, 2);
+    b.execute("SELECT sync_flush('a')", &[]).unwrap();
+    let v: String = b
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "changed on b", "the redelivered batch was skipped");
+    assert_eq!(
+        count(&mut b, "SELECT count(*) FROM t WHERE v = 'second'"),
+        9
+    );
+    assert_eq!(same(&mut a, &mut b), 1000);
 }
