@@ -25,7 +25,7 @@ CREATE FUNCTION synclink.serve_request() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM synclink.handle_request(NEW.from_node, NEW.action, NEW.body);
+    NEW.reply := synclink.handle_request(NEW.from_node, NEW.action, NEW.body);
     RETURN NEW;
 END
 $$;

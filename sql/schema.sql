@@ -113,8 +113,24 @@ CREATE TABLE synclink.request (
     from_node   text NOT NULL,
     action      text NOT NULL,
     body        jsonb NOT NULL,
+    reply       jsonb,  -- set by the handler; the requesting node reads it with RETURNING
     received_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Sequences shared with a peer (sync_share_sequence), with what undo puts back.
+-- role: 'owner' on the node where it was called, 'member' on the peer.
+CREATE TABLE synclink.shared_sequence (
+    seq                oid PRIMARY KEY,
+    peer_name          text NOT NULL REFERENCES synclink.peer,
+    strategy           text NOT NULL CHECK (strategy IN ('shared', 'interleave')),
+    role               text NOT NULL CHECK (role IN ('owner', 'member')),
+    relid              oid NOT NULL,
+    column_name        text NOT NULL,
+    original_default   text NOT NULL,
+    original_increment bigint NOT NULL,
+    objects            text[] NOT NULL,  -- made for the share, e.g. 'VIEW synclink."..."'
+    created_at         timestamptz NOT NULL DEFAULT now()
+);
+
 REVOKE ALL ON ALL TABLES IN SCHEMA synclink FROM PUBLIC;
-GRANT SELECT ON synclink.node, synclink.peer, synclink.link TO PUBLIC;
+GRANT SELECT ON synclink.node, synclink.peer, synclink.link, synclink.shared_sequence TO PUBLIC;

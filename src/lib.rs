@@ -18,6 +18,7 @@ mod node;
 mod peer;
 mod queue;
 mod remote;
+mod sequence;
 mod ship;
 mod sql;
 mod subxact;

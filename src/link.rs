@@ -403,20 +403,29 @@ fn drop_local(link: &Link) {
 
 /// Ask the peer to act on its half. A connection failure becomes a clear error; an error the
 /// peer raises (its table is missing, its columns differ…) reaches the user unchanged.
-fn request(peer: &Peer, action: &str, body: serde_json::Value) -> Result<(), PeerError> {
+/// The peer's handler may answer; its reply comes back through RETURNING.
+pub fn request(
+    peer: &Peer,
+    action: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, PeerError> {
     let sql = format!(
-        "INSERT INTO {} (from_node, action, body) VALUES ($1, $2, $3)",
+        "INSERT INTO {} (from_node, action, body) VALUES ($1, $2, $3) RETURNING reply",
         peer.foreign("request")
     );
     let local = crate::node::local_name();
     let body = pgrx::JsonB(body);
     match catching(|| {
-        Spi::run_with_args(&sql, &[local.as_str().into(), action.into(), body.into()])
+        Spi::connect_mut(|c| {
+            c.update(
+                sql.as_str(),
+                None,
+                &[local.as_str().into(), action.into(), body.into()],
+            )
+            .and_then(|t| t.first().get::<pgrx::JsonB>(1))
+        })
     }) {
-        Ok(r) => {
-            r.unwrap();
-            Ok(())
-        }
+        Ok(r) => Ok(r.unwrap().map_or(serde_json::Value::Null, |j| j.0)),
         Err(f) if f.is_connection() => Err(peer::unreachable(&peer.name, f)),
         Err(f) => crate::remote::reraise(f),
     }
@@ -514,8 +523,11 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
         table: link.peer_table.clone(),
         discard_queued: discard,
     };
+    for seq in crate::sequence::shared_for_table(link.relid, &link.peer_name) {
+        crate::sequence::unshare_by_seq(seq, tolerate_unreachable);
+    }
     match request(&peer, "unlink", serde_json::to_value(body).unwrap()) {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(e @ PeerError::Unreachable { .. }) if tolerate_unreachable => crate::error::warning(
             &format!("{e}; its half of the link to this node is left in place"),
             "Run SELECT sync_unlink_table(...) on the peer once it is back.",
@@ -593,6 +605,9 @@ fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
 fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<(), LinkError> {
     if let Some(oid) = lookup(&req.schema, &req.table) {
         if let Some(link) = find(oid, &from.name) {
+            for seq in crate::sequence::shared_for_table(oid, &from.name) {
+                crate::sequence::restore_local_only(seq);
+            }
             settle_queue(&link, req.discard_queued)?;
             drop_local(&link);
             settle_queue(&link, req.discard_queued)?;
@@ -604,20 +619,25 @@ fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<(), LinkError> {
 /// Carry out a peer's request; called by the trigger on synclink.request.
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
-fn handle_request(from_node: &str, action: &str, body: pgrx::JsonB) {
+fn handle_request(from_node: &str, action: &str, body: pgrx::JsonB) -> Option<pgrx::JsonB> {
     let from = peer::find_by_node(from_node)
         .unwrap_or_else(|| raise(PeerError::UnknownNode(from_node.into())));
     match action {
         "link" => {
             let req: LinkRequest = serde_json::from_value(body.0)
                 .unwrap_or_else(|_| raise(LinkError::BadRequest(action.into())));
-            handle_link(&from, req).or_raise()
+            handle_link(&from, req).or_raise();
+            None
         }
         "unlink" => {
             let req: UnlinkRequest = serde_json::from_value(body.0)
                 .unwrap_or_else(|_| raise(LinkError::BadRequest(action.into())));
-            handle_unlink(&from, req).or_raise()
+            handle_unlink(&from, req).or_raise();
+            None
         }
+        "share_sequence" | "unshare_sequence" => Some(pgrx::JsonB(
+            crate::sequence::handle_request(&from, action, body.0),
+        )),
         other => raise(LinkError::BadRequest(other.into())),
     }
 }

@@ -247,7 +247,7 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
         ),
         format!("CREATE SEQUENCE {} MINVALUE 0 START 0", crate::queue::retry_register(name)),
         format!(
-            "CREATE FOREIGN TABLE {} (from_node text, action text, body jsonb) SERVER {srv} \
+            "CREATE FOREIGN TABLE {} (from_node text, action text, body jsonb, reply jsonb) SERVER {srv} \
              OPTIONS (schema_name 'synclink', table_name 'request')",
             peer.foreign("request")
         ),

@@ -27,6 +27,9 @@ unsafe fn drops_synclink(parsetree: *mut pg_sys::Node) -> bool {
 }
 
 fn remove_everything() {
+    for seq in db::column::<pg_sys::Oid>("SELECT seq FROM synclink.shared_sequence", &[]) {
+        crate::sequence::unshare_by_seq(seq, true);
+    }
     for id in db::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]) {
         link::unlink_by_id(id, true, true);
     }
