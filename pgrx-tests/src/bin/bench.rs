@@ -5,11 +5,12 @@
 //!           railwaymen article
 //!   single: single-row INSERT transactions per second from 4 pgbench clients
 //!   drain:  how fast the background worker delivers a backlog of queued changes
+//!   ids:    insert cost per row with an own, a shared and an interleaved sequence
 //!
 //! Variants run in rotating order within each round and every ratio is taken against the
 //! unlinked figure of the same round, so machine noise hits all of them alike.
 //! Run with `make bench` (installs the release build first). BENCH_ROUNDS, BENCH_SECONDS,
-//! BENCH_ROWS and BENCH_BACKLOG tune it.
+//! BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATE, BENCH_LAG_SAMPLES and BENCH_SEQ_ROWS tune it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -306,4 +307,60 @@ fn main() {
         "  {took:.1} s from the peer's restart: {:.0} changes/s",
         queued as f64 / took
     );
+
+    sequences(&mut a, &mut b, rounds);
+}
+
+/// Insert cost per row on the non-owning node, for a column whose default is the table's own
+/// sequence, a sequence shared with the owner, and an interleaved one. All three tables are
+/// linked in async mode, so the difference is the id alone.
+fn sequences(a: &mut postgres::Client, b: &mut postgres::Client, rounds: usize) {
+    let rows = env_or("BENCH_SEQ_ROWS", 5000);
+    let tables = ["seq_plain", "seq_shared", "seq_interleave"];
+    for t in tables {
+        let ddl = format!("CREATE TABLE {t} (id bigserial PRIMARY KEY, name text NOT NULL)");
+        a.batch_execute(&ddl).unwrap();
+        b.batch_execute(&ddl).unwrap();
+        a.execute(
+            &format!("SELECT sync_link_table('{t}', mode => 'async')"),
+            &[],
+        )
+        .unwrap();
+    }
+    a.execute("SELECT sync_share_sequence('seq_shared_id_seq')", &[])
+        .unwrap();
+    a.execute(
+        "SELECT sync_share_sequence('seq_interleave_id_seq', strategy => 'interleave')",
+        &[],
+    )
+    .unwrap();
+    let mut per_row: Vec<Vec<f64>> = vec![Vec::new(); tables.len()];
+    for _ in 0..rounds {
+        for (i, t) in tables.iter().enumerate() {
+            let started = Instant::now();
+            b.batch_execute(&format!(
+                "DO $$ BEGIN FOR i IN 1..{rows} LOOP INSERT INTO {t} (name) VALUES ('x'); END LOOP; END $$"
+            ))
+            .unwrap();
+            per_row[i].push(started.elapsed().as_secs_f64() * 1e6 / rows as f64);
+        }
+    }
+    println!();
+    println!("id from a sequence, single-row INSERT on the peer that does not own it ({rows} rows, median of {rounds})");
+    println!(
+        "  {:<32} {:>10} {:>12}",
+        "column default", "µs/row", "x own seq"
+    );
+    let base = median(per_row[0].clone());
+    for (i, name) in [
+        "own sequence",
+        "shared (nextval on the owner)",
+        "interleave",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let m = median(per_row[i].clone());
+        println!("  {:<32} {:>10.1} {:>11.2}x", name, m, m / base);
+    }
 }
