@@ -261,7 +261,6 @@ pub fn flush(peer: &Peer, limit: i64) -> Flushed {
     );
     let node = crate::node::local_name();
     let mut delivered = 0i64;
-    let mut after = 0i64;
     loop {
         let batch_size = if limit > 0 {
             (limit - delivered).min(1000)
@@ -275,11 +274,12 @@ pub fn flush(peer: &Peer, limit: i64) -> Flushed {
                 Flushed::Done(delivered)
             };
         }
-        // Starting after the last batch: the index still holds the entries this transaction
-        // deleted, and skipping them again on every batch made a long drain quadratic.
+        // Always from the lowest seq visible now, never from where the last batch ended: seqs
+        // commit out of order, and a change that became visible only now may be older than a
+        // later change to the same row that is visible too.
         let seqs = crate::db::column::<i64>(
-            "SELECT seq FROM synclink.outbox WHERE peer_name = $1 AND seq > $3 ORDER BY seq LIMIT $2",
-            &[peer.name.as_str().into(), batch_size.into(), after.into()],
+            "SELECT seq FROM synclink.outbox WHERE peer_name = $1 ORDER BY seq LIMIT $2",
+            &[peer.name.as_str().into(), batch_size.into()],
         );
         if seqs.is_empty() {
             if delivered > 0 {
@@ -313,7 +313,6 @@ pub fn flush(peer: &Peer, limit: i64) -> Flushed {
         });
         match sent {
             Ok(()) => {
-                after = last;
                 delivered += seqs.len() as i64;
                 record_delivery(&peer.name, seqs.len() as i64);
             }
