@@ -36,6 +36,7 @@ CREATE TRIGGER serve BEFORE INSERT ON synclink.request
 -- that are never captured, or send rows to a peer that were never written here.
 REVOKE ALL ON FUNCTION synclink.apply(text, text, text, text, "char", text, text, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.apply_pending() FROM PUBLIC;
+REVOKE ALL ON FUNCTION synclink.shared_nextval(oid, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.ship(integer, "char", text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb) FROM PUBLIC;
 
@@ -59,6 +60,7 @@ SELECT l.relid            AS "table",
                      THEN q.last_reason END, s.last_error) AS last_error,
        l.key_columns      AS key,
        l.columns,
+       l.excluded,
        l.initiator,
        p.conninfo,
        l.created_at

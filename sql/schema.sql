@@ -45,6 +45,7 @@ CREATE TABLE synclink.link (
     peer_table       text NOT NULL,
     columns          text[] NOT NULL,
     key_columns      text[] NOT NULL,
+    excluded         text[] NOT NULL DEFAULT '{}',  -- not sent, not overwritten: each node keeps its own
     mode             text NOT NULL DEFAULT 'sync' CHECK (mode IN ('sync', 'async')),
     initiator        text NOT NULL,
     row_type         text NOT NULL,

@@ -70,10 +70,18 @@ fn forget_dropped_tables() {
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn check_altered_tables() {
-    type Row = (pg_sys::Oid, String, Vec<String>, String, String, String);
+    type Row = (
+        pg_sys::Oid,
+        String,
+        Vec<String>,
+        String,
+        String,
+        String,
+        Vec<String>,
+    );
     let links: Vec<Row> = Spi::connect(|c| {
         c.select(
-            "SELECT DISTINCT l.relid::oid, l.peer_name, l.columns, l.row_type, l.peer_schema, l.peer_table \
+            "SELECT DISTINCT l.relid::oid, l.peer_name, l.columns, l.row_type, l.peer_schema, l.peer_table, l.excluded \
              FROM synclink.link l \
              JOIN pg_event_trigger_ddl_commands() d \
                ON d.classid = 'pg_class'::regclass AND d.objid = l.relid::oid",
@@ -89,11 +97,12 @@ fn check_altered_tables() {
                 r.get(4).unwrap().unwrap(),
                 r.get(5).unwrap().unwrap(),
                 r.get(6).unwrap().unwrap(),
+                r.get(7).unwrap().unwrap(),
             )
         })
         .collect()
     });
-    for (relid, peer, columns, row_type, peer_schema, peer_table) in links {
+    for (relid, peer, columns, row_type, peer_schema, peer_table, excluded) in links {
         let info = link::describe(relid);
         // Links pair tables of the same name, and records arrive addressed by that name.
         if (info.schema.as_str(), info.name.as_str()) != (peer_schema.as_str(), peer_table.as_str())
@@ -136,7 +145,7 @@ fn check_altered_tables() {
             });
         }
         let added: Vec<String> = info
-            .wire_columns()
+            .wire_columns(&excluded)
             .into_iter()
             .filter(|w| !columns.contains(&w.name))
             .map(|w| format!("\"{}\"", w.name))

@@ -35,6 +35,20 @@ pub enum LinkError {
     LinkedDifferently(String, String),
     #[error("unknown request \"{0}\" from a peer")]
     BadRequest(String),
+    #[error("column \"{column}\" of {table} does not exist")]
+    NoSuchColumn { column: String, table: String },
+    #[error("no unique index of {table} covers exactly ({key}) with every column NOT NULL")]
+    KeyNotUnique { table: String, key: String },
+    #[error("column \"{0}\" cannot be both part of the key and excluded")]
+    ExcludedKey(String),
+    #[error(
+        "excluded column \"{column}\" of {table} on node \"{node}\" is NOT NULL and has no default"
+    )]
+    ExcludedNeedsDefault {
+        column: String,
+        table: String,
+        node: String,
+    },
     #[error("{count} changes to {table} are still queued for peer \"{peer}\" on node \"{node}\"")]
     HasQueued {
         table: String,
@@ -57,6 +71,10 @@ impl SqlError for LinkError {
             LinkError::LinkedDifferently(..) => ERRCODE_DUPLICATE_OBJECT,
             LinkError::BadRequest(_) => ERRCODE_PROTOCOL_VIOLATION,
             LinkError::HasQueued { .. } => ERRCODE_OBJECT_IN_USE,
+            LinkError::NoSuchColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            LinkError::KeyNotUnique { .. } => ERRCODE_INVALID_COLUMN_REFERENCE,
+            LinkError::ExcludedKey(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            LinkError::ExcludedNeedsDefault { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         }
     }
     fn detail(&self) -> Option<String> {
@@ -74,6 +92,10 @@ impl SqlError for LinkError {
             LinkError::NotLinked { .. } => "sync_status lists the linked tables.".into(),
             LinkError::LinkedDifferently(..) => "Run sync_unlink_table() for it first, then link again.".into(),
             LinkError::BadRequest(_) => "Both nodes must run the same synclink version.".into(),
+            LinkError::NoSuchColumn { .. } => "key => and exclude => take column names of the table.".into(),
+            LinkError::KeyNotUnique { table, key } => format!("Rows are matched by the key, so it must be unique and never NULL on both nodes: CREATE UNIQUE INDEX ON {table} ({key}), and ALTER COLUMN ... SET NOT NULL for each key column."),
+            LinkError::ExcludedKey(_) => "Rows are matched by the key, so it must travel; exclude other columns.".into(),
+            LinkError::ExcludedNeedsDefault { column, table, .. } => format!("Rows arriving from the other node carry no value for it: ALTER TABLE {table} ALTER COLUMN \"{column}\" SET DEFAULT ... (or DROP NOT NULL), or stop excluding it."),
             LinkError::HasQueued { peer, node, .. } => format!("Deliver them first with SELECT sync_flush('{peer}') on node \"{node}\", or pass discard_queued => true to throw them away."),
         })
     }
@@ -91,6 +113,9 @@ pub struct WireColumn {
 pub struct Column {
     pub wire: WireColumn,
     pub generated: bool,
+    pub not_null: bool,
+    /// a DEFAULT or an identity: an insert that leaves it out still gets a value
+    pub has_default: bool,
 }
 
 pub struct TableInfo {
@@ -106,13 +131,30 @@ impl TableInfo {
     pub fn display(&self) -> String {
         qualified(&self.schema, &self.name)
     }
-    /// Columns that travel: everything but generated columns, in the table's order.
-    pub fn wire_columns(&self) -> Vec<WireColumn> {
+    /// Columns that travel: everything but generated and excluded columns, in the table's order.
+    pub fn wire_columns(&self, excluded: &[String]) -> Vec<WireColumn> {
         self.columns
             .iter()
-            .filter(|c| !c.generated)
+            .filter(|c| !c.generated && !excluded.contains(&c.wire.name))
             .map(|c| c.wire.clone())
             .collect()
+    }
+
+    /// Excluded columns get no value from the other node, so an insert from there needs each
+    /// to be nullable or to have a default here.
+    fn check_excluded(&self, excluded: &[String], node: &str) -> Result<(), LinkError> {
+        for name in excluded {
+            if let Some(c) = self.columns.iter().find(|c| &c.wire.name == name) {
+                if c.not_null && !c.has_default && !c.generated {
+                    return Err(LinkError::ExcludedNeedsDefault {
+                        column: name.clone(),
+                        table: self.display(),
+                        node: node.into(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -134,7 +176,7 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
         let columns = c
             .select(
                 "SELECT attname::text, format_type(atttypid, atttypmod), format_type(atttypid, NULL), \
-                        attgenerated <> '' FROM pg_attribute \
+                        attgenerated <> '', attnotnull, atthasdef OR attidentity <> '' FROM pg_attribute \
                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
                 None,
                 &[oid.into()],
@@ -147,6 +189,8 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
                     base_type: r.get(3).unwrap().unwrap(),
                 },
                 generated: r.get(4).unwrap().unwrap(),
+                not_null: r.get(5).unwrap().unwrap(),
+                has_default: r.get(6).unwrap().unwrap(),
             })
             .collect();
         let mut primary_key = None;
@@ -237,6 +281,9 @@ struct LinkRequest {
     from_table: String,
     #[serde(default = "sync_mode")]
     mode: String,
+    /// columns neither sent nor overwritten; each node keeps its own values
+    #[serde(default)]
+    exclude: Vec<String>,
 }
 
 fn sync_mode() -> String {
@@ -355,8 +402,8 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
     }
     Spi::run_with_args(
         "INSERT INTO synclink.link (link_id, relid, peer_name, peer_schema, peer_table, columns, \
-             key_columns, initiator, row_type, capture_function, triggers, mode) \
-         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             key_columns, initiator, row_type, capture_function, triggers, mode, excluded) \
+         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         &[
             id.into(),
             info.oid.into(),
@@ -370,6 +417,7 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
             function.as_str().into(),
             triggers.into(),
             mode.into(),
+            req.exclude.clone().into(),
         ],
     )
     .unwrap();
@@ -431,14 +479,55 @@ pub fn request(
     }
 }
 
-fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, mode: &str) -> bool {
+/// The key rows are matched by: the given columns, which a unique index over NOT NULL
+/// columns must cover exactly, or else the primary key.
+fn choose_key(info: &TableInfo, key: Option<Vec<String>>) -> Result<Vec<String>, LinkError> {
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return info
+            .primary_key
+            .clone()
+            .ok_or_else(|| LinkError::NoPrimaryKey(info.display()));
+    };
+    check_columns(info, &key)?;
+    if !info.unique_keys.iter().any(|k| same_set(k, &key)) {
+        return Err(LinkError::KeyNotUnique {
+            table: info.display(),
+            key: join(&key, ", ", |c| ident(c)),
+        });
+    }
+    Ok(key)
+}
+
+fn check_columns(info: &TableInfo, names: &[String]) -> Result<(), LinkError> {
+    match names
+        .iter()
+        .find(|n| !info.columns.iter().any(|c| &c.wire.name == *n))
+    {
+        Some(n) => Err(LinkError::NoSuchColumn {
+            column: n.clone(),
+            table: info.display(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn link_table(
+    relid: pg_sys::Oid,
+    peer_name: Option<&str>,
+    mode: &str,
+    key: Option<Vec<String>>,
+    exclude: Vec<String>,
+) -> bool {
     crate::queue::check_mode(mode).or_raise();
     let peer = peer::resolve(peer_name).or_raise();
     let info = describe(relid);
-    let key = info
-        .primary_key
-        .clone()
-        .unwrap_or_else(|| raise(LinkError::NoPrimaryKey(info.display())));
+    let key = choose_key(&info, key).or_raise();
+    check_columns(&info, &exclude).or_raise();
+    if let Some(k) = exclude.iter().find(|c| key.contains(c)) {
+        raise(LinkError::ExcludedKey(k.clone()));
+    }
+    let local = crate::node::local_name();
+    info.check_excluded(&exclude, &local).or_raise();
     if find(relid, &peer.name).is_some() {
         notice(&format!(
             "table {} is already linked with peer \"{}\", skipping",
@@ -447,17 +536,16 @@ fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, mode: &str) -> bool {
         ));
         return false;
     }
-    let wire = info.wire_columns();
-    let local = crate::node::local_name();
     let body = LinkRequest {
         schema: info.schema.clone(),
         table: info.name.clone(),
-        columns: wire,
+        columns: info.wire_columns(&exclude),
         key,
         initiator: local,
         from_schema: info.schema.clone(),
         from_table: info.name.clone(),
         mode: mode.into(),
+        exclude,
     };
     // Links pair tables of the same name, so the peer's table is called as ours.
     create_local(&info, &peer, &body, (&body.schema, &body.table));
@@ -466,14 +554,19 @@ fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, mode: &str) -> bool {
 }
 
 /// Mirror a table with a peer, both directions. Returns false when it was already linked.
+/// `key`: match rows by these columns instead of the primary key; `exclude`: columns neither
+/// sent nor overwritten, each node keeping its own (a primary key that differs between the
+/// nodes, say).
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_link_table(
     tbl: PgRelation,
     peer: default!(Option<&str>, "NULL"),
     mode: default!(&str, "'sync'"),
+    key: default!(Option<Vec<String>>, "NULL"),
+    exclude: default!(Option<Vec<String>>, "NULL"),
 ) -> bool {
-    link_table(tbl.oid(), peer, mode)
+    link_table(tbl.oid(), peer, mode, key, exclude.unwrap_or_default())
 }
 
 /// Changes still queued for one link are never dropped quietly: refused, or with `discard`
@@ -571,7 +664,14 @@ fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
         node: node.clone(),
     })?;
     let info = describe(oid);
-    let differences = column_differences(&info.columns, &req.columns);
+    info.check_excluded(&req.exclude, &node)?;
+    let kept: Vec<Column> = info
+        .columns
+        .iter()
+        .filter(|c| !req.exclude.contains(&c.wire.name))
+        .cloned()
+        .collect();
+    let differences = column_differences(&kept, &req.columns);
     if !differences.is_empty() {
         return Err(LinkError::ColumnMismatch {
             table: display,
@@ -655,6 +755,8 @@ mod tests {
                 base_type: base,
             },
             generated,
+            not_null: false,
+            has_default: false,
         }
     }
 

@@ -50,6 +50,12 @@ pub enum SequenceError {
     },
     #[error("malformed sequence request")]
     BadRequest,
+    #[error("could not draw the next id of {column} from peer \"{peer}\"")]
+    Unreachable {
+        column: String,
+        peer: String,
+        reason: String,
+    },
 }
 
 impl SqlError for SequenceError {
@@ -61,6 +67,7 @@ impl SqlError for SequenceError {
             SequenceError::Identity { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             SequenceError::AlreadyShared { .. } => ERRCODE_OBJECT_IN_USE,
             SequenceError::BadRequest => ERRCODE_PROTOCOL_VIOLATION,
+            SequenceError::Unreachable { .. } => ERRCODE_CONNECTION_FAILURE,
             _ => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         }
     }
@@ -75,7 +82,14 @@ impl SqlError for SequenceError {
             SequenceError::NotShared { .. } => "sync_status lists links; synclink.shared_sequence lists shared sequences.".into(),
             SequenceError::PeerNotLinked { .. } => "Link the table with sync_link_table() first.".into(),
             SequenceError::BadRequest => "The nodes run incompatible synclink versions.".into(),
+            SequenceError::Unreachable { peer, .. } => format!("Ids for this column come from a sequence on peer \"{peer}\" so that the two databases never hand out the same one. Retry once it is reachable, or share the sequence with strategy => 'interleave', which needs no network per insert."),
         })
+    }
+    fn detail(&self) -> Option<String> {
+        match self {
+            SequenceError::Unreachable { reason, .. } => Some(reason.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -392,29 +406,66 @@ fn share(seq: pg_sys::Oid, peer_name: Option<&str>, strategy: &str) -> bool {
 fn nextval_function_sql(function: &str, foreign: &str, col: &SeqColumn, owner: &Peer) -> String {
     format!(
         r#"CREATE FUNCTION {function}() RETURNS bigint
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    LANGUAGE sql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-AS $synclink$
--- The default of {shown}: the next value of sequence {seq} on node "{node}"
--- (peer {peer}), so ids drawn here and there never collide. Made by sync_share_sequence();
--- sync_unshare_sequence() puts back the column's own default.
-DECLARE
-    new_id bigint;
-BEGIN
-    SELECT id INTO STRICT new_id FROM {foreign};
-    RETURN new_id;
-EXCEPTION WHEN OTHERS THEN
-    RAISE EXCEPTION 'could not draw the next id of {shown} from peer "{peer}"'
-        USING ERRCODE = 'connection_failure',
-              DETAIL = SQLERRM,
-              HINT = 'Ids for this column come from a sequence on peer "{peer}" so that the two databases never hand out the same one. Retry once it is reachable, or share the sequence with strategy => ''interleave'', which needs no network per insert.';
-END
-$synclink$"#,
+-- The default of {shown}: the next value of sequence {seq} on node "{node}" (peer {peer}),
+-- read through the foreign table below, so ids drawn here and there never collide. When the
+-- peer cannot be reached the insert fails with SQLSTATE 08006 rather than invent an id.
+-- Made by sync_share_sequence(); sync_unshare_sequence() puts back the column's own default.
+RETURN synclink.shared_nextval('{foreign_text}'::regclass, '{peer}', '{shown}')"#,
         shown = col.shown.replace('\'', "''"),
         seq = literal(&col.seq_name),
         node = owner.node_name,
         peer = owner.name,
+        foreign_text = foreign.replace('\'', "''"),
     )
+}
+
+thread_local! {
+    // One planned SELECT per foreign table: a shared id is drawn on every insert.
+    static DRAWS: std::cell::RefCell<std::collections::HashMap<u32, std::rc::Rc<pgrx::spi::OwnedPreparedStatement>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Draw the next id from the owner's sequence through `foreign`. A failure becomes one clear
+/// error: it is re-raised at once, so no subtransaction (and no remote savepoint) is needed.
+#[pg_extern(schema = "synclink", volatile)]
+fn shared_nextval(foreign: pg_sys::Oid, peer: &str, column: &str) -> i64 {
+    let stmt = DRAWS.with(|m| m.borrow().get(&foreign.to_u32()).cloned());
+    let stmt = stmt.unwrap_or_else(|| {
+        let name = crate::db::maybe_one::<String>("SELECT $1::regclass::text", &[foreign.into()])
+            .unwrap_or_default();
+        let plan = Spi::connect(|c| {
+            c.prepare(&format!("SELECT id FROM {name}"), &[])
+                .unwrap()
+                .keep()
+        });
+        let plan = std::rc::Rc::new(plan);
+        DRAWS.with(|m| m.borrow_mut().insert(foreign.to_u32(), plan.clone()));
+        plan
+    });
+    let drawn = crate::remote::catching(|| {
+        Spi::connect(|c| {
+            c.select(&*stmt, None, &[])
+                .unwrap()
+                .first()
+                .get::<i64>(1)
+                .unwrap()
+        })
+    });
+    match drawn {
+        Ok(Some(id)) => id,
+        Ok(None) => raise(SequenceError::Unreachable {
+            column: column.into(),
+            peer: peer.into(),
+            reason: "the peer returned no value".into(),
+        }),
+        Err(f) => raise(SequenceError::Unreachable {
+            column: column.into(),
+            peer: peer.into(),
+            reason: f.summary(),
+        }),
+    }
 }
 
 fn handle_share(from: &Peer, req: ShareRequest) -> Result<ShareReply, SequenceError> {
