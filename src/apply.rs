@@ -158,6 +158,26 @@ fn upsert_from(spec: &ApplySpec, source: &str) -> String {
     )
 }
 
+/// Move rows to their new key in place: $1 holds the rows as they were, $2 as they are now,
+/// pair by pair. Their other columns are updated too; columns outside the link stay.
+pub fn rekey_sql(spec: &ApplySpec) -> String {
+    let cols = join(spec.columns, ", ", |c| ident(c));
+    format!(
+        "UPDATE {table} AS t SET {set}\n\
+         \x20 FROM unnest($1::{row}[]) WITH ORDINALITY AS o({cols}, \"synclink$ord\")\n\
+         \x20 JOIN unnest($2::{row}[]) WITH ORDINALITY AS n({cols}, \"synclink$ord\")\n\
+         \x20   ON n.\"synclink$ord\" = o.\"synclink$ord\"\n\
+         WHERE {cond}",
+        table = spec.table,
+        row = spec.row_type,
+        set = join(spec.columns, ", ", |c| format!("{c} = n.{c}", c = ident(c))),
+        cond = join(spec.key, " AND ", |k| format!(
+            "t.{k} = o.{k}",
+            k = ident(k)
+        )),
+    )
+}
+
 /// Delete the rows whose key is in the record.
 pub fn delete_sql(spec: &ApplySpec) -> String {
     format!(
@@ -179,6 +199,7 @@ struct Compiled {
     upsert: OwnedPreparedStatement,
     merged_upsert: OwnedPreparedStatement,
     delete: OwnedPreparedStatement,
+    rekey: OwnedPreparedStatement,
 }
 
 thread_local! {
@@ -291,6 +312,13 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
             .keep(),
         delete: c
             .prepare_mut(delete_sql(&spec).as_str(), &text)
+            .unwrap()
+            .keep(),
+        rekey: c
+            .prepare_mut(
+                rekey_sql(&spec).as_str(),
+                &[PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::TEXTOID)],
+            )
             .unwrap()
             .keep(),
     });
@@ -571,8 +599,12 @@ fn apply_record(
         }
         (b'U', Some(rows), _) => execute(&plans.upsert, rows),
         (b'D' | b'K', _, Some(rows)) => execute(&plans.delete, rows),
+        (b'R', Some(new), Some(old)) => Spi::connect_mut(|c| {
+            c.update(&plans.rekey, None, &[old.into(), new.into()])
+                .unwrap();
+        }),
         (b'T', _, _) => Spi::run(&format!("DELETE FROM {}", plans.table)).unwrap(),
-        (b'I' | b'U' | b'D' | b'K', _, _) => {}
+        (b'I' | b'U' | b'D' | b'K' | b'R', _, _) => {}
         (other, _, _) => crate::error::raise(ApplyError::BadOp((other as char).to_string())),
     })
 }
@@ -648,6 +680,29 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE"), "{sql}");
+    }
+
+    #[test]
+    fn rekey_moves_rows_matched_by_their_old_key() {
+        let cols = strings(&["email", "name"]);
+        let key = strings(&["email"]);
+        let spec = ApplySpec {
+            table: "t".into(),
+            row_type: "r",
+            columns: &cols,
+            key: &key,
+            text_compare: &[],
+        };
+        let sql = rekey_sql(&spec);
+        assert!(
+            sql.starts_with("UPDATE t AS t SET \"email\" = n.\"email\", \"name\" = n.\"name\""),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("ON n.\"synclink$ord\" = o.\"synclink$ord\""),
+            "{sql}"
+        );
+        assert!(sql.ends_with("WHERE t.\"email\" = o.\"email\""), "{sql}");
     }
 
     #[test]

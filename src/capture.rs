@@ -16,6 +16,10 @@ pub struct CaptureSpec<'a> {
     pub row_type: &'a str,
     pub columns: &'a [String],
     pub key: &'a [String],
+    /// The table's own primary key when rows are matched by another key: an UPDATE that
+    /// changes the key is sent as old/new pairs found through it, so the peer updates its row
+    /// in place (keeping its excluded columns) instead of deleting and inserting it.
+    pub pair_by: Option<&'a [String]>,
 }
 
 /// `ROW(alias."a", alias."b")::synclink."t_row"` for the link's wire columns.
@@ -55,9 +59,41 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
     let key_match = join(spec.key, " AND ", |k| {
         format!("n.{k} = s.{k}", k = ident(k))
     });
-    let vanished = format!(
-        "\n                     WHERE NOT EXISTS (SELECT FROM new_rows n WHERE {key_match})"
-    );
+    let paired = spec.pair_by.map(|pk| {
+        (
+            join(pk, " AND ", |k| format!("n.{k} = s.{k}", k = ident(k))),
+            join(spec.key, ", ", |k| format!("s.{}", ident(k))),
+            join(spec.key, ", ", |k| format!("n.{}", ident(k))),
+        )
+    });
+    let vanished = match &paired {
+        // a row whose own key stayed is re-keyed below, not removed
+        Some((pk_match, _, _)) => format!(
+            "\n                     WHERE NOT EXISTS (SELECT FROM new_rows n WHERE {key_match})\n\
+             \x20                      AND NOT EXISTS (SELECT FROM new_rows n WHERE {pk_match})"
+        ),
+        None => format!(
+            "\n                     WHERE NOT EXISTS (SELECT FROM new_rows n WHERE {key_match})"
+        ),
+    };
+    let rekey = match &paired {
+        Some((pk_match, old_key, new_key)) => format!(
+            "        -- Rows whose match key changed, paired through the table's own primary key.\n\
+             \x20       FOR part IN\n\
+             \x20           SELECT array_agg(p.o ORDER BY p.i)::text AS old_rows, array_agg(p.n ORDER BY p.i)::text AS new_rows\n\
+             \x20             FROM (SELECT {old_row} AS o, {new_row} AS n, row_number() OVER () AS i\n\
+             \x20                     FROM old_rows s JOIN new_rows n ON {pk_match}\n\
+             \x20                    WHERE ({old_key}) IS DISTINCT FROM ({new_key})) p\n\
+             \x20            GROUP BY (p.i - 1) / {CHUNK_ROWS}\n\
+             \x20       LOOP\n\
+             \x20           PERFORM synclink.ship({id}, 'R', part.new_rows, part.old_rows);\n\
+             \x20       END LOOP;\n",
+            old_row = row_expr(spec, "s"),
+            new_row = row_expr(spec, "n"),
+            id = spec.link_id,
+        ),
+        None => String::new(),
+    };
     format!(
         r#"CREATE FUNCTION {function}() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -82,7 +118,7 @@ BEGIN
 {insert}    ELSIF TG_OP = 'UPDATE' THEN
         -- Keys that no longer exist after the statement are removed first, across the whole
         -- statement, so a key that moved into another chunk is never deleted after its upsert.
-{vanish}{update}    ELSIF TG_OP = 'DELETE' THEN
+{rekey}{vanish}{update}    ELSIF TG_OP = 'DELETE' THEN
 {delete}    ELSE
         PERFORM synclink.ship({id}, 'T', NULL, NULL);
     END IF;
@@ -95,6 +131,7 @@ $synclink$"#,
         id = spec.link_id,
         row_type = spec.row_type,
         insert = ship_loop(spec, &chunks(spec, "new_rows", ""), 'I', "new"),
+        rekey = rekey,
         vanish = ship_loop(spec, &chunks(spec, "old_rows", &vanished), 'K', "old"),
         update = ship_loop(spec, &chunks(spec, "new_rows", ""), 'U', "new"),
         delete = ship_loop(spec, &chunks(spec, "old_rows", ""), 'D', "old"),
@@ -147,6 +184,7 @@ mod tests {
             row_type: "synclink.\"products_b_row\"",
             columns: cols,
             key,
+            pair_by: None,
         }
     }
 
@@ -166,6 +204,32 @@ mod tests {
         assert!(
             sql.contains("SECURITY DEFINER")
                 && sql.contains("SET search_path = pg_catalog, pg_temp")
+        );
+    }
+
+    #[test]
+    fn a_sync_key_change_is_paired_through_the_primary_key() {
+        let cols = vec!["email".to_string(), "name".to_string()];
+        let key = vec!["email".to_string()];
+        let pk = vec!["id".to_string()];
+        let mut s = spec(&cols, &key);
+        s.pair_by = Some(&pk);
+        let sql = function_sql(&s);
+        assert!(
+            sql.contains("FROM old_rows s JOIN new_rows n ON n.\"id\" = s.\"id\""),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("WHERE (s.\"email\") IS DISTINCT FROM (n.\"email\")"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("synclink.ship(7, 'R', part.new_rows, part.old_rows)"),
+            "{sql}"
+        );
+        assert!(
+            sql.find("'R'").unwrap() < sql.find("'K'").unwrap(),
+            "re-key before removals"
         );
     }
 

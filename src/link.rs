@@ -392,6 +392,7 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
         row_type: &row_type,
         columns: &columns,
         key,
+        pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, key)),
     };
     Spi::run(&capture::function_sql(&spec)).unwrap();
     Spi::run(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC")).unwrap();

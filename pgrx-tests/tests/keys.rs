@@ -72,12 +72,25 @@ fn rows_are_matched_by_the_sync_key_and_excluded_columns_stay_local() {
     .unwrap();
     a.execute("UPDATE people SET note = 'only on a'", &[])
         .unwrap();
-    // a key change, and deletes
+    // a key change: B's row keeps its own id, its excluded note and what refers to it
+    b.batch_execute(
+        "UPDATE people SET note = 'kept on b' WHERE email = 'bob@x'; \
+         CREATE TABLE orders (id int PRIMARY KEY, person_id bigint NOT NULL REFERENCES people (id)); \
+         INSERT INTO orders VALUES (1, 102)",
+    )
+    .unwrap();
     a.execute(
         "UPDATE people SET email = 'robert@x' WHERE email = 'bob@x'",
         &[],
     )
     .unwrap();
+    assert_eq!(id_of(&mut b, "robert@x"), 102, "re-keyed in place");
+    let kept: Option<String> = b
+        .query_one("SELECT note FROM people WHERE id = 102", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(kept.as_deref(), Some("kept on b"));
+    // deletes
     b.execute("DELETE FROM people WHERE email = 'cy@x'", &[])
         .unwrap();
 
