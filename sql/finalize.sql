@@ -32,6 +32,20 @@ $$;
 CREATE TRIGGER serve BEFORE INSERT ON synclink.request
     FOR EACH ROW EXECUTE FUNCTION synclink.serve_request();
 
+-- A diff request is answered (its reply already went back through RETURNING), not kept: the
+-- replies carry row hashes by the thousand.
+CREATE FUNCTION synclink.forget_answered() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM synclink.request WHERE request_id = NEW.request_id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER forget_answered AFTER INSERT ON synclink.request
+    FOR EACH ROW WHEN (NEW.action = 'diff') EXECUTE FUNCTION synclink.forget_answered();
+
 -- The data path is not for application roles: with these an ordinary role could write rows
 -- that are never captured, or send rows to a peer that were never written here.
 REVOKE ALL ON FUNCTION synclink.apply(text, text, text, text, "char", text, text, bigint, bigint) FROM PUBLIC;

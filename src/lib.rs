@@ -12,6 +12,7 @@ mod capture;
 mod conninfo;
 mod db;
 mod ddl;
+mod diff;
 mod error;
 mod link;
 mod node;

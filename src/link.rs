@@ -606,6 +606,17 @@ fn settle_queue(link: &Link, discard: bool) -> Result<(), LinkError> {
     Ok(())
 }
 
+/// The columns and key a link with `peer` compares, if the table is linked with it.
+pub fn columns_and_key(relid: pg_sys::Oid, peer: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let link = find(relid, peer)?;
+    Spi::get_two_with_args::<Vec<String>, Vec<String>>(
+        "SELECT columns, key_columns FROM synclink.link WHERE link_id = $1",
+        &[link.id.into()],
+    )
+    .ok()
+    .and_then(|(c, k)| Some((c?, k?)))
+}
+
 /// Undo a link on the peer and here. With `tolerate_unreachable`, a peer that cannot be
 /// reached is warned about and only this node's half is removed.
 pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
@@ -736,6 +747,7 @@ fn handle_request(from_node: &str, action: &str, body: pgrx::JsonB) -> Option<pg
             handle_unlink(&from, req).or_raise();
             None
         }
+        "diff" => Some(pgrx::JsonB(crate::diff::handle_request(body.0))),
         "share_sequence" | "unshare_sequence" => Some(pgrx::JsonB(
             crate::sequence::handle_request(&from, action, body.0),
         )),

@@ -1,0 +1,351 @@
+//! Comparing a table with its copy on a peer, set-based, whether or not it is linked.
+//!
+//! Both nodes hash their rows into buckets by key (count and XOR of row hashes per bucket);
+//! only the buckets whose summaries differ are compared row by row, with a hash per column,
+//! so a million-row table with a handful of differences moves a few kilobytes, not the table.
+//! Rows are hashed in their text form under fixed settings — the ones postgres_fdw gives the
+//! peer's session — so equal values hash alike on both nodes.
+
+use crate::error::{raise, OrRaise, SqlError};
+use crate::peer::{self, Peer};
+use crate::sql::{ident, join, literal, qualified};
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgRelation};
+use serde::{Deserialize, Serialize};
+
+#[derive(thiserror::Error, Debug)]
+pub enum DiffError {
+    #[error("table {0} has no primary key to match rows by")]
+    NoKey(String),
+    #[error("table {table} does not exist on node \"{node}\"")]
+    MissingTable { table: String, node: String },
+    #[error("table {table} on node \"{node}\" lacks column(s) {columns}")]
+    MissingColumns {
+        table: String,
+        node: String,
+        columns: String,
+    },
+    #[error("malformed diff request")]
+    BadRequest,
+}
+
+impl SqlError for DiffError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            DiffError::NoKey(_) => ERRCODE_INVALID_TABLE_DEFINITION,
+            DiffError::MissingTable { .. } => ERRCODE_UNDEFINED_TABLE,
+            DiffError::MissingColumns { .. } => ERRCODE_UNDEFINED_COLUMN,
+            DiffError::BadRequest => ERRCODE_PROTOCOL_VIOLATION,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            DiffError::NoKey(t) => format!("Rows are compared by key: ALTER TABLE {t} ADD PRIMARY KEY (...), or link the table with key => first."),
+            DiffError::MissingTable { .. } => "Create the table on that node first.".into(),
+            DiffError::MissingColumns { .. } => "Both tables need the compared columns; sync_diff compares the columns of the table on this node (the link's columns when it is linked).".into(),
+            DiffError::BadRequest => "The nodes run incompatible synclink versions.".into(),
+        })
+    }
+}
+
+/// What is compared: the link's columns and key when the table is linked with the peer, else
+/// every non-generated column and the primary key.
+#[derive(Serialize, Deserialize, Clone)]
+struct Shape {
+    schema: String,
+    table: String,
+    columns: Vec<String>,
+    key: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DiffRequest {
+    #[serde(flatten)]
+    shape: Shape,
+    /// bucket = hash(key) & mask
+    mask: i64,
+    /// None: answer the bucket summaries; Some: answer the rows of these buckets
+    buckets: Option<Vec<i32>>,
+}
+
+impl Shape {
+    fn table_sql(&self) -> String {
+        qualified(&self.schema, &self.table)
+    }
+    fn bucket(&self, mask: i64) -> String {
+        format!(
+            "(hashtextextended(ROW({})::text, 0) & {mask})::int",
+            join(&self.key, ", ", |k| format!("t.{}", ident(k)))
+        )
+    }
+    fn key_json(&self) -> String {
+        format!(
+            "jsonb_build_object({})",
+            join(&self.key, ", ", |k| format!(
+                "{}, t.{}",
+                literal(k),
+                ident(k)
+            ))
+        )
+    }
+    /// bucket → [rows, XOR of row hashes]
+    fn summary_sql(&self, mask: i64) -> String {
+        format!(
+            "SELECT coalesce(jsonb_object_agg(b, jsonb_build_array(n, h)), '{{}}') FROM \
+             (SELECT {bucket} AS b, count(*) AS n, bit_xor(hashtextextended(ROW({cols})::text, 1)) AS h \
+                FROM {table} t GROUP BY 1) s",
+            bucket = self.bucket(mask),
+            cols = join(&self.columns, ", ", |c| format!("t.{}", ident(c))),
+            table = self.table_sql(),
+        )
+    }
+    /// [key, [hash of each column's text]] for every row in the given buckets ($1)
+    fn rows_sql(&self, mask: i64) -> String {
+        format!(
+            "SELECT coalesce(jsonb_agg(jsonb_build_array({key}, ARRAY[{hashes}])), '[]') \
+               FROM {table} t WHERE {bucket} = ANY($1)",
+            key = self.key_json(),
+            hashes = join(&self.columns, ", ", |c| format!(
+                "hashtextextended(t.{}::text, 0)",
+                ident(c)
+            )),
+            table = self.table_sql(),
+            bucket = self.bucket(mask),
+        )
+    }
+}
+
+/// Run `f` with the settings that fix the text form of values (postgres_fdw gives the peer's
+/// session the same), restoring the caller's afterwards.
+fn with_wire_settings<T>(f: impl FnOnce() -> T) -> T {
+    const WIRE: [(&str, &str); 5] = [
+        ("TimeZone", "UTC"),
+        ("DateStyle", "ISO, YMD"),
+        ("IntervalStyle", "postgres"),
+        ("extra_float_digits", "3"),
+        ("bytea_output", "hex"),
+    ];
+    let before: Vec<String> = WIRE
+        .iter()
+        .map(|(name, _)| {
+            Spi::get_one_with_args::<String>("SELECT current_setting($1)", &[(*name).into()])
+                .unwrap()
+                .unwrap_or_default()
+        })
+        .collect();
+    let set = |name: &str, value: &str| {
+        Spi::run_with_args(
+            "SELECT set_config($1, $2, true)",
+            &[name.into(), value.into()],
+        )
+        .unwrap()
+    };
+    for (name, value) in WIRE {
+        set(name, value);
+    }
+    let result = f();
+    for ((name, _), value) in WIRE.iter().zip(&before) {
+        set(name, value);
+    }
+    result
+}
+
+fn query_json(sql: &str, buckets: Option<Vec<i32>>) -> serde_json::Value {
+    let args: Vec<pgrx::datum::DatumWithOid> = buckets.into_iter().map(|b| b.into()).collect();
+    Spi::get_one_with_args::<JsonB>(sql, &args)
+        .unwrap()
+        .map_or(serde_json::Value::Null, |j| j.0)
+}
+
+fn shape_of(relid: pg_sys::Oid, peer: &Peer) -> Result<Shape, DiffError> {
+    let info = crate::link::describe(relid);
+    if let Some((columns, key)) = crate::link::columns_and_key(relid, &peer.name) {
+        return Ok(Shape {
+            schema: info.schema,
+            table: info.name,
+            columns,
+            key,
+        });
+    }
+    let key = info
+        .primary_key
+        .clone()
+        .ok_or_else(|| DiffError::NoKey(info.display()))?;
+    let columns = info.wire_columns(&[]).into_iter().map(|w| w.name).collect();
+    Ok(Shape {
+        schema: info.schema,
+        table: info.name,
+        columns,
+        key,
+    })
+}
+
+/// A bucket count that keeps each bucket a few hundred rows. Counted, not estimated: a table
+/// loaded a moment ago has no statistics yet, and one bucket would mean fetching every row.
+fn mask_for(shape: &Shape) -> i64 {
+    let rows = Spi::get_one::<i64>(&format!("SELECT count(*) FROM {}", shape.table_sql()))
+        .unwrap()
+        .unwrap_or(0);
+    let buckets = (rows / 256).clamp(1, 1 << 16) as u64;
+    buckets.next_power_of_two() as i64 - 1
+}
+
+fn ask(peer: &Peer, req: &DiffRequest) -> serde_json::Value {
+    crate::link::request(peer, "diff", serde_json::to_value(req).unwrap()).or_raise()
+}
+
+type DiffRow = (JsonB, String, Option<Vec<String>>);
+
+fn diff(relid: pg_sys::Oid, peer_name: Option<&str>) -> Vec<DiffRow> {
+    let peer = peer::resolve(peer_name).or_raise();
+    let shape = shape_of(relid, &peer).or_raise();
+    let mask = mask_for(&shape);
+    let mut req = DiffRequest {
+        shape: shape.clone(),
+        mask,
+        buckets: None,
+    };
+    let theirs = ask(&peer, &req);
+    let mine = with_wire_settings(|| query_json(&shape.summary_sql(mask), None));
+    let (theirs, mine) = match (theirs, mine) {
+        (serde_json::Value::Object(t), serde_json::Value::Object(m)) => (t, m),
+        _ => raise(DiffError::BadRequest),
+    };
+    let mut differing: Vec<i32> = theirs
+        .iter()
+        .filter(|(b, v)| mine.get(*b) != Some(*v))
+        .chain(mine.iter().filter(|(b, _)| !theirs.contains_key(*b)))
+        .filter_map(|(b, _)| b.parse().ok())
+        .collect();
+    differing.sort_unstable();
+    differing.dedup();
+    if differing.is_empty() {
+        return Vec::new();
+    }
+    req.buckets = Some(differing.clone());
+    let their_rows = ask(&peer, &req);
+    let my_rows = with_wire_settings(|| query_json(&shape.rows_sql(mask), Some(differing)));
+    Spi::connect(|c| {
+        c.select(
+            "WITH peer AS (SELECT e->0 AS key, ARRAY(SELECT jsonb_array_elements_text(e->1))::numeric[] AS h \
+                             FROM jsonb_array_elements($1) e), \
+                  mine AS (SELECT e->0 AS key, ARRAY(SELECT jsonb_array_elements_text(e->1))::numeric[] AS h \
+                             FROM jsonb_array_elements($2) e) \
+             SELECT coalesce(m.key, p.key), \
+                    CASE WHEN p.key IS NULL THEN 'only_local' WHEN m.key IS NULL THEN 'only_peer' ELSE 'differs' END, \
+                    CASE WHEN p.key IS NOT NULL AND m.key IS NOT NULL THEN \
+                      ARRAY(SELECT x.col FROM unnest($3::text[], m.h, p.h) AS x(col, a, b) \
+                             WHERE x.a IS DISTINCT FROM x.b) END \
+               FROM mine m FULL JOIN peer p ON m.key = p.key \
+              WHERE m.key IS NULL OR p.key IS NULL OR m.h IS DISTINCT FROM p.h \
+              ORDER BY 2, 1",
+            None,
+            &[
+                JsonB(their_rows).into(),
+                JsonB(my_rows).into(),
+                shape.columns.clone().into(),
+            ],
+        )
+        .unwrap()
+        .map(|r| {
+            (
+                r.get::<JsonB>(1).unwrap().unwrap(),
+                r.get::<String>(2).unwrap().unwrap(),
+                r.get::<Vec<String>>(3).unwrap(),
+            )
+        })
+        .collect()
+    })
+}
+
+/// Answer a peer's diff request: bucket summaries, or the rows of some buckets.
+pub fn handle_request(body: serde_json::Value) -> serde_json::Value {
+    let req: DiffRequest =
+        serde_json::from_value(body).unwrap_or_else(|_| raise(DiffError::BadRequest));
+    let node = crate::node::local_name();
+    let shape = &req.shape;
+    let relid = crate::db::maybe_one::<pg_sys::Oid>(
+        "SELECT to_regclass(format('%I.%I', $1::text, $2::text))::oid",
+        &[shape.schema.as_str().into(), shape.table.as_str().into()],
+    )
+    .unwrap_or_else(|| {
+        raise(DiffError::MissingTable {
+            table: shape.table_sql(),
+            node: node.clone(),
+        })
+    });
+    let info = crate::link::describe(relid);
+    let missing: Vec<String> = shape
+        .columns
+        .iter()
+        .chain(&shape.key)
+        .filter(|c| !info.columns.iter().any(|i| &i.wire.name == *c))
+        .map(|c| ident(c))
+        .collect();
+    if !missing.is_empty() {
+        raise(DiffError::MissingColumns {
+            table: shape.table_sql(),
+            node,
+            columns: missing.join(", "),
+        });
+    }
+    with_wire_settings(|| match req.buckets {
+        None => query_json(&shape.summary_sql(req.mask), None),
+        Some(b) => query_json(&shape.rows_sql(req.mask), Some(b)),
+    })
+}
+
+/// The rows that differ between this node's table and the peer's copy right now, one per key:
+/// `only_local`, `only_peer`, or `differs` with the columns that differ. Works before linking,
+/// to check two databases, and after.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_diff(
+    tbl: PgRelation,
+    peer: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(key, JsonB),
+        name!(kind, String),
+        name!(columns, Option<Vec<String>>),
+    ),
+> {
+    TableIterator::new(diff(tbl.oid(), peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_cover_key_and_columns() {
+        let s = Shape {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec!["id".into(), "v".into()],
+            key: vec!["id".into()],
+        };
+        let sum = s.summary_sql(1023);
+        assert!(
+            sum.contains("(hashtextextended(ROW(t.\"id\")::text, 0) & 1023)::int"),
+            "{sum}"
+        );
+        assert!(
+            sum.contains("bit_xor(hashtextextended(ROW(t.\"id\", t.\"v\")::text, 1))"),
+            "{sum}"
+        );
+        let rows = s.rows_sql(1023);
+        assert!(
+            rows.contains("jsonb_build_object('id', t.\"id\")"),
+            "{rows}"
+        );
+        assert!(
+            rows.contains(
+                "ARRAY[hashtextextended(t.\"id\"::text, 0), hashtextextended(t.\"v\"::text, 0)]"
+            ),
+            "{rows}"
+        );
+    }
+}
