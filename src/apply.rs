@@ -369,7 +369,7 @@ fn execute(stmt: &OwnedPreparedStatement, rows: &str) {
 
 /// Run `f` with the apply marker set, so the capture triggers it fires know where the rows
 /// came from.
-fn marked(origin: &str, sender: &str, f: impl FnOnce() + std::panic::UnwindSafe) {
+pub fn marked<T>(origin: &str, sender: &str, f: impl FnOnce() -> T + std::panic::UnwindSafe) -> T {
     APPLYING.with(|a| {
         *a.borrow_mut() = Some(Applying {
             origin: origin.into(),

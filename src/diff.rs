@@ -27,6 +27,8 @@ pub enum DiffError {
     },
     #[error("malformed diff request")]
     BadRequest,
+    #[error("prefer => '{0}' names neither this node nor the peer")]
+    BadPrefer(String),
 }
 
 impl SqlError for DiffError {
@@ -37,6 +39,7 @@ impl SqlError for DiffError {
             DiffError::MissingTable { .. } => ERRCODE_UNDEFINED_TABLE,
             DiffError::MissingColumns { .. } => ERRCODE_UNDEFINED_COLUMN,
             DiffError::BadRequest => ERRCODE_PROTOCOL_VIOLATION,
+            DiffError::BadPrefer(_) => ERRCODE_INVALID_PARAMETER_VALUE,
         }
     }
     fn hint(&self) -> Option<String> {
@@ -45,6 +48,7 @@ impl SqlError for DiffError {
             DiffError::MissingTable { .. } => "Create the table on that node first.".into(),
             DiffError::MissingColumns { .. } => "Both tables need the compared columns; sync_diff compares the columns of the table on this node (the link's columns when it is linked).".into(),
             DiffError::BadRequest => "The nodes run incompatible synclink versions.".into(),
+            DiffError::BadPrefer(_) => "Use prefer => 'local' (make the peer like this node), prefer => 'peer', or either node's name (sync_node_name()).".into(),
         })
     }
 }
@@ -67,6 +71,17 @@ struct DiffRequest {
     mask: i64,
     /// None: answer the bucket summaries; Some: answer the rows of these buckets
     buckets: Option<Vec<i32>>,
+    /// reconcile: rows to write and keys to delete here (the requester's values win), or keys
+    /// whose rows to send back (the peer's values win)
+    #[serde(default)]
+    repair: Option<Repair>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Repair {
+    upsert: serde_json::Value,
+    delete: serde_json::Value,
+    fetch: serde_json::Value,
 }
 
 impl Shape {
@@ -100,6 +115,73 @@ impl Shape {
             table = self.table_sql(),
         )
     }
+    /// The rows with the given keys ($1, a jsonb array of key objects), as jsonb objects.
+    fn fetch_sql(&self) -> String {
+        format!(
+            "SELECT coalesce(jsonb_agg(jsonb_build_object({cols})), '[]') \
+               FROM {table} t JOIN jsonb_populate_recordset(NULL::{table}, $1) k ON {matched}",
+            cols = join(&self.columns, ", ", |c| format!(
+                "{}, t.{}",
+                literal(c),
+                ident(c)
+            )),
+            table = self.table_sql(),
+            matched = self.key_match("k"),
+        )
+    }
+    fn key_match(&self, alias: &str) -> String {
+        join(&self.key, " AND ", |k| {
+            format!("t.{k} = {alias}.{k}", k = ident(k))
+        })
+    }
+    fn upsert_sql(&self) -> String {
+        let cols = join(&self.columns, ", ", |c| ident(c));
+        let rest: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !self.key.contains(c))
+            .cloned()
+            .collect();
+        let action = if rest.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!(
+                "DO UPDATE SET {}",
+                join(&rest, ", ", |c| format!("{c} = EXCLUDED.{c}", c = ident(c)))
+            )
+        };
+        format!(
+            "INSERT INTO {table} AS t ({cols}) OVERRIDING SYSTEM VALUE \
+             SELECT {select} FROM jsonb_populate_recordset(NULL::{table}, $1) r \
+             ON CONFLICT ({keys}) {action}",
+            table = self.table_sql(),
+            select = join(&self.columns, ", ", |c| format!("r.{}", ident(c))),
+            keys = join(&self.key, ", ", |c| ident(c)),
+        )
+    }
+    fn delete_sql(&self) -> String {
+        format!(
+            "DELETE FROM {table} t USING jsonb_populate_recordset(NULL::{table}, $1) k WHERE {matched}",
+            table = self.table_sql(),
+            matched = self.key_match("k"),
+        )
+    }
+    /// Write `upsert` rows and delete `delete` keys here, marked as coming from `from` so a
+    /// link's capture does not send them back. Returns the rows touched.
+    fn repair_here(&self, upsert: serde_json::Value, delete: serde_json::Value, from: &str) -> i64 {
+        let run = |sql: String, rows: serde_json::Value| -> i64 {
+            Spi::connect_mut(|c| c.update(&sql, None, &[JsonB(rows).into()]).unwrap().len() as i64)
+        };
+        let (upsert_sql, delete_sql) = (self.upsert_sql(), self.delete_sql());
+        let work = std::panic::AssertUnwindSafe(move || {
+            with_wire_settings(|| run(delete_sql, delete) + run(upsert_sql, upsert))
+        });
+        crate::apply::marked(from, from, move || {
+            let w = work;
+            (w.0)()
+        })
+    }
+
     /// [key, [hash of each column's text]] for every row in the given buckets ($1)
     fn rows_sql(&self, mask: i64) -> String {
         format!(
@@ -205,6 +287,7 @@ fn diff(relid: pg_sys::Oid, peer_name: Option<&str>) -> Vec<DiffRow> {
         shape: shape.clone(),
         mask,
         buckets: None,
+        repair: None,
     };
     let theirs = ask(&peer, &req);
     let mine = with_wire_settings(|| query_json(&shape.summary_sql(mask), None));
@@ -260,7 +343,7 @@ fn diff(relid: pg_sys::Oid, peer_name: Option<&str>) -> Vec<DiffRow> {
 }
 
 /// Answer a peer's diff request: bucket summaries, or the rows of some buckets.
-pub fn handle_request(body: serde_json::Value) -> serde_json::Value {
+pub fn handle_request(from: &Peer, body: serde_json::Value) -> serde_json::Value {
     let req: DiffRequest =
         serde_json::from_value(body).unwrap_or_else(|_| raise(DiffError::BadRequest));
     let node = crate::node::local_name();
@@ -290,10 +373,90 @@ pub fn handle_request(body: serde_json::Value) -> serde_json::Value {
             columns: missing.join(", "),
         });
     }
+    if let Some(repair) = req.repair {
+        if !repair.fetch.is_null() {
+            return with_wire_settings(|| fetch(shape, repair.fetch));
+        }
+        let from = from.node_name.clone();
+        return serde_json::json!(shape.repair_here(repair.upsert, repair.delete, &from));
+    }
     with_wire_settings(|| match req.buckets {
         None => query_json(&shape.summary_sql(req.mask), None),
         Some(b) => query_json(&shape.rows_sql(req.mask), Some(b)),
     })
+}
+
+fn fetch(shape: &Shape, keys: serde_json::Value) -> serde_json::Value {
+    Spi::get_one_with_args::<JsonB>(&shape.fetch_sql(), &[JsonB(keys).into()])
+        .unwrap()
+        .map_or(serde_json::Value::Null, |j| j.0)
+}
+
+/// Make the two copies equal: the preferred node's rows win, rows only on the other node are
+/// removed there. Returns how many rows were written or removed.
+fn reconcile(relid: pg_sys::Oid, peer_name: Option<&str>, prefer: &str) -> i64 {
+    let peer = peer::resolve(peer_name).or_raise();
+    let local = crate::node::local_name();
+    let local_wins = match prefer {
+        "local" => true,
+        "peer" => false,
+        p if p == local => true,
+        p if p == peer.node_name || p == peer.name => false,
+        other => raise(DiffError::BadPrefer(other.into())),
+    };
+    let shape = shape_of(relid, &peer).or_raise();
+    let found = diff(relid, Some(&peer.name));
+    if found.is_empty() {
+        return 0;
+    }
+    let keys = |kinds: &[&str]| -> serde_json::Value {
+        serde_json::Value::Array(
+            found
+                .iter()
+                .filter(|(_, k, _)| kinds.contains(&k.as_str()))
+                .map(|(key, _, _)| key.0.clone())
+                .collect(),
+        )
+    };
+    let ask_repair = |repair: Repair| -> serde_json::Value {
+        ask(
+            &peer,
+            &DiffRequest {
+                shape: shape.clone(),
+                mask: 0,
+                buckets: None,
+                repair: Some(repair),
+            },
+        )
+    };
+    if local_wins {
+        let upsert = with_wire_settings(|| fetch(&shape, keys(&["only_local", "differs"])));
+        ask_repair(Repair {
+            upsert,
+            delete: keys(&["only_peer"]),
+            fetch: serde_json::Value::Null,
+        })
+        .as_i64()
+        .unwrap_or(0)
+    } else {
+        let upsert = ask_repair(Repair {
+            fetch: keys(&["only_peer", "differs"]),
+            ..Default::default()
+        });
+        shape.repair_here(upsert, keys(&["only_local"]), &peer.node_name)
+    }
+}
+
+/// Repair the differences sync_diff finds, so both copies hold the preferred node's rows:
+/// prefer => 'local' (default), 'peer', or a node name. Returns the rows written or removed.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_reconcile(
+    tbl: PgRelation,
+    peer: default!(Option<&str>, "NULL"),
+    prefer: default!(&str, "'local'"),
+) -> i64 {
+    reconcile(tbl.oid(), peer, prefer)
 }
 
 /// The rows that differ between this node's table and the peer's copy right now, one per key:

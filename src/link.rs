@@ -747,7 +747,7 @@ fn handle_request(from_node: &str, action: &str, body: pgrx::JsonB) -> Option<pg
             handle_unlink(&from, req).or_raise();
             None
         }
-        "diff" => Some(pgrx::JsonB(crate::diff::handle_request(body.0))),
+        "diff" => Some(pgrx::JsonB(crate::diff::handle_request(&from, body.0))),
         "share_sequence" | "unshare_sequence" => Some(pgrx::JsonB(
             crate::sequence::handle_request(&from, action, body.0),
         )),

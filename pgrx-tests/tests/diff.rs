@@ -156,3 +156,74 @@ fn sync_diff_of_equal_tables_is_empty_and_errors_are_clear() {
     assert_eq!(code, "42703", "{message}");
     assert!(message.contains("\"d\""), "{message}");
 }
+
+fn hash(c: &mut postgres::Client) -> (i64, String) {
+    synclink_e2e::table_hash(c, "r", "t.id")
+}
+
+#[test]
+fn sync_reconcile_makes_the_copies_equal_either_way() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE r (id int PRIMARY KEY, v text, n int)",
+    );
+    for c in [&mut a, &mut b] {
+        c.batch_execute("INSERT INTO r SELECT g, 'v' || g, g FROM generate_series(1, 1000) g")
+            .unwrap();
+    }
+    b.batch_execute(
+        "UPDATE r SET v = 'b' WHERE id IN (10, 20, 30, 40, 50); \
+         DELETE FROM r WHERE id IN (11, 21, 31, 41, 51); \
+         INSERT INTO r SELECT g, 'only b', 0 FROM generate_series(2001, 2005) g",
+    )
+    .unwrap();
+    let repaired: i64 = a
+        .query_one("SELECT sync_reconcile('r')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(repaired, 15);
+    assert_eq!(hash(&mut a), hash(&mut b), "B is like A now");
+    assert_eq!(hash(&mut a).0, 1000);
+
+    a.batch_execute(
+        "UPDATE r SET v = 'a' WHERE id IN (1, 2, 3); DELETE FROM r WHERE id IN (4, 5, 6)",
+    )
+    .unwrap();
+    b.batch_execute(
+        "INSERT INTO r VALUES (3001, 'new on b', 1), (3002, 'new on b', 2), (3003, NULL, NULL)",
+    )
+    .unwrap();
+    let repaired: i64 = a
+        .query_one("SELECT sync_reconcile('r', prefer => 'peer')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(repaired, 9);
+    assert_eq!(hash(&mut a), hash(&mut b), "A is like B now");
+    assert_eq!(hash(&mut a).0, 1003);
+
+    let (code, message, _, _) = db_error(
+        a.batch_execute("SELECT sync_reconcile('r', prefer => 'nobody')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "22023", "{message}");
+
+    // on a linked table the repair is not sent back as a change
+    b.batch_execute("DELETE FROM r WHERE id > 3000").unwrap();
+    a.execute("SELECT sync_link_table('r', mode => 'async')", &[])
+        .unwrap();
+    let repaired: i64 = b
+        .query_one("SELECT sync_reconcile('r', prefer => 'peer')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(repaired, 3);
+    assert_eq!(hash(&mut a), hash(&mut b));
+    for c in [&mut a, &mut b] {
+        let queued: i64 = c
+            .query_one("SELECT count(*) FROM synclink.outbox", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(queued, 0, "nothing echoed");
+    }
+}
