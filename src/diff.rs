@@ -282,14 +282,18 @@ type DiffRow = (JsonB, String, Option<Vec<String>>);
 fn diff(relid: pg_sys::Oid, peer_name: Option<&str>) -> Vec<DiffRow> {
     let peer = peer::resolve(peer_name).or_raise();
     let shape = shape_of(relid, &peer).or_raise();
-    let mask = mask_for(&shape);
+    diff_with(&peer, &shape)
+}
+
+fn diff_with(peer: &Peer, shape: &Shape) -> Vec<DiffRow> {
+    let mask = mask_for(shape);
     let mut req = DiffRequest {
         shape: shape.clone(),
         mask,
         buckets: None,
         repair: None,
     };
-    let theirs = ask(&peer, &req);
+    let theirs = ask(peer, &req);
     let mine = with_wire_settings(|| query_json(&shape.summary_sql(mask), None));
     let (theirs, mine) = match (theirs, mine) {
         (serde_json::Value::Object(t), serde_json::Value::Object(m)) => (t, m),
@@ -307,7 +311,7 @@ fn diff(relid: pg_sys::Oid, peer_name: Option<&str>) -> Vec<DiffRow> {
         return Vec::new();
     }
     req.buckets = Some(differing.clone());
-    let their_rows = ask(&peer, &req);
+    let their_rows = ask(peer, &req);
     let my_rows = with_wire_settings(|| query_json(&shape.rows_sql(mask), Some(differing)));
     Spi::connect(|c| {
         c.select(
@@ -405,7 +409,23 @@ fn reconcile(relid: pg_sys::Oid, peer_name: Option<&str>, prefer: &str) -> i64 {
         other => raise(DiffError::BadPrefer(other.into())),
     };
     let shape = shape_of(relid, &peer).or_raise();
-    let found = diff(relid, Some(&peer.name));
+    let found = diff_with(&peer, &shape);
+    let side = if local_wins { Side::Local } else { Side::Peer };
+    repair(&peer, &shape, &found, side, side)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Local,
+    Peer,
+    /// nobody: such rows stay as they are
+    Neither,
+}
+
+/// Apply a diff: rows present on one node only are copied to the other when `missing` says
+/// so (Local: this node's rows go to the peer, and the peer's own extra rows are removed;
+/// Peer: the other way round); differing rows take the `differs` side's values.
+fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs: Side) -> i64 {
     if found.is_empty() {
         return 0;
     }
@@ -420,7 +440,7 @@ fn reconcile(relid: pg_sys::Oid, peer_name: Option<&str>, prefer: &str) -> i64 {
     };
     let ask_repair = |repair: Repair| -> serde_json::Value {
         ask(
-            &peer,
+            peer,
             &DiffRequest {
                 shape: shape.clone(),
                 mask: 0,
@@ -429,22 +449,117 @@ fn reconcile(relid: pg_sys::Oid, peer_name: Option<&str>, prefer: &str) -> i64 {
             },
         )
     };
-    if local_wins {
-        let upsert = with_wire_settings(|| fetch(&shape, keys(&["only_local", "differs"])));
-        ask_repair(Repair {
+    let pick = |side: Side| {
+        if differs == side {
+            vec!["differs"]
+        } else {
+            vec![]
+        }
+    };
+    let mut touched = 0;
+    // what the peer gets from here
+    let mut to_peer = pick(Side::Local);
+    let mut peer_deletes = vec![];
+    let mut from_peer = pick(Side::Peer);
+    let mut local_deletes = vec![];
+    match missing {
+        Side::Local => {
+            to_peer.push("only_local");
+            peer_deletes.push("only_peer");
+        }
+        Side::Peer => {
+            from_peer.push("only_peer");
+            local_deletes.push("only_local");
+        }
+        Side::Neither => {
+            to_peer.push("only_local");
+            from_peer.push("only_peer");
+        }
+    }
+    if !to_peer.is_empty() || !peer_deletes.is_empty() {
+        let upsert = with_wire_settings(|| fetch(shape, keys(&to_peer)));
+        touched += ask_repair(Repair {
             upsert,
-            delete: keys(&["only_peer"]),
+            delete: keys(&peer_deletes),
             fetch: serde_json::Value::Null,
         })
         .as_i64()
-        .unwrap_or(0)
-    } else {
-        let upsert = ask_repair(Repair {
-            fetch: keys(&["only_peer", "differs"]),
-            ..Default::default()
-        });
-        shape.repair_here(upsert, keys(&["only_local"]), &peer.node_name)
+        .unwrap_or(0);
     }
+    if !from_peer.is_empty() || !local_deletes.is_empty() {
+        let upsert = if from_peer.is_empty() {
+            serde_json::json!([])
+        } else {
+            ask_repair(Repair {
+                fetch: keys(&from_peer),
+                ..Default::default()
+            })
+        };
+        touched += shape.repair_here(upsert, keys(&local_deletes), &peer.node_name);
+    }
+    touched
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum CopyError {
+    #[error("unknown copy \"{0}\"")]
+    BadCopy(String),
+}
+
+impl SqlError for CopyError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+    }
+    fn hint(&self) -> Option<String> {
+        Some("Use copy => 'none' (leave the rows as they are), 'missing' (copy rows missing on either side, report differing ones), 'to_peer' or 'from_peer' (make the other copy equal to this one, or this one to the peer's).".into())
+    }
+}
+
+pub fn check_copy(copy: &str) -> Result<(), CopyError> {
+    match copy {
+        "none" | "missing" | "to_peer" | "from_peer" => Ok(()),
+        other => Err(CopyError::BadCopy(other.into())),
+    }
+}
+
+/// Bring existing rows together as a link is made (before either side has its triggers, so
+/// nothing of it is captured). Returns the rows written or removed.
+pub fn copy_for_link(
+    peer: &Peer,
+    schema: &str,
+    table: &str,
+    columns: Vec<String>,
+    key: Vec<String>,
+    copy: &str,
+) -> i64 {
+    if copy == "none" {
+        return 0;
+    }
+    let shape = Shape {
+        schema: schema.into(),
+        table: table.into(),
+        columns,
+        key,
+    };
+    let found = diff_with(peer, &shape);
+    let (missing, differs) = match copy {
+        "to_peer" => (Side::Local, Side::Local),
+        "from_peer" => (Side::Peer, Side::Peer),
+        _ => (Side::Neither, Side::Neither),
+    };
+    let touched = repair(peer, &shape, &found, missing, differs);
+    let differing = found.iter().filter(|(_, k, _)| k == "differs").count();
+    if differs == Side::Neither && differing > 0 {
+        crate::error::warning(
+            &format!(
+                "{differing} rows of {} differ between this node and peer \"{}\" and were left as they are",
+                shape.table_sql(),
+                peer.name
+            ),
+            "SELECT * FROM sync_diff(...) lists them; sync_reconcile(..., prefer => ...) repairs them.",
+        );
+    }
+    touched
 }
 
 /// Repair the differences sync_diff finds, so both copies hold the preferred node's rows:

@@ -518,8 +518,10 @@ fn link_table(
     mode: &str,
     key: Option<Vec<String>>,
     exclude: Vec<String>,
+    copy: &str,
 ) -> bool {
     crate::queue::check_mode(mode).or_raise();
+    crate::diff::check_copy(copy).or_raise();
     let peer = peer::resolve(peer_name).or_raise();
     let info = describe(relid);
     let key = choose_key(&info, key).or_raise();
@@ -548,6 +550,15 @@ fn link_table(
         mode: mode.into(),
         exclude,
     };
+    // Existing rows first, while neither side has its triggers yet: none of it is captured.
+    crate::diff::copy_for_link(
+        &peer,
+        &body.schema,
+        &body.table,
+        body.columns.iter().map(|c| c.name.clone()).collect(),
+        body.key.clone(),
+        copy,
+    );
     // Links pair tables of the same name, so the peer's table is called as ours.
     create_local(&info, &peer, &body, (&body.schema, &body.table));
     request(&peer, "link", serde_json::to_value(&body).unwrap()).or_raise();
@@ -557,7 +568,7 @@ fn link_table(
 /// Mirror a table with a peer, both directions. Returns false when it was already linked.
 /// `key`: match rows by these columns instead of the primary key; `exclude`: columns neither
 /// sent nor overwritten, each node keeping its own (a primary key that differs between the
-/// nodes, say).
+/// nodes, say); `copy`: bring the rows already there together first.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_link_table(
@@ -566,8 +577,16 @@ fn sync_link_table(
     mode: default!(&str, "'sync'"),
     key: default!(Option<Vec<String>>, "NULL"),
     exclude: default!(Option<Vec<String>>, "NULL"),
+    copy: default!(&str, "'none'"),
 ) -> bool {
-    link_table(tbl.oid(), peer, mode, key, exclude.unwrap_or_default())
+    link_table(
+        tbl.oid(),
+        peer,
+        mode,
+        key,
+        exclude.unwrap_or_default(),
+        copy,
+    )
 }
 
 /// Changes still queued for one link are never dropped quietly: refused, or with `discard`

@@ -227,3 +227,80 @@ fn sync_reconcile_makes_the_copies_equal_either_way() {
         assert_eq!(queued, 0, "nothing echoed");
     }
 }
+
+fn rows_of(c: &mut postgres::Client, t: &str) -> (i64, String) {
+    synclink_e2e::table_hash(c, t, "t.id")
+}
+
+#[test]
+fn linking_with_copy_brings_existing_rows_together() {
+    let (_p, mut a, mut b) = Pair::peered();
+    for t in ["c", "d", "e"] {
+        both(
+            &mut a,
+            &mut b,
+            &format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)"),
+        );
+        a.batch_execute(&format!(
+            "INSERT INTO {t} SELECT g, 'same' FROM generate_series(1, 100) g"
+        ))
+        .unwrap();
+        b.batch_execute(&format!(
+            "INSERT INTO {t} SELECT g, CASE WHEN g BETWEEN 60 AND 64 THEN 'b' ELSE 'same' END \
+               FROM generate_series(51, 150) g"
+        ))
+        .unwrap();
+    }
+    let (code, message, _, hint) = db_error(
+        a.batch_execute("SELECT sync_link_table('c', copy => 'everything')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "22023", "{message}");
+    assert!(hint.contains("'missing'"), "{hint}");
+    assert_eq!(
+        a.query_one("SELECT count(*) FROM synclink.link", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        0
+    );
+
+    // missing: rows on one side only are copied, differing rows are left and reported
+    a.execute("SELECT sync_link_table('c', copy => 'missing')", &[])
+        .unwrap();
+    assert_eq!(rows_of(&mut a, "c").0, 150);
+    assert_eq!(rows_of(&mut b, "c").0, 150);
+    let differing: Vec<i64> = a
+        .query(
+            "SELECT (key->>'id')::int8, kind FROM sync_diff('c') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r.get::<_, String>(1), "differs");
+            r.get(0)
+        })
+        .collect();
+    assert_eq!(differing, vec![60, 61, 62, 63, 64]);
+
+    // to_peer / from_peer: one copy becomes the other, then changes flow as usual
+    a.execute("SELECT sync_link_table('d', copy => 'to_peer')", &[])
+        .unwrap();
+    assert_eq!(rows_of(&mut b, "d"), rows_of(&mut a, "d"));
+    assert_eq!(rows_of(&mut a, "d").0, 100);
+    a.execute("SELECT sync_link_table('e', copy => 'from_peer')", &[])
+        .unwrap();
+    assert_eq!(rows_of(&mut a, "e"), rows_of(&mut b, "e"));
+    assert_eq!(rows_of(&mut a, "e").0, 100);
+    a.execute("UPDATE e SET v = 'after' WHERE id = 150", &[])
+        .unwrap();
+    assert_eq!(rows_of(&mut a, "e"), rows_of(&mut b, "e"));
+    for c in [&mut a, &mut b] {
+        assert_eq!(
+            c.query_one("SELECT count(*) FROM synclink.outbox", &[])
+                .unwrap()
+                .get::<_, i64>(0),
+            0
+        );
+    }
+}
