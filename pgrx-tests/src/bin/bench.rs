@@ -6,11 +6,13 @@
 //!   single: single-row INSERT transactions per second from 4 pgbench clients
 //!   drain:  how fast the background worker delivers a backlog of queued changes
 //!   ids:    insert cost per row with an own, a shared and an interleaved sequence
+//!   diff:   sync_diff and sync_reconcile of a 1,000,000-row table with 100 differences
 //!
 //! Variants run in rotating order within each round and every ratio is taken against the
 //! unlinked figure of the same round, so machine noise hits all of them alike.
 //! Run with `make bench` (installs the release build first). BENCH_ROUNDS, BENCH_SECONDS,
-//! BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATE, BENCH_LAG_SAMPLES and BENCH_SEQ_ROWS tune it.
+//! BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATE, BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS and
+//! BENCH_DIFF_ROWS tune it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -309,6 +311,43 @@ fn main() {
     );
 
     sequences(&mut a, &mut b, rounds);
+    diff(&mut a, &mut b);
+}
+
+/// sync_diff over a large table with a few scattered differences, and sync_reconcile of them.
+fn diff(a: &mut postgres::Client, b: &mut postgres::Client) {
+    let rows = env_or("BENCH_DIFF_ROWS", 1_000_000);
+    let ddl = "CREATE TABLE diffed (id int PRIMARY KEY, v text NOT NULL, n int, at timestamptz)";
+    a.batch_execute(ddl).unwrap();
+    b.batch_execute(ddl).unwrap();
+    let fill = format!(
+        "INSERT INTO diffed SELECT g, 'row ' || g, g % 100, \
+                timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second' \
+           FROM generate_series(1, {rows}) g"
+    );
+    a.batch_execute(&fill).unwrap();
+    b.batch_execute(&fill).unwrap();
+    let step = (rows / 100).max(1);
+    b.batch_execute(&format!(
+        "UPDATE diffed SET v = 'changed' WHERE id % {step} = 7"
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let found = count(a, "SELECT count(*) FROM sync_diff('diffed')");
+    let took = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let repaired = count(a, "SELECT sync_reconcile('diffed')");
+    let repair_took = started.elapsed().as_secs_f64();
+    assert_eq!(found, repaired);
+    assert_eq!(count(a, "SELECT count(*) FROM sync_diff('diffed')"), 0);
+    println!();
+    println!("sync_diff of a {rows}-row table with {found} scattered differences");
+    println!(
+        "  sync_diff {:.2} s ({:.0} rows/s compared), sync_reconcile {:.2} s",
+        took,
+        rows as f64 / took,
+        repair_took
+    );
 }
 
 /// Insert cost per row on the non-owning node, for a column whose default is the table's own
