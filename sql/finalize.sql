@@ -19,6 +19,11 @@ $$;
 CREATE TRIGGER receive_done AFTER INSERT ON synclink.inbox
     FOR EACH STATEMENT EXECUTE FUNCTION synclink.receive_done();
 
+-- Whatever queued changes (an async capture function, a sync write that could not reach
+-- its peer), the delivery worker is woken when the transaction commits.
+CREATE TRIGGER queued AFTER INSERT ON synclink.outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION synclink.queued();
+
 -- A peer asking this node to set up or remove its half of a link.
 CREATE FUNCTION synclink.serve_request() RETURNS trigger
     LANGUAGE plpgsql

@@ -70,6 +70,13 @@ pub fn current_origin() -> Option<String> {
     APPLYING.with(|a| a.borrow().as_ref().map(|x| x.origin.clone()))
 }
 
+/// The node the change being applied right now started on; NULL outside an apply. Async
+/// capture functions record it as the origin of what they queue.
+#[pg_extern(stable, parallel_restricted, schema = "synclink")]
+fn applying_origin() -> Option<String> {
+    current_origin()
+}
+
 /// True while synclink applies a change that came from, or started on, `node`.
 #[pg_extern(stable, parallel_restricted, schema = "synclink")]
 fn applying_from(node: &str) -> bool {

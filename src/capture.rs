@@ -20,6 +20,11 @@ pub struct CaptureSpec<'a> {
     /// changes the key is sent as old/new pairs found through it, so the peer updates its row
     /// in place (keeping its excluded columns) instead of deleting and inserting it.
     pub pair_by: Option<&'a [String]>,
+    /// async mode: records go straight into the outbox from the capture function; sync mode
+    /// hands them to synclink.ship(), which sends them or queues them
+    pub queue_only: bool,
+    /// this node's name: the origin of a change unless it is being applied from elsewhere
+    pub node: &'a str,
 }
 
 /// `ROW(alias."a", alias."b")::synclink."t_row"` for the link's wire columns.
@@ -43,16 +48,54 @@ fn chunks(spec: &CaptureSpec, source: &str, filter: &str) -> String {
 }
 
 fn ship_loop(spec: &CaptureSpec, query: &str, op: char, new_or_old: &str) -> String {
-    let args = if new_or_old == "new" {
-        "part.rows, NULL"
-    } else {
-        "NULL, part.rows"
+    let args = match new_or_old {
+        "new" => "part.rows, NULL",
+        "old" => "NULL, part.rows",
+        _ => "part.new_rows, part.old_rows",
     };
+    if spec.queue_only {
+        // (not "part": that is the loop variable of the sync branch, and PL/pgSQL would read
+        // part.rows as it)
+        return format!(
+            "        INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows)\n\
+             \x20       SELECT {peer}, {id}, {origin}, '{op}', {args}\n\
+             \x20         FROM ({query}) chunk;\n",
+            peer = literal(spec.peer_name),
+            id = spec.link_id,
+            origin = origin_sql(spec),
+            args = args.replace("part.", "chunk."),
+        );
+    }
     format!(
         "        FOR part IN\n            {query}\n        LOOP\n            \
          PERFORM synclink.ship({}, '{op}', {args});\n        END LOOP;\n",
         spec.link_id
     )
+}
+
+/// The origin a queued change carries: the node it started on.
+fn origin_sql(spec: &CaptureSpec) -> String {
+    format!(
+        "coalesce(synclink.applying_origin(), {})",
+        literal(spec.node)
+    )
+}
+
+fn truncate_sql(spec: &CaptureSpec) -> String {
+    if spec.queue_only {
+        format!(
+            "        INSERT INTO synclink.outbox (peer_name, link_id, origin, op)\n\
+             \x20       VALUES ({}, {}, {}, 'T');\n",
+            literal(spec.peer_name),
+            spec.link_id,
+            origin_sql(spec)
+        )
+    } else {
+        format!(
+            "        PERFORM synclink.ship({}, 'T', NULL, NULL);\n",
+            spec.link_id
+        )
+    }
 }
 
 pub fn function_sql(spec: &CaptureSpec) -> String {
@@ -78,19 +121,21 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
     };
     let rekey = match &paired {
         Some((pk_match, old_key, new_key)) => format!(
-            "        -- Rows whose match key changed, paired through the table's own primary key.\n\
-             \x20       FOR part IN\n\
-             \x20           SELECT array_agg(p.o ORDER BY p.i)::text AS old_rows, array_agg(p.n ORDER BY p.i)::text AS new_rows\n\
-             \x20             FROM (SELECT {old_row} AS o, {new_row} AS n, row_number() OVER () AS i\n\
-             \x20                     FROM old_rows s JOIN new_rows n ON {pk_match}\n\
-             \x20                    WHERE ({old_key}) IS DISTINCT FROM ({new_key})) p\n\
-             \x20            GROUP BY (p.i - 1) / {CHUNK_ROWS}\n\
-             \x20       LOOP\n\
-             \x20           PERFORM synclink.ship({id}, 'R', part.new_rows, part.old_rows);\n\
-             \x20       END LOOP;\n",
-            old_row = row_expr(spec, "s"),
-            new_row = row_expr(spec, "n"),
-            id = spec.link_id,
+            "        -- Rows whose match key changed, paired through the table's own primary key.\n{}",
+            ship_loop(
+                spec,
+                &format!(
+                    "SELECT array_agg(p.o ORDER BY p.i)::text AS old_rows, array_agg(p.n ORDER BY p.i)::text AS new_rows\n\
+                     \x20             FROM (SELECT {old_row} AS o, {new_row} AS n, row_number() OVER () AS i\n\
+                     \x20                     FROM old_rows s JOIN new_rows n ON {pk_match}\n\
+                     \x20                    WHERE ({old_key}) IS DISTINCT FROM ({new_key})) p\n\
+                     \x20            GROUP BY (p.i - 1) / {CHUNK_ROWS}",
+                    old_row = row_expr(spec, "s"),
+                    new_row = row_expr(spec, "n"),
+                ),
+                'R',
+                "both",
+            )
         ),
         None => String::new(),
     };
@@ -120,8 +165,7 @@ BEGIN
         -- statement, so a key that moved into another chunk is never deleted after its upsert.
 {rekey}{vanish}{update}    ELSIF TG_OP = 'DELETE' THEN
 {delete}    ELSE
-        PERFORM synclink.ship({id}, 'T', NULL, NULL);
-    END IF;
+{truncate}    END IF;
     RETURN NULL;
 END
 $synclink$"#,
@@ -132,6 +176,7 @@ $synclink$"#,
         row_type = spec.row_type,
         insert = ship_loop(spec, &chunks(spec, "new_rows", ""), 'I', "new"),
         rekey = rekey,
+        truncate = truncate_sql(spec),
         vanish = ship_loop(spec, &chunks(spec, "old_rows", &vanished), 'K', "old"),
         update = ship_loop(spec, &chunks(spec, "new_rows", ""), 'U', "new"),
         delete = ship_loop(spec, &chunks(spec, "old_rows", ""), 'D', "old"),
@@ -185,6 +230,8 @@ mod tests {
             columns: cols,
             key,
             pair_by: None,
+            queue_only: false,
+            node: "shop_abc123",
         }
     }
 
@@ -231,6 +278,31 @@ mod tests {
             sql.find("'R'").unwrap() < sql.find("'K'").unwrap(),
             "re-key before removals"
         );
+    }
+
+    #[test]
+    fn async_capture_writes_the_outbox_itself() {
+        let cols = vec!["id".to_string(), "v".to_string()];
+        let key = vec!["id".to_string()];
+        let mut s = spec(&cols, &key);
+        s.queue_only = true;
+        let sql = function_sql(&s);
+        assert!(!sql.contains("synclink.ship("), "{sql}");
+        for op in [
+            "'I', part.rows, NULL",
+            "'U', part.rows, NULL",
+            "'K', NULL, part.rows",
+            "'D', NULL, part.rows",
+        ] {
+            assert!(
+                sql.contains(&format!(
+                    "SELECT 'b', 7, coalesce(synclink.applying_origin(), 'shop_abc123'), {op}"
+                )),
+                "{op} in\n{sql}"
+            );
+        }
+        assert!(sql
+            .contains("VALUES ('b', 7, coalesce(synclink.applying_origin(), 'shop_abc123'), 'T')"));
     }
 
     #[test]

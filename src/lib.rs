@@ -49,6 +49,16 @@ mod synclink {
         crate::apply::receive(trigger);
         Ok(None)
     }
+
+    /// The outbox's statement trigger (sql/finalize.sql): wakes the delivery worker at commit
+    /// and watches the backlog, whoever queued the changes.
+    #[pg_trigger]
+    fn queued<'a>(
+        _trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+        crate::queue::after_queueing();
+        Ok(None)
+    }
 }
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

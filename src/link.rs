@@ -393,6 +393,8 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
         columns: &columns,
         key,
         pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, key)),
+        queue_only: mode == "async",
+        node: &crate::node::local_name(),
     };
     Spi::run(&capture::function_sql(&spec)).unwrap();
     Spi::run(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC")).unwrap();

@@ -26,7 +26,7 @@ static RETRY_INTERVAL_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(5
 static WRITER_FLUSH_LIMIT: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 static BACKLOG_WARNING: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100_000);
 
-const BACKLOG_CHECK_EVERY: i64 = 1000;
+const BACKLOG_CHECK_EVERY: u64 = 1000;
 
 pub fn init_gucs() {
     pgrx::GucRegistry::define_int_guc(
@@ -52,7 +52,7 @@ pub fn init_gucs() {
     pgrx::GucRegistry::define_int_guc(
         c"synclink.backlog_warning",
         c"Queued changes for one peer above which queueing raises a WARNING.",
-        c"Checked every 1000 queued changes; 0 turns the warning off.",
+        c"Checked by a session's first statement that queues changes and every 1000th after it; 0 turns the warning off.",
         &BACKLOG_WARNING,
         0,
         i32::MAX,
@@ -167,16 +167,16 @@ pub fn enqueue(
     old_rows: Option<&str>,
     reason: Option<&str>,
 ) {
-    // Planned once per backend: in async mode this runs for every statement the application
-    // makes on a linked table.
-    let seq = ENQUEUE.with(|plan| {
+    // Planned once per backend: while a peer is down, every sync-mode statement on a linked
+    // table comes here. (Async capture functions insert into the outbox themselves.)
+    ENQUEUE.with(|plan| {
         let mut plan = plan.borrow_mut();
         Spi::connect_mut(|c| {
             let stmt = plan.get_or_insert_with(|| {
                 let text = PgOid::from(pg_sys::TEXTOID);
                 c.prepare_mut(
                     "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, reason) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     &[
                         text,
                         PgOid::from(pg_sys::INT4OID),
@@ -203,26 +203,46 @@ pub fn enqueue(
                     reason.into(),
                 ],
             )
-            .unwrap()
-            .first()
-            .get::<i64>(1)
-            .unwrap()
-            .expect("the outbox returns the seq it gave")
+            .unwrap();
         })
     });
+}
+
+thread_local! {
+    static QUEUED_STATEMENTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// After every statement that queued changes (the outbox's statement trigger): wake the
+/// delivery worker at commit, and now and then say so when a queue grows past
+/// synclink.backlog_warning. Counting the queue on every change would cost more than
+/// queueing it; a backend's first queueing statement and every BACKLOG_CHECK_EVERY-th after
+/// it look.
+pub fn after_queueing() {
     crate::worker::wake_at_commit();
-    // Counting the queue on every change would cost more than queueing it; every
-    // BACKLOG_CHECK_EVERY-th seq is often enough for a warning about growth.
     let limit = BACKLOG_WARNING.get() as i64;
-    if limit > 0 && seq % BACKLOG_CHECK_EVERY == 0 {
-        let n = queued(peer);
-        if n > limit {
-            warning(
-                &format!("{n} changes are queued for peer \"{peer}\""),
-                "Check sync_status for the peer's last error; the queue drains once it is reachable. \
-                 synclink.backlog_warning sets this threshold.",
-            );
-        }
+    let n = QUEUED_STATEMENTS.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    if limit <= 0 || !(n - 1).is_multiple_of(BACKLOG_CHECK_EVERY) {
+        return;
+    }
+    let backlogs: Vec<(String, i64)> = Spi::connect(|c| {
+        c.select(
+            "SELECT peer_name, count(*) FROM synclink.outbox GROUP BY 1 HAVING count(*) > $1",
+            None,
+            &[limit.into()],
+        )
+        .unwrap()
+        .map(|r| (r.get(1).unwrap().unwrap(), r.get(2).unwrap().unwrap()))
+        .collect()
+    });
+    for (peer, n) in backlogs {
+        warning(
+            &format!("{n} changes are queued for peer \"{peer}\""),
+            "Check sync_status for the peer's last error; the queue drains once it is reachable. \
+             synclink.backlog_warning sets this threshold.",
+        );
     }
 }
 

@@ -446,3 +446,33 @@ fn a_sender_crashing_mid_delivery_delivers_once_in_effect() {
     );
     assert_eq!(same(&mut a, &mut b), 1000);
 }
+
+/// The queue does not grow silently: past synclink.backlog_warning, queueing says so.
+#[test]
+fn a_growing_backlog_raises_a_warning() {
+    let (p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    a.batch_execute(
+        "DO $$ BEGIN FOR i IN 1..120 LOOP INSERT INTO t VALUES (i, 'queued'); END LOOP; END $$",
+    )
+    .unwrap();
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = warnings.clone();
+    let mut c =
+        p.a.socket_conninfo(&p.db)
+            .parse::<postgres::Config>()
+            .unwrap()
+            .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
+            .connect(postgres::NoTls)
+            .unwrap();
+    c.batch_execute("SET synclink.backlog_warning = 100; INSERT INTO t VALUES (1000, 'one more')")
+        .unwrap();
+    let got = warnings.lock().unwrap().clone();
+    assert!(
+        got.iter()
+            .any(|m| m == "121 changes are queued for peer \"b\""),
+        "{got:?}"
+    );
+}
