@@ -289,10 +289,10 @@ mod tests {
         let sql = function_sql(&s);
         assert!(!sql.contains("synclink.ship("), "{sql}");
         for op in [
-            "'I', part.rows, NULL",
-            "'U', part.rows, NULL",
-            "'K', NULL, part.rows",
-            "'D', NULL, part.rows",
+            "'I', chunk.rows, NULL",
+            "'U', chunk.rows, NULL",
+            "'K', NULL, chunk.rows",
+            "'D', NULL, chunk.rows",
         ] {
             assert!(
                 sql.contains(&format!(
