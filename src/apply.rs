@@ -137,7 +137,8 @@ pub fn merged_upsert_sql(spec: &ApplySpec) -> String {
     )
 }
 
-fn upsert_from(spec: &ApplySpec, source: &str) -> String {
+/// The upsert of rows read from `source` (aliased r).
+pub fn upsert_from(spec: &ApplySpec, source: &str) -> String {
     let cols = join(spec.columns, ", ", |c| ident(c));
     let select = join(spec.columns, ", ", |c| format!("r.{}", ident(c)));
     let keys = join(spec.key, ", ", |c| ident(c));

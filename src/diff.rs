@@ -134,29 +134,18 @@ impl Shape {
             format!("t.{k} = {alias}.{k}", k = ident(k))
         })
     }
+    /// Every column is compared as text: json and other types without '=' may be among them.
     fn upsert_sql(&self) -> String {
-        let cols = join(&self.columns, ", ", |c| ident(c));
-        let rest: Vec<String> = self
-            .columns
-            .iter()
-            .filter(|c| !self.key.contains(c))
-            .cloned()
-            .collect();
-        let action = if rest.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            format!(
-                "DO UPDATE SET {}",
-                join(&rest, ", ", |c| format!("{c} = EXCLUDED.{c}", c = ident(c)))
-            )
-        };
-        format!(
-            "INSERT INTO {table} AS t ({cols}) OVERRIDING SYSTEM VALUE \
-             SELECT {select} FROM jsonb_populate_recordset(NULL::{table}, $1) r \
-             ON CONFLICT ({keys}) {action}",
-            table = self.table_sql(),
-            select = join(&self.columns, ", ", |c| format!("r.{}", ident(c))),
-            keys = join(&self.key, ", ", |c| ident(c)),
+        let table = self.table_sql();
+        crate::apply::upsert_from(
+            &crate::apply::ApplySpec {
+                table: table.clone(),
+                row_type: "",
+                columns: &self.columns,
+                key: &self.key,
+                text_compare: &self.columns,
+            },
+            &format!("jsonb_populate_recordset(NULL::{table}, $1) r"),
         )
     }
     fn delete_sql(&self) -> String {

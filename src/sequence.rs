@@ -133,6 +133,21 @@ const SEQ_COLUMN_SQL: &str =
        JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
       WHERE dep.refclassid = 'pg_class'::regclass";
 
+/// A row of SEQ_COLUMN_SQL's (or shared_columns') columns, in that order.
+fn seq_column(r: &pgrx::spi::SpiHeapTupleData) -> SeqColumn {
+    SeqColumn {
+        seq: r.get(1).unwrap().unwrap(),
+        seq_name: r.get(2).unwrap().unwrap(),
+        relid: r.get(3).unwrap().unwrap(),
+        schema: r.get(4).unwrap().unwrap(),
+        table: r.get(5).unwrap().unwrap(),
+        column: r.get(6).unwrap().unwrap(),
+        default_expr: r.get(7).unwrap().unwrap(),
+        increment: r.get(8).unwrap().unwrap(),
+        shown: r.get(9).unwrap().unwrap(),
+    }
+}
+
 fn seq_columns(filter: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<SeqColumn> {
     Spi::connect(|c| {
         c.select(
@@ -141,17 +156,7 @@ fn seq_columns(filter: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<SeqColum
             args,
         )
         .unwrap()
-        .map(|r| SeqColumn {
-            seq: r.get(1).unwrap().unwrap(),
-            seq_name: r.get(2).unwrap().unwrap(),
-            relid: r.get(3).unwrap().unwrap(),
-            schema: r.get(4).unwrap().unwrap(),
-            table: r.get(5).unwrap().unwrap(),
-            column: r.get(6).unwrap().unwrap(),
-            default_expr: r.get(7).unwrap().unwrap(),
-            increment: r.get(8).unwrap().unwrap(),
-            shown: r.get(9).unwrap().unwrap(),
-        })
+        .map(|r| seq_column(&r))
         .collect()
     })
 }
@@ -556,17 +561,7 @@ fn shared_columns(filter: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<SeqCo
             args,
         )
         .unwrap()
-        .map(|r| SeqColumn {
-            seq: r.get(1).unwrap().unwrap(),
-            seq_name: r.get(2).unwrap().unwrap(),
-            relid: r.get(3).unwrap().unwrap(),
-            schema: r.get(4).unwrap().unwrap(),
-            table: r.get(5).unwrap().unwrap(),
-            column: r.get(6).unwrap().unwrap(),
-            default_expr: r.get(7).unwrap().unwrap(),
-            increment: r.get(8).unwrap().unwrap(),
-            shown: r.get(9).unwrap().unwrap(),
-        })
+        .map(|r| seq_column(&r))
         .collect()
     })
 }
