@@ -53,10 +53,10 @@ CREATE TRIGGER forget_answered AFTER INSERT ON synclink.request
 
 -- The data path is not for application roles: with these an ordinary role could write rows
 -- that are never captured, or send rows to a peer that were never written here.
-REVOKE ALL ON FUNCTION synclink.apply(text, text, text, text, "char", text, text, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION synclink.apply(text, text, text, text, "char", text, text, bigint, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.apply_pending() FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.shared_nextval(oid, text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION synclink.ship(integer, "char", text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION synclink.ship(integer, "char", text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb) FROM PUBLIC;
 
 -- One row per link. Queue figures are the link's own; delivery counters and errors are the
@@ -80,6 +80,13 @@ SELECT l.relid            AS "table",
        l.key_columns      AS key,
        l.columns,
        l.excluded,
+       CASE l.conflict WHEN 'prefer_node' THEN 'prefer_node: ' || l.prefer_node
+                       WHEN 'last_write_wins' THEN 'last_write_wins'
+                            || coalesce(' by ' || l.version_column, '')
+                       ELSE l.conflict END AS conflict,
+       (SELECT count(*) FROM synclink.conflict c WHERE c.link_id = l.link_id) AS conflicts,
+       (SELECT count(*) FROM synclink.conflict c
+         WHERE c.link_id = l.link_id AND c.outcome = 'open') AS open_conflicts,
        l.initiator,
        p.conninfo,
        l.created_at

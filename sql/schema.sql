@@ -51,8 +51,27 @@ CREATE TABLE synclink.link (
     row_type         text NOT NULL,
     capture_function text NOT NULL,
     triggers         text[] NOT NULL,
+    -- Per key, the version of the row here: who wrote it last, when (see synclink.stamp).
+    version_table    text NOT NULL,
+    conflict         text NOT NULL DEFAULT 'last_write_wins'
+                     CHECK (conflict IN ('last_write_wins', 'prefer_node', 'manual')),
+    prefer_node      text CHECK ((conflict = 'prefer_node') = (prefer_node IS NOT NULL)),
+    version_column   text,  -- last_write_wins compares it first when both rows exist
     created_at       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (relid, peer_name)
+);
+
+-- Each row a change record carries has a stamp at the same position: the version the change
+-- gives the row and the version the row had before it on the sending node. A receiver whose
+-- own version of the row is not that base has changed the row meanwhile: a conflict.
+-- Versions are (microseconds since 1970, node), bumped past the previous version of the row,
+-- so they only grow per key and both nodes order any two of them alike.
+CREATE TYPE synclink.stamp AS (
+    at        bigint,
+    node      text,
+    base_at   bigint,
+    base_node text,
+    op        "char"
 );
 
 -- Where peers deliver changes. Rows are applied by a BEFORE trigger and never stored,
@@ -68,7 +87,8 @@ CREATE TABLE synclink.inbox (
     new_rows      text,
     old_rows      text,
     seq           bigint,
-    floor_seq     bigint
+    floor_seq     bigint,
+    stamps        text  -- synclink.stamp[], one per row of new_rows (or of old_rows for a delete)
 );
 
 -- Changes waiting for a peer: every change in async mode, and in sync mode every change made
@@ -85,6 +105,7 @@ CREATE TABLE synclink.outbox (
     op        "char" NOT NULL,
     new_rows  text,
     old_rows  text,
+    stamps    text,
     queued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     reason    text  -- the error that sent this change here; NULL when it queued behind others
 );
@@ -133,5 +154,45 @@ CREATE TABLE synclink.shared_sequence (
     created_at         timestamptz NOT NULL DEFAULT now()
 );
 
+-- Every conflict a change from a peer met here, and what became of it. Each node logs what it
+-- saw: the row here and the row the peer sent. outcome: 'applied' (the peer's row won),
+-- 'kept' (the row here won), 'open' (manual: waiting for sync_resolve), 'resolved',
+-- 'superseded' (a newer conflict on the same row replaced it), 'remembered' (the same two
+-- rows were resolved before; that choice was applied again).
+CREATE TABLE synclink.conflict (
+    conflict_id  bigserial PRIMARY KEY,
+    link_id      int NOT NULL,
+    relid        regclass NOT NULL,
+    peer_name    text NOT NULL,
+    key          jsonb NOT NULL,
+    kind         text NOT NULL CHECK (kind IN ('insert_exists', 'update_changed', 'update_missing',
+                                               'delete_changed', 'delete_missing')),
+    policy       text NOT NULL,
+    local_row    jsonb,  -- NULL: no row here
+    peer_row     jsonb,  -- NULL: the peer deleted it
+    columns      text[] NOT NULL,  -- columns whose values differ
+    local_version synclink.stamp,
+    peer_version  synclink.stamp,
+    outcome      text NOT NULL CHECK (outcome IN ('applied', 'kept', 'open', 'resolved',
+                                                  'superseded', 'remembered')),
+    detected_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    resolved_at  timestamptz,
+    resolved_by  text,       -- the node where sync_resolve was called
+    kept         text        -- the node whose row was kept by sync_resolve
+);
+CREATE INDEX conflict_open ON synclink.conflict (link_id, key) WHERE outcome = 'open';
+
+-- Choices made with sync_resolve, remembered so that the same two rows meeting again on the
+-- same key are not asked about again. Rows are named by a hash of their values.
+CREATE TABLE synclink.resolution (
+    link_id     int NOT NULL,
+    key         jsonb NOT NULL,
+    rows        text[] NOT NULL,  -- the two row hashes, sorted, so both nodes agree
+    kept        text NOT NULL,    -- the hash of the row that was kept
+    resolved_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (link_id, key, rows)
+);
+
 REVOKE ALL ON ALL TABLES IN SCHEMA synclink FROM PUBLIC;
-GRANT SELECT ON synclink.node, synclink.peer, synclink.link, synclink.shared_sequence TO PUBLIC;
+GRANT SELECT ON synclink.node, synclink.peer, synclink.link, synclink.shared_sequence,
+    synclink.conflict, synclink.resolution TO PUBLIC;

@@ -28,6 +28,8 @@ pub enum ApplyError {
     },
     #[error("unknown change operation \"{0}\"")]
     BadOp(String),
+    #[error("change record without row versions")]
+    Unstamped,
 }
 
 impl SqlError for ApplyError {
@@ -36,7 +38,7 @@ impl SqlError for ApplyError {
             ApplyError::UnknownSender(_) | ApplyError::NotLinked { .. } => {
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT
             }
-            ApplyError::BadOp(_) => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            ApplyError::BadOp(_) | ApplyError::Unstamped => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
         }
     }
     fn hint(&self) -> Option<String> {
@@ -47,7 +49,7 @@ impl SqlError for ApplyError {
             ApplyError::NotLinked { .. } => {
                 "Link the table again with sync_link_table() on either node.".into()
             }
-            ApplyError::BadOp(_) => {
+            ApplyError::BadOp(_) | ApplyError::Unstamped => {
                 "The sending node runs an incompatible synclink version.".into()
             }
         })
@@ -104,39 +106,6 @@ fn compared(spec: &ApplySpec, alias: &str, col: &str) -> String {
     }
 }
 
-/// Insert the rows; fails on a key that exists already.
-pub fn insert_sql(spec: &ApplySpec) -> String {
-    format!(
-        "INSERT INTO {table} ({cols}) OVERRIDING SYSTEM VALUE\nSELECT {select} FROM unnest($1::{row}[]) r",
-        table = spec.table,
-        cols = join(spec.columns, ", ", |c| ident(c)),
-        select = join(spec.columns, ", ", |c| format!("r.{}", ident(c))),
-        row = spec.row_type,
-    )
-}
-
-/// Insert the rows, or update the row with the same key when it differs.
-pub fn upsert_sql(spec: &ApplySpec) -> String {
-    upsert_from(spec, &format!("unnest($1::{}[]) r", spec.row_type))
-}
-
-/// The upsert for a run of records merged into one array, where a key can come more than
-/// once: its last version wins, and rows are written in the order their last versions came.
-pub fn merged_upsert_sql(spec: &ApplySpec) -> String {
-    let cols = join(spec.columns, ", ", |c| ident(c));
-    let keys = join(spec.key, ", ", |c| format!("r.{}", ident(c)));
-    upsert_from(
-        spec,
-        &format!(
-            "(SELECT DISTINCT ON ({keys}) r.*\n\
-             \x20   FROM unnest($1::{row}[]) WITH ORDINALITY AS r({cols}, \"synclink$ord\")\n\
-             \x20  ORDER BY {keys}, r.\"synclink$ord\" DESC) r\n\
-             ORDER BY r.\"synclink$ord\"",
-            row = spec.row_type,
-        ),
-    )
-}
-
 /// The upsert of rows read from `source` (aliased r).
 pub fn upsert_from(spec: &ApplySpec, source: &str) -> String {
     let cols = join(spec.columns, ", ", |c| ident(c));
@@ -186,26 +155,13 @@ pub fn rekey_sql(spec: &ApplySpec) -> String {
     )
 }
 
-/// Delete the rows whose key is in the record.
-pub fn delete_sql(spec: &ApplySpec) -> String {
-    format!(
-        "DELETE FROM {table} t USING unnest($1::{row}[]) r WHERE {cond}",
-        table = spec.table,
-        row = spec.row_type,
-        cond = join(spec.key, " AND ", |k| format!(
-            "t.{k} = r.{k}",
-            k = ident(k)
-        )),
-    )
-}
-
 /// A link's apply statements, planned once per backend. Link ids are never reused, so a
 /// cached entry can only go stale by its link being dropped, and then no record finds it.
 struct Compiled {
     table: String,
-    insert: OwnedPreparedStatement,
+    lock: OwnedPreparedStatement,
+    /// the checked apply of an upsert run and of a delete run (crate::conflict)
     upsert: OwnedPreparedStatement,
-    merged_upsert: OwnedPreparedStatement,
     delete: OwnedPreparedStatement,
     rekey: OwnedPreparedStatement,
 }
@@ -289,12 +245,30 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
     if let Some(c) = COMPILED.with(|m| m.borrow().get(&id).cloned()) {
         return c;
     }
-    let (row_type, columns, key) = Spi::get_three_with_args::<String, Vec<String>, Vec<String>>(
-        "SELECT row_type, columns, key_columns FROM synclink.link WHERE link_id = $1",
-        &[id.into()],
-    )
-    .unwrap();
-    let (row_type, columns, key) = (row_type.unwrap(), columns.unwrap(), key.unwrap());
+    let link = Spi::connect(|c| {
+        let r = c
+            .select(
+                "SELECT row_type, columns, key_columns, version_table, conflict, prefer_node, \
+                        version_column, peer_name FROM synclink.link WHERE link_id = $1",
+                None,
+                &[id.into()],
+            )
+            .unwrap()
+            .first();
+        (
+            r.get::<String>(1).unwrap().unwrap(),
+            r.get::<Vec<String>>(2).unwrap().unwrap(),
+            r.get::<Vec<String>>(3).unwrap().unwrap(),
+            r.get::<String>(4).unwrap().unwrap(),
+            crate::conflict::Policy::from_stored(
+                &r.get::<String>(5).unwrap().unwrap(),
+                r.get::<String>(6).unwrap(),
+                r.get::<String>(7).unwrap(),
+            ),
+            r.get::<String>(8).unwrap().unwrap(),
+        )
+    });
+    let (row_type, columns, key, version_table, policy, peer_name) = link;
     let text_compare = text_compare_columns(&row_type);
     let spec = ApplySpec {
         table: qualified(schema, table),
@@ -303,32 +277,29 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         key: &key,
         text_compare: &text_compare,
     };
-    let text = [PgOid::from(pg_sys::TEXTOID)];
-    let compiled = Spi::connect(|c| Compiled {
-        table: spec.table.clone(),
-        insert: c
-            .prepare_mut(insert_sql(&spec).as_str(), &text)
-            .unwrap()
-            .keep(),
-        upsert: c
-            .prepare_mut(upsert_sql(&spec).as_str(), &text)
-            .unwrap()
-            .keep(),
-        merged_upsert: c
-            .prepare_mut(merged_upsert_sql(&spec).as_str(), &text)
-            .unwrap()
-            .keep(),
-        delete: c
-            .prepare_mut(delete_sql(&spec).as_str(), &text)
-            .unwrap()
-            .keep(),
-        rekey: c
-            .prepare_mut(
-                rekey_sql(&spec).as_str(),
-                &[PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::TEXTOID)],
-            )
-            .unwrap()
-            .keep(),
+    let checked = crate::conflict::CheckedSpec {
+        apply: &spec,
+        link_id: id,
+        peer_name: &peer_name,
+        version_table: &version_table,
+        policy: &policy,
+    };
+    let text = PgOid::from(pg_sys::TEXTOID);
+    let compiled = Spi::connect(|c| {
+        let plan = |sql: String, args: &[PgOid]| c.prepare_mut(sql.as_str(), args).unwrap().keep();
+        Compiled {
+            table: spec.table.clone(),
+            lock: plan(crate::conflict::lock_sql(&spec), &[text]),
+            upsert: plan(
+                crate::conflict::checked_apply_sql(&checked, false),
+                &[text, text],
+            ),
+            delete: plan(
+                crate::conflict::checked_apply_sql(&checked, true),
+                &[text, text],
+            ),
+            rekey: plan(rekey_sql(&spec), &[text, text]),
+        }
     });
     let compiled = Rc::new(compiled);
     COMPILED.with(|m| m.borrow_mut().insert(id, compiled.clone()));
@@ -369,10 +340,21 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
     })
 }
 
-fn execute(stmt: &OwnedPreparedStatement, rows: &str) {
-    Spi::connect_mut(|c| {
-        c.update(stmt, None, &[rows.into()]).unwrap();
-    })
+/// Apply a run of upsert or delete rows with their stamps, conflicts decided and logged.
+fn apply_checked(plans: &Compiled, delete: bool, rows: &str, stamps: &str) {
+    let raced = Spi::connect_mut(|c| {
+        c.update(&plans.lock, None, &[rows.into()]).unwrap();
+        let stmt = if delete { &plans.delete } else { &plans.upsert };
+        c.update(stmt, None, &[rows.into(), stamps.into()])
+            .unwrap()
+            .first()
+            .get::<i64>(1)
+            .unwrap()
+            .unwrap_or(0)
+    });
+    if raced > 0 {
+        crate::conflict::concurrent_insert(&plans.table);
+    }
 }
 
 /// Run `f` with the apply marker set, so the capture triggers it fires know where the rows
@@ -401,6 +383,7 @@ struct Pending {
     seq: i64,
     floor: Option<i64>,
     rows: String,
+    stamps: String,
 }
 
 #[derive(Default)]
@@ -485,17 +468,17 @@ fn apply_pending() {
     for run in todo.chunk_by(|a, b| same_run(a, b)) {
         let first = run[0];
         let plans = compile(first.link, &first.schema, &first.table);
-        let stmt = match (first.upsert, run.len()) {
-            (true, 1) => &plans.upsert,
-            (true, _) => &plans.merged_upsert,
-            (false, _) => &plans.delete,
-        };
-        let rows = if run.len() == 1 {
-            first.rows.clone()
+        let (rows, stamps) = if run.len() == 1 {
+            (first.rows.clone(), first.stamps.clone())
         } else {
-            concat_arrays(run.iter().map(|p| p.rows.as_str()))
+            (
+                concat_arrays(run.iter().map(|p| p.rows.as_str())),
+                concat_arrays(run.iter().map(|p| p.stamps.as_str())),
+            )
         };
-        marked(&first.origin, &first.sender, || execute(stmt, &rows));
+        marked(&first.origin, &first.sender, || {
+            apply_checked(&plans, !first.upsert, &rows, &stamps)
+        });
     }
 }
 
@@ -517,6 +500,7 @@ pub fn receive(trigger: &PgTrigger) {
         old_rows.as_deref(),
         bigint("seq"),
         bigint("floor_seq"),
+        text("stamps").as_deref(),
     )
 }
 
@@ -534,6 +518,7 @@ fn apply(
     old_rows: Option<&str>,
     seq: default!(Option<i64>, "NULL"),
     floor_seq: default!(Option<i64>, "NULL"),
+    stamps: default!(Option<&str>, "NULL"),
 ) {
     apply_record(
         origin,
@@ -545,6 +530,7 @@ fn apply(
         old_rows,
         seq,
         floor_seq,
+        stamps,
     );
     apply_pending();
 }
@@ -560,8 +546,12 @@ fn apply_record(
     old_rows: Option<&str>,
     seq: Option<i64>,
     floor_seq: Option<i64>,
+    stamps: Option<&str>,
 ) {
     let id = link_id(sender, target_schema, target_table).or_raise();
+    if matches!(op as u8, b'I' | b'U' | b'D' | b'K') && stamps.is_none() {
+        crate::error::raise(ApplyError::Unstamped);
+    }
     // Queued records are held until the inbox statement ends (apply_pending): a delivery
     // brings hundreds of them, usually a row or two each.
     let held = match (op as u8, seq) {
@@ -580,6 +570,7 @@ fn apply_record(
             seq,
             floor: floor_seq,
             rows: rows.unwrap_or("{}").into(),
+            stamps: stamps.unwrap_or("{}").into(),
         });
         if full {
             apply_pending();
@@ -594,19 +585,10 @@ fn apply_record(
         }
     }
     let plans = compile(id, target_schema, target_table);
+    let stamps = stamps.unwrap_or("{}");
     marked(origin, sender, || match (op as u8, new_rows, old_rows) {
-        // Most inserts are new rows: a plain INSERT is a third cheaper than ON CONFLICT.
-        // A row that exists already takes the upsert.
-        (b'I', Some(rows), _) => {
-            if let Err(f) = crate::subxact::run(|| execute(&plans.insert, rows)) {
-                if f.sqlstate != PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION {
-                    crate::remote::reraise(f);
-                }
-                execute(&plans.upsert, rows);
-            }
-        }
-        (b'U', Some(rows), _) => execute(&plans.upsert, rows),
-        (b'D' | b'K', _, Some(rows)) => execute(&plans.delete, rows),
+        (b'I' | b'U', Some(rows), _) => apply_checked(&plans, false, rows, stamps),
+        (b'D' | b'K', _, Some(rows)) => apply_checked(&plans, true, rows, stamps),
         (b'R', Some(new), Some(old)) => Spi::connect_mut(|c| {
             c.update(&plans.rekey, None, &[old.into(), new.into()])
                 .unwrap();
@@ -625,19 +607,25 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// An ApplySpec for table t, row type r.
+    fn spec<'a>(cols: &'a [String], key: &'a [String], text: &'a [String]) -> ApplySpec<'a> {
+        ApplySpec {
+            table: "t".into(),
+            row_type: "r",
+            columns: cols,
+            key,
+            text_compare: text,
+        }
+    }
+
     #[test]
     fn upsert_updates_only_changed_rows() {
-        let cols = strings(&["id", "name", "doc"]);
-        let key = strings(&["id"]);
-        let tc = strings(&["doc"]);
-        let spec = ApplySpec {
-            table: "\"public\".\"p\"".into(),
-            row_type: "synclink.\"p_row\"",
-            columns: &cols,
-            key: &key,
-            text_compare: &tc,
-        };
-        let sql = upsert_sql(&spec);
+        let (cols, key, tc) = (
+            strings(&["id", "name", "doc"]),
+            strings(&["id"]),
+            strings(&["doc"]),
+        );
+        let sql = upsert_from(&spec(&cols, &key, &tc), "unnest($1::r[]) r");
         assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE SET \"name\" = EXCLUDED.\"name\", \"doc\" = EXCLUDED.\"doc\""), "{sql}");
         assert!(sql.contains("(t.\"name\", t.\"doc\"::text) IS DISTINCT FROM (EXCLUDED.\"name\", EXCLUDED.\"doc\"::text)"), "{sql}");
         assert!(sql.contains("OVERRIDING SYSTEM VALUE"));
@@ -646,14 +634,8 @@ mod tests {
     #[test]
     fn upsert_of_key_only_table_does_nothing_on_conflict() {
         let cols = strings(&["a", "b"]);
-        let spec = ApplySpec {
-            table: "t".into(),
-            row_type: "r",
-            columns: &cols,
-            key: &cols,
-            text_compare: &[],
-        };
-        assert!(upsert_sql(&spec).ends_with("ON CONFLICT (\"a\", \"b\") DO NOTHING"));
+        assert!(upsert_from(&spec(&cols, &cols, &[]), "x r")
+            .ends_with("ON CONFLICT (\"a\", \"b\") DO NOTHING"));
     }
 
     #[test]
@@ -667,41 +649,9 @@ mod tests {
     }
 
     #[test]
-    fn merged_upsert_keeps_the_last_version_of_a_key() {
-        let cols = strings(&["id", "name"]);
-        let key = strings(&["id"]);
-        let spec = ApplySpec {
-            table: "t".into(),
-            row_type: "r",
-            columns: &cols,
-            key: &key,
-            text_compare: &[],
-        };
-        let sql = merged_upsert_sql(&spec);
-        assert!(sql.contains("SELECT DISTINCT ON (r.\"id\") r.*"), "{sql}");
-        assert!(
-            sql.contains("WITH ORDINALITY AS r(\"id\", \"name\", \"synclink$ord\")"),
-            "{sql}"
-        );
-        assert!(
-            sql.contains("ORDER BY r.\"id\", r.\"synclink$ord\" DESC) r"),
-            "{sql}"
-        );
-        assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE"), "{sql}");
-    }
-
-    #[test]
     fn rekey_moves_rows_matched_by_their_old_key() {
-        let cols = strings(&["email", "name"]);
-        let key = strings(&["email"]);
-        let spec = ApplySpec {
-            table: "t".into(),
-            row_type: "r",
-            columns: &cols,
-            key: &key,
-            text_compare: &[],
-        };
-        let sql = rekey_sql(&spec);
+        let (cols, key) = (strings(&["email", "name"]), strings(&["email"]));
+        let sql = rekey_sql(&spec(&cols, &key, &[]));
         assert!(
             sql.starts_with("UPDATE t AS t SET \"email\" = n.\"email\", \"name\" = n.\"name\""),
             "{sql}"
@@ -714,19 +664,11 @@ mod tests {
     }
 
     #[test]
-    fn delete_matches_every_key_column() {
-        let cols = strings(&["a", "b", "v"]);
-        let key = strings(&["a", "b"]);
-        let spec = ApplySpec {
-            table: "t".into(),
-            row_type: "r",
-            columns: &cols,
-            key: &key,
-            text_compare: &[],
-        };
+    fn rows_are_locked_by_every_key_column() {
+        let (cols, key) = (strings(&["a", "b", "v"]), strings(&["a", "b"]));
         assert_eq!(
-            delete_sql(&spec),
-            "DELETE FROM t t USING unnest($1::r[]) r WHERE t.\"a\" = r.\"a\" AND t.\"b\" = r.\"b\""
+            crate::conflict::lock_sql(&spec(&cols, &key, &[])),
+            "SELECT FROM t t JOIN unnest($1::r[]) r ON t.\"a\" = r.\"a\" AND t.\"b\" = r.\"b\" FOR UPDATE OF t"
         );
     }
 }

@@ -25,6 +25,8 @@ pub struct CaptureSpec<'a> {
     pub queue_only: bool,
     /// this node's name: the origin of a change unless it is being applied from elsewhere
     pub node: &'a str,
+    /// the link's version table: per key, who changed the row last and when
+    pub version_table: &'a str,
 }
 
 /// `ROW(alias."a", alias."b")::synclink."t_row"` for the link's wire columns.
@@ -36,48 +38,85 @@ fn row_expr(spec: &CaptureSpec, alias: &str) -> String {
     )
 }
 
-/// The SELECT that turns `source` rows into chunked text arrays.
-fn chunks(spec: &CaptureSpec, source: &str, filter: &str) -> String {
-    format!(
-        "SELECT array_agg({row})::text AS rows\n\
-         \x20             FROM (SELECT *, (row_number() OVER () - 1) / {CHUNK_ROWS} AS \"synclink$part\"\n\
-         \x20                     FROM {source} s{filter}) r\n\
-         \x20            GROUP BY r.\"synclink$part\"",
-        row = row_expr(spec, "r"),
-    )
-}
-
-fn ship_loop(spec: &CaptureSpec, query: &str, op: char, new_or_old: &str) -> String {
-    let args = match new_or_old {
-        "new" => "part.rows, NULL",
-        "old" => "NULL, part.rows",
-        _ => "part.new_rows, part.old_rows",
+/// The statement that stamps `source` rows with new versions and turns them into chunked
+/// text arrays (`rows`, `stamps`), handed to `ship` (sync) or queued in the outbox (async).
+///
+/// Each row's new version is the capture time, bumped past the version the row had, so a
+/// node whose clock runs behind still orders its change after the one it overwrote. The
+/// previous version is read before the version table is written (all CTEs share one
+/// snapshot) and travels as the row's base.
+fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
+    let keys = join(spec.key, ", ", |k| ident(k));
+    let s_keys = join(spec.key, ", ", |k| format!("s.{}", ident(k)));
+    let matches = |alias: &str| {
+        join(spec.key, " AND ", |k| {
+            format!("{alias}.{k} = s.{k}", k = ident(k))
+        })
     };
+    let ctes = format!(
+        "WITH s AS (SELECT *, row_number() OVER () AS \"synclink$i\" FROM {source} s{filter}),\n\
+         \x20    b AS (SELECT s.\"synclink$i\", v.\"synclink$at\", v.\"synclink$node\"\n\
+         \x20            FROM s LEFT JOIN {vt} v ON {v_match}),\n\
+         \x20    v AS (INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\")\n\
+         \x20          SELECT {s_keys}, synclink$now, synclink$origin FROM s\n\
+         \x20          ON CONFLICT ({keys}) DO UPDATE\n\
+         \x20             SET \"synclink$at\" = greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1),\n\
+         \x20                 \"synclink$node\" = EXCLUDED.\"synclink$node\"\n\
+         \x20          RETURNING {keys}, \"synclink$at\", \"synclink$node\")",
+        vt = spec.version_table,
+        v_match = matches("v"),
+    );
+    let select = format!(
+        "SELECT array_agg({row} ORDER BY s.\"synclink$i\")::text AS rows,\n\
+         \x20      array_agg(ROW(v.\"synclink$at\", v.\"synclink$node\", b.\"synclink$at\", b.\"synclink$node\", '{op}')::synclink.stamp\n\
+         \x20                ORDER BY s.\"synclink$i\")::text AS stamps\n\
+         \x20 FROM s JOIN b USING (\"synclink$i\") JOIN v ON {v_match}\n\
+         \x20GROUP BY (s.\"synclink$i\" - 1) / {CHUNK_ROWS}",
+        row = row_expr(spec, "s"),
+        v_match = matches("v"),
+    );
     if spec.queue_only {
-        // (not "part": that is the loop variable of the sync branch, and PL/pgSQL would read
-        // part.rows as it)
+        let (new, old) = if matches!(op, 'I' | 'U') {
+            ("chunk.rows", "NULL")
+        } else {
+            ("NULL", "chunk.rows")
+        };
         return format!(
-            "        INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows)\n\
-             \x20       SELECT {peer}, {id}, {origin}, '{op}', {args}\n\
-             \x20         FROM ({query}) chunk;\n",
+            "        {ctes},\n\
+             \x20    chunk AS ({select})\n\
+             \x20       INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
+             \x20       SELECT {peer}, {id}, synclink$origin, '{op}', {new}, {old}, chunk.stamps FROM chunk;\n",
             peer = literal(spec.peer_name),
             id = spec.link_id,
-            origin = origin_sql(spec),
-            args = args.replace("part.", "chunk."),
         );
     }
+    let args = if matches!(op, 'I' | 'U') {
+        "part.rows, NULL"
+    } else {
+        "NULL, part.rows"
+    };
     format!(
-        "        FOR part IN\n            {query}\n        LOOP\n            \
-         PERFORM synclink.ship({}, '{op}', {args});\n        END LOOP;\n",
+        "        FOR part IN\n        {ctes}\n        {select}\n        LOOP\n            \
+         PERFORM synclink.ship({}, '{op}', {args}, part.stamps);\n        END LOOP;\n",
         spec.link_id
     )
 }
 
-/// The origin a queued change carries: the node it started on.
-fn origin_sql(spec: &CaptureSpec) -> String {
+/// The re-key pairs: old and new rows of an UPDATE that changed the match key.
+fn rekey_loop(spec: &CaptureSpec, query: &str) -> String {
+    if spec.queue_only {
+        return format!(
+            "        INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows)\n\
+             \x20       SELECT {peer}, {id}, synclink$origin, 'R', chunk.new_rows, chunk.old_rows\n\
+             \x20         FROM ({query}) chunk;\n",
+            peer = literal(spec.peer_name),
+            id = spec.link_id,
+        );
+    }
     format!(
-        "coalesce(synclink.applying_origin(), {})",
-        literal(spec.node)
+        "        FOR part IN\n            {query}\n        LOOP\n            \
+         PERFORM synclink.ship({}, 'R', part.new_rows, part.old_rows, NULL);\n        END LOOP;\n",
+        spec.link_id
     )
 }
 
@@ -85,14 +124,13 @@ fn truncate_sql(spec: &CaptureSpec) -> String {
     if spec.queue_only {
         format!(
             "        INSERT INTO synclink.outbox (peer_name, link_id, origin, op)\n\
-             \x20       VALUES ({}, {}, {}, 'T');\n",
+             \x20       VALUES ({}, {}, synclink$origin, 'T');\n",
             literal(spec.peer_name),
             spec.link_id,
-            origin_sql(spec)
         )
     } else {
         format!(
-            "        PERFORM synclink.ship({}, 'T', NULL, NULL);\n",
+            "        PERFORM synclink.ship({}, 'T', NULL, NULL, NULL);\n",
             spec.link_id
         )
     }
@@ -122,7 +160,7 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
     let rekey = match &paired {
         Some((pk_match, old_key, new_key)) => format!(
             "        -- Rows whose match key changed, paired through the table's own primary key.\n{}",
-            ship_loop(
+            rekey_loop(
                 spec,
                 &format!(
                     "SELECT array_agg(p.o ORDER BY p.i)::text AS old_rows, array_agg(p.n ORDER BY p.i)::text AS new_rows\n\
@@ -133,8 +171,6 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
                     old_row = row_expr(spec, "s"),
                     new_row = row_expr(spec, "n"),
                 ),
-                'R',
-                "both",
             )
         ),
         None => String::new(),
@@ -151,13 +187,17 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
 AS $synclink$
 -- Captures changes to {table} for peer {peer} (synclink link {id}).
 -- Made by sync_link_table(); sync_unlink_table() drops it.
--- Rows travel as {row_type}[] in text form, {CHUNK_ROWS} rows per change record at most.
--- The session settings above make that text mean the same on the receiving side.
+-- Rows travel as {row_type}[] in text form, {CHUNK_ROWS} rows per change record at most,
+-- each with a synclink.stamp: its new version and the one it replaced, kept per key in
+-- {version_table}. The session settings above make the text mean the same on the receiving side.
 -- The triggers' WHEN clause keeps changes synclink applies from this peer from being sent back.
 -- enable_nestloop is off because PL/pgSQL keeps the plans made for the first statement's
 -- transition tables: a nested loop chosen for 1 row would be quadratic for 100,000.
 DECLARE
     part record;
+    -- The origin of the change: this node, or the node a change being applied came from.
+    synclink$origin text := coalesce(synclink.applying_origin(), {node});
+    synclink$now bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
 BEGIN
     IF TG_OP = 'INSERT' THEN
 {insert}    ELSIF TG_OP = 'UPDATE' THEN
@@ -174,12 +214,14 @@ $synclink$"#,
         peer = literal(spec.peer_name),
         id = spec.link_id,
         row_type = spec.row_type,
-        insert = ship_loop(spec, &chunks(spec, "new_rows", ""), 'I', "new"),
+        version_table = spec.version_table,
+        node = literal(spec.node),
+        insert = stamped(spec, "new_rows", "", 'I'),
         rekey = rekey,
         truncate = truncate_sql(spec),
-        vanish = ship_loop(spec, &chunks(spec, "old_rows", &vanished), 'K', "old"),
-        update = ship_loop(spec, &chunks(spec, "new_rows", ""), 'U', "new"),
-        delete = ship_loop(spec, &chunks(spec, "old_rows", ""), 'D', "old"),
+        vanish = stamped(spec, "old_rows", &vanished, 'K'),
+        update = stamped(spec, "new_rows", "", 'U'),
+        delete = stamped(spec, "old_rows", "", 'D'),
     )
 }
 

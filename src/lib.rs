@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 
 mod apply;
 mod capture;
+mod conflict;
 mod conninfo;
 mod db;
 mod ddl;
@@ -123,8 +124,8 @@ mod tests {
     #[pg_test]
     fn the_data_path_is_closed_to_public() {
         let open = Spi::get_one::<i64>(
-            "SELECT count(*) FROM (VALUES ('synclink.apply(text,text,text,text,\"char\",text,text,bigint,bigint)'),
-                    ('synclink.ship(integer,\"char\",text,text)'), ('synclink.handle_request(text,text,jsonb)')) f(sig)
+            "SELECT count(*) FROM (VALUES ('synclink.apply(text,text,text,text,\"char\",text,text,bigint,bigint,text)'),
+                    ('synclink.ship(integer,\"char\",text,text,text)'), ('synclink.handle_request(text,text,jsonb)')) f(sig)
               WHERE has_function_privilege('public', sig, 'EXECUTE')",
         )
         .unwrap();

@@ -3,6 +3,7 @@
 //! up its half so one call links both directions.
 
 use crate::capture::{self, CaptureSpec};
+use crate::conflict::Policy;
 use crate::error::{notice, raise, OrRaise, SqlError};
 use crate::peer::{self, Peer, PeerError};
 use crate::remote::catching;
@@ -284,6 +285,17 @@ struct LinkRequest {
     /// columns neither sent nor overwritten; each node keeps its own values
     #[serde(default)]
     exclude: Vec<String>,
+    /// the conflict policy as stored (see crate::conflict::Policy::stored)
+    #[serde(default = "last_write_wins")]
+    conflict: String,
+    #[serde(default)]
+    prefer_node: Option<String>,
+    #[serde(default)]
+    version_column: Option<String>,
+}
+
+fn last_write_wins() -> String {
+    "last_write_wins".into()
 }
 
 fn sync_mode() -> String {
@@ -307,6 +319,7 @@ pub struct Link {
     pub row_type: String,
     pub capture_function: String,
     pub triggers: Vec<String>,
+    pub version_table: String,
 }
 
 fn load(where_sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Option<Link> {
@@ -314,7 +327,7 @@ fn load(where_sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Option<Link> {
         c.select(
             &format!(
                 "SELECT link_id, relid::oid, peer_name, peer_schema, peer_table, row_type, \
-                        capture_function, triggers FROM synclink.link WHERE {where_sql}"
+                        capture_function, triggers, version_table FROM synclink.link WHERE {where_sql}"
             ),
             None,
             &args,
@@ -330,6 +343,7 @@ fn load(where_sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Option<Link> {
             row_type: r.get(6).unwrap().unwrap(),
             capture_function: r.get(7).unwrap().unwrap(),
             triggers: r.get(8).unwrap().unwrap(),
+            version_table: r.get(9).unwrap().unwrap(),
         })
     })
 }
@@ -372,6 +386,7 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
     let base = format!("{}_{}", info.name, peer.name);
     let row_type = qualified("synclink", &free_name(&base, "row", id));
     let function = qualified("synclink", &free_name(&base, "capture", id));
+    let version_table = qualified("synclink", &free_name(&base, "version", id));
     // Our own column types, in the agreed order: the peer's text form is parsed into these.
     let attrs = join(wire, ", ", |w| {
         let local = info
@@ -382,6 +397,25 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
         format!("{} {}", ident(&w.name), local.wire.type_name)
     });
     Spi::run(&format!("CREATE TYPE {row_type} AS ({attrs})")).unwrap();
+    let type_of = |name: &String| {
+        let c = info.columns.iter().find(|c| &c.wire.name == name);
+        c.expect("validated key").wire.type_name.clone()
+    };
+    Spi::run(&format!(
+        "CREATE TABLE {version_table} ({keys}, \"synclink$at\" bigint NOT NULL, \
+         \"synclink$node\" text NOT NULL, PRIMARY KEY ({key_list}))",
+        keys = join(key, ", ", |k| format!("{} {}", ident(k), type_of(k))),
+        key_list = join(key, ", ", |k| ident(k)),
+    ))
+    .unwrap();
+    Spi::run(&format!(
+        "COMMENT ON TABLE {version_table} IS {}",
+        crate::sql::literal(&format!(
+            "synclink: per key of {}, the version of the row here (microseconds since 1970, node)",
+            info.display()
+        ))
+    ))
+    .unwrap();
     let columns: Vec<String> = wire.iter().map(|w| w.name.clone()).collect();
     let table = info.display();
     let spec = CaptureSpec {
@@ -395,6 +429,7 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
         pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, key)),
         queue_only: mode == "async",
         node: &crate::node::local_name(),
+        version_table: &version_table,
     };
     Spi::run(&capture::function_sql(&spec)).unwrap();
     Spi::run(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC")).unwrap();
@@ -405,8 +440,9 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
     }
     Spi::run_with_args(
         "INSERT INTO synclink.link (link_id, relid, peer_name, peer_schema, peer_table, columns, \
-             key_columns, initiator, row_type, capture_function, triggers, mode, excluded) \
-         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             key_columns, initiator, row_type, capture_function, triggers, mode, excluded, \
+             version_table, conflict, prefer_node, version_column) \
+         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         &[
             id.into(),
             info.oid.into(),
@@ -421,6 +457,10 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
             triggers.into(),
             mode.into(),
             req.exclude.clone().into(),
+            version_table.as_str().into(),
+            req.conflict.as_str().into(),
+            req.prefer_node.clone().into(),
+            req.version_column.clone().into(),
         ],
     )
     .unwrap();
@@ -445,6 +485,7 @@ fn drop_local(link: &Link) {
     ))
     .unwrap();
     Spi::run(&format!("DROP TYPE IF EXISTS {}", link.row_type)).unwrap();
+    Spi::run(&format!("DROP TABLE IF EXISTS {}", link.version_table)).unwrap();
     Spi::run_with_args(
         "DELETE FROM synclink.link WHERE link_id = $1",
         &[link.id.into()],
@@ -521,6 +562,7 @@ fn link_table(
     key: Option<Vec<String>>,
     exclude: Vec<String>,
     copy: &str,
+    conflict: (&str, Option<&str>),
 ) -> bool {
     crate::queue::check_mode(mode).or_raise();
     crate::diff::check_copy(copy).or_raise();
@@ -533,6 +575,16 @@ fn link_table(
     }
     let local = crate::node::local_name();
     info.check_excluded(&exclude, &local).or_raise();
+    let policy = Policy::parse(conflict.0, conflict.1, &local, &peer.node_name).or_raise();
+    let sent: Vec<String> = info
+        .wire_columns(&exclude)
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    if let Some(vc) = conflict.1 {
+        crate::conflict::check_version_column(relid, vc, &sent).or_raise();
+    }
+    let (conflict, prefer_node, version_column) = policy.stored();
     if find(relid, &peer.name).is_some() {
         notice(&format!(
             "table {} is already linked with peer \"{}\", skipping",
@@ -551,6 +603,9 @@ fn link_table(
         from_table: info.name.clone(),
         mode: mode.into(),
         exclude,
+        conflict: conflict.into(),
+        prefer_node,
+        version_column,
     };
     // Existing rows first, while neither side has its triggers yet: none of it is captured.
     crate::diff::copy_for_link(
@@ -570,7 +625,9 @@ fn link_table(
 /// Mirror a table with a peer, both directions. Returns false when it was already linked.
 /// `key`: match rows by these columns instead of the primary key; `exclude`: columns neither
 /// sent nor overwritten, each node keeping its own (a primary key that differs between the
-/// nodes, say); `copy`: bring the rows already there together first.
+/// nodes, say); `copy`: bring the rows already there together first; `conflict`: what happens
+/// when both nodes change a row before either change arrives (crate::conflict), with
+/// `version_column` as the first thing last_write_wins compares.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_link_table(
@@ -580,6 +637,8 @@ fn sync_link_table(
     key: default!(Option<Vec<String>>, "NULL"),
     exclude: default!(Option<Vec<String>>, "NULL"),
     copy: default!(&str, "'none'"),
+    conflict: default!(&str, "'last_write_wins'"),
+    version_column: default!(Option<&str>, "NULL"),
 ) -> bool {
     link_table(
         tbl.oid(),
@@ -588,6 +647,7 @@ fn sync_link_table(
         key,
         exclude.unwrap_or_default(),
         copy,
+        (conflict, version_column),
     )
 }
 
@@ -711,6 +771,12 @@ fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
             node,
             differences,
         });
+    }
+    if let Some(vc) = &req.version_column {
+        let sent: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
+        if let Err(e) = crate::conflict::check_version_column(oid, vc, &sent) {
+            raise(e);
+        }
     }
     if !info.unique_keys.iter().any(|k| same_set(k, &req.key)) {
         return Err(LinkError::KeyMismatch {

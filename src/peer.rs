@@ -241,7 +241,7 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
         ),
         format!(
             "CREATE FOREIGN TABLE {} (origin text, sender text, target_schema text, target_table text, \
-             op \"char\", new_rows text, old_rows text, seq bigint, floor_seq bigint) SERVER {srv} \
+             op \"char\", new_rows text, old_rows text, stamps text, seq bigint, floor_seq bigint) SERVER {srv} \
              OPTIONS (schema_name 'synclink', table_name 'inbox', batch_size '100')",
             peer.foreign("inbox")
         ),

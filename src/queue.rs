@@ -157,16 +157,16 @@ pub fn queued(peer: &str) -> i64 {
 }
 
 /// Put one change record in the outbox.
-#[allow(clippy::too_many_arguments)]
-pub fn enqueue(
-    peer: &str,
-    link_id: i32,
-    origin: &str,
-    op: i8,
-    new_rows: Option<&str>,
-    old_rows: Option<&str>,
-    reason: Option<&str>,
-) {
+/// One change record as the capture function hands it over.
+pub struct Change<'a> {
+    pub op: i8,
+    pub new_rows: Option<&'a str>,
+    pub old_rows: Option<&'a str>,
+    /// synclink.stamp[] in text form, one per row (NULL for 'T' and 'R')
+    pub stamps: Option<&'a str>,
+}
+
+pub fn enqueue(peer: &str, link_id: i32, origin: &str, change: &Change, reason: Option<&str>) {
     // Planned once per backend: while a peer is down, every sync-mode statement on a linked
     // table comes here. (Async capture functions insert into the outbox themselves.)
     ENQUEUE.with(|plan| {
@@ -175,13 +175,14 @@ pub fn enqueue(
             let stmt = plan.get_or_insert_with(|| {
                 let text = PgOid::from(pg_sys::TEXTOID);
                 c.prepare_mut(
-                    "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, reason) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps, reason) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     &[
                         text,
                         PgOid::from(pg_sys::INT4OID),
                         text,
                         PgOid::from(pg_sys::CHAROID),
+                        text,
                         text,
                         text,
                         text,
@@ -197,9 +198,10 @@ pub fn enqueue(
                     peer.into(),
                     link_id.into(),
                     origin.into(),
-                    op.into(),
-                    new_rows.into(),
-                    old_rows.into(),
+                    change.op.into(),
+                    change.new_rows.into(),
+                    change.old_rows.into(),
+                    change.stamps.into(),
                     reason.into(),
                 ],
             )
@@ -273,8 +275,8 @@ pub fn flush(peer: &Peer, limit: i64) -> Flushed {
         return Flushed::Busy;
     }
     let sql = format!(
-        "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows, seq, floor_seq) \
-         SELECT o.origin, $2, l.peer_schema, l.peer_table, o.op, o.new_rows, o.old_rows, o.seq, $3 \
+        "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows, stamps, seq, floor_seq) \
+         SELECT o.origin, $2, l.peer_schema, l.peer_table, o.op, o.new_rows, o.old_rows, o.stamps, o.seq, $3 \
            FROM synclink.outbox o JOIN synclink.link l USING (link_id) \
           WHERE o.peer_name = $4 AND o.seq BETWEEN $3 AND $5 AND o.seq = ANY($1) ORDER BY o.seq",
         peer.foreign("inbox")

@@ -2,7 +2,7 @@
 //! link's foreign table, inside the writer's transaction.
 
 use crate::error::{raise, SqlError};
-use crate::queue::{self, Flushed};
+use crate::queue::{self, Change, Flushed};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
@@ -81,8 +81,8 @@ fn route(link_id: i32) -> Rc<Route> {
     });
     let peer = crate::peer::find(&peer).unwrap();
     let sql = format!(
-        "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows, stamps) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         peer.foreign("inbox")
     );
     let text = PgOid::from(pg_sys::TEXTOID);
@@ -92,6 +92,7 @@ fn route(link_id: i32) -> Rc<Route> {
         text,
         text,
         PgOid::from(pg_sys::CHAROID),
+        text,
         text,
         text,
     ];
@@ -116,7 +117,7 @@ fn route(link_id: i32) -> Rc<Route> {
     r
 }
 
-fn send(r: &Route, origin: &str, op: i8, new_rows: Option<&str>, old_rows: Option<&str>) {
+fn send(r: &Route, origin: &str, change: &Change) {
     Spi::connect_mut(|c| {
         c.update(
             &r.insert,
@@ -126,9 +127,10 @@ fn send(r: &Route, origin: &str, op: i8, new_rows: Option<&str>, old_rows: Optio
                 r.node.as_str().into(),
                 r.target_schema.as_str().into(),
                 r.target_table.as_str().into(),
-                op.into(),
-                new_rows.into(),
-                old_rows.into(),
+                change.op.into(),
+                change.new_rows.into(),
+                change.old_rows.into(),
+                change.stamps.into(),
             ],
         )
         .unwrap();
@@ -146,12 +148,22 @@ fn send(r: &Route, origin: &str, op: i8, new_rows: Option<&str>, old_rows: Optio
 /// No SET search_path here: the capture functions, its only callers, pin it already, and a
 /// second GUC save and restore per statement is measurable on single-row writes.
 #[pg_extern(schema = "synclink")]
-fn ship(link_id: i32, op: i8, new_rows: Option<&str>, old_rows: Option<&str>) {
+fn ship(
+    link_id: i32,
+    op: i8,
+    new_rows: Option<&str>,
+    old_rows: Option<&str>,
+    stamps: Option<&str>,
+) {
     let r = route(link_id);
     let origin = crate::apply::current_origin().unwrap_or_else(|| r.node.clone());
-    let queue = |reason: Option<&str>| {
-        queue::enqueue(&r.peer, link_id, &origin, op, new_rows, old_rows, reason)
+    let change = Change {
+        op,
+        new_rows,
+        old_rows,
+        stamps,
     };
+    let queue = |reason: Option<&str>| queue::enqueue(&r.peer, link_id, &origin, &change, reason);
     if r.asynchronous {
         return queue(None);
     }
@@ -175,7 +187,7 @@ fn ship(link_id: i32, op: i8, new_rows: Option<&str>, old_rows: Option<&str>) {
     } else if down {
         return queue(None);
     }
-    match crate::subxact::run(|| send(&r, &origin, op, new_rows, old_rows)) {
+    match crate::subxact::run(|| send(&r, &origin, &change)) {
         Ok(()) => {}
         Err(f) if f.is_connection() => {
             queue::mark_down(&r.peer);
