@@ -121,3 +121,21 @@ AS $$ BEGIN PERFORM synclink.check_altered_tables(); END $$;
 CREATE EVENT TRIGGER synclink_check_altered_tables ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION synclink.on_alter_table();
+
+-- Open conflicts (policy manual), one row per differing column, for a person to review and
+-- settle with sync_resolve(conflict_id, keep => 'local' | 'peer' | <node name>).
+CREATE VIEW @extschema@.sync_conflicts AS
+SELECT c.conflict_id,
+       c.relid            AS "table",
+       c.peer_name        AS peer,
+       c.key,
+       c.kind,
+       col                AS "column",
+       c.local_row -> col AS local_value,
+       c.peer_row -> col  AS peer_value,
+       c.detected_at
+  FROM synclink.conflict c
+ CROSS JOIN LATERAL unnest(c.columns) col
+ WHERE c.outcome = 'open'
+ ORDER BY c.conflict_id, col;
+GRANT SELECT ON @extschema@.sync_conflicts TO PUBLIC;

@@ -49,7 +49,7 @@ impl SqlError for ConflictError {
             | ConflictError::VersionWithoutLww => ERRCODE_INVALID_PARAMETER_VALUE,
             ConflictError::NoVersionColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
             ConflictError::VersionNotOrdered { .. } => ERRCODE_UNDEFINED_FUNCTION,
-            ConflictError::NoSuchConflict(_) => ERRCODE_NO_DATA_FOUND,
+            ConflictError::NoSuchConflict(_) => ERRCODE_UNDEFINED_OBJECT,
             ConflictError::NotOpen { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             ConflictError::ConcurrentInsert { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
         }
@@ -203,7 +203,8 @@ pub fn lock_sql(spec: &ApplySpec) -> String {
 /// The statement that applies a run of records ($1 rows, $2 their stamps) as one: per key the
 /// last version sent is compared with the row here and the policy decides; winners are
 /// upserted (or deleted, for a delete run) and take the incoming version, conflicts are
-/// logged. It returns how many rows it expected to insert but found inserted meanwhile by
+/// logged. A version this node holds already is the same change delivered again and is
+/// skipped. It returns how many rows it expected to insert but found inserted meanwhile by
 /// someone else (the caller refuses the run then, so it is delivered again).
 pub fn checked_apply_sql(c: &CheckedSpec, delete: bool) -> String {
     let spec = c.apply;
@@ -322,7 +323,10 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool) -> String {
          \x20 SELECT m.*, t.{k0} IS NOT NULL AS \"synclink$exists\",\n\
          \x20        CASE WHEN t.{k0} IS NOT NULL THEN ROW({t_cols})::{row} END AS \"synclink$here\",\n\
          \x20        v.\"synclink$at\" AS \"synclink$here_at\", v.\"synclink$node\" AS \"synclink$here_node\",\n\
+         \x20        (v.\"synclink$at\", v.\"synclink$node\") IS NOT DISTINCT FROM (m.\"synclink$at\", m.\"synclink$node\")\n\
+         \x20            AS \"synclink$seen\",\n\
          \x20        (v.\"synclink$at\", v.\"synclink$node\") IS DISTINCT FROM (m.\"synclink$first_at\", m.\"synclink$first_node\")\n\
+         \x20        AND (v.\"synclink$at\", v.\"synclink$node\") IS DISTINCT FROM (m.\"synclink$at\", m.\"synclink$node\")\n\
          \x20            AS \"synclink$conflict\"\n\
          \x20   FROM m LEFT JOIN {table} t ON {t_on} LEFT JOIN {vt} v ON {v_on}\n\
          ), d AS (\n\
@@ -336,7 +340,7 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool) -> String {
          \x20                  ELSE r.\"synclink$remembered\" = {incoming_hash_r} END AS \"synclink$applies\"\n\
          \x20   FROM r\n\
          ), w AS (\n\
-         \x20 SELECT * FROM e WHERE e.\"synclink$applies\"\n\
+         \x20 SELECT * FROM e WHERE e.\"synclink$applies\" AND NOT e.\"synclink$seen\"\n\
          ), written AS (\n\
          \x20 {write}\n\
          ), versions AS (\n\
@@ -409,6 +413,282 @@ pub fn concurrent_insert(table: &str) -> ! {
     raise(ConflictError::ConcurrentInsert {
         table: table.into(),
     })
+}
+
+/// What both nodes need to settle one row by hand: the link's table as this node names it.
+struct RowTarget {
+    link_id: i32,
+    table: String,
+    row_type: String,
+    columns: Vec<String>,
+    key: Vec<String>,
+    version_table: String,
+}
+
+impl RowTarget {
+    fn load(link_id: i32) -> RowTarget {
+        Spi::connect(|c| {
+            let r = c
+                .select(
+                    "SELECT format('%I.%I', n.nspname, cl.relname), l.row_type, l.columns, \
+                            l.key_columns, l.version_table \
+                       FROM synclink.link l JOIN pg_class cl ON cl.oid = l.relid \
+                       JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE l.link_id = $1",
+                    None,
+                    &[link_id.into()],
+                )
+                .unwrap()
+                .first();
+            RowTarget {
+                link_id,
+                table: r.get(1).unwrap().unwrap(),
+                row_type: r.get(2).unwrap().unwrap(),
+                columns: r.get(3).unwrap().unwrap(),
+                key: r.get(4).unwrap().unwrap(),
+                version_table: r.get(5).unwrap().unwrap(),
+            }
+        })
+    }
+
+    fn key_match(&self, a: &str, b: &str) -> String {
+        join(&self.key, " AND ", |k| {
+            format!("{a}.{k} = {b}.{k}", k = ident(k))
+        })
+    }
+
+    /// The row with this key here now, as jsonb (None: no such row).
+    fn current(&self, key: &serde_json::Value) -> Option<serde_json::Value> {
+        let sql = format!(
+            "SELECT to_jsonb(ROW({cols})::{row}) FROM {table} t, jsonb_populate_record(NULL::{row}, $1) k \
+             WHERE {cond}",
+            cols = join(&self.columns, ", ", |c| format!("t.{}", ident(c))),
+            row = self.row_type,
+            table = self.table,
+            cond = self.key_match("t", "k"),
+        );
+        crate::diff::with_wire_settings(|| {
+            crate::db::maybe_one::<pgrx::JsonB>(&sql, &[pgrx::JsonB(key.clone()).into()])
+        })
+        .map(|j| j.0)
+    }
+
+    /// Make the row with `key` be `row` (None: no row), with version (at, node), as if the
+    /// change came from `from`: no capture sends it back there.
+    fn settle(
+        &self,
+        key: &serde_json::Value,
+        row: Option<&serde_json::Value>,
+        version: (i64, &str),
+        from: &str,
+    ) {
+        let spec = ApplySpec {
+            table: self.table.clone(),
+            row_type: &self.row_type,
+            columns: &self.columns,
+            key: &self.key,
+            text_compare: &[],
+        };
+        let write = match row {
+            Some(_) => crate::apply::upsert_from(
+                &spec,
+                &format!("jsonb_populate_record(NULL::{}, $1) r", self.row_type),
+            ),
+            None => format!(
+                "DELETE FROM {} t USING jsonb_populate_record(NULL::{}, $1) r WHERE {}",
+                self.table,
+                self.row_type,
+                self.key_match("t", "r")
+            ),
+        };
+        let value = pgrx::JsonB(row.unwrap_or(key).clone());
+        crate::apply::marked(from, from, || {
+            crate::diff::with_wire_settings(|| {
+                Spi::run_with_args(&write, &[value.into()]).unwrap();
+            })
+        });
+        let keys = join(&self.key, ", ", |k| ident(k));
+        Spi::run_with_args(
+            &format!(
+                "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\") \
+                 SELECT {r_keys}, $2, $3 FROM jsonb_populate_record(NULL::{row}, $1) r \
+                 ON CONFLICT ({keys}) DO UPDATE SET \"synclink$at\" = EXCLUDED.\"synclink$at\", \
+                     \"synclink$node\" = EXCLUDED.\"synclink$node\"",
+                vt = self.version_table,
+                r_keys = join(&self.key, ", ", |k| format!("r.{}", ident(k))),
+                row = self.row_type,
+            ),
+            &[
+                pgrx::JsonB(key.clone()).into(),
+                version.0.into(),
+                version.1.into(),
+            ],
+        )
+        .unwrap();
+    }
+
+    /// Close the open conflicts on this key and remember the choice.
+    fn close(&self, key: &serde_json::Value, decision: &Decision, by: &str) {
+        let json = || pgrx::JsonB(key.clone());
+        Spi::run_with_args(
+            "UPDATE synclink.conflict SET outcome = 'resolved', resolved_at = clock_timestamp(), \
+                    resolved_by = $3, kept = $4 \
+              WHERE link_id = $1 AND key = $2 AND outcome = 'open'",
+            &[
+                self.link_id.into(),
+                json().into(),
+                by.into(),
+                decision.node.as_str().into(),
+            ],
+        )
+        .unwrap();
+        Spi::run_with_args(
+            "INSERT INTO synclink.resolution (link_id, key, rows, kept) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (link_id, key, rows) DO UPDATE SET kept = EXCLUDED.kept, resolved_at = now()",
+            &[
+                self.link_id.into(),
+                json().into(),
+                decision.rows.to_vec().into(),
+                decision.kept.as_str().into(),
+            ],
+        )
+        .unwrap();
+    }
+}
+
+/// A choice made with sync_resolve, as both nodes record it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Decision {
+    /// the node whose row is kept
+    node: String,
+    /// the version the kept row gets on both nodes
+    at: i64,
+    /// hashes of the two rows in conflict (sorted) and of the kept one
+    rows: [String; 2],
+    kept: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ResolveRequest {
+    schema: String,
+    table: String,
+    key: serde_json::Value,
+    decision: Decision,
+    /// the resolving node's row, when it is the one kept
+    row: Option<serde_json::Value>,
+    take: bool,
+}
+
+/// Settle an open conflict: keep one node's current row on both nodes, close the conflict on
+/// both, and remember the choice for these two rows.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_resolve(conflict_id: i64, keep: &str) -> bool {
+    let found = Spi::connect(|c| {
+        c.select(
+            "SELECT link_id, key, outcome, peer_name, \
+                    coalesce(md5(local_row::text), 'absent'), coalesce(md5(peer_row::text), 'absent') \
+               FROM synclink.conflict WHERE conflict_id = $1",
+            None,
+            &[conflict_id.into()],
+        )
+        .unwrap()
+        .next()
+        .map(|r| {
+            (
+                r.get::<i32>(1).unwrap().unwrap(),
+                r.get::<pgrx::JsonB>(2).unwrap().unwrap().0,
+                r.get::<String>(3).unwrap().unwrap(),
+                r.get::<String>(4).unwrap().unwrap(),
+                r.get::<String>(5).unwrap().unwrap(),
+                r.get::<String>(6).unwrap().unwrap(),
+            )
+        })
+    });
+    let (link_id, key, outcome, peer_name, local_hash, peer_hash) =
+        found.unwrap_or_else(|| raise(ConflictError::NoSuchConflict(conflict_id)));
+    if outcome != "open" {
+        raise(ConflictError::NotOpen {
+            id: conflict_id,
+            outcome,
+        });
+    }
+    let peer = crate::peer::find(&peer_name).expect("conflict of an existing peer");
+    let local = crate::node::local_name();
+    let keep_local = match keep {
+        "local" => true,
+        "peer" => false,
+        n if n == local => true,
+        n if n == peer.node_name => false,
+        other => raise(ConflictError::BadKeep {
+            id: conflict_id,
+            keep: other.into(),
+            local,
+            peer: peer.node_name.clone(),
+        }),
+    };
+    let target = RowTarget::load(link_id);
+    let link = crate::link::load_by_id(link_id);
+    let mut rows = [local_hash.clone(), peer_hash.clone()];
+    rows.sort();
+    let decision = Decision {
+        node: if keep_local {
+            local.clone()
+        } else {
+            peer.node_name.clone()
+        },
+        at: Spi::get_one::<i64>("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+            .unwrap()
+            .unwrap(),
+        rows,
+        kept: if keep_local { local_hash } else { peer_hash },
+    };
+    let mine = target.current(&key);
+    let body = ResolveRequest {
+        schema: link.peer_schema.clone(),
+        table: link.peer_table.clone(),
+        key: key.clone(),
+        row: if keep_local { mine.clone() } else { None },
+        take: keep_local,
+        decision,
+    };
+    let reply =
+        crate::link::request(&peer, "resolve", serde_json::to_value(&body).unwrap()).or_raise();
+    let decision = body.decision;
+    let version = (decision.at, decision.node.as_str());
+    if keep_local {
+        target.settle(&key, mine.as_ref(), version, &peer.node_name);
+    } else {
+        let theirs = reply.get("row").filter(|r| !r.is_null());
+        target.settle(&key, theirs, version, &peer.node_name);
+    }
+    target.close(&key, &decision, &local);
+    true
+}
+
+/// The peer's half of sync_resolve.
+pub fn handle_request(from: &crate::peer::Peer, body: serde_json::Value) -> serde_json::Value {
+    let req: ResolveRequest = serde_json::from_value(body)
+        .unwrap_or_else(|_| raise(crate::link::LinkError::BadRequest("resolve".into())));
+    let oid = crate::link::lookup(&req.schema, &req.table);
+    let link = oid
+        .and_then(|oid| crate::link::find(oid, &from.name))
+        .unwrap_or_else(|| {
+            raise(crate::link::LinkError::NotLinked {
+                table: format!("{}.{}", ident(&req.schema), ident(&req.table)),
+                peer: from.name.clone(),
+            })
+        });
+    let target = RowTarget::load(link.id);
+    let mine = target.current(&req.key);
+    let version = (req.decision.at, req.decision.node.as_str());
+    let row = if req.take {
+        req.row.as_ref()
+    } else {
+        mine.as_ref()
+    };
+    target.settle(&req.key, row, version, &from.node_name);
+    target.close(&req.key, &req.decision, &from.node_name);
+    serde_json::json!({ "row": mine })
 }
 
 #[cfg(test)]

@@ -189,7 +189,7 @@ impl Shape {
 
 /// Run `f` with the settings that fix the text form of values (postgres_fdw gives the peer's
 /// session the same), restoring the caller's afterwards.
-fn with_wire_settings<T>(f: impl FnOnce() -> T) -> T {
+pub fn with_wire_settings<T>(f: impl FnOnce() -> T) -> T {
     const WIRE: [(&str, &str); 5] = [
         ("TimeZone", "UTC"),
         ("DateStyle", "ISO, YMD"),

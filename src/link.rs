@@ -228,7 +228,7 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
     })
 }
 
-fn lookup(schema: &str, table: &str) -> Option<pg_sys::Oid> {
+pub fn lookup(schema: &str, table: &str) -> Option<pg_sys::Oid> {
     Spi::get_one_with_args::<pg_sys::Oid>(
         "SELECT to_regclass(format('%I.%I', $1::text, $2::text))::oid",
         &[schema.into(), table.into()],
@@ -346,6 +346,10 @@ fn load(where_sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Option<Link> {
             version_table: r.get(9).unwrap().unwrap(),
         })
     })
+}
+
+pub fn load_by_id(id: i32) -> Link {
+    load("link_id = $1", vec![id.into()]).expect("link exists")
 }
 
 pub fn find(relid: pg_sys::Oid, peer: &str) -> Option<Link> {
@@ -835,6 +839,7 @@ fn handle_request(from_node: &str, action: &str, body: pgrx::JsonB) -> Option<pg
             None
         }
         "diff" => Some(pgrx::JsonB(crate::diff::handle_request(&from, body.0))),
+        "resolve" => Some(pgrx::JsonB(crate::conflict::handle_request(&from, body.0))),
         "share_sequence" | "unshare_sequence" => Some(pgrx::JsonB(
             crate::sequence::handle_request(&from, action, body.0),
         )),

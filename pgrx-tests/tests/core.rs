@@ -216,7 +216,7 @@ fn an_application_role_cannot_silence_or_forge_replication() {
     assert_eq!(same(&mut a, &mut b, "products"), 1);
     for forged in [
         "SELECT synclink.apply('x', 'x', 'public', 'products', 'I', NULL, NULL)",
-        "SELECT synclink.ship(1, 'I', '{}', NULL)",
+        "SELECT synclink.ship(1, 'I', '{}', NULL, NULL)",
         "INSERT INTO synclink.inbox VALUES ('x', 'x', 'public', 'products', 'D', NULL, '{}')",
         "INSERT INTO synclink.b_inbox VALUES ('x', 'x', 'public', 'products', 'D', NULL, '{}')",
         "SELECT synclink.handle_request('x', 'unlink', '{}')",
@@ -388,25 +388,42 @@ fn a_record_applied_twice_or_onto_an_existing_row_converges() {
     .unwrap();
     assert_eq!(same(&mut a, &mut b, "products"), 2);
 
-    // deliver the same insert and delete records to B once more, as a retry would
+    // deliver the same insert records to B once more, as a retry would: same rows, same
+    // versions
     let node_a: String = a.query_one("SELECT sync_node_name()", &[]).unwrap().get(0);
-    let rows: String = b
-        .query_one("SELECT array_agg(ROW(id, name, price, created_at, updated_at)::synclink.products_a_row)::text FROM products", &[])
-        .unwrap()
-        .get(0);
+    let (rows, stamps): (String, String) = {
+        let r = b
+            .query_one(
+                "SELECT array_agg(ROW(p.id, p.name, p.price, p.created_at, p.updated_at)::synclink.products_a_row ORDER BY p.id)::text,
+                        array_agg(ROW(v.\"synclink$at\", v.\"synclink$node\", NULL, NULL, 'I')::synclink.stamp ORDER BY p.id)::text
+                   FROM products p JOIN synclink.products_a_version v USING (id)",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
     for _ in 0..2 {
         b.execute(
-            "SELECT synclink.apply($1, $1, 'public', 'products', 'I', $2, NULL)",
-            &[&node_a, &rows],
+            "SELECT synclink.apply($1, $1, 'public', 'products', 'I', $2, NULL, NULL, NULL, $3)",
+            &[&node_a, &rows, &stamps],
         )
         .unwrap();
     }
     assert_eq!(same(&mut a, &mut b, "products"), 2);
+    // a delete made on A after its insert of row 2, delivered twice
+    let at: i64 = b
+        .query_one(
+            "SELECT \"synclink$at\" FROM synclink.products_a_version WHERE id = 2",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     let gone = "{\"(2,x,,\\\"2024-01-01 00:00:00\\\",\\\"2024-01-01 00:00:00\\\")\"}";
+    let stamp = format!("{{\"({},{node_a},{at},{node_a},D)\"}}", at + 1);
     for _ in 0..2 {
         b.execute(
-            "SELECT synclink.apply($1, $1, 'public', 'products', 'D', NULL, $2)",
-            &[&node_a, &gone],
+            "SELECT synclink.apply($1, $1, 'public', 'products', 'D', NULL, $2, NULL, NULL, $3)",
+            &[&node_a, &gone, &stamp],
         )
         .unwrap();
     }
@@ -417,6 +434,12 @@ fn a_record_applied_twice_or_onto_an_existing_row_converges() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(left, vec![1]);
+    // a redelivered version is the same change, not a conflict with itself
+    let conflicts: i64 = b
+        .query_one("SELECT count(*) FROM synclink.conflict", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(conflicts, 0);
 }
 
 #[test]

@@ -10,7 +10,9 @@ fn link_objects(c: &mut postgres::Client) -> i64 {
         "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'synclink%')
               + (SELECT count(*) FROM synclink.link)
               + (SELECT count(*) FROM pg_type t JOIN pg_class c ON c.oid = t.typrelid
-                  WHERE t.typnamespace = 'synclink'::regnamespace AND c.relkind = 'c')
+                  WHERE t.typnamespace = 'synclink'::regnamespace AND c.relkind = 'c' AND t.typname <> 'stamp')
+              + (SELECT count(*) FROM pg_class WHERE relnamespace = 'synclink'::regnamespace
+                  AND relkind = 'r' AND relname LIKE '%\\_version')
               + (SELECT count(*) FROM pg_proc WHERE pronamespace = 'synclink'::regnamespace AND proname LIKE '%capture%')",
         &[],
     )
