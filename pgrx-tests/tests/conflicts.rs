@@ -397,6 +397,16 @@ fn converge_under_load(link_args: &str) -> (Pair, Client, Client, HashSet<i32>) 
         let missing: Vec<_> = both_sides.difference(&logged).collect();
         assert!(missing.is_empty(), "not logged: {missing:?}");
     }
+    let logged = (
+        count(&mut a, "SELECT count(*) FROM synclink.conflict"),
+        count(&mut b, "SELECT count(*) FROM synclink.conflict"),
+    );
+    eprintln!(
+        "{link_args:?}: {} keys changed on both nodes while apart; conflicts logged: A {}, B {}",
+        both_sides.len(),
+        logged.0,
+        logged.1
+    );
     (p, a, b, both_sides)
 }
 
