@@ -274,6 +274,7 @@ mod tests {
             pair_by: None,
             queue_only: false,
             node: "shop_abc123",
+            version_table: "synclink.\"products_b_version\"",
         }
     }
 
@@ -288,7 +289,7 @@ mod tests {
                 "{op} missing in\n{sql}"
             );
         }
-        assert!(sql.contains("ROW(r.\"id\", r.\"Name \"\"x\"\"\")::synclink.\"products_b_row\""));
+        assert!(sql.contains("ROW(s.\"id\", s.\"Name \"\"x\"\"\")::synclink.\"products_b_row\""));
         assert!(sql.contains("n.\"id\" = s.\"id\""));
         assert!(
             sql.contains("SECURITY DEFINER")
@@ -313,7 +314,7 @@ mod tests {
             "{sql}"
         );
         assert!(
-            sql.contains("synclink.ship(7, 'R', part.new_rows, part.old_rows)"),
+            sql.contains("synclink.ship(7, 'R', part.new_rows, part.old_rows, NULL)"),
             "{sql}"
         );
         assert!(
@@ -331,20 +332,43 @@ mod tests {
         let sql = function_sql(&s);
         assert!(!sql.contains("synclink.ship("), "{sql}");
         for op in [
-            "'I', chunk.rows, NULL",
-            "'U', chunk.rows, NULL",
-            "'K', NULL, chunk.rows",
-            "'D', NULL, chunk.rows",
+            "'I', chunk.rows, NULL, chunk.stamps",
+            "'U', chunk.rows, NULL, chunk.stamps",
+            "'K', NULL, chunk.rows, chunk.stamps",
+            "'D', NULL, chunk.rows, chunk.stamps",
         ] {
             assert!(
-                sql.contains(&format!(
-                    "SELECT 'b', 7, coalesce(synclink.applying_origin(), 'shop_abc123'), {op}"
-                )),
+                sql.contains(&format!("SELECT 'b', 7, synclink$origin, {op} FROM chunk")),
                 "{op} in\n{sql}"
             );
         }
-        assert!(sql
-            .contains("VALUES ('b', 7, coalesce(synclink.applying_origin(), 'shop_abc123'), 'T')"));
+        assert!(sql.contains("VALUES ('b', 7, synclink$origin, 'T')"));
+        assert!(sql.contains(
+            "synclink$origin text := coalesce(synclink.applying_origin(), 'shop_abc123')"
+        ));
+    }
+
+    #[test]
+    fn every_row_is_stamped_past_its_previous_version() {
+        let cols = vec!["id".to_string(), "v".to_string()];
+        let key = vec!["id".to_string()];
+        let sql = function_sql(&spec(&cols, &key));
+        assert!(
+            sql.contains(
+                "FROM s LEFT JOIN synclink.\"products_b_version\" v ON v.\"id\" = s.\"id\""
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(
+                "SET \"synclink$at\" = greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1)"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("ROW(v.\"synclink$at\", v.\"synclink$node\", b.\"synclink$at\", b.\"synclink$node\", 'U')::synclink.stamp"),
+            "{sql}"
+        );
     }
 
     #[test]

@@ -82,6 +82,12 @@ struct Repair {
     upsert: serde_json::Value,
     delete: serde_json::Value,
     fetch: serde_json::Value,
+    /// every key the repair touches on either node: their row versions are dropped on both
+    #[serde(default)]
+    forget: serde_json::Value,
+    /// the node whose rows win, for closing open conflicts on those keys
+    #[serde(default)]
+    kept: Option<String>,
 }
 
 impl Shape {
@@ -169,6 +175,37 @@ impl Shape {
             let w = work;
             (w.0)()
         })
+    }
+
+    /// On a linked table, drop the row versions of these keys (a jsonb array of key objects):
+    /// a repaired row was written without a change record, so both nodes start its history
+    /// afresh, and the next change to it is not taken for a conflict.
+    /// Open conflicts on those keys are closed as resolved in favour of `kept`.
+    fn forget_versions(&self, peer_name: &str, keys: &serde_json::Value, kept: Option<&str>) {
+        let link = crate::link::lookup(&self.schema, &self.table)
+            .and_then(|oid| crate::link::find(oid, peer_name));
+        let (Some(link), Some(list)) = (link, keys.as_array()) else {
+            return;
+        };
+        if list.is_empty() {
+            return;
+        }
+        Spi::run_with_args(
+            &format!(
+                "DELETE FROM {vt} t USING jsonb_populate_recordset(NULL::{row}, $1) k WHERE {matched}",
+                vt = link.version_table,
+                row = link.row_type,
+                matched = self.key_match("k"),
+            ),
+            &[JsonB(keys.clone()).into()],
+        )
+        .unwrap();
+        Spi::run_with_args(
+            "UPDATE synclink.conflict SET outcome = 'resolved', resolved_at = clock_timestamp(), kept = $3 \
+              WHERE link_id = $1 AND outcome = 'open' AND key IN (SELECT jsonb_array_elements($2))",
+            &[link.id.into(), JsonB(keys.clone()).into(), kept.into()],
+        )
+        .unwrap();
     }
 
     /// [key, [hash of each column's text]] for every row in the given buckets ($1)
@@ -367,6 +404,7 @@ pub fn handle_request(from: &Peer, body: serde_json::Value) -> serde_json::Value
         });
     }
     if let Some(repair) = req.repair {
+        shape.forget_versions(&from.name, &repair.forget, repair.kept.as_deref());
         if !repair.fetch.is_null() {
             return with_wire_settings(|| fetch(shape, repair.fetch));
         }
@@ -427,6 +465,13 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
                 .collect(),
         )
     };
+    let every_key = keys(&["differs", "only_local", "only_peer"]);
+    let kept = match differs {
+        Side::Local => Some(crate::node::local_name()),
+        Side::Peer => Some(peer.node_name.clone()),
+        Side::Neither => None,
+    };
+    shape.forget_versions(&peer.name, &every_key, kept.as_deref());
     let ask_repair = |repair: Repair| -> serde_json::Value {
         ask(
             peer,
@@ -434,7 +479,11 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
                 shape: shape.clone(),
                 mask: 0,
                 buckets: None,
-                repair: Some(repair),
+                repair: Some(Repair {
+                    forget: every_key.clone(),
+                    kept: kept.clone(),
+                    ..repair
+                }),
             },
         )
     };
@@ -470,7 +519,7 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
         touched += ask_repair(Repair {
             upsert,
             delete: keys(&peer_deletes),
-            fetch: serde_json::Value::Null,
+            ..Default::default()
         })
         .as_i64()
         .unwrap_or(0);

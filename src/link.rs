@@ -634,6 +634,7 @@ fn link_table(
 /// `version_column` as the first thing last_write_wins compares.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)]
 fn sync_link_table(
     tbl: PgRelation,
     peer: default!(Option<&str>, "NULL"),

@@ -216,6 +216,32 @@ fn manual_conflicts_wait_for_a_person_and_are_remembered() {
 }
 
 #[test]
+fn reconcile_settles_conflicts_and_later_changes_flow_without_one() {
+    let (_p, mut a, mut b) = three_conflicts(", conflict => 'manual'");
+    let repaired: i64 = a
+        .query_one("SELECT sync_reconcile('t', prefer => 'peer')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(repaired, 3);
+    for c in [&mut a, &mut b] {
+        assert_eq!(rows(c), "1:b 2:b 3:b");
+        assert_eq!(count(c, "SELECT count(*) FROM sync_conflicts"), 0);
+    }
+    let before = count(&mut b, "SELECT count(*) FROM synclink.conflict");
+    a.execute("UPDATE t SET v = 'after' WHERE id <= 3", &[])
+        .unwrap();
+    b.execute("DELETE FROM t WHERE id = 2", &[]).unwrap();
+    flush(&mut a);
+    flush(&mut b);
+    // row 2 was changed on both nodes again: that one is a conflict; rows 1 and 3 are not
+    assert_eq!(rows(&mut b), "1:after 3:after");
+    assert_eq!(
+        count(&mut b, "SELECT count(*) FROM synclink.conflict") - before,
+        1
+    );
+}
+
+#[test]
 fn bad_policies_are_refused_before_anything_is_made() {
     let (_p, mut a, mut b) = Pair::peered();
     both(
