@@ -53,24 +53,26 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
             format!("{alias}.{k} = s.{k}", k = ident(k))
         })
     };
+    // The previous version comes back from the upsert itself (kept in the base columns), so
+    // the version table is only ever reached through its primary key: a join would scan it
+    // whole, since nested loops are off in this function.
     let ctes = format!(
         "WITH s AS (SELECT *, row_number() OVER () AS \"synclink$i\" FROM {source} s{filter}),\n\
-         \x20    b AS (SELECT s.\"synclink$i\", v.\"synclink$at\", v.\"synclink$node\"\n\
-         \x20            FROM s LEFT JOIN {vt} v ON {v_match}),\n\
          \x20    v AS (INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\")\n\
          \x20          SELECT {s_keys}, synclink$now, synclink$origin FROM s\n\
          \x20          ON CONFLICT ({keys}) DO UPDATE\n\
          \x20             SET \"synclink$at\" = greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1),\n\
-         \x20                 \"synclink$node\" = EXCLUDED.\"synclink$node\"\n\
-         \x20          RETURNING {keys}, \"synclink$at\", \"synclink$node\")",
+         \x20                 \"synclink$node\" = EXCLUDED.\"synclink$node\",\n\
+         \x20                 \"synclink$base_at\" = v.\"synclink$at\",\n\
+         \x20                 \"synclink$base_node\" = v.\"synclink$node\"\n\
+         \x20          RETURNING v.*)",
         vt = spec.version_table,
-        v_match = matches("v"),
     );
     let select = format!(
         "SELECT array_agg({row} ORDER BY s.\"synclink$i\")::text AS rows,\n\
-         \x20      array_agg(ROW(v.\"synclink$at\", v.\"synclink$node\", b.\"synclink$at\", b.\"synclink$node\", '{op}')::synclink.stamp\n\
+         \x20      array_agg(ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", '{op}')::synclink.stamp\n\
          \x20                ORDER BY s.\"synclink$i\")::text AS stamps\n\
-         \x20 FROM s JOIN b USING (\"synclink$i\") JOIN v ON {v_match}\n\
+         \x20 FROM s JOIN v ON {v_match}\n\
          \x20GROUP BY (s.\"synclink$i\" - 1) / {CHUNK_ROWS}",
         row = row_expr(spec, "s"),
         v_match = matches("v"),
@@ -354,9 +356,7 @@ mod tests {
         let key = vec!["id".to_string()];
         let sql = function_sql(&spec(&cols, &key));
         assert!(
-            sql.contains(
-                "FROM s LEFT JOIN synclink.\"products_b_version\" v ON v.\"id\" = s.\"id\""
-            ),
+            sql.contains("\"synclink$base_at\" = v.\"synclink$at\""),
             "{sql}"
         );
         assert!(
@@ -366,7 +366,7 @@ mod tests {
             "{sql}"
         );
         assert!(
-            sql.contains("ROW(v.\"synclink$at\", v.\"synclink$node\", b.\"synclink$at\", b.\"synclink$node\", 'U')::synclink.stamp"),
+            sql.contains("ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", 'U')::synclink.stamp"),
             "{sql}"
         );
     }

@@ -407,7 +407,8 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
     };
     Spi::run(&format!(
         "CREATE TABLE {version_table} ({keys}, \"synclink$at\" bigint NOT NULL, \
-         \"synclink$node\" text NOT NULL, PRIMARY KEY ({key_list}))",
+         \"synclink$node\" text NOT NULL, \"synclink$base_at\" bigint, \"synclink$base_node\" text, \
+         PRIMARY KEY ({key_list}))",
         keys = join(key, ", ", |k| format!("{} {}", ident(k), type_of(k))),
         key_list = join(key, ", ", |k| ident(k)),
     ))
@@ -415,7 +416,8 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
     Spi::run(&format!(
         "COMMENT ON TABLE {version_table} IS {}",
         crate::sql::literal(&format!(
-            "synclink: per key of {}, the version of the row here (microseconds since 1970, node)",
+            "synclink: per key of {}, the version of the row here (microseconds since 1970, node) \
+             and, after a change made here, the version it replaced",
             info.display()
         ))
     ))
