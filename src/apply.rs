@@ -98,7 +98,7 @@ pub struct ApplySpec<'a> {
     pub text_compare: &'a [String],
 }
 
-fn compared(spec: &ApplySpec, alias: &str, col: &str) -> String {
+pub fn compared(spec: &ApplySpec, alias: &str, col: &str) -> String {
     if spec.text_compare.iter().any(|c| c == col) {
         format!("{alias}.{}::text", ident(col))
     } else {

@@ -10,7 +10,7 @@
 //!
 //! Every conflict is logged in synclink.conflict by the statement that applies the change.
 
-use crate::apply::ApplySpec;
+use crate::apply::{compared, ApplySpec};
 use crate::error::{raise, OrRaise, SqlError};
 use crate::sql::{ident, join, literal};
 use pgrx::prelude::*;
@@ -217,7 +217,7 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool) -> String {
     let incoming_row = |alias: &str| {
         format!(
             "ROW({})::{}",
-            keys_or_cols(spec.columns, alias),
+            join(spec.columns, ", ", |x| format!("{alias}{}", ident(x))),
             spec.row_type
         )
     };
@@ -241,17 +241,10 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool) -> String {
              \x20                ELSE array_remove(ARRAY[{each}]::text[], NULL) END",
             all = join(spec.columns, ", ", |x| literal(x)),
             each = join(&rest, ", ", |x| {
-                let (h, i) = if spec.text_compare.contains(x) {
-                    (
-                        format!("(d.\"synclink$here\").{}::text", ident(x)),
-                        format!("d.{}::text", ident(x)),
-                    )
-                } else {
-                    (
-                        format!("(d.\"synclink$here\").{}", ident(x)),
-                        format!("d.{}", ident(x)),
-                    )
-                };
+                let (h, i) = (
+                    compared(spec, "(d.\"synclink$here\")", x),
+                    compared(spec, "d", x),
+                );
                 format!("CASE WHEN {h} IS DISTINCT FROM {i} THEN {} END", literal(x))
             }),
         )
@@ -395,18 +388,6 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool) -> String {
         },
         manual = matches!(c.policy, Policy::Manual),
     )
-}
-
-fn keys_or_cols(cols: &[String], alias: &str) -> String {
-    join(cols, ", ", |x| format!("{alias}{}", ident(x)))
-}
-
-fn compared(spec: &ApplySpec, alias: &str, col: &str) -> String {
-    if spec.text_compare.iter().any(|c| c == col) {
-        format!("{alias}.{}::text", ident(col))
-    } else {
-        format!("{alias}.{}", ident(col))
-    }
 }
 
 pub fn concurrent_insert(table: &str) -> ! {

@@ -70,6 +70,15 @@ fn kinds(c: &mut Client) -> Vec<String> {
     .collect()
 }
 
+fn with_outcome(c: &mut Client, outcome: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM synclink.conflict WHERE outcome = $1",
+        &[&outcome],
+    )
+    .unwrap()
+    .get(0)
+}
+
 macro_rules! policies {
     ($($name:ident: $args:expr => $expected:expr, $outcomes_a:expr;)*) => {$(
         #[test]
@@ -166,13 +175,7 @@ fn manual_conflicts_wait_for_a_person_and_are_remembered() {
     assert_eq!(rows(&mut b), "1:a 2:b 3:b");
     for c in [&mut a, &mut b] {
         assert_eq!(count(c, "SELECT count(*) FROM sync_conflicts"), 0);
-        assert_eq!(
-            count(
-                c,
-                "SELECT count(*) FROM synclink.conflict WHERE outcome = 'resolved'"
-            ),
-            3
-        );
+        assert_eq!(with_outcome(c, "resolved"), 3);
     }
     let err = a
         .execute("SELECT sync_resolve($1, keep => 'local')", &[&first])
@@ -199,13 +202,7 @@ fn manual_conflicts_wait_for_a_person_and_are_remembered() {
     assert_eq!(rows(&mut b), "1:a 2:b 3:b");
     for c in [&mut a, &mut b] {
         assert_eq!(count(c, "SELECT count(*) FROM sync_conflicts"), 0);
-        assert_eq!(
-            count(
-                c,
-                "SELECT count(*) FROM synclink.conflict WHERE outcome = 'remembered'"
-            ),
-            1
-        );
+        assert_eq!(with_outcome(c, "remembered"), 1);
     }
     // a different change is a new question
     b.execute("UPDATE t SET v = 'c' WHERE id = 1", &[]).unwrap();
@@ -445,18 +442,8 @@ fn last_write_wins_converges_under_load() {
     let (_p, mut a, mut b, _) = converge_under_load("");
     identical(&mut a, &mut b);
     for c in [&mut a, &mut b] {
-        assert!(
-            count(
-                c,
-                "SELECT count(*) FROM synclink.conflict WHERE outcome = 'applied'"
-            ) > 0
-        );
-        assert!(
-            count(
-                c,
-                "SELECT count(*) FROM synclink.conflict WHERE outcome = 'kept'"
-            ) > 0
-        );
+        assert!(with_outcome(c, "applied") > 0);
+        assert!(with_outcome(c, "kept") > 0);
     }
 }
 
