@@ -8,10 +8,9 @@
 //! cannot be set by an application role to silence replication.
 
 use crate::error::{OrRaise, SqlError};
+use crate::plan::Statement;
 use crate::sql::{ident, join, qualified};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::PgOid;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -155,15 +154,15 @@ pub fn rekey_sql(spec: &ApplySpec) -> String {
     )
 }
 
-/// A link's apply statements, planned once per backend. Link ids are never reused, so a
+/// A link's apply statements, prepared once per backend. Link ids are never reused, so a
 /// cached entry can only go stale by its link being dropped, and then no record finds it.
 struct Compiled {
     table: String,
-    lock: OwnedPreparedStatement,
+    lock: Statement,
     /// the checked apply of an upsert run and of a delete run (crate::conflict)
-    upsert: OwnedPreparedStatement,
-    delete: OwnedPreparedStatement,
-    rekey: OwnedPreparedStatement,
+    upsert: Statement,
+    delete: Statement,
+    rekey: Statement,
 }
 
 thread_local! {
@@ -207,6 +206,7 @@ thread_local! {
     // Within one transaction a delivery brings many records for the same link, and links do
     // not change under it; the answer is kept for the transaction (its local id) only.
     static LINK_IDS: RefCell<HashMap<LinkKey, (u32, i32)>> = RefCell::new(HashMap::new());
+    static LOOKUP: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
     // Per sender, the transaction that last forgot applied seqs.
     static PRUNED_IN: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
 }
@@ -226,11 +226,26 @@ fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
 }
 
 fn lookup_link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
-    let id = crate::db::maybe_one::<i32>(
-        "SELECT l.link_id FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
-         WHERE p.node_name = $1 AND l.relid = to_regclass(format('%I.%I', $2::text, $3::text))",
-        &[sender.into(), schema.into(), table.into()],
-    );
+    // Planned once per backend: in sync mode every writing transaction on the peer asks.
+    let id = LOOKUP.with(|l| {
+        Spi::connect(|c| {
+            let mut l = l.borrow_mut();
+            let stmt = l.get_or_insert_with(|| {
+                let text = pgrx::PgOid::from(pg_sys::TEXTOID);
+                c.prepare(
+                    "SELECT l.link_id FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
+                     WHERE p.node_name = $1 AND l.relid = to_regclass(format('%I.%I', $2, $3))",
+                    &[text, text, text],
+                )
+                .unwrap()
+                .keep()
+            });
+            c.select(&*stmt, None, &[sender.into(), schema.into(), table.into()])
+                .unwrap()
+                .next()
+                .and_then(|r| r.get::<i32>(1).unwrap())
+        })
+    });
     id.ok_or_else(|| match crate::peer::find_by_node(sender) {
         None => ApplyError::UnknownSender(sender.into()),
         Some(_) => ApplyError::NotLinked {
@@ -284,22 +299,12 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         version_table: &version_table,
         policy: &policy,
     };
-    let text = PgOid::from(pg_sys::TEXTOID);
-    let compiled = Spi::connect(|c| {
-        let plan = |sql: String, args: &[PgOid]| c.prepare_mut(sql.as_str(), args).unwrap().keep();
-        Compiled {
-            table: spec.table.clone(),
-            lock: plan(crate::conflict::lock_sql(&spec), &[text]),
-            upsert: plan(
-                crate::conflict::checked_apply_sql(&checked, false),
-                &[text, text],
-            ),
-            delete: plan(
-                crate::conflict::checked_apply_sql(&checked, true),
-                &[text, text],
-            ),
-            rekey: plan(rekey_sql(&spec), &[text, text]),
-        }
+    let compiled = Spi::connect(|_| Compiled {
+        table: spec.table.clone(),
+        lock: Statement::prepare(&crate::conflict::lock_sql(&spec), 1),
+        upsert: Statement::prepare(&crate::conflict::checked_apply_sql(&checked, false), 2),
+        delete: Statement::prepare(&crate::conflict::checked_apply_sql(&checked, true), 2),
+        rekey: Statement::prepare(&rekey_sql(&spec), 2),
     });
     let compiled = Rc::new(compiled);
     COMPILED.with(|m| m.borrow_mut().insert(id, compiled.clone()));
@@ -342,15 +347,10 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
 
 /// Apply a run of upsert or delete rows with their stamps, conflicts decided and logged.
 fn apply_checked(plans: &Compiled, delete: bool, rows: &str, stamps: &str) {
-    let raced = Spi::connect_mut(|c| {
-        c.update(&plans.lock, None, &[rows.into()]).unwrap();
+    let raced = Spi::connect_mut(|_| {
+        plans.lock.run(&[rows]);
         let stmt = if delete { &plans.delete } else { &plans.upsert };
-        c.update(stmt, None, &[rows.into(), stamps.into()])
-            .unwrap()
-            .first()
-            .get::<i64>(1)
-            .unwrap()
-            .unwrap_or(0)
+        stmt.run(&[rows, stamps]).unwrap_or(0)
     });
     if raced > 0 {
         crate::conflict::concurrent_insert(&plans.table);
@@ -589,10 +589,9 @@ fn apply_record(
     marked(origin, sender, || match (op as u8, new_rows, old_rows) {
         (b'I' | b'U', Some(rows), _) => apply_checked(&plans, false, rows, stamps),
         (b'D' | b'K', _, Some(rows)) => apply_checked(&plans, true, rows, stamps),
-        (b'R', Some(new), Some(old)) => Spi::connect_mut(|c| {
-            c.update(&plans.rekey, None, &[old.into(), new.into()])
-                .unwrap();
-        }),
+        (b'R', Some(new), Some(old)) => {
+            Spi::connect_mut(|_| plans.rekey.run(&[old, new]));
+        }
         (b'T', _, _) => Spi::run(&format!("DELETE FROM {}", plans.table)).unwrap(),
         (b'I' | b'U' | b'D' | b'K' | b'R', _, _) => {}
         (other, _, _) => crate::error::raise(ApplyError::BadOp((other as char).to_string())),

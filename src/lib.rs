@@ -18,6 +18,7 @@ mod error;
 mod link;
 mod node;
 mod peer;
+mod plan;
 mod queue;
 mod remote;
 mod sequence;
