@@ -43,8 +43,7 @@ fn row_expr(spec: &CaptureSpec, alias: &str) -> String {
 ///
 /// Each row's new version is the capture time, bumped past the version the row had, so a
 /// node whose clock runs behind still orders its change after the one it overwrote. The
-/// previous version is read before the version table is written (all CTEs share one
-/// snapshot) and travels as the row's base.
+/// previous version travels as the row's base.
 fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
     let keys = join(spec.key, ", ", |k| ident(k));
     let s_keys = join(spec.key, ", ", |k| format!("s.{}", ident(k)));
@@ -55,27 +54,30 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
     };
     // The previous version comes back from the upsert itself (kept in the base columns), so
     // the version table is only ever reached through its primary key: a join would scan it
-    // whole, since nested loops are off in this function.
+    // whole, since nested loops are off in this function. Both arrays are aggregated from the
+    // same input in one pass, so they line up element for element; the input comes sorted by
+    // chunk so that grouping never hashes (and spills) whole arrays.
     let ctes = format!(
-        "WITH s AS (SELECT *, row_number() OVER () AS \"synclink$i\" FROM {source} s{filter}),\n\
-         \x20    v AS (INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\")\n\
-         \x20          SELECT {s_keys}, synclink$now, synclink$origin FROM s\n\
+        "WITH v AS (INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\")\n\
+         \x20          SELECT {s_keys}, synclink$now, synclink$origin FROM {source} s{filter}\n\
          \x20          ON CONFLICT ({keys}) DO UPDATE\n\
          \x20             SET \"synclink$at\" = greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1),\n\
          \x20                 \"synclink$node\" = EXCLUDED.\"synclink$node\",\n\
          \x20                 \"synclink$base_at\" = v.\"synclink$at\",\n\
          \x20                 \"synclink$base_node\" = v.\"synclink$node\"\n\
-         \x20          RETURNING v.*)",
+         \x20          RETURNING v.*),\n\
+         \x20    s AS (SELECT s.*, v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\",\n\
+         \x20                 (row_number() OVER () - 1) / {CHUNK_ROWS} AS \"synclink$chunk\"\n\
+         \x20            FROM {source} s JOIN v ON {v_match})",
         vt = spec.version_table,
+        v_match = matches("v"),
     );
     let select = format!(
-        "SELECT array_agg({row} ORDER BY s.\"synclink$i\")::text AS rows,\n\
-         \x20      array_agg(ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", '{op}')::synclink.stamp\n\
-         \x20                ORDER BY s.\"synclink$i\")::text AS stamps\n\
-         \x20 FROM s JOIN v ON {v_match}\n\
-         \x20GROUP BY (s.\"synclink$i\" - 1) / {CHUNK_ROWS}",
+        "SELECT array_agg({row})::text AS rows,\n\
+         \x20      array_agg(ROW(s.\"synclink$at\", s.\"synclink$node\", s.\"synclink$base_at\", s.\"synclink$base_node\", '{op}')::synclink.stamp)::text AS stamps\n\
+         \x20 FROM (SELECT * FROM s ORDER BY \"synclink$chunk\") s\n\
+         \x20GROUP BY s.\"synclink$chunk\"",
         row = row_expr(spec, "s"),
-        v_match = matches("v"),
     );
     if spec.queue_only {
         let (new, old) = if matches!(op, 'I' | 'U') {
