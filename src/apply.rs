@@ -158,10 +158,16 @@ pub fn rekey_sql(spec: &ApplySpec) -> String {
 /// cached entry can only go stale by its link being dropped, and then no record finds it.
 struct Compiled {
     table: String,
+    /// the types rows and stamps are parsed to: `<row type>[]`, `synclink.stamp[]`
+    rows_type: pg_sys::Oid,
+    stamps_type: pg_sys::Oid,
     lock: Statement,
-    /// the checked apply of an upsert run and of a delete run (crate::conflict)
-    upsert: Statement,
-    delete: Statement,
+    /// the checked apply (crate::conflict) of an upsert or delete: of one record, and of a
+    /// run of records that may change a key more than once
+    upsert_one: Statement,
+    delete_one: Statement,
+    upsert_run: Statement,
+    delete_run: Statement,
     rekey: Statement,
 }
 
@@ -264,7 +270,8 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         let r = c
             .select(
                 "SELECT row_type, columns, key_columns, version_table, conflict, prefer_node, \
-                        version_column, peer_name FROM synclink.link WHERE link_id = $1",
+                        version_column, peer_name, (row_type || '[]')::regtype::oid \
+                   FROM synclink.link WHERE link_id = $1",
                 None,
                 &[id.into()],
             )
@@ -281,9 +288,10 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
                 r.get::<String>(7).unwrap(),
             ),
             r.get::<String>(8).unwrap().unwrap(),
+            r.get::<pg_sys::Oid>(9).unwrap().unwrap(),
         )
     });
-    let (row_type, columns, key, version_table, policy, peer_name) = link;
+    let (row_type, columns, key, version_table, policy, peer_name, rows_type) = link;
     let text_compare = text_compare_columns(&row_type);
     let spec = ApplySpec {
         table: qualified(schema, table),
@@ -299,14 +307,23 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         version_table: &version_table,
         policy: &policy,
     };
-    let compiled = Spi::connect(|_| Compiled {
+    let stamps_type = Spi::get_one::<pg_sys::Oid>("SELECT 'synclink.stamp[]'::regtype::oid")
+        .unwrap()
+        .unwrap();
+    let checked_sql = |delete, single| crate::conflict::checked_apply_sql(&checked, delete, single);
+    let both = [rows_type, stamps_type];
+    let text = pg_sys::TEXTOID;
+    let compiled = Rc::new(Compiled {
         table: spec.table.clone(),
-        lock: Statement::prepare(&crate::conflict::lock_sql(&spec), 1),
-        upsert: Statement::prepare(&crate::conflict::checked_apply_sql(&checked, false), 2),
-        delete: Statement::prepare(&crate::conflict::checked_apply_sql(&checked, true), 2),
-        rekey: Statement::prepare(&rekey_sql(&spec), 2),
+        rows_type,
+        stamps_type,
+        lock: Statement::new(&crate::conflict::lock_sql(&spec), &[rows_type]),
+        upsert_one: Statement::new(&checked_sql(false, true), &both),
+        delete_one: Statement::new(&checked_sql(true, true), &both),
+        upsert_run: Statement::new(&checked_sql(false, false), &both),
+        delete_run: Statement::new(&checked_sql(true, false), &both),
+        rekey: Statement::new(&rekey_sql(&spec), &[text, text]),
     });
-    let compiled = Rc::new(compiled);
     COMPILED.with(|m| m.borrow_mut().insert(id, compiled.clone()));
     compiled
 }
@@ -345,12 +362,22 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
     })
 }
 
-/// Apply a run of upsert or delete rows with their stamps, conflicts decided and logged.
-fn apply_checked(plans: &Compiled, delete: bool, rows: &str, stamps: &str) {
+/// Apply upsert or delete rows with their stamps, conflicts decided and logged: one record
+/// (`single`) or a run of records.
+fn apply_checked(plans: &Compiled, delete: bool, single: bool, rows: &str, stamps: &str) {
+    let bytes = rows.len() + stamps.len();
     let raced = Spi::connect_mut(|_| {
-        plans.lock.run(&[rows]);
-        let stmt = if delete { &plans.delete } else { &plans.upsert };
-        stmt.run(&[rows, stamps]).unwrap_or(0)
+        // Parsed once for both statements: for a large record parsing is most of the work.
+        let rows = crate::plan::parse(plans.rows_type, rows);
+        let stamps = crate::plan::parse(plans.stamps_type, stamps);
+        plans.lock.run(bytes, &[rows]);
+        let stmt = match (delete, single) {
+            (false, true) => &plans.upsert_one,
+            (true, true) => &plans.delete_one,
+            (false, false) => &plans.upsert_run,
+            (true, false) => &plans.delete_run,
+        };
+        stmt.run(bytes, &[rows, stamps]).unwrap_or(0)
     });
     if raced > 0 {
         crate::conflict::concurrent_insert(&plans.table);
@@ -477,7 +504,7 @@ fn apply_pending() {
             )
         };
         marked(&first.origin, &first.sender, || {
-            apply_checked(&plans, !first.upsert, &rows, &stamps)
+            apply_checked(&plans, !first.upsert, run.len() == 1, &rows, &stamps)
         });
     }
 }
@@ -587,10 +614,11 @@ fn apply_record(
     let plans = compile(id, target_schema, target_table);
     let stamps = stamps.unwrap_or("{}");
     marked(origin, sender, || match (op as u8, new_rows, old_rows) {
-        (b'I' | b'U', Some(rows), _) => apply_checked(&plans, false, rows, stamps),
-        (b'D' | b'K', _, Some(rows)) => apply_checked(&plans, true, rows, stamps),
+        (b'I' | b'U', Some(rows), _) => apply_checked(&plans, false, true, rows, stamps),
+        (b'D' | b'K', _, Some(rows)) => apply_checked(&plans, true, true, rows, stamps),
         (b'R', Some(new), Some(old)) => {
-            Spi::connect_mut(|_| plans.rekey.run(&[old, new]));
+            let args = [old.into_datum().unwrap(), new.into_datum().unwrap()];
+            Spi::connect_mut(|_| plans.rekey.run(old.len() + new.len(), &args));
         }
         (b'T', _, _) => Spi::run(&format!("DELETE FROM {}", plans.table)).unwrap(),
         (b'I' | b'U' | b'D' | b'K' | b'R', _, _) => {}

@@ -188,6 +188,7 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
     SET bytea_output = 'hex'
     SET extra_float_digits = '3'
     SET enable_nestloop = off
+    SET jit = off
 AS $synclink$
 -- Captures changes to {table} for peer {peer} (synclink link {id}).
 -- Made by sync_link_table(); sync_unlink_table() drops it.
@@ -197,6 +198,8 @@ AS $synclink$
 -- The triggers' WHEN clause keeps changes synclink applies from this peer from being sent back.
 -- enable_nestloop is off because PL/pgSQL keeps the plans made for the first statement's
 -- transition tables: a nested loop chosen for 1 row would be quadratic for 100,000.
+-- jit is off because a plan first made for a large statement would compile every later
+-- single-row one afresh.
 DECLARE
     part record;
     -- The origin of the change: this node, or the node a change being applied came from.
@@ -368,7 +371,7 @@ mod tests {
             "{sql}"
         );
         assert!(
-            sql.contains("ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", 'U')::synclink.stamp"),
+            sql.contains("ROW(s.\"synclink$at\", s.\"synclink$node\", s.\"synclink$base_at\", s.\"synclink$base_node\", 'U')::synclink.stamp"),
             "{sql}"
         );
     }

@@ -206,7 +206,7 @@ pub fn lock_sql(spec: &ApplySpec) -> String {
 /// logged. A version this node holds already is the same change delivered again and is
 /// skipped. It returns how many rows it expected to insert but found inserted meanwhile by
 /// someone else (the caller refuses the run then, so it is delivered again).
-pub fn checked_apply_sql(c: &CheckedSpec, delete: bool) -> String {
+pub fn checked_apply_sql(c: &CheckedSpec, delete: bool, single: bool) -> String {
     let spec = c.apply;
     let key = spec.key;
     let rest: Vec<&String> = spec.columns.iter().filter(|x| !key.contains(x)).collect();
@@ -302,16 +302,34 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool) -> String {
             w_match = on("w", "t"),
         )
     };
+    let records = format!(
+        "unnest($1::{row}[], $2::synclink.stamp[]) WITH ORDINALITY AS x({cols}, {meta})",
+        row = spec.row_type
+    );
+    // A single record holds each key once (it comes from one statement); a run of records
+    // may change a key several times.
+    let m = if single {
+        format!(
+            "\x20 SELECT x.*, x.\"synclink$base_at\" AS \"synclink$first_at\",\n\
+             \x20        x.\"synclink$base_node\" AS \"synclink$first_node\", x.\"synclink$op\" AS \"synclink$first_op\"\n\
+             \x20   FROM {records}"
+        )
+    } else {
+        format!(
+            "\x20 -- per key: the last version sent, and the base of the first change in this run\n\
+             \x20 SELECT DISTINCT ON ({m_keys}) x.*,\n\
+             \x20        first_value(x.\"synclink$base_at\") OVER w AS \"synclink$first_at\",\n\
+             \x20        first_value(x.\"synclink$base_node\") OVER w AS \"synclink$first_node\",\n\
+             \x20        first_value(x.\"synclink$op\") OVER w AS \"synclink$first_op\"\n\
+             \x20   FROM {records}\n\
+             \x20 WINDOW w AS (PARTITION BY {m_keys} ORDER BY x.\"synclink$ord\")\n\
+             \x20  ORDER BY {m_keys}, x.\"synclink$ord\" DESC",
+            m_keys = keys("x."),
+        )
+    };
     format!(
         "WITH m AS (\n\
-         \x20 -- per key: the last version sent, and the base of the first change in this run\n\
-         \x20 SELECT DISTINCT ON ({m_keys}) x.*,\n\
-         \x20        first_value(x.\"synclink$base_at\") OVER w AS \"synclink$first_at\",\n\
-         \x20        first_value(x.\"synclink$base_node\") OVER w AS \"synclink$first_node\",\n\
-         \x20        first_value(x.\"synclink$op\") OVER w AS \"synclink$first_op\"\n\
-         \x20   FROM unnest($1::{row}[], $2::synclink.stamp[]) WITH ORDINALITY AS x({cols}, {meta})\n\
-         \x20 WINDOW w AS (PARTITION BY {m_keys} ORDER BY x.\"synclink$ord\")\n\
-         \x20  ORDER BY {m_keys}, x.\"synclink$ord\" DESC\n\
+         {m}\n\
          ), c AS (\n\
          \x20 SELECT m.*, t.{k0} IS NOT NULL AS \"synclink$exists\",\n\
          \x20        CASE WHEN t.{k0} IS NOT NULL THEN ROW({t_cols})::{row} END AS \"synclink$here\",\n\
@@ -364,7 +382,6 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool) -> String {
          \x20   FROM e d WHERE d.\"synclink$conflict\"\n\
          )\n\
          SELECT count(*) FILTER (WHERE \"synclink$raced\") FROM written",
-        m_keys = keys("x."),
         row = spec.row_type,
         k0 = ident(&key[0]),
         t_cols = join(spec.columns, ", ", |x| format!("t.{}", ident(x))),
@@ -720,6 +737,7 @@ mod tests {
                 policy: &policy,
             },
             delete,
+            false,
         )
     }
 

@@ -3,63 +3,86 @@
 //! A change record is usually one row, sometimes a hundred thousand. Left to itself the plan
 //! cache plans such a statement afresh on every call (an array parameter of known length
 //! always looks cheaper planned with its value), and planning the checked apply statement
-//! costs more than running it for one row. So each statement is prepared twice: a generic
-//! plan, made once per session with joins by index, for small records; and a plan made for
-//! each large record with its real size in view.
+//! costs more than running it for one row; after a few calls it may also settle on a plan
+//! costed for a hundred rows and use it for a hundred thousand. So each statement has two
+//! plans: a generic one, made once per session with joins by index, for small records; and
+//! one made for each large record with its real size in view.
 
 use pgrx::prelude::*;
-use pgrx::IntoDatum;
+use std::cell::OnceCell;
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
 
-/// Records up to this many bytes of arguments use the generic plan: a few thousand rows,
-/// where probing the key indexes row by row is still the right join whatever the table's size.
-const SMALL_BYTES: usize = 256 << 10;
+/// Records up to this many bytes (as text) use the generic plan: up to some tens of
+/// thousands of rows, where probing the key indexes row by row costs about what hashing
+/// them would, and stays bounded by the record's size where a hash join's scan grows with
+/// the table. Whole capture chunks (5,000 rows) fall below it.
+const SMALL_BYTES: usize = 4 << 20;
 
 /// Planner settings for the generic plan. It is made for an array of unknown length and
 /// kept for the session, whatever the tables grow to; joins by index stay right for any
 /// table size, where a hash join chosen while the table was small would scan all of it later.
-const GENERIC_HINTS: [(&CStr, &CStr); 3] = [
+const GENERIC_HINTS: [(&CStr, &CStr); 4] = [
     (c"enable_hashjoin", c"off"),
     (c"enable_mergejoin", c"off"),
     (c"enable_seqscan", c"off"),
+    (c"jit", c"off"),
 ];
 
+/// Settings for planning and running a large record's plan. Its estimated cost is high
+/// enough for JIT compilation, which would compile every record's statement afresh: tens
+/// of milliseconds, more than the statement takes to run.
+const CUSTOM_SETTINGS: [(&CStr, &CStr); 1] = [(c"jit", c"off")];
+
+type Plan = NonNull<pg_sys::_SPI_plan>;
+
 pub struct Statement {
-    generic: NonNull<pg_sys::_SPI_plan>,
-    custom: NonNull<pg_sys::_SPI_plan>,
+    sql: CString,
+    types: Vec<pg_sys::Oid>,
+    generic: OnceCell<Plan>,
+    custom: OnceCell<Plan>,
 }
 
 impl Statement {
-    /// Prepare `sql`, whose parameters are all text, for the session. Must run inside an SPI
-    /// connection.
-    pub fn prepare(sql: &str, nargs: usize) -> Statement {
+    /// A statement with parameters of `types`, prepared when first run.
+    pub fn new(sql: &str, types: &[pg_sys::Oid]) -> Statement {
         Statement {
-            generic: keep(sql, nargs, pg_sys::CURSOR_OPT_GENERIC_PLAN),
-            custom: keep(sql, nargs, pg_sys::CURSOR_OPT_CUSTOM_PLAN),
+            sql: CString::new(sql).expect("generated SQL has no NUL"),
+            types: types.to_vec(),
+            generic: OnceCell::new(),
+            custom: OnceCell::new(),
         }
     }
 
-    /// Run the statement with text arguments; the first column of its first row, if it
-    /// returns one. Must run inside an SPI connection.
-    pub fn run(&self, args: &[&str]) -> Option<i64> {
-        let bytes: usize = args.iter().map(|a| a.len()).sum();
-        let plan = if bytes <= SMALL_BYTES {
-            self.plan_generic();
-            self.generic
+    /// Run the statement for a record of `bytes` bytes; the first column of its first row,
+    /// if it returns one. Must run inside an SPI connection.
+    pub fn run(&self, bytes: usize, args: &[pg_sys::Datum]) -> Option<i64> {
+        assert_eq!(args.len(), self.types.len());
+        let small = bytes <= SMALL_BYTES;
+        let plan = if small {
+            let plan = *self
+                .generic
+                .get_or_init(|| self.prepare(pg_sys::CURSOR_OPT_GENERIC_PLAN));
+            plan_generic(plan);
+            plan
         } else {
-            self.custom
+            *self
+                .custom
+                .get_or_init(|| self.prepare(pg_sys::CURSOR_OPT_CUSTOM_PLAN))
         };
-        let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.into_datum().unwrap()).collect();
+        let mut values = args.to_vec();
         let nulls = vec![b' ' as std::ffi::c_char; args.len()];
+        let settings: &[(&CStr, &CStr)] = if small { &[] } else { &CUSTOM_SETTINGS };
         unsafe {
-            let rc = pg_sys::SPI_execute_plan(
-                plan.as_ptr(),
-                values.as_mut_ptr(),
-                nulls.as_ptr(),
-                false,
-                0,
-            );
+            let rc = with_settings(settings, || {
+                pg_sys::SPI_execute_plan(
+                    plan.as_ptr(),
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    false,
+                    0,
+                )
+            });
             if rc < 0 {
                 panic!("SPI_execute_plan failed: {rc}");
             }
@@ -73,62 +96,91 @@ impl Statement {
         }
     }
 
-    /// Make the generic plan under GENERIC_HINTS unless a valid one is kept. An invalidation
-    /// (DDL, ANALYZE) drops it; the next call makes it again.
-    fn plan_generic(&self) {
+    fn prepare(&self, options: u32) -> Plan {
+        let mut types = self.types.clone();
         unsafe {
-            let sources = pg_sys::SPI_plan_get_plan_sources(self.generic.as_ptr());
-            let source = pg_sys::list_nth(sources, 0) as *mut pg_sys::CachedPlanSource;
-            let kept = (*source).gplan;
-            if (*source).is_valid && !kept.is_null() && (*kept).is_valid {
-                return;
-            }
-            let level = pg_sys::NewGUCNestLevel();
-            for (name, value) in GENERIC_HINTS {
-                pg_sys::set_config_option(
-                    name.as_ptr(),
-                    value.as_ptr(),
-                    pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                    pg_sys::GucAction::GUC_ACTION_SAVE,
-                    true,
-                    0,
-                    false,
-                );
-            }
-            let plan = pg_sys::SPI_plan_get_cached_plan(self.generic.as_ptr());
-            if !plan.is_null() {
-                pg_sys::ReleaseCachedPlan(plan, pg_sys::CurrentResourceOwner);
-            }
-            // On an error above, the (sub)transaction's abort restores the settings.
-            pg_sys::AtEOXact_GUC(true, level);
+            let plan = pg_sys::SPI_prepare_cursor(
+                self.sql.as_ptr(),
+                types.len() as i32,
+                types.as_mut_ptr(),
+                options as i32,
+            );
+            let code = pg_sys::SPI_result;
+            let plan =
+                NonNull::new(plan).unwrap_or_else(|| panic!("SPI_prepare_cursor failed: {code}"));
+            pg_sys::SPI_keepplan(plan.as_ptr());
+            plan
         }
     }
 }
 
-fn keep(sql: &str, nargs: usize, options: u32) -> NonNull<pg_sys::_SPI_plan> {
-    let sql = CString::new(sql).expect("generated SQL has no NUL");
-    let mut types = vec![pg_sys::TEXTOID; nargs];
+/// Make the generic plan under GENERIC_HINTS unless a valid one is kept. An invalidation
+/// (DDL, ANALYZE) drops it; the next call makes it again.
+fn plan_generic(plan: Plan) {
     unsafe {
-        let plan = pg_sys::SPI_prepare_cursor(
-            sql.as_ptr(),
-            nargs as i32,
-            types.as_mut_ptr(),
-            options as i32,
-        );
-        let code = pg_sys::SPI_result;
-        let plan =
-            NonNull::new(plan).unwrap_or_else(|| panic!("SPI_prepare_cursor failed: {code}"));
-        pg_sys::SPI_keepplan(plan.as_ptr());
-        plan
+        let sources = pg_sys::SPI_plan_get_plan_sources(plan.as_ptr());
+        let source = pg_sys::list_nth(sources, 0) as *mut pg_sys::CachedPlanSource;
+        let kept = (*source).gplan;
+        if (*source).is_valid && !kept.is_null() && (*kept).is_valid {
+            return;
+        }
+        with_settings(&GENERIC_HINTS, || {
+            let made = pg_sys::SPI_plan_get_cached_plan(plan.as_ptr());
+            if !made.is_null() {
+                pg_sys::ReleaseCachedPlan(made, pg_sys::CurrentResourceOwner);
+            }
+        });
     }
 }
 
+/// Run `f` with settings changed, as a function's SET clause would: restored after it, and
+/// by the (sub)transaction's abort if it raises an error.
+fn with_settings<T>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> T) -> T {
+    if settings.is_empty() {
+        return f();
+    }
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        for (name, value) in settings {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        let result = f();
+        pg_sys::AtEOXact_GUC(true, level);
+        result
+    }
+}
+
+/// Parse `text` as a value of type `oid`, once, so that several statements can take it.
+/// The value lives in the current memory context.
+pub fn parse(oid: pg_sys::Oid, text: &str) -> pg_sys::Datum {
+    let text = CString::new(text).expect("array text has no NUL");
+    unsafe {
+        let mut input = pg_sys::InvalidOid;
+        let mut ioparam = pg_sys::InvalidOid;
+        pg_sys::getTypeInputInfo(oid, &mut input, &mut ioparam);
+        pg_sys::OidInputFunctionCall(input, text.as_ptr() as *mut _, ioparam, -1)
+    }
+}
+
+// A plan is either kept or not yet made; an error while making one leaves nothing half-set.
+impl std::panic::RefUnwindSafe for Statement {}
+
 impl Drop for Statement {
     fn drop(&mut self) {
-        unsafe {
-            pg_sys::SPI_freeplan(self.generic.as_ptr());
-            pg_sys::SPI_freeplan(self.custom.as_ptr());
+        for plan in [self.generic.get(), self.custom.get()]
+            .into_iter()
+            .flatten()
+        {
+            unsafe { pg_sys::SPI_freeplan(plan.as_ptr()) };
         }
     }
 }

@@ -378,6 +378,32 @@ fn a_run_of_queued_records_applies_as_if_one_by_one() {
     same(&mut a, &mut b);
 }
 
+/// A run of queued records of several megabytes (here 24 records of 5,000 wide rows, each key
+/// inserted then updated) is planned for its size rather than with the plan kept for small
+/// runs; the result is still that of applying the records one by one.
+#[test]
+fn a_run_of_many_megabytes_applies_as_if_one_by_one() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    a.batch_execute(
+        "INSERT INTO t SELECT g, repeat('w', 200) FROM generate_series(1, 60000) g;
+         UPDATE t SET v = 'updated ' || id WHERE id % 3 = 0;
+         DELETE FROM t WHERE id % 3 = 1;",
+    )
+    .unwrap();
+    let bytes = count(
+        &mut a,
+        "SELECT sum(length(new_rows))::bigint FROM synclink.outbox WHERE op IN ('I', 'U')",
+    );
+    assert!(bytes > 8 << 20, "queued {bytes} bytes of rows");
+    a.query_one("SELECT sync_flush('b')", &[]).unwrap();
+    assert_eq!(same(&mut a, &mut b), 40_000);
+    let updated = count(&mut b, "SELECT count(*) FROM t WHERE v LIKE 'updated %'");
+    assert_eq!(updated, 20_000);
+}
+
 /// The sender crashes after the peer committed a delivery and before its own commit removed
 /// the records from its outbox. The peer's commit is held (it waits for a synchronous standby
 /// that does not exist) until the sender is down, so the window is hit every time.
