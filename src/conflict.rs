@@ -413,10 +413,13 @@ pub fn concurrent_insert(table: &str) -> ! {
     })
 }
 
-/// What both nodes need to settle one row by hand: the link's table as this node names it.
+/// What both nodes need to settle one row by hand: the link's table as this node names it,
+/// and as the peer does.
 struct RowTarget {
     link_id: i32,
     table: String,
+    peer_schema: String,
+    peer_table: String,
     row_type: String,
     columns: Vec<String>,
     key: Vec<String>,
@@ -429,7 +432,7 @@ impl RowTarget {
             let r = c
                 .select(
                     "SELECT format('%I.%I', n.nspname, cl.relname), l.row_type, l.columns, \
-                            l.key_columns, l.version_table \
+                            l.key_columns, l.version_table, l.peer_schema, l.peer_table \
                        FROM synclink.link l JOIN pg_class cl ON cl.oid = l.relid \
                        JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE l.link_id = $1",
                     None,
@@ -444,6 +447,8 @@ impl RowTarget {
                 columns: r.get(3).unwrap().unwrap(),
                 key: r.get(4).unwrap().unwrap(),
                 version_table: r.get(5).unwrap().unwrap(),
+                peer_schema: r.get(6).unwrap().unwrap(),
+                peer_table: r.get(7).unwrap().unwrap(),
             }
         })
     }
@@ -625,7 +630,6 @@ fn sync_resolve(conflict_id: i64, keep: &str) -> bool {
         }),
     };
     let target = RowTarget::load(link_id);
-    let link = crate::link::load_by_id(link_id);
     let mut rows = [local_hash.clone(), peer_hash.clone()];
     rows.sort();
     let decision = Decision {
@@ -642,8 +646,8 @@ fn sync_resolve(conflict_id: i64, keep: &str) -> bool {
     };
     let mine = target.current(&key);
     let body = ResolveRequest {
-        schema: link.peer_schema.clone(),
-        table: link.peer_table.clone(),
+        schema: target.peer_schema.clone(),
+        table: target.peer_table.clone(),
         key: key.clone(),
         row: if keep_local { mine.clone() } else { None },
         take: keep_local,

@@ -348,10 +348,6 @@ fn load(where_sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Option<Link> {
     })
 }
 
-pub fn load_by_id(id: i32) -> Link {
-    load("link_id = $1", vec![id.into()]).expect("link exists")
-}
-
 pub fn find(relid: pg_sys::Oid, peer: &str) -> Option<Link> {
     load(
         "relid = $1 AND peer_name = $2",
