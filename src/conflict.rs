@@ -723,6 +723,10 @@ mod tests {
     }
 
     fn checked(policy: Policy, delete: bool) -> String {
+        checked_as(policy, delete, false)
+    }
+
+    fn checked_as(policy: Policy, delete: bool, single: bool) -> String {
         let cols = strings(&["id", "name", "updated_at"]);
         let key = strings(&["id"]);
         let spec = ApplySpec {
@@ -741,8 +745,27 @@ mod tests {
                 policy: &policy,
             },
             delete,
-            false,
+            single,
         )
+    }
+
+    #[test]
+    fn only_a_run_of_records_is_reduced_to_each_keys_last_version() {
+        let run = checked_as(Policy::Manual, false, false);
+        assert!(run.contains("SELECT DISTINCT ON (x.\"id\") x.*"), "{run}");
+        assert!(
+            run.contains("first_value(x.\"synclink$base_at\") OVER w"),
+            "{run}"
+        );
+        let one = checked_as(Policy::Manual, false, true);
+        assert!(!one.contains("DISTINCT ON"), "{one}");
+        assert!(
+            one.contains("x.\"synclink$base_at\" AS \"synclink$first_at\""),
+            "{one}"
+        );
+        // Everything after the records' CTE is the same statement.
+        let tail = |sql: &str| sql[sql.find("), c AS (").unwrap()..].to_string();
+        assert_eq!(tail(&run), tail(&one));
     }
 
     #[test]
