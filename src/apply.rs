@@ -270,7 +270,8 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         let r = c
             .select(
                 "SELECT row_type, columns, key_columns, version_table, conflict, prefer_node, \
-                        version_column, peer_name, (row_type || '[]')::regtype::oid \
+                        version_column, peer_name, (row_type || '[]')::regtype::oid, \
+                        'synclink.stamp[]'::regtype::oid \
                    FROM synclink.link WHERE link_id = $1",
                 None,
                 &[id.into()],
@@ -289,9 +290,10 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
             ),
             r.get::<String>(8).unwrap().unwrap(),
             r.get::<pg_sys::Oid>(9).unwrap().unwrap(),
+            r.get::<pg_sys::Oid>(10).unwrap().unwrap(),
         )
     });
-    let (row_type, columns, key, version_table, policy, peer_name, rows_type) = link;
+    let (row_type, columns, key, version_table, policy, peer_name, rows_type, stamps_type) = link;
     let text_compare = text_compare_columns(&row_type);
     let spec = ApplySpec {
         table: qualified(schema, table),
@@ -307,9 +309,6 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         version_table: &version_table,
         policy: &policy,
     };
-    let stamps_type = Spi::get_one::<pg_sys::Oid>("SELECT 'synclink.stamp[]'::regtype::oid")
-        .unwrap()
-        .unwrap();
     let checked_sql = |delete, single| crate::conflict::checked_apply_sql(&checked, delete, single);
     let both = [rows_type, stamps_type];
     let text = pg_sys::TEXTOID;
