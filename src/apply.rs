@@ -337,28 +337,33 @@ fn prune(sender: &str, floor: Option<i64>) {
     if PRUNED_IN.with(|m| m.borrow().get(sender) == Some(&xact)) {
         return;
     }
-    Spi::run_with_args(
+    // A kept plan: planned afresh, the estimate (most of the table lies below the floor)
+    // picks a scan of the whole table, dead rows and all, on every delivery.
+    crate::db::prepared(
         "DELETE FROM synclink.applied WHERE sender = $1 AND seq < $2",
+        &[
+            pgrx::PgOid::from(pg_sys::TEXTOID),
+            pgrx::PgOid::from(pg_sys::INT8OID),
+        ],
         &[sender.into(), floor.into()],
-    )
-    .unwrap();
+        |_| (),
+    );
     PRUNED_IN.with(|m| m.borrow_mut().insert(sender.to_string(), xact));
 }
 
 /// Record that queued records from `sender` are applied; returns the seqs that were not yet.
 fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64> {
     prune(sender, floor);
-    Spi::connect_mut(|c| {
-        c.update(
-            "INSERT INTO synclink.applied (sender, seq) SELECT $1, unnest($2::bigint[]) \
-             ON CONFLICT DO NOTHING RETURNING seq",
-            None,
-            &[sender.into(), seqs.into()],
-        )
-        .unwrap()
-        .filter_map(|r| r.get::<i64>(1).unwrap())
-        .collect()
-    })
+    crate::db::prepared(
+        "INSERT INTO synclink.applied (sender, seq) SELECT $1, unnest($2::bigint[]) \
+         ON CONFLICT DO NOTHING RETURNING seq",
+        &[
+            pgrx::PgOid::from(pg_sys::TEXTOID),
+            pgrx::PgOid::from(pg_sys::INT8ARRAYOID),
+        ],
+        &[sender.into(), seqs.into()],
+        |t| t.filter_map(|r| r.get::<i64>(1).unwrap()).collect(),
+    )
 }
 
 /// Apply upsert or delete rows with their stamps, conflicts decided and logged: one record

@@ -2,7 +2,11 @@
 
 use pgrx::datum::{DatumWithOid, FromDatum, IntoDatum};
 use pgrx::prelude::*;
-use pgrx::spi::SpiError;
+use pgrx::spi::{OwnedPreparedStatement, SpiError, SpiTupleTable};
+use pgrx::PgOid;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 /// The first column of the first row, or None when the query returns no row or NULL.
 /// (pgrx reports "no row" as an error; for a catalog lookup it is an ordinary answer.)
@@ -27,4 +31,32 @@ pub fn column<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Vec
 /// This backend's local id of the current transaction: a key for per-transaction caches.
 pub fn local_xact() -> u32 {
     unsafe { (*pgrx::pg_sys::MyProc).lxid }
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// Run a statement planned once per backend and kept across transactions, and read its
+/// rows with `read`. For the statements the delivery worker repeats on every wake-up, where
+/// planning would cost more than running. One generic plan is used (crate::plan explains
+/// how it is made). The text is the cache key; a plan whose objects were dropped and made
+/// again is re-planned by PostgreSQL on its next use.
+pub fn prepared<R>(
+    sql: &str,
+    types: &[PgOid],
+    args: &[DatumWithOid],
+    read: impl FnOnce(SpiTupleTable) -> R,
+) -> R {
+    Spi::connect_mut(|c| {
+        // A shared handle, not a borrow of the cache: the statement may fire a trigger that
+        // runs prepared statements of its own, and an error inside it must not free the plan.
+        let plan = PLANS.with(|p| p.borrow().get(sql).cloned());
+        let plan = plan.unwrap_or_else(|| {
+            let plan = Rc::new(c.prepare_mut(sql, types).unwrap().keep());
+            PLANS.with(|p| p.borrow_mut().insert(sql.to_string(), plan.clone()));
+            plan
+        });
+        crate::plan::with_kept_plan(|| read(c.update(&*plan, None, args).unwrap()))
+    })
 }

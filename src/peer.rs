@@ -99,20 +99,18 @@ fn valid_name(name: &str) -> bool {
 }
 
 pub fn find(name: &str) -> Option<Peer> {
-    Spi::connect(|c| {
-        let t = c
-            .select(
-                "SELECT peer_name, server_name::text, node_name FROM synclink.peer WHERE peer_name = $1",
-                None,
-                &[name.into()],
-            )
-            .unwrap();
-        t.into_iter().next().map(|r| Peer {
-            name: r.get::<String>(1).unwrap().unwrap(),
-            server: r.get::<String>(2).unwrap().unwrap(),
-            node_name: r.get::<String>(3).unwrap().unwrap(),
-        })
-    })
+    crate::db::prepared(
+        "SELECT peer_name, server_name::text, node_name FROM synclink.peer WHERE peer_name = $1",
+        &[pgrx::PgOid::from(pg_sys::TEXTOID)],
+        &[name.into()],
+        |t| {
+            t.into_iter().next().map(|r| Peer {
+                name: r.get::<String>(1).unwrap().unwrap(),
+                server: r.get::<String>(2).unwrap().unwrap(),
+                node_name: r.get::<String>(3).unwrap().unwrap(),
+            })
+        },
+    )
 }
 
 pub fn find_by_node(node: &str) -> Option<Peer> {

@@ -22,12 +22,23 @@ const SMALL_BYTES: usize = 4 << 20;
 /// Planner settings for the generic plan. It is made for an array of unknown length and
 /// kept for the session, whatever the tables grow to; joins by index stay right for any
 /// table size, where a hash join chosen while the table was small would scan all of it later.
-const GENERIC_HINTS: [(&CStr, &CStr); 4] = [
+const GENERIC_HINTS: [(&CStr, &CStr); 5] = [
     (c"enable_hashjoin", c"off"),
     (c"enable_mergejoin", c"off"),
     (c"enable_seqscan", c"off"),
+    (c"enable_bitmapscan", c"off"),
     (c"jit", c"off"),
 ];
+
+/// Run `f`, which executes a prepared statement kept for the session, so that the plan
+/// cache uses one generic plan for it, made under GENERIC_HINTS. For the queue's statements:
+/// the outbox is empty one moment and holds a million records the next, so its statistics
+/// say little, and a plan made from them could scan the whole table at every wake-up.
+pub fn with_kept_plan<T>(f: impl FnOnce() -> T) -> T {
+    let mut settings = GENERIC_HINTS.to_vec();
+    settings.push((c"plan_cache_mode", c"force_generic_plan"));
+    with_settings(&settings, f)
+}
 
 /// Settings for planning and running a large record's plan. Its estimated cost is high
 /// enough for JIT compilation, which would compile every record's statement afresh: tens

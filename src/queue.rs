@@ -130,12 +130,19 @@ pub fn mark_down(peer: &str) {
     .unwrap();
 }
 
+/// Clear the register, if it is set: every delivery comes here, and a setval is written
+/// to the WAL even when it changes nothing.
 fn mark_up(peer: &str) {
-    Spi::run(&format!(
-        "SELECT setval({}, 1, false)",
-        crate::sql::literal(&retry_register(peer))
-    ))
-    .unwrap();
+    let register = retry_register(peer);
+    crate::db::prepared(
+        &format!(
+            "SELECT setval({}, 1, false) FROM {register} WHERE last_value <> 1 OR is_called",
+            crate::sql::literal(&register)
+        ),
+        &[],
+        &[],
+        |_| (),
+    );
 }
 
 pub fn has_queued(peer: &str) -> bool {
@@ -265,78 +272,110 @@ fn lock_key(peer: &str) -> String {
 
 /// Deliver up to `limit` queued records (0: all) to `peer`, in order, in batches.
 pub fn flush(peer: &Peer, limit: i64) -> Flushed {
-    let locked = Spi::get_one_with_args::<bool>(
+    flush_after(peer, limit, &mut 0)
+}
+
+/// Records a delivery takes per statement (postgres_fdw sends them 100 to a round trip).
+const BATCH: i64 = 1000;
+
+/// Like `flush`, for records above seq `after` only, and moves `after` to the last seq
+/// delivered. The first batch of a transaction starting from 0 begins at the lowest seq
+/// visible now: seqs commit out of order, so a change may become visible after a higher
+/// one. The two are changes to different rows (a change to the same row waits for the
+/// earlier one's row lock, so its seq is drawn after that one commits), so delivering the
+/// late one later keeps every row's order. Later batches continue where the last one ended
+/// instead of stepping again over the index entries of the records just deleted, which stay
+/// visible to this transaction until it commits.
+pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64) -> Flushed {
+    let text = PgOid::from(pg_sys::TEXTOID);
+    let bigint = PgOid::from(pg_sys::INT8OID);
+    // Nothing to send, nothing to lock, and no remote transaction opened for it.
+    let waiting = crate::db::prepared(
+        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = $1 AND seq > $2)",
+        &[text, bigint],
+        &[peer.name.as_str().into(), (*after).into()],
+        |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
+    );
+    if !waiting {
+        return Flushed::Done(0);
+    }
+    let locked = crate::db::prepared(
         "SELECT pg_try_advisory_xact_lock(hashtext($1))",
+        &[text],
         &[lock_key(&peer.name).as_str().into()],
-    )
-    .unwrap()
-    .unwrap_or(false);
+        |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
+    );
     if !locked {
         return Flushed::Busy;
     }
+    // One statement, one snapshot: exactly the records deleted here are the ones sent, and
+    // the delete is undone if the peer does not take them.
     let sql = format!(
-        "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows, stamps, seq, floor_seq) \
-         SELECT o.origin, $2, l.peer_schema, l.peer_table, o.op, o.new_rows, o.old_rows, o.stamps, o.seq, $3 \
-           FROM synclink.outbox o JOIN synclink.link l USING (link_id) \
-          WHERE o.peer_name = $4 AND o.seq BETWEEN $3 AND $5 AND o.seq = ANY($1) ORDER BY o.seq",
-        peer.foreign("inbox")
+        "WITH batch AS (\n\
+         \x20   DELETE FROM synclink.outbox o\n\
+         \x20    WHERE o.peer_name = $1 AND o.seq > $2\n\
+         \x20      AND o.seq <= (SELECT max(q.seq) FROM (SELECT seq FROM synclink.outbox\n\
+         \x20                     WHERE peer_name = $1 AND seq > $2 ORDER BY seq LIMIT $3) q)\n\
+         \x20   RETURNING o.seq, o.link_id, o.origin, o.op, o.new_rows, o.old_rows, o.stamps\n\
+         ), sent AS (\n\
+         \x20   INSERT INTO {inbox} (origin, sender, target_schema, target_table, op, new_rows, old_rows, stamps, seq, floor_seq)\n\
+         \x20   SELECT b.origin, $4, l.peer_schema, l.peer_table, b.op, b.new_rows, b.old_rows, b.stamps, b.seq, min(b.seq) OVER ()\n\
+         \x20     FROM batch b JOIN synclink.link l USING (link_id)\n\
+         \x20    ORDER BY b.seq\n\
+         )\n\
+         SELECT count(*), max(seq) FROM batch",
+        inbox = peer.foreign("inbox")
     );
     let node = crate::node::local_name();
     let mut delivered = 0i64;
     loop {
         let batch_size = if limit > 0 {
-            (limit - delivered).min(1000)
+            (limit - delivered).min(BATCH)
         } else {
-            1000
+            BATCH
         };
         if batch_size <= 0 {
+            mark_up(&peer.name);
             return if has_queued(&peer.name) {
                 Flushed::Partial(delivered)
             } else {
                 Flushed::Done(delivered)
             };
         }
-        // Always from the lowest seq visible now, never from where the last batch ended: seqs
-        // commit out of order, and a change that became visible only now may be older than a
-        // later change to the same row that is visible too.
-        let seqs = crate::db::column::<i64>(
-            "SELECT seq FROM synclink.outbox WHERE peer_name = $1 ORDER BY seq LIMIT $2",
-            &[peer.name.as_str().into(), batch_size.into()],
-        );
-        if seqs.is_empty() {
-            if delivered > 0 {
-                mark_up(&peer.name);
-            }
-            return Flushed::Done(delivered);
-        }
-        let floor = seqs[0];
-        let last = seqs[seqs.len() - 1];
+        let from = *after;
         let sent = crate::subxact::run(|| {
-            Spi::connect_mut(|c| {
-                c.update(
-                    sql.as_str(),
-                    None,
-                    &[
-                        seqs.clone().into(),
-                        node.as_str().into(),
-                        floor.into(),
-                        peer.name.as_str().into(),
-                        last.into(),
-                    ],
-                )
-                .unwrap();
-                c.update(
-                    "DELETE FROM synclink.outbox WHERE seq BETWEEN $2 AND $3 AND seq = ANY($1)",
-                    None,
-                    &[seqs.clone().into(), floor.into(), last.into()],
-                )
-                .unwrap();
-            })
+            crate::db::prepared(
+                &sql,
+                &[text, bigint, bigint, text],
+                &[
+                    peer.name.as_str().into(),
+                    from.into(),
+                    batch_size.into(),
+                    node.as_str().into(),
+                ],
+                |t| {
+                    let row = t.first();
+                    (
+                        row.get::<i64>(1).unwrap().unwrap_or(0),
+                        row.get::<i64>(2).unwrap(),
+                    )
+                },
+            )
         });
         match sent {
-            Ok(()) => {
-                delivered += seqs.len() as i64;
-                record_delivery(&peer.name, seqs.len() as i64);
+            Ok((n, last)) => {
+                if let Some(last) = last {
+                    delivered += n;
+                    *after = last;
+                    record_delivery(&peer.name, n);
+                }
+                // A short batch took all there was to see.
+                if n < batch_size {
+                    if delivered > 0 {
+                        mark_up(&peer.name);
+                    }
+                    return Flushed::Done(delivered);
+                }
             }
             Err(f) => {
                 if f.is_connection() {
@@ -350,13 +389,14 @@ pub fn flush(peer: &Peer, limit: i64) -> Flushed {
 }
 
 fn record_delivery(peer: &str, n: i64) {
-    Spi::run_with_args(
+    crate::db::prepared(
         "INSERT INTO synclink.peer_state AS s (peer_name, delivered, last_delivered_at) \
          VALUES ($1, $2, clock_timestamp()) \
          ON CONFLICT (peer_name) DO UPDATE SET delivered = s.delivered + $2, last_delivered_at = clock_timestamp()",
+        &[PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::INT8OID)],
         &[peer.into(), n.into()],
-    )
-    .unwrap();
+        |_| (),
+    );
 }
 
 pub fn record_failure(peer: &str, error: &str) {

@@ -156,7 +156,11 @@ pub extern "C-unwind" fn synclink_launcher_main(_arg: pg_sys::Datum) {
                 .collect()
             })
         });
-        workers.retain(|oid, w| w.pid().is_ok() && databases.iter().any(|(o, _)| o == oid));
+        // A worker registered a moment ago may not have started yet: it is alive all the same.
+        workers.retain(|oid, w| {
+            matches!(w.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted))
+                && databases.iter().any(|(o, _)| o == oid)
+        });
         for (oid, name) in databases {
             if workers.contains_key(&oid) {
                 continue;
@@ -184,6 +188,18 @@ struct Backoff {
     wait: Duration,
 }
 
+/// How often the worker starts again from each peer's lowest queued seq (see
+/// queue::flush_after) instead of from the last seq it delivered.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// After a round that delivered n records, the worker lets n × LINGER_PER_RECORD pass (up to
+/// MAX_LINGER) before it starts the next. Every commit that queues a change wakes it; under
+/// a steady stream of commits, rounds then gather many commits' changes into one remote
+/// transaction, whose fixed cost (two commits, the peer's per-statement work) would
+/// otherwise be paid per change. A change after a quiet spell still goes out at once.
+const LINGER_PER_RECORD: Duration = Duration::from_micros(500);
+const MAX_LINGER: Duration = Duration::from_millis(25);
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
@@ -192,24 +208,32 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
     register_worker(dboid.to_u32());
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    // Per peer, the last seq delivered since the last sweep.
+    let mut delivered_up_to: HashMap<String, i64> = HashMap::new();
+    let mut last_sweep = Instant::now();
     let mut nap = Duration::from_millis(NAPTIME_MS.get() as u64);
     while BackgroundWorker::wait_latch(Some(nap)) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
+        let round = Instant::now();
+        let mut delivered = 0i64;
         nap = Duration::from_millis(NAPTIME_MS.get() as u64);
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            delivered_up_to.clear();
+            last_sweep = round;
+        }
         let peers: Option<Vec<String>> = BackgroundWorker::transaction(|| {
-            let installed = Spi::get_one::<bool>(
+            let installed = crate::db::prepared(
                 "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'synclink')",
-            )
-            .unwrap()
-            .unwrap_or(false);
+                &[],
+                &[],
+                |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
+            );
             installed.then(|| {
-                crate::db::column::<String>(
-                    "SELECT peer_name FROM synclink.peer p \
-                     WHERE EXISTS (SELECT 1 FROM synclink.outbox o WHERE o.peer_name = p.peer_name)",
-                    &[],
-                )
+                crate::db::prepared("SELECT peer_name FROM synclink.peer", &[], &[], |t| {
+                    t.filter_map(|r| r.get::<String>(1).unwrap()).collect()
+                })
             })
         });
         let Some(peers) = peers else {
@@ -221,12 +245,20 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
             if backoff.get(&name).is_some_and(|b| b.until > Instant::now()) {
                 continue;
             }
-            let outcome = BackgroundWorker::transaction(|| match crate::peer::find(&name) {
-                Some(peer) => queue::flush(&peer, WORKER_BATCH),
-                None => Flushed::Done(0),
+            let from = delivered_up_to.get(&name).copied().unwrap_or(0);
+            let (outcome, after) = BackgroundWorker::transaction(|| {
+                let mut after = from;
+                let outcome = match crate::peer::find(&name) {
+                    Some(peer) => queue::flush_after(&peer, WORKER_BATCH, &mut after),
+                    None => Flushed::Done(0),
+                };
+                (outcome, after)
             });
+            // committed: what was delivered stays delivered
+            delivered_up_to.insert(name.clone(), after);
             match outcome {
-                Flushed::Done(_) => {
+                Flushed::Done(n) => {
+                    delivered += n;
                     backoff.remove(&name);
                 }
                 Flushed::Partial(_) => {
@@ -246,6 +278,12 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                         },
                     );
                 }
+            }
+        }
+        let linger = (LINGER_PER_RECORD * delivered.min(u32::MAX as i64) as u32).min(MAX_LINGER);
+        if !nap.is_zero() {
+            if let Some(rest) = linger.checked_sub(round.elapsed()) {
+                unsafe { pg_sys::pg_usleep(rest.as_micros() as std::ffi::c_long) };
             }
         }
     }

@@ -3,7 +3,8 @@
 //!   bulk:   100,000-row INSERT … SELECT into the same table unlinked, linked with synclink
 //!           (sync and async mode), and with the hand-written row-level triggers of the
 //!           railwaymen article
-//!   single: single-row INSERT transactions per second from 4 pgbench clients
+//!   single: single-row INSERT transactions per second from 4 pgbench clients (async mode
+//!           also with the peer stopped, to show the writers' own share)
 //!   drain:  how fast the background worker delivers a backlog of queued changes
 //!   ids:    insert cost per row with an own, a shared and an interleaved sequence
 //!   diff:   sync_diff and sync_reconcile of a 1,000,000-row table with 100 differences
@@ -202,19 +203,45 @@ fn main() {
     );
 
     println!();
-    println!("single-row INSERT, 4 clients, {seconds} s each");
-    let mut tps = Vec::new();
-    for v in 0..n {
-        reset(&mut a, &mut b, variants[v], linked[v]);
-        tps.push(pgbench_tps(&pair, variants[v], seconds));
+    println!(
+        "single-row INSERT, 4 clients, {seconds} s per variant and round (median of {rounds})"
+    );
+    // The extra variant is async mode with the peer stopped: the writers' own cost, without
+    // the delivery worker and the peer's apply competing for the same two cores and disk.
+    let mut tps: Vec<Vec<f64>> = vec![Vec::new(); n + 1];
+    let mut tps_ratios: Vec<Vec<f64>> = vec![Vec::new(); n + 1];
+    for round in 0..rounds {
+        let mut this = vec![0.0f64; n + 1];
+        for k in 0..=n {
+            let v = (round + k) % (n + 1);
+            if v == n {
+                reset(&mut a, &mut b, "bench_async", true);
+                pair.b.stop_immediate();
+                this[v] = pgbench_tps(&pair, "bench_async", seconds);
+                pair.b.start_again();
+                b = pair.b.connect(&pair.db);
+                continue;
+            }
+            reset(&mut a, &mut b, variants[v], linked[v]);
+            this[v] = pgbench_tps(&pair, variants[v], seconds);
+        }
+        for v in 0..=n {
+            tps[v].push(this[v]);
+            tps_ratios[v].push(this[v] / this[0]);
+        }
     }
     println!("  {:<32} {:>10} {:>12}", "variant", "tps", "x unlinked");
-    for v in 0..n {
+    for v in 0..=n {
+        let name = if v == n {
+            "async mode, peer stopped"
+        } else {
+            names[v]
+        };
         println!(
             "  {:<32} {:>10.0} {:>11.2}x",
-            names[v],
-            tps[v],
-            tps[v] / tps[0]
+            name,
+            median(tps[v].clone()),
+            median(tps_ratios[v].clone())
         );
     }
     for t in ["bench_linked", "bench_async"] {
