@@ -23,6 +23,9 @@ CREATE TRIGGER receive_done AFTER INSERT ON synclink.inbox
 -- its peer), the delivery worker is woken when the transaction commits.
 CREATE TRIGGER queued AFTER INSERT ON synclink.outbox
     FOR EACH STATEMENT EXECUTE FUNCTION synclink.queued();
+-- The seq default notes every 1000th change, so that the trigger above looks at the backlog
+-- then and only then.
+ALTER TABLE synclink.outbox ALTER COLUMN seq SET DEFAULT synclink.next_outbox_seq();
 
 -- A peer asking this node to set up or remove its half of a link.
 CREATE FUNCTION synclink.serve_request() RETURNS trigger
@@ -58,6 +61,7 @@ REVOKE ALL ON FUNCTION synclink.apply_pending() FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.shared_nextval(oid, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.ship(integer, "char", text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION synclink.next_outbox_seq() FROM PUBLIC;
 
 -- One row per link. Queue figures are the link's own; delivery counters and errors are the
 -- peer's (one queue per peer keeps its changes in order). peer_reachable is what synclink

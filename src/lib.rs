@@ -126,7 +126,8 @@ mod tests {
     fn the_data_path_is_closed_to_public() {
         let open = Spi::get_one::<i64>(
             "SELECT count(*) FROM (VALUES ('synclink.apply(text,text,text,text,\"char\",text,text,bigint,bigint,text)'),
-                    ('synclink.ship(integer,\"char\",text,text,text)'), ('synclink.handle_request(text,text,jsonb)')) f(sig)
+                    ('synclink.ship(integer,\"char\",text,text,text)'), ('synclink.handle_request(text,text,jsonb)'),
+                    ('synclink.next_outbox_seq()')) f(sig)
               WHERE has_function_privilege('public', sig, 'EXECUTE')",
         )
         .unwrap();

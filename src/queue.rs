@@ -26,7 +26,7 @@ static RETRY_INTERVAL_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(5
 static WRITER_FLUSH_LIMIT: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 static BACKLOG_WARNING: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100_000);
 
-const BACKLOG_CHECK_EVERY: u64 = 1000;
+const BACKLOG_CHECK_EVERY: i64 = 1000;
 
 pub fn init_gucs() {
     pgrx::GucRegistry::define_int_guc(
@@ -52,7 +52,7 @@ pub fn init_gucs() {
     pgrx::GucRegistry::define_int_guc(
         c"synclink.backlog_warning",
         c"Queued changes for one peer above which queueing raises a WARNING.",
-        c"Checked by a session's first statement that queues changes and every 1000th after it; 0 turns the warning off.",
+        c"Checked about every 1000th queued change; 0 turns the warning off.",
         &BACKLOG_WARNING,
         0,
         i32::MAX,
@@ -218,22 +218,36 @@ pub fn enqueue(peer: &str, link_id: i32, origin: &str, change: &Change, reason: 
 }
 
 thread_local! {
-    static QUEUED_STATEMENTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Set when this backend draws an outbox seq that is a multiple of BACKLOG_CHECK_EVERY.
+    static CHECK_BACKLOG: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The outbox's seq default (sql/finalize.sql): the sequence's next value, noting every
+/// BACKLOG_CHECK_EVERY-th so that the statement that drew it looks at the backlog.
+#[pg_extern(schema = "synclink", volatile, parallel_unsafe)]
+fn next_outbox_seq() -> i64 {
+    let seq = unsafe {
+        let schema = pg_sys::get_namespace_oid(c"synclink".as_ptr(), false);
+        let seq = pg_sys::get_relname_relid(c"outbox_seq_seq".as_ptr(), schema);
+        pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])
+            .expect("nextval returns a value")
+    };
+    if seq % BACKLOG_CHECK_EVERY == 0 {
+        CHECK_BACKLOG.with(|c| c.set(true));
+    }
+    seq
 }
 
 /// After every statement that queued changes (the outbox's statement trigger): wake the
 /// delivery worker at commit, and now and then say so when a queue grows past
 /// synclink.backlog_warning. Counting the queue on every change would cost more than
-/// queueing it; a backend's first queueing statement and every BACKLOG_CHECK_EVERY-th after
-/// it look.
+/// queueing it, so the statement that drew every BACKLOG_CHECK_EVERY-th seq looks, whichever
+/// session it runs in: about once per thousand changes, however short-lived the sessions.
 pub fn after_queueing() {
     crate::worker::wake_at_commit();
+    let due = CHECK_BACKLOG.with(|c| c.replace(false));
     let limit = BACKLOG_WARNING.get() as i64;
-    let n = QUEUED_STATEMENTS.with(|c| {
-        c.set(c.get() + 1);
-        c.get()
-    });
-    if limit <= 0 || !(n - 1).is_multiple_of(BACKLOG_CHECK_EVERY) {
+    if limit <= 0 || !due {
         return;
     }
     let backlogs: Vec<(String, i64)> = Spi::connect(|c| {
