@@ -145,13 +145,14 @@ fn mark_up(peer: &str) {
     );
 }
 
-pub fn has_queued(peer: &str) -> bool {
-    Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = $1)",
-        &[peer.into()],
+/// Is anything queued for `peer` above seq `after` (0: anything at all)?
+fn queued_after(peer: &str, after: i64) -> bool {
+    crate::db::prepared(
+        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = $1 AND seq > $2)",
+        &[PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::INT8OID)],
+        &[peer.into(), after.into()],
+        |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
     )
-    .unwrap()
-    .unwrap_or(false)
 }
 
 pub fn queued(peer: &str) -> i64 {
@@ -304,13 +305,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64) -> Flushed {
     let text = PgOid::from(pg_sys::TEXTOID);
     let bigint = PgOid::from(pg_sys::INT8OID);
     // Nothing to send, nothing to lock, and no remote transaction opened for it.
-    let waiting = crate::db::prepared(
-        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = $1 AND seq > $2)",
-        &[text, bigint],
-        &[peer.name.as_str().into(), (*after).into()],
-        |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
-    );
-    if !waiting {
+    if !queued_after(&peer.name, *after) {
         return Flushed::Done(0);
     }
     let locked = crate::db::prepared(
@@ -350,7 +345,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64) -> Flushed {
         };
         if batch_size <= 0 {
             mark_up(&peer.name);
-            return if has_queued(&peer.name) {
+            return if queued_after(&peer.name, 0) {
                 Flushed::Partial(delivered)
             } else {
                 Flushed::Done(delivered)
