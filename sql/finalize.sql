@@ -19,6 +19,12 @@ $$;
 CREATE TRIGGER receive_done AFTER INSERT ON synclink.inbox
     FOR EACH STATEMENT EXECUTE FUNCTION synclink.receive_done();
 
+-- The triggers of an async link call this with the link id (src/capture_one.rs): a
+-- statement that changed one row is queued here, any other goes to the link's generated
+-- capture function. It checks that it runs as one of that link's triggers on that table.
+CREATE FUNCTION synclink.capture_one() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'synclink_capture_one';
+
 -- Whatever queued changes (an async capture function, a sync write that could not reach
 -- its peer), the delivery worker is woken when the transaction commits.
 CREATE TRIGGER queued AFTER INSERT ON synclink.outbox

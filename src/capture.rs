@@ -38,6 +38,23 @@ fn row_expr(spec: &CaptureSpec, alias: &str) -> String {
     )
 }
 
+/// The version table's upsert for the keys `select` yields (key columns, new version, node),
+/// returning each key's row with the version it replaced kept in the base columns.
+fn version_upsert(spec: &CaptureSpec, select: &str) -> String {
+    let keys = join(spec.key, ", ", |k| ident(k));
+    format!(
+        "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\")\n\
+         \x20          {select}\n\
+         \x20          ON CONFLICT ({keys}) DO UPDATE\n\
+         \x20             SET \"synclink$at\" = greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1),\n\
+         \x20                 \"synclink$node\" = EXCLUDED.\"synclink$node\",\n\
+         \x20                 \"synclink$base_at\" = v.\"synclink$at\",\n\
+         \x20                 \"synclink$base_node\" = v.\"synclink$node\"\n\
+         \x20          RETURNING v.*",
+        vt = spec.version_table,
+    )
+}
+
 /// The statement that stamps `source` rows with new versions and turns them into chunked
 /// text arrays (`rows`, `stamps`), handed to `ship` (sync) or queued in the outbox (async).
 ///
@@ -45,7 +62,6 @@ fn row_expr(spec: &CaptureSpec, alias: &str) -> String {
 /// node whose clock runs behind still orders its change after the one it overwrote. The
 /// previous version travels as the row's base.
 fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
-    let keys = join(spec.key, ", ", |k| ident(k));
     let s_keys = join(spec.key, ", ", |k| format!("s.{}", ident(k)));
     let matches = |alias: &str| {
         join(spec.key, " AND ", |k| {
@@ -58,18 +74,14 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
     // same input in one pass, so they line up element for element; the input comes sorted by
     // chunk so that grouping never hashes (and spills) whole arrays.
     let ctes = format!(
-        "WITH v AS (INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\")\n\
-         \x20          SELECT {s_keys}, synclink$now, synclink$origin FROM {source} s{filter}\n\
-         \x20          ON CONFLICT ({keys}) DO UPDATE\n\
-         \x20             SET \"synclink$at\" = greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1),\n\
-         \x20                 \"synclink$node\" = EXCLUDED.\"synclink$node\",\n\
-         \x20                 \"synclink$base_at\" = v.\"synclink$at\",\n\
-         \x20                 \"synclink$base_node\" = v.\"synclink$node\"\n\
-         \x20          RETURNING v.*),\n\
+        "WITH v AS ({upsert}),\n\
          \x20    s AS (SELECT s.*, v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\",\n\
          \x20                 (row_number() OVER () - 1) / {CHUNK_ROWS} AS \"synclink$chunk\"\n\
          \x20            FROM {source} s JOIN v ON {v_match})",
-        vt = spec.version_table,
+        upsert = version_upsert(
+            spec,
+            &format!("SELECT {s_keys}, synclink$now, synclink$origin FROM {source} s{filter}")
+        ),
         v_match = matches("v"),
     );
     let select = format!(
@@ -103,6 +115,54 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
         "        FOR part IN\n        {ctes}\n        {select}\n        LOOP\n            \
          PERFORM synclink.ship({}, '{op}', {args}, part.stamps);\n        END LOOP;\n",
         spec.link_id
+    )
+}
+
+/// The statement the native capture (capture_one.rs) runs for an async statement that
+/// changed one row: the same version upsert and outbox record as `stamped`, for a row passed
+/// as $1 (the table's row type) with the new version in $2 and the origin in $3, so no
+/// transition table is scanned and nothing is aggregated. For an UPDATE, $4 is the old row and
+/// nothing is written unless the match key stayed the same: a changed key takes the general
+/// path ('K' or 'R' records), which the caller sees as no row inserted.
+pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
+    let row = |param: &str| {
+        format!(
+            "ARRAY[ROW({})::{}]::pg_catalog.text",
+            join(spec.columns, ", ", |c| format!("({param}).{}", ident(c))),
+            spec.row_type
+        )
+    };
+    let same_key = if op == 'U' {
+        format!(
+            " WHERE {}",
+            join(spec.key, " AND ", |k| format!(
+                "($1).{k} = ($4).{k}",
+                k = ident(k)
+            ))
+        )
+    } else {
+        String::new()
+    };
+    let (new, old) = if op == 'D' {
+        ("NULL".to_string(), row("$1"))
+    } else {
+        (row("$1"), "NULL".to_string())
+    };
+    format!(
+        "WITH v AS ({upsert})\n\
+         INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
+         SELECT {peer}, {id}, $3, '{op}', {new}, {old},\n\
+         \x20      ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", '{op}')::synclink.stamp]::pg_catalog.text\n\
+         \x20 FROM v",
+        upsert = version_upsert(
+            spec,
+            &format!(
+                "SELECT {}, $2, $3{same_key}",
+                join(spec.key, ", ", |k| format!("($1).{}", ident(k)))
+            )
+        ),
+        peer = literal(spec.peer_name),
+        id = spec.link_id,
     )
 }
 
@@ -195,7 +255,7 @@ AS $synclink$
 -- Rows travel as {row_type}[] in text form, {CHUNK_ROWS} rows per change record at most,
 -- each with a synclink.stamp: its new version and the one it replaced, kept per key in
 -- {version_table}. The session settings above make the text mean the same on the receiving side.
--- The triggers' WHEN clause keeps changes synclink applies from this peer from being sent back.
+-- The triggers' WHEN clause keeps changes synclink applies from this peer from being sent back.{single}
 -- enable_nestloop is off because PL/pgSQL keeps the plans made for the first statement's
 -- transition tables: a nested loop chosen for 1 row would be quadratic for 100,000.
 -- jit is off because a plan first made for a large statement would compile every later
@@ -229,14 +289,32 @@ $synclink$"#,
         vanish = stamped(spec, "old_rows", &vanished, 'K'),
         update = stamped(spec, "new_rows", "", 'U'),
         delete = stamped(spec, "old_rows", "", 'D'),
+        single = if spec.queue_only {
+            "\n-- The triggers call synclink.capture_one(), which queues a statement that changed one\n\
+             -- row itself, the same way as below, and calls this function for every other statement."
+        } else {
+            ""
+        },
     )
 }
 
-/// The statement triggers that call the capture function, one per event.
+/// What the triggers of a link execute. An async link's triggers call the native capture
+/// with the link id; it handles a statement that changed one row itself and hands every
+/// other statement to the generated function. A sync link's triggers call the generated
+/// function directly.
+pub fn trigger_call(spec: &CaptureSpec) -> String {
+    if spec.queue_only {
+        format!("synclink.capture_one('{}')", spec.link_id)
+    } else {
+        format!("{}()", spec.function)
+    }
+}
+
+/// The statement triggers that run `call` (see trigger_call), one per event.
 /// The WHEN clause skips the function while synclink applies a change from the peer itself.
 pub fn trigger_sqls(
     table: &str,
-    function: &str,
+    call: &str,
     peer_name: &str,
     peer_node: &str,
 ) -> Vec<(String, String)> {
@@ -256,7 +334,7 @@ pub fn trigger_sqls(
             let name = format!("synclink_{peer_name}_{suffix}");
             let sql = format!(
                 "CREATE TRIGGER {} AFTER {event} ON {table} {referencing}FOR EACH STATEMENT\n    \
-                 WHEN (NOT synclink.applying_from({})) EXECUTE FUNCTION {function}()",
+                 WHEN (NOT synclink.applying_from({})) EXECUTE FUNCTION {call}",
                 ident(&name),
                 literal(peer_node)
             );
@@ -377,6 +455,61 @@ mod tests {
     }
 
     #[test]
+    fn a_single_row_is_queued_like_a_statement_of_one() {
+        let cols = vec!["id".to_string(), "v".to_string()];
+        let key = vec!["id".to_string()];
+        let mut s = spec(&cols, &key);
+        s.queue_only = true;
+        let insert = single_row_sql(&s, 'I');
+        assert!(
+            insert.contains("SELECT ($1).\"id\", $2, $3\n"),
+            "version from the row: {insert}"
+        );
+        assert!(
+            insert.contains(
+                "SELECT 'b', 7, $3, 'I', ARRAY[ROW(($1).\"id\", ($1).\"v\")::synclink.\"products_b_row\"]::pg_catalog.text, NULL,"
+            ),
+            "{insert}"
+        );
+        assert!(insert.contains(
+            "ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", 'I')::synclink.stamp]::pg_catalog.text"
+        ));
+        let delete = single_row_sql(&s, 'D');
+        assert!(
+            delete.contains("'D', NULL, ARRAY[ROW(($1)."),
+            "old rows for a delete: {delete}"
+        );
+        // the version upsert is the one the generated function runs
+        let general = function_sql(&s);
+        let upsert =
+            &insert[insert.find("ON CONFLICT").unwrap()..insert.find("RETURNING").unwrap()];
+        assert!(general.contains(upsert), "{upsert}");
+    }
+
+    #[test]
+    fn a_single_row_update_is_queued_only_when_its_key_stayed() {
+        let cols = vec!["a".to_string(), "b".to_string(), "v".to_string()];
+        let key = vec!["a".to_string(), "b".to_string()];
+        let sql = single_row_sql(&spec(&cols, &key), 'U');
+        assert!(
+            sql.contains("SELECT ($1).\"a\", ($1).\"b\", $2, $3 WHERE ($1).\"a\" = ($4).\"a\" AND ($1).\"b\" = ($4).\"b\""),
+            "{sql}"
+        );
+        assert!(!single_row_sql(&spec(&cols, &key), 'I').contains("$4"));
+    }
+
+    #[test]
+    fn async_triggers_call_the_native_capture() {
+        let cols = vec!["id".to_string()];
+        let key = vec!["id".to_string()];
+        let mut s = spec(&cols, &key);
+        assert_eq!(trigger_call(&s), "synclink.\"products_b_capture\"()");
+        s.queue_only = true;
+        assert_eq!(trigger_call(&s), "synclink.capture_one('7')");
+        assert!(function_sql(&s).contains("synclink.capture_one()"));
+    }
+
+    #[test]
     fn composite_key_matches_all_columns() {
         let cols = vec!["a".to_string(), "b".to_string(), "v".to_string()];
         let key = vec!["a".to_string(), "b".to_string()];
@@ -388,7 +521,7 @@ mod tests {
     fn triggers_reference_the_right_transition_tables() {
         let t = trigger_sqls(
             "\"public\".\"products\"",
-            "synclink.\"f\"",
+            "synclink.\"f\"()",
             "b",
             "shop_abc123",
         );

@@ -37,15 +37,37 @@ thread_local! {
     static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
-/// Run a statement planned once per backend and kept across transactions, and read its
-/// rows with `read`. For the statements the delivery worker repeats on every wake-up, where
-/// planning would cost more than running. One generic plan is used (crate::plan explains
-/// how it is made). The text is the cache key; a plan whose objects were dropped and made
-/// again is re-planned by PostgreSQL on its next use.
+/// Run a statement that writes, planned once per backend and kept across transactions, and
+/// read its rows with `read`. For the statements the delivery worker and the apply path
+/// repeat on every round, where planning would cost more than running. One generic plan is
+/// used (crate::plan explains how it is made). The text is the cache key; a plan whose
+/// objects were dropped and made again is re-planned by PostgreSQL on its next use.
 pub fn prepared<R>(
     sql: &str,
     types: &[PgOid],
     args: &[DatumWithOid],
+    read: impl FnOnce(SpiTupleTable) -> R,
+) -> R {
+    kept(sql, types, args, true, read)
+}
+
+/// Like `prepared`, for a statement that only reads. It does not make the transaction take
+/// a transaction id, so a transaction of nothing but reads (the worker finding nothing to
+/// do) commits without a WAL record and without waiting for a flush.
+pub fn prepared_read<R>(
+    sql: &str,
+    types: &[PgOid],
+    args: &[DatumWithOid],
+    read: impl FnOnce(SpiTupleTable) -> R,
+) -> R {
+    kept(sql, types, args, false, read)
+}
+
+fn kept<R>(
+    sql: &str,
+    types: &[PgOid],
+    args: &[DatumWithOid],
+    writes: bool,
     read: impl FnOnce(SpiTupleTable) -> R,
 ) -> R {
     Spi::connect_mut(|c| {
@@ -53,10 +75,22 @@ pub fn prepared<R>(
         // runs prepared statements of its own, and an error inside it must not free the plan.
         let plan = PLANS.with(|p| p.borrow().get(sql).cloned());
         let plan = plan.unwrap_or_else(|| {
-            let plan = Rc::new(c.prepare_mut(sql, types).unwrap().keep());
+            let made = if writes {
+                c.prepare_mut(sql, types)
+            } else {
+                c.prepare(sql, types)
+            };
+            let plan = Rc::new(made.unwrap().keep());
             PLANS.with(|p| p.borrow_mut().insert(sql.to_string(), plan.clone()));
             plan
         });
-        crate::plan::with_kept_plan(|| read(c.update(&*plan, None, args).unwrap()))
+        crate::plan::with_kept_plan(|| {
+            let rows = if writes {
+                c.update(&*plan, None, args)
+            } else {
+                c.select(&*plan, None, args)
+            };
+            read(rows.unwrap())
+        })
     })
 }

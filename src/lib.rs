@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 
 mod apply;
 mod capture;
+mod capture_one;
 mod conflict;
 mod conninfo;
 mod db;

@@ -99,7 +99,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 pub fn find(name: &str) -> Option<Peer> {
-    crate::db::prepared(
+    crate::db::prepared_read(
         "SELECT peer_name, server_name::text, node_name FROM synclink.peer WHERE peer_name = $1",
         &[pgrx::PgOid::from(pg_sys::TEXTOID)],
         &[name.into()],

@@ -146,7 +146,7 @@ fn plan_generic(plan: Plan) {
 
 /// Run `f` with settings changed, as a function's SET clause would: restored after it, and
 /// by the (sub)transaction's abort if it raises an error.
-fn with_settings<T>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> T) -> T {
+pub fn with_settings<T>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> T) -> T {
     if settings.is_empty() {
         return f();
     }

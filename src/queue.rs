@@ -147,7 +147,7 @@ fn mark_up(peer: &str) {
 
 /// Is anything queued for `peer` above seq `after` (0: anything at all)?
 fn queued_after(peer: &str, after: i64) -> bool {
-    crate::db::prepared(
+    crate::db::prepared_read(
         "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = $1 AND seq > $2)",
         &[PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::INT8OID)],
         &[peer.into(), after.into()],
@@ -308,7 +308,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64) -> Flushed {
     if !queued_after(&peer.name, *after) {
         return Flushed::Done(0);
     }
-    let locked = crate::db::prepared(
+    let locked = crate::db::prepared_read(
         "SELECT pg_try_advisory_xact_lock(hashtext($1))",
         &[text],
         &[lock_key(&peer.name).as_str().into()],

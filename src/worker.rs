@@ -21,12 +21,19 @@ use std::time::{Duration, Instant};
 /// delivery starts at once instead of at the next poll.
 pub struct Workers {
     slots: [AtomicU64; 64],
+    /// Per slot: the worker wants to hear of the next commit that queues something. The first
+    /// such commit clears it and sets the latch; the commits after it leave the worker alone
+    /// until it starts its next round. At thousands of commits a second, one wake-up per
+    /// commit (a signal, a context switch, a round finding the work already taken) costs the
+    /// writers more than the queueing itself.
+    armed: [AtomicBool; 64],
 }
 
 impl Default for Workers {
     fn default() -> Self {
         Workers {
             slots: std::array::from_fn(|_| AtomicU64::new(0)),
+            armed: std::array::from_fn(|_| AtomicBool::new(false)),
         }
     }
 }
@@ -44,29 +51,42 @@ thread_local! {
     static WAKE_REGISTERED: Cell<u32> = const { Cell::new(0) };
 }
 
-fn register_worker(dboid: u32) {
+/// Take a slot for this worker; returns its index.
+fn register_worker(dboid: u32) -> Option<usize> {
     let me = ((dboid as u64) << 32) | unsafe { pg_sys::MyProcPid } as u32 as u64;
     let slots = &WORKERS.get().slots;
     // Take over the slot of an earlier worker for this database, or else a free one.
     let slot = slots
         .iter()
-        .find(|s| (s.load(Ordering::Acquire) >> 32) as u32 == dboid)
+        .position(|s| (s.load(Ordering::Acquire) >> 32) as u32 == dboid)
         .or_else(|| {
-            slots.iter().find(|s| {
+            slots.iter().position(|s| {
                 s.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
             })
         });
-    if let Some(s) = slot {
-        s.store(me, Ordering::Release);
+    if let Some(i) = slot {
+        slots[i].store(me, Ordering::Release);
+    }
+    slot
+}
+
+/// Ask to be woken by the next commit that queues a change. Called before the round looks
+/// at the queues: a commit that misses the flag became visible before it was set, so the
+/// round's snapshot, taken after, sees its changes. (Commit callbacks run once the
+/// transaction is visible to others.)
+fn arm(slot: Option<usize>) {
+    if let Some(i) = slot {
+        WORKERS.get().armed[i].store(true, Ordering::SeqCst);
     }
 }
 
 fn wake_now() {
     let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    for s in WORKERS.get().slots.iter() {
+    let workers = WORKERS.get();
+    for (s, armed) in workers.slots.iter().zip(workers.armed.iter()) {
         let v = s.load(Ordering::Acquire);
-        if v != 0 && (v >> 32) as u32 == dboid {
+        if v != 0 && (v >> 32) as u32 == dboid && armed.swap(false, Ordering::SeqCst) {
             unsafe {
                 let proc = pg_sys::BackendPidGetProc(v as u32 as i32);
                 if !proc.is_null() {
@@ -206,11 +226,13 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let dboid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
-    register_worker(dboid.to_u32());
+    let slot = register_worker(dboid.to_u32());
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     // Per peer, the last seq delivered since the last sweep.
     let mut delivered_up_to: HashMap<String, i64> = HashMap::new();
     let mut last_sweep = Instant::now();
+    let mut known: Vec<String> = Vec::new();
+    let mut listed_at = Instant::now();
     let mut nap = Duration::from_millis(NAPTIME_MS.get() as u64);
     while BackgroundWorker::wait_latch(Some(nap)) {
         if BackgroundWorker::sighup_received() {
@@ -223,15 +245,28 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
             delivered_up_to.clear();
             last_sweep = round;
         }
+        // While every peer known is backed off there is nothing to do, and commits are not
+        // asked to wake the worker (it is not armed): it looks again after its naptime. The
+        // list is read again at least every SWEEP_EVERY, so a peer added meanwhile is not
+        // kept waiting long.
+        let all_backed_off = !known.is_empty()
+            && known
+                .iter()
+                .all(|p| backoff.get(p).is_some_and(|b| b.until > round));
+        if all_backed_off && listed_at.elapsed() < SWEEP_EVERY {
+            continue;
+        }
+        arm(slot);
+        listed_at = round;
         let peers: Option<Vec<String>> = BackgroundWorker::transaction(|| {
-            let installed = crate::db::prepared(
+            let installed = crate::db::prepared_read(
                 "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'synclink')",
                 &[],
                 &[],
                 |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
             );
             installed.then(|| {
-                crate::db::prepared("SELECT peer_name FROM synclink.peer", &[], &[], |t| {
+                crate::db::prepared_read("SELECT peer_name FROM synclink.peer", &[], &[], |t| {
                     t.filter_map(|r| r.get::<String>(1).unwrap()).collect()
                 })
             })
@@ -241,6 +276,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
             nap = Duration::from_secs(5);
             continue;
         };
+        known.clone_from(&peers);
         for name in peers {
             if backoff.get(&name).is_some_and(|b| b.until > Instant::now()) {
                 continue;

@@ -1,0 +1,291 @@
+//! The native capture of async links. Most application statements change one row; for those,
+//! the generated PL/pgSQL capture function costs more than the change itself: its SET clauses,
+//! an executor start for a plan over the transition tables, aggregates to build arrays of one.
+//! An async link's triggers call `synclink.capture_one(link_id)` instead, which queues such a
+//! statement with one prepared statement (capture::single_row_sql): the same version upsert
+//! and the same outbox record, in the same text form. Every other statement (several rows, an
+//! UPDATE that changed the key, TRUNCATE, a session whose settings would change the text form)
+//! is handed to the generated function, as if the trigger had called it.
+
+use crate::capture::{self, CaptureSpec};
+use pgrx::prelude::*;
+use std::cell::{OnceCell, RefCell};
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+/// What a backend keeps per link, read from synclink.link on its first statement.
+struct Link {
+    relid: pg_sys::Oid,
+    triggers: Vec<String>,
+    /// The generated function, for the statements not handled here.
+    general: Box<pg_sys::FmgrInfo>,
+    /// Its owner: the generated function is SECURITY DEFINER, and this path acts as it does.
+    owner: pg_sys::Oid,
+    /// The table's row type: the type of the row parameters.
+    row_type: pg_sys::Oid,
+    /// This node: the origin of a change not being applied from elsewhere.
+    node: String,
+    /// Per operation (I, U, D): the statement's text and its plan once made.
+    statements: [(String, OnceCell<NonNull<pg_sys::_SPI_plan>>); 3],
+}
+
+thread_local! {
+    static LINKS: RefCell<HashMap<i32, Rc<Link>>> = RefCell::new(HashMap::new());
+}
+
+/// The settings the generated function sets for the rows' text form, and the values this
+/// path accepts as the same: ISO dates (the field order matters only when reading), the
+/// postgres interval style, hex bytea, and shortest-exact floats (any extra_float_digits
+/// above 0 prints the same). Anything else goes the general way.
+fn text_form_is_standard() -> bool {
+    unsafe {
+        let bytea = pg_sys::GetConfigOption(c"bytea_output".as_ptr(), true, false);
+        pg_sys::DateStyle == pg_sys::USE_ISO_DATES as i32
+            && pg_sys::IntervalStyle == pg_sys::INTSTYLE_POSTGRES as i32
+            && pg_sys::extra_float_digits > 0
+            && !bytea.is_null()
+            && CStr::from_ptr(bytea) == c"hex"
+    }
+}
+
+/// Run `f` as `role`, as a SECURITY DEFINER function would. An error inside is cleaned up by
+/// the (sub)transaction's abort, which restores the user.
+fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    let (mut saved, mut context) = (pg_sys::InvalidOid, 0);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved, &mut context);
+        pg_sys::SetUserIdAndSecContext(role, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let result = f();
+    unsafe { pg_sys::SetUserIdAndSecContext(saved, context) };
+    result
+}
+
+fn load(link_id: i32) -> Option<Link> {
+    // synclink.link is not readable by the application roles whose statements fire this.
+    let row = as_role(pg_sys::BOOTSTRAP_SUPERUSERID.into(), || {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT l.relid::oid, c.reltype, p.oid, p.proowner, l.peer_name, l.columns, \
+                        l.key_columns, l.row_type, l.version_table, l.capture_function, \
+                        l.triggers, n.node_name \
+                   FROM synclink.link l \
+                   JOIN pg_catalog.pg_class c ON c.oid = l.relid \
+                   JOIN pg_catalog.pg_proc p ON p.oid = pg_catalog.to_regproc(l.capture_function) \
+                  CROSS JOIN synclink.node n \
+                  WHERE l.link_id = $1",
+                None,
+                &[link_id.into()],
+            )
+            .unwrap()
+            .next()
+            .map(|r| {
+                (
+                    (
+                        r.get::<pg_sys::Oid>(1).unwrap().unwrap(),
+                        r.get::<pg_sys::Oid>(2).unwrap().unwrap(),
+                        r.get::<pg_sys::Oid>(3).unwrap().unwrap(),
+                        r.get::<pg_sys::Oid>(4).unwrap().unwrap(),
+                    ),
+                    (
+                        r.get::<String>(5).unwrap().unwrap(),
+                        r.get::<Vec<String>>(6).unwrap().unwrap(),
+                        r.get::<Vec<String>>(7).unwrap().unwrap(),
+                        r.get::<String>(8).unwrap().unwrap(),
+                        r.get::<String>(9).unwrap().unwrap(),
+                        r.get::<String>(10).unwrap().unwrap(),
+                        r.get::<Vec<String>>(11).unwrap().unwrap(),
+                        r.get::<String>(12).unwrap().unwrap(),
+                    ),
+                )
+            })
+        })
+    })?;
+    let ((relid, row_type, function, owner), texts) = row;
+    let (peer, columns, key, wire_type, version_table, function_name, triggers, node) = texts;
+    let spec = CaptureSpec {
+        link_id,
+        function: &function_name,
+        table_display: "",
+        peer_name: &peer,
+        row_type: &wire_type,
+        columns: &columns,
+        key: &key,
+        pair_by: None,
+        queue_only: true,
+        node: &node,
+        version_table: &version_table,
+    };
+    let statements =
+        ['I', 'U', 'D'].map(|op| (capture::single_row_sql(&spec, op), OnceCell::new()));
+    let mut general: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
+    unsafe { pg_sys::fmgr_info_cxt(function, &mut *general, pg_sys::TopMemoryContext) };
+    Some(Link {
+        relid,
+        triggers,
+        general,
+        owner,
+        row_type,
+        node,
+        statements,
+    })
+}
+
+fn link(link_id: i32) -> Rc<Link> {
+    if let Some(l) = LINKS.with(|m| m.borrow().get(&link_id).cloned()) {
+        return l;
+    }
+    let loaded = load(link_id).unwrap_or_else(|| {
+        error!("synclink.capture_one: link {link_id} does not exist; the trigger calling it was left behind")
+    });
+    let l = Rc::new(loaded);
+    LINKS.with(|m| m.borrow_mut().insert(link_id, l.clone()));
+    l
+}
+
+/// The one row of a transition table, as a value of the table's row type. Read pointer 0 is
+/// rewound before and after: the generated function, or another link's trigger on the same
+/// statement, reads the same tuplestore after this.
+unsafe fn only_row(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) -> pg_sys::Datum {
+    let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
+    pg_sys::tuplestore_select_read_pointer(store, 0);
+    pg_sys::tuplestore_rescan(store);
+    if !pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
+        error!("synclink.capture_one: the transition table is empty");
+    }
+    // a copy in the current memory context, with any toasted value fetched
+    let row = pg_sys::ExecFetchSlotHeapTupleDatum(slot);
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::tuplestore_rescan(store);
+    row
+}
+
+fn count(store: *mut pg_sys::Tuplestorestate) -> i64 {
+    if store.is_null() {
+        0
+    } else {
+        unsafe { pg_sys::tuplestore_tuple_count(store) }
+    }
+}
+
+/// Microseconds since 1970 now, as the generated function stamps versions.
+fn now_micros() -> i64 {
+    const POSTGRES_EPOCH_AFTER_UNIX: i64 = 10_957 * 86_400 * 1_000_000;
+    POSTGRES_EPOCH_AFTER_UNIX + unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Queue the statement's one changed row; false when this statement is not one for this
+/// path and nothing was written.
+unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
+    let event = (*data).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+    let (index, changed, old) = match event {
+        pg_sys::TRIGGER_EVENT_INSERT => (0, (*data).tg_newtable, None),
+        pg_sys::TRIGGER_EVENT_UPDATE => (1, (*data).tg_newtable, Some((*data).tg_oldtable)),
+        pg_sys::TRIGGER_EVENT_DELETE => (2, (*data).tg_oldtable, None),
+        _ => return false,
+    };
+    if count(changed) != 1 || old.is_some_and(|o| count(o) != 1) || !text_form_is_standard() {
+        return false;
+    }
+    let desc = (*(*data).tg_relation).rd_att;
+    let origin = crate::apply::current_origin().unwrap_or_else(|| link.node.clone());
+    let mut values = vec![
+        only_row(changed, desc),
+        now_micros().into_datum().unwrap(),
+        origin.as_str().into_datum().unwrap(),
+    ];
+    let mut types = vec![link.row_type, pg_sys::INT8OID, pg_sys::TEXTOID];
+    if let Some(old) = old {
+        values.push(only_row(old, desc));
+        types.push(link.row_type);
+    }
+    let nulls = vec![b' ' as std::ffi::c_char; values.len()];
+    let (sql, plan) = &link.statements[index];
+    as_role(link.owner, || {
+        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+            error!("synclink.capture_one: SPI_connect failed");
+        }
+        let plan = *plan.get_or_init(|| prepare(sql, &mut types));
+        let rc = crate::plan::with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], || {
+            pg_sys::SPI_execute_plan(plan.as_ptr(), values.as_mut_ptr(), nulls.as_ptr(), false, 0)
+        });
+        if rc < 0 {
+            error!("synclink.capture_one: SPI_execute_plan failed: {rc}");
+        }
+        let queued = pg_sys::SPI_processed == 1;
+        pg_sys::SPI_finish();
+        queued
+    })
+}
+
+unsafe fn prepare(sql: &str, types: &mut [pg_sys::Oid]) -> NonNull<pg_sys::_SPI_plan> {
+    let sql = CString::new(sql).expect("generated SQL has no NUL");
+    // Parsed as the generated function is, with pg_catalog first; a generic plan, made once.
+    let plan = crate::plan::with_settings(
+        &[(c"search_path", c"pg_catalog, pg_temp"), (c"jit", c"off")],
+        || {
+            pg_sys::SPI_prepare_cursor(
+                sql.as_ptr(),
+                types.len() as i32,
+                types.as_mut_ptr(),
+                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+            )
+        },
+    );
+    let code = pg_sys::SPI_result;
+    let plan = NonNull::new(plan)
+        .unwrap_or_else(|| error!("synclink.capture_one: SPI_prepare_cursor failed: {code}"));
+    pg_sys::SPI_keepplan(plan.as_ptr());
+    plan
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn pg_finfo_synclink_capture_one() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// Trigger function `synclink.capture_one(link_id)` (sql/finalize.sql): AFTER … FOR EACH
+/// STATEMENT, with the link's transition tables, on the link's own table and triggers only.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn synclink_capture_one(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let context = (*fcinfo).context;
+    if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+        error!("synclink.capture_one() may only be called as a trigger");
+    }
+    let data = context as *mut pg_sys::TriggerData;
+    let trigger = (*data).tg_trigger;
+    let link_id = ((*trigger).tgnargs == 1)
+        .then(|| {
+            CStr::from_ptr(*(*trigger).tgargs)
+                .to_str()
+                .ok()?
+                .parse::<i32>()
+                .ok()
+        })
+        .flatten()
+        .unwrap_or_else(|| error!("synclink.capture_one() takes one argument, a link id"));
+    let link = link(link_id);
+    let name = CStr::from_ptr((*trigger).tgname).to_string_lossy();
+    if (*(*data).tg_relation).rd_id != link.relid
+        || !link.triggers.iter().any(|t| *t == name)
+        || (*data).tg_event & pg_sys::TRIGGER_EVENT_ROW != 0
+    {
+        error!("synclink.capture_one({link_id}) may only be called by the triggers of that link");
+    }
+    if !queue_single(&link, data) {
+        // As the trigger manager calls a function: the same trigger data, no arguments.
+        let mut call: pg_sys::FunctionCallInfoBaseData = std::mem::zeroed();
+        call.flinfo = &*link.general as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo;
+        call.context = context;
+        call.fncollation = pg_sys::InvalidOid;
+        let general = (*call.flinfo).fn_addr.expect("a function has an address");
+        general(&mut call);
+    }
+    pg_sys::Datum::from(0)
+}
