@@ -8,12 +8,44 @@
 //! is handed to the generated function, as if the trigger had called it.
 
 use crate::capture::{self, CaptureSpec};
+use crate::error::{raise, SqlError};
 use pgrx::prelude::*;
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
 use std::rc::Rc;
+
+#[derive(thiserror::Error, Debug)]
+enum CaptureError {
+    #[error("synclink.capture_one() may only be called as a trigger")]
+    NotATrigger,
+    #[error("synclink.capture_one() takes one argument, a link id")]
+    BadArgument,
+    #[error("synclink link {0} does not exist")]
+    NoLink(i32),
+    #[error("synclink.capture_one({0}) may only be called by the triggers of that link")]
+    NotThatLink(i32),
+}
+
+impl SqlError for CaptureError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            CaptureError::NoLink(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            _ => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            CaptureError::NoLink(_) => {
+                "The trigger was left behind by a link that no longer exists; drop it.".into()
+            }
+            _ => "sync_link_table() makes the triggers that call it and sync_unlink_table() \
+                  drops them; drop this trigger."
+                .into(),
+        })
+    }
+}
 
 /// What a backend keeps per link, read from synclink.link on its first statement.
 struct Link {
@@ -137,9 +169,7 @@ fn link(link_id: i32) -> Rc<Link> {
     if let Some(l) = LINKS.with(|m| m.borrow().get(&link_id).cloned()) {
         return l;
     }
-    let loaded = load(link_id).unwrap_or_else(|| {
-        error!("synclink.capture_one: link {link_id} does not exist; the trigger calling it was left behind")
-    });
+    let loaded = load(link_id).unwrap_or_else(|| raise(CaptureError::NoLink(link_id)));
     let l = Rc::new(loaded);
     LINKS.with(|m| m.borrow_mut().insert(link_id, l.clone()));
     l
@@ -256,7 +286,7 @@ pub unsafe extern "C-unwind" fn synclink_capture_one(
 ) -> pg_sys::Datum {
     let context = (*fcinfo).context;
     if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
-        error!("synclink.capture_one() may only be called as a trigger");
+        raise(CaptureError::NotATrigger);
     }
     let data = context as *mut pg_sys::TriggerData;
     let trigger = (*data).tg_trigger;
@@ -269,14 +299,14 @@ pub unsafe extern "C-unwind" fn synclink_capture_one(
                 .ok()
         })
         .flatten()
-        .unwrap_or_else(|| error!("synclink.capture_one() takes one argument, a link id"));
+        .unwrap_or_else(|| raise(CaptureError::BadArgument));
     let link = link(link_id);
     let name = CStr::from_ptr((*trigger).tgname).to_string_lossy();
     if (*(*data).tg_relation).rd_id != link.relid
         || !link.triggers.iter().any(|t| *t == name)
         || (*data).tg_event & pg_sys::TRIGGER_EVENT_ROW != 0
     {
-        error!("synclink.capture_one({link_id}) may only be called by the triggers of that link");
+        raise(CaptureError::NotThatLink(link_id));
     }
     if !queue_single(&link, data) {
         // As the trigger manager calls a function: the same trigger data, no arguments.

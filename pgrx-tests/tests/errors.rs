@@ -13,7 +13,7 @@ fn link_objects(c: &mut postgres::Client) -> i64 {
                   WHERE t.typnamespace = 'synclink'::regnamespace AND c.relkind = 'c' AND t.typname <> 'stamp')
               + (SELECT count(*) FROM pg_class WHERE relnamespace = 'synclink'::regnamespace
                   AND relkind = 'r' AND relname LIKE '%\\_version')
-              + (SELECT count(*) FROM pg_proc WHERE pronamespace = 'synclink'::regnamespace AND proname LIKE '%capture%')",
+              + (SELECT count(*) FROM pg_proc WHERE pronamespace = 'synclink'::regnamespace AND proname LIKE '%capture%' AND proname <> 'capture_one')",
         &[],
     )
     .unwrap()

@@ -513,3 +513,105 @@ fn a_growing_backlog_raises_a_warning() {
         vec!["2000 changes are queued for peer \"b\"".to_string()]
     );
 }
+
+/// Async statements that change one row are queued by the native capture; everything else by
+/// the generated function. Both must write the same records, whoever writes and whatever
+/// the session's output settings.
+#[test]
+fn one_row_statements_are_queued_natively_with_the_same_records() {
+    let (p, mut a, mut b) = Pair::peered();
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE t (id int PRIMARY KEY, v text, f float8, bin bytea, span interval, at timestamptz, n numeric)",
+    );
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    a.batch_execute(
+        "CREATE ROLE app LOGIN PASSWORD 'app-pw'; GRANT ALL ON t TO app; \
+         ALTER ROLE app SET track_functions = 'pl'; \
+         CREATE TABLE other (id int); \
+         CREATE TRIGGER stray AFTER INSERT ON other FOR EACH STATEMENT EXECUTE FUNCTION synclink.capture_one('1')",
+    )
+    .unwrap();
+    let values = "'it''s \"q\"', 0.1::float8 * 3, '\\x00ff'::bytea, '1 day 02:03:04.5', '2026-01-02 03:04:05.678+01', 1.50";
+    // an application role with no rights on synclink's objects
+    let mut app = p.a.connect_as(&p.db, "app", "app-pw");
+    app.batch_execute(&format!("INSERT INTO t VALUES (1, {values})"))
+        .unwrap();
+    // output settings that change the text form: this session takes the general path
+    let mut odd = p.a.connect_as(&p.db, "app", "app-pw");
+    odd.batch_execute(
+        "SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'sql_standard'; \
+         SET bytea_output = 'escape'; SET extra_float_digits = 0",
+    )
+    .unwrap();
+    odd.batch_execute(&format!("INSERT INTO t VALUES (2, {values})"))
+        .unwrap();
+    let rows: Vec<String> = a
+        .query(
+            "SELECT new_rows || stamps FROM synclink.outbox ORDER BY seq",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows.len(), 2);
+    let strip = |s: &str| {
+        // the id and the version differ; everything else is the same text
+        let (row, stamp) = s.split_at(s.find("}{").unwrap());
+        (
+            row.replacen("(1,", "(2,", 1),
+            stamp.split(',').nth(1).unwrap().to_string(),
+        )
+    };
+    assert_eq!(strip(&rows[0]), strip(&rows[1]), "{rows:?}");
+
+    for sql in [
+        "UPDATE t SET v = 'one row' WHERE id = 1",
+        "UPDATE t SET id = 10 WHERE id = 2", // a changed key: 'K' and 'U' from the general path
+        "INSERT INTO t SELECT g, 'many' FROM generate_series(100, 150) g",
+        "UPDATE t SET n = n + 1 WHERE id BETWEEN 100 AND 120",
+        "DELETE FROM t WHERE id = 100",
+        "DELETE FROM t WHERE id > 140",
+    ] {
+        app.batch_execute(sql).unwrap();
+    }
+    let ops: String = a
+        .query("SELECT op::text FROM synclink.outbox ORDER BY seq", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    assert_eq!(ops, "IIUKUIUDD");
+    // the generated function ran for the five statements the native capture does not take:
+    // the odd session's insert, the key change and the three statements of many rows
+    for c in [&mut app, &mut odd] {
+        c.batch_execute("SELECT pg_stat_force_next_flush()")
+            .unwrap();
+    }
+    wait_until(Duration::from_secs(10), || {
+        count(
+            &mut a,
+            "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_user_functions \
+              WHERE schemaname = 'synclink' AND funcname LIKE 't\\_b\\_capture%'",
+        ) == 5
+    });
+    a.query_one("SELECT sync_flush()", &[]).unwrap();
+    let order = "t.id";
+    assert_eq!(
+        table_hash(&mut a, "t", order),
+        table_hash(&mut b, "t", order)
+    );
+    assert_eq!(count(&mut b, "SELECT count(*) FROM t"), 42);
+
+    // a trigger of someone else's making cannot use it
+    let (code, message, _, _) =
+        db_error(a.batch_execute("INSERT INTO other VALUES (1)").unwrap_err());
+    assert_eq!(code, "39P01");
+    assert!(
+        message.contains("may only be called by the triggers of that link"),
+        "{message}"
+    );
+}
