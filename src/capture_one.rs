@@ -95,6 +95,22 @@ fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     result
 }
 
+/// The link's row of synclink.link with what it refers to.
+struct Catalog {
+    relid: pg_sys::Oid,
+    row_type: pg_sys::Oid,
+    function: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    peer: String,
+    columns: Vec<String>,
+    key: Vec<String>,
+    wire_type: String,
+    version_table: String,
+    function_name: String,
+    triggers: Vec<String>,
+    node: String,
+}
+
 fn load(link_id: i32) -> Option<Link> {
     // synclink.link is not readable by the application roles whose statements fire this.
     let row = as_role(pg_sys::BOOTSTRAP_SUPERUSERID.into(), || {
@@ -113,54 +129,46 @@ fn load(link_id: i32) -> Option<Link> {
             )
             .unwrap()
             .next()
-            .map(|r| {
-                (
-                    (
-                        r.get::<pg_sys::Oid>(1).unwrap().unwrap(),
-                        r.get::<pg_sys::Oid>(2).unwrap().unwrap(),
-                        r.get::<pg_sys::Oid>(3).unwrap().unwrap(),
-                        r.get::<pg_sys::Oid>(4).unwrap().unwrap(),
-                    ),
-                    (
-                        r.get::<String>(5).unwrap().unwrap(),
-                        r.get::<Vec<String>>(6).unwrap().unwrap(),
-                        r.get::<Vec<String>>(7).unwrap().unwrap(),
-                        r.get::<String>(8).unwrap().unwrap(),
-                        r.get::<String>(9).unwrap().unwrap(),
-                        r.get::<String>(10).unwrap().unwrap(),
-                        r.get::<Vec<String>>(11).unwrap().unwrap(),
-                        r.get::<String>(12).unwrap().unwrap(),
-                    ),
-                )
+            .map(|r| Catalog {
+                relid: r.get(1).unwrap().unwrap(),
+                row_type: r.get(2).unwrap().unwrap(),
+                function: r.get(3).unwrap().unwrap(),
+                owner: r.get(4).unwrap().unwrap(),
+                peer: r.get(5).unwrap().unwrap(),
+                columns: r.get(6).unwrap().unwrap(),
+                key: r.get(7).unwrap().unwrap(),
+                wire_type: r.get(8).unwrap().unwrap(),
+                version_table: r.get(9).unwrap().unwrap(),
+                function_name: r.get(10).unwrap().unwrap(),
+                triggers: r.get(11).unwrap().unwrap(),
+                node: r.get(12).unwrap().unwrap(),
             })
         })
     })?;
-    let ((relid, row_type, function, owner), texts) = row;
-    let (peer, columns, key, wire_type, version_table, function_name, triggers, node) = texts;
     let spec = CaptureSpec {
         link_id,
-        function: &function_name,
+        function: &row.function_name,
         table_display: "",
-        peer_name: &peer,
-        row_type: &wire_type,
-        columns: &columns,
-        key: &key,
+        peer_name: &row.peer,
+        row_type: &row.wire_type,
+        columns: &row.columns,
+        key: &row.key,
         pair_by: None,
         queue_only: true,
-        node: &node,
-        version_table: &version_table,
+        node: &row.node,
+        version_table: &row.version_table,
     };
     let statements =
         ['I', 'U', 'D'].map(|op| (capture::single_row_sql(&spec, op), OnceCell::new()));
     let mut general: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
-    unsafe { pg_sys::fmgr_info_cxt(function, &mut *general, pg_sys::TopMemoryContext) };
+    unsafe { pg_sys::fmgr_info_cxt(row.function, &mut *general, pg_sys::TopMemoryContext) };
     Some(Link {
-        relid,
-        triggers,
+        relid: row.relid,
+        triggers: row.triggers,
         general,
-        owner,
-        row_type,
-        node,
+        owner: row.owner,
+        row_type: row.row_type,
+        node: row.node,
         statements,
     })
 }
