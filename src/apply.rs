@@ -212,7 +212,6 @@ thread_local! {
     // Within one transaction a delivery brings many records for the same link, and links do
     // not change under it; the answer is kept for the transaction (its local id) only.
     static LINK_IDS: RefCell<HashMap<LinkKey, (u32, i32)>> = RefCell::new(HashMap::new());
-    static LOOKUP: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
     // Per sender, the transaction that last forgot applied seqs.
     static PRUNED_IN: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
 }
@@ -233,25 +232,14 @@ fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
 
 fn lookup_link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
     // Planned once per backend: in sync mode every writing transaction on the peer asks.
-    let id = LOOKUP.with(|l| {
-        Spi::connect(|c| {
-            let mut l = l.borrow_mut();
-            let stmt = l.get_or_insert_with(|| {
-                let text = pgrx::PgOid::from(pg_sys::TEXTOID);
-                c.prepare(
-                    "SELECT l.link_id FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
-                     WHERE p.node_name = $1 AND l.relid = to_regclass(format('%I.%I', $2, $3))",
-                    &[text, text, text],
-                )
-                .unwrap()
-                .keep()
-            });
-            c.select(&*stmt, None, &[sender.into(), schema.into(), table.into()])
-                .unwrap()
-                .next()
-                .and_then(|r| r.get::<i32>(1).unwrap())
-        })
-    });
+    let text = pgrx::PgOid::from(pg_sys::TEXTOID);
+    let id = crate::db::prepared_read(
+        "SELECT l.link_id FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
+         WHERE p.node_name = $1 AND l.relid = to_regclass(format('%I.%I', $2, $3))",
+        &[text, text, text],
+        &[sender.into(), schema.into(), table.into()],
+        |t| t.into_iter().next().and_then(|r| r.get::<i32>(1).unwrap()),
+    );
     id.ok_or_else(|| match crate::peer::find_by_node(sender) {
         None => ApplyError::UnknownSender(sender.into()),
         Some(_) => ApplyError::NotLinked {
