@@ -95,7 +95,7 @@ CREATE TABLE synclink.inbox (
 -- while the peer could not be reached or while earlier changes still wait. Delivered in seq
 -- order per peer, and deleted in the transaction that delivered them.
 CREATE TABLE synclink.outbox (
-    seq       bigserial PRIMARY KEY,
+    seq       bigserial,
     -- No foreign keys to peer and link: with several writers, each one's FOR KEY SHARE check
     -- on the same parent row costs a multixact per change. Unlinking settles the link's queue
     -- once its triggers are gone (no writer left), so a change cannot outlive its link.
@@ -107,17 +107,24 @@ CREATE TABLE synclink.outbox (
     old_rows  text,
     stamps    text,
     queued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    reason    text  -- the error that sent this change here; NULL when it queued behind others
+    reason    text,  -- the error that sent this change here; NULL when it queued behind others
+    -- The one index: delivery reads a peer's queue in seq order, and every change written
+    -- pays for each index the outbox has.
+    PRIMARY KEY (peer_name, seq)
 );
-CREATE INDEX outbox_peer_seq ON synclink.outbox (peer_name, seq);
 
 -- Queued records applied here, per sender: delivery is at-least-once (the peer commits
--- before the sender deletes), so each is applied once in effect.
+-- before the sender deletes), so each is applied once in effect. One row per delivering
+-- statement (a hundred records or so) with the seqs it applied and the range they span: a
+-- row per record would cost an index entry per record to write, and as many dead ones for
+-- every later statement to step over until vacuum.
 CREATE TABLE synclink.applied (
     sender text NOT NULL,
-    seq    bigint NOT NULL,
-    PRIMARY KEY (sender, seq)
+    lo     bigint NOT NULL,
+    hi     bigint NOT NULL,
+    seqs   bigint[] NOT NULL
 );
+CREATE INDEX applied_sender_hi ON synclink.applied (sender, hi);
 
 -- Delivery health per peer, written by whoever flushes (one at a time per peer).
 CREATE TABLE synclink.peer_state (

@@ -328,7 +328,7 @@ fn prune(sender: &str, floor: Option<i64>) {
     // A kept plan: planned afresh, the estimate (most of the table lies below the floor)
     // picks a scan of the whole table, dead rows and all, on every delivery.
     crate::db::prepared(
-        "DELETE FROM synclink.applied WHERE sender = $1 AND seq < $2",
+        "DELETE FROM synclink.applied WHERE sender = $1 AND hi < $2",
         &[
             pgrx::PgOid::from(pg_sys::TEXTOID),
             pgrx::PgOid::from(pg_sys::INT8OID),
@@ -341,17 +341,49 @@ fn prune(sender: &str, floor: Option<i64>) {
 
 /// Record that queued records from `sender` are applied; returns the seqs that were not yet.
 fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64> {
+    let (Some(&lo), Some(&hi)) = (seqs.iter().min(), seqs.iter().max()) else {
+        return seqs;
+    };
+    let text = pgrx::PgOid::from(pg_sys::TEXTOID);
+    let bigint = pgrx::PgOid::from(pg_sys::INT8OID);
+    // One delivery from a sender at a time. A sender delivers one batch at a time already;
+    // this covers a redelivery that overtakes the first delivery's commit (the sender crashed
+    // while the peer was committing): it waits here, and the read below, made with the
+    // latest snapshot, then sees what that delivery applied.
+    crate::db::prepared_read(
+        "SELECT pg_advisory_xact_lock(hashtext('synclink applied'), hashtext($1))",
+        &[text],
+        &[sender.into()],
+        |_| (),
+    );
     prune(sender, floor);
-    crate::db::prepared(
-        "INSERT INTO synclink.applied (sender, seq) SELECT $1, unnest($2::bigint[]) \
-         ON CONFLICT DO NOTHING RETURNING seq",
+    let seen: std::collections::HashSet<i64> = crate::db::read_latest_bigints(
+        "SELECT s FROM synclink.applied a CROSS JOIN LATERAL unnest(a.seqs) s \
+          WHERE a.sender = $1 AND a.hi >= $2 AND a.lo <= $3",
+        &[pg_sys::TEXTOID, pg_sys::INT8OID, pg_sys::INT8OID],
         &[
-            pgrx::PgOid::from(pg_sys::TEXTOID),
-            pgrx::PgOid::from(pg_sys::INT8ARRAYOID),
+            sender.into_datum().unwrap(),
+            lo.into_datum().unwrap(),
+            hi.into_datum().unwrap(),
         ],
-        &[sender.into(), seqs.into()],
-        |t| t.filter_map(|r| r.get::<i64>(1).unwrap()).collect(),
     )
+    .into_iter()
+    .collect();
+    let fresh: Vec<i64> = seqs.into_iter().filter(|s| !seen.contains(s)).collect();
+    if let (Some(&lo), Some(&hi)) = (fresh.iter().min(), fresh.iter().max()) {
+        crate::db::prepared(
+            "INSERT INTO synclink.applied (sender, lo, hi, seqs) VALUES ($1, $2, $3, $4)",
+            &[
+                text,
+                bigint,
+                bigint,
+                pgrx::PgOid::from(pg_sys::INT8ARRAYOID),
+            ],
+            &[sender.into(), lo.into(), hi.into(), fresh.clone().into()],
+            |_| (),
+        );
+    }
+    fresh
 }
 
 /// Apply upsert or delete rows with their stamps, conflicts decided and logged: one record
@@ -506,20 +538,45 @@ fn apply_pending() {
 /// already pin search_path to pg_catalog, and the inbox takes no INSERT from anyone else.
 pub fn receive(trigger: &PgTrigger) {
     let row = trigger.new().expect("the inbox trigger fires for INSERT");
-    let text = |name: &str| row.get_by_name::<String>(name).unwrap();
-    let bigint = |name: &str| row.get_by_name::<i64>(name).unwrap();
-    let (new_rows, old_rows) = (text("new_rows"), text("old_rows"));
+    // One pass over the columns: looking each one up by name would walk them all again.
+    let (mut text, mut op, mut seq, mut floor) = (<[Option<String>; 7]>::default(), 0, None, None);
+    for (n, att) in row.attributes() {
+        let slot = match att.name() {
+            "origin" => 0,
+            "sender" => 1,
+            "target_schema" => 2,
+            "target_table" => 3,
+            "new_rows" => 4,
+            "old_rows" => 5,
+            "stamps" => 6,
+            "op" => {
+                op = row.get_by_index::<i8>(n).unwrap().unwrap_or(0);
+                continue;
+            }
+            "seq" => {
+                seq = row.get_by_index::<i64>(n).unwrap();
+                continue;
+            }
+            "floor_seq" => {
+                floor = row.get_by_index::<i64>(n).unwrap();
+                continue;
+            }
+            _ => continue,
+        };
+        text[slot] = row.get_by_index::<String>(n).unwrap();
+    }
+    let [origin, sender, schema, table, new_rows, old_rows, stamps] = text;
     apply_record(
-        &text("origin").unwrap_or_default(),
-        &text("sender").unwrap_or_default(),
-        &text("target_schema").unwrap_or_default(),
-        &text("target_table").unwrap_or_default(),
-        row.get_by_name::<i8>("op").unwrap().unwrap_or(0),
+        &origin.unwrap_or_default(),
+        &sender.unwrap_or_default(),
+        &schema.unwrap_or_default(),
+        &table.unwrap_or_default(),
+        op,
         new_rows.as_deref(),
         old_rows.as_deref(),
-        bigint("seq"),
-        bigint("floor_seq"),
-        text("stamps").as_deref(),
+        seq,
+        floor,
+        stamps.as_deref(),
     )
 }
 
