@@ -135,6 +135,17 @@ pub fn init() {
         pgrx::GucContext::Sighup,
         pgrx::GucFlags::UNIT_MS,
     );
+    pgrx::GucRegistry::define_int_guc(
+        c"synclink.worker_max_linger",
+        c"Longest the delivery worker waits between rounds to gather a stream of changes.",
+        c"Under a steady stream it waits 0.5 ms per change the last round delivered, up to \
+          this: larger rounds cost the writers' server less per change, at the price of lag.",
+        &MAX_LINGER_MS,
+        0,
+        1000,
+        pgrx::GucContext::Sighup,
+        pgrx::GucFlags::UNIT_MS,
+    );
     // Workers, and the server-start setting they read, exist only when preloaded: a library
     // loaded later by CREATE EXTENSION may not define PGC_POSTMASTER settings.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
@@ -218,12 +229,14 @@ struct Backoff {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// After a round that delivered n records, the worker lets n × LINGER_PER_RECORD pass (up to
-/// MAX_LINGER) before it starts the next. Every commit that queues a change wakes it; under
+/// synclink.worker_max_linger) before it starts the next. Every commit that queues a change wakes it; under
 /// a steady stream of commits, rounds then gather many commits' changes into one remote
 /// transaction, whose fixed cost (two commits, the peer's per-statement work) would
-/// otherwise be paid per change. A change after a quiet spell still goes out at once.
+/// otherwise be paid per change. A change after a quiet spell still goes out at once. Below
+/// 2,000 changes a second rounds shrink towards one commit each and the cap is not reached;
+/// above, they grow to the cap, and the lag with them.
 const LINGER_PER_RECORD: Duration = Duration::from_micros(500);
-const MAX_LINGER: Duration = Duration::from_millis(25);
+static MAX_LINGER_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -321,7 +334,8 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                 }
             }
         }
-        let linger = (LINGER_PER_RECORD * delivered.min(u32::MAX as i64) as u32).min(MAX_LINGER);
+        let linger = (LINGER_PER_RECORD * delivered.min(u32::MAX as i64) as u32)
+            .min(Duration::from_millis(MAX_LINGER_MS.get() as u64));
         if !nap.is_zero() {
             if let Some(rest) = linger.checked_sub(round.elapsed()) {
                 unsafe { pg_sys::pg_usleep(rest.as_micros() as std::ffi::c_long) };

@@ -11,7 +11,7 @@
 //!
 //! Variants run in rotating order within each round and every ratio is taken against the
 //! unlinked figure of the same round, so machine noise hits all of them alike.
-//! Run with `make bench` (installs the release build first). BENCH_ROUNDS, BENCH_SECONDS,
+//! Run with `make bench` (installs the release build first). BENCH_ONLY, BENCH_ROUNDS, BENCH_SECONDS,
 //! BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATE, BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS and
 //! BENCH_DIFF_ROWS tune it.
 
@@ -103,6 +103,12 @@ fn main() {
     let seconds = env_or("BENCH_SECONDS", 10);
     let rows = env_or("BENCH_ROWS", 100_000) as i64;
     let backlog = env_or("BENCH_BACKLOG", 100_000) as i64;
+    // BENCH_ONLY=single,lag runs those parts only (bulk, single, lag, drain, sequences, diff)
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wants = |part: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|p| p == part))
+    };
     let mut pair = Pair::new(&[
         "fsync = on",
         "shared_buffers = 256MB",
@@ -153,192 +159,211 @@ fn main() {
         "synclink benchmark: PostgreSQL 15, two clusters on loopback, fsync on, library preloaded"
     );
     println!();
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); n];
-    for round in 0..rounds {
-        let mut this = vec![0.0f64; n];
-        for k in 0..n {
-            let v = (round + k) % n;
-            let t = variants[v];
-            reset(&mut a, &mut b, t, linked[v]);
-            a.batch_execute("CHECKPOINT").unwrap();
-            let started = Instant::now();
-            a.execute(
-                &format!(
-                    "INSERT INTO {t} (id, name, price, created_at, updated_at) \
-                     SELECT g, 'item ' || g, g % 1000, now(), now() FROM generate_series(1, {rows}) g"
-                ),
-                &[],
-            )
-            .unwrap();
-            this[v] = started.elapsed().as_secs_f64() * 1000.0;
-            if v > 0 {
-                let sql = format!("SELECT count(*) FROM {t}");
-                wait_until(Duration::from_secs(120), || count(&mut b, &sql) == rows);
-            }
-        }
-        for v in 0..n {
-            times[v].push(this[v]);
-            ratios[v].push(this[v] / this[0]);
-        }
-        let line: Vec<String> = (0..n)
-            .map(|v| format!("{} {:.0} ms", names[v], this[v]))
-            .collect();
-        println!("  round {}: {}", round + 1, line.join(", "));
-    }
-    println!();
-    println!("bulk {rows}-row INSERT … SELECT, the writer's time to commit (median of {rounds}; every row checked on the peer)");
-    println!("  {:<32} {:>10} {:>12}", "variant", "ms", "x unlinked");
-    for v in 0..n {
-        println!(
-            "  {:<32} {:>10.0} {:>11.2}x",
-            names[v],
-            median(times[v].clone()),
-            median(ratios[v].clone())
-        );
-    }
-    println!(
-        "  synclink sync mode is {:.1}x faster than the row-level triggers",
-        median(ratios[3].clone()) / median(ratios[1].clone())
-    );
-
-    println!();
-    println!(
-        "single-row INSERT, 4 clients, {seconds} s per variant and round (median of {rounds})"
-    );
-    // The extra variant is async mode with the peer stopped: the writers' own cost, without
-    // the delivery worker and the peer's apply competing for the same two cores and disk.
-    let mut tps: Vec<Vec<f64>> = vec![Vec::new(); n + 1];
-    let mut tps_ratios: Vec<Vec<f64>> = vec![Vec::new(); n + 1];
-    for round in 0..rounds {
-        let mut this = vec![0.0f64; n + 1];
-        for k in 0..=n {
-            let v = (round + k) % (n + 1);
-            if v == n {
-                reset(&mut a, &mut b, "bench_async", true);
-                pair.b.stop_immediate();
-                this[v] = pgbench_tps(&pair, "bench_async", seconds);
-                pair.b.start_again();
-                b = pair.b.connect(&pair.db);
-                continue;
-            }
-            reset(&mut a, &mut b, variants[v], linked[v]);
-            this[v] = pgbench_tps(&pair, variants[v], seconds);
-        }
-        for v in 0..=n {
-            tps[v].push(this[v]);
-            tps_ratios[v].push(this[v] / this[0]);
-        }
-    }
-    println!("  {:<32} {:>10} {:>12}", "variant", "tps", "x unlinked");
-    for v in 0..=n {
-        let name = if v == n {
-            "async mode, peer stopped"
-        } else {
-            names[v]
-        };
-        println!(
-            "  {:<32} {:>10.0} {:>11.2}x",
-            name,
-            median(tps[v].clone()),
-            median(tps_ratios[v].clone())
-        );
-    }
-    for t in ["bench_linked", "bench_async"] {
-        let sql = format!("SELECT count(*) FROM {t}");
-        let on_a = count(&mut a, &sql);
-        wait_until(Duration::from_secs(120), || count(&mut b, &sql) == on_a);
-    }
-
-    // async delivery lag: one writer commits single rows at a steady rate; a reader on the
-    // peer notes when each id appears
-    let rate = env_or("BENCH_LAG_RATE", 200);
-    let samples = env_or("BENCH_LAG_SAMPLES", 2000) as i64;
-    reset(&mut a, &mut b, "bench_async", true);
-    let committed_at: std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
-        std::sync::Arc::new(std::sync::Mutex::new(vec![None; samples as usize + 1]));
-    let writer = {
-        let committed_at = committed_at.clone();
-        let conninfo = pair.a.socket_conninfo(&pair.db);
-        std::thread::spawn(move || {
-            let mut w = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
-            let start = Instant::now();
-            for i in 1..=samples {
-                let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                w.execute(
-                    "INSERT INTO bench_async VALUES ($1, 'lag', 1, now(), now())",
-                    &[&i],
+    if wants("bulk") {
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); n];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); n];
+        for round in 0..rounds {
+            let mut this = vec![0.0f64; n];
+            for k in 0..n {
+                let v = (round + k) % n;
+                let t = variants[v];
+                reset(&mut a, &mut b, t, linked[v]);
+                a.batch_execute("CHECKPOINT").unwrap();
+                let started = Instant::now();
+                a.execute(
+                    &format!(
+                        "INSERT INTO {t} (id, name, price, created_at, updated_at) \
+                         SELECT g, 'item ' || g, g % 1000, now(), now() FROM generate_series(1, {rows}) g"
+                    ),
+                    &[],
                 )
                 .unwrap();
-                committed_at.lock().unwrap()[i as usize] = Some(Instant::now());
-            }
-        })
-    };
-    let mut seen = 0i64;
-    let mut lags = Vec::new();
-    while seen < samples {
-        let max: Option<i64> = b
-            .query_one("SELECT max(id) FROM bench_async", &[])
-            .unwrap()
-            .get(0);
-        let now = Instant::now();
-        let max = max.unwrap_or(0);
-        if max > seen {
-            let c = committed_at.lock().unwrap();
-            for id in (seen + 1)..=max {
-                if let Some(t) = c[id as usize] {
-                    lags.push(now.saturating_duration_since(t).as_secs_f64() * 1000.0);
+                this[v] = started.elapsed().as_secs_f64() * 1000.0;
+                if v > 0 {
+                    let sql = format!("SELECT count(*) FROM {t}");
+                    wait_until(Duration::from_secs(120), || count(&mut b, &sql) == rows);
                 }
             }
-            seen = max;
+            for v in 0..n {
+                times[v].push(this[v]);
+                ratios[v].push(this[v] / this[0]);
+            }
+            let line: Vec<String> = (0..n)
+                .map(|v| format!("{} {:.0} ms", names[v], this[v]))
+                .collect();
+            println!("  round {}: {}", round + 1, line.join(", "));
         }
-        std::thread::sleep(Duration::from_millis(1));
+        println!();
+        println!("bulk {rows}-row INSERT … SELECT, the writer's time to commit (median of {rounds}; every row checked on the peer)");
+        println!("  {:<32} {:>10} {:>12}", "variant", "ms", "x unlinked");
+        for v in 0..n {
+            println!(
+                "  {:<32} {:>10.0} {:>11.2}x",
+                names[v],
+                median(times[v].clone()),
+                median(ratios[v].clone())
+            );
+        }
+        println!(
+            "  synclink sync mode is {:.1}x faster than the row-level triggers",
+            median(ratios[3].clone()) / median(ratios[1].clone())
+        );
     }
-    writer.join().unwrap();
-    lags.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    let pct = |q: f64| lags[((lags.len() as f64 - 1.0) * q).round() as usize];
-    println!();
-    println!(
-        "async mode, commit on A to visible on B, {rate} single-row commits/s ({} samples)",
-        lags.len()
-    );
-    println!(
-        "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
-    );
 
-    // a backlog: the peer is stopped, single-row changes queue, the peer comes back
-    reset(&mut a, &mut b, "bench_linked", true);
-    pair.b.stop_immediate();
-    a.batch_execute(&format!(
-        "DO $$ BEGIN FOR i IN 1..{backlog} LOOP
-             INSERT INTO bench_linked (name, price, created_at, updated_at) VALUES ('queued', 1, now(), now());
-         END LOOP; END $$"
-    ))
-    .unwrap();
-    let queued = count(&mut a, "SELECT count(*) FROM synclink.outbox");
-    pair.b.start_again();
-    let started = Instant::now();
-    wait_until(Duration::from_secs(900), || {
-        count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
-    });
-    let took = started.elapsed().as_secs_f64();
-    let mut b = pair.b.connect(&pair.db);
-    assert_eq!(count(&mut b, "SELECT count(*) FROM bench_linked"), backlog);
-    println!();
-    println!("backlog of {queued} queued changes (one row each), drained by the background worker");
-    println!(
-        "  {took:.1} s from the peer's restart: {:.0} changes/s",
-        queued as f64 / took
-    );
+    if wants("single") {
+        println!();
+        println!(
+            "single-row INSERT, 4 clients, {seconds} s per variant and round (median of {rounds})"
+        );
+        // The extra variant is async mode with the peer stopped: the writers' own cost, without
+        // the delivery worker and the peer's apply competing for the same two cores and disk.
+        let mut tps: Vec<Vec<f64>> = vec![Vec::new(); n + 1];
+        let mut tps_ratios: Vec<Vec<f64>> = vec![Vec::new(); n + 1];
+        for round in 0..rounds {
+            let mut this = vec![0.0f64; n + 1];
+            for k in 0..=n {
+                let v = (round + k) % (n + 1);
+                if v == n {
+                    reset(&mut a, &mut b, "bench_async", true);
+                    pair.b.stop_immediate();
+                    this[v] = pgbench_tps(&pair, "bench_async", seconds);
+                    pair.b.start_again();
+                    b = pair.b.connect(&pair.db);
+                    continue;
+                }
+                reset(&mut a, &mut b, variants[v], linked[v]);
+                this[v] = pgbench_tps(&pair, variants[v], seconds);
+            }
+            for v in 0..=n {
+                tps[v].push(this[v]);
+                tps_ratios[v].push(this[v] / this[0]);
+            }
+        }
+        println!("  {:<32} {:>10} {:>12}", "variant", "tps", "x unlinked");
+        for v in 0..=n {
+            let name = if v == n {
+                "async mode, peer stopped"
+            } else {
+                names[v]
+            };
+            println!(
+                "  {:<32} {:>10.0} {:>11.2}x",
+                name,
+                median(tps[v].clone()),
+                median(tps_ratios[v].clone())
+            );
+        }
+        for t in ["bench_linked", "bench_async"] {
+            let sql = format!("SELECT count(*) FROM {t}");
+            let on_a = count(&mut a, &sql);
+            wait_until(Duration::from_secs(120), || count(&mut b, &sql) == on_a);
+        }
+    }
 
-    sequences(&mut a, &mut b, rounds);
-    diff(&mut a, &mut b);
+    if wants("lag") {
+        // async delivery lag: one writer commits single rows at a steady rate; a reader on the
+        // peer notes when each id appears
+        let rate = env_or("BENCH_LAG_RATE", 200);
+        let samples = env_or("BENCH_LAG_SAMPLES", 2000) as i64;
+        reset(&mut a, &mut b, "bench_async", true);
+        let committed_at: std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+            std::sync::Arc::new(std::sync::Mutex::new(vec![None; samples as usize + 1]));
+        let writer = {
+            let committed_at = committed_at.clone();
+            let conninfo = pair.a.socket_conninfo(&pair.db);
+            std::thread::spawn(move || {
+                let mut w = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+                let start = Instant::now();
+                for i in 1..=samples {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    w.execute(
+                        "INSERT INTO bench_async VALUES ($1, 'lag', 1, now(), now())",
+                        &[&i],
+                    )
+                    .unwrap();
+                    committed_at.lock().unwrap()[i as usize] = Some(Instant::now());
+                }
+            })
+        };
+        let mut seen = 0i64;
+        let mut lags = Vec::new();
+        while seen < samples {
+            let max: Option<i64> = b
+                .query_one("SELECT max(id) FROM bench_async", &[])
+                .unwrap()
+                .get(0);
+            let now = Instant::now();
+            let max = max.unwrap_or(0);
+            if max > seen {
+                let c = committed_at.lock().unwrap();
+                for id in (seen + 1)..=max {
+                    if let Some(t) = c[id as usize] {
+                        lags.push(now.saturating_duration_since(t).as_secs_f64() * 1000.0);
+                    }
+                }
+                seen = max;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        writer.join().unwrap();
+        lags.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let pct = |q: f64| lags[((lags.len() as f64 - 1.0) * q).round() as usize];
+        println!();
+        println!(
+            "async mode, commit on A to visible on B, {rate} single-row commits/s ({} samples)",
+            lags.len()
+        );
+        println!(
+            "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
+
+    if wants("drain") {
+        // a backlog: the peer is stopped, single-row changes queue, the peer comes back
+        reset(&mut a, &mut b, "bench_linked", true);
+        pair.b.stop_immediate();
+        a.batch_execute(&format!(
+            "DO $$ BEGIN FOR i IN 1..{backlog} LOOP
+                 INSERT INTO bench_linked (name, price, created_at, updated_at) VALUES ('queued', 1, now(), now());
+             END LOOP; END $$"
+        ))
+        .unwrap();
+        let queued = count(&mut a, "SELECT count(*) FROM synclink.outbox");
+        pair.b.start_again();
+        // The worker retries a peer that was down every 1 to 5 s: the time until it finds
+        // the peer back is reported apart from the drain itself.
+        let restarted = Instant::now();
+        let remaining = |a: &mut postgres::Client| count(a, "SELECT count(*) FROM synclink.outbox");
+        wait_until(Duration::from_secs(60), || remaining(&mut a) < queued);
+        let found = restarted.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let left = remaining(&mut a);
+        wait_until(Duration::from_secs(900), || remaining(&mut a) == 0);
+        let took = started.elapsed().as_secs_f64();
+        b = pair.b.connect(&pair.db);
+        assert_eq!(count(&mut b, "SELECT count(*) FROM bench_linked"), backlog);
+        println!();
+        println!(
+            "backlog of {queued} queued changes (one row each), drained by the background worker"
+        );
+        println!(
+            "  found the peer back {found:.1} s after its restart; then {left} changes in {took:.1} s: {:.0} changes/s",
+            left as f64 / took
+        );
+    }
+
+    if wants("sequences") {
+        sequences(&mut a, &mut b, rounds);
+    }
+    if wants("diff") {
+        diff(&mut a, &mut b);
+    }
 }
 
 /// sync_diff over a large table with a few scattered differences, and sync_reconcile of them.
