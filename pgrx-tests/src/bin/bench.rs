@@ -5,14 +5,15 @@
 //!           railwaymen article
 //!   single: single-row INSERT transactions per second from 4 pgbench clients (async mode
 //!           also with the peer stopped, to show the writers' own share)
+//!   lag:    async mode, commit on one node to visible on the other, at steady rates
 //!   drain:  how fast the background worker delivers a backlog of queued changes
-//!   ids:    insert cost per row with an own, a shared and an interleaved sequence
+//!   sequences: insert cost per row with an own, a shared and an interleaved sequence
 //!   diff:   sync_diff and sync_reconcile of a 1,000,000-row table with 100 differences
 //!
 //! Variants run in rotating order within each round and every ratio is taken against the
 //! unlinked figure of the same round, so machine noise hits all of them alike.
 //! Run with `make bench` (installs the release build first). BENCH_ONLY, BENCH_ROUNDS, BENCH_SECONDS,
-//! BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATE, BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS and
+//! BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATES, BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS and
 //! BENCH_DIFF_ROWS tune it.
 
 use std::process::Command;
@@ -263,65 +264,70 @@ fn main() {
     if wants("lag") {
         // async delivery lag: one writer commits single rows at a steady rate; a reader on the
         // peer notes when each id appears
-        let rate = env_or("BENCH_LAG_RATE", 200);
+        let rates = std::env::var("BENCH_LAG_RATES").unwrap_or_else(|_| "200,1000".into());
         let samples = env_or("BENCH_LAG_SAMPLES", 2000) as i64;
-        reset(&mut a, &mut b, "bench_async", true);
-        let committed_at: std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
-            std::sync::Arc::new(std::sync::Mutex::new(vec![None; samples as usize + 1]));
-        let writer = {
-            let committed_at = committed_at.clone();
-            let conninfo = pair.a.socket_conninfo(&pair.db);
-            std::thread::spawn(move || {
-                let mut w = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
-                let start = Instant::now();
-                for i in 1..=samples {
-                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
+        for rate in rates
+            .split(',')
+            .map(|r| r.trim().parse::<u64>().expect("BENCH_LAG_RATES: numbers"))
+        {
+            reset(&mut a, &mut b, "bench_async", true);
+            let committed_at: std::sync::Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+                std::sync::Arc::new(std::sync::Mutex::new(vec![None; samples as usize + 1]));
+            let writer = {
+                let committed_at = committed_at.clone();
+                let conninfo = pair.a.socket_conninfo(&pair.db);
+                std::thread::spawn(move || {
+                    let mut w = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+                    let start = Instant::now();
+                    for i in 1..=samples {
+                        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        w.execute(
+                            "INSERT INTO bench_async VALUES ($1, 'lag', 1, now(), now())",
+                            &[&i],
+                        )
+                        .unwrap();
+                        committed_at.lock().unwrap()[i as usize] = Some(Instant::now());
                     }
-                    w.execute(
-                        "INSERT INTO bench_async VALUES ($1, 'lag', 1, now(), now())",
-                        &[&i],
-                    )
-                    .unwrap();
-                    committed_at.lock().unwrap()[i as usize] = Some(Instant::now());
-                }
-            })
-        };
-        let mut seen = 0i64;
-        let mut lags = Vec::new();
-        while seen < samples {
-            let max: Option<i64> = b
-                .query_one("SELECT max(id) FROM bench_async", &[])
-                .unwrap()
-                .get(0);
-            let now = Instant::now();
-            let max = max.unwrap_or(0);
-            if max > seen {
-                let c = committed_at.lock().unwrap();
-                for id in (seen + 1)..=max {
-                    if let Some(t) = c[id as usize] {
-                        lags.push(now.saturating_duration_since(t).as_secs_f64() * 1000.0);
+                })
+            };
+            let mut seen = 0i64;
+            let mut lags = Vec::new();
+            while seen < samples {
+                let max: Option<i64> = b
+                    .query_one("SELECT max(id) FROM bench_async", &[])
+                    .unwrap()
+                    .get(0);
+                let now = Instant::now();
+                let max = max.unwrap_or(0);
+                if max > seen {
+                    let c = committed_at.lock().unwrap();
+                    for id in (seen + 1)..=max {
+                        if let Some(t) = c[id as usize] {
+                            lags.push(now.saturating_duration_since(t).as_secs_f64() * 1000.0);
+                        }
                     }
+                    seen = max;
                 }
-                seen = max;
+                std::thread::sleep(Duration::from_millis(1));
             }
-            std::thread::sleep(Duration::from_millis(1));
+            writer.join().unwrap();
+            lags.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            let pct = |q: f64| lags[((lags.len() as f64 - 1.0) * q).round() as usize];
+            println!();
+            println!(
+                "async mode, commit on A to visible on B, {rate} single-row commits/s ({} samples)",
+                lags.len()
+            );
+            println!(
+                "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                pct(0.5),
+                pct(0.99),
+                pct(1.0)
+            );
         }
-        writer.join().unwrap();
-        lags.sort_by(|x, y| x.partial_cmp(y).unwrap());
-        let pct = |q: f64| lags[((lags.len() as f64 - 1.0) * q).round() as usize];
-        println!();
-        println!(
-            "async mode, commit on A to visible on B, {rate} single-row commits/s ({} samples)",
-            lags.len()
-        );
-        println!(
-            "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            pct(0.5),
-            pct(0.99),
-            pct(1.0)
-        );
     }
 
     if wants("drain") {
