@@ -229,12 +229,12 @@ struct Backoff {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// After a round that delivered n records, the worker lets n × LINGER_PER_RECORD pass (up to
-/// synclink.worker_max_linger) before it starts the next. Every commit that queues a change wakes it; under
-/// a steady stream of commits, rounds then gather many commits' changes into one remote
-/// transaction, whose fixed cost (two commits, the peer's per-statement work) would
-/// otherwise be paid per change. A change after a quiet spell still goes out at once. Below
-/// 2,000 changes a second rounds shrink towards one commit each and the cap is not reached;
-/// above, they grow to the cap, and the lag with them.
+/// synclink.worker_max_linger) before it starts the next. Every commit that queues a change
+/// wakes it; under a steady stream of commits, rounds then gather many commits' changes into
+/// one remote transaction, whose fixed cost (a commit and a WAL flush on each side, the
+/// peer's per-statement work) would otherwise be paid per change. A change after a quiet
+/// spell still goes out at once. Below 2,000 changes a second rounds shrink towards one
+/// commit each and the cap is not reached; above, they grow to the cap, and the lag with them.
 const LINGER_PER_RECORD: Duration = Duration::from_micros(500);
 static MAX_LINGER_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 
