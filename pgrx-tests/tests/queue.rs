@@ -16,6 +16,24 @@ fn same(a: &mut postgres::Client, b: &mut postgres::Client) -> i64 {
     ha.0
 }
 
+/// Make every commit on `c`'s server wait for a synchronous standby that does not exist, or
+/// let them through again.
+fn hold_commits(c: &mut postgres::Client, hold: bool) {
+    c.batch_execute(if hold {
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'"
+    } else {
+        "ALTER SYSTEM RESET synchronous_standby_names"
+    })
+    .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
+/// Wait until a session on `c`'s server waits for `event` (a pg_stat_activity wait_event).
+fn one_session_waits(c: &mut postgres::Client, event: &str) {
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE wait_event = '{event}'");
+    wait_until(Duration::from_secs(30), || count(c, &sql) == 1);
+}
+
 fn status(c: &mut postgres::Client) -> (bool, i64, i64, Option<String>) {
     let r = c
         .query_one("SELECT peer_reachable, queued, delivered, last_error FROM sync_status WHERE \"table\" = 't'::regclass", &[])
@@ -422,28 +440,19 @@ fn a_sender_crashing_mid_delivery_delivers_once_in_effect() {
         .unwrap();
     assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 2);
 
-    b.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
-        .unwrap();
-    b.batch_execute("SELECT pg_reload_conf()").unwrap();
+    hold_commits(&mut b, true);
     let conninfo = p.a.socket_conninfo(&p.db);
     let flusher = std::thread::spawn(move || {
         let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
         c.query_one("SELECT sync_flush('b')", &[]).map(|_| ())
     });
-    wait_until(Duration::from_secs(30), || {
-        count(
-            &mut b,
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
-        ) == 1
-    });
+    one_session_waits(&mut b, "SyncRep");
     p.a.stop_immediate();
     assert!(
         flusher.join().unwrap().is_err(),
         "the sender died before its commit"
     );
-    b.batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
-        .unwrap();
-    b.batch_execute("SELECT pg_reload_conf()").unwrap();
+    hold_commits(&mut b, false);
     wait_until(Duration::from_secs(30), || {
         count(&mut b, "SELECT count(*) FROM t WHERE v = 'second'") == 10
     });
@@ -482,34 +491,19 @@ fn a_redelivery_that_overtakes_the_first_commit_waits_and_skips() {
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
-    // every commit on b now waits for a synchronous standby that does not exist
-    b.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
-        .unwrap();
-    b.batch_execute("SELECT pg_reload_conf()").unwrap();
+    hold_commits(&mut b, true);
     a.execute(
         "INSERT INTO t SELECT g, 'first' FROM generate_series(1, 10) g",
         &[],
     )
     .unwrap();
-    wait_until(Duration::from_secs(30), || {
-        count(
-            &mut b,
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
-        ) == 1
-    });
+    one_session_waits(&mut b, "SyncRep");
     p.a.stop_immediate();
     p.a.start_again();
     // a's worker delivers the record again; the peer's second session waits for the first
-    wait_until(Duration::from_secs(30), || {
-        count(
-            &mut b,
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'",
-        ) == 1
-    });
+    one_session_waits(&mut b, "advisory");
     assert_eq!(count(&mut b, "SELECT count(*) FROM t"), 0);
-    b.batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
-        .unwrap();
-    b.batch_execute("SELECT pg_reload_conf()").unwrap();
+    hold_commits(&mut b, false);
     let mut a = p.a.connect(&p.db);
     wait_until(Duration::from_secs(30), || {
         count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
