@@ -339,6 +339,16 @@ fn prune(sender: &str, floor: Option<i64>) {
     PRUNED_IN.with(|m| m.borrow_mut().insert(sender.to_string(), xact));
 }
 
+thread_local! {
+    /// The seqs from a sender already applied within a range, read with the latest snapshot
+    /// (see first_deliveries).
+    static SEEN: Statement = Statement::new(
+        "SELECT s FROM synclink.applied a CROSS JOIN LATERAL unnest(a.seqs) s \
+          WHERE a.sender = $1 AND a.hi >= $2 AND a.lo <= $3",
+        &[pg_sys::TEXTOID, pg_sys::INT8OID, pg_sys::INT8OID],
+    );
+}
+
 /// Record that queued records from `sender` are applied; returns the seqs that were not yet.
 fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64> {
     let (Some(&lo), Some(&hi)) = (seqs.iter().min(), seqs.iter().max()) else {
@@ -357,18 +367,18 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
         |_| (),
     );
     prune(sender, floor);
-    let seen: std::collections::HashSet<i64> = crate::db::read_latest_bigints(
-        "SELECT s FROM synclink.applied a CROSS JOIN LATERAL unnest(a.seqs) s \
-          WHERE a.sender = $1 AND a.hi >= $2 AND a.lo <= $3",
-        &[pg_sys::TEXTOID, pg_sys::INT8OID, pg_sys::INT8OID],
-        &[
-            sender.into_datum().unwrap(),
-            lo.into_datum().unwrap(),
-            hi.into_datum().unwrap(),
-        ],
-    )
-    .into_iter()
-    .collect();
+    let seen: std::collections::HashSet<i64> = SEEN
+        .with(|stmt| {
+            Spi::connect(|_| {
+                stmt.read_latest(&[
+                    sender.into_datum().unwrap(),
+                    lo.into_datum().unwrap(),
+                    hi.into_datum().unwrap(),
+                ])
+            })
+        })
+        .into_iter()
+        .collect();
     let fresh: Vec<i64> = seqs.into_iter().filter(|s| !seen.contains(s)).collect();
     if let (Some(&lo), Some(&hi)) = (fresh.iter().min(), fresh.iter().max()) {
         crate::db::prepared(

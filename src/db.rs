@@ -28,58 +28,6 @@ pub fn column<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Vec
     })
 }
 
-thread_local! {
-    static LATEST_PLANS: RefCell<HashMap<String, std::ptr::NonNull<pg_sys::_SPI_plan>>> =
-        RefCell::new(HashMap::new());
-}
-
-/// The first column (bigint) of every row of a read, made with the latest snapshot rather
-/// than the transaction's: under REPEATABLE READ (postgres_fdw's remote transactions) a
-/// statement sees nothing committed after the transaction began, but some checks must see
-/// what a transaction they waited for has just committed. Planned once per backend.
-pub fn read_latest_bigints(sql: &str, types: &[pg_sys::Oid], args: &[pg_sys::Datum]) -> Vec<i64> {
-    Spi::connect(|_| unsafe {
-        let plan = LATEST_PLANS.with(|p| p.borrow().get(sql).copied());
-        let plan = plan.unwrap_or_else(|| {
-            let text = std::ffi::CString::new(sql).expect("SQL has no NUL");
-            let mut types = types.to_vec();
-            let made = pg_sys::SPI_prepare(text.as_ptr(), types.len() as i32, types.as_mut_ptr());
-            let code = pg_sys::SPI_result;
-            let made = std::ptr::NonNull::new(made)
-                .unwrap_or_else(|| panic!("SPI_prepare failed: {code}"));
-            pg_sys::SPI_keepplan(made.as_ptr());
-            LATEST_PLANS.with(|p| p.borrow_mut().insert(sql.to_string(), made));
-            made
-        });
-        let mut values = args.to_vec();
-        let nulls = vec![b' ' as std::ffi::c_char; args.len()];
-        let rc = crate::plan::with_kept_plan(|| {
-            pg_sys::SPI_execute_snapshot(
-                plan.as_ptr(),
-                values.as_mut_ptr(),
-                nulls.as_ptr(),
-                pg_sys::GetLatestSnapshot(),
-                std::ptr::null_mut(),
-                true,
-                false,
-                0,
-            )
-        });
-        if rc < 0 {
-            panic!("SPI_execute_snapshot failed: {rc}");
-        }
-        let table = pg_sys::SPI_tuptable;
-        (0..pg_sys::SPI_processed as usize)
-            .filter_map(|i| {
-                let mut isnull = false;
-                let datum =
-                    pg_sys::SPI_getbinval(*(*table).vals.add(i), (*table).tupdesc, 1, &mut isnull);
-                i64::from_datum(datum, isnull)
-            })
-            .collect()
-    })
-}
-
 /// This backend's local id of the current transaction: a key for per-transaction caches.
 pub fn local_xact() -> u32 {
     unsafe { (*pgrx::pg_sys::MyProc).lxid }

@@ -107,6 +107,45 @@ impl Statement {
         }
     }
 
+    /// Run the statement, which only reads, with the latest snapshot rather than the
+    /// transaction's; the first column (bigint) of every row. Under REPEATABLE READ
+    /// (postgres_fdw's remote transactions) a statement sees nothing committed after the
+    /// transaction began, but some checks must see what a transaction they waited for has
+    /// just committed. Uses the generic plan; must run inside an SPI connection.
+    pub fn read_latest(&self, args: &[pg_sys::Datum]) -> Vec<i64> {
+        assert_eq!(args.len(), self.types.len());
+        let plan = *self
+            .generic
+            .get_or_init(|| self.prepare(pg_sys::CURSOR_OPT_GENERIC_PLAN));
+        plan_generic(plan);
+        let mut values = args.to_vec();
+        let nulls = vec![b' ' as std::ffi::c_char; args.len()];
+        unsafe {
+            let rc = pg_sys::SPI_execute_snapshot(
+                plan.as_ptr(),
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                pg_sys::GetLatestSnapshot(),
+                std::ptr::null_mut(),
+                true,
+                false,
+                0,
+            );
+            if rc < 0 {
+                panic!("SPI_execute_snapshot failed: {rc}");
+            }
+            let table = pg_sys::SPI_tuptable;
+            (0..pg_sys::SPI_processed as usize)
+                .filter_map(|i| {
+                    let mut isnull = false;
+                    let row = *(*table).vals.add(i);
+                    let datum = pg_sys::SPI_getbinval(row, (*table).tupdesc, 1, &mut isnull);
+                    i64::from_datum(datum, isnull)
+                })
+                .collect()
+        }
+    }
+
     fn prepare(&self, options: u32) -> Plan {
         let mut types = self.types.clone();
         unsafe {
