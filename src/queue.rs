@@ -260,34 +260,66 @@ pub fn after_queueing() {
     }
 }
 
+thread_local! {
+    /// Per peer: the oldest seq queued when its queue was last counted over the limit, and
+    /// when. Delivery takes a peer's records oldest first, so while that seq is still the
+    /// oldest nothing has left the queue and it is still over; it is counted again at the
+    /// latest after BACKLOG_RECOUNT, for the rare queue that shrank otherwise (records of one
+    /// link discarded by sync_unlink_table).
+    static OVER_SINCE: RefCell<std::collections::HashMap<String, (i64, std::time::Instant)>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+const BACKLOG_RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The peers with more than `limit` records queued. A peer's seq range (two index probes)
 /// bounds its count from above, so a queue that cannot be over the limit is not counted; one
-/// that may be is counted up to limit + 1 records. A long outage queues millions: counting them
-/// all every thousand changes would slow every writer while the peer is away.
+/// that may be is counted up to limit + 1 records, and once found over, not again while its
+/// oldest record stays (see OVER_SINCE). A long outage queues millions: counting a hundred
+/// thousand of them every thousand changes slowed every writer by a tenth or more while the
+/// peer was away.
 fn over_backlog(limit: i64) -> Vec<String> {
     let bigint = PgOid::from(pg_sys::INT8OID);
     let candidates = crate::db::prepared_read(
-        "SELECT p.peer_name FROM synclink.peer p \
-          WHERE (SELECT max(o.seq) - min(o.seq) FROM synclink.outbox o \
-                  WHERE o.peer_name = p.peer_name) >= $1",
+        "SELECT p.peer_name, q.oldest FROM synclink.peer p \
+           CROSS JOIN LATERAL (SELECT min(o.seq) AS oldest, max(o.seq) AS newest \
+                                 FROM synclink.outbox o WHERE o.peer_name = p.peer_name) q \
+          WHERE q.newest - q.oldest >= $1",
         &[bigint],
         &[limit.into()],
         |t| {
-            t.filter_map(|r| r.get::<String>(1).unwrap())
+            t.filter_map(|r| Some((r.get::<String>(1).unwrap()?, r.get::<i64>(2).unwrap()?)))
                 .collect::<Vec<_>>()
         },
     );
-    candidates
-        .into_iter()
-        .filter(|peer| {
-            crate::db::prepared_read(
-                "SELECT count(*) FROM (SELECT FROM synclink.outbox WHERE peer_name = $1 LIMIT $2) q",
-                &[PgOid::from(pg_sys::TEXTOID), bigint],
-                &[peer.as_str().into(), (limit + 1).into()],
-                |t| t.first().get_one::<i64>().unwrap().unwrap_or(0),
-            ) > limit
-        })
-        .collect()
+    OVER_SINCE.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        memo.retain(|peer, _| candidates.iter().any(|(p, _)| p == peer));
+        candidates
+            .into_iter()
+            .filter(|(peer, oldest)| {
+                if memo
+                    .get(peer)
+                    .is_some_and(|(o, at)| o == oldest && at.elapsed() < BACKLOG_RECOUNT)
+                {
+                    return true;
+                }
+                let over = crate::db::prepared_read(
+                    "SELECT count(*) FROM (SELECT FROM synclink.outbox WHERE peer_name = $1 LIMIT $2) q",
+                    &[PgOid::from(pg_sys::TEXTOID), bigint],
+                    &[peer.as_str().into(), (limit + 1).into()],
+                    |t| t.first().get_one::<i64>().unwrap().unwrap_or(0),
+                ) > limit;
+                if over {
+                    memo.insert(peer.clone(), (*oldest, std::time::Instant::now()));
+                } else {
+                    memo.remove(peer);
+                }
+                over
+            })
+            .map(|(peer, _)| peer)
+            .collect()
+    })
 }
 
 pub enum Flushed {

@@ -562,10 +562,32 @@ fn a_growing_backlog_raises_a_warning() {
     .unwrap();
     c.batch_execute("INSERT INTO t VALUES (2000, 'the two thousandth')")
         .unwrap();
-    let got = warnings.lock().unwrap().clone();
+    let warning = "more than 100 changes are queued for peer \"b\"".to_string();
+    assert_eq!(warnings.lock().unwrap().clone(), vec![warning.clone()]);
+    // still over a thousand changes later (this session need not count again to know)
+    c.batch_execute(
+        "DO $$ BEGIN FOR i IN 2001..2999 LOOP INSERT INTO t VALUES (i, 'queued'); END LOOP; END $$;
+         INSERT INTO t VALUES (3000, 'the three thousandth')",
+    )
+    .unwrap();
+    assert_eq!(warnings.lock().unwrap().len(), 2);
+    // Delivered, then three records spread over a thousand seqs (the rest rolled back): the
+    // range alone would say over, and so would what this session found before.
+    a.execute("SELECT sync_flush('b')", &[]).unwrap();
+    for step in [
+        "INSERT INTO t VALUES (3001, 'queued')",
+        "BEGIN",
+        "DO $$ BEGIN FOR i IN 3002..3998 LOOP INSERT INTO t VALUES (i, 'rolled back'); END LOOP; END $$",
+        "ROLLBACK",
+        "INSERT INTO t VALUES (3999, 'queued')",
+        "INSERT INTO t VALUES (4000, 'the four thousandth')",
+    ] {
+        c.batch_execute(step).unwrap();
+    }
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 3);
     assert_eq!(
-        got,
-        vec!["more than 100 changes are queued for peer \"b\"".to_string()]
+        warnings.lock().unwrap().clone(),
+        vec![warning.clone(), warning]
     );
 }
 
