@@ -154,10 +154,11 @@ impl Shape {
             &format!("jsonb_populate_recordset(NULL::{table}, $1) r"),
         )
     }
-    fn delete_sql(&self) -> String {
+    /// Delete from `table` the rows with the keys in $1 (a jsonb array of key objects, read
+    /// as `row_type`).
+    fn delete_keys_sql(&self, table: &str, row_type: &str) -> String {
         format!(
-            "DELETE FROM {table} t USING jsonb_populate_recordset(NULL::{table}, $1) k WHERE {matched}",
-            table = self.table_sql(),
+            "DELETE FROM {table} t USING jsonb_populate_recordset(NULL::{row_type}, $1) k WHERE {matched}",
             matched = self.key_match("k"),
         )
     }
@@ -167,7 +168,8 @@ impl Shape {
         let run = |sql: String, rows: serde_json::Value| -> i64 {
             Spi::connect_mut(|c| c.update(&sql, None, &[JsonB(rows).into()]).unwrap().len() as i64)
         };
-        let (upsert_sql, delete_sql) = (self.upsert_sql(), self.delete_sql());
+        let table = self.table_sql();
+        let (upsert_sql, delete_sql) = (self.upsert_sql(), self.delete_keys_sql(&table, &table));
         let work = std::panic::AssertUnwindSafe(move || {
             with_wire_settings(|| run(delete_sql, delete) + run(upsert_sql, upsert))
         });
@@ -191,12 +193,7 @@ impl Shape {
             return;
         }
         Spi::run_with_args(
-            &format!(
-                "DELETE FROM {vt} t USING jsonb_populate_recordset(NULL::{row}, $1) k WHERE {matched}",
-                vt = link.version_table,
-                row = link.row_type,
-                matched = self.key_match("k"),
-            ),
+            &self.delete_keys_sql(&link.version_table, &link.row_type),
             &[JsonB(keys.clone()).into()],
         )
         .unwrap();
