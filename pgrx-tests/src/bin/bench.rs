@@ -11,10 +11,11 @@
 //!   diff:   sync_diff and sync_reconcile of a 1,000,000-row table with 100 differences
 //!
 //! Variants run in rotating order within each round and every ratio is taken against the
-//! unlinked figure of the same round, so machine noise hits all of them alike.
-//! Run with `make bench` (installs the release build first). BENCH_ONLY, BENCH_ROUNDS, BENCH_SECONDS,
-//! BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATES, BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS and
-//! BENCH_DIFF_ROWS tune it.
+//! unlinked figure of the same round (for single, of the run right next to it), so machine
+//! noise hits all of them alike.
+//! Run with `make bench` (installs the release build first). BENCH_ONLY, BENCH_ROUNDS,
+//! BENCH_SECONDS, BENCH_SINGLE_PAIRS, BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATES,
+//! BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS and BENCH_DIFF_ROWS tune it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -101,7 +102,7 @@ fn reset(a: &mut postgres::Client, b: &mut postgres::Client, table: &str, linked
 
 fn main() {
     let rounds = env_or("BENCH_ROUNDS", 3) as usize;
-    let seconds = env_or("BENCH_SECONDS", 10);
+    let seconds = env_or("BENCH_SECONDS", 5);
     let rows = env_or("BENCH_ROWS", 100_000) as i64;
     let backlog = env_or("BENCH_BACKLOG", 100_000) as i64;
     // BENCH_ONLY=single,lag runs those parts only (bulk, single, lag, drain, sequences, diff)
@@ -212,46 +213,87 @@ fn main() {
     }
 
     if wants("single") {
+        let pairs = env_or("BENCH_SINGLE_PAIRS", 6) as usize;
         println!();
         println!(
-            "single-row INSERT, 4 clients, {seconds} s per variant and round (median of {rounds})"
+            "single-row INSERT, 4 clients: each variant {seconds} s right next to {seconds} s unlinked, \
+             {pairs} such pairs in alternating order"
         );
-        // The extra variant is async mode with the peer stopped: the writers' own cost, without
-        // the delivery worker and the peer's apply competing for the same two cores and disk.
+        // The machine's own throughput drifts by ±10% from one minute to the next, as much as
+        // the differences measured; so each variant's ratio is taken against an unlinked run
+        // made right before or after it (the order alternates), never against one from
+        // minutes away.
+        //
+        // Async mode also runs with the peer stopped: the writers' own cost, without the
+        // delivery worker and the peer's apply on the same two cores and disk. With the peer
+        // running, the changes still queued when the run ends show that delivery kept up.
+        let async_stopped = n;
         let mut tps: Vec<Vec<f64>> = vec![Vec::new(); n + 1];
         let mut tps_ratios: Vec<Vec<f64>> = vec![Vec::new(); n + 1];
-        for round in 0..rounds {
-            let mut this = vec![0.0f64; n + 1];
-            for k in 0..=n {
-                let v = (round + k) % (n + 1);
-                if v == n {
-                    reset(&mut a, &mut b, "bench_async", true);
-                    pair.b.stop_immediate();
-                    this[v] = pgbench_tps(&pair, "bench_async", seconds);
-                    pair.b.start_again();
-                    b = pair.b.connect(&pair.db);
-                    continue;
-                }
-                reset(&mut a, &mut b, variants[v], linked[v]);
-                this[v] = pgbench_tps(&pair, variants[v], seconds);
+        let mut left: Vec<Vec<f64>> = vec![Vec::new(); n + 1];
+        let mut run = |v: usize, a: &mut postgres::Client, b: &mut postgres::Client| {
+            let table = if v >= n { "bench_async" } else { variants[v] };
+            reset(a, b, table, v >= n || linked[v]);
+            if v == async_stopped {
+                pair.b.stop_immediate();
+                let t = pgbench_tps(&pair, table, seconds);
+                pair.b.start_again();
+                *b = pair.b.connect(&pair.db);
+                return t;
             }
-            for v in 0..=n {
-                tps[v].push(this[v]);
-                tps_ratios[v].push(this[v] / this[0]);
+            let t = pgbench_tps(&pair, table, seconds);
+            if table == "bench_async" {
+                left[v].push(count(a, "SELECT count(*) FROM synclink.outbox") as f64);
+            }
+            t
+        };
+        for round in 0..pairs {
+            for v in 1..=n {
+                let (unlinked, this) = if round % 2 == 0 {
+                    let u = run(0, &mut a, &mut b);
+                    (u, run(v, &mut a, &mut b))
+                } else {
+                    let t = run(v, &mut a, &mut b);
+                    (run(0, &mut a, &mut b), t)
+                };
+                tps[0].push(unlinked);
+                tps[v].push(this);
+                tps_ratios[v].push(this / unlinked);
             }
         }
-        println!("  {:<32} {:>10} {:>12}", "variant", "tps", "x unlinked");
-        for v in 0..=n {
-            let name = if v == n {
+        println!(
+            "  {:<36} {:>8} {:>11} {:>14} {:>12}",
+            "variant", "tps", "x unlinked", "pairs' range", "queued at end"
+        );
+        println!(
+            "  {:<36} {:>8.0} {:>10.2}x",
+            names[0],
+            median(tps[0].clone()),
+            1.0
+        );
+        for v in 1..=n {
+            let name = if v == async_stopped {
                 "async mode, peer stopped"
             } else {
                 names[v]
             };
+            let r = &tps_ratios[v];
+            let (lo, hi) = r
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+            let queued = if left[v].is_empty() {
+                String::new()
+            } else {
+                format!("{:.0}", median(left[v].clone()))
+            };
             println!(
-                "  {:<32} {:>10.0} {:>11.2}x",
+                "  {:<36} {:>8.0} {:>10.2}x {:>7.2}-{:.2}x {:>12}",
                 name,
                 median(tps[v].clone()),
-                median(tps_ratios[v].clone())
+                median(r.clone()),
+                lo,
+                hi,
+                queued
             );
         }
         for t in ["bench_linked", "bench_async"] {
