@@ -281,9 +281,14 @@ const BACKLOG_RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
 fn over_backlog(limit: i64) -> Vec<String> {
     let bigint = PgOid::from(pg_sys::INT8OID);
     let candidates = crate::db::prepared_read(
+        // ORDER BY … LIMIT 1 rather than min()/max(): a generic plan made while the outbox
+        // was nearly empty aggregates over all of a peer's records, however many it holds later.
         "SELECT p.peer_name, q.oldest FROM synclink.peer p \
-           CROSS JOIN LATERAL (SELECT min(o.seq) AS oldest, max(o.seq) AS newest \
-                                 FROM synclink.outbox o WHERE o.peer_name = p.peer_name) q \
+           CROSS JOIN LATERAL \
+                (SELECT (SELECT o.seq FROM synclink.outbox o WHERE o.peer_name = p.peer_name \
+                          ORDER BY o.seq LIMIT 1) AS oldest, \
+                        (SELECT o.seq FROM synclink.outbox o WHERE o.peer_name = p.peer_name \
+                          ORDER BY o.seq DESC LIMIT 1) AS newest) q \
           WHERE q.newest - q.oldest >= $1",
         &[bigint],
         &[limit.into()],
