@@ -261,12 +261,12 @@ pub fn after_queueing() {
 }
 
 thread_local! {
-    /// Per peer: the oldest seq queued when its queue was last counted over the limit, and
-    /// when. Delivery takes a peer's records oldest first, so while that seq is still the
-    /// oldest nothing has left the queue and it is still over; it is counted again at the
-    /// latest after BACKLOG_RECOUNT, for the rare queue that shrank otherwise (records of one
-    /// link discarded by sync_unlink_table).
-    static OVER_SINCE: RefCell<std::collections::HashMap<String, (i64, std::time::Instant)>> =
+    /// Per peer: the oldest seq queued when its queue was last counted over a limit, that
+    /// limit, and when. Delivery takes a peer's records oldest first, so while that seq is
+    /// still the oldest nothing has left the queue and it is still over; it is counted again
+    /// for a higher limit, and at the latest after BACKLOG_RECOUNT, for the rare queue that
+    /// shrank otherwise (records of one link discarded by sync_unlink_table).
+    static OVER_SINCE: RefCell<std::collections::HashMap<String, (i64, i64, std::time::Instant)>> =
         RefCell::new(std::collections::HashMap::new());
 }
 
@@ -305,7 +305,9 @@ fn over_backlog(limit: i64) -> Vec<String> {
             .filter(|(peer, oldest)| {
                 if memo
                     .get(peer)
-                    .is_some_and(|(o, at)| o == oldest && at.elapsed() < BACKLOG_RECOUNT)
+                    .is_some_and(|(o, l, at)| {
+                        o == oldest && *l >= limit && at.elapsed() < BACKLOG_RECOUNT
+                    })
                 {
                     return true;
                 }
@@ -316,7 +318,7 @@ fn over_backlog(limit: i64) -> Vec<String> {
                     |t| t.first().get_one::<i64>().unwrap().unwrap_or(0),
                 ) > limit;
                 if over {
-                    memo.insert(peer.clone(), (*oldest, std::time::Instant::now()));
+                    memo.insert(peer.clone(), (*oldest, limit, std::time::Instant::now()));
                 } else {
                     memo.remove(peer);
                 }

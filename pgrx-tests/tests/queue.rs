@@ -571,24 +571,39 @@ fn a_growing_backlog_raises_a_warning() {
     )
     .unwrap();
     assert_eq!(warnings.lock().unwrap().len(), 2);
-    // Delivered, then three records spread over a thousand seqs (the rest rolled back): the
-    // range alone would say over, and so would what this session found before.
+    // Records at `from`, `to` - 1 and `to`, the seqs between them drawn and rolled back.
+    let spread = |c: &mut postgres::Client, from: i32, to: i32| {
+        let steps = [
+            format!("INSERT INTO t VALUES ({from}, 'queued')"),
+            "BEGIN".to_string(),
+            format!("DO $$ BEGIN FOR i IN {}..{} LOOP INSERT INTO t VALUES (i, 'rolled back'); END LOOP; END $$", from + 1, to - 2),
+            "ROLLBACK".to_string(),
+            format!("INSERT INTO t VALUES ({}, 'queued')", to - 1),
+            format!("INSERT INTO t VALUES ({to}, 'the thousandth seq')"),
+        ];
+        for step in steps {
+            c.batch_execute(&step).unwrap();
+        }
+    };
+    // Delivered, then three records over a thousand seqs: the range alone would say over
+    // 100, and so would what this session found before the delivery.
     a.execute("SELECT sync_flush('b')", &[]).unwrap();
-    for step in [
-        "INSERT INTO t VALUES (3001, 'queued')",
-        "BEGIN",
-        "DO $$ BEGIN FOR i IN 3002..3998 LOOP INSERT INTO t VALUES (i, 'rolled back'); END LOOP; END $$",
-        "ROLLBACK",
-        "INSERT INTO t VALUES (3999, 'queued')",
-        "INSERT INTO t VALUES (4000, 'the four thousandth')",
-    ] {
-        c.batch_execute(step).unwrap();
-    }
+    spread(&mut c, 3001, 4000);
     assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 3);
-    assert_eq!(
-        warnings.lock().unwrap().clone(),
-        vec![warning.clone(), warning]
-    );
+    assert_eq!(warnings.lock().unwrap().len(), 2);
+    // Over 100 again, found by counting; then over 100 is not over 1,500: 1,006 queued over
+    // a range of 3,000 seqs is counted again for the higher limit.
+    c.batch_execute(
+        "DO $$ BEGIN FOR i IN 4001..4999 LOOP INSERT INTO t VALUES (i, 'queued'); END LOOP; END $$;
+         INSERT INTO t VALUES (5000, 'the five thousandth')",
+    )
+    .unwrap();
+    assert_eq!(warnings.lock().unwrap().len(), 3);
+    c.batch_execute("SET synclink.backlog_warning = 1500")
+        .unwrap();
+    spread(&mut c, 5001, 6000);
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 1006);
+    assert_eq!(warnings.lock().unwrap().clone(), vec![warning; 3]);
 }
 
 /// Async statements that change one row are queued by the native capture; everything else by
