@@ -55,6 +55,14 @@ fn version_upsert(spec: &CaptureSpec, select: &str) -> String {
     )
 }
 
+/// A row's stamp (synclink.stamp), from the version columns the upsert returned under `alias`.
+fn stamp_expr(alias: &str, op: char) -> String {
+    format!(
+        "ROW({alias}.\"synclink$at\", {alias}.\"synclink$node\", {alias}.\"synclink$base_at\", \
+         {alias}.\"synclink$base_node\", '{op}')::synclink.stamp"
+    )
+}
+
 /// The statement that stamps `source` rows with new versions and turns them into chunked
 /// text arrays (`rows`, `stamps`), handed to `ship` (sync) or queued in the outbox (async).
 ///
@@ -86,10 +94,11 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
     );
     let select = format!(
         "SELECT array_agg({row})::text AS rows,\n\
-         \x20      array_agg(ROW(s.\"synclink$at\", s.\"synclink$node\", s.\"synclink$base_at\", s.\"synclink$base_node\", '{op}')::synclink.stamp)::text AS stamps\n\
+         \x20      array_agg({stamp})::text AS stamps\n\
          \x20 FROM (SELECT * FROM s ORDER BY \"synclink$chunk\") s\n\
          \x20GROUP BY s.\"synclink$chunk\"",
         row = row_expr(spec, "s"),
+        stamp = stamp_expr("s", op),
     );
     if spec.queue_only {
         let (new, old) = if matches!(op, 'I' | 'U') {
@@ -152,7 +161,7 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
         "WITH v AS ({upsert})\n\
          INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
          SELECT {peer}, {id}, $3, '{op}', {new}, {old},\n\
-         \x20      ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", '{op}')::synclink.stamp]::pg_catalog.text\n\
+         \x20      ARRAY[{stamp}]::pg_catalog.text\n\
          \x20 FROM v",
         upsert = version_upsert(
             spec,
@@ -163,6 +172,7 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
         ),
         peer = literal(spec.peer_name),
         id = spec.link_id,
+        stamp = stamp_expr("v", op),
     )
 }
 
