@@ -61,6 +61,8 @@ struct Link {
     node: String,
     /// Per operation (I, U, D): the statement's text and its plan once made.
     statements: [(String, OnceCell<NonNull<pg_sys::_SPI_plan>>); 3],
+    /// The writes without a plan, when the link's tables are as synclink made them.
+    writer: Option<crate::write::Writer>,
 }
 
 thread_local! {
@@ -109,6 +111,10 @@ struct Catalog {
     function_name: String,
     triggers: Vec<String>,
     node: String,
+    version_oid: pg_sys::Oid,
+    wire_oid: pg_sys::Oid,
+    stamp_oid: pg_sys::Oid,
+    outbox_oid: pg_sys::Oid,
 }
 
 fn load(link_id: i32) -> Option<Link> {
@@ -118,7 +124,11 @@ fn load(link_id: i32) -> Option<Link> {
             c.select(
                 "SELECT l.relid::oid, c.reltype, p.oid, p.proowner, l.peer_name, l.columns, \
                         l.key_columns, l.row_type, l.version_table, l.capture_function, \
-                        l.triggers, n.node_name \
+                        l.triggers, n.node_name, \
+                        pg_catalog.to_regclass(l.version_table)::oid, \
+                        pg_catalog.to_regtype(l.row_type)::oid, \
+                        'synclink.stamp'::pg_catalog.regtype::oid, \
+                        'synclink.outbox'::pg_catalog.regclass::oid \
                    FROM synclink.link l \
                    JOIN pg_catalog.pg_class c ON c.oid = l.relid \
                    JOIN pg_catalog.pg_proc p ON p.oid = pg_catalog.to_regproc(l.capture_function) \
@@ -142,6 +152,10 @@ fn load(link_id: i32) -> Option<Link> {
                 function_name: r.get(10).unwrap().unwrap(),
                 triggers: r.get(11).unwrap().unwrap(),
                 node: r.get(12).unwrap().unwrap(),
+                version_oid: r.get(13).unwrap().unwrap(),
+                wire_oid: r.get(14).unwrap().unwrap(),
+                stamp_oid: r.get(15).unwrap().unwrap(),
+                outbox_oid: r.get(16).unwrap().unwrap(),
             })
         })
     })?;
@@ -160,6 +174,16 @@ fn load(link_id: i32) -> Option<Link> {
     };
     let statements =
         ['I', 'U', 'D'].map(|op| (capture::single_row_sql(&spec, op), OnceCell::new()));
+    let writer = crate::write::Writer::load(&crate::write::LinkTables {
+        link_id,
+        table: row.relid,
+        version: row.version_oid,
+        wire_type: row.wire_oid,
+        stamp_type: row.stamp_oid,
+        outbox: row.outbox_oid,
+        peer: &row.peer,
+        key: &row.key,
+    });
     let mut general: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
     unsafe { pg_sys::fmgr_info_cxt(row.function, &mut *general, pg_sys::TopMemoryContext) };
     Some(Link {
@@ -170,6 +194,7 @@ fn load(link_id: i32) -> Option<Link> {
         row_type: row.row_type,
         node: row.node,
         statements,
+        writer,
     })
 }
 
@@ -229,6 +254,22 @@ unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
     }
     let desc = (*(*data).tg_relation).rd_att;
     let origin = crate::apply::current_origin().unwrap_or_else(|| link.node.clone());
+    if let Some(writer) = link
+        .writer
+        .as_ref()
+        .filter(|_| pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32)
+    {
+        let op = [b'I', b'U', b'D'][index];
+        let row = only_row(changed, desc);
+        let old = old.map(|o| only_row(o, desc));
+        return as_role(link.owner, || {
+            let queued = writer.queue(op, row, old, desc, &origin, now_micros());
+            if queued {
+                crate::queue::after_queueing();
+            }
+            queued
+        });
+    }
     let mut values = vec![
         only_row(changed, desc),
         now_micros().into_datum().unwrap(),

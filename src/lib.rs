@@ -28,6 +28,7 @@ mod sql;
 mod subxact;
 mod teardown;
 mod worker;
+mod write;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 

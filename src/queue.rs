@@ -226,7 +226,7 @@ thread_local! {
 /// The outbox's seq default (sql/finalize.sql): the sequence's next value, noting every
 /// BACKLOG_CHECK_EVERY-th so that the statement that drew it looks at the backlog.
 #[pg_extern(schema = "synclink", volatile, parallel_unsafe)]
-fn next_outbox_seq() -> i64 {
+pub fn next_outbox_seq() -> i64 {
     let seq = unsafe {
         let schema = pg_sys::get_namespace_oid(c"synclink".as_ptr(), false);
         let seq = pg_sys::get_relname_relid(c"outbox_seq_seq".as_ptr(), schema);

@@ -640,6 +640,13 @@ fn one_row_statements_are_queued_natively_with_the_same_records() {
     .unwrap();
     odd.batch_execute(&format!("INSERT INTO t VALUES (2, {values})"))
         .unwrap();
+    // a repeatable read transaction: the native capture runs its SQL statement
+    let mut repeatable = p.a.connect_as(&p.db, "app", "app-pw");
+    repeatable
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; INSERT INTO t VALUES (3, {values}); COMMIT"
+        ))
+        .unwrap();
     let rows: Vec<String> = a
         .query(
             "SELECT new_rows || stamps FROM synclink.outbox ORDER BY seq",
@@ -649,16 +656,17 @@ fn one_row_statements_are_queued_natively_with_the_same_records() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 3);
     let strip = |s: &str| {
         // the id and the version differ; everything else is the same text
         let (row, stamp) = s.split_at(s.find("}{").unwrap());
         (
-            row.replacen("(1,", "(2,", 1),
+            row.replacen("(1,", "(2,", 1).replacen("(3,", "(2,", 1),
             stamp.split(',').nth(1).unwrap().to_string(),
         )
     };
     assert_eq!(strip(&rows[0]), strip(&rows[1]), "{rows:?}");
+    assert_eq!(strip(&rows[2]), strip(&rows[1]), "{rows:?}");
 
     for sql in [
         "UPDATE t SET v = 'one row' WHERE id = 1",
@@ -676,7 +684,7 @@ fn one_row_statements_are_queued_natively_with_the_same_records() {
         .iter()
         .map(|r| r.get::<_, String>(0))
         .collect();
-    assert_eq!(ops, "IIUKUIUDD");
+    assert_eq!(ops, "IIIUKUIUDD");
     // the generated function ran for the five statements the native capture does not take:
     // the odd session's insert, the key change and the three statements of many rows
     for c in [&mut app, &mut odd] {
@@ -696,7 +704,7 @@ fn one_row_statements_are_queued_natively_with_the_same_records() {
         table_hash(&mut a, "t", order),
         table_hash(&mut b, "t", order)
     );
-    assert_eq!(count(&mut b, "SELECT count(*) FROM t"), 42);
+    assert_eq!(count(&mut b, "SELECT count(*) FROM t"), 43);
 
     // a trigger of someone else's making cannot use it
     let (code, message, _, _) =
@@ -706,4 +714,67 @@ fn one_row_statements_are_queued_natively_with_the_same_records() {
         message.contains("may only be called by the triggers of that link"),
         "{message}"
     );
+}
+
+/// The native capture writes a key's version as INSERT … ON CONFLICT DO UPDATE would: a
+/// version another transaction is writing is waited for, then built on (its version becomes
+/// the change's base) if that transaction commits, or ignored if it rolls back.
+#[test]
+fn a_version_being_written_elsewhere_is_waited_for() {
+    let (p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    a.batch_execute("INSERT INTO t VALUES (1, 'one')").unwrap();
+    let version: String = a
+        .query_one("SELECT version_table FROM synclink.link", &[])
+        .unwrap()
+        .get(0);
+    let base = |a: &mut postgres::Client| -> String {
+        a.query_one(
+            "SELECT s.base_at || '/' || s.base_node FROM synclink.outbox o, \
+                    unnest(o.stamps::synclink.stamp[]) s ORDER BY o.seq DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get::<_, Option<String>>(0)
+        .unwrap_or_default()
+    };
+    // (key, statement, how the other transaction ends, base expected)
+    let cases = [
+        (
+            1,
+            "UPDATE t SET v = 'two' WHERE id = 1",
+            "COMMIT",
+            "42/elsewhere",
+        ),
+        (
+            2,
+            "INSERT INTO t VALUES (2, 'two')",
+            "COMMIT",
+            "42/elsewhere",
+        ),
+        (3, "INSERT INTO t VALUES (3, 'three')", "ROLLBACK", ""),
+    ];
+    for (key, statement, end, expected) in cases {
+        let mut other = p.a.connect(&p.db);
+        other
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO {version} (id, \"synclink$at\", \"synclink$node\") \
+                 VALUES ({key}, 42, 'elsewhere') ON CONFLICT (id) DO UPDATE \
+                 SET \"synclink$at\" = 42, \"synclink$node\" = 'elsewhere'"
+            ))
+            .unwrap();
+        let conninfo = p.a.socket_conninfo(&p.db);
+        let writer = std::thread::spawn(move || {
+            let mut w = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+            w.batch_execute(statement).unwrap();
+        });
+        one_session_waits(&mut a, "transactionid");
+        other.batch_execute(end).unwrap();
+        writer.join().unwrap();
+        assert_eq!(base(&mut a), expected, "{statement} after {end}");
+    }
+    a.query_one("SELECT sync_flush()", &[]).unwrap();
+    assert_eq!(same(&mut a, &mut b), 3);
 }

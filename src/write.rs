@@ -1,0 +1,726 @@
+//! The one-row capture's writes without a plan: the version upsert and the outbox record go
+//! through the table and index access methods, as logical replication's apply writes rows.
+//! For one row, `INSERT … ON CONFLICT DO UPDATE … RETURNING` feeding an `INSERT` spends more
+//! in executor start-up, projections and expression set-up than in the writes themselves.
+//!
+//! The upsert is PostgreSQL's speculative insertion (nodeModifyTable.c: ExecInsert and
+//! ExecOnConflictUpdate) step for step, so it is as safe as the statement against a
+//! concurrent writer of the same key: probe the key's unique index; if a committed version
+//! is there, lock it and update it, starting over if it changed meanwhile; if none is,
+//! insert speculatively, and if another insert of the key won the race, take ours back and
+//! start over. Only READ COMMITTED transactions come here: the higher isolation levels add
+//! snapshot checks to each step, and their statements keep the SQL path.
+//!
+//! A link whose tables or types are not exactly as sync_link_table made them (a column,
+//! index, trigger or constraint added by hand) keeps the SQL path too.
+
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// Where each value goes, by attribute position (0-based).
+struct VersionLayout {
+    natts: usize,
+    /// (version table position, table row position) per key column
+    keys: Vec<(usize, usize)>,
+    at: usize,
+    node: usize,
+    base_at: usize,
+    base_node: usize,
+}
+
+struct OutboxLayout {
+    natts: usize,
+    seq: usize,
+    peer_name: usize,
+    link_id: usize,
+    origin: usize,
+    op: usize,
+    new_rows: usize,
+    old_rows: usize,
+    stamps: usize,
+    queued_at: usize,
+}
+
+/// A key column of the table, to tell whether an UPDATE kept the row's key.
+struct KeyColumn {
+    position: usize,
+    /// the type's `=`, from the type cache (which lives as long as the backend)
+    equal: *mut pg_sys::FmgrInfo,
+    collation: pg_sys::Oid,
+}
+
+/// What a backend keeps per async link to write its changes directly.
+pub struct Writer {
+    version: pg_sys::Oid,
+    version_key_index: pg_sys::Oid,
+    version_layout: VersionLayout,
+    outbox: pg_sys::Oid,
+    outbox_layout: OutboxLayout,
+    keys: Vec<KeyColumn>,
+    /// the link's wire row type (a copy in TopMemoryContext) and, per attribute, the table
+    /// row position it takes its value from
+    wire: pg_sys::TupleDesc,
+    wire_from: Vec<usize>,
+    /// synclink.stamp (a copy) and the positions of at, node, base_at, base_node, op
+    stamp: pg_sys::TupleDesc,
+    stamp_layout: [usize; 5],
+    /// array_out, one per element type: it keeps the element's I/O data in fn_extra
+    rows_out: Box<pg_sys::FmgrInfo>,
+    stamps_out: Box<pg_sys::FmgrInfo>,
+    /// A wire column's text form may depend on search_path (a reg* type, or a type this
+    /// check cannot see into): the text is then made under the capture function's path.
+    needs_search_path: bool,
+    peer: String,
+    link_id: i32,
+}
+
+/// One attribute of a descriptor: name, type, typmod; None when dropped.
+unsafe fn attribute(desc: pg_sys::TupleDesc, i: usize) -> Option<(String, pg_sys::Oid, i32)> {
+    let a = &*(*desc).attrs.as_ptr().add(i);
+    (!a.attisdropped).then(|| {
+        let name = CStr::from_ptr(a.attname.data.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        (name, a.atttypid, a.atttypmod)
+    })
+}
+
+unsafe fn position(desc: pg_sys::TupleDesc, name: &str) -> Option<usize> {
+    (0..(*desc).natts as usize).find(|&i| attribute(desc, i).is_some_and(|a| a.0 == name))
+}
+
+/// The live attribute names of a descriptor, for comparing with an expected set.
+unsafe fn live_names(desc: pg_sys::TupleDesc) -> Vec<String> {
+    (0..(*desc).natts as usize)
+        .filter_map(|i| attribute(desc, i).map(|a| a.0))
+        .collect()
+}
+
+unsafe fn has_checks(rel: pg_sys::Relation) -> bool {
+    let constr = (*(*rel).rd_att).constr;
+    !constr.is_null() && (*constr).num_check > 0
+}
+
+/// Types whose text form names catalog objects, and so depends on search_path.
+const REG_TYPES: [pg_sys::Oid; 11] = [
+    pg_sys::REGPROCOID,
+    pg_sys::REGPROCEDUREOID,
+    pg_sys::REGOPEROID,
+    pg_sys::REGOPERATOROID,
+    pg_sys::REGCLASSOID,
+    pg_sys::REGTYPEOID,
+    pg_sys::REGROLEOID,
+    pg_sys::REGNAMESPACEOID,
+    pg_sys::REGCONFIGOID,
+    pg_sys::REGDICTIONARYOID,
+    pg_sys::REGCOLLATIONOID,
+];
+
+unsafe fn text_depends_on_search_path(typid: pg_sys::Oid) -> bool {
+    let base = pg_sys::getBaseType(typid);
+    let element = pg_sys::get_element_type(base);
+    let scalar = if element == pg_sys::InvalidOid {
+        base
+    } else {
+        pg_sys::getBaseType(element)
+    };
+    u32::from(scalar) >= pg_sys::FirstNormalObjectId || REG_TYPES.contains(&scalar)
+}
+
+fn array_out() -> Box<pg_sys::FmgrInfo> {
+    let mut f: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
+    unsafe {
+        pg_sys::fmgr_info_cxt(
+            pg_sys::Oid::from(pg_sys::F_ARRAY_OUT),
+            &mut *f,
+            pg_sys::TopMemoryContext,
+        )
+    };
+    f
+}
+
+unsafe fn copy_in_top(desc: pg_sys::TupleDesc) -> pg_sys::TupleDesc {
+    let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+    let copy = pg_sys::CreateTupleDescCopy(desc);
+    pg_sys::MemoryContextSwitchTo(old);
+    copy
+}
+
+/// What load() needs to know of a link.
+pub struct LinkTables<'a> {
+    pub link_id: i32,
+    pub table: pg_sys::Oid,
+    pub version: pg_sys::Oid,
+    pub wire_type: pg_sys::Oid,
+    pub stamp_type: pg_sys::Oid,
+    pub outbox: pg_sys::Oid,
+    pub peer: &'a str,
+    pub key: &'a [String],
+}
+
+impl Writer {
+    /// The writer for a link, or None when its tables are not as expected.
+    pub fn load(l: &LinkTables) -> Option<Writer> {
+        unsafe {
+            let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+            let table = pg_sys::table_open(l.table, lock);
+            let version = pg_sys::table_open(l.version, lock);
+            let outbox = pg_sys::table_open(l.outbox, lock);
+            let writer = Self::inspect(l, table, version, outbox);
+            pg_sys::table_close(outbox, lock);
+            pg_sys::table_close(version, lock);
+            pg_sys::table_close(table, lock);
+            writer
+        }
+    }
+
+    unsafe fn inspect(
+        l: &LinkTables,
+        table: pg_sys::Relation,
+        version: pg_sys::Relation,
+        outbox: pg_sys::Relation,
+    ) -> Option<Writer> {
+        let table_desc = (*table).rd_att;
+        let version_desc = (*version).rd_att;
+
+        // the version table: the key columns, of the table's types, and the four version
+        // columns; its primary key its only index; no triggers or checks
+        let mut expected: Vec<String> = l.key.to_vec();
+        let version_columns = [
+            "synclink$at",
+            "synclink$node",
+            "synclink$base_at",
+            "synclink$base_node",
+        ];
+        expected.extend(version_columns.iter().map(|s| s.to_string()));
+        let mut names = live_names(version_desc);
+        names.sort();
+        expected.sort();
+        if names != expected || (*(*version).rd_rel).relhastriggers || has_checks(version) {
+            return None;
+        }
+        let indexes = pg_sys::RelationGetIndexList(version);
+        let key_index = pg_sys::RelationGetPrimaryKeyIndex(version);
+        if indexes.is_null() || (*indexes).length != 1 || key_index == pg_sys::InvalidOid {
+            return None;
+        }
+        let mut keys = Vec::new();
+        let mut version_keys = Vec::new();
+        for k in l.key {
+            let v = position(version_desc, k)?;
+            let t = position(table_desc, k)?;
+            let (_, vtype, _) = attribute(version_desc, v)?;
+            let (_, ttype, _) = attribute(table_desc, t)?;
+            if vtype != ttype {
+                return None;
+            }
+            let cache = pg_sys::lookup_type_cache(ttype, pg_sys::TYPECACHE_EQ_OPR_FINFO as i32);
+            if (*cache).eq_opr_finfo.fn_oid == pg_sys::InvalidOid {
+                return None;
+            }
+            let a = &*(*table_desc).attrs.as_ptr().add(t);
+            keys.push(KeyColumn {
+                position: t,
+                equal: &mut (*cache).eq_opr_finfo,
+                collation: a.attcollation,
+            });
+            version_keys.push((v, t));
+        }
+        let version_layout = VersionLayout {
+            natts: (*version_desc).natts as usize,
+            keys: version_keys,
+            at: position(version_desc, version_columns[0])?,
+            node: position(version_desc, version_columns[1])?,
+            base_at: position(version_desc, version_columns[2])?,
+            base_node: position(version_desc, version_columns[3])?,
+        };
+
+        // the outbox: exactly its columns, no row triggers, no checks
+        let outbox_desc = (*outbox).rd_att;
+        let columns = [
+            "seq",
+            "peer_name",
+            "link_id",
+            "origin",
+            "op",
+            "new_rows",
+            "old_rows",
+            "stamps",
+            "queued_at",
+            "reason",
+        ];
+        let mut names = live_names(outbox_desc);
+        let mut expected: Vec<String> = columns.iter().map(|s| s.to_string()).collect();
+        names.sort();
+        expected.sort();
+        let triggers = (*outbox).trigdesc;
+        if names != expected
+            || has_checks(outbox)
+            || (!triggers.is_null()
+                && ((*triggers).trig_insert_before_row || (*triggers).trig_insert_after_row))
+        {
+            return None;
+        }
+        let at = |name: &str| position(outbox_desc, name);
+        let outbox_layout = OutboxLayout {
+            natts: (*outbox_desc).natts as usize,
+            seq: at("seq")?,
+            peer_name: at("peer_name")?,
+            link_id: at("link_id")?,
+            origin: at("origin")?,
+            op: at("op")?,
+            new_rows: at("new_rows")?,
+            old_rows: at("old_rows")?,
+            stamps: at("stamps")?,
+            queued_at: at("queued_at")?,
+        };
+
+        // the wire type: table columns of the same types and typmods, so that building it
+        // from the row's values is what `ROW(…)::wire_type` does
+        let wire = pg_sys::lookup_rowtype_tupdesc(l.wire_type, -1);
+        let mut wire_from = Vec::new();
+        let mut needs_search_path = false;
+        let mut fits = true;
+        for i in 0..(*wire).natts as usize {
+            let Some((name, typid, typmod)) = attribute(wire, i) else {
+                fits = false;
+                break;
+            };
+            match position(table_desc, &name).and_then(|t| Some((t, attribute(table_desc, t)?))) {
+                Some((t, (_, ttype, tmod))) if ttype == typid && tmod == typmod => {
+                    wire_from.push(t);
+                    needs_search_path |= text_depends_on_search_path(typid);
+                }
+                _ => {
+                    fits = false;
+                    break;
+                }
+            }
+        }
+        let wire_copy = fits.then(|| copy_in_top(wire));
+        pg_sys::DecrTupleDescRefCount(wire);
+        let wire = wire_copy?;
+
+        let stamp = pg_sys::lookup_rowtype_tupdesc(l.stamp_type, -1);
+        let stamp_layout = ["at", "node", "base_at", "base_node", "op"].map(|n| position(stamp, n));
+        let stamp_copy = ((*stamp).natts == 5 && stamp_layout.iter().all(Option::is_some))
+            .then(|| copy_in_top(stamp));
+        pg_sys::DecrTupleDescRefCount(stamp);
+        let stamp = stamp_copy?;
+
+        Some(Writer {
+            version: l.version,
+            version_key_index: key_index,
+            version_layout,
+            outbox: l.outbox,
+            outbox_layout,
+            keys,
+            wire,
+            wire_from,
+            stamp,
+            stamp_layout: stamp_layout.map(Option::unwrap),
+            rows_out: array_out(),
+            stamps_out: array_out(),
+            needs_search_path,
+            peer: l.peer.to_string(),
+            link_id: l.link_id,
+        })
+    }
+
+    /// Queue one changed row: `row` is the new row (the old one for a DELETE), `old` the old
+    /// row of an UPDATE, both values of the table's row type with nothing toasted out of
+    /// line. False, with nothing written, for an UPDATE that changed the key: that one goes
+    /// the general way.
+    pub unsafe fn queue(
+        &self,
+        op: u8,
+        row: pg_sys::Datum,
+        old: Option<pg_sys::Datum>,
+        table_desc: pg_sys::TupleDesc,
+        origin: &str,
+        at: i64,
+    ) -> bool {
+        let (values, nulls) = deform(row, table_desc);
+        if let Some(old) = old {
+            let (old_values, old_nulls) = deform(old, table_desc);
+            let same = self.keys.iter().all(|k| {
+                let p = k.position;
+                !nulls[p]
+                    && !old_nulls[p]
+                    && pg_sys::FunctionCall2Coll(k.equal, k.collation, values[p], old_values[p])
+                        .value()
+                        != 0
+            });
+            if !same {
+                return false;
+            }
+        }
+        // As SPI does for each statement that writes: what this command writes is new to it.
+        pg_sys::CommandCounterIncrement();
+        let origin_datum = text_datum(origin);
+        let stamp = self.upsert_version(&values, &nulls, at, origin_datum);
+
+        let text = || self.row_text(&values, &nulls);
+        let rows = if self.needs_search_path {
+            crate::plan::with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], text)
+        } else {
+            text()
+        };
+        let stamps = self.stamp_text(&stamp, op);
+        self.insert_outbox(op, origin_datum, rows, stamps);
+        true
+    }
+
+    /// `ARRAY[ROW(…)::wire_type]::text` of the row.
+    unsafe fn row_text(&self, values: &[pg_sys::Datum], nulls: &[bool]) -> pg_sys::Datum {
+        let mut wire_values: Vec<pg_sys::Datum> =
+            self.wire_from.iter().map(|&p| values[p]).collect();
+        let mut wire_nulls: Vec<bool> = self.wire_from.iter().map(|&p| nulls[p]).collect();
+        let tuple =
+            pg_sys::heap_form_tuple(self.wire, wire_values.as_mut_ptr(), wire_nulls.as_mut_ptr());
+        one_element_array_text(
+            pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data),
+            (*self.wire).tdtypeid,
+            &self.rows_out,
+        )
+    }
+
+    /// `ARRAY[ROW(at, node, base_at, base_node, op)::synclink.stamp]::text`.
+    unsafe fn stamp_text(&self, v: &Version, op: u8) -> pg_sys::Datum {
+        let n = (*self.stamp).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0); n];
+        let mut nulls = vec![false; n];
+        let [at, node, base_at, base_node, op_at] = self.stamp_layout;
+        values[at] = v.at.into();
+        values[node] = v.node;
+        match v.base {
+            Some((a, n)) => {
+                values[base_at] = a.into();
+                values[base_node] = n;
+            }
+            None => {
+                nulls[base_at] = true;
+                nulls[base_node] = true;
+            }
+        }
+        values[op_at] = pg_sys::Datum::from(op as i8);
+        let tuple = pg_sys::heap_form_tuple(self.stamp, values.as_mut_ptr(), nulls.as_mut_ptr());
+        one_element_array_text(
+            pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data),
+            (*self.stamp).tdtypeid,
+            &self.stamps_out,
+        )
+    }
+
+    /// The version upsert: a new version for the row's key, its previous one kept as the base.
+    unsafe fn upsert_version(
+        &self,
+        values: &[pg_sys::Datum],
+        nulls: &[bool],
+        at: i64,
+        node: pg_sys::Datum,
+    ) -> Version {
+        let layout = &self.version_layout;
+        let target = Target::open(self.version, true);
+        let mut result = None;
+        while result.is_none() {
+            pg_sys::check_for_interrupts!();
+            let slot = target.slot();
+            let (v, n) = slot_arrays(slot, layout.natts);
+            n.fill(true);
+            for &(vp, tp) in &layout.keys {
+                v[vp] = values[tp];
+                n[vp] = nulls[tp];
+            }
+            v[layout.at] = at.into();
+            n[layout.at] = false;
+            v[layout.node] = node;
+            n[layout.node] = false;
+            pg_sys::ExecStoreVirtualTuple(slot);
+
+            let arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), self.version_key_index);
+            let mut conflict: pg_sys::ItemPointerData = std::mem::zeroed();
+            if !pg_sys::ExecCheckIndexConstraints(
+                target.info,
+                slot,
+                target.estate,
+                &mut conflict,
+                arbiters,
+            ) {
+                // a committed version is there: update it, unless it changed meanwhile
+                result = self.update_version(&target, &mut conflict, at, node);
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+                continue;
+            }
+            let xid = pg_sys::GetCurrentTransactionId();
+            let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
+            pg_sys::table_tuple_insert_speculative(
+                target.rel,
+                slot,
+                (*target.estate).es_output_cid,
+                0,
+                std::ptr::null_mut(),
+                token,
+            );
+            let mut lost = false;
+            let recheck = pg_sys::ExecInsertIndexTuples(
+                target.info,
+                slot,
+                target.estate,
+                false,
+                true,
+                &mut lost,
+                arbiters,
+            );
+            pg_sys::table_tuple_complete_speculative(target.rel, slot, token, !lost);
+            pg_sys::SpeculativeInsertionLockRelease(xid);
+            pg_sys::list_free(recheck);
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            if !lost {
+                result = Some(Version {
+                    at,
+                    node,
+                    base: None,
+                });
+            }
+        }
+        target.close();
+        result.expect("the loop ends with a version")
+    }
+
+    /// ExecOnConflictUpdate for the version row at `tid`: lock it, then set the new version
+    /// (bumped past the one it had) and keep the one it had as the base. None when the row
+    /// changed or went away before it could be locked: the caller starts over.
+    unsafe fn update_version(
+        &self,
+        target: &Target,
+        tid: &mut pg_sys::ItemPointerData,
+        at: i64,
+        node: pg_sys::Datum,
+    ) -> Option<Version> {
+        let layout = &self.version_layout;
+        let existing = target.slot();
+        let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
+        let locked = pg_sys::table_tuple_lock(
+            target.rel,
+            tid,
+            (*target.estate).es_snapshot,
+            existing,
+            (*target.estate).es_output_cid,
+            pg_sys::LockTupleMode::LockTupleNoKeyExclusive,
+            pg_sys::LockWaitPolicy::LockWaitBlock,
+            0,
+            &mut failure,
+        );
+        match locked {
+            pg_sys::TM_Result::TM_Ok => {}
+            pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted => {
+                pg_sys::ExecDropSingleTupleTableSlot(existing);
+                return None;
+            }
+            // The version was written by this very command: a second change to one key in
+            // one statement, which a one-row statement cannot make.
+            other => error!("synclink: unexpected result {other} locking a version row"),
+        }
+        pg_sys::slot_getallattrs(existing);
+        let (old_values, old_nulls) = slot_arrays(existing, layout.natts);
+        let old_at = i64::from_datum(old_values[layout.at], old_nulls[layout.at])
+            .expect("synclink$at is NOT NULL");
+        let old_node = old_values[layout.node];
+
+        let slot = target.slot();
+        let (v, n) = slot_arrays(slot, layout.natts);
+        v.copy_from_slice(old_values);
+        n.copy_from_slice(old_nulls);
+        let new_at = at.max(old_at + 1);
+        v[layout.at] = new_at.into();
+        v[layout.node] = node;
+        n[layout.node] = false;
+        v[layout.base_at] = old_at.into();
+        n[layout.base_at] = false;
+        v[layout.base_node] = old_node;
+        n[layout.base_node] = false;
+        pg_sys::ExecStoreVirtualTuple(slot);
+        // the new version is formed (copied out of the old row's page) before the update
+        pg_sys::ExecMaterializeSlot(slot);
+        let old_node = pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(old_node.cast_mut_ptr()));
+
+        let mut update_indexes = false;
+        pg_sys::simple_table_tuple_update(
+            target.rel,
+            tid,
+            slot,
+            (*target.estate).es_snapshot,
+            &mut update_indexes,
+        );
+        if update_indexes {
+            let recheck = pg_sys::ExecInsertIndexTuples(
+                target.info,
+                slot,
+                target.estate,
+                true,
+                false,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::list_free(recheck);
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::ExecDropSingleTupleTableSlot(existing);
+        Some(Version {
+            at: new_at,
+            node,
+            base: Some((old_at, old_node)),
+        })
+    }
+
+    unsafe fn insert_outbox(
+        &self,
+        op: u8,
+        origin: pg_sys::Datum,
+        rows: pg_sys::Datum,
+        stamps: pg_sys::Datum,
+    ) {
+        let layout = &self.outbox_layout;
+        let target = Target::open(self.outbox, false);
+        let slot = target.slot();
+        let (v, n) = slot_arrays(slot, layout.natts);
+        n.fill(true);
+        let mut set = |i: usize, d: pg_sys::Datum| {
+            v[i] = d;
+            n[i] = false;
+        };
+        set(layout.seq, crate::queue::next_outbox_seq().into());
+        set(layout.peer_name, text_datum(&self.peer));
+        set(layout.link_id, self.link_id.into());
+        set(layout.origin, origin);
+        set(layout.op, pg_sys::Datum::from(op as i8));
+        set(
+            if op == b'D' {
+                layout.old_rows
+            } else {
+                layout.new_rows
+            },
+            rows,
+        );
+        set(layout.stamps, stamps);
+        // the column's default, clock_timestamp()
+        set(layout.queued_at, pg_sys::GetCurrentTimestamp().into());
+        pg_sys::ExecStoreVirtualTuple(slot);
+        pg_sys::simple_table_tuple_insert(target.rel, slot);
+        let recheck = pg_sys::ExecInsertIndexTuples(
+            target.info,
+            slot,
+            target.estate,
+            false,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        pg_sys::list_free(recheck);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        target.close();
+    }
+}
+
+/// A version row as the upsert left it.
+struct Version {
+    at: i64,
+    node: pg_sys::Datum,
+    base: Option<(i64, pg_sys::Datum)>,
+}
+
+/// A relation opened for writing, with its indexes and the executor state index inserts
+/// need.
+struct Target {
+    rel: pg_sys::Relation,
+    info: *mut pg_sys::ResultRelInfo,
+    estate: *mut pg_sys::EState,
+}
+
+impl Target {
+    unsafe fn open(relid: pg_sys::Oid, speculative: bool) -> Target {
+        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let estate = pg_sys::CreateExecutorState();
+        (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+        (*estate).es_snapshot = pg_sys::GetActiveSnapshot();
+        let info = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+            as *mut pg_sys::ResultRelInfo;
+        pg_sys::InitResultRelInfo(info, rel, 0, std::ptr::null_mut(), 0);
+        pg_sys::ExecOpenIndices(info, speculative);
+        Target { rel, info, estate }
+    }
+
+    unsafe fn slot(&self) -> *mut pg_sys::TupleTableSlot {
+        pg_sys::MakeSingleTupleTableSlot((*self.rel).rd_att, pg_sys::table_slot_callbacks(self.rel))
+    }
+
+    /// The lock is kept to the end of the transaction, as the executor keeps it.
+    unsafe fn close(self) {
+        pg_sys::ExecCloseIndices(self.info);
+        pg_sys::FreeExecutorState(self.estate);
+        pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+}
+
+/// A slot's value and null arrays, cleared for filling.
+unsafe fn slot_arrays<'a>(
+    slot: *mut pg_sys::TupleTableSlot,
+    natts: usize,
+) -> (&'a mut [pg_sys::Datum], &'a mut [bool]) {
+    (
+        std::slice::from_raw_parts_mut((*slot).tts_values, natts),
+        std::slice::from_raw_parts_mut((*slot).tts_isnull, natts),
+    )
+}
+
+/// The attributes of a composite value.
+unsafe fn deform(datum: pg_sys::Datum, desc: pg_sys::TupleDesc) -> (Vec<pg_sys::Datum>, Vec<bool>) {
+    let header = datum.cast_mut_ptr::<pg_sys::HeapTupleHeaderData>();
+    let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+    tuple.t_len = pgrx::heap_tuple_header_get_datum_length(header) as u32;
+    tuple.t_data = header;
+    let n = (*desc).natts as usize;
+    let mut values = vec![pg_sys::Datum::from(0); n];
+    let mut nulls = vec![false; n];
+    pg_sys::heap_deform_tuple(&mut tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    (values, nulls)
+}
+
+fn text_datum(s: &str) -> pg_sys::Datum {
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            s.as_ptr() as *const std::ffi::c_char,
+            s.len() as i32,
+        ))
+    }
+}
+
+/// `ARRAY[value]::text` for a composite `value` of type `element`.
+unsafe fn one_element_array_text(
+    value: pg_sys::Datum,
+    element: pg_sys::Oid,
+    array_out: &pg_sys::FmgrInfo,
+) -> pg_sys::Datum {
+    let mut elements = [value];
+    let mut dims = [1];
+    let mut lower = [1];
+    let (mut len, mut byval, mut align) = (0i16, false, 0 as std::ffi::c_char);
+    pg_sys::get_typlenbyvalalign(element, &mut len, &mut byval, &mut align);
+    let array = pg_sys::construct_md_array(
+        elements.as_mut_ptr(),
+        std::ptr::null_mut(),
+        1,
+        dims.as_mut_ptr(),
+        lower.as_mut_ptr(),
+        element,
+        len as i32,
+        byval,
+        align,
+    );
+    let text = pg_sys::OutputFunctionCall(
+        array_out as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo,
+        pg_sys::Datum::from(array),
+    );
+    pg_sys::Datum::from(pg_sys::cstring_to_text(text))
+}
