@@ -10,7 +10,7 @@
 use crate::capture::{self, CaptureSpec};
 use crate::error::{raise, SqlError};
 use pgrx::prelude::*;
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
@@ -63,10 +63,33 @@ struct Link {
     statements: [(String, OnceCell<NonNull<pg_sys::_SPI_plan>>); 3],
     /// The writes without a plan, when the link's tables are as synclink made them.
     writer: Option<crate::write::Writer>,
+    /// The relations this is read from: the table, the version table, the outbox.
+    uses: [pg_sys::Oid; 3],
 }
 
 thread_local! {
     static LINKS: RefCell<HashMap<i32, Rc<Link>>> = RefCell::new(HashMap::new());
+    /// Set when a relation a cached link depends on has changed; the cache is dropped at
+    /// the next statement.
+    static STALE: Cell<bool> = const { Cell::new(false) };
+    static WATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Relcache callback: a relation changed somewhere. When it is one a cached link uses (its
+/// table, whose triggers or columns may have changed; its version table; the outbox, which
+/// DROP EXTENSION drops, after which link ids start again from 1) or all of them, every
+/// cached link is read again at the next statement. Runs while invalidations are processed,
+/// so it only notes it.
+unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let relevant = relid == pg_sys::InvalidOid
+        || LINKS.with(|m| {
+            m.try_borrow()
+                .map(|m| m.values().any(|l| l.uses.contains(&relid)))
+                .unwrap_or(true)
+        });
+    if relevant {
+        STALE.with(|s| s.set(true));
+    }
 }
 
 /// The settings the generated function sets for the rows' text form, and the values this
@@ -195,10 +218,17 @@ fn load(link_id: i32) -> Option<Link> {
         node: row.node,
         statements,
         writer,
+        uses: [row.relid, row.version_oid, row.outbox_oid],
     })
 }
 
 fn link(link_id: i32) -> Rc<Link> {
+    if !WATCHING.with(|w| w.replace(true)) {
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), 0.into()) };
+    }
+    if STALE.with(|s| s.replace(false)) {
+        LINKS.with(|m| m.borrow_mut().clear());
+    }
     if let Some(l) = LINKS.with(|m| m.borrow().get(&link_id).cloned()) {
         return l;
     }

@@ -74,6 +74,15 @@ pub struct Writer {
     link_id: i32,
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        unsafe {
+            pg_sys::FreeTupleDesc(self.wire);
+            pg_sys::FreeTupleDesc(self.stamp);
+        }
+    }
+}
+
 /// One attribute of a descriptor: name, type, typmod; None when dropped.
 unsafe fn attribute(desc: pg_sys::TupleDesc, i: usize) -> Option<(String, pg_sys::Oid, i32)> {
     let a = &*(*desc).attrs.as_ptr().add(i);
