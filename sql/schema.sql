@@ -112,6 +112,12 @@ CREATE TABLE synclink.outbox (
     -- pays for each index the outbox has.
     PRIMARY KEY (peer_name, seq)
 );
+-- A peer remembers which of this node's seqs it applied, and skips a seq it has seen. So that
+-- a node whose extension is dropped and created again never reuses one, seqs start from the
+-- clock: milliseconds since 1970, times 1000 (more than a million changes a second, kept up,
+-- would be needed to catch up with it).
+SELECT pg_catalog.setval('synclink.outbox_seq_seq',
+                         (floor(extract(epoch FROM clock_timestamp()) * 1000) * 1000)::bigint);
 
 -- Queued records applied here, per sender: delivery is at-least-once (the peer commits
 -- before the sender deletes), so each is applied once in effect. One row per delivering

@@ -778,3 +778,35 @@ fn a_version_being_written_elsewhere_is_waited_for() {
     a.query_one("SELECT sync_flush()", &[]).unwrap();
     assert_eq!(same(&mut a, &mut b), 3);
 }
+
+/// A session keeps what it read of a link. When the link's relations change under it (here
+/// the extension is dropped and made again, and the new link gets the old one's id) the
+/// session reads the link again instead of writing to what is gone.
+#[test]
+fn a_session_rereads_a_link_remade_under_it() {
+    let (p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, T);
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    let mut w = p.a.connect(&p.db);
+    w.batch_execute("INSERT INTO t VALUES (1, 'before')")
+        .unwrap();
+    a.query_one("SELECT sync_flush()", &[]).unwrap();
+    a.batch_execute("DROP EXTENSION synclink; CREATE EXTENSION synclink")
+        .unwrap();
+    a.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)])
+        .unwrap();
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    assert_eq!(
+        count(&mut a, "SELECT link_id::int8 FROM synclink.link"),
+        1,
+        "the new link has the old one's id"
+    );
+    w.batch_execute("INSERT INTO t VALUES (2, 'after')")
+        .unwrap();
+    w.batch_execute("UPDATE t SET v = 'changed' WHERE id = 1")
+        .unwrap();
+    a.query_one("SELECT sync_flush()", &[]).unwrap();
+    assert_eq!(same(&mut a, &mut b), 2);
+}
