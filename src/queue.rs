@@ -226,11 +226,22 @@ thread_local! {
 /// The outbox's seq default (sql/finalize.sql): the sequence's next value, noting every
 /// BACKLOG_CHECK_EVERY-th so that the statement that drew it looks at the backlog.
 #[pg_extern(schema = "synclink", volatile, parallel_unsafe)]
-pub fn next_outbox_seq() -> i64 {
-    let seq = unsafe {
+fn next_outbox_seq() -> i64 {
+    next_seq(outbox_sequence())
+}
+
+/// The outbox's seq sequence.
+pub fn outbox_sequence() -> pg_sys::Oid {
+    unsafe {
         let schema = pg_sys::get_namespace_oid(c"synclink".as_ptr(), false);
-        let seq = pg_sys::get_relname_relid(c"outbox_seq_seq".as_ptr(), schema);
-        pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])
+        pg_sys::get_relname_relid(c"outbox_seq_seq".as_ptr(), schema)
+    }
+}
+
+/// The next outbox seq from `sequence` (outbox_sequence()), as the column's default draws it.
+pub fn next_seq(sequence: pg_sys::Oid) -> i64 {
+    let seq = unsafe {
+        pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()])
             .expect("nextval returns a value")
     };
     if seq % BACKLOG_CHECK_EVERY == 0 {

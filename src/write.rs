@@ -56,6 +56,8 @@ pub struct Writer {
     version_layout: VersionLayout,
     outbox: pg_sys::Oid,
     outbox_layout: OutboxLayout,
+    /// the outbox's seq sequence: the column default's nextval, without looking it up
+    outbox_sequence: pg_sys::Oid,
     keys: Vec<KeyColumn>,
     /// the link's wire row type (a copy in TopMemoryContext) and, per attribute, the table
     /// row position it takes its value from
@@ -64,9 +66,12 @@ pub struct Writer {
     /// synclink.stamp (a copy) and the positions of at, node, base_at, base_node, op
     stamp: pg_sys::TupleDesc,
     stamp_layout: [usize; 5],
-    /// array_out, one per element type: it keeps the element's I/O data in fn_extra
+    /// array_out, one per element type (it keeps the element's I/O data in fn_extra), and
+    /// what construct_md_array needs to know of the element type
     rows_out: Box<pg_sys::FmgrInfo>,
     stamps_out: Box<pg_sys::FmgrInfo>,
+    rows_element: Element,
+    stamps_element: Element,
     /// A wire column's text form may depend on search_path (a reg* type, or a type this
     /// check cannot see into): the text is then made under the capture function's path.
     needs_search_path: bool,
@@ -323,6 +328,9 @@ impl Writer {
             version_layout,
             outbox: l.outbox,
             outbox_layout,
+            outbox_sequence: crate::queue::outbox_sequence(),
+            rows_element: Element::of(l.wire_type),
+            stamps_element: Element::of(l.stamp_type),
             keys,
             wire,
             wire_from,
@@ -389,7 +397,7 @@ impl Writer {
             pg_sys::heap_form_tuple(self.wire, wire_values.as_mut_ptr(), wire_nulls.as_mut_ptr());
         one_element_array_text(
             pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data),
-            (*self.wire).tdtypeid,
+            &self.rows_element,
             &self.rows_out,
         )
     }
@@ -416,7 +424,7 @@ impl Writer {
         let tuple = pg_sys::heap_form_tuple(self.stamp, values.as_mut_ptr(), nulls.as_mut_ptr());
         one_element_array_text(
             pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data),
-            (*self.stamp).tdtypeid,
+            &self.stamps_element,
             &self.stamps_out,
         )
     }
@@ -599,7 +607,10 @@ impl Writer {
             v[i] = d;
             n[i] = false;
         };
-        set(layout.seq, crate::queue::next_outbox_seq().into());
+        set(
+            layout.seq,
+            crate::queue::next_seq(self.outbox_sequence).into(),
+        );
         set(layout.peer_name, text_datum(&self.peer));
         set(layout.link_id, self.link_id.into());
         set(layout.origin, origin);
@@ -705,27 +716,46 @@ fn text_datum(s: &str) -> pg_sys::Datum {
     }
 }
 
+/// An array element type's storage.
+struct Element {
+    oid: pg_sys::Oid,
+    len: i16,
+    byval: bool,
+    align: std::ffi::c_char,
+}
+
+impl Element {
+    fn of(oid: pg_sys::Oid) -> Element {
+        let mut e = Element {
+            oid,
+            len: 0,
+            byval: false,
+            align: 0,
+        };
+        unsafe { pg_sys::get_typlenbyvalalign(oid, &mut e.len, &mut e.byval, &mut e.align) };
+        e
+    }
+}
+
 /// `ARRAY[value]::text` for a composite `value` of type `element`.
 unsafe fn one_element_array_text(
     value: pg_sys::Datum,
-    element: pg_sys::Oid,
+    element: &Element,
     array_out: &pg_sys::FmgrInfo,
 ) -> pg_sys::Datum {
     let mut elements = [value];
     let mut dims = [1];
     let mut lower = [1];
-    let (mut len, mut byval, mut align) = (0i16, false, 0 as std::ffi::c_char);
-    pg_sys::get_typlenbyvalalign(element, &mut len, &mut byval, &mut align);
     let array = pg_sys::construct_md_array(
         elements.as_mut_ptr(),
         std::ptr::null_mut(),
         1,
         dims.as_mut_ptr(),
         lower.as_mut_ptr(),
-        element,
-        len as i32,
-        byval,
-        align,
+        element.oid,
+        element.len as i32,
+        element.byval,
+        element.align,
     );
     let text = pg_sys::OutputFunctionCall(
         array_out as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo,
