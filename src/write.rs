@@ -346,8 +346,8 @@ impl Writer {
 
     /// Queue one changed row: `row` is the new row (the old one for a DELETE), `old` the old
     /// row of an UPDATE, both values of the table's row type with nothing toasted out of
-    /// line. False, with nothing written, for an UPDATE that changed the key: that one goes
-    /// the general way.
+    /// line. False, with nothing written, for an UPDATE that changed the key or a row with a
+    /// NULL in its key: those go the general way.
     pub unsafe fn queue(
         &self,
         op: u8,
@@ -358,12 +358,16 @@ impl Writer {
         at: i64,
     ) -> bool {
         let (values, nulls) = deform(row, table_desc);
+        // The version table's key is NOT NULL, a constraint these writes do not check: a row
+        // without a key goes the general way, whose statement does.
+        if self.keys.iter().any(|k| nulls[k.position]) {
+            return false;
+        }
         if let Some(old) = old {
             let (old_values, old_nulls) = deform(old, table_desc);
             let same = self.keys.iter().all(|k| {
                 let p = k.position;
-                !nulls[p]
-                    && !old_nulls[p]
+                !old_nulls[p]
                     && pg_sys::FunctionCall2Coll(k.equal, k.collation, values[p], old_values[p])
                         .value()
                         != 0
@@ -571,16 +575,7 @@ impl Writer {
             &mut update_indexes,
         );
         if update_indexes {
-            let recheck = pg_sys::ExecInsertIndexTuples(
-                target.info,
-                slot,
-                target.estate,
-                true,
-                false,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            );
-            pg_sys::list_free(recheck);
+            target.insert_index_entries(slot, true);
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::ExecDropSingleTupleTableSlot(existing);
@@ -628,16 +623,7 @@ impl Writer {
         set(layout.queued_at, pg_sys::GetCurrentTimestamp().into());
         pg_sys::ExecStoreVirtualTuple(slot);
         pg_sys::simple_table_tuple_insert(target.rel, slot);
-        let recheck = pg_sys::ExecInsertIndexTuples(
-            target.info,
-            slot,
-            target.estate,
-            false,
-            false,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        );
-        pg_sys::list_free(recheck);
+        target.insert_index_entries(slot, false);
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         target.close();
     }
@@ -669,6 +655,21 @@ impl Target {
         pg_sys::InitResultRelInfo(info, rel, 0, std::ptr::null_mut(), 0);
         pg_sys::ExecOpenIndices(info, speculative);
         Target { rel, info, estate }
+    }
+
+    /// Index entries for the row just written from `slot` (a new row, or the new version of
+    /// an `update`d one that was not a HOT update).
+    unsafe fn insert_index_entries(&self, slot: *mut pg_sys::TupleTableSlot, update: bool) {
+        let recheck = pg_sys::ExecInsertIndexTuples(
+            self.info,
+            slot,
+            self.estate,
+            update,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        pg_sys::list_free(recheck);
     }
 
     unsafe fn slot(&self) -> *mut pg_sys::TupleTableSlot {
