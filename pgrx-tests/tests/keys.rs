@@ -198,3 +198,26 @@ fn bad_keys_and_exclusions_are_refused_and_leave_nothing_behind() {
     );
     assert_eq!(code, "22023", "{message}");
 }
+
+/// A sync key that later loses its NOT NULL: a row with no key is refused by the version
+/// table's constraint, whichever capture path the statement takes, and nothing is queued.
+#[test]
+fn a_row_without_its_sync_key_is_refused() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, PEOPLE);
+    a.execute(
+        "SELECT sync_link_table('people', key => ARRAY['email'], exclude => ARRAY['id', 'note'], mode => 'async')",
+        &[],
+    )
+    .unwrap();
+    a.batch_execute("ALTER TABLE people DROP CONSTRAINT people_email_key; ALTER TABLE people ALTER COLUMN email DROP NOT NULL")
+        .unwrap();
+    let (code, message, _, _) = db_error(
+        a.batch_execute("INSERT INTO people (email, name) VALUES (NULL, 'nobody')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "23502", "{message}");
+    assert!(message.contains("\"email\""), "{message}");
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 0);
+    assert_eq!(count(&mut a, "SELECT count(*) FROM people"), 0);
+}
