@@ -20,8 +20,6 @@ use std::ffi::CStr;
 /// Where each value goes, by attribute position (0-based).
 struct VersionLayout {
     natts: usize,
-    /// (version table position, table row position) per key column
-    keys: Vec<(usize, usize)>,
     at: usize,
     node: usize,
     base_at: usize,
@@ -41,9 +39,11 @@ struct OutboxLayout {
     queued_at: usize,
 }
 
-/// A key column of the table, to tell whether an UPDATE kept the row's key.
+/// A key column: where it is in the table's row and in the version table, and how to tell
+/// whether an UPDATE kept it.
 struct KeyColumn {
     position: usize,
+    version_position: usize,
     /// the type's `=`, from the type cache (which lives as long as the backend)
     equal: *mut pg_sys::FmgrInfo,
     collation: pg_sys::Oid,
@@ -103,11 +103,15 @@ unsafe fn position(desc: pg_sys::TupleDesc, name: &str) -> Option<usize> {
     (0..(*desc).natts as usize).find(|&i| attribute(desc, i).is_some_and(|a| a.0 == name))
 }
 
-/// The live attribute names of a descriptor, for comparing with an expected set.
-unsafe fn live_names(desc: pg_sys::TupleDesc) -> Vec<String> {
-    (0..(*desc).natts as usize)
+/// Whether a descriptor's live attributes are exactly `expected`, in any order.
+unsafe fn has_exactly(desc: pg_sys::TupleDesc, expected: &[&str]) -> bool {
+    let mut names: Vec<String> = (0..(*desc).natts as usize)
         .filter_map(|i| attribute(desc, i).map(|a| a.0))
-        .collect()
+        .collect();
+    let mut expected: Vec<&str> = expected.to_vec();
+    names.sort();
+    expected.sort_unstable();
+    names == expected
 }
 
 unsafe fn has_checks(rel: pg_sys::Relation) -> bool {
@@ -199,18 +203,18 @@ impl Writer {
 
         // the version table: the key columns, of the table's types, and the four version
         // columns; its primary key its only index; no triggers or checks
-        let mut expected: Vec<String> = l.key.to_vec();
         let version_columns = [
             "synclink$at",
             "synclink$node",
             "synclink$base_at",
             "synclink$base_node",
         ];
-        expected.extend(version_columns.iter().map(|s| s.to_string()));
-        let mut names = live_names(version_desc);
-        names.sort();
-        expected.sort();
-        if names != expected || (*(*version).rd_rel).relhastriggers || has_checks(version) {
+        let mut expected: Vec<&str> = l.key.iter().map(String::as_str).collect();
+        expected.extend(version_columns);
+        if !has_exactly(version_desc, &expected)
+            || (*(*version).rd_rel).relhastriggers
+            || has_checks(version)
+        {
             return None;
         }
         let indexes = pg_sys::RelationGetIndexList(version);
@@ -219,7 +223,6 @@ impl Writer {
             return None;
         }
         let mut keys = Vec::new();
-        let mut version_keys = Vec::new();
         for k in l.key {
             let v = position(version_desc, k)?;
             let t = position(table_desc, k)?;
@@ -235,14 +238,13 @@ impl Writer {
             let a = &*(*table_desc).attrs.as_ptr().add(t);
             keys.push(KeyColumn {
                 position: t,
+                version_position: v,
                 equal: &mut (*cache).eq_opr_finfo,
                 collation: a.attcollation,
             });
-            version_keys.push((v, t));
         }
         let version_layout = VersionLayout {
             natts: (*version_desc).natts as usize,
-            keys: version_keys,
             at: position(version_desc, version_columns[0])?,
             node: position(version_desc, version_columns[1])?,
             base_at: position(version_desc, version_columns[2])?,
@@ -263,12 +265,8 @@ impl Writer {
             "queued_at",
             "reason",
         ];
-        let mut names = live_names(outbox_desc);
-        let mut expected: Vec<String> = columns.iter().map(|s| s.to_string()).collect();
-        names.sort();
-        expected.sort();
         let triggers = (*outbox).trigdesc;
-        if names != expected
+        if !has_exactly(outbox_desc, &columns)
             || has_checks(outbox)
             || (!triggers.is_null()
                 && ((*triggers).trig_insert_before_row || (*triggers).trig_insert_after_row))
@@ -449,9 +447,9 @@ impl Writer {
             let slot = target.slot();
             let (v, n) = slot_arrays(slot, layout.natts);
             n.fill(true);
-            for &(vp, tp) in &layout.keys {
-                v[vp] = values[tp];
-                n[vp] = nulls[tp];
+            for k in &self.keys {
+                v[k.version_position] = values[k.position];
+                n[k.version_position] = nulls[k.position];
             }
             v[layout.at] = at.into();
             n[layout.at] = false;
