@@ -81,6 +81,10 @@ fn applying_origin() -> Option<String> {
 /// True while synclink applies a change that came from, or started on, `node`.
 #[pg_extern(stable, parallel_restricted, schema = "synclink")]
 fn applying_from(node: &str) -> bool {
+    is_applying_from(node)
+}
+
+pub fn is_applying_from(node: &str) -> bool {
     APPLYING.with(|a| {
         a.borrow()
             .as_ref()

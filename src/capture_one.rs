@@ -7,7 +7,8 @@
 //! and by one prepared statement (capture::single_row_sql) in the higher isolation levels.
 //! Every other statement (several rows, an UPDATE that changed the key, TRUNCATE, a session
 //! whose settings would change the text form) is handed to the generated function, as if the
-//! trigger had called it.
+//! trigger had called it. Its triggers have no WHEN clause: it skips the changes synclink
+//! applies from the peer itself, before anything else.
 
 use crate::capture::{self, CaptureSpec};
 use crate::error::{raise, SqlError};
@@ -61,6 +62,8 @@ struct Link {
     row_type: pg_sys::Oid,
     /// This node: the origin of a change not being applied from elsewhere.
     node: String,
+    /// The peer's node: changes being applied from it are not sent back.
+    peer_node: String,
     /// Per operation (I, U, D): the statement's text and its plan once made.
     statements: [(String, OnceCell<NonNull<pg_sys::_SPI_plan>>); 3],
     /// The writes without a plan, when the link's tables are as synclink made them.
@@ -136,6 +139,7 @@ struct Catalog {
     function_name: String,
     triggers: Vec<String>,
     node: String,
+    peer_node: String,
     version_oid: pg_sys::Oid,
     wire_oid: pg_sys::Oid,
     stamp_oid: pg_sys::Oid,
@@ -149,7 +153,7 @@ fn load(link_id: i32) -> Option<Link> {
             c.select(
                 "SELECT l.relid::oid, c.reltype, p.oid, p.proowner, l.peer_name, l.columns, \
                         l.key_columns, l.row_type, l.version_table, l.capture_function, \
-                        l.triggers, n.node_name, \
+                        l.triggers, n.node_name, p2.node_name, \
                         pg_catalog.to_regclass(l.version_table)::oid, \
                         pg_catalog.to_regtype(l.row_type)::oid, \
                         'synclink.stamp'::pg_catalog.regtype::oid, \
@@ -157,6 +161,7 @@ fn load(link_id: i32) -> Option<Link> {
                    FROM synclink.link l \
                    JOIN pg_catalog.pg_class c ON c.oid = l.relid \
                    JOIN pg_catalog.pg_proc p ON p.oid = pg_catalog.to_regproc(l.capture_function) \
+                   JOIN synclink.peer p2 ON p2.peer_name = l.peer_name \
                   CROSS JOIN synclink.node n \
                   WHERE l.link_id = $1",
                 None,
@@ -177,10 +182,11 @@ fn load(link_id: i32) -> Option<Link> {
                 function_name: r.get(10).unwrap().unwrap(),
                 triggers: r.get(11).unwrap().unwrap(),
                 node: r.get(12).unwrap().unwrap(),
-                version_oid: r.get(13).unwrap().unwrap(),
-                wire_oid: r.get(14).unwrap().unwrap(),
-                stamp_oid: r.get(15).unwrap().unwrap(),
-                outbox_oid: r.get(16).unwrap().unwrap(),
+                peer_node: r.get(13).unwrap().unwrap(),
+                version_oid: r.get(14).unwrap().unwrap(),
+                wire_oid: r.get(15).unwrap().unwrap(),
+                stamp_oid: r.get(16).unwrap().unwrap(),
+                outbox_oid: r.get(17).unwrap().unwrap(),
             })
         })
     })?;
@@ -218,6 +224,7 @@ fn load(link_id: i32) -> Option<Link> {
         owner: row.owner,
         row_type: row.row_type,
         node: row.node,
+        peer_node: row.peer_node,
         statements,
         writer,
         uses: [row.relid, row.version_oid, row.outbox_oid],
@@ -388,6 +395,10 @@ pub unsafe extern "C-unwind" fn synclink_capture_one(
         || (*data).tg_event & pg_sys::TRIGGER_EVENT_ROW != 0
     {
         raise(CaptureError::NotThatLink(link_id));
+    }
+    // What the WHEN clause of a generated function's triggers does (capture::trigger_sqls).
+    if crate::apply::is_applying_from(&link.peer_node) {
+        return pg_sys::Datum::from(0);
     }
     if !queue_single(&link, data) {
         // As the trigger manager calls a function: the same trigger data, no arguments.

@@ -436,12 +436,7 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
     Spi::run(&capture::function_sql(&spec)).unwrap();
     Spi::run(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC")).unwrap();
     let mut triggers = Vec::new();
-    for (name, sql) in capture::trigger_sqls(
-        &table,
-        &capture::trigger_call(&spec),
-        &peer.name,
-        &peer.node_name,
-    ) {
+    for (name, sql) in capture::trigger_sqls(&table, &spec, &peer.node_name) {
         Spi::run(&sql).unwrap();
         triggers.push(name);
     }
