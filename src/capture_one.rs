@@ -153,7 +153,7 @@ fn load(link_id: i32) -> Option<Link> {
             c.select(
                 "SELECT l.relid::oid, c.reltype, p.oid, p.proowner, l.peer_name, l.columns, \
                         l.key_columns, l.row_type, l.version_table, l.capture_function, \
-                        l.triggers, n.node_name, p2.node_name, \
+                        l.triggers, n.node_name, pe.node_name, \
                         pg_catalog.to_regclass(l.version_table)::oid, \
                         pg_catalog.to_regtype(l.row_type)::oid, \
                         'synclink.stamp'::pg_catalog.regtype::oid, \
@@ -161,7 +161,7 @@ fn load(link_id: i32) -> Option<Link> {
                    FROM synclink.link l \
                    JOIN pg_catalog.pg_class c ON c.oid = l.relid \
                    JOIN pg_catalog.pg_proc p ON p.oid = pg_catalog.to_regproc(l.capture_function) \
-                   JOIN synclink.peer p2 ON p2.peer_name = l.peer_name \
+                   JOIN synclink.peer pe ON pe.peer_name = l.peer_name \
                   CROSS JOIN synclink.node n \
                   WHERE l.link_id = $1",
                 None,

@@ -86,7 +86,9 @@ fn pgbench_tps(pair: &Pair, table: &str, seconds: u64) -> f64 {
 
 /// Empty a variant's table on both nodes. A linked table is truncated on A only and the
 /// TRUNCATE travels; truncating both sides of an async link would race: B's queued TRUNCATE
-/// could reach A after A's next rows.
+/// could reach A after A's next rows. Then a checkpoint on both: every run starts with no
+/// dirty pages left over from the one before, and none of them meets the timed checkpoint
+/// (every 5 minutes) that would otherwise land in whichever run it happens to fall.
 fn reset(a: &mut postgres::Client, b: &mut postgres::Client, table: &str, linked: bool) {
     a.batch_execute(&format!("TRUNCATE {table}")).unwrap();
     if !linked {
@@ -98,6 +100,9 @@ fn reset(a: &mut postgres::Client, b: &mut postgres::Client, table: &str, linked
             && count(b, "SELECT count(*) FROM synclink.outbox") == 0
             && count(b, &sql) == 0
     });
+    for c in [a, b] {
+        c.batch_execute("CHECKPOINT").unwrap();
+    }
 }
 
 fn main() {
@@ -213,7 +218,7 @@ fn main() {
     }
 
     if wants("single") {
-        let pairs = env_or("BENCH_SINGLE_PAIRS", 6) as usize;
+        let pairs = env_or("BENCH_SINGLE_PAIRS", 8) as usize;
         println!();
         println!(
             "single-row INSERT, 4 clients: each variant {seconds} s right next to {seconds} s unlinked, \
