@@ -68,10 +68,17 @@ REVOKE ALL ON FUNCTION synclink.shared_nextval(oid, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.ship(integer, "char", text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.next_outbox_seq() FROM PUBLIC;
+-- Trigger functions are checked for EXECUTE when a trigger is made, not when it fires: closed
+-- to everyone but superusers, none of synclink's can be attached to a table of someone else's
+-- choosing (capture_one and receive act as other roles).
+REVOKE ALL ON FUNCTION synclink.capture_one(), synclink.receive(), synclink.queued(),
+    synclink.receive_done(), synclink.serve_request(), synclink.forget_answered() FROM PUBLIC;
 
 -- One row per link. Queue figures are the link's own; delivery counters and errors are the
 -- peer's (one queue per peer keeps its changes in order). peer_reachable is what synclink
 -- last saw: false from a failed attempt until synclink.retry_interval has passed.
+-- It shows no row data, but it does show peers' hosts and users: for superusers and
+-- members of pg_monitor.
 CREATE VIEW @extschema@.sync_status AS
 SELECT l.relid            AS "table",
        l.peer_name        AS peer,
@@ -109,7 +116,10 @@ SELECT l.relid            AS "table",
                (array_agg(o.reason ORDER BY o.seq DESC) FILTER (WHERE o.reason IS NOT NULL))[1] AS last_reason
           FROM synclink.outbox o WHERE o.link_id = l.link_id) q ON true
  ORDER BY l.relid::text, l.peer_name;
-GRANT SELECT ON @extschema@.sync_status TO PUBLIC;
+REVOKE ALL ON @extschema@.sync_status FROM PUBLIC;
+GRANT SELECT ON @extschema@.sync_status TO pg_monitor;
+REVOKE ALL ON FUNCTION synclink.peer_known_down(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION synclink.peer_known_down(text) TO pg_monitor;
 
 CREATE FUNCTION synclink.before_drop() RETURNS event_trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'synclink_before_drop';
@@ -133,8 +143,10 @@ CREATE EVENT TRIGGER synclink_check_altered_tables ON ddl_command_end
     EXECUTE FUNCTION synclink.on_alter_table();
 
 -- Open conflicts (policy manual), one row per differing column, for a person to review and
--- settle with sync_resolve(conflict_id, keep => 'local' | 'peer' | <node name>).
-CREATE VIEW @extschema@.sync_conflicts AS
+-- settle with sync_resolve(conflict_id, keep => 'local' | 'peer' | <node name>). It reads
+-- synclink.conflict as whoever queries it, so row-level security shows each role the
+-- conflicts of the tables it may read, and no others.
+CREATE VIEW @extschema@.sync_conflicts WITH (security_invoker = true) AS
 SELECT c.conflict_id,
        c.relid            AS "table",
        c.peer_name        AS peer,

@@ -207,5 +207,18 @@ CREATE TABLE synclink.resolution (
 );
 
 REVOKE ALL ON ALL TABLES IN SCHEMA synclink FROM PUBLIC;
-GRANT SELECT ON synclink.node, synclink.peer, synclink.link, synclink.shared_sequence,
-    synclink.conflict, synclink.resolution TO PUBLIC;
+GRANT SELECT ON synclink.node, synclink.link, synclink.shared_sequence TO PUBLIC;
+-- Peers' hosts and users are for administrators and monitoring.
+GRANT SELECT ON synclink.peer TO pg_monitor;
+
+-- The conflict log holds both versions of rows; the choices remembered name rows by key.
+-- Each role sees only the entries of tables it may read.
+ALTER TABLE synclink.conflict ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers_of_the_table ON synclink.conflict FOR SELECT
+    USING (pg_catalog.has_table_privilege(relid::pg_catalog.oid, 'SELECT'));
+ALTER TABLE synclink.resolution ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers_of_the_table ON synclink.resolution FOR SELECT
+    USING (pg_catalog.has_table_privilege(
+               (SELECT l.relid::pg_catalog.oid FROM synclink.link l
+                 WHERE l.link_id OPERATOR(pg_catalog.=) resolution.link_id), 'SELECT'));
+GRANT SELECT ON synclink.conflict, synclink.resolution TO PUBLIC;

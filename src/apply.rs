@@ -29,6 +29,8 @@ pub enum ApplyError {
     BadOp(String),
     #[error("change record without row versions")]
     Unstamped,
+    #[error("synclink.receive() may only be called by the row trigger on synclink.inbox")]
+    NotTheInbox,
 }
 
 impl SqlError for ApplyError {
@@ -38,6 +40,7 @@ impl SqlError for ApplyError {
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT
             }
             ApplyError::BadOp(_) | ApplyError::Unstamped => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            ApplyError::NotTheInbox => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
         }
     }
     fn hint(&self) -> Option<String> {
@@ -51,6 +54,7 @@ impl SqlError for ApplyError {
             ApplyError::BadOp(_) | ApplyError::Unstamped => {
                 "The sending node runs an incompatible synclink version.".into()
             }
+            ApplyError::NotTheInbox => "Drop this trigger.".into(),
         })
     }
 }
@@ -551,7 +555,15 @@ fn apply_pending() {
 /// Rust and without a SET clause because it runs once per record: postgres_fdw's sessions
 /// already pin search_path to pg_catalog, and the inbox takes no INSERT from anyone else.
 pub fn receive(trigger: &PgTrigger) {
-    let row = trigger.new().expect("the inbox trigger fires for INSERT");
+    // Only a superuser can attach this function to a table (sql/finalize.sql); even then it
+    // applies nothing that did not arrive in synclink's inbox.
+    let inbox = crate::queue::synclink_relation(c"inbox");
+    if trigger.relid().ok() != Some(inbox) || !matches!(trigger.level(), PgTriggerLevel::Row) {
+        crate::error::raise(ApplyError::NotTheInbox);
+    }
+    let Some(row) = trigger.new() else {
+        crate::error::raise(ApplyError::NotTheInbox)
+    };
     // One pass over the columns: looking each one up by name would walk them all again.
     let (mut text, mut op, mut seq, mut floor) = (<[Option<String>; 7]>::default(), 0, None, None);
     for (n, att) in row.attributes() {

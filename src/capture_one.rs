@@ -25,28 +25,20 @@ enum CaptureError {
     NotATrigger,
     #[error("synclink.capture_one() takes one argument, a link id")]
     BadArgument,
-    #[error("synclink link {0} does not exist")]
-    NoLink(i32),
     #[error("synclink.capture_one({0}) may only be called by the triggers of that link")]
     NotThatLink(i32),
 }
 
 impl SqlError for CaptureError {
     fn sqlstate(&self) -> PgSqlErrorCode {
-        match self {
-            CaptureError::NoLink(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            _ => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-        }
+        PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED
     }
     fn hint(&self) -> Option<String> {
-        Some(match self {
-            CaptureError::NoLink(_) => {
-                "The trigger was left behind by a link that no longer exists; drop it.".into()
-            }
-            _ => "sync_link_table() makes the triggers that call it and sync_unlink_table() \
-                  drops them; drop this trigger."
+        Some(
+            "sync_link_table() makes the triggers that call it and sync_unlink_table() drops \
+             them; this trigger is not one of a link of this table: drop it."
                 .into(),
-        })
+        )
     }
 }
 
@@ -112,19 +104,6 @@ fn text_form_is_standard() -> bool {
     }
 }
 
-/// Run `f` as `role`, as a SECURITY DEFINER function would. An error inside is cleaned up by
-/// the (sub)transaction's abort, which restores the user.
-fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    let (mut saved, mut context) = (pg_sys::InvalidOid, 0);
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved, &mut context);
-        pg_sys::SetUserIdAndSecContext(role, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let result = f();
-    unsafe { pg_sys::SetUserIdAndSecContext(saved, context) };
-    result
-}
-
 /// The link's row of synclink.link with what it refers to.
 struct Catalog {
     relid: pg_sys::Oid,
@@ -146,26 +125,30 @@ struct Catalog {
     outbox_oid: pg_sys::Oid,
 }
 
-fn load(link_id: i32) -> Option<Link> {
-    // synclink.link is not readable by the application roles whose statements fire this.
-    let row = as_role(pg_sys::BOOTSTRAP_SUPERUSERID.into(), || {
+/// The link `link_id` if its table is `relid`. Whoever fires the trigger, the catalog is read
+/// as the bootstrap superuser (synclink.peer is not readable by application roles), with the
+/// search path pinned and every operator qualified, so nothing the caller defined runs.
+fn load(link_id: i32, relid: pg_sys::Oid) -> Option<Link> {
+    let row = crate::privilege::as_role(pg_sys::BOOTSTRAP_SUPERUSERID.into(), || {
         Spi::connect(|c| {
             c.select(
-                "SELECT l.relid::oid, c.reltype, p.oid, p.proowner, l.peer_name, l.columns, \
+                "SELECT l.relid::pg_catalog.oid, c.reltype, p.oid, p.proowner, l.peer_name, l.columns, \
                         l.key_columns, l.row_type, l.version_table, l.capture_function, \
                         l.triggers, n.node_name, pe.node_name, \
-                        pg_catalog.to_regclass(l.version_table)::oid, \
-                        pg_catalog.to_regtype(l.row_type)::oid, \
-                        'synclink.stamp'::pg_catalog.regtype::oid, \
-                        'synclink.outbox'::pg_catalog.regclass::oid \
+                        pg_catalog.to_regclass(l.version_table)::pg_catalog.oid, \
+                        pg_catalog.to_regtype(l.row_type)::pg_catalog.oid, \
+                        'synclink.stamp'::pg_catalog.regtype::pg_catalog.oid, \
+                        'synclink.outbox'::pg_catalog.regclass::pg_catalog.oid \
                    FROM synclink.link l \
-                   JOIN pg_catalog.pg_class c ON c.oid = l.relid \
-                   JOIN pg_catalog.pg_proc p ON p.oid = pg_catalog.to_regproc(l.capture_function) \
-                   JOIN synclink.peer pe ON pe.peer_name = l.peer_name \
+                   JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relid::pg_catalog.oid \
+                   JOIN pg_catalog.pg_proc p \
+                     ON p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regproc(l.capture_function)::pg_catalog.oid \
+                   JOIN synclink.peer pe ON pe.peer_name OPERATOR(pg_catalog.=) l.peer_name \
                   CROSS JOIN synclink.node n \
-                  WHERE l.link_id = $1",
+                  WHERE l.link_id OPERATOR(pg_catalog.=) $1 \
+                    AND l.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $2",
                 None,
-                &[link_id.into()],
+                &[link_id.into(), relid.into()],
             )
             .unwrap()
             .next()
@@ -231,7 +214,9 @@ fn load(link_id: i32) -> Option<Link> {
     })
 }
 
-fn link(link_id: i32) -> Rc<Link> {
+/// The link `link_id`, which must be one of `relid`'s: a trigger that names another table's
+/// link is refused before anything is read for it.
+fn link(link_id: i32, relid: pg_sys::Oid) -> Rc<Link> {
     if !WATCHING.with(|w| w.replace(true)) {
         unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), 0.into()) };
     }
@@ -239,9 +224,12 @@ fn link(link_id: i32) -> Rc<Link> {
         LINKS.with(|m| m.borrow_mut().clear());
     }
     if let Some(l) = LINKS.with(|m| m.borrow().get(&link_id).cloned()) {
+        if l.relid != relid {
+            raise(CaptureError::NotThatLink(link_id));
+        }
         return l;
     }
-    let loaded = load(link_id).unwrap_or_else(|| raise(CaptureError::NoLink(link_id)));
+    let loaded = load(link_id, relid).unwrap_or_else(|| raise(CaptureError::NotThatLink(link_id)));
     let l = Rc::new(loaded);
     LINKS.with(|m| m.borrow_mut().insert(link_id, l.clone()));
     l
@@ -301,7 +289,7 @@ unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
         let op = [b'I', b'U', b'D'][index];
         let row = only_row(changed, desc);
         let old = old.map(|o| only_row(o, desc));
-        return as_role(link.owner, || {
+        return crate::privilege::as_role(link.owner, || {
             let queued = writer.queue(op, row, old, desc, &origin, now_micros());
             if queued {
                 crate::queue::after_queueing();
@@ -321,14 +309,13 @@ unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
     }
     let nulls = vec![b' ' as std::ffi::c_char; values.len()];
     let (sql, plan) = &link.statements[index];
-    as_role(link.owner, || {
+    crate::privilege::as_role(link.owner, || {
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             error!("synclink.capture_one: SPI_connect failed");
         }
         let plan = *plan.get_or_init(|| prepare(sql, &mut types));
-        let rc = crate::plan::with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], || {
-            pg_sys::SPI_execute_plan(plan.as_ptr(), values.as_mut_ptr(), nulls.as_ptr(), false, 0)
-        });
+        let rc =
+            pg_sys::SPI_execute_plan(plan.as_ptr(), values.as_mut_ptr(), nulls.as_ptr(), false, 0);
         if rc < 0 {
             error!("synclink.capture_one: SPI_execute_plan failed: {rc}");
         }
@@ -388,10 +375,9 @@ pub unsafe extern "C-unwind" fn synclink_capture_one(
         })
         .flatten()
         .unwrap_or_else(|| raise(CaptureError::BadArgument));
-    let link = link(link_id);
+    let link = link(link_id, (*(*data).tg_relation).rd_id);
     let name = CStr::from_ptr((*trigger).tgname).to_string_lossy();
-    if (*(*data).tg_relation).rd_id != link.relid
-        || !link.triggers.iter().any(|t| *t == name)
+    if !link.triggers.iter().any(|t| *t == name)
         || (*data).tg_event & pg_sys::TRIGGER_EVENT_ROW != 0
     {
         raise(CaptureError::NotThatLink(link_id));

@@ -20,6 +20,7 @@ mod link;
 mod node;
 mod peer;
 mod plan;
+mod privilege;
 mod queue;
 mod remote;
 mod sequence;

@@ -232,9 +232,17 @@ fn next_outbox_seq() -> i64 {
 
 /// The outbox's seq sequence.
 pub fn outbox_sequence() -> pg_sys::Oid {
+    synclink_relation(c"outbox_seq_seq")
+}
+
+/// A relation of synclink's own schema, by name, from the catalog caches (InvalidOid if it
+/// is not there).
+pub fn synclink_relation(name: &std::ffi::CStr) -> pg_sys::Oid {
+    // SAFETY: both lookups go through the syscache with NUL-terminated names; the schema
+    // exists while the extension does (missing_ok = false raises a clean error otherwise).
     unsafe {
         let schema = pg_sys::get_namespace_oid(c"synclink".as_ptr(), false);
-        pg_sys::get_relname_relid(c"outbox_seq_seq".as_ptr(), schema)
+        pg_sys::get_relname_relid(name.as_ptr(), schema)
     }
 }
 
@@ -262,7 +270,9 @@ pub fn after_queueing() {
     if limit <= 0 || !due {
         return;
     }
-    for peer in over_backlog(limit) {
+    // Whoever queued the change, the count runs with the search path pinned: the statement
+    // that drew the seq may run as a link's owner on an application role's behalf.
+    for peer in crate::privilege::pinned(|| over_backlog(limit)) {
         warning(
             &format!("more than {limit} changes are queued for peer \"{peer}\""),
             "Check sync_status for the peer's last error; the queue drains once it is reachable. \
@@ -296,11 +306,13 @@ fn over_backlog(limit: i64) -> Vec<String> {
         // was nearly empty aggregates over all of a peer's records, however many it holds later.
         "SELECT p.peer_name, q.oldest FROM synclink.peer p \
            CROSS JOIN LATERAL \
-                (SELECT (SELECT o.seq FROM synclink.outbox o WHERE o.peer_name = p.peer_name \
+                (SELECT (SELECT o.seq FROM synclink.outbox o \
+                          WHERE o.peer_name OPERATOR(pg_catalog.=) p.peer_name \
                           ORDER BY o.seq LIMIT 1) AS oldest, \
-                        (SELECT o.seq FROM synclink.outbox o WHERE o.peer_name = p.peer_name \
+                        (SELECT o.seq FROM synclink.outbox o \
+                          WHERE o.peer_name OPERATOR(pg_catalog.=) p.peer_name \
                           ORDER BY o.seq DESC LIMIT 1) AS newest) q \
-          WHERE q.newest - q.oldest >= $1",
+          WHERE q.newest OPERATOR(pg_catalog.-) q.oldest OPERATOR(pg_catalog.>=) $1",
         &[bigint],
         &[limit.into()],
         |t| {
@@ -314,16 +326,14 @@ fn over_backlog(limit: i64) -> Vec<String> {
         candidates
             .into_iter()
             .filter(|(peer, oldest)| {
-                if memo
-                    .get(peer)
-                    .is_some_and(|(o, l, at)| {
-                        o == oldest && *l >= limit && at.elapsed() < BACKLOG_RECOUNT
-                    })
-                {
+                if memo.get(peer).is_some_and(|(o, l, at)| {
+                    o == oldest && *l >= limit && at.elapsed() < BACKLOG_RECOUNT
+                }) {
                     return true;
                 }
                 let over = crate::db::prepared_read(
-                    "SELECT count(*) FROM (SELECT FROM synclink.outbox WHERE peer_name = $1 LIMIT $2) q",
+                    "SELECT pg_catalog.count(*) FROM (SELECT FROM synclink.outbox \
+                      WHERE peer_name OPERATOR(pg_catalog.=) $1 LIMIT $2) q",
                     &[PgOid::from(pg_sys::TEXTOID), bigint],
                     &[peer.as_str().into(), (limit + 1).into()],
                     |t| t.first().get_one::<i64>().unwrap().unwrap_or(0),
@@ -525,8 +535,10 @@ fn sync_flush(peer: default!(Option<&str>, "NULL")) -> i64 {
     total
 }
 
-/// For sync_status: is the peer inside its retry interval after a failure?
-#[pg_extern(schema = "synclink", stable)]
+/// For sync_status: is the peer inside its retry interval after a failure? The register is a
+/// sequence only synclink may read; this says no more than the one bit, to whoever may read
+/// sync_status.
+#[pg_extern(schema = "synclink", stable, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn peer_known_down(peer: &str) -> bool {
     known_down(peer)

@@ -178,6 +178,7 @@ pub extern "C-unwind" fn synclink_launcher_main(_arg: pg_sys::Datum) {
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_else(|| "postgres".into());
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    crate::privilege::pin_for_session();
     let mut workers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
     loop {
         let databases: Vec<(u32, String)> = BackgroundWorker::transaction(|| {
@@ -244,6 +245,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let dboid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
+    crate::privilege::pin_for_session();
     let slot = register_worker(dboid.to_u32());
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     // Per peer, the last seq delivered since the last sweep.
