@@ -1,14 +1,15 @@
 -- Receiving: a peer INSERTs a change record into synclink.inbox; the row trigger
--- synclink.receive() (in Rust: it runs once per record) applies it and keeps nothing. It runs
--- as the role the peer connects as, which therefore needs write access to the linked tables
--- (a superuser has it).
+-- synclink.receive() (in Rust: it runs once per record) applies it and keeps nothing. The
+-- role the peer connects as needs INSERT on synclink.inbox and INSERT, UPDATE and DELETE on
+-- the linked tables (src/privilege.rs checks); synclink's bookkeeping then runs as the
+-- extension's owner, and the rows are written as their table's owner.
 CREATE TRIGGER receive BEFORE INSERT ON synclink.inbox
     FOR EACH ROW EXECUTE FUNCTION synclink.receive();
 
 -- Queued records are held by the row trigger until the delivering statement ends; this applies them,
 -- a run of records for one table as one statement.
 CREATE FUNCTION synclink.receive_done() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -33,9 +34,12 @@ CREATE TRIGGER queued AFTER INSERT ON synclink.outbox
 -- then and only then.
 ALTER TABLE synclink.outbox ALTER COLUMN seq SET DEFAULT synclink.next_outbox_seq();
 
--- A peer asking this node to set up or remove its half of a link.
+-- A peer asking this node to set up or remove its half of a link, compare rows or settle a
+-- conflict. The peer's role needs INSERT (from_node, action, body) and SELECT (reply) on
+-- synclink.request; the request is carried out as the extension's owner, for the tables that
+-- role may reach (synclink.handle_request checks its rights on each).
 CREATE FUNCTION synclink.serve_request() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -46,10 +50,10 @@ $$;
 CREATE TRIGGER serve BEFORE INSERT ON synclink.request
     FOR EACH ROW EXECUTE FUNCTION synclink.serve_request();
 
--- A diff request is answered (its reply already went back through RETURNING), not kept: the
--- replies carry row hashes by the thousand.
+-- An answered request (its reply already went back through RETURNING) is not kept: replies
+-- carry row hashes by the thousand, or rows. Link and unlink requests stay as an audit trail.
 CREATE FUNCTION synclink.forget_answered() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -58,7 +62,7 @@ BEGIN
 END
 $$;
 CREATE TRIGGER forget_answered AFTER INSERT ON synclink.request
-    FOR EACH ROW WHEN (NEW.action = 'diff') EXECUTE FUNCTION synclink.forget_answered();
+    FOR EACH ROW WHEN (NEW.reply IS NOT NULL) EXECUTE FUNCTION synclink.forget_answered();
 
 -- The data path is not for application roles: with these an ordinary role could write rows
 -- that are never captured, or send rows to a peer that were never written here.

@@ -144,7 +144,8 @@ CREATE TABLE synclink.peer_state (
 
 -- Requests from peers to set up or remove their half of a link. Kept as an audit trail.
 CREATE TABLE synclink.request (
-    request_id  bigserial PRIMARY KEY,
+    -- an identity, so that a peer's role needs no rights on a sequence to make a request
+    request_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     from_node   text NOT NULL,
     action      text NOT NULL,
     body        jsonb NOT NULL,
@@ -171,7 +172,8 @@ CREATE TABLE synclink.shared_sequence (
 -- saw: the row here and the row the peer sent. outcome: 'applied' (the peer's row won),
 -- 'kept' (the row here won), 'open' (manual: waiting for sync_resolve), 'resolved',
 -- 'superseded' (a newer conflict on the same row replaced it), 'remembered' (the same two
--- rows were resolved before; that choice was applied again).
+-- rows were resolved before; that choice was applied again), 'unlinked' (the table was
+-- unlinked while it was open: nothing is left to settle it with).
 CREATE TABLE synclink.conflict (
     conflict_id  bigserial PRIMARY KEY,
     link_id      int NOT NULL,
@@ -187,7 +189,7 @@ CREATE TABLE synclink.conflict (
     local_version synclink.stamp,
     peer_version  synclink.stamp,
     outcome      text NOT NULL CHECK (outcome IN ('applied', 'kept', 'open', 'resolved',
-                                                  'superseded', 'remembered')),
+                                                  'superseded', 'remembered', 'unlinked')),
     detected_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     resolved_at  timestamptz,
     resolved_by  text,       -- the node where sync_resolve was called
@@ -221,4 +223,17 @@ CREATE POLICY readers_of_the_table ON synclink.resolution FOR SELECT
     USING (pg_catalog.has_table_privilege(
                (SELECT l.relid::pg_catalog.oid FROM synclink.link l
                  WHERE l.link_id OPERATOR(pg_catalog.=) resolution.link_id), 'SELECT'));
+-- A change from a peer is applied as the owner of its table (src/privilege.rs), in one
+-- statement that also logs the conflicts it meets: the owner may log and settle those of its
+-- own tables.
+CREATE POLICY owners_of_the_table ON synclink.conflict FOR INSERT
+    WITH CHECK (pg_catalog.pg_has_role(
+                    (SELECT c.relowner FROM pg_catalog.pg_class c
+                      WHERE c.oid OPERATOR(pg_catalog.=) relid::pg_catalog.oid), 'USAGE'));
+CREATE POLICY owners_of_the_table_settle ON synclink.conflict FOR UPDATE
+    USING (pg_catalog.pg_has_role(
+               (SELECT c.relowner FROM pg_catalog.pg_class c
+                 WHERE c.oid OPERATOR(pg_catalog.=) relid::pg_catalog.oid), 'USAGE'));
 GRANT SELECT ON synclink.conflict, synclink.resolution TO PUBLIC;
+GRANT INSERT, UPDATE (outcome) ON synclink.conflict TO PUBLIC;
+GRANT USAGE ON SEQUENCE synclink.conflict_conflict_id_seq TO PUBLIC;

@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ApplyError {
-    #[error("change from unknown node \"{0}\"")]
+    #[error("change from unknown node {}", crate::args::shown(.0))]
     UnknownSender(String),
     #[error("table {schema}.{table} is not linked with node \"{node}\"")]
     NotLinked {
@@ -25,12 +25,14 @@ pub enum ApplyError {
         table: String,
         node: String,
     },
-    #[error("unknown change operation \"{0}\"")]
+    #[error("unknown change operation {}", crate::args::shown(.0))]
     BadOp(String),
     #[error("change record without row versions")]
     Unstamped,
     #[error("synclink.receive() may only be called by the row trigger on synclink.inbox")]
     NotTheInbox,
+    #[error("changes to partitioned table {0} are applied in REPEATABLE READ only")]
+    PartitionedNeedsSnapshot(String),
 }
 
 impl SqlError for ApplyError {
@@ -41,6 +43,9 @@ impl SqlError for ApplyError {
             }
             ApplyError::BadOp(_) | ApplyError::Unstamped => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
             ApplyError::NotTheInbox => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            ApplyError::PartitionedNeedsSnapshot(_) => {
+                PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION
+            }
         }
     }
     fn hint(&self) -> Option<String> {
@@ -55,6 +60,7 @@ impl SqlError for ApplyError {
                 "The sending node runs an incompatible synclink version.".into()
             }
             ApplyError::NotTheInbox => "Drop this trigger.".into(),
+            ApplyError::PartitionedNeedsSnapshot(_) => "Deliveries through postgres_fdw always are; call synclink.apply() in a transaction begun with BEGIN ISOLATION LEVEL REPEATABLE READ.".into(),
         })
     }
 }
@@ -166,6 +172,8 @@ pub fn rekey_sql(spec: &ApplySpec) -> String {
 /// cached entry can only go stale by its link being dropped, and then no record finds it.
 struct Compiled {
     table: String,
+    relid: pg_sys::Oid,
+    partitioned: bool,
     /// the types rows and stamps are parsed to: `<row type>[]`, `synclink.stamp[]`
     rows_type: pg_sys::Oid,
     stamps_type: pg_sys::Oid,
@@ -233,20 +241,31 @@ fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
             return Ok(id);
         }
     }
-    let id = lookup_link_id(sender, schema, table)?;
+    let (id, relid) = lookup_link_id(sender, schema, table)?;
+    // The peer writes this table as the role it connects as: only if this node granted it.
+    crate::privilege::peer_may(relid, crate::privilege::WRITE, "write")
+        .unwrap_or_else(|e| crate::error::raise(e));
     LINK_IDS.with(|m| m.borrow_mut().insert(key, (xact, id)));
     Ok(id)
 }
 
-fn lookup_link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
+fn lookup_link_id(
+    sender: &str,
+    schema: &str,
+    table: &str,
+) -> Result<(i32, pg_sys::Oid), ApplyError> {
     // Planned once per backend: in sync mode every writing transaction on the peer asks.
     let text = pgrx::PgOid::from(pg_sys::TEXTOID);
     let id = crate::db::prepared_read(
-        "SELECT l.link_id FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
+        "SELECT l.link_id, l.relid::oid FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
          WHERE p.node_name = $1 AND l.relid = to_regclass(format('%I.%I', $2, $3))",
         &[text, text, text],
         &[sender.into(), schema.into(), table.into()],
-        |t| t.into_iter().next().and_then(|r| r.get::<i32>(1).unwrap()),
+        |t| {
+            t.into_iter()
+                .next()
+                .and_then(|r| Some((r.get::<i32>(1).unwrap()?, r.get::<pg_sys::Oid>(2).unwrap()?)))
+        },
     );
     id.ok_or_else(|| match crate::peer::find_by_node(sender) {
         None => ApplyError::UnknownSender(sender.into()),
@@ -267,7 +286,7 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
             .select(
                 "SELECT row_type, columns, key_columns, version_table, conflict, prefer_node, \
                         version_column, peer_name, (row_type || '[]')::regtype::oid, \
-                        'synclink.stamp[]'::regtype::oid \
+                        'synclink.stamp[]'::regtype::oid, relid::oid \
                    FROM synclink.link WHERE link_id = $1",
                 None,
                 &[id.into()],
@@ -287,9 +306,11 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
             r.get::<String>(8).unwrap().unwrap(),
             r.get::<pg_sys::Oid>(9).unwrap().unwrap(),
             r.get::<pg_sys::Oid>(10).unwrap().unwrap(),
+            r.get::<pg_sys::Oid>(11).unwrap().unwrap(),
         )
     });
-    let (row_type, columns, key, version_table, policy, peer_name, rows_type, stamps_type) = link;
+    let (row_type, columns, key, version_table, policy, peer_name, rows_type, stamps_type, relid) =
+        link;
     let text_compare = text_compare_columns(&row_type);
     let spec = ApplySpec {
         table: qualified(schema, table),
@@ -298,8 +319,11 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         key: &key,
         text_compare: &text_compare,
     };
+    // SAFETY: get_rel_relkind reads the syscache.
+    let partitioned = unsafe { pg_sys::get_rel_relkind(relid) } as u8 == b'p';
     let checked = crate::conflict::CheckedSpec {
         apply: &spec,
+        partitioned,
         link_id: id,
         peer_name: &peer_name,
         version_table: &version_table,
@@ -310,6 +334,8 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
     let text = pg_sys::TEXTOID;
     let compiled = Rc::new(Compiled {
         table: spec.table.clone(),
+        relid,
+        partitioned,
         rows_type,
         stamps_type,
         lock: Statement::new(&crate::conflict::lock_sql(&spec), &[rows_type]),
@@ -405,21 +431,28 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
 }
 
 /// Apply upsert or delete rows with their stamps, conflicts decided and logged: one record
-/// (`single`) or a run of records.
+/// (`single`) or a run of records. As the table's owner: parsing the rows (domain checks),
+/// the table's triggers, defaults, checks and index expressions are the owner's code.
 fn apply_checked(plans: &Compiled, delete: bool, single: bool, rows: &str, stamps: &str) {
+    // SAFETY: XactIsoLevel is backend state, read only.
+    if plans.partitioned && unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32 {
+        crate::error::raise(ApplyError::PartitionedNeedsSnapshot(plans.table.clone()));
+    }
     let bytes = rows.len() + stamps.len();
-    let raced = Spi::connect_mut(|_| {
-        // Parsed once for both statements: for a large record parsing is most of the work.
-        let rows = crate::plan::parse(plans.rows_type, rows);
-        let stamps = crate::plan::parse(plans.stamps_type, stamps);
-        plans.lock.run(bytes, &[rows]);
-        let stmt = match (delete, single) {
-            (false, true) => &plans.upsert_one,
-            (true, true) => &plans.delete_one,
-            (false, false) => &plans.upsert_run,
-            (true, false) => &plans.delete_run,
-        };
-        stmt.run(bytes, &[rows, stamps]).unwrap_or(0)
+    let raced = crate::privilege::as_owner_of(plans.relid, || {
+        Spi::connect_mut(|_| {
+            // Parsed once for both statements: for a large record parsing is most of the work.
+            let rows = crate::plan::parse(plans.rows_type, rows);
+            let stamps = crate::plan::parse(plans.stamps_type, stamps);
+            plans.lock.run(bytes, &[rows]);
+            let stmt = match (delete, single) {
+                (false, true) => &plans.upsert_one,
+                (true, true) => &plans.delete_one,
+                (false, false) => &plans.upsert_run,
+                (true, false) => &plans.delete_run,
+            };
+            stmt.run(bytes, &[rows, stamps]).unwrap_or(0)
+        })
     });
     if raced > 0 {
         crate::conflict::concurrent_insert(&plans.table);
@@ -592,18 +625,22 @@ pub fn receive(trigger: &PgTrigger) {
         text[slot] = row.get_by_index::<String>(n).unwrap();
     }
     let [origin, sender, schema, table, new_rows, old_rows, stamps] = text;
-    apply_record(
-        &origin.unwrap_or_default(),
-        &sender.unwrap_or_default(),
-        &schema.unwrap_or_default(),
-        &table.unwrap_or_default(),
-        op,
-        new_rows.as_deref(),
-        old_rows.as_deref(),
-        seq,
-        floor,
-        stamps.as_deref(),
-    )
+    // The peer's role inserted the record; synclink's own bookkeeping runs as the extension's
+    // owner, and the rows are written as the table's owner (apply_checked).
+    crate::privilege::as_role(crate::privilege::extension_owner(), || {
+        apply_record(
+            &origin.unwrap_or_default(),
+            &sender.unwrap_or_default(),
+            &schema.unwrap_or_default(),
+            &table.unwrap_or_default(),
+            op,
+            new_rows.as_deref(),
+            old_rows.as_deref(),
+            seq,
+            floor,
+            stamps.as_deref(),
+        )
+    })
 }
 
 /// Apply one change record, as the inbox trigger does.
@@ -693,9 +730,13 @@ fn apply_record(
         (b'D' | b'K', _, Some(rows)) => apply_checked(&plans, true, true, rows, stamps),
         (b'R', Some(new), Some(old)) => {
             let args = [old.into_datum().unwrap(), new.into_datum().unwrap()];
-            Spi::connect_mut(|_| plans.rekey.run(old.len() + new.len(), &args));
+            crate::privilege::as_owner_of(plans.relid, || {
+                Spi::connect_mut(|_| plans.rekey.run(old.len() + new.len(), &args))
+            });
         }
-        (b'T', _, _) => Spi::run(&format!("DELETE FROM {}", plans.table)).unwrap(),
+        (b'T', _, _) => crate::privilege::as_owner_of(plans.relid, || {
+            Spi::run(&format!("DELETE FROM {}", plans.table)).unwrap()
+        }),
         (b'I' | b'U' | b'D' | b'K' | b'R', _, _) => {}
         (other, _, _) => crate::error::raise(ApplyError::BadOp((other as char).to_string())),
     })

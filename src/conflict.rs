@@ -17,9 +17,9 @@ use pgrx::prelude::*;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ConflictError {
-    #[error("unknown conflict policy \"{0}\"")]
+    #[error("unknown conflict policy {}", crate::args::shown(.0))]
     UnknownPolicy(String),
-    #[error("version column \"{column}\" is not a column the link sends")]
+    #[error("version column {} is not a column the link sends", crate::args::shown(.column))]
     NoVersionColumn { column: String },
     #[error("version column \"{column}\" has type {type_name}, which cannot be ordered")]
     VersionNotOrdered { column: String, type_name: String },
@@ -29,13 +29,15 @@ pub enum ConflictError {
     NoSuchConflict(i64),
     #[error("conflict {id} is {outcome}, not open")]
     NotOpen { id: i64, outcome: String },
-    #[error("cannot keep \"{keep}\": conflict {id} is between nodes \"{local}\" and \"{peer}\"")]
+    #[error("cannot keep {}: conflict {id} is between nodes \"{local}\" and \"{peer}\"", crate::args::shown(.keep))]
     BadKeep {
         id: i64,
         keep: String,
         local: String,
         peer: String,
     },
+    #[error("conflict {0} belongs to a link that no longer exists")]
+    LinkGone(i64),
     #[error("a row being applied to {table} was inserted here at the same moment")]
     ConcurrentInsert { table: String },
 }
@@ -50,7 +52,9 @@ impl SqlError for ConflictError {
             ConflictError::NoVersionColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
             ConflictError::VersionNotOrdered { .. } => ERRCODE_UNDEFINED_FUNCTION,
             ConflictError::NoSuchConflict(_) => ERRCODE_UNDEFINED_OBJECT,
-            ConflictError::NotOpen { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            ConflictError::NotOpen { .. } | ConflictError::LinkGone(_) => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             ConflictError::ConcurrentInsert { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
         }
     }
@@ -73,6 +77,9 @@ impl SqlError for ConflictError {
             }
             ConflictError::NotOpen { .. } => {
                 "Only open conflicts (policy manual) wait for a decision.".into()
+            }
+            ConflictError::LinkGone(_) => {
+                "Its table was unlinked; compare the two tables with sync_diff() and repair them with sync_reconcile().".into()
             }
             ConflictError::BadKeep { .. } => {
                 "Use keep => 'local', 'peer', or one of the two node names.".into()
@@ -179,6 +186,9 @@ pub fn check_version_column(
 /// What the checked apply statement needs beyond the plain upsert's spec.
 pub struct CheckedSpec<'a> {
     pub apply: &'a ApplySpec<'a>,
+    /// A partitioned table's RETURNING cannot read system columns (the rows come back
+    /// converted from the partition's): see `raced` below.
+    pub partitioned: bool,
     pub link_id: i32,
     pub peer_name: &'a str,
     pub version_table: &'a str,
@@ -291,15 +301,27 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool, single: bool) -> String 
                 join(&rest, ", ", |x| compared(spec, "EXCLUDED", x)),
             )
         };
+        // A row this statement meant to insert but found inserted meanwhile (ON CONFLICT
+        // updated it: xmax set) raced with a local writer. Under REPEATABLE READ, which a
+        // delivery through postgres_fdw always runs in, PostgreSQL itself refuses to update a
+        // row the snapshot cannot see (40001); the check covers READ COMMITTED, which
+        // apply_checked does not allow for a partitioned table, whose rows cannot show xmax.
+        let raced = if c.partitioned {
+            "false".to_string()
+        } else {
+            format!(
+                "t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE {w_match} AND w.\"synclink$exists\")",
+                w_match = on("w", "t"),
+            )
+        };
         format!(
             "INSERT INTO {table} AS t ({cols}) OVERRIDING SYSTEM VALUE\n\
              \x20   SELECT {w_cols} FROM w ORDER BY w.\"synclink$ord\"\n\
              \x20   ON CONFLICT ({keys}) {action}\n\
-             \x20   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE {w_match} AND w.\"synclink$exists\") AS \"synclink$raced\"",
+             \x20   RETURNING {raced} AS \"synclink$raced\"",
             table = spec.table,
             w_cols = join(spec.columns, ", ", |x| format!("w.{}", ident(x))),
             keys = keys(""),
-            w_match = on("w", "t"),
         )
     };
     let records = format!(
@@ -417,6 +439,7 @@ pub fn concurrent_insert(table: &str) -> ! {
 /// and as the peer does.
 struct RowTarget {
     link_id: i32,
+    relid: pg_sys::Oid,
     table: String,
     peer_schema: String,
     peer_table: String,
@@ -432,7 +455,7 @@ impl RowTarget {
             let r = c
                 .select(
                     "SELECT format('%I.%I', n.nspname, cl.relname), l.row_type, l.columns, \
-                            l.key_columns, l.version_table, l.peer_schema, l.peer_table \
+                            l.key_columns, l.version_table, l.peer_schema, l.peer_table, cl.oid \
                        FROM synclink.link l JOIN pg_class cl ON cl.oid = l.relid \
                        JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE l.link_id = $1",
                     None,
@@ -449,6 +472,7 @@ impl RowTarget {
                 version_table: r.get(5).unwrap().unwrap(),
                 peer_schema: r.get(6).unwrap().unwrap(),
                 peer_table: r.get(7).unwrap().unwrap(),
+                relid: r.get(8).unwrap().unwrap(),
             }
         })
     }
@@ -506,7 +530,9 @@ impl RowTarget {
         let value = pgrx::JsonB(row.unwrap_or(key).clone());
         crate::apply::marked(from, from, || {
             crate::diff::with_wire_settings(|| {
-                Spi::run_with_args(&write, &[value.into()]).unwrap();
+                crate::privilege::as_owner_of(self.relid, || {
+                    Spi::run_with_args(&write, &[value.into()]).unwrap();
+                })
             })
         });
         let keys = join(&self.key, ", ", |k| ident(k));
@@ -585,7 +611,9 @@ struct ResolveRequest {
 /// both, and remember the choice for these two rows.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
-fn sync_resolve(conflict_id: i64, keep: &str) -> bool {
+fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
+    let conflict_id = crate::args::required(conflict_id, "sync_resolve", "conflict_id");
+    let keep = crate::args::required(keep, "sync_resolve", "keep");
     let found = Spi::connect(|c| {
         c.select(
             "SELECT link_id, key, outcome, peer_name, \
@@ -615,7 +643,14 @@ fn sync_resolve(conflict_id: i64, keep: &str) -> bool {
             outcome,
         });
     }
-    let peer = crate::peer::find(&peer_name).expect("conflict of an existing peer");
+    let link_exists = crate::db::maybe_one::<bool>(
+        "SELECT true FROM synclink.link WHERE link_id = $1",
+        &[link_id.into()],
+    )
+    .is_some();
+    let peer = crate::peer::find(&peer_name)
+        .filter(|_| link_exists)
+        .unwrap_or_else(|| raise(ConflictError::LinkGone(conflict_id)));
     let local = crate::node::local_name();
     let keep_local = match keep {
         "local" => true,
@@ -680,6 +715,7 @@ pub fn handle_request(from: &crate::peer::Peer, body: serde_json::Value) -> serd
                 peer: from.name.clone(),
             })
         });
+    crate::privilege::peer_may(link.relid, crate::privilege::READ_WRITE, "write").or_raise();
     let target = RowTarget::load(link.id);
     let mine = target.current(&req.key);
     let version = (req.decision.at, req.decision.node.as_str());
@@ -739,6 +775,7 @@ mod tests {
         checked_apply_sql(
             &CheckedSpec {
                 apply: &spec,
+                partitioned: false,
                 link_id: 3,
                 peer_name: "b",
                 version_table: "synclink.\"p_b_version\"",

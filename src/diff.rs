@@ -10,7 +10,7 @@ use crate::error::{raise, OrRaise, SqlError};
 use crate::peer::{self, Peer};
 use crate::sql::{ident, join, literal, qualified};
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgRelation};
+use pgrx::JsonB;
 use serde::{Deserialize, Serialize};
 
 #[derive(thiserror::Error, Debug)]
@@ -27,7 +27,7 @@ pub enum DiffError {
     },
     #[error("malformed diff request")]
     BadRequest,
-    #[error("prefer => '{0}' names neither this node nor the peer")]
+    #[error("prefer => {} names neither this node nor the peer", crate::args::shown(.0))]
     BadPrefer(String),
 }
 
@@ -170,8 +170,16 @@ impl Shape {
         };
         let table = self.table_sql();
         let (upsert_sql, delete_sql) = (self.upsert_sql(), self.delete_keys_sql(&table, &table));
+        let relid = crate::link::lookup(&self.schema, &self.table);
+        // As the table's owner: its triggers and checks are the owner's code.
         let work = std::panic::AssertUnwindSafe(move || {
-            with_wire_settings(|| run(delete_sql, delete) + run(upsert_sql, upsert))
+            with_wire_settings(|| {
+                let write = || run(delete_sql, delete) + run(upsert_sql, upsert);
+                match relid {
+                    Some(relid) => crate::privilege::as_owner_of(relid, write),
+                    None => write(),
+                }
+            })
         });
         crate::apply::marked(from, from, move || {
             let w = work;
@@ -385,6 +393,11 @@ pub fn handle_request(from: &Peer, body: serde_json::Value) -> serde_json::Value
             node: node.clone(),
         })
     });
+    let (needs, what) = match &req.repair {
+        Some(r) if r.fetch.is_null() => (crate::privilege::READ_WRITE, "write"),
+        _ => (crate::privilege::READ, "read"),
+    };
+    crate::privilege::peer_may(relid, needs, what).or_raise();
     let info = crate::link::describe(relid);
     let missing: Vec<String> = shape
         .columns
@@ -537,7 +550,7 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
 
 #[derive(thiserror::Error, Debug)]
 pub enum CopyError {
-    #[error("unknown copy \"{0}\"")]
+    #[error("unknown copy {}", crate::args::shown(.0))]
     BadCopy(String),
 }
 
@@ -602,11 +615,16 @@ pub fn copy_for_link(
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_reconcile(
-    tbl: PgRelation,
+    tbl: Option<crate::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
-    prefer: default!(&str, "'local'"),
+    prefer: default!(Option<&str>, "'local'"),
 ) -> i64 {
-    reconcile(tbl.oid(), peer, prefer)
+    const F: &str = "sync_reconcile";
+    reconcile(
+        crate::args::relation(tbl, F, "tbl"),
+        peer,
+        crate::args::required(prefer, F, "prefer"),
+    )
 }
 
 /// The rows that differ between this node's table and the peer's copy right now, one per key:
@@ -615,7 +633,7 @@ fn sync_reconcile(
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_diff(
-    tbl: PgRelation,
+    tbl: Option<crate::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
@@ -625,7 +643,7 @@ fn sync_diff(
         name!(columns, Option<Vec<String>>),
     ),
 > {
-    TableIterator::new(diff(tbl.oid(), peer))
+    TableIterator::new(diff(crate::args::relation(tbl, "sync_diff", "tbl"), peer))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod apply;
+mod args;
 mod capture;
 mod capture_one;
 mod conflict;
@@ -28,6 +29,7 @@ mod ship;
 mod sql;
 mod subxact;
 mod teardown;
+mod types;
 mod worker;
 mod write;
 

@@ -9,7 +9,6 @@ use crate::peer::{self, Peer, PeerError};
 use crate::remote::catching;
 use crate::sql::{ident, join, object_name, qualified};
 use pgrx::prelude::*;
-use pgrx::PgRelation;
 use serde::{Deserialize, Serialize};
 
 #[derive(thiserror::Error, Debug)]
@@ -34,13 +33,13 @@ pub enum LinkError {
     NotLinked { table: String, peer: String },
     #[error("table {0} is already linked differently on node \"{1}\"")]
     LinkedDifferently(String, String),
-    #[error("unknown request \"{0}\" from a peer")]
+    #[error("unknown request {} from a peer", crate::args::shown(.0))]
     BadRequest(String),
-    #[error("column \"{column}\" of {table} does not exist")]
+    #[error("column {} of {table} does not exist", crate::args::shown(.column))]
     NoSuchColumn { column: String, table: String },
     #[error("no unique index of {table} covers exactly ({key}) with every column NOT NULL")]
     KeyNotUnique { table: String, key: String },
-    #[error("column \"{0}\" cannot be both part of the key and excluded")]
+    #[error("column {} cannot be both part of the key and excluded", crate::args::shown(.0))]
     ExcludedKey(String),
     #[error(
         "excluded column \"{column}\" of {table} on node \"{node}\" is NOT NULL and has no default"
@@ -50,6 +49,17 @@ pub enum LinkError {
         table: String,
         node: String,
     },
+    #[error("{table} is {kind}; only tables can be linked")]
+    NotATable { table: String, kind: &'static str },
+    #[error("{0} belongs to synclink or to the system and cannot be linked")]
+    OwnTable(String),
+    #[error("table {table} has columns whose names synclink reserves")]
+    ReservedColumns {
+        table: String,
+        reserved: Vec<String>,
+    },
+    #[error("key column \"{column}\" of {table} is a generated column")]
+    GeneratedKey { table: String, column: String },
     #[error("{count} changes to {table} are still queued for peer \"{peer}\" on node \"{node}\"")]
     HasQueued {
         table: String,
@@ -76,11 +86,19 @@ impl SqlError for LinkError {
             LinkError::KeyNotUnique { .. } => ERRCODE_INVALID_COLUMN_REFERENCE,
             LinkError::ExcludedKey(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             LinkError::ExcludedNeedsDefault { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            LinkError::NotATable { .. } => ERRCODE_WRONG_OBJECT_TYPE,
+            LinkError::OwnTable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            LinkError::ReservedColumns { .. } => ERRCODE_RESERVED_NAME,
+            LinkError::GeneratedKey { .. } => ERRCODE_INVALID_TABLE_DEFINITION,
         }
     }
     fn detail(&self) -> Option<String> {
         match self {
             LinkError::ColumnMismatch { differences, .. } => Some(differences.join("; ")),
+            LinkError::ReservedColumns { reserved, .. } => Some(format!(
+                "Column(s) {} start with \"{RESERVED_PREFIX}\".",
+                reserved.join(", ")
+            )),
             _ => None,
         }
     }
@@ -97,10 +115,18 @@ impl SqlError for LinkError {
             LinkError::KeyNotUnique { table, key } => format!("Rows are matched by the key, so it must be unique and never NULL on both nodes: CREATE UNIQUE INDEX ON {table} ({key}), and ALTER COLUMN ... SET NOT NULL for each key column."),
             LinkError::ExcludedKey(_) => "Rows are matched by the key, so it must travel; exclude other columns.".into(),
             LinkError::ExcludedNeedsDefault { column, table, .. } => format!("Rows arriving from the other node carry no value for it: ALTER TABLE {table} ALTER COLUMN \"{column}\" SET DEFAULT ... (or DROP NOT NULL), or stop excluding it."),
+            LinkError::NotATable { .. } => "synclink links ordinary and partitioned tables that every session sees; link the table a view reads from instead.".into(),
+            LinkError::OwnTable(_) => "Link the application's tables; synclink's own tables travel by themselves.".into(),
+            LinkError::ReservedColumns { table, .. } => format!("Names starting with \"{RESERVED_PREFIX}\" are synclink's own in the code it generates: ALTER TABLE {table} RENAME COLUMN ... TO ... first."),
+            LinkError::GeneratedKey { .. } => "Rows are matched by values sent to the peer, and generated columns are recomputed on each side instead: link with key => (other columns), or make the column an ordinary one.".into(),
             LinkError::HasQueued { peer, node, .. } => format!("Deliver them first with SELECT sync_flush('{peer}') on node \"{node}\", or pass discard_queued => true to throw them away."),
         })
     }
 }
+
+/// Names synclink gives its own columns and variables in what it generates; a table column
+/// named so would be ambiguous there.
+const RESERVED_PREFIX: &str = "synclink$";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WireColumn {
@@ -108,6 +134,10 @@ pub struct WireColumn {
     #[serde(rename = "type")]
     pub type_name: String,
     pub base_type: String,
+    /// Everything that decides which values the column holds (crate::types::detail): two
+    /// columns whose details differ would round, cut or refuse some of each other's values.
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +153,9 @@ pub struct TableInfo {
     pub oid: pg_sys::Oid,
     pub schema: String,
     pub name: String,
+    /// pg_class.relkind and relpersistence
+    pub kind: i8,
+    pub persistence: i8,
     pub columns: Vec<Column>,
     pub primary_key: Option<Vec<String>>,
     pub unique_keys: Vec<Vec<String>>,
@@ -139,6 +172,59 @@ impl TableInfo {
             .filter(|c| !c.generated && !excluded.contains(&c.wire.name))
             .map(|c| c.wire.clone())
             .collect()
+    }
+
+    /// What a link cannot be made on, found before anything is made: each of these was once
+    /// accepted and then made every write fail.
+    pub fn check_linkable(&self) -> Result<(), LinkError> {
+        let table = self.display();
+        let kind = match self.kind as u8 {
+            b'r' | b'p' => None,
+            b'v' => Some("a view"),
+            b'm' => Some("a materialized view"),
+            b'f' => Some("a foreign table"),
+            b'S' => Some("a sequence"),
+            _ => Some("not a table"),
+        };
+        if let Some(kind) = kind {
+            return Err(LinkError::NotATable { table, kind });
+        }
+        if self.persistence as u8 == b't' {
+            return Err(LinkError::NotATable {
+                table,
+                kind: "a temporary table",
+            });
+        }
+        if ["synclink", "pg_catalog", "information_schema", "pg_toast"]
+            .contains(&self.schema.as_str())
+        {
+            return Err(LinkError::OwnTable(table));
+        }
+        let reserved: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| c.wire.name.starts_with(RESERVED_PREFIX))
+            .map(|c| ident(&c.wire.name))
+            .collect();
+        if !reserved.is_empty() {
+            return Err(LinkError::ReservedColumns { table, reserved });
+        }
+        Ok(())
+    }
+
+    /// Rows are matched by the key's values as sent, and generated columns are not sent.
+    pub fn check_key_travels(&self, key: &[String]) -> Result<(), LinkError> {
+        if let Some(c) = self
+            .columns
+            .iter()
+            .find(|c| c.generated && key.contains(&c.wire.name))
+        {
+            return Err(LinkError::GeneratedKey {
+                table: self.display(),
+                column: c.wire.name.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Excluded columns get no value from the other node, so an insert from there needs each
@@ -165,7 +251,7 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
     Spi::connect(|c| {
         let head = c
             .select(
-                "SELECT n.nspname::text, cl.relname::text FROM pg_class cl \
+                "SELECT n.nspname::text, cl.relname::text, cl.relkind, cl.relpersistence FROM pg_class cl \
                  JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = $1",
                 None,
                 &[oid.into()],
@@ -174,10 +260,13 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
             .first();
         let schema: String = head.get(1).unwrap().unwrap();
         let name: String = head.get(2).unwrap().unwrap();
-        let columns = c
+        let kind: i8 = head.get(3).unwrap().unwrap();
+        let persistence: i8 = head.get(4).unwrap().unwrap();
+        let columns: Vec<Column> = c
             .select(
                 "SELECT attname::text, format_type(atttypid, atttypmod), format_type(atttypid, NULL), \
-                        attgenerated <> '', attnotnull, atthasdef OR attidentity <> '' FROM pg_attribute \
+                        attgenerated <> '', attnotnull, atthasdef OR attidentity <> '', atttypid, atttypmod \
+                   FROM pg_attribute \
                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
                 None,
                 &[oid.into()],
@@ -188,6 +277,10 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
                     name: r.get(1).unwrap().unwrap(),
                     type_name: r.get(2).unwrap().unwrap(),
                     base_type: r.get(3).unwrap().unwrap(),
+                    detail: Some(crate::types::detail(
+                        r.get(7).unwrap().unwrap(),
+                        r.get(8).unwrap().unwrap(),
+                    )),
                 },
                 generated: r.get(4).unwrap().unwrap(),
                 not_null: r.get(5).unwrap().unwrap(),
@@ -221,6 +314,8 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
             oid,
             schema,
             name,
+            kind,
+            persistence,
             columns,
             primary_key,
             unique_keys,
@@ -256,6 +351,14 @@ pub fn column_differences(local: &[Column], wire: &[WireColumn]) -> Vec<String> 
                 "column \"{}\" is {} here but {} on the other side",
                 w.name, c.wire.type_name, w.type_name
             )),
+            Some(c) if c.wire.detail.is_some() && w.detail.is_some() && c.wire.detail != w.detail => {
+                diffs.push(format!(
+                    "column \"{}\" is {} here but {} on the other side, which would round, cut or refuse some values",
+                    w.name,
+                    c.wire.detail.as_deref().unwrap_or_default(),
+                    w.detail.as_deref().unwrap_or_default()
+                ))
+            }
             Some(_) => {}
         }
     }
@@ -409,6 +512,11 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
         key_list = join(key, ", ", |k| ident(k)),
     ))
     .unwrap();
+    // Changes from the peer are applied as the table's owner, in one statement that also
+    // writes the versions: the owner may use the versions of this table, and nobody else.
+    for stmt in version_table_access(&version_table, info.oid) {
+        Spi::run(&stmt).unwrap();
+    }
     Spi::run(&format!(
         "COMMENT ON TABLE {version_table} IS {}",
         crate::sql::literal(&format!(
@@ -469,6 +577,21 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
     id
 }
 
+/// Row-level security on a link's version table: open to whoever holds the rights of the
+/// linked table's owner (`relid`), whoever owns it now.
+fn version_table_access(version_table: &str, relid: pg_sys::Oid) -> [String; 3] {
+    [
+        format!("ALTER TABLE {version_table} ENABLE ROW LEVEL SECURITY"),
+        format!(
+            "CREATE POLICY owner_of_the_table ON {version_table}\n\
+             \x20   USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c\n\
+             \x20                                   WHERE c.oid OPERATOR(pg_catalog.=) {relid}::pg_catalog.oid), 'USAGE'))",
+            relid = relid.to_u32()
+        ),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {version_table} TO PUBLIC"),
+    ]
+}
+
 /// Remove exactly what create_local made.
 fn drop_local(link: &Link) {
     let table = crate::db::maybe_one::<String>(
@@ -488,6 +611,13 @@ fn drop_local(link: &Link) {
     .unwrap();
     Spi::run(&format!("DROP TYPE IF EXISTS {}", link.row_type)).unwrap();
     Spi::run(&format!("DROP TABLE IF EXISTS {}", link.version_table)).unwrap();
+    // Open conflicts cannot be settled without the link: closed, not left open for ever.
+    Spi::run_with_args(
+        "UPDATE synclink.conflict SET outcome = 'unlinked', resolved_at = clock_timestamp() \
+          WHERE link_id = $1 AND outcome = 'open'",
+        &[link.id.into()],
+    )
+    .unwrap();
     Spi::run_with_args(
         "DELETE FROM synclink.link WHERE link_id = $1",
         &[link.id.into()],
@@ -570,7 +700,9 @@ fn link_table(
     crate::diff::check_copy(copy).or_raise();
     let peer = peer::resolve(peer_name).or_raise();
     let info = describe(relid);
+    info.check_linkable().or_raise();
     let key = choose_key(&info, key).or_raise();
+    info.check_key_travels(&key).or_raise();
     check_columns(&info, &exclude).or_raise();
     if let Some(k) = exclude.iter().find(|c| key.contains(c)) {
         raise(LinkError::ExcludedKey(k.clone()));
@@ -634,23 +766,25 @@ fn link_table(
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn sync_link_table(
-    tbl: PgRelation,
+    tbl: Option<crate::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
-    mode: default!(&str, "'sync'"),
-    key: default!(Option<Vec<String>>, "NULL"),
-    exclude: default!(Option<Vec<String>>, "NULL"),
-    copy: default!(&str, "'none'"),
-    conflict: default!(&str, "'last_write_wins'"),
+    mode: default!(Option<&str>, "'sync'"),
+    key: default!(Option<Vec<Option<String>>>, "NULL"),
+    exclude: default!(Option<Vec<Option<String>>>, "NULL"),
+    copy: default!(Option<&str>, "'none'"),
+    conflict: default!(Option<&str>, "'last_write_wins'"),
     version_column: default!(Option<&str>, "NULL"),
 ) -> bool {
+    use crate::args::{names, relation, required};
+    const F: &str = "sync_link_table";
     link_table(
-        tbl.oid(),
+        relation(tbl, F, "tbl"),
         peer,
-        mode,
-        key,
-        exclude.unwrap_or_default(),
-        copy,
-        (conflict, version_column),
+        required(mode, F, "mode"),
+        names(key, F, "key"),
+        names(exclude, F, "exclude").unwrap_or_default(),
+        required(copy, F, "copy"),
+        (required(conflict, F, "conflict"), version_column),
     )
 }
 
@@ -745,11 +879,16 @@ fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> b
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_unlink_table(
-    tbl: PgRelation,
+    tbl: Option<crate::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
-    discard_queued: default!(bool, false),
+    discard_queued: default!(Option<bool>, false),
 ) -> bool {
-    unlink_table(tbl.oid(), peer, discard_queued)
+    const F: &str = "sync_unlink_table";
+    unlink_table(
+        crate::args::relation(tbl, F, "tbl"),
+        peer,
+        crate::args::required(discard_queued, F, "discard_queued"),
+    )
 }
 
 fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
@@ -759,7 +898,11 @@ fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
         table: display.clone(),
         node: node.clone(),
     })?;
+    // Linking sends this table's rows to the peer and applies the peer's changes to it.
+    crate::privilege::peer_may(oid, crate::privilege::READ_WRITE, "link").or_raise();
     let info = describe(oid);
+    info.check_linkable()?;
+    info.check_key_travels(&req.key)?;
     info.check_excluded(&req.exclude, &node)?;
     let kept: Vec<Column> = info
         .columns
@@ -857,6 +1000,7 @@ mod tests {
                 name: name.into(),
                 type_name: ty.into(),
                 base_type: base,
+                detail: None,
             },
             generated,
             not_null: false,

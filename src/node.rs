@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 
 #[derive(thiserror::Error, Debug)]
 pub enum NodeError {
-    #[error("invalid node name \"{0}\"")]
+    #[error("invalid node name {}", crate::args::shown(.0))]
     InvalidName(String),
     #[error("cannot rename node while {0} link(s) exist")]
     InUse(i64),
@@ -51,7 +51,8 @@ fn sync_node_name() -> String {
 /// Rename this node, e.g. after a physical copy that kept the system identifier.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
-fn sync_set_node_name(name: &str) -> String {
+fn sync_set_node_name(name: Option<&str>) -> String {
+    let name = crate::args::required(name, "sync_set_node_name", "name");
     if !valid(name) {
         crate::error::raise(NodeError::InvalidName(name.into()));
     }

@@ -9,15 +9,15 @@ use pgrx::prelude::*;
 
 #[derive(thiserror::Error, Debug)]
 pub enum PeerError {
-    #[error("invalid peer name \"{0}\"")]
+    #[error("invalid peer name {}", crate::args::shown(.0))]
     InvalidName(String),
     #[error("peer \"{0}\" already exists with a different connection string")]
     Exists(String),
     #[error("foreign server \"{0}\" already exists and was not made by synclink")]
     ServerTaken(String),
-    #[error("peer \"{0}\" does not exist")]
+    #[error("peer {} does not exist", crate::args::shown(.0))]
     Unknown(String),
-    #[error("node \"{0}\" is not registered as a peer here")]
+    #[error("node {} is not registered as a peer here", crate::args::shown(.0))]
     UnknownNode(String),
     #[error("no peer is registered")]
     NoPeers,
@@ -284,8 +284,10 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
 /// Register another database as a peer. Returns the peer's node name.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
-fn sync_add_peer(name: &str, conninfo: &str) -> String {
+fn sync_add_peer(name: Option<&str>, conninfo: Option<&str>) -> String {
     let hide = HideStatementFromLog::new();
+    let name = crate::args::required(name, "sync_add_peer", "name");
+    let conninfo = crate::args::required(conninfo, "sync_add_peer", "conninfo");
     let node = add(name, conninfo).or_raise();
     hide.restore();
     node
@@ -338,8 +340,10 @@ fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
 /// Forget a peer: its server, user mapping and foreign tables. With cascade, unlink its tables.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
-fn sync_drop_peer(name: &str, cascade: default!(bool, false)) -> bool {
-    drop(name, cascade).or_raise()
+fn sync_drop_peer(name: Option<&str>, cascade: default!(Option<bool>, false)) -> bool {
+    const F: &str = "sync_drop_peer";
+    let name = crate::args::required(name, F, "name");
+    drop(name, crate::args::required(cascade, F, "cascade")).or_raise()
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! and logical replication's apply do: the owner's triggers, defaults, checks and index
 //! expressions then run with the owner's rights, never with synclink's.
 
+use crate::error::SqlError;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 
 /// The search path every privileged statement runs with.
 pub const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
@@ -44,6 +46,69 @@ pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     switched(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f)
 }
 
+/// Run `f` as the owner of `relid`, in a security-restricted operation: code the owner wrote
+/// (triggers, defaults, checks, index expressions) runs with the owner's rights, cannot
+/// change role or create temporary objects, and synclink's privileges are not lent to it.
+pub fn as_owner_of<T>(relid: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    let owner = table_owner(relid);
+    switched(
+        owner,
+        pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION,
+        f,
+    )
+}
+
+thread_local! {
+    /// The extension's owner as read in a transaction (its local id): every change record a
+    /// peer delivers asks.
+    static OWNER: std::cell::Cell<(u32, pg_sys::Oid)> =
+        const { std::cell::Cell::new((0, pg_sys::InvalidOid)) };
+}
+
+/// The role the extension belongs to, which owns synclink's catalog and the objects synclink
+/// makes: its own bookkeeping runs as it.
+pub fn extension_owner() -> pg_sys::Oid {
+    let xact = crate::db::local_xact();
+    let (seen_in, owner) = OWNER.with(|o| o.get());
+    if seen_in == xact && owner != pg_sys::InvalidOid {
+        return owner;
+    }
+    let owner = pinned(|| {
+        Spi::get_one::<pg_sys::Oid>(
+            "SELECT e.extowner FROM pg_catalog.pg_extension e \
+              WHERE e.extname OPERATOR(pg_catalog.=) 'synclink'",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into())
+    });
+    OWNER.with(|o| o.set((xact, owner)));
+    owner
+}
+
+/// The owner of a relation, from the relation cache (the caller holds a lock on it or
+/// knows it exists).
+pub fn table_owner(relid: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: RelationIdGetRelation returns NULL for an unknown OID, checked here; the
+    // reference it takes is released before returning, and relowner is read while held.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        if rel.is_null() {
+            return pg_sys::BOOTSTRAP_SUPERUSERID.into();
+        }
+        let owner = (*(*rel).rd_rel).relowner;
+        pg_sys::RelationClose(rel);
+        owner
+    }
+}
+
+/// The role this session logged in as: for a peer's session, the role of its connection
+/// string, which is what this node's administrator granted rights to.
+pub fn session_role() -> pg_sys::Oid {
+    // SAFETY: plain read of backend state set at connection start.
+    unsafe { pg_sys::GetSessionUserId() }
+}
+
 fn switched<T>(role: pg_sys::Oid, flags: u32, f: impl FnOnce() -> T) -> T {
     let (mut saved, mut context) = (pg_sys::InvalidOid, 0);
     // SAFETY: GetUserIdAndSecContext only writes into the two locals.
@@ -57,4 +122,112 @@ fn switched<T>(role: pg_sys::Oid, flags: u32, f: impl FnOnce() -> T) -> T {
         unsafe { pg_sys::SetUserIdAndSecContext(saved, context) };
         result
     })
+}
+
+/// A table privilege, by its ACL bit and its SQL name.
+pub const SELECT: (u32, &str) = (pg_sys::ACL_SELECT, "SELECT");
+pub const INSERT: (u32, &str) = (pg_sys::ACL_INSERT, "INSERT");
+pub const UPDATE: (u32, &str) = (pg_sys::ACL_UPDATE, "UPDATE");
+pub const DELETE: (u32, &str) = (pg_sys::ACL_DELETE, "DELETE");
+/// What a peer needs to read a table here (diff, copy from it).
+pub const READ: &[(u32, &str)] = &[SELECT];
+/// What a peer needs to write a table here (its changes applied, a repair).
+pub const WRITE: &[(u32, &str)] = &[INSERT, UPDATE, DELETE];
+/// What a peer needs to link a table: both.
+pub const READ_WRITE: &[(u32, &str)] = &[SELECT, INSERT, UPDATE, DELETE];
+
+#[derive(thiserror::Error, Debug)]
+pub enum PrivilegeError {
+    #[error("peer role \"{role}\" may not {what} table {table} on node \"{node}\"")]
+    PeerNotAllowed {
+        role: String,
+        what: &'static str,
+        table: String,
+        node: String,
+        missing: Vec<&'static str>,
+    },
+}
+
+impl SqlError for PrivilegeError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+    }
+    fn detail(&self) -> Option<String> {
+        match self {
+            PrivilegeError::PeerNotAllowed { missing, role, .. } => Some(format!(
+                "A peer reaches this node as role \"{role}\", which lacks {} on it.",
+                missing.join(", ")
+            )),
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            PrivilegeError::PeerNotAllowed {
+                role,
+                table,
+                missing,
+                node,
+                ..
+            } => Some(format!(
+                "On node \"{node}\", the administrator decides what a peer may reach: GRANT {} ON {table} TO \"{role}\" there, if this peer should.",
+                missing.join(", ")
+            )),
+        }
+    }
+}
+
+/// Check that the role a peer connects as (the session's) holds `privileges` on `relid`: a
+/// peer may link, read and write exactly the tables this node's administrator granted its
+/// role. `what` says what it tried ("link", "read", "write").
+pub fn peer_may(
+    relid: pg_sys::Oid,
+    privileges: &[(u32, &'static str)],
+    what: &'static str,
+) -> Result<(), PrivilegeError> {
+    let role = session_role();
+    let missing: Vec<&'static str> = privileges
+        .iter()
+        .filter(|(bit, _)| {
+            // SAFETY: pg_class_aclcheck reads the relation's ACL through the syscache; an
+            // unknown OID is reported as an ordinary error.
+            let result = unsafe { pg_sys::pg_class_aclcheck(relid, role, *bit as pg_sys::AclMode) };
+            result != pg_sys::AclResult::ACLCHECK_OK
+        })
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(PrivilegeError::PeerNotAllowed {
+        role: role_name(role),
+        what,
+        table: relation_name(relid),
+        node: crate::node::local_name(),
+        missing,
+    })
+}
+
+fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: GetUserNameFromId returns a palloc'd copy (or raises for an unknown role).
+    unsafe {
+        std::ffi::CStr::from_ptr(pg_sys::GetUserNameFromId(role, false))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn relation_name(relid: pg_sys::Oid) -> String {
+    let names = pinned(|| {
+        Spi::get_two_with_args::<String, String>(
+            "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text \
+               FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+              WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            &[relid.into()],
+        )
+    });
+    match names {
+        Ok((Some(schema), Some(name))) => crate::sql::qualified(&schema, &name),
+        _ => relid.to_u32().to_string(),
+    }
 }

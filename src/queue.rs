@@ -63,7 +63,7 @@ pub fn init_gucs() {
 
 #[derive(thiserror::Error, Debug)]
 pub enum QueueError {
-    #[error("unknown mode \"{0}\"")]
+    #[error("unknown mode {}", crate::args::shown(.0))]
     BadMode(String),
 }
 

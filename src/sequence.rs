@@ -15,12 +15,11 @@ use crate::error::{notice, raise, OrRaise, SqlError};
 use crate::peer::{self, Peer};
 use crate::sql::{ident, literal, qualified};
 use pgrx::prelude::*;
-use pgrx::PgRelation;
 use serde::{Deserialize, Serialize};
 
 #[derive(thiserror::Error, Debug)]
 pub enum SequenceError {
-    #[error("unknown strategy \"{0}\"")]
+    #[error("unknown strategy {}", crate::args::shown(.0))]
     BadStrategy(String),
     #[error("{0} is not a sequence")]
     NotASequence(String),
@@ -681,26 +680,35 @@ pub fn handle_request(from: &Peer, action: &str, body: serde_json::Value) -> ser
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_share_sequence(
-    seq: PgRelation,
+    seq: Option<crate::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
-    strategy: default!(&str, "'shared'"),
+    strategy: default!(Option<&str>, "'shared'"),
 ) -> bool {
-    share(seq.oid(), peer, strategy)
+    const F: &str = "sync_share_sequence";
+    share(
+        crate::args::relation(seq, F, "seq"),
+        peer,
+        crate::args::required(strategy, F, "strategy"),
+    )
 }
 
 /// Undo sync_share_sequence on both nodes: the column defaults and sequence settings as they
 /// were, each sequence past every id either node handed out.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
-fn sync_unshare_sequence(seq: PgRelation, peer: default!(Option<&str>, "NULL")) -> bool {
+fn sync_unshare_sequence(
+    seq: Option<crate::args::RegClass>,
+    peer: default!(Option<&str>, "NULL"),
+) -> bool {
+    let seq = crate::args::relation(seq, "sync_unshare_sequence", "seq");
     let peer = peer::resolve(peer).or_raise();
-    match recorded(seq.oid()) {
+    match recorded(seq) {
         Some((with, _)) if with == peer.name => {
-            unshare_by_seq(seq.oid(), false);
+            unshare_by_seq(seq, false);
             true
         }
         _ => raise(SequenceError::NotShared {
-            seq: crate::db::maybe_one::<String>("SELECT $1::regclass::text", &[seq.oid().into()])
+            seq: crate::db::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
                 .unwrap_or_default(),
             peer: peer.name,
         }),

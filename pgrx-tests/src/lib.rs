@@ -209,6 +209,16 @@ impl Cluster {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Write a file into the cluster's directory, readable by the server's OS user only
+    /// (as libpq wants a password file); returns its path.
+    pub fn write_private_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        write_as_pg(&path, text);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }

@@ -18,7 +18,8 @@ fn evil_schema(c: &mut Client, role: &str) {
          CREATE TABLE evil.log (who text, superuser text);
          CREATE FUNCTION evil.spy() RETURNS bool LANGUAGE plpgsql AS $$
          BEGIN
-             INSERT INTO evil.log VALUES (current_user, current_setting('is_superuser'));
+             INSERT INTO evil.log SELECT current_user, rolsuper::text FROM pg_catalog.pg_roles
+                  WHERE rolname OPERATOR(pg_catalog.=) current_user;
              RETURN true;
          END $$;
          CREATE FUNCTION evil.eq_int(int, int) RETURNS bool LANGUAGE sql
@@ -226,6 +227,243 @@ fn the_conflict_log_shows_each_role_only_tables_it_may_read() {
     assert_eq!(open, 2, "counts, without rows");
     assert_eq!(
         count(&mut watcher, "SELECT count(*) FROM sync_conflicts"),
+        0
+    );
+}
+
+/// On B, `products` and `notes` belong to an ordinary role whose trigger logs who ran it and
+/// whose check refuses to run as a superuser.
+const OWNED: &str = "
+    CREATE ROLE shopkeeper;
+    CREATE TABLE owner_log (who text, superuser text);
+    GRANT INSERT ON owner_log TO shopkeeper;
+    CREATE FUNCTION public.not_as_superuser(text) RETURNS bool LANGUAGE plpgsql AS $$
+    BEGIN
+        IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            RAISE EXCEPTION 'a table owner''s check ran as a superuser';
+        END IF;
+        RETURN true;
+    END $$;
+    CREATE FUNCTION public.audit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO public.owner_log
+            SELECT current_user, rolsuper::text FROM pg_roles WHERE rolname = current_user;
+        RETURN NULL;
+    END $$;
+    ALTER FUNCTION public.audit() OWNER TO shopkeeper;
+    ALTER FUNCTION public.not_as_superuser(text) OWNER TO shopkeeper;";
+
+fn owned_by_shopkeeper(b: &mut Client, table: &str) {
+    b.batch_execute(&format!(
+        "ALTER TABLE {table} OWNER TO shopkeeper;
+         SET ROLE shopkeeper;
+         ALTER TABLE {table} ADD CHECK (public.not_as_superuser(name));
+         CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table}
+             FOR EACH ROW EXECUTE FUNCTION public.audit();
+         RESET ROLE;"
+    ))
+    .unwrap();
+}
+
+fn owner_log(c: &mut Client) -> Vec<String> {
+    c.query(
+        "SELECT DISTINCT who || ':' || superuser FROM owner_log ORDER BY 1",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn changes_arrive_as_the_table_owner_never_as_a_superuser() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE products (id int PRIMARY KEY, name text);
+         CREATE TABLE notes (id int PRIMARY KEY, name text);
+         INSERT INTO notes VALUES (1, 'start');",
+    );
+    b.batch_execute(OWNED).unwrap();
+    owned_by_shopkeeper(&mut b, "products");
+    owned_by_shopkeeper(&mut b, "notes");
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    a.execute(
+        "SELECT sync_link_table('notes', mode => 'async', conflict => 'manual')",
+        &[],
+    )
+    .unwrap();
+    // sync mode: applied inside A's transaction; async: a queued run, applied at the end of
+    // the delivering statement; both with a conflict logged as the owner.
+    a.batch_execute(
+        "INSERT INTO products VALUES (1, 'one'), (2, 'two');
+         UPDATE products SET name = 'uno' WHERE id = 1;
+         DELETE FROM products WHERE id = 2;
+         UPDATE notes SET name = 'a';",
+    )
+    .unwrap();
+    b.batch_execute("SET ROLE shopkeeper; UPDATE notes SET name = 'b'; RESET ROLE")
+        .unwrap();
+    assert_eq!(owner_log(&mut b), vec!["shopkeeper:false"]);
+    a.execute("SELECT sync_flush()", &[]).unwrap();
+    assert_eq!(
+        count(
+            &mut b,
+            "SELECT count(*) FROM synclink.conflict WHERE outcome = 'open'"
+        ),
+        1
+    );
+    // settling it by hand writes the row as the owner too
+    b.batch_execute(
+        "SELECT sync_resolve(conflict_id, 'peer') FROM synclink.conflict WHERE outcome = 'open'",
+    )
+    .unwrap();
+    assert_eq!(
+        count(&mut b, "SELECT count(*) FROM notes WHERE name = 'a'"),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut b,
+            "SELECT count(*) FROM products WHERE id = 1 AND name = 'uno'"
+        ),
+        1
+    );
+    assert_eq!(count(&mut b, "SELECT count(*) FROM products"), 1);
+    assert_eq!(owner_log(&mut b), vec!["shopkeeper:false"]);
+    // and a repair by sync_reconcile
+    a.batch_execute(
+        "ALTER TABLE products DISABLE TRIGGER USER; INSERT INTO products VALUES (3, 'three');
+         ALTER TABLE products ENABLE TRIGGER USER;",
+    )
+    .unwrap();
+    a.execute("SELECT sync_reconcile('products')", &[]).unwrap();
+    assert_eq!(count(&mut b, "SELECT count(*) FROM products"), 2);
+    assert_eq!(owner_log(&mut b), vec!["shopkeeper:false"]);
+}
+
+#[test]
+fn a_peer_reaches_only_the_tables_its_role_was_granted() {
+    let p = Pair::new(&[]);
+    let mut a = p.a.create_db(&p.db);
+    let mut b = p.b.create_db(&p.db);
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE products (id int PRIMARY KEY, name text);
+         CREATE TABLE catalogue (id int PRIMARY KEY, name text);
+         CREATE TABLE secrets (id int PRIMARY KEY, name text);",
+    );
+    b.batch_execute(
+        "INSERT INTO secrets VALUES (1, 'the recipe');
+         CREATE ROLE peer_a LOGIN PASSWORD 'pa-pw';
+         GRANT INSERT ON synclink.inbox TO peer_a;
+         GRANT INSERT, SELECT (reply) ON synclink.request TO peer_a;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON products TO peer_a;
+         GRANT SELECT ON catalogue TO peer_a;",
+    )
+    .unwrap();
+    a.execute(
+        "SELECT sync_add_peer('b', $1)",
+        &[&format!(
+            "host=127.0.0.1 port={} dbname={} user=peer_a password=pa-pw",
+            p.b.port, p.db
+        )],
+    )
+    .unwrap();
+    b.execute("SELECT sync_add_peer('a', $1)", &[&p.a.conninfo(&p.db)])
+        .unwrap();
+
+    // granted: linked, and changes flow both ways
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    a.batch_execute("INSERT INTO products VALUES (1, 'from a')")
+        .unwrap();
+    b.batch_execute("INSERT INTO products VALUES (2, 'from b')")
+        .unwrap();
+    for c in [&mut a, &mut b] {
+        assert_eq!(count(c, "SELECT count(*) FROM products"), 2);
+    }
+
+    // read-only: compared, not linked
+    let err = a
+        .execute("SELECT sync_link_table('catalogue')", &[])
+        .unwrap_err();
+    let (code, message, detail, hint) = db_error(err);
+    assert_eq!(code, "42501", "{message}");
+    assert!(
+        message.contains("peer role \"peer_a\" may not link table \"public\".\"catalogue\""),
+        "{message}"
+    );
+    assert!(detail.contains("INSERT, UPDATE, DELETE"), "{detail}");
+    assert!(
+        hint.contains("GRANT INSERT, UPDATE, DELETE ON \"public\".\"catalogue\" TO \"peer_a\""),
+        "{hint}"
+    );
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.link"), 1);
+    assert_eq!(count(&mut b, "SELECT count(*) FROM synclink.link"), 1);
+    assert_eq!(
+        count(&mut a, "SELECT count(*) FROM sync_diff('catalogue')"),
+        0
+    );
+
+    // not granted at all: neither compared nor pulled
+    for sql in [
+        "SELECT count(*) FROM sync_diff('secrets')",
+        "SELECT sync_link_table('secrets', copy => 'from_peer')",
+        "SELECT sync_reconcile('secrets', prefer => 'peer')",
+    ] {
+        let (code, message, _, _) = db_error(a.execute(sql, &[]).unwrap_err());
+        assert_eq!(code, "42501", "{sql}: {message}");
+    }
+    assert_eq!(count(&mut a, "SELECT count(*) FROM secrets"), 0);
+}
+
+#[test]
+fn a_peer_registered_with_a_password_file_never_shows_the_password() {
+    let p = Pair::new(&["log_statement = 'all'", "log_min_messages = info"]);
+    let mut a = p.a.create_db(&p.db);
+    let mut b = p.b.create_db(&p.db);
+    let secret = synclink_e2e::SYNC_PASSWORD;
+    let passfile = p.a.write_private_file(
+        "synclink.pgpass",
+        &format!("127.0.0.1:{}:{}:sync:{secret}\n", p.b.port, p.db),
+    );
+    a.execute(
+        "SELECT sync_add_peer('b', $1)",
+        &[&format!(
+            "host=127.0.0.1 port={} dbname={} user=sync passfile={}",
+            p.b.port,
+            p.db,
+            passfile.display()
+        )],
+    )
+    .unwrap();
+    b.execute("SELECT sync_add_peer('a', $1)", &[&p.a.conninfo(&p.db)])
+        .unwrap();
+    both(&mut a, &mut b, PRODUCTS);
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    a.batch_execute("INSERT INTO products VALUES (1, 'one')")
+        .unwrap();
+    assert_eq!(count(&mut b, "SELECT count(*) FROM products"), 1);
+    // A's log has every statement, and no password but the harness's own CREATE ROLE;
+    // the user mapping holds none.
+    let log = p.a.log();
+    assert!(log.contains("sync_add_peer"));
+    let leaks: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(secret) && !l.contains("CREATE ROLE sync"))
+        .collect();
+    assert!(leaks.is_empty(), "password in A's log: {leaks:?}");
+    assert_eq!(
+        count(
+            &mut a,
+            "SELECT count(*) FROM pg_user_mappings WHERE array_to_string(umoptions, ',') LIKE '%password%'"
+        ),
         0
     );
 }

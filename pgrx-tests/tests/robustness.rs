@@ -1,0 +1,315 @@
+//! What a careless DBA or a broken script does: NULLs, dropped tables, huge arguments,
+//! damaged objects. Each gets a clear error (a real SQLSTATE, a message, a hint) or keeps
+//! working, and nothing is left half-made.
+
+use synclink_e2e::{both, count, db_error, Pair};
+
+#[test]
+fn nulls_and_dropped_tables_get_clear_errors() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE t (id bigserial PRIMARY KEY, v text);
+         CREATE TABLE gone (id int PRIMARY KEY);",
+    );
+    let gone: u32 = a
+        .query_one("SELECT 'gone'::regclass::oid", &[])
+        .unwrap()
+        .get(0);
+    a.batch_execute("DROP TABLE gone").unwrap();
+    let null = "22004";
+    let cases: Vec<(String, &str)> = vec![
+        ("SELECT sync_add_peer(NULL, 'host=x')".into(), null),
+        ("SELECT sync_add_peer('x', NULL)".into(), null),
+        ("SELECT sync_drop_peer(NULL)".into(), null),
+        ("SELECT sync_drop_peer('b', NULL)".into(), null),
+        ("SELECT sync_link_table(NULL)".into(), null),
+        ("SELECT sync_link_table('t', mode => NULL)".into(), null),
+        ("SELECT sync_link_table('t', copy => NULL)".into(), null),
+        ("SELECT sync_link_table('t', conflict => NULL)".into(), null),
+        (
+            "SELECT sync_link_table('t', key => ARRAY[NULL]::text[])".into(),
+            null,
+        ),
+        (
+            "SELECT sync_link_table('t', exclude => ARRAY['v', NULL])".into(),
+            null,
+        ),
+        ("SELECT sync_unlink_table(NULL)".into(), null),
+        (
+            "SELECT sync_unlink_table('t', discard_queued => NULL)".into(),
+            null,
+        ),
+        ("SELECT sync_share_sequence(NULL)".into(), null),
+        (
+            "SELECT sync_share_sequence('t_id_seq', strategy => NULL)".into(),
+            null,
+        ),
+        ("SELECT sync_unshare_sequence(NULL)".into(), null),
+        ("SELECT * FROM sync_diff(NULL)".into(), null),
+        ("SELECT sync_reconcile(NULL)".into(), null),
+        ("SELECT sync_reconcile('t', prefer => NULL)".into(), null),
+        ("SELECT sync_resolve(NULL, 'local')".into(), null),
+        ("SELECT sync_resolve(1, NULL)".into(), null),
+        ("SELECT sync_set_node_name(NULL)".into(), null),
+        (format!("SELECT sync_link_table({gone}::regclass)"), "42P01"),
+        (
+            format!("SELECT sync_unlink_table({gone}::regclass)"),
+            "42P01",
+        ),
+        (
+            format!("SELECT * FROM sync_diff({gone}::regclass)"),
+            "42P01",
+        ),
+        (format!("SELECT sync_reconcile({gone}::regclass)"), "42P01"),
+        (
+            format!("SELECT sync_share_sequence({gone}::regclass)"),
+            "42P01",
+        ),
+        (
+            format!("SELECT sync_unshare_sequence({gone}::regclass)"),
+            "42P01",
+        ),
+    ];
+    for (sql, expected) in &cases {
+        let (code, message, _, hint) = db_error(a.batch_execute(sql).unwrap_err());
+        assert_eq!(&code, expected, "{sql}: {message}");
+        assert!(!hint.is_empty(), "{sql}: no hint for {message}");
+        assert!(
+            !message.contains("unwrap") && !message.contains("panicked"),
+            "{message}"
+        );
+    }
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.link"), 0);
+    assert_eq!(count(&mut b, "SELECT count(*) FROM synclink.link"), 0);
+}
+
+#[test]
+fn an_open_conflict_of_an_unlinked_table_is_closed_not_left_open() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'start')",
+    );
+    a.execute(
+        "SELECT sync_link_table('t', mode => 'async', conflict => 'manual')",
+        &[],
+    )
+    .unwrap();
+    a.batch_execute("UPDATE t SET v = 'a'").unwrap();
+    b.batch_execute("UPDATE t SET v = 'b'").unwrap();
+    a.execute("SELECT sync_flush()", &[]).unwrap();
+    let id: i64 = b
+        .query_one(
+            "SELECT conflict_id FROM synclink.conflict WHERE outcome = 'open'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    b.execute("SELECT sync_unlink_table('t', discard_queued => true)", &[])
+        .unwrap();
+    assert_eq!(count(&mut b, "SELECT count(*) FROM sync_conflicts"), 0);
+    let (code, message, _, hint) = db_error(
+        b.execute("SELECT sync_resolve($1, 'local')", &[&id])
+            .unwrap_err(),
+    );
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains("is unlinked, not open"), "{message}");
+    assert!(!hint.is_empty());
+}
+
+#[test]
+fn oversized_and_secret_input_is_not_echoed() {
+    let (_p, mut a, _b) = Pair::peered();
+    let huge = "x".repeat(1 << 20);
+    for sql in [
+        "SELECT sync_add_peer($1, 'host=x')",
+        "SELECT sync_drop_peer($1)",
+        "SELECT sync_set_node_name($1)",
+        "SELECT sync_link_table('pg_class', peer => $1)",
+    ] {
+        let (code, message, detail, _) = db_error(a.execute(sql, &[&huge]).unwrap_err());
+        assert_ne!(code, "XX000", "{sql}");
+        assert!(
+            message.len() + detail.len() < 400,
+            "{sql}: {} bytes echoed",
+            message.len()
+        );
+    }
+    // A password with a space, left unquoted, or a stray word: none of it reaches the
+    // message (the last one is a valid string whose server cannot be reached).
+    for (conninfo, expected) in [
+        (
+            "host=127.0.0.1 user=sync password=open sesame dbname=shop",
+            "22023",
+        ),
+        ("sesame", "22023"),
+        ("host=127.0.0.1 port=1 password=sesame=open", "08001"),
+    ] {
+        let (code, message, detail, hint) = db_error(
+            a.execute("SELECT sync_add_peer('c', $1)", &[&conninfo])
+                .unwrap_err(),
+        );
+        assert_eq!(code, expected, "{conninfo}: {message}");
+        for shown in [&message, &detail, &hint] {
+            assert!(!shown.contains("sesame"), "{conninfo}: {shown}");
+        }
+    }
+}
+
+/// Both nodes have the table, each with its own kind of types.
+fn typed(a: &mut postgres::Client, b: &mut postgres::Client, columns_a: &str, columns_b: &str) {
+    a.batch_execute(&format!("CREATE TABLE t (id int PRIMARY KEY, {columns_a})"))
+        .unwrap();
+    b.batch_execute(&format!("CREATE TABLE t (id int PRIMARY KEY, {columns_b})"))
+        .unwrap();
+}
+
+#[test]
+fn types_that_would_round_or_cut_values_are_refused_at_link_time() {
+    let (_p, mut a, mut b) = Pair::peered();
+    a.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE DOMAIN price AS numeric(10,2);",
+    )
+    .unwrap();
+    b.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE DOMAIN price AS numeric(6,0);",
+    )
+    .unwrap();
+    typed(
+        &mut a,
+        &mut b,
+        "amount numeric(10,2), at timestamp(6), code varchar(255), tags varchar(10)[], m mood,
+         p price, plain text, stamp timestamp, other numeric",
+        "amount numeric(6,0), at timestamp(0), code varchar(3), tags varchar(5)[], m mood,
+         p price, plain varchar, stamp timestamp(6), other numeric",
+    );
+    let (code, message, detail, hint) =
+        db_error(a.batch_execute("SELECT sync_link_table('t')").unwrap_err());
+    assert_eq!(code, "42804", "{message}");
+    assert!(message.contains("has different columns"), "{message}");
+    for expected in [
+        "\"amount\" is numeric(6,0) here but numeric(10,2) on the other side",
+        "\"at\" is timestamp(0) without time zone here but timestamp without time zone",
+        "\"code\" is character varying(3) here but character varying(255)",
+        "\"tags\" is character varying(5)[] here but character varying(10)[]",
+        "\"m\" is public.mood with labels ('ok', 'sad') here but public.mood with labels ('happy', 'ok', 'sad')",
+        "\"p\" is numeric(6,0) here but numeric(10,2)",
+    ] {
+        assert!(detail.contains(expected), "{expected} not in {detail}");
+    }
+    for fine in ["\"plain\"", "\"stamp\"", "\"other\""] {
+        assert!(!detail.contains(fine), "{fine} in {detail}");
+    }
+    assert!(detail.contains("round, cut or refuse"), "{detail}");
+    assert!(!hint.is_empty());
+    for c in [&mut a, &mut b] {
+        assert_eq!(count(c, "SELECT count(*) FROM synclink.link"), 0);
+        assert_eq!(
+            count(
+                c,
+                "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'synclink%'"
+            ),
+            0
+        );
+    }
+    // the same types under other spellings link, and values arrive whole
+    both(
+        &mut a,
+        &mut b,
+        "DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, amount numeric(10,2), at timestamp(6))",
+    );
+    b.batch_execute("ALTER TABLE t ALTER COLUMN at TYPE timestamp")
+        .unwrap();
+    a.execute("SELECT sync_link_table('t')", &[]).unwrap();
+    a.batch_execute("INSERT INTO t VALUES (1, 1234.56, '2026-01-02 03:04:05.123456')")
+        .unwrap();
+    let row: String = b
+        .query_one("SELECT amount::text || ' ' || at::text FROM t", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(row, "1234.56 2026-01-02 03:04:05.123456");
+}
+
+#[test]
+fn tables_a_link_cannot_serve_are_refused_and_partitioned_ones_work() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE base (id int PRIMARY KEY, v text);
+         CREATE VIEW v AS SELECT * FROM base;
+         CREATE TABLE odd (id int PRIMARY KEY, \"synclink$at\" bigint, \"synclink$origin\" text);
+         CREATE TABLE gen (a int NOT NULL, id int GENERATED ALWAYS AS (a * 2) STORED PRIMARY KEY);
+         CREATE TABLE orders (id int, region text, amount int, PRIMARY KEY (region, id))
+             PARTITION BY LIST (region);
+         CREATE TABLE orders_eu PARTITION OF orders FOR VALUES IN ('eu');
+         CREATE TABLE orders_us PARTITION OF orders FOR VALUES IN ('us');",
+    );
+    a.batch_execute("CREATE TEMP TABLE scratch (id int PRIMARY KEY)")
+        .unwrap();
+    for (sql, expected, words) in [
+        ("SELECT sync_link_table('v')", "42809", "is a view"),
+        (
+            "SELECT sync_link_table('scratch')",
+            "42809",
+            "is a temporary table",
+        ),
+        (
+            "SELECT sync_link_table('synclink.outbox')",
+            "0A000",
+            "belongs to synclink",
+        ),
+        (
+            "SELECT sync_link_table('pg_class')",
+            "0A000",
+            "belongs to synclink or to the system",
+        ),
+        (
+            "SELECT sync_link_table('odd')",
+            "42939",
+            "names synclink reserves",
+        ),
+        (
+            "SELECT sync_link_table('gen')",
+            "42P16",
+            "is a generated column",
+        ),
+    ] {
+        let (code, message, _, hint) = db_error(a.batch_execute(sql).unwrap_err());
+        assert_eq!(code, expected, "{sql}: {message}");
+        assert!(message.contains(words), "{sql}: {message}");
+        assert!(!hint.is_empty(), "{sql}");
+    }
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.link"), 0);
+
+    // A partitioned table links as a whole: every partition's rows travel, rows moving
+    // between partitions too, both ways and in both modes.
+    a.execute("SELECT sync_link_table('orders')", &[]).unwrap();
+    a.batch_execute(
+        "INSERT INTO orders SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 1000) g;
+         INSERT INTO orders VALUES (5000, 'eu', 1);
+         UPDATE orders SET region = 'us' WHERE id = 5000;
+         UPDATE orders SET amount = amount + 1 WHERE id <= 10;
+         DELETE FROM orders WHERE id BETWEEN 11 AND 20;",
+    )
+    .unwrap();
+    b.batch_execute(
+        "UPDATE orders SET region = 'eu' WHERE id = 1; INSERT INTO orders VALUES (6000, 'us', 6)",
+    )
+    .unwrap();
+    let order = "t.region, t.id";
+    assert_eq!(
+        synclink_e2e::table_hash(&mut a, "orders", order),
+        synclink_e2e::table_hash(&mut b, "orders", order)
+    );
+    assert_eq!(
+        count(&mut b, "SELECT count(*) FROM orders_us WHERE id = 5000"),
+        1
+    );
+    assert_eq!(count(&mut a, "SELECT count(*) FROM orders"), 992);
+}
