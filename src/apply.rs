@@ -625,6 +625,7 @@ pub fn receive(trigger: &PgTrigger) {
         text[slot] = row.get_by_index::<String>(n).unwrap();
     }
     let [origin, sender, schema, table, new_rows, old_rows, stamps] = text;
+    crate::queue::bound_lock_waits();
     // The peer's role inserted the record; synclink's own bookkeeping runs as the extension's
     // owner, and the rows are written as the table's owner (apply_checked).
     crate::privilege::as_role(crate::privilege::extension_owner(), || {

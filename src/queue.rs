@@ -25,6 +25,8 @@ thread_local! {
 static RETRY_INTERVAL_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(5000);
 static WRITER_FLUSH_LIMIT: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 static BACKLOG_WARNING: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100_000);
+static SYNC_TIMEOUT_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(5000);
+static APPLY_LOCK_TIMEOUT_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(1000);
 
 const BACKLOG_CHECK_EVERY: i64 = 1000;
 
@@ -48,6 +50,27 @@ pub fn init_gucs() {
         1_000_000,
         pgrx::GucContext::Userset,
         pgrx::GucFlags::default(),
+    );
+    pgrx::GucRegistry::define_int_guc(
+        c"synclink.sync_timeout",
+        c"Longest a sync-mode write waits for the peer to take a change; then it is queued.",
+        c"0: no limit. PostgreSQL sees the locks of one server only: two writers on two nodes \
+          waiting for each other's rows would otherwise wait for ever.",
+        &SYNC_TIMEOUT_MS,
+        0,
+        3_600_000,
+        pgrx::GucContext::Userset,
+        pgrx::GucFlags::UNIT_MS,
+    );
+    pgrx::GucRegistry::define_int_guc(
+        c"synclink.apply_lock_timeout",
+        c"Longest a change arriving from a peer waits for a lock here; then the peer queues it.",
+        c"Set on the receiving node (for the role peers connect as, say). 0: no limit.",
+        &APPLY_LOCK_TIMEOUT_MS,
+        0,
+        3_600_000,
+        pgrx::GucContext::Userset,
+        pgrx::GucFlags::UNIT_MS,
     );
     pgrx::GucRegistry::define_int_guc(
         c"synclink.backlog_warning",
@@ -85,6 +108,41 @@ pub fn check_mode(mode: &str) -> Result<(), QueueError> {
 
 pub fn writer_flush_limit() -> i64 {
     WRITER_FLUSH_LIMIT.get() as i64
+}
+
+pub fn sync_timeout_ms() -> i32 {
+    SYNC_TIMEOUT_MS.get()
+}
+
+thread_local! {
+    /// The transaction (local id) whose lock_timeout was set for applying changes.
+    static LOCK_TIMEOUT_SET_IN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Bound this transaction's lock waits by synclink.apply_lock_timeout: it applies a peer's
+/// changes, and a writer on the peer may be waiting for them while holding the very rows a
+/// local writer here waits for (a distributed deadlock PostgreSQL cannot see). The peer's
+/// session is synclink's own, so the setting lasts to the end of its transaction.
+pub fn bound_lock_waits() {
+    let ms = APPLY_LOCK_TIMEOUT_MS.get();
+    let xact = crate::db::local_xact();
+    if ms <= 0 || LOCK_TIMEOUT_SET_IN.with(|s| s.replace(xact)) == xact {
+        return;
+    }
+    let value = std::ffi::CString::new(format!("{ms}ms")).expect("no NUL in a number");
+    // SAFETY: set_config_option copies both strings; a transaction-local SET, undone at its end.
+    unsafe {
+        pg_sys::set_config_option(
+            c"lock_timeout".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
 }
 
 pub fn retry_register(peer: &str) -> String {
@@ -367,7 +425,13 @@ fn lock_key(peer: &str) -> String {
 
 /// Deliver up to `limit` queued records (0: all) to `peer`, in order, in batches.
 pub fn flush(peer: &Peer, limit: i64) -> Flushed {
-    flush_after(peer, limit, &mut 0)
+    flush_after(peer, limit, &mut 0, 0)
+}
+
+/// Like `flush`, each batch given at most `bound_ms` (crate::remote::within): for a writer,
+/// which must not wait on the peer without a bound.
+pub fn flush_within(peer: &Peer, limit: i64, bound_ms: i32) -> Flushed {
+    flush_after(peer, limit, &mut 0, bound_ms)
 }
 
 /// Records a delivery takes per statement (postgres_fdw sends them 100 to a round trip).
@@ -381,7 +445,7 @@ const BATCH: i64 = 1000;
 /// late one later keeps every row's order. Later batches continue where the last one ended
 /// instead of stepping again over the index entries of the records just deleted, which stay
 /// visible to this transaction until it commits.
-pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64) -> Flushed {
+pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> Flushed {
     let text = PgOid::from(pg_sys::TEXTOID);
     let bigint = PgOid::from(pg_sys::INT8OID);
     // Nothing to send, nothing to lock, and no remote transaction opened for it.
@@ -433,23 +497,25 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64) -> Flushed {
         }
         let from = *after;
         let sent = crate::subxact::run(|| {
-            crate::db::prepared(
-                &sql,
-                &[text, bigint, bigint, text],
-                &[
-                    peer.name.as_str().into(),
-                    from.into(),
-                    batch_size.into(),
-                    node.as_str().into(),
-                ],
-                |t| {
-                    let row = t.first();
-                    (
-                        row.get::<i64>(1).unwrap().unwrap_or(0),
-                        row.get::<i64>(2).unwrap(),
-                    )
-                },
-            )
+            crate::remote::within(bound_ms, || {
+                crate::db::prepared(
+                    &sql,
+                    &[text, bigint, bigint, text],
+                    &[
+                        peer.name.as_str().into(),
+                        from.into(),
+                        batch_size.into(),
+                        node.as_str().into(),
+                    ],
+                    |t| {
+                        let row = t.first();
+                        (
+                            row.get::<i64>(1).unwrap().unwrap_or(0),
+                            row.get::<i64>(2).unwrap(),
+                        )
+                    },
+                )
+            })
         });
         match sent {
             Ok((n, last)) => {

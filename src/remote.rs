@@ -6,7 +6,9 @@
 
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
+use std::ffi::c_int;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug)]
 pub struct RemoteFailure {
@@ -27,6 +29,26 @@ impl RemoteFailure {
 
     pub fn is_undefined_table(&self) -> bool {
         self.sqlstate == PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE
+    }
+
+    /// The peer could not take the change now because of what else runs there: a lock it
+    /// waited for too long (its synclink.apply_lock_timeout), a deadlock its own detector
+    /// broke, or a row a concurrent transaction changed under the delivery's snapshot.
+    /// Delivered later, the change meets the other one as a conflict, which the link's
+    /// policy decides.
+    pub fn is_contention(&self) -> bool {
+        use PgSqlErrorCode::*;
+        matches!(
+            self.sqlstate,
+            ERRCODE_LOCK_NOT_AVAILABLE
+                | ERRCODE_T_R_DEADLOCK_DETECTED
+                | ERRCODE_T_R_SERIALIZATION_FAILURE
+        )
+    }
+
+    /// A cancel: the user's, statement_timeout, or a deadline (`within`).
+    pub fn is_cancel(&self) -> bool {
+        self.sqlstate == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
     }
 
     /// One line for status views and DETAIL: message plus libpq's reason.
@@ -81,6 +103,116 @@ pub fn reraise(f: RemoteFailure) -> ! {
     }
     report.report(PgLogLevel::ERROR);
     unreachable!()
+}
+
+/// Run `f`, which waits on a peer, for at most `ms` milliseconds (0: no limit). When the time
+/// is up the statement is cancelled as a user's cancel would be (postgres_fdw then cancels
+/// the peer's query and rolls it back): `f` fails with 57014, and `deadline_passed()` says it
+/// was the deadline. Run it inside a subtransaction (crate::subxact::run) to carry on.
+pub fn within<T>(ms: i32, f: impl FnOnce() -> T) -> T {
+    DEADLINE_PASSED.store(false, Ordering::SeqCst);
+    if ms <= 0 {
+        return f();
+    }
+    let id = deadline_timeout();
+    // SAFETY: enable_timeout_after arms a registered timeout; the guard disarms it on every
+    // way out of this function, unwinding included.
+    unsafe { enable_timeout_after(id, ms) };
+    struct Disarm(c_int);
+    impl Drop for Disarm {
+        fn drop(&mut self) {
+            // SAFETY: disarming a timeout touches only the timeout module's own state.
+            unsafe { disable_timeout(self.0, false) };
+        }
+    }
+    let disarm = Disarm(id);
+    let result = f();
+    drop(disarm);
+    if deadline_passed() {
+        // The time ran out as f returned: the cancel it asked for must not hit whatever
+        // the caller runs next.
+        // SAFETY: clearing the flag the handler set; at worst a user's cancel arriving at
+        // this very moment is lost, and can be repeated.
+        unsafe { pg_sys::QueryCancelPending = 0 };
+        DEADLINE_PASSED.store(false, Ordering::SeqCst);
+    }
+    result
+}
+
+/// Did the last `within` end because its time was up?
+pub fn deadline_passed() -> bool {
+    DEADLINE_PASSED.load(Ordering::SeqCst)
+}
+
+static DEADLINE_PASSED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static DEADLINE_ID: std::cell::Cell<Option<c_int>> = const { std::cell::Cell::new(None) };
+}
+
+/// PostgreSQL 15's first timeout id for extensions (utils/timeout.h: USER_TIMEOUT).
+const USER_TIMEOUT: c_int = 12;
+
+// The timeout module is not among pgrx's bindings. Each call goes through pgrx's FFI guard,
+// so that an ERROR raised inside becomes an ordinary Rust-side error.
+mod timeout {
+    use std::ffi::c_int;
+    unsafe extern "C-unwind" {
+        pub fn RegisterTimeout(id: c_int, handler: unsafe extern "C" fn()) -> c_int;
+        pub fn enable_timeout_after(id: c_int, delay_ms: c_int);
+        pub fn disable_timeout(id: c_int, keep_indicator: bool);
+    }
+}
+
+unsafe fn enable_timeout_after(id: c_int, delay_ms: c_int) {
+    // SAFETY: the caller passes a registered timeout id.
+    unsafe {
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+            timeout::enable_timeout_after(id, delay_ms)
+        })
+    }
+}
+
+unsafe fn disable_timeout(id: c_int, keep_indicator: bool) {
+    // SAFETY: as above.
+    unsafe {
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+            timeout::disable_timeout(id, keep_indicator)
+        })
+    }
+}
+
+#[allow(non_snake_case)]
+unsafe fn RegisterTimeout(id: c_int, handler: unsafe extern "C" fn()) -> c_int {
+    // SAFETY: registering a handler touches only the timeout module's table.
+    unsafe {
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| timeout::RegisterTimeout(id, handler))
+    }
+}
+
+/// The backend's deadline timeout, registered on first use.
+fn deadline_timeout() -> c_int {
+    DEADLINE_ID.with(|d| {
+        *d.get().get_or_insert_with(|| {
+            // SAFETY: registers a handler for a free extension timeout slot (FATAL if none is
+            // left, which only many extensions each taking one would cause).
+            let id = unsafe { RegisterTimeout(USER_TIMEOUT, deadline_reached) };
+            d.set(Some(id));
+            id
+        })
+    })
+}
+
+/// Runs in the SIGALRM handler: only sets flags and the latch, as PostgreSQL's own
+/// statement_timeout handler does by way of SIGINT.
+unsafe extern "C" fn deadline_reached() {
+    DEADLINE_PASSED.store(true, Ordering::SeqCst);
+    // SAFETY: these are the sig_atomic_t flags and the latch a signal handler may set.
+    unsafe {
+        pg_sys::InterruptPending = 1;
+        pg_sys::QueryCancelPending = 1;
+        pg_sys::SetLatch(pg_sys::MyLatch);
+    }
 }
 
 #[cfg(test)]

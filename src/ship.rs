@@ -179,20 +179,46 @@ fn ship(
             return queue(None);
         }
         let peer = crate::peer::find(&r.peer).expect("route of an existing peer");
-        match queue::flush(&peer, queue::writer_flush_limit()) {
+        match queue::flush_within(&peer, queue::writer_flush_limit(), queue::sync_timeout_ms()) {
             Flushed::Done(_) => {}
             Flushed::Partial(_) | Flushed::Busy => return queue(None),
+            Flushed::Failed(_, f) if f.is_cancel() && !crate::remote::deadline_passed() => {
+                crate::remote::reraise(f)
+            }
+            Flushed::Failed(..) if crate::remote::deadline_passed() => {
+                return queue(Some(&format!(
+                    "the peer did not take the changes queued before this one within synclink.sync_timeout ({} ms)",
+                    queue::sync_timeout_ms()
+                )))
+            }
             Flushed::Failed(_, f) => return queue(Some(&f.summary())),
         }
     } else if down {
         return queue(None);
     }
-    match crate::subxact::run(|| send(&r, &origin, &change)) {
+    let bound = queue::sync_timeout_ms();
+    match crate::subxact::run(|| crate::remote::within(bound, || send(&r, &origin, &change))) {
         Ok(()) => {}
         Err(f) if f.is_connection() => {
             queue::mark_down(&r.peer);
             queue(Some(&f.summary()));
         }
+        // Never waited on for longer than the bound, never lost: queued, and writers leave
+        // the peer alone for synclink.retry_interval (it may be a lock held there for long).
+        Err(f) if f.is_cancel() && crate::remote::deadline_passed() => {
+            queue::mark_down(&r.peer);
+            queue(Some(&format!(
+                "the peer did not take the change within synclink.sync_timeout ({bound} ms)"
+            )));
+        }
+        Err(f) if f.is_contention() => {
+            if f.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
+                queue::mark_down(&r.peer);
+            }
+            queue(Some(&f.summary()));
+        }
+        // The user's own cancel or statement_timeout: as PostgreSQL reports it.
+        Err(f) if f.is_cancel() => crate::remote::reraise(f),
         Err(f) => raise(ShipError::PeerFailed {
             peer: r.peer.clone(),
             table: format!("{}.{}", r.target_schema, r.target_table),

@@ -305,7 +305,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
             let (outcome, after) = BackgroundWorker::transaction(|| {
                 let mut after = from;
                 let outcome = match crate::peer::find(&name) {
-                    Some(peer) => queue::flush_after(&peer, WORKER_BATCH, &mut after),
+                    Some(peer) => queue::flush_after(&peer, WORKER_BATCH, &mut after, 0),
                     None => Flushed::Done(0),
                 };
                 (outcome, after)

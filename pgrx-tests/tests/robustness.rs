@@ -2,6 +2,7 @@
 //! damaged objects. Each gets a clear error (a real SQLSTATE, a message, a hint) or keeps
 //! working, and nothing is left half-made.
 
+use std::time::{Duration, Instant};
 use synclink_e2e::{both, count, db_error, Pair};
 
 #[test]
@@ -312,4 +313,254 @@ fn tables_a_link_cannot_serve_are_refused_and_partitioned_ones_work() {
         1
     );
     assert_eq!(count(&mut a, "SELECT count(*) FROM orders"), 992);
+}
+
+#[test]
+fn a_sync_write_never_waits_on_the_peer_beyond_its_bound() {
+    let (p, mut a, mut b) = Pair::peered();
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE products (id int PRIMARY KEY, name text)",
+    );
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    // Changes from A wait up to a minute for locks on B, from new connections on.
+    b.batch_execute("ALTER ROLE sync SET synclink.apply_lock_timeout = '60s'")
+        .unwrap();
+    let mut holder = p.b.connect(&p.db);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let fresh = || {
+        let mut c = p.a.connect(&p.db);
+        c.batch_execute("SET synclink.retry_interval = 0").unwrap();
+        c
+    };
+    let queued = |c: &mut postgres::Client| count(c, "SELECT count(*) FROM synclink.outbox");
+
+    // The user's own statement_timeout cancels the wait as any statement's: 57014.
+    let mut a1 = fresh();
+    a1.batch_execute("SET synclink.sync_timeout = 0; SET statement_timeout = '1s'")
+        .unwrap();
+    let (code, message, _, _) = db_error(
+        a1.batch_execute("INSERT INTO products VALUES (1, 'one')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "57014", "{message}");
+    assert_eq!(queued(&mut a), 0);
+
+    // synclink.sync_timeout ends the wait: the change is queued, the write commits.
+    let mut a2 = fresh();
+    a2.batch_execute("SET synclink.sync_timeout = '1500ms'")
+        .unwrap();
+    let started = Instant::now();
+    a2.batch_execute("INSERT INTO products VALUES (2, 'two')")
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+    assert_eq!(queued(&mut a), 1);
+    let reason: String = a
+        .query_one("SELECT reason FROM synclink.outbox", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        reason.contains("synclink.sync_timeout (1500 ms)"),
+        "{reason}"
+    );
+    let last_error: String = a
+        .query_one("SELECT last_error FROM sync_status", &[])
+        .unwrap()
+        .get(0);
+    assert!(last_error.contains("sync_timeout"), "{last_error}");
+
+    // The receiving node's own bound (1 s by default) ends it sooner: the queued change
+    // the writer delivers first meets the lock, and this one queues behind it.
+    b.batch_execute("ALTER ROLE sync RESET synclink.apply_lock_timeout")
+        .unwrap();
+    let mut a3 = fresh();
+    let started = Instant::now();
+    a3.batch_execute("INSERT INTO products VALUES (3, 'three')")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(queued(&mut a), 2);
+
+    holder.batch_execute("COMMIT").unwrap();
+    a.execute("SELECT sync_flush()", &[]).unwrap();
+    assert_eq!(count(&mut b, "SELECT count(*) FROM products"), 2);
+}
+
+/// Run `script` with pgbench on `c` for `secs` seconds; returns (transactions, the longest
+/// transaction's latency). Panics if pgbench runs on well past its time, as it would if a
+/// transaction hung.
+fn pgbench(c: &synclink_e2e::Cluster, script: &str, secs: u64, clients: u32) -> (u64, Duration) {
+    let dir = std::env::temp_dir().join(format!(
+        "synclink-pgbench-{}-{}",
+        std::process::id(),
+        c.port
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("script.sql");
+    std::fs::write(&file, script).unwrap();
+    let mut child = std::process::Command::new(c.bindir().join("pgbench"))
+        .args(["-n", "-M", "simple", "-h"])
+        .arg(c.socket_dir())
+        .args([
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            &clients.to_string(),
+        ])
+        .args([
+            "-T",
+            &secs.to_string(),
+            "-l",
+            "--aggregate-interval",
+            &secs.to_string(),
+        ])
+        .arg("--log-prefix")
+        .arg(dir.join("log"))
+        .arg("-f")
+        .arg(&file)
+        .arg("shop")
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pgbench runs");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(secs + 60) {
+            let _ = child.kill();
+            panic!(
+                "pgbench on {} still running {} s after its end: a transaction hangs",
+                c.name, 60
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // aggregate log lines: start, transactions, sum, sum of squares, min, max (µs), …
+    let (mut transactions, mut longest) = (0, 0u64);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("log")
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if f.len() >= 6 {
+                transactions += f[1];
+                longest = longest.max(f[5]);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    (transactions, Duration::from_micros(longest))
+}
+
+#[test]
+fn same_row_sync_writes_on_both_nodes_finish_and_converge_under_every_policy() {
+    let (p, mut a, mut b) = Pair::peered();
+    let policies = ["last_write_wins", "prefer_local", "prefer_peer", "manual"];
+    for (i, _) in policies.iter().enumerate() {
+        both(
+            &mut a,
+            &mut b,
+            &format!(
+                "CREATE TABLE t{i} (id int PRIMARY KEY, v int NOT NULL);
+                 INSERT INTO t{i} SELECT g, 0 FROM generate_series(1, 8) g;"
+            ),
+        );
+    }
+    for (i, policy) in policies.iter().enumerate() {
+        a.execute(
+            &format!("SELECT sync_link_table('t{i}', conflict => '{policy}')"),
+            &[],
+        )
+        .unwrap();
+    }
+    // Every transaction writes the same few rows on both nodes, in the four tables: each is
+    // a distributed deadlock waiting to happen.
+    let script = "\\set k random(1, 8)\n\
+                  BEGIN;\n\
+                  UPDATE t0 SET v = v + 1 WHERE id = :k;\n\
+                  UPDATE t1 SET v = v + 1 WHERE id = :k;\n\
+                  UPDATE t2 SET v = v + 1 WHERE id = :k;\n\
+                  UPDATE t3 SET v = v + 1 WHERE id = :k;\n\
+                  END;\n";
+    let secs = 30;
+    let cluster_b = &p.b;
+    let (on_a, on_b) = std::thread::scope(|s| {
+        let on_b = s.spawn(|| pgbench(cluster_b, script, secs, 2));
+        let on_a = pgbench(&p.a, script, secs, 2);
+        (on_a, on_b.join().unwrap())
+    });
+    eprintln!("A: {on_a:?}, B: {on_b:?}");
+    assert!(
+        on_a.0 > 0 && on_b.0 > 0,
+        "both nodes got work done: {on_a:?} {on_b:?}"
+    );
+    // Each of a transaction's four writes waits on the peer for at most the bound (the
+    // receiver's 1 s lock timeout, at most 5 s in all), plus what it waits for the other
+    // local client's transaction, bounded likewise.
+    for (node, (_, longest)) in [("A", on_a), ("B", on_b)] {
+        assert!(
+            longest < Duration::from_secs(45),
+            "{node}: a transaction took {longest:?}"
+        );
+    }
+    // Deliver what was queued, both ways, until nothing moves; settle manual conflicts.
+    for _ in 0..20 {
+        let moved: i64 = [&mut a, &mut b]
+            .into_iter()
+            .map(|c| {
+                c.query_one("SELECT sync_flush()", &[])
+                    .unwrap()
+                    .get::<_, i64>(0)
+            })
+            .sum();
+        if moved == 0 {
+            break;
+        }
+    }
+    for c in [&mut a, &mut b] {
+        assert_eq!(count(c, "SELECT count(*) FROM synclink.outbox"), 0);
+        c.batch_execute(
+            "SELECT sync_resolve(conflict_id, 'local') FROM synclink.conflict
+              WHERE outcome = 'open' ORDER BY conflict_id",
+        )
+        .unwrap();
+    }
+    for (i, policy) in policies.iter().enumerate() {
+        let table = format!("t{i}");
+        assert_eq!(
+            synclink_e2e::table_hash(&mut a, &table, "t.id"),
+            synclink_e2e::table_hash(&mut b, &table, "t.id"),
+            "{policy}"
+        );
+    }
 }
