@@ -78,9 +78,37 @@ REVOKE ALL ON FUNCTION synclink.next_outbox_seq() FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.capture_one(), synclink.receive(), synclink.queued(),
     synclink.receive_done(), synclink.serve_request(), synclink.forget_answered() FROM PUBLIC;
 
+-- What keeps a link from working that nothing else reports, with the way out: NULL when
+-- nothing does. Its capture triggers must exist and fire (a disabled one captures nothing),
+-- and the peer's foreign server and synclink's own objects must be there.
+CREATE FUNCTION synclink.link_problem(l synclink.link) RETURNS text
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT coalesce(
+    (SELECT format('capture trigger %I is missing: run sync_unlink_table(%L, %L) and link the table again',
+                   t, l.relid, l.peer_name)
+       FROM unnest(l.triggers) t
+      WHERE NOT EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = l.relid AND g.tgname = t)
+      LIMIT 1),
+    (SELECT format('capture trigger %I is disabled, so changes to %s are not sent: ALTER TABLE %s ENABLE TRIGGER %I',
+                   g.tgname, l.relid, l.relid, g.tgname)
+       FROM pg_trigger g
+      WHERE g.tgrelid = l.relid AND g.tgname = ANY (l.triggers) AND g.tgenabled IN ('D', 'R')
+      LIMIT 1),
+    (SELECT format('foreign server %I of peer %L is missing: run sync_drop_peer(%L, cascade => true) and register the peer again',
+                   p.server_name, p.peer_name, p.peer_name)
+       FROM synclink.peer p
+      WHERE p.peer_name = l.peer_name
+        AND NOT EXISTS (SELECT FROM pg_foreign_server s WHERE s.srvname = p.server_name)),
+    CASE WHEN to_regclass(l.version_table) IS NULL OR to_regproc(l.capture_function) IS NULL
+         THEN format('synclink''s objects for this link are missing: run sync_unlink_table(%L, %L) and link the table again',
+                     l.relid, l.peer_name) END)
+$$;
+
 -- One row per link. Queue figures are the link's own; delivery counters and errors are the
 -- peer's (one queue per peer keeps its changes in order). peer_reachable is what synclink
--- last saw: false from a failed attempt until synclink.retry_interval has passed.
+-- last saw: false from a failed attempt until synclink.retry_interval has passed. problem:
+-- what keeps the link from working that the other columns do not show, and what to do.
 -- It shows no row data, but it does show peers' hosts and users: for superusers and
 -- members of pg_monitor.
 CREATE VIEW @extschema@.sync_status AS
@@ -98,6 +126,7 @@ SELECT l.relid            AS "table",
        s.failed,
        coalesce(CASE WHEN q.last_queued_at > s.last_error_at OR s.last_error_at IS NULL
                      THEN q.last_reason END, s.last_error) AS last_error,
+       synclink.link_problem(l) AS problem,
        l.key_columns      AS key,
        l.columns,
        l.excluded,
@@ -138,6 +167,27 @@ AS $$ BEGIN PERFORM synclink.forget_dropped_tables(); END $$;
 CREATE EVENT TRIGGER synclink_forget_dropped_tables ON sql_drop
     WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION synclink.on_sql_drop();
+
+-- What synclink made for a link or a peer goes the way it came: dropping it by hand (the
+-- peer's foreign server, a link's triggers, anything in schema synclink) is refused, since
+-- the link would break without a word. Enabled always: also for sessions in replica mode.
+CREATE FUNCTION synclink.on_guarded_drop() RETURNS event_trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN PERFORM synclink.guard_drops(); END $$;
+CREATE EVENT TRIGGER synclink_guard_drops ON sql_drop
+    WHEN TAG IN ('DROP SERVER', 'DROP FOREIGN TABLE', 'DROP USER MAPPING', 'DROP TRIGGER',
+                 'DROP FUNCTION', 'DROP PROCEDURE', 'DROP ROUTINE', 'DROP TYPE', 'DROP DOMAIN',
+                 'DROP TABLE', 'DROP VIEW', 'DROP SEQUENCE', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION synclink.on_guarded_drop();
+ALTER EVENT TRIGGER synclink_guard_drops ENABLE ALWAYS;
+
+-- A linked table's schema keeps its name: the peer addresses the table's changes by it.
+CREATE FUNCTION synclink.on_alter_schema() RETURNS event_trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN PERFORM synclink.check_renamed_schemas(); END $$;
+CREATE EVENT TRIGGER synclink_check_renamed_schemas ON ddl_command_end
+    WHEN TAG IN ('ALTER SCHEMA')
+    EXECUTE FUNCTION synclink.on_alter_schema();
 
 CREATE FUNCTION synclink.on_alter_table() RETURNS event_trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp

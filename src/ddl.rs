@@ -9,9 +9,33 @@
 use crate::error::{raise, warning, SqlError};
 use crate::link;
 use pgrx::prelude::*;
+use std::cell::Cell;
+
+thread_local! {
+    /// Set while synclink itself removes objects it made (unlinking, dropping a peer,
+    /// unsharing a sequence, DROP EXTENSION): the drop guard lets those through.
+    static REMOVING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Run `f`, which drops objects synclink made, past the drop guard. If it fails, the
+/// transaction (or subtransaction) is rolled back and the count with it no longer matters:
+/// it is kept per backend and reset here on the way out either way.
+pub fn removing<T>(f: impl FnOnce() -> T) -> T {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            REMOVING.with(|r| r.set(r.get().saturating_sub(1)));
+        }
+    }
+    REMOVING.with(|r| r.set(r.get() + 1));
+    let _leave = Leave;
+    f()
+}
 
 #[derive(thiserror::Error, Debug)]
 pub enum DdlError {
+    #[error("cannot drop {object}: synclink uses it")]
+    InUse { object: String, what: String },
     #[error("cannot change replicated columns of {table}, which is linked with peer \"{peer}\"")]
     ColumnsChanged {
         table: String,
@@ -28,10 +52,14 @@ pub enum DdlError {
 
 impl SqlError for DdlError {
     fn sqlstate(&self) -> PgSqlErrorCode {
-        PgSqlErrorCode::ERRCODE_OBJECT_IN_USE
+        match self {
+            DdlError::InUse { .. } => PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            _ => PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+        }
     }
     fn detail(&self) -> Option<String> {
         match self {
+            DdlError::InUse { what, .. } => Some(format!("It is part of {what}.")),
             DdlError::ColumnsChanged { missing, .. } => Some(format!(
                 "Replicated column(s) {} would be dropped, renamed or change type.",
                 missing.join(", ")
@@ -43,6 +71,11 @@ impl SqlError for DdlError {
     }
     fn hint(&self) -> Option<String> {
         match self {
+            DdlError::InUse { .. } => Some(
+                "Remove it the way it was made: sync_unlink_table() for a link's objects, \
+                 sync_drop_peer() for a peer's, DROP EXTENSION synclink for everything."
+                    .into(),
+            ),
             DdlError::ColumnsChanged { peer, .. } | DdlError::Renamed { peer, .. } => Some(format!(
                 "Run SELECT sync_unlink_table(...) for peer \"{peer}\", change the table on both nodes, then link it again."
             )),
@@ -63,6 +96,88 @@ fn forget_dropped_tables() {
     );
     for id in ids {
         link::unlink_by_id(id, true, true);
+    }
+}
+
+/// sql_drop, for every kind of object synclink makes: a drop that takes one of synclink's
+/// objects away from a link or peer that still exists is refused. Without its foreign
+/// server or its triggers a link breaks silently (writes fail, or are no longer captured),
+/// and the ways to remove it break with it. Objects dropped because their table is dropped
+/// are fine: the link goes with the table (forget_dropped_tables runs first).
+#[pg_extern(schema = "synclink")]
+#[search_path(pg_catalog, pg_temp)]
+fn guard_drops() {
+    if REMOVING.with(|r| r.get()) > 0 {
+        return;
+    }
+    let hit = crate::db::maybe_one::<pgrx::JsonB>(
+        "SELECT jsonb_build_object('object', d.object_type || ' ' || d.object_identity, 'what', w.what) \
+           FROM pg_event_trigger_dropped_objects() d \
+          CROSS JOIN LATERAL ( \
+                SELECT format('peer %L', p.peer_name) AS what FROM synclink.peer p \
+                 WHERE (d.object_type = 'server' AND d.object_identity = quote_ident(p.server_name)) \
+                    OR (d.object_type = 'user mapping' AND d.address_args[1] = p.server_name) \
+                UNION ALL \
+                SELECT format('the link of %s with peer %L', l.relid, l.peer_name) FROM synclink.link l \
+                 WHERE d.object_type = 'trigger' AND d.address_names[3] = ANY (l.triggers) \
+                   AND to_regclass(format('%I.%I', d.address_names[1], d.address_names[2])) = l.relid \
+                UNION ALL \
+                SELECT 'what synclink keeps in its schema' WHERE d.schema_name = 'synclink' \
+                   AND d.object_type NOT IN ('index', 'table constraint', 'default value', 'toast table') \
+                UNION ALL \
+                SELECT 'synclink' WHERE d.object_type = 'schema' AND d.object_name = 'synclink' \
+                LIMIT 1) w \
+          LIMIT 1",
+        &[],
+    );
+    if let Some(hit) = hit {
+        let field = |k: &str| {
+            hit.0
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        raise(DdlError::InUse {
+            object: field("object"),
+            what: field("what"),
+        });
+    }
+}
+
+/// ddl_command_end for ALTER SCHEMA: a linked table's schema keeps its name, which the peer
+/// addresses the table's changes by.
+#[pg_extern(schema = "synclink")]
+#[search_path(pg_catalog, pg_temp)]
+fn check_renamed_schemas() {
+    let links = crate::db::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]);
+    for id in links {
+        let (relid, peer, schema, table) = Spi::connect(|c| {
+            let r = c
+                .select(
+                    "SELECT relid::oid, peer_name, peer_schema, peer_table FROM synclink.link WHERE link_id = $1",
+                    None,
+                    &[id.into()],
+                )
+                .unwrap()
+                .first();
+            (
+                r.get::<pg_sys::Oid>(1)
+                    .unwrap()
+                    .unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2).unwrap().unwrap_or_default(),
+                r.get::<String>(3).unwrap().unwrap_or_default(),
+                r.get::<String>(4).unwrap().unwrap_or_default(),
+            )
+        });
+        let info = link::describe(relid);
+        if info.schema != schema {
+            raise(DdlError::Renamed {
+                table: info.display(),
+                peer,
+                linked_as: crate::sql::qualified(&schema, &table),
+            });
+        }
     }
 }
 
@@ -103,6 +218,24 @@ fn check_altered_tables() {
         .collect()
     });
     for (relid, peer, columns, row_type, peer_schema, peer_table, excluded) in links {
+        // Disabling a capture trigger is a DBA's right (a load that should stay here, say),
+        // but it is said out loud, and sync_status keeps saying it.
+        let disabled = crate::db::column::<String>(
+            "SELECT g.tgname::text FROM pg_trigger g JOIN synclink.link l ON l.relid = g.tgrelid \
+              WHERE l.relid = $1 AND l.peer_name = $2 AND g.tgname = ANY (l.triggers) \
+                AND g.tgenabled IN ('D', 'R') ORDER BY 1",
+            &[relid.into(), peer.as_str().into()],
+        );
+        if !disabled.is_empty() {
+            let table = link::describe(relid).display();
+            warning(
+                &format!(
+                    "capture trigger(s) {} of {table} are disabled: its changes are not sent to peer \"{peer}\"",
+                    disabled.join(", ")
+                ),
+                &format!("ALTER TABLE {table} ENABLE TRIGGER ... sends them again (changes made meanwhile stay unsent: sync_diff finds them); sync_status shows this in its problem column."),
+            );
+        }
         let info = link::describe(relid);
         // Links pair tables of the same name, and records arrive addressed by that name.
         if (info.schema.as_str(), info.name.as_str()) != (peer_schema.as_str(), peer_table.as_str())

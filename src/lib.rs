@@ -17,6 +17,7 @@ mod db;
 mod ddl;
 mod diff;
 mod error;
+mod horizon;
 mod link;
 mod node;
 mod peer;

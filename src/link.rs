@@ -594,6 +594,10 @@ fn version_table_access(version_table: &str, relid: pg_sys::Oid) -> [String; 3] 
 
 /// Remove exactly what create_local made.
 fn drop_local(link: &Link) {
+    crate::ddl::removing(|| drop_objects(link))
+}
+
+fn drop_objects(link: &Link) {
     let table = crate::db::maybe_one::<String>(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
@@ -633,6 +637,7 @@ pub fn request(
     action: &str,
     body: serde_json::Value,
 ) -> Result<serde_json::Value, PeerError> {
+    peer.check_foreign("request")?;
     let sql = format!(
         "INSERT INTO {} (from_node, action, body) VALUES ($1, $2, $3) RETURNING reply",
         peer.foreign("request")
@@ -851,10 +856,16 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
     }
     match request(&peer, "unlink", serde_json::to_value(body).unwrap()) {
         Ok(_) => {}
-        Err(e @ PeerError::Unreachable { .. }) if tolerate_unreachable => crate::error::warning(
-            &format!("{e}; its half of the link to this node is left in place"),
-            "Run SELECT sync_unlink_table(...) on the peer once it is back.",
-        ),
+        // Damaged here, the peer cannot be asked, now or later: this half goes regardless.
+        Err(e)
+            if (tolerate_unreachable && Peer::tolerable(&e))
+                || matches!(e, PeerError::Damaged { .. }) =>
+        {
+            crate::error::warning(
+                &format!("{e}; its half of the link to this node is left in place"),
+                "Run SELECT sync_unlink_table(...) on the peer once it is back.",
+            )
+        }
         Err(e) => raise(e),
     }
     drop_local(&link);

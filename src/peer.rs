@@ -25,6 +25,8 @@ pub enum PeerError {
     Ambiguous(Vec<String>),
     #[error("could not connect to peer \"{peer}\"")]
     Unreachable { peer: String, reason: String },
+    #[error("synclink's objects for peer \"{peer}\" are damaged: {missing} is missing")]
+    Damaged { peer: String, missing: String },
     #[error("peer \"{0}\" does not run synclink")]
     NoSynclink(String),
     #[error("peer \"{peer}\" is this same node (\"{node}\")")]
@@ -47,6 +49,7 @@ impl SqlError for PeerError {
             PeerError::Ambiguous(_) => ERRCODE_AMBIGUOUS_PARAMETER,
             PeerError::Unreachable { .. } => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             PeerError::NoSynclink(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            PeerError::Damaged { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             PeerError::SameNode { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             PeerError::HasLinks { .. } | PeerError::HasQueued { .. } => {
                 ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST
@@ -69,6 +72,7 @@ impl SqlError for PeerError {
             PeerError::Unknown(_) | PeerError::NoPeers => "Register it with SELECT sync_add_peer('name', 'host=... dbname=... user=... password=...').".into(),
             PeerError::Ambiguous(_) => "Pass the peer name as the second argument.".into(),
             PeerError::Unreachable { .. } => "Check host, port, dbname, user and password, and that the peer's pg_hba.conf admits this server.".into(),
+            PeerError::Damaged { peer, .. } => format!("SELECT sync_drop_peer('{peer}', cascade => true) removes the peer and its links on this node (the peer keeps its half: unlink there too); then register it again with sync_add_peer()."),
             PeerError::NoSynclink(_) => "Run CREATE EXTENSION synclink CASCADE on the peer database, and grant the connecting role access to it.".into(),
             PeerError::SameNode { .. } => "The connection string points back at this database, or both are physical copies: give one a new name with sync_set_node_name().".into(),
             PeerError::HasLinks { peer, .. } => format!("Unlink the tables first, or run SELECT sync_drop_peer('{peer}', cascade => true)."),
@@ -87,7 +91,35 @@ pub struct Peer {
 impl Peer {
     /// The local foreign table that reaches `table` in the peer's synclink schema.
     pub fn foreign(&self, table: &str) -> String {
-        qualified("synclink", &format!("{}_{}", self.name, table))
+        Peer::foreign_name(&self.name, table)
+    }
+
+    pub fn foreign_name(peer: &str, table: &str) -> String {
+        qualified("synclink", &format!("{peer}_{table}"))
+    }
+
+    /// The foreign table onto the peer's `table`, if it is still there: nobody but synclink
+    /// should drop it, but a superuser can, and then every way to remove the peer must work.
+    pub fn check_foreign(&self, table: &str) -> Result<(), PeerError> {
+        let name = self.foreign(table);
+        let exists = crate::db::maybe_one::<bool>(
+            "SELECT true WHERE pg_catalog.to_regclass($1) IS NOT NULL",
+            &[name.as_str().into()],
+        )
+        .is_some();
+        if exists {
+            Ok(())
+        } else {
+            Err(PeerError::Damaged {
+                peer: self.name.clone(),
+                missing: format!("foreign table {name}"),
+            })
+        }
+    }
+
+    /// Is this a failure to reach the peer that a removal may step over with a warning?
+    pub fn tolerable(e: &PeerError) -> bool {
+        matches!(e, PeerError::Unreachable { .. } | PeerError::Damaged { .. })
     }
 }
 
@@ -294,6 +326,10 @@ fn sync_add_peer(name: Option<&str>, conninfo: Option<&str>) -> String {
 }
 
 pub fn drop_objects(peer: &Peer) {
+    crate::ddl::removing(|| drop_peer_objects(peer))
+}
+
+fn drop_peer_objects(peer: &Peer) {
     Spi::run(&format!(
         "DROP SERVER IF EXISTS {} CASCADE",
         ident(&peer.server)

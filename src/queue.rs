@@ -306,10 +306,11 @@ pub fn synclink_relation(name: &std::ffi::CStr) -> pg_sys::Oid {
 
 /// The next outbox seq from `sequence` (outbox_sequence()), as the column's default draws it.
 pub fn next_seq(sequence: pg_sys::Oid) -> i64 {
-    let seq = unsafe {
-        pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()])
+    let seq = crate::horizon::drawing(|| {
+        // SAFETY: nextval_oid takes the sequence's OID and returns its next value.
+        unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()]) }
             .expect("nextval returns a value")
-    };
+    });
     if seq % BACKLOG_CHECK_EVERY == 0 {
         CHECK_BACKLOG.with(|c| c.set(true));
     }
@@ -496,6 +497,15 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
             };
         }
         let from = *after;
+        // How far this batch may move the start of the next one (crate::horizon): the highest
+        // seq drawn is read before the seqs open transactions hold.
+        let drawn = crate::db::prepared_read(
+            "SELECT last_value FROM synclink.outbox_seq_seq",
+            &[],
+            &[],
+            |t| t.first().get_one::<i64>().unwrap().unwrap_or(0),
+        );
+        let open = crate::horizon::lowest_open(drawn);
         let sent = crate::subxact::run(|| {
             crate::remote::within(bound_ms, || {
                 crate::db::prepared(
@@ -521,7 +531,11 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
             Ok((n, last)) => {
                 if let Some(last) = last {
                     delivered += n;
-                    *after = last;
+                    // Never past a seq an open transaction may still commit; unknown: stay.
+                    *after = match open {
+                        Some(open) => last.min(open - 1).max(from),
+                        None => from,
+                    };
                     record_delivery(&peer.name, n);
                 }
                 // A short batch took all there was to see.

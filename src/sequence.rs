@@ -528,15 +528,8 @@ fn restore_local(col: &SeqColumn, share: &Share, high: i64) {
         ))
         .unwrap();
     }
-    for object in &share.objects {
-        Spi::run(&format!("DROP {object}")).unwrap();
-    }
     restart_above(col, high, share.original_increment, 0);
-    Spi::run_with_args(
-        "DELETE FROM synclink.shared_sequence WHERE seq = $1",
-        &[col.seq.into()],
-    )
-    .unwrap();
+    forget_objects(col.seq, share);
 }
 
 /// The column a recorded share is about. Read from the record, not from the column default:
@@ -595,7 +588,7 @@ pub fn unshare_by_seq(seq: pg_sys::Oid, tolerate_unreachable: bool) {
         serde_json::to_value(&req).unwrap(),
     ) {
         Ok(v) => serde_json::from_value::<ShareReply>(v).map_or(0, |r| r.high),
-        Err(e @ crate::peer::PeerError::Unreachable { .. }) if tolerate_unreachable => {
+        Err(e) if tolerate_unreachable && crate::peer::Peer::tolerable(&e) => {
             crate::error::warning(
                 &format!("{e}; its half of the shared sequence is left in place"),
                 "Run SELECT sync_unshare_sequence(...) on the peer once it is back.",
@@ -630,6 +623,10 @@ fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, Sequen
 }
 
 fn forget_objects(seq: pg_sys::Oid, share: &Share) {
+    crate::ddl::removing(|| drop_share_objects(seq, share))
+}
+
+fn drop_share_objects(seq: pg_sys::Oid, share: &Share) {
     for object in &share.objects {
         let (kind, name) = object.split_at(object.rfind(' ').unwrap_or(0));
         Spi::run(&format!("DROP {kind} IF EXISTS{name}")).unwrap();

@@ -41,8 +41,9 @@ impl SqlError for ShipError {
 struct Route {
     peer: String,
     asynchronous: bool,
-    /// The INSERT into the peer's inbox, planned once per backend.
-    insert: OwnedPreparedStatement,
+    /// The INSERT into the peer's inbox, planned once per backend; None when synclink's
+    /// foreign table for it is gone (sync_status says what to do).
+    insert: Option<OwnedPreparedStatement>,
     /// (anything queued for the peer?, peer known to be down?)
     situation: OwnedPreparedStatement,
     target_schema: String,
@@ -96,9 +97,10 @@ fn route(link_id: i32) -> Rc<Route> {
         text,
         text,
     ];
+    let usable = peer.check_foreign("inbox").is_ok();
     let (insert, situation) = Spi::connect(|c| {
         (
-            c.prepare_mut(sql.as_str(), &types).unwrap().keep(),
+            usable.then(|| c.prepare_mut(sql.as_str(), &types).unwrap().keep()),
             c.prepare(queue::peer_situation_sql(&peer.name).as_str(), &[])
                 .unwrap()
                 .keep(),
@@ -117,10 +119,10 @@ fn route(link_id: i32) -> Rc<Route> {
     r
 }
 
-fn send(r: &Route, origin: &str, change: &Change) {
+fn send(insert: &OwnedPreparedStatement, r: &Route, origin: &str, change: &Change) {
     Spi::connect_mut(|c| {
         c.update(
-            &r.insert,
+            insert,
             None,
             &[
                 origin.into(),
@@ -167,6 +169,12 @@ fn ship(
     if r.asynchronous {
         return queue(None);
     }
+    let Some(insert) = &r.insert else {
+        return queue(Some(&format!(
+            "synclink's foreign table {} is missing: see the problem column of sync_status",
+            crate::peer::Peer::foreign_name(&r.peer, "inbox")
+        )));
+    };
     let (queued, down) = Spi::connect(|c| {
         let row = c.select(&r.situation, None, &[]).unwrap().first();
         (
@@ -197,7 +205,9 @@ fn ship(
         return queue(None);
     }
     let bound = queue::sync_timeout_ms();
-    match crate::subxact::run(|| crate::remote::within(bound, || send(&r, &origin, &change))) {
+    match crate::subxact::run(|| {
+        crate::remote::within(bound, || send(insert, &r, &origin, &change))
+    }) {
         Ok(()) => {}
         Err(f) if f.is_connection() => {
             queue::mark_down(&r.peer);
@@ -217,6 +227,9 @@ fn ship(
             }
             queue(Some(&f.summary()));
         }
+        // synclink's foreign table dropped under a live session, or the peer's inbox gone:
+        // the change cannot go now, and is kept.
+        Err(f) if f.is_undefined_table() => queue(Some(&f.summary())),
         // The user's own cancel or statement_timeout: as PostgreSQL reports it.
         Err(f) if f.is_cancel() => crate::remote::reraise(f),
         Err(f) => raise(ShipError::PeerFailed {

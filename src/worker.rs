@@ -51,6 +51,11 @@ thread_local! {
     static WAKE_REGISTERED: Cell<u32> = const { Cell::new(0) };
 }
 
+/// Is synclink's shared memory there (the library preloaded)?
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
 /// Take a slot for this worker; returns its index.
 fn register_worker(dboid: u32) -> Option<usize> {
     let me = ((dboid as u64) << 32) | unsafe { pg_sys::MyProcPid } as u32 as u64;
@@ -150,6 +155,8 @@ pub fn init() {
     // loaded later by CREATE EXTENSION may not define PGC_POSTMASTER settings.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg_shmem_init!(WORKERS);
+        use crate::horizon::HORIZON;
+        pg_shmem_init!(HORIZON);
         PRELOADED.store(true, Ordering::Relaxed);
         pgrx::GucRegistry::define_string_guc(
             c"synclink.launcher_database",
@@ -181,25 +188,36 @@ pub extern "C-unwind" fn synclink_launcher_main(_arg: pg_sys::Datum) {
     crate::privilege::pin_for_session();
     let mut workers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
     loop {
-        let databases: Vec<(u32, String)> = BackgroundWorker::transaction(|| {
+        // With each database: whether a delivery worker already runs there that this launcher
+        // did not start (one from before this launcher was restarted).
+        let databases: Vec<(u32, String, bool)> = BackgroundWorker::transaction(|| {
             Spi::connect(|c| {
                 c.select(
-                    "SELECT oid::int8, datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate",
+                    "SELECT d.oid::int8, d.datname::text, \
+                            EXISTS (SELECT FROM pg_stat_activity a \
+                                     WHERE a.datid = d.oid AND a.backend_type = 'synclink delivery') \
+                       FROM pg_database d WHERE d.datallowconn AND NOT d.datistemplate",
                     None,
                     &[],
                 )
                 .unwrap()
-                .map(|r| (r.get::<i64>(1).unwrap().unwrap() as u32, r.get::<String>(2).unwrap().unwrap()))
+                .map(|r| {
+                    (
+                        r.get::<i64>(1).unwrap().unwrap_or(0) as u32,
+                        r.get::<String>(2).unwrap().unwrap_or_default(),
+                        r.get::<bool>(3).unwrap().unwrap_or(false),
+                    )
+                })
                 .collect()
             })
         });
         // A worker registered a moment ago may not have started yet: it is alive all the same.
         workers.retain(|oid, w| {
             matches!(w.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted))
-                && databases.iter().any(|(o, _)| o == oid)
+                && databases.iter().any(|(o, _, _)| o == oid)
         });
-        for (oid, name) in databases {
-            if workers.contains_key(&oid) {
+        for (oid, name, running) in databases {
+            if workers.contains_key(&oid) || running {
                 continue;
             }
             let started = BackgroundWorkerBuilder::new(&format!("synclink delivery {name}"))
@@ -208,7 +226,10 @@ pub extern "C-unwind" fn synclink_launcher_main(_arg: pg_sys::Datum) {
                 .set_function("synclink_delivery_main")
                 .set_argument(Some(pg_sys::Datum::from(oid as usize)))
                 .enable_spi_access()
-                .set_restart_time(Some(Duration::from_secs(1)))
+                // Never restarted by the postmaster: after a crash it would start them again
+                // beside the ones the restarted launcher starts. The launcher replaces a
+                // worker that stopped within a second.
+                .set_restart_time(None)
                 .load_dynamic();
             if let Ok(w) = started {
                 workers.insert(oid, w);
@@ -246,6 +267,18 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
     let dboid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
     crate::privilege::pin_for_session();
+    // One delivery worker per database, whatever started it: a second one leaves at once.
+    let alone = BackgroundWorker::transaction(|| {
+        crate::db::maybe_one::<bool>(
+            "SELECT pg_try_advisory_lock(hashtext('synclink delivery worker'))",
+            &[],
+        )
+        .unwrap_or(false)
+    });
+    if !alone {
+        log!("synclink: a delivery worker already serves this database");
+        return;
+    }
     let slot = register_worker(dboid.to_u32());
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     // Per peer, the last seq delivered since the last sweep.

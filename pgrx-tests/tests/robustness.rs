@@ -564,3 +564,218 @@ fn same_row_sync_writes_on_both_nodes_finish_and_converge_under_every_policy() {
         );
     }
 }
+
+fn problem(c: &mut postgres::Client) -> Option<String> {
+    c.query_one("SELECT problem FROM sync_status", &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn synclinks_objects_go_the_way_they_came_and_damage_is_reported_and_survived() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(
+        &mut a,
+        &mut b,
+        "CREATE SCHEMA app; CREATE TABLE app.products (id int PRIMARY KEY, name text);",
+    );
+    a.execute("SELECT sync_link_table('app.products')", &[])
+        .unwrap();
+    let function: String = a
+        .query_one("SELECT capture_function FROM synclink.link", &[])
+        .unwrap()
+        .get(0);
+    // Dropping what synclink made, by hand, is refused.
+    for sql in [
+        "DROP SERVER synclink_b CASCADE".to_string(),
+        "DROP USER MAPPING FOR PUBLIC SERVER synclink_b".to_string(),
+        "DROP FOREIGN TABLE synclink.b_inbox".to_string(),
+        "DROP TRIGGER synclink_b_insert ON app.products".to_string(),
+        format!("DROP FUNCTION {function}() CASCADE"),
+    ] {
+        let (code, message, _, hint) = db_error(a.batch_execute(&sql).unwrap_err());
+        assert_eq!(code, "2BP01", "{sql}: {message}");
+        assert!(message.contains("synclink uses it"), "{sql}: {message}");
+        assert!(hint.contains("sync_unlink_table"), "{hint}");
+    }
+    // Renaming the schema of a linked table is refused like renaming the table.
+    let (code, message, _, _) = db_error(
+        a.batch_execute("ALTER SCHEMA app RENAME TO shop")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "55006", "{message}");
+    assert_eq!(problem(&mut a), None);
+
+    // Disabling a capture trigger is the DBA's right, said out loud and kept in sync_status.
+    a.batch_execute("ALTER TABLE app.products DISABLE TRIGGER synclink_b_insert")
+        .unwrap();
+    let shown = problem(&mut a).expect("a problem");
+    assert!(
+        shown.contains("synclink_b_insert is disabled") && shown.contains("ENABLE TRIGGER"),
+        "{shown}"
+    );
+    a.batch_execute("ALTER TABLE app.products ENABLE TRIGGER synclink_b_insert")
+        .unwrap();
+    assert_eq!(problem(&mut a), None);
+
+    // Damage done past the guard (event triggers off): writes are kept, the damage is
+    // reported, and every way out still works.
+    a.batch_execute(
+        "ALTER EVENT TRIGGER synclink_guard_drops DISABLE;
+         DROP SERVER synclink_b CASCADE;
+         ALTER EVENT TRIGGER synclink_guard_drops ENABLE ALWAYS;",
+    )
+    .unwrap();
+    let mut writer = _p.a.connect(&_p.db);
+    writer
+        .batch_execute("INSERT INTO app.products VALUES (1, 'kept')")
+        .unwrap();
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 1);
+    let shown = problem(&mut a).expect("a problem");
+    assert!(
+        shown.contains("foreign server synclink_b of peer 'b' is missing"),
+        "{shown}"
+    );
+    let (code, message, _, _) = db_error(
+        a.batch_execute("SELECT sync_drop_peer('b', cascade => true)")
+            .unwrap_err(),
+    );
+    assert_eq!(
+        code, "2BP01",
+        "queued changes are not dropped quietly: {message}"
+    );
+    a.execute(
+        "SELECT sync_unlink_table('app.products', discard_queued => true)",
+        &[],
+    )
+    .unwrap();
+    a.execute("SELECT sync_drop_peer('b')", &[]).unwrap();
+    a.batch_execute("DROP EXTENSION synclink").unwrap();
+    assert_eq!(
+        count(
+            &mut a,
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'synclink%'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn one_delivery_worker_per_database_after_a_crash() {
+    let (p, mut a, mut b) = Pair::peered_with(&["shared_preload_libraries = 'synclink'"]);
+    both(&mut a, &mut b, "CREATE TABLE t (id int PRIMARY KEY)");
+    a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
+        .unwrap();
+    let workers = |c: &mut postgres::Client| {
+        count(
+            c,
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'synclink delivery' AND datname = 'shop'",
+        )
+    };
+    synclink_e2e::wait_until(Duration::from_secs(20), || workers(&mut a) == 1);
+    // A backend killed hard: the postmaster resets every process and starts over.
+    let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    drop(a);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut a = p.a.connect(&p.db);
+    synclink_e2e::wait_until(Duration::from_secs(30), || workers(&mut a) >= 1);
+    // Longer than the launcher's restart and the workers' old restart interval together.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(workers(&mut a), 1);
+    a.batch_execute("INSERT INTO t VALUES (1)").unwrap();
+    synclink_e2e::wait_until(Duration::from_secs(20), || {
+        count(&mut b, "SELECT count(*) FROM t") == 1
+    });
+    // And one per database even if a second one is started by hand.
+    assert_eq!(workers(&mut a), 1);
+}
+
+#[test]
+fn a_child_never_reaches_the_peer_before_its_parent() {
+    let (p, mut a, mut b) = Pair::peered_with(&["shared_preload_libraries = 'synclink'"]);
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent);
+         CREATE TABLE noise (id serial PRIMARY KEY, v text);",
+    );
+    for t in ["parent", "child", "noise"] {
+        a.execute(
+            &format!("SELECT sync_link_table('{t}', mode => 'async')"),
+            &[],
+        )
+        .unwrap();
+    }
+    let failed = |c: &mut postgres::Client| count(c, "SELECT failed FROM synclink.peer_state");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (cluster_a, cluster_b, db) = (&p.a, &p.b, p.db.as_str());
+    let stop = &stop;
+    std::thread::scope(|s| {
+        // Load: a stream of unrelated commits, and writers each committing a parent and then,
+        // in a transaction of its own, a child of it.
+        let noise = s.spawn(move || {
+            let mut c = cluster_a.connect(db);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.batch_execute("INSERT INTO noise (v) VALUES ('x')")
+                    .unwrap();
+            }
+        });
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                s.spawn(move || {
+                    let mut c = cluster_a.connect(db);
+                    for i in 0..200 {
+                        let id = 10_000 + w * 1000 + i;
+                        c.execute("INSERT INTO parent VALUES ($1)", &[&id]).unwrap();
+                        c.execute("INSERT INTO child VALUES ($1, $1)", &[&id])
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        // And the case itself, on purpose: a parent's transaction holds its seq while a later
+        // change is delivered; it commits, and a child follows at once.
+        let mut late = cluster_a.connect(db);
+        let mut other = cluster_a.connect(db);
+        let mut b2 = cluster_b.connect(db);
+        for round in 0..5 {
+            let (parent, child) = (round * 2 + 1, round * 2 + 2);
+            late.batch_execute(&format!("BEGIN; INSERT INTO parent VALUES ({parent})"))
+                .unwrap();
+            other
+                .batch_execute(&format!("INSERT INTO parent VALUES ({child})"))
+                .unwrap();
+            synclink_e2e::wait_until(Duration::from_secs(20), || {
+                count(
+                    &mut b2,
+                    &format!("SELECT count(*) FROM parent WHERE id = {child}"),
+                ) == 1
+            });
+            late.batch_execute("COMMIT").unwrap();
+            other
+                .batch_execute(&format!("INSERT INTO child VALUES ({child}, {parent})"))
+                .unwrap();
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        noise.join().unwrap();
+    });
+    synclink_e2e::wait_until(Duration::from_secs(60), || {
+        count(&mut b, "SELECT count(*) FROM child") == 605
+    });
+    assert_eq!(
+        failed(&mut a),
+        0,
+        "a delivery failed: {:?}",
+        a.query_one("SELECT last_error FROM synclink.peer_state", &[])
+            .unwrap()
+            .get::<_, Option<String>>(0)
+    );
+}
