@@ -1,12 +1,20 @@
 //! The capture side: one generated PL/pgSQL trigger function per link, fired once per
 //! statement with its transition tables, packing the changed rows into change records of up
-//! to CHUNK_ROWS rows each and handing them to `synclink.ship`.
+//! to CHUNK_ROWS rows or CHUNK_BYTES bytes each and handing them to `synclink.ship`.
 
 use crate::sql::{ident, join, literal};
 
 /// Rows per change record: large enough that a bulk statement costs a handful of round trips,
 /// small enough that one record stays a few megabytes.
 pub const CHUNK_ROWS: usize = 5000;
+
+/// Bytes of row text per change record (one row larger than this is a record of its own): a
+/// record of 5,000 wide rows must stay far below the 1 GB a PostgreSQL value or protocol
+/// message may have, on both nodes and through postgres_fdw.
+pub const CHUNK_BYTES: usize = 32 << 20;
+
+/// Each row counts as at least this many bytes, so that CHUNK_ROWS small rows fill a record.
+const MIN_ROW_WEIGHT: usize = CHUNK_BYTES.div_ceil(CHUNK_ROWS);
 
 pub struct CaptureSpec<'a> {
     pub link_id: i32,
@@ -78,14 +86,22 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
     };
     // The previous version comes back from the upsert itself (kept in the base columns), so
     // the version table is only ever reached through its primary key: a join would scan it
-    // whole, since nested loops are off in this function. Both arrays are aggregated from the
+    // whole, since nested loops are off in this function. Each row's text is made once; a
+    // row starts a new chunk when the rows before it (each weighing at least MIN_ROW_WEIGHT)
+    // fill CHUNK_BYTES, a running sum in input order. Both arrays are aggregated from the
     // same input in one pass, so they line up element for element; the input comes sorted by
-    // chunk so that grouping never hashes (and spills) whole arrays.
+    // chunk so that grouping never hashes (and spills) whole arrays. An array of the rows'
+    // texts reads as an array of the rows: array_out quotes each element alike. (OFFSET 0
+    // keeps the planner from copying the text's expression into each place that reads it.)
     let ctes = format!(
         "WITH v AS ({upsert}),\n\
-         \x20    s AS (SELECT s.*, v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\",\n\
-         \x20                 (row_number() OVER () - 1) / {CHUNK_ROWS} AS \"synclink$chunk\"\n\
-         \x20            FROM {source} s JOIN v ON {v_match})",
+         \x20    s AS (SELECT q.*, (sum(w.weight) OVER (ROWS UNBOUNDED PRECEDING) - w.weight) / {CHUNK_BYTES}\n\
+         \x20                      AS \"synclink$chunk\"\n\
+         \x20            FROM (SELECT s.*, v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\",\n\
+         \x20                         {row}::text AS \"synclink$text\"\n\
+         \x20                    FROM {source} s JOIN v ON {v_match} OFFSET 0) q\n\
+         \x20           CROSS JOIN LATERAL (SELECT greatest(octet_length(q.\"synclink$text\"), {MIN_ROW_WEIGHT})) w(weight))",
+        row = row_expr(spec, "s"),
         upsert = version_upsert(
             spec,
             &format!("SELECT {s_keys}, synclink$now, synclink$origin FROM {source} s{filter}")
@@ -93,11 +109,10 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
         v_match = matches("v"),
     );
     let select = format!(
-        "SELECT array_agg({row})::text AS rows,\n\
+        "SELECT array_agg(s.\"synclink$text\")::text AS rows,\n\
          \x20      array_agg({stamp})::text AS stamps\n\
          \x20 FROM (SELECT * FROM s ORDER BY \"synclink$chunk\") s\n\
          \x20GROUP BY s.\"synclink$chunk\"",
-        row = row_expr(spec, "s"),
         stamp = stamp_expr("s", op),
     );
     if spec.queue_only {

@@ -25,7 +25,7 @@ thread_local! {
 static RETRY_INTERVAL_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(5000);
 static WRITER_FLUSH_LIMIT: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 static BACKLOG_WARNING: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100_000);
-static SYNC_TIMEOUT_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(5000);
+static SYNC_TIMEOUT_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(30_000);
 static APPLY_LOCK_TIMEOUT_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(1000);
 
 const BACKLOG_CHECK_EVERY: i64 = 1000;
@@ -438,6 +438,11 @@ pub fn flush_within(peer: &Peer, limit: i64, bound_ms: i32) -> Flushed {
 /// Records a delivery takes per statement (postgres_fdw sends them 100 to a round trip).
 const BATCH: i64 = 1000;
 
+/// Bytes of records a delivery takes per statement, the first record whatever its size:
+/// a hundred records of the largest kind (capture::CHUNK_BYTES) in one protocol message
+/// would pass PostgreSQL's 1 GB limit.
+const BATCH_BYTES: i64 = 64 << 20;
+
 /// Like `flush`, for records above seq `after` only, and moves `after` to the last seq
 /// delivered. The first batch of a transaction starting from 0 begins at the lowest seq
 /// visible now: seqs commit out of order, so a change may become visible after a higher
@@ -463,13 +468,20 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
         return Flushed::Busy;
     }
     // One statement, one snapshot: exactly the records deleted here are the ones sent, and
-    // the delete is undone if the peer does not take them.
+    // the delete is undone if the peer does not take them. A record is taken while the ones
+    // before it in the batch hold less than BATCH_BYTES (octet_length reads a stored value's
+    // size without fetching it).
     let sql = format!(
-        "WITH batch AS (\n\
+        "WITH candidates AS (\n\
+         \x20   SELECT seq, sum(b.bytes) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - b.bytes AS before\n\
+         \x20     FROM synclink.outbox\n\
+         \x20    CROSS JOIN LATERAL (SELECT coalesce(octet_length(new_rows), 0) + coalesce(octet_length(old_rows), 0)\n\
+         \x20                               + coalesce(octet_length(stamps), 0)) b(bytes)\n\
+         \x20    WHERE peer_name = $1 AND seq > $2 ORDER BY seq LIMIT $3\n\
+         ), batch AS (\n\
          \x20   DELETE FROM synclink.outbox o\n\
          \x20    WHERE o.peer_name = $1 AND o.seq > $2\n\
-         \x20      AND o.seq <= (SELECT max(q.seq) FROM (SELECT seq FROM synclink.outbox\n\
-         \x20                     WHERE peer_name = $1 AND seq > $2 ORDER BY seq LIMIT $3) q)\n\
+         \x20      AND o.seq <= (SELECT max(c.seq) FROM candidates c WHERE c.before < {BATCH_BYTES})\n\
          \x20   RETURNING o.seq, o.link_id, o.origin, o.op, o.new_rows, o.old_rows, o.stamps\n\
          ), sent AS (\n\
          \x20   INSERT INTO {inbox} (origin, sender, target_schema, target_table, op, new_rows, old_rows, stamps, seq, floor_seq)\n\
@@ -477,7 +489,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
          \x20     FROM batch b JOIN synclink.link l USING (link_id)\n\
          \x20    ORDER BY b.seq\n\
          )\n\
-         SELECT count(*), max(seq) FROM batch",
+         SELECT count(*), max(seq), EXISTS (SELECT FROM candidates c WHERE c.before >= {BATCH_BYTES}) FROM batch",
         inbox = peer.foreign("inbox")
     );
     let node = crate::node::local_name();
@@ -522,13 +534,14 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
                         (
                             row.get::<i64>(1).unwrap().unwrap_or(0),
                             row.get::<i64>(2).unwrap(),
+                            row.get::<bool>(3).unwrap().unwrap_or(false),
                         )
                     },
                 )
             })
         });
         match sent {
-            Ok((n, last)) => {
+            Ok((n, last, cut_by_size)) => {
                 if let Some(last) = last {
                     delivered += n;
                     // Never past a seq an open transaction may still commit; unknown: stay.
@@ -538,8 +551,8 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
                     };
                     record_delivery(&peer.name, n);
                 }
-                // A short batch took all there was to see.
-                if n < batch_size {
+                // A batch short of its count, and not cut by its size, took all there was.
+                if n < batch_size && !cut_by_size {
                     if delivered > 0 {
                         mark_up(&peer.name);
                     }
