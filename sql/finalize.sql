@@ -161,8 +161,11 @@ CREATE EVENT TRIGGER synclink_before_drop ON ddl_command_start
     EXECUTE FUNCTION synclink.before_drop();
 
 -- A dropped table takes its links along; an ALTER TABLE that would break a link is refused.
+-- Event triggers fire for whoever runs the DDL, an application role dropping its own table
+-- too; the checks read synclink's catalog and unlinking asks the peer, so they run as the
+-- extension's owner (SECURITY DEFINER), each a fixed call with no argument.
 CREATE FUNCTION synclink.on_sql_drop() RETURNS event_trigger
-    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN PERFORM synclink.forget_dropped_tables(); END $$;
 CREATE EVENT TRIGGER synclink_forget_dropped_tables ON sql_drop
     WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
@@ -172,7 +175,7 @@ CREATE EVENT TRIGGER synclink_forget_dropped_tables ON sql_drop
 -- peer's foreign server, a link's triggers, anything in schema synclink) is refused, since
 -- the link would break without a word. Enabled always: also for sessions in replica mode.
 CREATE FUNCTION synclink.on_guarded_drop() RETURNS event_trigger
-    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN PERFORM synclink.guard_drops(); END $$;
 CREATE EVENT TRIGGER synclink_guard_drops ON sql_drop
     WHEN TAG IN ('DROP SERVER', 'DROP FOREIGN TABLE', 'DROP USER MAPPING', 'DROP TRIGGER',
@@ -183,14 +186,14 @@ ALTER EVENT TRIGGER synclink_guard_drops ENABLE ALWAYS;
 
 -- A linked table's schema keeps its name: the peer addresses the table's changes by it.
 CREATE FUNCTION synclink.on_alter_schema() RETURNS event_trigger
-    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN PERFORM synclink.check_renamed_schemas(); END $$;
 CREATE EVENT TRIGGER synclink_check_renamed_schemas ON ddl_command_end
     WHEN TAG IN ('ALTER SCHEMA')
     EXECUTE FUNCTION synclink.on_alter_schema();
 
 CREATE FUNCTION synclink.on_alter_table() RETURNS event_trigger
-    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN PERFORM synclink.check_altered_tables(); END $$;
 CREATE EVENT TRIGGER synclink_check_altered_tables ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')

@@ -32,6 +32,10 @@ CREATE TABLE synclink.peer (
     server_name name NOT NULL UNIQUE,
     node_name   text NOT NULL,
     conninfo    text NOT NULL,
+    -- The role the peer reaches this node as, learnt from its first change or request: from
+    -- then on nothing arriving as another role is taken as this peer's (a superuser sets it
+    -- back to NULL if the peer's connection string changes role).
+    inbound_role oid,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
@@ -229,11 +233,17 @@ CREATE POLICY readers_of_the_table ON synclink.resolution FOR SELECT
 CREATE POLICY owners_of_the_table ON synclink.conflict FOR INSERT
     WITH CHECK (pg_catalog.pg_has_role(
                     (SELECT c.relowner FROM pg_catalog.pg_class c
-                      WHERE c.oid OPERATOR(pg_catalog.=) relid::pg_catalog.oid), 'USAGE'));
+                      WHERE c.oid OPERATOR(pg_catalog.=) relid::pg_catalog.oid), 'USAGE')
+                AND EXISTS (SELECT FROM synclink.link l
+                             WHERE l.link_id OPERATOR(pg_catalog.=) conflict.link_id
+                               AND l.relid::pg_catalog.oid OPERATOR(pg_catalog.=) conflict.relid::pg_catalog.oid
+                               AND l.peer_name OPERATOR(pg_catalog.=) conflict.peer_name));
 CREATE POLICY owners_of_the_table_settle ON synclink.conflict FOR UPDATE
     USING (pg_catalog.pg_has_role(
                (SELECT c.relowner FROM pg_catalog.pg_class c
                  WHERE c.oid OPERATOR(pg_catalog.=) relid::pg_catalog.oid), 'USAGE'));
 GRANT SELECT ON synclink.conflict, synclink.resolution TO PUBLIC;
-GRANT INSERT, UPDATE (outcome) ON synclink.conflict TO PUBLIC;
+GRANT INSERT (link_id, relid, peer_name, key, kind, policy, local_row, peer_row, columns,
+              local_version, peer_version, outcome),
+      UPDATE (outcome) ON synclink.conflict TO PUBLIC;
 GRANT USAGE ON SEQUENCE synclink.conflict_conflict_id_seq TO PUBLIC;

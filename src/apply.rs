@@ -31,8 +31,6 @@ pub enum ApplyError {
     Unstamped,
     #[error("synclink.receive() may only be called by the row trigger on synclink.inbox")]
     NotTheInbox,
-    #[error("changes to partitioned table {0} are applied in REPEATABLE READ only")]
-    PartitionedNeedsSnapshot(String),
 }
 
 impl SqlError for ApplyError {
@@ -43,9 +41,6 @@ impl SqlError for ApplyError {
             }
             ApplyError::BadOp(_) | ApplyError::Unstamped => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
             ApplyError::NotTheInbox => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
-            ApplyError::PartitionedNeedsSnapshot(_) => {
-                PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION
-            }
         }
     }
     fn hint(&self) -> Option<String> {
@@ -60,7 +55,6 @@ impl SqlError for ApplyError {
                 "The sending node runs an incompatible synclink version.".into()
             }
             ApplyError::NotTheInbox => "Drop this trigger.".into(),
-            ApplyError::PartitionedNeedsSnapshot(_) => "Deliveries through postgres_fdw always are; call synclink.apply() in a transaction begun with BEGIN ISOLATION LEVEL REPEATABLE READ.".into(),
         })
     }
 }
@@ -173,7 +167,6 @@ pub fn rekey_sql(spec: &ApplySpec) -> String {
 struct Compiled {
     table: String,
     relid: pg_sys::Oid,
-    partitioned: bool,
     /// the types rows and stamps are parsed to: `<row type>[]`, `synclink.stamp[]`
     rows_type: pg_sys::Oid,
     stamps_type: pg_sys::Oid,
@@ -242,6 +235,11 @@ fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
         }
     }
     let (id, relid) = lookup_link_id(sender, schema, table)?;
+    // Only the sender's own role delivers for it (crate::peer::Peer::check_inbound).
+    if let Some(peer) = crate::peer::find_by_node(sender) {
+        peer.check_inbound()
+            .unwrap_or_else(|e| crate::error::raise(e));
+    }
     // The peer writes this table as the role it connects as: only if this node granted it.
     crate::privilege::peer_may(relid, crate::privilege::WRITE, "write")
         .unwrap_or_else(|e| crate::error::raise(e));
@@ -319,11 +317,8 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         key: &key,
         text_compare: &text_compare,
     };
-    // SAFETY: get_rel_relkind reads the syscache.
-    let partitioned = unsafe { pg_sys::get_rel_relkind(relid) } as u8 == b'p';
     let checked = crate::conflict::CheckedSpec {
         apply: &spec,
-        partitioned,
         link_id: id,
         peer_name: &peer_name,
         version_table: &version_table,
@@ -335,7 +330,6 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
     let compiled = Rc::new(Compiled {
         table: spec.table.clone(),
         relid,
-        partitioned,
         rows_type,
         stamps_type,
         lock: Statement::new(&crate::conflict::lock_sql(&spec), &[rows_type]),
@@ -434,10 +428,6 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
 /// (`single`) or a run of records. As the table's owner: parsing the rows (domain checks),
 /// the table's triggers, defaults, checks and index expressions are the owner's code.
 fn apply_checked(plans: &Compiled, delete: bool, single: bool, rows: &str, stamps: &str) {
-    // SAFETY: XactIsoLevel is backend state, read only.
-    if plans.partitioned && unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32 {
-        crate::error::raise(ApplyError::PartitionedNeedsSnapshot(plans.table.clone()));
-    }
     let bytes = rows.len() + stamps.len();
     let raced = crate::privilege::as_owner_of(plans.relid, || {
         Spi::connect_mut(|_| {

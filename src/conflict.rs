@@ -186,9 +186,6 @@ pub fn check_version_column(
 /// What the checked apply statement needs beyond the plain upsert's spec.
 pub struct CheckedSpec<'a> {
     pub apply: &'a ApplySpec<'a>,
-    /// A partitioned table's RETURNING cannot read system columns (the rows come back
-    /// converted from the partition's): see `raced` below.
-    pub partitioned: bool,
     pub link_id: i32,
     pub peer_name: &'a str,
     pub version_table: &'a str,
@@ -301,27 +298,15 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool, single: bool) -> String 
                 join(&rest, ", ", |x| compared(spec, "EXCLUDED", x)),
             )
         };
-        // A row this statement meant to insert but found inserted meanwhile (ON CONFLICT
-        // updated it: xmax set) raced with a local writer. Under REPEATABLE READ, which a
-        // delivery through postgres_fdw always runs in, PostgreSQL itself refuses to update a
-        // row the snapshot cannot see (40001); the check covers READ COMMITTED, which
-        // apply_checked does not allow for a partitioned table, whose rows cannot show xmax.
-        let raced = if c.partitioned {
-            "false".to_string()
-        } else {
-            format!(
-                "t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE {w_match} AND w.\"synclink$exists\")",
-                w_match = on("w", "t"),
-            )
-        };
         format!(
             "INSERT INTO {table} AS t ({cols}) OVERRIDING SYSTEM VALUE\n\
              \x20   SELECT {w_cols} FROM w ORDER BY w.\"synclink$ord\"\n\
              \x20   ON CONFLICT ({keys}) {action}\n\
-             \x20   RETURNING {raced} AS \"synclink$raced\"",
+             \x20   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE {w_match} AND w.\"synclink$exists\") AS \"synclink$raced\"",
             table = spec.table,
             w_cols = join(spec.columns, ", ", |x| format!("w.{}", ident(x))),
             keys = keys(""),
+            w_match = on("w", "t"),
         )
     };
     let records = format!(
@@ -493,8 +478,12 @@ impl RowTarget {
             table = self.table,
             cond = self.key_match("t", "k"),
         );
-        crate::diff::with_wire_settings(|| {
-            crate::db::maybe_one::<pgrx::JsonB>(&sql, &[pgrx::JsonB(key.clone()).into()])
+        // As the owner: to_jsonb uses casts of its types to json, and reading the key as the
+        // row type checks its domains.
+        crate::privilege::as_owner_of(self.relid, || {
+            crate::diff::with_wire_settings(|| {
+                crate::db::maybe_one::<pgrx::JsonB>(&sql, &[pgrx::JsonB(key.clone()).into()])
+            })
         })
         .map(|j| j.0)
     }
@@ -536,23 +525,25 @@ impl RowTarget {
             })
         });
         let keys = join(&self.key, ", ", |k| ident(k));
-        Spi::run_with_args(
-            &format!(
-                "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\") \
+        crate::privilege::as_owner_of(self.relid, || {
+            Spi::run_with_args(
+                &format!(
+                    "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\") \
                  SELECT {r_keys}, $2, $3 FROM jsonb_populate_record(NULL::{row}, $1) r \
                  ON CONFLICT ({keys}) DO UPDATE SET \"synclink$at\" = EXCLUDED.\"synclink$at\", \
                      \"synclink$node\" = EXCLUDED.\"synclink$node\"",
-                vt = self.version_table,
-                r_keys = join(&self.key, ", ", |k| format!("r.{}", ident(k))),
-                row = self.row_type,
-            ),
-            &[
-                pgrx::JsonB(key.clone()).into(),
-                version.0.into(),
-                version.1.into(),
-            ],
-        )
-        .unwrap();
+                    vt = self.version_table,
+                    r_keys = join(&self.key, ", ", |k| format!("r.{}", ident(k))),
+                    row = self.row_type,
+                ),
+                &[
+                    pgrx::JsonB(key.clone()).into(),
+                    version.0.into(),
+                    version.1.into(),
+                ],
+            )
+            .unwrap()
+        });
     }
 
     /// Close the open conflicts on this key and remember the choice.
@@ -643,9 +634,12 @@ fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
             outcome,
         });
     }
+    // The link the conflict names, for the same table and peer: a table's owner may log
+    // conflicts (row-level security checks that too), and the row settled is the link's.
     let link_exists = crate::db::maybe_one::<bool>(
-        "SELECT true FROM synclink.link WHERE link_id = $1",
-        &[link_id.into()],
+        "SELECT true FROM synclink.link l JOIN synclink.conflict c USING (link_id) \
+          WHERE c.conflict_id = $1 AND l.relid = c.relid AND l.peer_name = c.peer_name",
+        &[conflict_id.into()],
     )
     .is_some();
     let peer = crate::peer::find(&peer_name)
@@ -775,7 +769,6 @@ mod tests {
         checked_apply_sql(
             &CheckedSpec {
                 apply: &spec,
-                partitioned: false,
                 link_id: 3,
                 peer_name: "b",
                 version_table: "synclink.\"p_b_version\"",

@@ -94,6 +94,15 @@ impl Shape {
     fn table_sql(&self) -> String {
         qualified(&self.schema, &self.table)
     }
+    /// Run `f`, which reads or writes the table's values, as the table's owner: casts of its
+    /// types to text or json, domain checks and triggers are the owner's code
+    /// (crate::privilege).
+    fn as_owner<T>(&self, f: impl FnOnce() -> T) -> T {
+        match crate::link::lookup(&self.schema, &self.table) {
+            Some(relid) => crate::privilege::as_owner_of(relid, f),
+            None => f(),
+        }
+    }
     fn bucket(&self, mask: i64) -> String {
         format!(
             "(hashtextextended(ROW({})::text, 0) & {mask})::int",
@@ -170,15 +179,9 @@ impl Shape {
         };
         let table = self.table_sql();
         let (upsert_sql, delete_sql) = (self.upsert_sql(), self.delete_keys_sql(&table, &table));
-        let relid = crate::link::lookup(&self.schema, &self.table);
-        // As the table's owner: its triggers and checks are the owner's code.
         let work = std::panic::AssertUnwindSafe(move || {
             with_wire_settings(|| {
-                let write = || run(delete_sql, delete) + run(upsert_sql, upsert);
-                match relid {
-                    Some(relid) => crate::privilege::as_owner_of(relid, write),
-                    None => write(),
-                }
+                self.as_owner(|| run(delete_sql, delete) + run(upsert_sql, upsert))
             })
         });
         crate::apply::marked(from, from, move || {
@@ -200,11 +203,14 @@ impl Shape {
         if list.is_empty() {
             return;
         }
-        Spi::run_with_args(
-            &self.delete_keys_sql(&link.version_table, &link.row_type),
-            &[JsonB(keys.clone()).into()],
-        )
-        .unwrap();
+        // The keys are read as the table's row type (its domains' checks): as the owner.
+        self.as_owner(|| {
+            Spi::run_with_args(
+                &self.delete_keys_sql(&link.version_table, &link.row_type),
+                &[JsonB(keys.clone()).into()],
+            )
+            .unwrap()
+        });
         Spi::run_with_args(
             "UPDATE synclink.conflict SET outcome = 'resolved', resolved_at = clock_timestamp(), kept = $3 \
               WHERE link_id = $1 AND outcome = 'open' AND key IN (SELECT jsonb_array_elements($2))",
@@ -297,9 +303,11 @@ fn shape_of(relid: pg_sys::Oid, peer: &Peer) -> Result<Shape, DiffError> {
 /// A bucket count that keeps each bucket a few hundred rows. Counted, not estimated: a table
 /// loaded a moment ago has no statistics yet, and one bucket would mean fetching every row.
 fn mask_for(shape: &Shape) -> i64 {
-    let rows = Spi::get_one::<i64>(&format!("SELECT count(*) FROM {}", shape.table_sql()))
-        .unwrap()
-        .unwrap_or(0);
+    let rows = shape.as_owner(|| {
+        Spi::get_one::<i64>(&format!("SELECT count(*) FROM {}", shape.table_sql()))
+            .unwrap()
+            .unwrap_or(0)
+    });
     let buckets = (rows / 256).clamp(1, 1 << 16) as u64;
     buckets.next_power_of_two() as i64 - 1
 }
@@ -325,7 +333,7 @@ fn diff_with(peer: &Peer, shape: &Shape) -> Vec<DiffRow> {
         repair: None,
     };
     let theirs = ask(peer, &req);
-    let mine = with_wire_settings(|| query_json(&shape.summary_sql(mask), None));
+    let mine = shape.as_owner(|| with_wire_settings(|| query_json(&shape.summary_sql(mask), None)));
     let (theirs, mine) = match (theirs, mine) {
         (serde_json::Value::Object(t), serde_json::Value::Object(m)) => (t, m),
         _ => raise(DiffError::BadRequest),
@@ -343,7 +351,8 @@ fn diff_with(peer: &Peer, shape: &Shape) -> Vec<DiffRow> {
     }
     req.buckets = Some(differing.clone());
     let their_rows = ask(peer, &req);
-    let my_rows = with_wire_settings(|| query_json(&shape.rows_sql(mask), Some(differing)));
+    let my_rows = shape
+        .as_owner(|| with_wire_settings(|| query_json(&shape.rows_sql(mask), Some(differing))));
     Spi::connect(|c| {
         c.select(
             "WITH peer AS (SELECT e->0 AS key, ARRAY(SELECT jsonb_array_elements_text(e->1))::numeric[] AS h \
@@ -393,9 +402,10 @@ pub fn handle_request(from: &Peer, body: serde_json::Value) -> serde_json::Value
             node: node.clone(),
         })
     });
+    // A repair writes rows or, fetching, forgets row versions and settles conflicts.
     let (needs, what) = match &req.repair {
-        Some(r) if r.fetch.is_null() => (crate::privilege::READ_WRITE, "write"),
-        _ => (crate::privilege::READ, "read"),
+        Some(_) => (crate::privilege::READ_WRITE, "write"),
+        None => (crate::privilege::READ, "read"),
     };
     crate::privilege::peer_may(relid, needs, what).or_raise();
     let info = crate::link::describe(relid);
@@ -416,14 +426,16 @@ pub fn handle_request(from: &Peer, body: serde_json::Value) -> serde_json::Value
     if let Some(repair) = req.repair {
         shape.forget_versions(&from.name, &repair.forget, repair.kept.as_deref());
         if !repair.fetch.is_null() {
-            return with_wire_settings(|| fetch(shape, repair.fetch));
+            return shape.as_owner(|| with_wire_settings(|| fetch(shape, repair.fetch)));
         }
         let from = from.node_name.clone();
         return serde_json::json!(shape.repair_here(repair.upsert, repair.delete, &from));
     }
-    with_wire_settings(|| match req.buckets {
-        None => query_json(&shape.summary_sql(req.mask), None),
-        Some(b) => query_json(&shape.rows_sql(req.mask), Some(b)),
+    shape.as_owner(|| {
+        with_wire_settings(|| match req.buckets {
+            None => query_json(&shape.summary_sql(req.mask), None),
+            Some(b) => query_json(&shape.rows_sql(req.mask), Some(b)),
+        })
     })
 }
 
@@ -525,7 +537,7 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
         }
     }
     if !to_peer.is_empty() || !peer_deletes.is_empty() {
-        let upsert = with_wire_settings(|| fetch(shape, keys(&to_peer)));
+        let upsert = shape.as_owner(|| with_wire_settings(|| fetch(shape, keys(&to_peer))));
         touched += ask_repair(Repair {
             upsert,
             delete: keys(&peer_deletes),

@@ -6,7 +6,6 @@ use crate::capture::{self, CaptureSpec};
 use crate::conflict::Policy;
 use crate::error::{notice, raise, OrRaise, SqlError};
 use crate::peer::{self, Peer, PeerError};
-use crate::remote::catching;
 use crate::sql::{ident, join, object_name, qualified};
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -51,6 +50,8 @@ pub enum LinkError {
     },
     #[error("{table} is {kind}; only tables can be linked")]
     NotATable { table: String, kind: &'static str },
+    #[error("table {0} has row-level security, and a link mirrors every row")]
+    RowSecurity(String),
     #[error("{0} belongs to synclink or to the system and cannot be linked")]
     OwnTable(String),
     #[error("table {table} has columns whose names synclink reserves")]
@@ -87,7 +88,7 @@ impl SqlError for LinkError {
             LinkError::ExcludedKey(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             LinkError::ExcludedNeedsDefault { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             LinkError::NotATable { .. } => ERRCODE_WRONG_OBJECT_TYPE,
-            LinkError::OwnTable(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            LinkError::OwnTable(_) | LinkError::RowSecurity(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             LinkError::ReservedColumns { .. } => ERRCODE_RESERVED_NAME,
             LinkError::GeneratedKey { .. } => ERRCODE_INVALID_TABLE_DEFINITION,
         }
@@ -115,7 +116,9 @@ impl SqlError for LinkError {
             LinkError::KeyNotUnique { table, key } => format!("Rows are matched by the key, so it must be unique and never NULL on both nodes: CREATE UNIQUE INDEX ON {table} ({key}), and ALTER COLUMN ... SET NOT NULL for each key column."),
             LinkError::ExcludedKey(_) => "Rows are matched by the key, so it must travel; exclude other columns.".into(),
             LinkError::ExcludedNeedsDefault { column, table, .. } => format!("Rows arriving from the other node carry no value for it: ALTER TABLE {table} ALTER COLUMN \"{column}\" SET DEFAULT ... (or DROP NOT NULL), or stop excluding it."),
-            LinkError::NotATable { .. } => "synclink links ordinary and partitioned tables that every session sees; link the table a view reads from instead.".into(),
+            LinkError::NotATable { kind, .. } if kind.contains("partition") => "A partition's rows change through the partitioned table and through the partition itself, and a statement trigger sees only one of the two: partitioned tables cannot be linked yet.".into(),
+            LinkError::NotATable { .. } => "synclink links ordinary tables that every session sees; link the table a view reads from instead.".into(),
+            LinkError::RowSecurity(t) => format!("Rows travel and are applied whatever the policies allow: link a table without them, or ALTER TABLE {t} DISABLE ROW LEVEL SECURITY if every row may go to the peer."),
             LinkError::OwnTable(_) => "Link the application's tables; synclink's own tables travel by themselves.".into(),
             LinkError::ReservedColumns { table, .. } => format!("Names starting with \"{RESERVED_PREFIX}\" are synclink's own in the code it generates: ALTER TABLE {table} RENAME COLUMN ... TO ... first."),
             LinkError::GeneratedKey { .. } => "Rows are matched by values sent to the peer, and generated columns are recomputed on each side instead: link with key => (other columns), or make the column an ordinary one.".into(),
@@ -153,9 +156,12 @@ pub struct TableInfo {
     pub oid: pg_sys::Oid,
     pub schema: String,
     pub name: String,
-    /// pg_class.relkind and relpersistence
+    /// pg_class.relkind, relpersistence and relispartition
     pub kind: i8,
     pub persistence: i8,
+    pub partition: bool,
+    /// row-level security enabled
+    pub row_security: bool,
     pub columns: Vec<Column>,
     pub primary_key: Option<Vec<String>>,
     pub unique_keys: Vec<Vec<String>>,
@@ -179,7 +185,9 @@ impl TableInfo {
     pub fn check_linkable(&self) -> Result<(), LinkError> {
         let table = self.display();
         let kind = match self.kind as u8 {
-            b'r' | b'p' => None,
+            _ if self.partition => Some("a partition"),
+            b'p' => Some("a partitioned table"),
+            b'r' => None,
             b'v' => Some("a view"),
             b'm' => Some("a materialized view"),
             b'f' => Some("a foreign table"),
@@ -194,6 +202,9 @@ impl TableInfo {
                 table,
                 kind: "a temporary table",
             });
+        }
+        if self.row_security {
+            return Err(LinkError::RowSecurity(table));
         }
         if ["synclink", "pg_catalog", "information_schema", "pg_toast"]
             .contains(&self.schema.as_str())
@@ -251,7 +262,8 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
     Spi::connect(|c| {
         let head = c
             .select(
-                "SELECT n.nspname::text, cl.relname::text, cl.relkind, cl.relpersistence FROM pg_class cl \
+                "SELECT n.nspname::text, cl.relname::text, cl.relkind, cl.relpersistence, \
+                        cl.relispartition, cl.relrowsecurity FROM pg_class cl \
                  JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = $1",
                 None,
                 &[oid.into()],
@@ -262,6 +274,8 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
         let name: String = head.get(2).unwrap().unwrap();
         let kind: i8 = head.get(3).unwrap().unwrap();
         let persistence: i8 = head.get(4).unwrap().unwrap();
+        let partition: bool = head.get(5).unwrap().unwrap();
+        let row_security: bool = head.get(6).unwrap().unwrap();
         let columns: Vec<Column> = c
             .select(
                 "SELECT attname::text, format_type(atttypid, atttypmod), format_type(atttypid, NULL), \
@@ -316,6 +330,8 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
             name,
             kind,
             persistence,
+            partition,
+            row_security,
             columns,
             primary_key,
             unique_keys,
@@ -644,7 +660,8 @@ pub fn request(
     );
     let local = crate::node::local_name();
     let body = pgrx::JsonB(body);
-    match catching(|| {
+    // In a subtransaction: callers that step over an unreachable peer carry on with SQL.
+    match crate::subxact::run(|| {
         Spi::connect_mut(|c| {
             c.update(
                 sql.as_str(),
@@ -961,6 +978,7 @@ fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
 fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<(), LinkError> {
     if let Some(oid) = lookup(&req.schema, &req.table) {
         if let Some(link) = find(oid, &from.name) {
+            crate::privilege::peer_may(oid, crate::privilege::READ_WRITE, "unlink").or_raise();
             for seq in crate::sequence::shared_for_table(oid, &from.name) {
                 crate::sequence::restore_local_only(seq);
             }
@@ -978,6 +996,7 @@ fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<(), LinkError> {
 fn handle_request(from_node: &str, action: &str, body: pgrx::JsonB) -> Option<pgrx::JsonB> {
     let from = peer::find_by_node(from_node)
         .unwrap_or_else(|| raise(PeerError::UnknownNode(from_node.into())));
+    from.check_inbound().or_raise();
     match action {
         "link" => {
             let req: LinkRequest = serde_json::from_value(body.0)

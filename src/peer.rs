@@ -27,6 +27,12 @@ pub enum PeerError {
     Unreachable { peer: String, reason: String },
     #[error("synclink's objects for peer \"{peer}\" are damaged: {missing} is missing")]
     Damaged { peer: String, missing: String },
+    #[error("peer \"{peer}\" reaches this node as role \"{bound}\", not as \"{actual}\"")]
+    WrongRole {
+        peer: String,
+        bound: String,
+        actual: String,
+    },
     #[error("peer \"{0}\" does not run synclink")]
     NoSynclink(String),
     #[error("peer \"{peer}\" is this same node (\"{node}\")")]
@@ -50,6 +56,7 @@ impl SqlError for PeerError {
             PeerError::Unreachable { .. } => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             PeerError::NoSynclink(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             PeerError::Damaged { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            PeerError::WrongRole { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             PeerError::SameNode { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             PeerError::HasLinks { .. } | PeerError::HasQueued { .. } => {
                 ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST
@@ -72,6 +79,7 @@ impl SqlError for PeerError {
             PeerError::Unknown(_) | PeerError::NoPeers => "Register it with SELECT sync_add_peer('name', 'host=... dbname=... user=... password=...').".into(),
             PeerError::Ambiguous(_) => "Pass the peer name as the second argument.".into(),
             PeerError::Unreachable { .. } => "Check host, port, dbname, user and password, and that the peer's pg_hba.conf admits this server.".into(),
+            PeerError::WrongRole { peer, .. } => format!("Another peer's role cannot act for this one. If peer \"{peer}\" now connects as another role on purpose, a superuser here runs UPDATE synclink.peer SET inbound_role = NULL WHERE peer_name = '{peer}'."),
             PeerError::Damaged { peer, .. } => format!("SELECT sync_drop_peer('{peer}', cascade => true) removes the peer and its links on this node (the peer keeps its half: unlink there too); then register it again with sync_add_peer()."),
             PeerError::NoSynclink(_) => "Run CREATE EXTENSION synclink CASCADE on the peer database, and grant the connecting role access to it.".into(),
             PeerError::SameNode { .. } => "The connection string points back at this database, or both are physical copies: give one a new name with sync_set_node_name().".into(),
@@ -86,6 +94,8 @@ pub struct Peer {
     pub name: String,
     pub server: String,
     pub node_name: String,
+    /// synclink.peer.inbound_role
+    pub inbound_role: Option<pg_sys::Oid>,
 }
 
 impl Peer {
@@ -117,6 +127,34 @@ impl Peer {
         }
     }
 
+    /// Is this session the peer's? Changes and requests arrive as the role the peer's
+    /// connection string names, and the first one ties the peer to that role: from then on a
+    /// role another peer connects as cannot act in this peer's name. A superuser may (it can
+    /// do anything here anyway), but is tied to a peer all the same when it comes first.
+    pub fn check_inbound(&self) -> Result<(), PeerError> {
+        let role = crate::privilege::session_role();
+        match self.inbound_role {
+            Some(bound) if bound == role || crate::privilege::is_superuser(role) => Ok(()),
+            Some(bound) => Err(PeerError::WrongRole {
+                peer: self.name.clone(),
+                bound: crate::privilege::role_name(bound),
+                actual: crate::privilege::role_name(role),
+            }),
+            None => {
+                let bound = crate::db::maybe_one::<pg_sys::Oid>(
+                    "UPDATE synclink.peer SET inbound_role = coalesce(inbound_role, $2) \
+                      WHERE peer_name = $1 RETURNING inbound_role",
+                    &[self.name.as_str().into(), role.into()],
+                );
+                Peer {
+                    inbound_role: bound,
+                    ..self.clone()
+                }
+                .check_inbound()
+            }
+        }
+    }
+
     /// Is this a failure to reach the peer that a removal may step over with a warning?
     pub fn tolerable(e: &PeerError) -> bool {
         matches!(e, PeerError::Unreachable { .. } | PeerError::Damaged { .. })
@@ -132,7 +170,7 @@ fn valid_name(name: &str) -> bool {
 
 pub fn find(name: &str) -> Option<Peer> {
     crate::db::prepared_read(
-        "SELECT peer_name, server_name::text, node_name FROM synclink.peer WHERE peer_name = $1",
+        "SELECT peer_name, server_name::text, node_name, inbound_role FROM synclink.peer WHERE peer_name = $1",
         &[pgrx::PgOid::from(pg_sys::TEXTOID)],
         &[name.into()],
         |t| {
@@ -140,6 +178,7 @@ pub fn find(name: &str) -> Option<Peer> {
                 name: r.get::<String>(1).unwrap().unwrap(),
                 server: r.get::<String>(2).unwrap().unwrap(),
                 node_name: r.get::<String>(3).unwrap().unwrap(),
+                inbound_role: r.get::<pg_sys::Oid>(4).unwrap(),
             })
         },
     )
@@ -261,6 +300,7 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
         name: name.into(),
         server: server.clone(),
         node_name: String::new(),
+        inbound_role: None,
     };
     let srv = ident(&server);
     let mut ddl = vec![

@@ -51,11 +51,58 @@ pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
 /// change role or create temporary objects, and synclink's privileges are not lent to it.
 pub fn as_owner_of<T>(relid: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     let owner = table_owner(relid);
+    let deferred = deferred_code_checks();
     switched(
         owner,
         pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION,
-        f,
+        || {
+            if let Some(names) = deferred {
+                // The names come from the catalog, each quoted by format('%I').
+                Spi::run(&format!("SET CONSTRAINTS {names} IMMEDIATE")).unwrap();
+            }
+            f()
+        },
     )
+}
+
+thread_local! {
+    /// deferred_code_checks' answer, for the transaction (local id) it was read in.
+    static DEFERRED: std::cell::RefCell<(u32, Option<String>)> =
+        const { std::cell::RefCell::new((0, None)) };
+}
+
+/// The deferrable constraints whose check runs code a table's owner wrote: constraint
+/// triggers, and unique or exclusion constraints over an index with expressions or a
+/// predicate. Deferred, they would run at COMMIT as whoever commits — not as the owner whose
+/// statement queued them. as_owner_of makes them immediate, so they run inside it. (Foreign
+/// keys stay deferrable: PostgreSQL runs their checks as the table's owner itself.) Read
+/// once per transaction; None when there are none, as in most databases.
+fn deferred_code_checks() -> Option<String> {
+    let xact = crate::db::local_xact();
+    if let Some(names) = DEFERRED.with(|d| {
+        let d = d.borrow();
+        (d.0 == xact).then(|| d.1.clone())
+    }) {
+        return names;
+    }
+    let names = pinned(|| {
+        crate::db::prepared_read(
+            "SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', n.nspname, c.conname), ', ') \
+               FROM pg_catalog.pg_constraint c \
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.connamespace \
+              WHERE c.condeferrable \
+                AND (c.contype OPERATOR(pg_catalog.=) 't' \
+                     OR (c.contype OPERATOR(pg_catalog.=) ANY ('{p,u,x}'::pg_catalog.\"char\"[]) \
+                         AND EXISTS (SELECT FROM pg_catalog.pg_index i \
+                                      WHERE i.indexrelid OPERATOR(pg_catalog.=) c.conindid \
+                                        AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL))))",
+            &[],
+            &[],
+            |t| t.first().get_one::<String>().ok().flatten(),
+        )
+    });
+    DEFERRED.with(|d| *d.borrow_mut() = (xact, names.clone()));
+    names
 }
 
 thread_local! {
@@ -207,10 +254,19 @@ pub fn peer_may(
     })
 }
 
-fn role_name(role: pg_sys::Oid) -> String {
-    // SAFETY: GetUserNameFromId returns a palloc'd copy (or raises for an unknown role).
+pub fn is_superuser(role: pg_sys::Oid) -> bool {
+    // SAFETY: superuser_arg reads the role's catalog entry through the syscache.
+    unsafe { pg_sys::superuser_arg(role) }
+}
+
+pub fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: GetUserNameFromId returns a palloc'd copy, or NULL for a role that is gone.
     unsafe {
-        std::ffi::CStr::from_ptr(pg_sys::GetUserNameFromId(role, false))
+        let name = pg_sys::GetUserNameFromId(role, true);
+        if name.is_null() {
+            return role.to_u32().to_string();
+        }
+        std::ffi::CStr::from_ptr(name)
             .to_string_lossy()
             .into_owned()
     }

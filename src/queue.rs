@@ -114,19 +114,16 @@ pub fn sync_timeout_ms() -> i32 {
     SYNC_TIMEOUT_MS.get()
 }
 
-thread_local! {
-    /// The transaction (local id) whose lock_timeout was set for applying changes.
-    static LOCK_TIMEOUT_SET_IN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
 /// Bound this transaction's lock waits by synclink.apply_lock_timeout: it applies a peer's
 /// changes, and a writer on the peer may be waiting for them while holding the very rows a
 /// local writer here waits for (a distributed deadlock PostgreSQL cannot see). The peer's
-/// session is synclink's own, so the setting lasts to the end of its transaction.
+/// session is synclink's own, so the setting lasts to the end of its transaction — or of the
+/// savepoint it was made in, which the sender rolls back when a delivery fails: so it is
+/// compared with the setting in force each time.
 pub fn bound_lock_waits() {
     let ms = APPLY_LOCK_TIMEOUT_MS.get();
-    let xact = crate::db::local_xact();
-    if ms <= 0 || LOCK_TIMEOUT_SET_IN.with(|s| s.replace(xact)) == xact {
+    // SAFETY: LockTimeout is the lock_timeout setting's variable, read only.
+    if ms <= 0 || unsafe { pg_sys::LockTimeout } == ms {
         return;
     }
     let value = std::ffi::CString::new(format!("{ms}ms")).expect("no NUL in a number");
@@ -563,7 +560,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
                 if f.is_connection() {
                     mark_down(&peer.name);
                 }
-                record_failure(&peer.name, &f.summary());
+                record_failure(&peer.name, &f.stored_summary());
                 return Flushed::Failed(delivered, f);
             }
         }

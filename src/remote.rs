@@ -51,11 +51,22 @@ impl RemoteFailure {
         self.sqlstate == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
     }
 
-    /// One line for status views and DETAIL: message plus libpq's reason.
+    /// One line for DETAIL: message plus libpq's reason or the peer's detail.
     pub fn summary(&self) -> String {
         match &self.detail {
             Some(d) => format!("{}: {}", self.message, d.trim()),
             None => self.message.clone(),
+        }
+    }
+
+    /// One line to keep where monitoring roles read it (sync_status): the peer's DETAIL of a
+    /// data or constraint error shows row values ("Failing row contains …"), so it is left out.
+    pub fn stored_summary(&self) -> String {
+        let class = sqlstate_text(self.sqlstate as isize);
+        if class.starts_with("22") || class.starts_with("23") {
+            self.message.clone()
+        } else {
+            self.summary()
         }
     }
 }
@@ -123,19 +134,21 @@ pub fn within<T>(ms: i32, f: impl FnOnce() -> T) -> T {
         fn drop(&mut self) {
             // SAFETY: disarming a timeout touches only the timeout module's own state.
             unsafe { disable_timeout(self.0, false) };
+            if deadline_passed() {
+                // The time ran out after f had already returned or failed: the cancel it
+                // asked for must not hit what the caller runs next (queueing the change, say).
+                // A cancel that did stop f was taken already. At worst a user's cancel arriving
+                // at this very moment is lost, and can be repeated.
+                // SAFETY: clearing the flag the handler set.
+                unsafe { pg_sys::QueryCancelPending = 0 };
+            }
         }
     }
     let disarm = Disarm(id);
     let result = f();
     drop(disarm);
-    if deadline_passed() {
-        // The time ran out as f returned: the cancel it asked for must not hit whatever
-        // the caller runs next.
-        // SAFETY: clearing the flag the handler set; at worst a user's cancel arriving at
-        // this very moment is lost, and can be repeated.
-        unsafe { pg_sys::QueryCancelPending = 0 };
-        DEADLINE_PASSED.store(false, Ordering::SeqCst);
-    }
+    // f finished in time after all: the deadline did not end it.
+    DEADLINE_PASSED.store(false, Ordering::SeqCst);
     result
 }
 

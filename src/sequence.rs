@@ -475,6 +475,14 @@ fn shared_nextval(foreign: pg_sys::Oid, peer: &str, column: &str) -> i64 {
 fn handle_share(from: &Peer, req: ShareRequest) -> Result<ShareReply, SequenceError> {
     check_strategy(&req.strategy)?;
     let col = requested_column(from, &req.schema, &req.table, &req.column)?;
+    // A shared sequence sets the column's default here: the peer's role must be one that may
+    // write the table.
+    crate::privilege::peer_may(
+        col.relid,
+        crate::privilege::READ_WRITE,
+        "share a sequence of",
+    )
+    .unwrap_or_else(|e| raise(e));
     if let Some((with, s)) = recorded(col.seq) {
         return Err(SequenceError::AlreadyShared {
             seq: col.seq_name,
@@ -616,6 +624,12 @@ fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, Sequen
         // nothing shared here (already undone): nothing to do
         return Ok(ShareReply { high: 0 });
     };
+    crate::privilege::peer_may(
+        col.relid,
+        crate::privilege::READ_WRITE,
+        "unshare a sequence of",
+    )
+    .unwrap_or_else(|e| raise(e));
     let (_, share) = recorded(col.seq).expect("listed as shared");
     let high = high_mark(&col);
     restore_local(&col, &share, req.high);

@@ -199,7 +199,7 @@ fn ship(
                     queue::sync_timeout_ms()
                 )))
             }
-            Flushed::Failed(_, f) => return queue(Some(&f.summary())),
+            Flushed::Failed(_, f) => return queue(Some(&f.stored_summary())),
         }
     } else if down {
         return queue(None);
@@ -211,7 +211,7 @@ fn ship(
         Ok(()) => {}
         Err(f) if f.is_connection() => {
             queue::mark_down(&r.peer);
-            queue(Some(&f.summary()));
+            queue(Some(&f.stored_summary()));
         }
         // Never waited on for longer than the bound, never lost: queued, and writers leave
         // the peer alone for synclink.retry_interval (it may be a lock held there for long).
@@ -225,11 +225,11 @@ fn ship(
             if f.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
                 queue::mark_down(&r.peer);
             }
-            queue(Some(&f.summary()));
+            queue(Some(&f.stored_summary()));
         }
         // synclink's foreign table dropped under a live session, or the peer's inbox gone:
         // the change cannot go now, and is kept.
-        Err(f) if f.is_undefined_table() => queue(Some(&f.summary())),
+        Err(f) if f.is_undefined_table() => queue(Some(&f.stored_summary())),
         // The user's own cancel or statement_timeout: as PostgreSQL reports it.
         Err(f) if f.is_cancel() => crate::remote::reraise(f),
         Err(f) => raise(ShipError::PeerFailed {

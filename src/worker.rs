@@ -56,24 +56,60 @@ pub fn preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
-/// Take a slot for this worker; returns its index.
-fn register_worker(dboid: u32) -> Option<usize> {
-    let me = ((dboid as u64) << 32) | unsafe { pg_sys::MyProcPid } as u32 as u64;
+enum Registration {
+    /// This worker serves the database, and is woken through this slot.
+    Slot(usize),
+    /// It serves the database, without a slot to be woken through (all taken).
+    NoSlot,
+    /// Another live worker serves the database already.
+    Taken,
+}
+
+/// Is `pid` a live backend? (A worker that died leaves its slot behind.)
+fn alive(pid: i32) -> bool {
+    // SAFETY: BackendPidGetProc looks the pid up in the proc array under its lock.
+    !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()
+}
+
+/// Take this database's slot (the one an earlier worker for it left, or a free one), unless a
+/// live worker holds it: one delivery worker per database, whoever started it. Shared memory
+/// only synclink writes, so that no SQL session can keep the worker out (an advisory lock
+/// could be taken by anyone).
+fn register_worker(dboid: u32) -> Registration {
+    // SAFETY: MyProcPid is this process's pid.
+    let my_pid = unsafe { pg_sys::MyProcPid };
+    let me = ((dboid as u64) << 32) | my_pid as u32 as u64;
     let slots = &WORKERS.get().slots;
-    // Take over the slot of an earlier worker for this database, or else a free one.
-    let slot = slots
-        .iter()
-        .position(|s| (s.load(Ordering::Acquire) >> 32) as u32 == dboid)
-        .or_else(|| {
-            slots.iter().position(|s| {
-                s.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            })
-        });
-    if let Some(i) = slot {
-        slots[i].store(me, Ordering::Release);
+    for (i, s) in slots.iter().enumerate() {
+        let v = s.load(Ordering::Acquire);
+        if v == 0 || (v >> 32) as u32 != dboid {
+            continue;
+        }
+        let pid = v as u32 as i32;
+        if pid != my_pid && alive(pid) {
+            return Registration::Taken;
+        }
+        return match s.compare_exchange(v, me, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Registration::Slot(i),
+            Err(_) => Registration::Taken,
+        };
     }
-    slot
+    let Some(i) = slots.iter().position(|s| {
+        s.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }) else {
+        return Registration::NoSlot;
+    };
+    // Two workers starting at once may both have taken a free slot: the lower one stays.
+    let rival = slots.iter().enumerate().any(|(j, s)| {
+        let v = s.load(Ordering::Acquire);
+        j < i && v != 0 && (v >> 32) as u32 == dboid && alive(v as u32 as i32)
+    });
+    if rival {
+        slots[i].store(0, Ordering::Release);
+        return Registration::Taken;
+    }
+    Registration::Slot(i)
 }
 
 /// Ask to be woken by the next commit that queues a change. Called before the round looks
@@ -268,18 +304,14 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
     crate::privilege::pin_for_session();
     // One delivery worker per database, whatever started it: a second one leaves at once.
-    let alone = BackgroundWorker::transaction(|| {
-        crate::db::maybe_one::<bool>(
-            "SELECT pg_try_advisory_lock(hashtext('synclink delivery worker'))",
-            &[],
-        )
-        .unwrap_or(false)
-    });
-    if !alone {
-        log!("synclink: a delivery worker already serves this database");
-        return;
-    }
-    let slot = register_worker(dboid.to_u32());
+    let slot = match register_worker(dboid.to_u32()) {
+        Registration::Slot(i) => Some(i),
+        Registration::NoSlot => None,
+        Registration::Taken => {
+            log!("synclink: a delivery worker already serves this database");
+            return;
+        }
+    };
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     // Per peer, the last seq delivered since the last sweep.
     let mut delivered_up_to: HashMap<String, i64> = HashMap::new();

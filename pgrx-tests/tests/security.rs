@@ -8,18 +8,24 @@ use synclink_e2e::{both, count, db_error, wait_until, Pair};
 
 const PRODUCTS: &str = "CREATE TABLE products (id int PRIMARY KEY, name text)";
 
-/// Schema `evil`, owned by `role`, with a log table and a function that records who ran it
-/// and whether as a superuser. Everything below it installs is named after PostgreSQL's own
-/// operators, so that a search path naming `evil` first would pick it up.
+/// Schema `evil`, owned by `role`, with a function that counts its runs, as a superuser and
+/// as anyone else, in two sequences (which a rollback does not undo). Everything below it
+/// installs is named after PostgreSQL's own operators, so that a search path naming `evil`
+/// first would pick it up.
 fn evil_schema(c: &mut Client, role: &str) {
     c.batch_execute(&format!(
         "CREATE SCHEMA evil AUTHORIZATION {role};
          SET ROLE {role};
-         CREATE TABLE evil.log (who text, superuser text);
+         CREATE SEQUENCE evil.as_superuser;
+         CREATE SEQUENCE evil.as_other;
          CREATE FUNCTION evil.spy() RETURNS bool LANGUAGE plpgsql AS $$
          BEGIN
-             INSERT INTO evil.log SELECT current_user, rolsuper::text FROM pg_catalog.pg_roles
-                  WHERE rolname OPERATOR(pg_catalog.=) current_user;
+             IF (SELECT rolsuper FROM pg_catalog.pg_roles
+                  WHERE rolname OPERATOR(pg_catalog.=) current_user) THEN
+                 PERFORM pg_catalog.nextval('evil.as_superuser');
+             ELSE
+                 PERFORM pg_catalog.nextval('evil.as_other');
+             END IF;
              RETURN true;
          END $$;
          CREATE FUNCTION evil.eq_int(int, int) RETURNS bool LANGUAGE sql
@@ -32,19 +38,22 @@ fn evil_schema(c: &mut Client, role: &str) {
              AS $$ SELECT evil.spy() AND $1 OPERATOR(pg_catalog.>=) $2 $$;
          CREATE OPERATOR evil.>= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.ge_big);
          GRANT USAGE ON SCHEMA evil TO PUBLIC;
-         GRANT INSERT, SELECT ON evil.log TO PUBLIC;
+         GRANT USAGE, SELECT ON evil.as_superuser, evil.as_other TO PUBLIC;
          RESET ROLE;"
     ))
     .unwrap();
 }
 
-/// Who ran the spy, and as what: empty when nothing of the attacker's ran.
-fn spied(c: &mut Client) -> Vec<String> {
-    c.query("SELECT who || ':' || superuser FROM evil.log", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+/// How often the spy ran: (as a superuser, as anyone else). (0, 0): nothing of the
+/// attacker's ran.
+fn spied(c: &mut Client) -> (i64, i64) {
+    let runs = |c: &mut Client, seq: &str| {
+        count(
+            c,
+            &format!("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seq}"),
+        )
+    };
+    (runs(c, "evil.as_superuser"), runs(c, "evil.as_other"))
 }
 
 fn code(e: postgres::Error) -> String {
@@ -98,6 +107,11 @@ fn a_callers_operators_never_run_with_synclinks_privileges() {
         "{message}"
     );
     assert!(hint.contains("drop it"), "{hint}");
+    assert_eq!(
+        spied(&mut a),
+        (0, 0),
+        "the refused trigger ran the caller's operator"
+    );
 
     // Writing the linked table with that search path: queued and delivered, nothing spied.
     m.batch_execute("INSERT INTO public.products VALUES (1, 'one')")
@@ -113,7 +127,7 @@ fn a_callers_operators_never_run_with_synclinks_privileges() {
          UPDATE public.products SET name = 'uno' WHERE id OPERATOR(pg_catalog.=) 1",
     )
     .unwrap();
-    assert_eq!(spied(&mut a), Vec::<String>::new());
+    assert_eq!(spied(&mut a), (0, 0));
     assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 3);
     a.execute("SELECT sync_flush()", &[]).unwrap();
     assert_eq!(
@@ -123,7 +137,7 @@ fn a_callers_operators_never_run_with_synclinks_privileges() {
         ),
         2
     );
-    assert_eq!(spied(&mut a), Vec::<String>::new());
+    assert_eq!(spied(&mut a), (0, 0));
 }
 
 #[test]
@@ -160,7 +174,7 @@ fn the_delivery_worker_ignores_a_database_owners_search_path() {
     wait_until(Duration::from_secs(20), || {
         count(&mut b, "SELECT count(*) FROM products") == 1
     });
-    assert_eq!(spied(&mut fresh), Vec::<String>::new());
+    assert_eq!(spied(&mut fresh), (0, 0));
 }
 
 #[test]
@@ -251,7 +265,34 @@ const OWNED: &str = "
         RETURN NULL;
     END $$;
     ALTER FUNCTION public.audit() OWNER TO shopkeeper;
-    ALTER FUNCTION public.not_as_superuser(text) OWNER TO shopkeeper;";
+    ALTER FUNCTION public.not_as_superuser(text) OWNER TO shopkeeper;
+    -- the owner's type, with casts to text and json of its own, and its domain's check
+    ALTER TYPE public.mood OWNER TO shopkeeper;
+    ALTER DOMAIN public.label OWNER TO shopkeeper;
+    GRANT CREATE ON SCHEMA public TO shopkeeper;
+    SET ROLE shopkeeper;
+    CREATE FUNCTION public.mood_text(public.mood) RETURNS text LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM public.not_as_superuser('');
+        RETURN pg_catalog.enum_out($1)::text;
+    END $$;
+    CREATE FUNCTION public.mood_json(public.mood) RETURNS json LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM public.not_as_superuser('');
+        RETURN pg_catalog.to_json(pg_catalog.enum_out($1)::text);
+    END $$;
+    CREATE CAST (public.mood AS text) WITH FUNCTION public.mood_text(public.mood);
+    CREATE CAST (public.mood AS json) WITH FUNCTION public.mood_json(public.mood);
+    ALTER DOMAIN public.label ADD CHECK (public.not_as_superuser(VALUE));
+    RESET ROLE;";
+
+/// On both nodes: the tables, their enum and domain (on B, OWNED gives them code).
+const OWNED_TABLES: &str = "
+    CREATE TYPE public.mood AS ENUM ('a', 'b');
+    CREATE DOMAIN public.label AS text;
+    CREATE TABLE products (id int PRIMARY KEY, name text, m public.mood DEFAULT 'a', l public.label);
+    CREATE TABLE notes (id int PRIMARY KEY, name text, m public.mood DEFAULT 'a', l public.label);
+    INSERT INTO notes VALUES (1, 'start');";
 
 fn owned_by_shopkeeper(b: &mut Client, table: &str) {
     b.batch_execute(&format!(
@@ -260,6 +301,8 @@ fn owned_by_shopkeeper(b: &mut Client, table: &str) {
          ALTER TABLE {table} ADD CHECK (public.not_as_superuser(name));
          CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table}
              FOR EACH ROW EXECUTE FUNCTION public.audit();
+         CREATE CONSTRAINT TRIGGER audit_at_commit AFTER INSERT OR UPDATE ON {table}
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.audit();
          RESET ROLE;"
     ))
     .unwrap();
@@ -279,13 +322,7 @@ fn owner_log(c: &mut Client) -> Vec<String> {
 #[test]
 fn changes_arrive_as_the_table_owner_never_as_a_superuser() {
     let (_p, mut a, mut b) = Pair::peered();
-    both(
-        &mut a,
-        &mut b,
-        "CREATE TABLE products (id int PRIMARY KEY, name text);
-         CREATE TABLE notes (id int PRIMARY KEY, name text);
-         INSERT INTO notes VALUES (1, 'start');",
-    );
+    both(&mut a, &mut b, OWNED_TABLES);
     b.batch_execute(OWNED).unwrap();
     owned_by_shopkeeper(&mut b, "products");
     owned_by_shopkeeper(&mut b, "notes");
@@ -305,8 +342,10 @@ fn changes_arrive_as_the_table_owner_never_as_a_superuser() {
          UPDATE notes SET name = 'a';",
     )
     .unwrap();
-    b.batch_execute("SET ROLE shopkeeper; UPDATE notes SET name = 'b'; RESET ROLE")
-        .unwrap();
+    // (each its own transaction: the constraint trigger fires at commit)
+    b.batch_execute("SET ROLE shopkeeper").unwrap();
+    b.batch_execute("UPDATE notes SET name = 'b'").unwrap();
+    b.batch_execute("RESET ROLE").unwrap();
     assert_eq!(owner_log(&mut b), vec!["shopkeeper:false"]);
     a.execute("SELECT sync_flush()", &[]).unwrap();
     assert_eq!(
@@ -334,15 +373,105 @@ fn changes_arrive_as_the_table_owner_never_as_a_superuser() {
     );
     assert_eq!(count(&mut b, "SELECT count(*) FROM products"), 1);
     assert_eq!(owner_log(&mut b), vec!["shopkeeper:false"]);
-    // and a repair by sync_reconcile
+    // and comparing and repairing: rows read, cast to text and json, keys read as the table's
+    // row type, rows written, from either node
     a.batch_execute(
         "ALTER TABLE products DISABLE TRIGGER USER; INSERT INTO products VALUES (3, 'three');
+         UPDATE products SET m = 'b' WHERE id = 1; ALTER TABLE products ENABLE TRIGGER USER;",
+    )
+    .unwrap();
+    assert_eq!(
+        count(&mut a, "SELECT count(*) FROM sync_diff('products')"),
+        2
+    );
+    assert_eq!(
+        count(&mut b, "SELECT count(*) FROM sync_diff('products')"),
+        2
+    );
+    // A takes B's rows (read on B), then B takes a row of A's (written on B)
+    a.execute("SELECT sync_reconcile('products', prefer => 'peer')", &[])
+        .unwrap();
+    assert_eq!(count(&mut a, "SELECT count(*) FROM products"), 1);
+    a.batch_execute(
+        "ALTER TABLE products DISABLE TRIGGER USER; INSERT INTO products VALUES (4, 'four', 'b');
          ALTER TABLE products ENABLE TRIGGER USER;",
     )
     .unwrap();
-    a.execute("SELECT sync_reconcile('products')", &[]).unwrap();
+    b.execute("SELECT sync_reconcile('products', prefer => 'peer')", &[])
+        .unwrap();
     assert_eq!(count(&mut b, "SELECT count(*) FROM products"), 2);
     assert_eq!(owner_log(&mut b), vec!["shopkeeper:false"]);
+}
+
+#[test]
+fn a_table_owner_cannot_forge_conflicts_or_reach_synclinks_tables() {
+    let (_p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, OWNED_TABLES);
+    b.batch_execute(OWNED).unwrap();
+    owned_by_shopkeeper(&mut b, "notes");
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    a.execute("SELECT sync_link_table('notes')", &[]).unwrap();
+    let products_link: i32 = b
+        .query_one(
+            "SELECT link_id FROM synclink.link WHERE relid = 'products'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    b.batch_execute("SET ROLE shopkeeper").unwrap();
+    for forged in [
+        // an open conflict on its own table but naming another table's link
+        format!(
+            "INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, columns, outcome)
+             VALUES ({products_link}, 'notes', 'a', '{{\"id\": 1}}', 'update_changed', 'manual', '{{name}}', 'open')"
+        ),
+        // a conflict id of its choosing (a later one would collide with it)
+        "INSERT INTO synclink.conflict (conflict_id, link_id, relid, peer_name, key, kind, policy, columns, outcome)
+         SELECT 999999, link_id, relid, peer_name, '{}', 'update_changed', 'manual', '{}', 'open'
+           FROM synclink.link WHERE relid = 'notes'::regclass"
+            .to_string(),
+        // another table's row versions, synclink's queue, its peers
+        "SELECT count(*) FROM synclink.outbox".to_string(),
+        "SELECT count(*) FROM synclink.peer".to_string(),
+        "INSERT INTO synclink.inbox (origin, sender, target_schema, target_table, op) VALUES ('x', 'x', 'public', 'products', 'T')".to_string(),
+    ] {
+        let (code, message, _, _) = db_error(b.batch_execute(&forged).unwrap_err());
+        assert_eq!(code, "42501", "{forged}: {message}");
+    }
+    let versions: String = b
+        .query_one(
+            "SELECT version_table FROM synclink.link WHERE relid = 'products'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        count(&mut b, &format!("SELECT count(*) FROM {versions}")),
+        0,
+        "another owner's versions are not visible"
+    );
+    b.batch_execute("RESET ROLE").unwrap();
+}
+
+#[test]
+fn a_non_superuser_drops_its_own_tables_linked_or_not() {
+    let (p, mut a, mut b) = Pair::peered();
+    both(&mut a, &mut b, PRODUCTS);
+    a.batch_execute(
+        "CREATE ROLE app LOGIN PASSWORD 'app-pw';
+         ALTER TABLE products OWNER TO app;
+         CREATE TABLE scratch (id int); ALTER TABLE scratch OWNER TO app;",
+    )
+    .unwrap();
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    let mut app = p.a.connect_as(&p.db, "app", "app-pw");
+    app.batch_execute("DROP TABLE scratch").unwrap();
+    app.batch_execute("DROP TABLE products").unwrap();
+    for c in [&mut a, &mut b] {
+        assert_eq!(count(c, "SELECT count(*) FROM synclink.link"), 0);
+    }
 }
 
 #[test]
@@ -420,6 +549,40 @@ fn a_peer_reaches_only_the_tables_its_role_was_granted() {
         assert_eq!(code, "42501", "{sql}: {message}");
     }
     assert_eq!(count(&mut a, "SELECT count(*) FROM secrets"), 0);
+
+    // A third node, C, links products with B too, reaching B as the superuser `sync`. A's
+    // role on B may write products, yet cannot act as C: asking B, in C's name, to drop C's
+    // link is refused.
+    let mut c = p.a.create_db("shop2");
+    c.batch_execute("CREATE TABLE products (id int PRIMARY KEY, name text)")
+        .unwrap();
+    c.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)])
+        .unwrap();
+    b.execute("SELECT sync_add_peer('c', $1)", &[&p.a.conninfo("shop2")])
+        .unwrap();
+    c.execute(
+        "SELECT sync_link_table('products', copy => 'from_peer')",
+        &[],
+    )
+    .unwrap();
+    c.batch_execute("INSERT INTO products VALUES (3, 'from c')")
+        .unwrap();
+    let node_c: String = c.query_one("SELECT sync_node_name()", &[]).unwrap().get(0);
+    let (code, message, _, hint) = db_error(
+        a.execute(
+            "INSERT INTO synclink.b_request (from_node, action, body)
+             VALUES ($1, 'unlink', '{\"schema\": \"public\", \"table\": \"products\"}')",
+            &[&node_c],
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(code, "42501", "{message}");
+    assert!(
+        message.contains("reaches this node as role \"sync\", not as \"peer_a\""),
+        "{message}"
+    );
+    assert!(hint.contains("inbound_role"), "{hint}");
+    assert_eq!(count(&mut b, "SELECT count(*) FROM synclink.link"), 2);
 }
 
 #[test]
