@@ -616,6 +616,7 @@ pub fn receive(trigger: &PgTrigger) {
     }
     let [origin, sender, schema, table, new_rows, old_rows, stamps] = text;
     crate::queue::bound_lock_waits();
+    crate::privilege::pin_for_transaction();
     // The peer's role inserted the record; synclink's own bookkeeping runs as the extension's
     // owner, and the rows are written as the table's owner (apply_checked).
     crate::privilege::as_role(crate::privilege::extension_owner(), || {

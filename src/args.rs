@@ -51,6 +51,7 @@ impl SqlError for ArgError {
 pub struct RegClass(pg_sys::Oid);
 
 impl FromDatum for RegClass {
+    // SAFETY: callers: `datum` is a regclass datum or NULL, as FromDatum promises.
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
@@ -68,6 +69,7 @@ impl FromDatum for RegClass {
 // unbox_arg_unchecked (never, for the Option<RegClass> arguments used here) panics as pgrx's
 // own argument types do.
 unsafe impl<'fcx> ArgAbi<'fcx> for RegClass {
+    // SAFETY: callers: as below.
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
         // SAFETY: as above.
@@ -75,6 +77,7 @@ unsafe impl<'fcx> ArgAbi<'fcx> for RegClass {
             .unwrap_or_else(|| panic!("argument {index} must not be null"))
     }
 
+    // SAFETY: callers: `arg` is this function's argument of type regclass.
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
         // SAFETY: as above.
         unsafe { arg.unbox_arg_using_from_datum() }.into()

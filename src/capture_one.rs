@@ -289,7 +289,9 @@ unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
         let op = [b'I', b'U', b'D'][index];
         let row = only_row(changed, desc);
         let old = old.map(|o| only_row(o, desc));
-        return crate::privilege::as_role(link.owner, || {
+        // The writes go through the access methods; the backlog check, the one statement that
+        // may follow, pins the search path itself (queue::after_queueing).
+        return crate::privilege::as_role_without_sql(link.owner, || {
             let queued = writer.queue(op, row, old, desc, &origin, now_micros());
             if queued {
                 crate::queue::after_queueing();

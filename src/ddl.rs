@@ -9,28 +9,6 @@
 use crate::error::{raise, warning, SqlError};
 use crate::link;
 use pgrx::prelude::*;
-use std::cell::Cell;
-
-thread_local! {
-    /// Set while synclink itself removes objects it made (unlinking, dropping a peer,
-    /// unsharing a sequence, DROP EXTENSION): the drop guard lets those through.
-    static REMOVING: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Run `f`, which drops objects synclink made, past the drop guard. If it fails, the
-/// transaction (or subtransaction) is rolled back and the count with it no longer matters:
-/// it is kept per backend and reset here on the way out either way.
-pub fn removing<T>(f: impl FnOnce() -> T) -> T {
-    struct Leave;
-    impl Drop for Leave {
-        fn drop(&mut self) {
-            REMOVING.with(|r| r.set(r.get().saturating_sub(1)));
-        }
-    }
-    REMOVING.with(|r| r.set(r.get() + 1));
-    let _leave = Leave;
-    f()
-}
 
 #[derive(thiserror::Error, Debug)]
 pub enum DdlError {
@@ -107,7 +85,7 @@ fn forget_dropped_tables() {
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn guard_drops() {
-    if REMOVING.with(|r| r.get()) > 0 {
+    if crate::removal::in_progress() {
         return;
     }
     let hit = crate::db::maybe_one::<pgrx::JsonB>(

@@ -13,9 +13,9 @@
 //! delivery starts from the lowest seq at every batch.
 
 use pgrx::prelude::*;
-use pgrx::{PGRXSharedMemory, PgAtomic};
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 
 /// Backends with a slot of their own (by PGPROC number); the few beyond it are counted.
 const SLOTS: usize = 4096;
@@ -42,8 +42,17 @@ impl Default for Horizon {
 // SAFETY: only atomics, valid at any address and in any process mapping the segment.
 unsafe impl PGRXSharedMemory for Horizon {}
 
-// SAFETY: the name is unique to synclink; pg_shmem_init! in worker::init allocates it.
-pub static HORIZON: PgAtomic<Horizon> = unsafe { PgAtomic::new(c"synclink_horizon") };
+// SAFETY: the name is unique to synclink; init() allocates it while the library is preloaded.
+static HORIZON: PgAtomic<Horizon> = unsafe { PgAtomic::new(c"synclink_horizon") };
+
+/// Set in the postmaster by init(), so every backend forked from it knows HORIZON exists.
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// Ask for the shared memory: only while shared_preload_libraries is being processed.
+pub fn init() {
+    pg_shmem_init!(HORIZON);
+    READY.store(true, Ordering::Relaxed);
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Held {
@@ -60,7 +69,7 @@ thread_local! {
 
 /// Draw a seq with `draw`, publishing the transaction's lowest first.
 pub fn drawing(draw: impl FnOnce() -> i64) -> i64 {
-    if !crate::worker::preloaded() {
+    if !READY.load(Ordering::Relaxed) {
         return draw();
     }
     let xact = crate::db::local_xact();
@@ -89,6 +98,8 @@ pub fn drawing(draw: impl FnOnce() -> i64) -> i64 {
 
 /// Transaction end (commit, abort or prepare): runs after the commit is visible to others, so
 /// a reader that no longer sees the seq published sees the change itself.
+// SAFETY: called by PostgreSQL's transaction machinery with a valid event; it touches only
+// this backend's thread-locals and its own shared-memory slot.
 #[pg_guard]
 unsafe extern "C-unwind" fn transaction_ended(
     event: pg_sys::XactEvent::Type,
@@ -116,7 +127,7 @@ unsafe extern "C-unwind" fn transaction_ended(
 /// read before this is called; None when that cannot be known now (not preloaded, or a
 /// transaction is drawing its first seq at this moment).
 pub fn lowest_open(drawn: i64) -> Option<i64> {
-    if !crate::worker::preloaded() {
+    if !READY.load(Ordering::Relaxed) {
         return None;
     }
     let horizon = HORIZON.get();

@@ -25,6 +25,7 @@ mod plan;
 mod privilege;
 mod queue;
 mod remote;
+mod removal;
 mod sequence;
 mod ship;
 mod sql;

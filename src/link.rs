@@ -610,7 +610,7 @@ fn version_table_access(version_table: &str, relid: pg_sys::Oid) -> [String; 3] 
 
 /// Remove exactly what create_local made.
 fn drop_local(link: &Link) {
-    crate::ddl::removing(|| drop_objects(link))
+    crate::removal::removing(|| drop_objects(link))
 }
 
 fn drop_objects(link: &Link) {

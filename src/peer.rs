@@ -173,23 +173,28 @@ pub fn find(name: &str) -> Option<Peer> {
         "SELECT peer_name, server_name::text, node_name, inbound_role FROM synclink.peer WHERE peer_name = $1",
         &[pgrx::PgOid::from(pg_sys::TEXTOID)],
         &[name.into()],
-        |t| {
-            t.into_iter().next().map(|r| Peer {
-                name: r.get::<String>(1).unwrap().unwrap(),
-                server: r.get::<String>(2).unwrap().unwrap(),
-                node_name: r.get::<String>(3).unwrap().unwrap(),
-                inbound_role: r.get::<pg_sys::Oid>(4).unwrap(),
-            })
-        },
+        |t| t.into_iter().next().map(|r| peer_of(&r)),
     )
 }
 
 pub fn find_by_node(node: &str) -> Option<Peer> {
-    let name = crate::db::maybe_one::<String>(
-        "SELECT peer_name FROM synclink.peer WHERE node_name = $1",
+    // Planned once per backend: a peer's every delivering transaction asks.
+    crate::db::prepared_read(
+        "SELECT peer_name, server_name::text, node_name, inbound_role FROM synclink.peer WHERE node_name = $1",
+        &[pgrx::PgOid::from(pg_sys::TEXTOID)],
         &[node.into()],
-    )?;
-    find(&name)
+        |t| t.into_iter().next().map(|r| peer_of(&r)),
+    )
+}
+
+/// A row of synclink.peer: peer_name, server_name, node_name, inbound_role.
+fn peer_of(r: &pgrx::spi::SpiHeapTupleData) -> Peer {
+    Peer {
+        name: r.get::<String>(1).unwrap().unwrap_or_default(),
+        server: r.get::<String>(2).unwrap().unwrap_or_default(),
+        node_name: r.get::<String>(3).unwrap().unwrap_or_default(),
+        inbound_role: r.get::<pg_sys::Oid>(4).unwrap(),
+    }
 }
 
 /// The peer a call means: the one named, or the only one there is.
@@ -366,7 +371,7 @@ fn sync_add_peer(name: Option<&str>, conninfo: Option<&str>) -> String {
 }
 
 pub fn drop_objects(peer: &Peer) {
-    crate::ddl::removing(|| drop_peer_objects(peer))
+    crate::removal::removing(|| drop_peer_objects(peer))
 }
 
 fn drop_peer_objects(peer: &Peer) {

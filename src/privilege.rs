@@ -18,7 +18,43 @@ pub const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
 /// Run `f` with the search path pinned, as the current role.
 pub fn pinned<T>(f: impl FnOnce() -> T) -> T {
+    if is_pinned() {
+        return f();
+    }
     crate::plan::with_settings(&[(c"search_path", PINNED_SEARCH_PATH)], f)
+}
+
+/// Is the search path already exactly the pinned one (a worker's session, or a peer's
+/// transaction after pin_for_transaction)? Then there is nothing to save and restore.
+fn is_pinned() -> bool {
+    // SAFETY: namespace_search_path is the search_path setting's string, NUL-terminated and
+    // owned by the GUC machinery; it is only read here.
+    unsafe {
+        let current = pg_sys::namespace_search_path;
+        !current.is_null() && std::ffi::CStr::from_ptr(current) == PINNED_SEARCH_PATH
+    }
+}
+
+/// Pin the search path to the end of this transaction (or of the savepoint it is set in): for
+/// the sessions peers deliver changes through, which run nothing but synclink's statements,
+/// so that the records after the first need no setting saved and restored each.
+pub fn pin_for_transaction() {
+    if is_pinned() {
+        return;
+    }
+    // SAFETY: set_config_option copies both strings; a transaction-local SET.
+    unsafe {
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            PINNED_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
 }
 
 /// Pin the search path for the rest of this session: for the background workers, which run
@@ -44,6 +80,23 @@ pub fn pin_for_session() {
 /// (sub)transaction's abort, which restores the user and the settings.
 pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     switched(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f)
+}
+
+/// Run `f`, which runs no SQL statement (it writes through the table and index access
+/// methods), as `role`, leaving the search path alone: there is nothing to look up by name.
+/// Anything inside that does run SQL pins the search path itself. For the one-row capture's
+/// hot path, where saving and restoring a setting per statement is measurable.
+pub fn as_role_without_sql<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    let (mut saved, mut context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: as in switched().
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved, &mut context);
+        pg_sys::SetUserIdAndSecContext(role, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let result = f();
+    // SAFETY: back to the caller's ids; an error in f is cleaned up by the abort instead.
+    unsafe { pg_sys::SetUserIdAndSecContext(saved, context) };
+    result
 }
 
 /// Run `f` as the owner of `relid`, in a security-restricted operation: code the owner wrote
@@ -121,12 +174,13 @@ pub fn extension_owner() -> pg_sys::Oid {
         return owner;
     }
     let owner = pinned(|| {
-        Spi::get_one::<pg_sys::Oid>(
+        crate::db::prepared_read(
             "SELECT e.extowner FROM pg_catalog.pg_extension e \
               WHERE e.extname OPERATOR(pg_catalog.=) 'synclink'",
+            &[],
+            &[],
+            |t| t.first().get_one::<pg_sys::Oid>().ok().flatten(),
         )
-        .ok()
-        .flatten()
         .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into())
     });
     OWNER.with(|o| o.set((xact, owner)));

@@ -119,7 +119,7 @@ pub fn reraise(f: RemoteFailure) -> ! {
 /// Run `f`, which waits on a peer, for at most `ms` milliseconds (0: no limit). When the time
 /// is up the statement is cancelled as a user's cancel would be (postgres_fdw then cancels
 /// the peer's query and rolls it back): `f` fails with 57014, and `deadline_passed()` says it
-/// was the deadline. Run it inside a subtransaction (crate::subxact::run) to carry on.
+/// was the deadline. Run it inside a subtransaction (subxact.rs) to carry on.
 pub fn within<T>(ms: i32, f: impl FnOnce() -> T) -> T {
     DEADLINE_PASSED.store(false, Ordering::SeqCst);
     if ms <= 0 {
@@ -170,6 +170,7 @@ const USER_TIMEOUT: c_int = 12;
 // so that an ERROR raised inside becomes an ordinary Rust-side error.
 mod timeout {
     use std::ffi::c_int;
+    // SAFETY: the signatures of PostgreSQL 15's utils/timeout.h (TimeoutId is an int-sized enum).
     unsafe extern "C-unwind" {
         pub fn RegisterTimeout(id: c_int, handler: unsafe extern "C" fn()) -> c_int;
         pub fn enable_timeout_after(id: c_int, delay_ms: c_int);
@@ -177,6 +178,7 @@ mod timeout {
     }
 }
 
+// SAFETY: callers: `id` must be a timeout registered by RegisterTimeout.
 unsafe fn enable_timeout_after(id: c_int, delay_ms: c_int) {
     // SAFETY: the caller passes a registered timeout id.
     unsafe {
@@ -186,6 +188,7 @@ unsafe fn enable_timeout_after(id: c_int, delay_ms: c_int) {
     }
 }
 
+// SAFETY: callers: `id` must be a timeout registered by RegisterTimeout.
 unsafe fn disable_timeout(id: c_int, keep_indicator: bool) {
     // SAFETY: as above.
     unsafe {
@@ -195,6 +198,7 @@ unsafe fn disable_timeout(id: c_int, keep_indicator: bool) {
     }
 }
 
+// SAFETY: callers: `handler` must be async-signal-safe: it runs in SIGALRM's handler.
 #[allow(non_snake_case)]
 unsafe fn RegisterTimeout(id: c_int, handler: unsafe extern "C" fn()) -> c_int {
     // SAFETY: registering a handler touches only the timeout module's table.
@@ -218,6 +222,7 @@ fn deadline_timeout() -> c_int {
 
 /// Runs in the SIGALRM handler: only sets flags and the latch, as PostgreSQL's own
 /// statement_timeout handler does by way of SIGINT.
+// SAFETY: async-signal-safe: atomics, sig_atomic_t flags and SetLatch only.
 unsafe extern "C" fn deadline_reached() {
     DEADLINE_PASSED.store(true, Ordering::SeqCst);
     // SAFETY: these are the sig_atomic_t flags and the latch a signal handler may set.

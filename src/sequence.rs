@@ -637,7 +637,7 @@ fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, Sequen
 }
 
 fn forget_objects(seq: pg_sys::Oid, share: &Share) {
-    crate::ddl::removing(|| drop_share_objects(seq, share))
+    crate::removal::removing(|| drop_share_objects(seq, share))
 }
 
 fn drop_share_objects(seq: pg_sys::Oid, share: &Share) {

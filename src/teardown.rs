@@ -56,7 +56,8 @@ pub unsafe extern "C-unwind" fn synclink_before_drop(
     }
     let data = context as *mut pg_sys::EventTriggerData;
     if drops_synclink((*data).parsetree) {
-        remove_everything();
+        // The event trigger function is C: nothing pins the search path for it.
+        crate::privilege::pinned(remove_everything);
     }
     pg_sys::Datum::from(0)
 }

@@ -51,11 +51,6 @@ thread_local! {
     static WAKE_REGISTERED: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Is synclink's shared memory there (the library preloaded)?
-pub fn preloaded() -> bool {
-    PRELOADED.load(Ordering::Relaxed)
-}
-
 enum Registration {
     /// This worker serves the database, and is woken through this slot.
     Slot(usize),
@@ -191,8 +186,7 @@ pub fn init() {
     // loaded later by CREATE EXTENSION may not define PGC_POSTMASTER settings.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg_shmem_init!(WORKERS);
-        use crate::horizon::HORIZON;
-        pg_shmem_init!(HORIZON);
+        crate::horizon::init();
         PRELOADED.store(true, Ordering::Relaxed);
         pgrx::GucRegistry::define_string_guc(
             c"synclink.launcher_database",
