@@ -575,8 +575,9 @@ fn apply_pending() {
 }
 
 /// The inbox's row trigger: a peer delivers a change record by inserting it. Written in
-/// Rust and without a SET clause because it runs once per record: postgres_fdw's sessions
-/// already pin search_path to pg_catalog, and the inbox takes no INSERT from anyone else.
+/// Rust and without a SET clause because it runs once per record: it pins the search path
+/// for the delivering transaction itself (the session is synclink's own), once, and bounds its
+/// lock waits; only the roles this node granted INSERT on the inbox deliver.
 pub fn receive(trigger: &PgTrigger) {
     // Only a superuser can attach this function to a table (sql/finalize.sql); even then it
     // applies nothing that did not arrive in synclink's inbox.
