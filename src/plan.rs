@@ -183,6 +183,36 @@ fn plan_generic(plan: Plan) {
     }
 }
 
+/// How long a setting made by `set` lasts.
+pub enum Lasting {
+    /// to the end of the transaction (or of the savepoint it is made in), as SET LOCAL
+    Transaction,
+    /// for the session, as SET
+    Session,
+}
+
+/// Change a setting for the rest of the transaction or session, as SET (LOCAL) would.
+pub fn set(name: &CStr, value: &CStr, lasting: Lasting) {
+    let action = match lasting {
+        Lasting::Transaction => pg_sys::GucAction::GUC_ACTION_LOCAL,
+        Lasting::Session => pg_sys::GucAction::GUC_ACTION_SET,
+    };
+    // SAFETY: set_config_option copies both NUL-terminated strings; an invalid value raises
+    // an ordinary error.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
 /// Run `f` with settings changed, as a function's SET clause would: restored after it, and
 /// by the (sub)transaction's abort if it raises an error.
 pub fn with_settings<T>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> T) -> T {

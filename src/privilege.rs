@@ -39,20 +39,11 @@ fn is_pinned() -> bool {
 /// the sessions peers deliver changes through, which run nothing but synclink's statements,
 /// so that the records after the first need no setting saved and restored each.
 pub fn pin_for_transaction() {
-    if is_pinned() {
-        return;
-    }
-    // SAFETY: set_config_option copies both strings; a transaction-local SET.
-    unsafe {
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            PINNED_SEARCH_PATH.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
+    if !is_pinned() {
+        crate::plan::set(
+            c"search_path",
+            PINNED_SEARCH_PATH,
+            crate::plan::Lasting::Transaction,
         );
     }
 }
@@ -61,19 +52,11 @@ pub fn pin_for_transaction() {
 /// as the bootstrap superuser and would otherwise take the search path a database's owner set
 /// with ALTER DATABASE … SET.
 pub fn pin_for_session() {
-    // SAFETY: set_config_option copies both strings; search_path's check hook only parses.
-    unsafe {
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            PINNED_SEARCH_PATH.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SET,
-            true,
-            0,
-            false,
-        );
-    }
+    crate::plan::set(
+        c"search_path",
+        PINNED_SEARCH_PATH,
+        crate::plan::Lasting::Session,
+    );
 }
 
 /// Run `f` as `role` with the search path pinned. An error inside is cleaned up by the

@@ -127,19 +127,7 @@ pub fn bound_lock_waits() {
         return;
     }
     let value = std::ffi::CString::new(format!("{ms}ms")).expect("no NUL in a number");
-    // SAFETY: set_config_option copies both strings; a transaction-local SET, undone at its end.
-    unsafe {
-        pg_sys::set_config_option(
-            c"lock_timeout".as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
+    crate::plan::set(c"lock_timeout", &value, crate::plan::Lasting::Transaction);
 }
 
 pub fn retry_register(peer: &str) -> String {
