@@ -517,25 +517,26 @@ impl RowTarget {
             ),
         };
         let value = pgrx::JsonB(row.unwrap_or(key).clone());
-        crate::apply::marked(from, from, || {
-            crate::diff::with_wire_settings(|| {
-                crate::privilege::as_owner_of(self.relid, || {
+        let keys = join(&self.key, ", ", |k| ident(k));
+        let version_sql = format!(
+            "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\") \
+             SELECT {r_keys}, $2, $3 FROM jsonb_populate_record(NULL::{row}, $1) r \
+             ON CONFLICT ({keys}) DO UPDATE SET \"synclink$at\" = EXCLUDED.\"synclink$at\", \
+                 \"synclink$node\" = EXCLUDED.\"synclink$node\"",
+            vt = self.version_table,
+            r_keys = join(&self.key, ", ", |k| format!("r.{}", ident(k))),
+            row = self.row_type,
+        );
+        // Both as the owner: the row is the owner's table's, and the key is read as its row
+        // type (its domains' checks).
+        crate::privilege::as_owner_of(self.relid, || {
+            crate::apply::marked(from, from, || {
+                crate::diff::with_wire_settings(|| {
                     Spi::run_with_args(&write, &[value.into()]).unwrap();
                 })
-            })
-        });
-        let keys = join(&self.key, ", ", |k| ident(k));
-        crate::privilege::as_owner_of(self.relid, || {
+            });
             Spi::run_with_args(
-                &format!(
-                    "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\") \
-                 SELECT {r_keys}, $2, $3 FROM jsonb_populate_record(NULL::{row}, $1) r \
-                 ON CONFLICT ({keys}) DO UPDATE SET \"synclink$at\" = EXCLUDED.\"synclink$at\", \
-                     \"synclink$node\" = EXCLUDED.\"synclink$node\"",
-                    vt = self.version_table,
-                    r_keys = join(&self.key, ", ", |k| format!("r.{}", ident(k))),
-                    row = self.row_type,
-                ),
+                &version_sql,
                 &[
                     pgrx::JsonB(key.clone()).into(),
                     version.0.into(),

@@ -128,34 +128,28 @@ fn guard_drops() {
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn check_renamed_schemas() {
-    let links = crate::db::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]);
-    for id in links {
-        let (relid, peer, schema, table) = Spi::connect(|c| {
-            let r = c
-                .select(
-                    "SELECT relid::oid, peer_name, peer_schema, peer_table FROM synclink.link WHERE link_id = $1",
-                    None,
-                    &[id.into()],
-                )
-                .unwrap()
-                .first();
-            (
-                r.get::<pg_sys::Oid>(1)
-                    .unwrap()
-                    .unwrap_or(pg_sys::InvalidOid),
-                r.get::<String>(2).unwrap().unwrap_or_default(),
-                r.get::<String>(3).unwrap().unwrap_or_default(),
-                r.get::<String>(4).unwrap().unwrap_or_default(),
-            )
+    let renamed = Spi::connect(|c| {
+        c.select(
+            "SELECT n.nspname::text, cl.relname::text, l.peer_name, l.peer_schema, l.peer_table \
+               FROM synclink.link l JOIN pg_class cl ON cl.oid = l.relid \
+               JOIN pg_namespace n ON n.oid = cl.relnamespace \
+              WHERE n.nspname <> l.peer_schema LIMIT 1",
+            None,
+            &[],
+        )
+        .unwrap()
+        .next()
+        .map(|r| {
+            let text = |i| r.get::<String>(i).unwrap().unwrap_or_default();
+            (text(1), text(2), text(3), text(4), text(5))
+        })
+    });
+    if let Some((schema, table, peer, peer_schema, peer_table)) = renamed {
+        raise(DdlError::Renamed {
+            table: crate::sql::qualified(&schema, &table),
+            peer,
+            linked_as: crate::sql::qualified(&peer_schema, &peer_table),
         });
-        let info = link::describe(relid);
-        if info.schema != schema {
-            raise(DdlError::Renamed {
-                table: info.display(),
-                peer,
-                linked_as: crate::sql::qualified(&schema, &table),
-            });
-        }
     }
 }
 

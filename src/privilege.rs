@@ -62,7 +62,7 @@ pub fn pin_for_session() {
 /// Run `f` as `role` with the search path pinned. An error inside is cleaned up by the
 /// (sub)transaction's abort, which restores the user and the settings.
 pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    switched(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f)
+    pinned(|| switched(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f))
 }
 
 /// Run `f`, which runs no SQL statement (it writes through the table and index access
@@ -70,16 +70,7 @@ pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
 /// Anything inside that does run SQL pins the search path itself. For the one-row capture's
 /// hot path, where saving and restoring a setting per statement is measurable.
 pub fn as_role_without_sql<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    let (mut saved, mut context) = (pg_sys::InvalidOid, 0);
-    // SAFETY: as in switched().
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved, &mut context);
-        pg_sys::SetUserIdAndSecContext(role, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let result = f();
-    // SAFETY: back to the caller's ids; an error in f is cleaned up by the abort instead.
-    unsafe { pg_sys::SetUserIdAndSecContext(saved, context) };
-    result
+    switched(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f)
 }
 
 /// Run `f` as the owner of `relid`, in a security-restricted operation: code the owner wrote
@@ -88,17 +79,16 @@ pub fn as_role_without_sql<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
 pub fn as_owner_of<T>(relid: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     let owner = table_owner(relid);
     let deferred = deferred_code_checks();
-    switched(
-        owner,
-        pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION,
-        || {
+    let flags = pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION;
+    pinned(|| {
+        switched(owner, flags, || {
             if let Some(names) = deferred {
                 // The names come from the catalog, each quoted by format('%I').
                 Spi::run(&format!("SET CONSTRAINTS {names} IMMEDIATE")).unwrap();
             }
             f()
-        },
-    )
+        })
+    })
 }
 
 thread_local! {
@@ -193,19 +183,19 @@ pub fn session_role() -> pg_sys::Oid {
     unsafe { pg_sys::GetSessionUserId() }
 }
 
+/// Run `f` as `role` with `flags` added to the security context, search path untouched.
 fn switched<T>(role: pg_sys::Oid, flags: u32, f: impl FnOnce() -> T) -> T {
     let (mut saved, mut context) = (pg_sys::InvalidOid, 0);
-    // SAFETY: GetUserIdAndSecContext only writes into the two locals.
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved, &mut context) };
-    pinned(|| {
-        // SAFETY: SetUserIdAndSecContext only records the ids; if f fails, the transaction's
-        // abort puts back the ones saved above.
-        unsafe { pg_sys::SetUserIdAndSecContext(role, context | flags as i32) };
-        let result = f();
-        // SAFETY: as above, back to the caller's ids.
-        unsafe { pg_sys::SetUserIdAndSecContext(saved, context) };
-        result
-    })
+    // SAFETY: GetUserIdAndSecContext only writes into the two locals. SetUserIdAndSecContext
+    // only records the ids; if f fails, the transaction's abort puts back the ones saved here.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved, &mut context);
+        pg_sys::SetUserIdAndSecContext(role, context | flags as i32);
+    }
+    let result = f();
+    // SAFETY: as above, back to the caller's ids.
+    unsafe { pg_sys::SetUserIdAndSecContext(saved, context) };
+    result
 }
 
 /// A table privilege, by its ACL bit and its SQL name.
