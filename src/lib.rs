@@ -7,40 +7,20 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
-mod apply;
-mod args;
-mod capture;
-mod capture_one;
-mod conflict;
-mod conninfo;
-mod db;
-mod ddl;
-mod diff;
-mod error;
-mod horizon;
-mod link;
-mod node;
-mod peer;
-mod plan;
-mod privilege;
-mod queue;
-mod remote;
-mod removal;
-mod sequence;
-mod ship;
-mod sql;
-mod subxact;
-mod teardown;
-mod types;
-mod worker;
-mod write;
+mod api;
+mod catalog;
+mod control;
+mod data;
+mod pg;
+mod reconcile;
+mod rpc;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    queue::init_gucs();
-    worker::init();
+    data::queue::init_gucs();
+    data::worker::init();
 }
 
 /// Internal functions (`schema = "synclink"`) are declared against this schema; the tables in
@@ -55,7 +35,7 @@ mod synclink {
     fn receive<'a>(
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
-        crate::apply::receive(trigger);
+        crate::data::apply::receive(trigger);
         Ok(None)
     }
 
@@ -65,7 +45,7 @@ mod synclink {
     fn queued<'a>(
         _trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
-        crate::queue::after_queueing();
+        crate::data::queue::after_queueing();
         Ok(None)
     }
 }

@@ -9,7 +9,7 @@
 //! and logical replication's apply do: the owner's triggers, defaults, checks and index
 //! expressions then run with the owner's rights, never with synclink's.
 
-use crate::error::SqlError;
+use crate::pg::error::SqlError;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -21,7 +21,7 @@ pub fn pinned<T>(f: impl FnOnce() -> T) -> T {
     if is_pinned() {
         return f();
     }
-    crate::plan::with_settings(&[(c"search_path", PINNED_SEARCH_PATH)], f)
+    crate::pg::plan::with_settings(&[(c"search_path", PINNED_SEARCH_PATH)], f)
 }
 
 /// Is the search path already exactly the pinned one (a worker's session, or a peer's
@@ -40,10 +40,10 @@ fn is_pinned() -> bool {
 /// so that the records after the first need no setting saved and restored each.
 pub fn pin_for_transaction() {
     if !is_pinned() {
-        crate::plan::set(
+        crate::pg::plan::set(
             c"search_path",
             PINNED_SEARCH_PATH,
-            crate::plan::Lasting::Transaction,
+            crate::pg::plan::Lasting::Transaction,
         );
     }
 }
@@ -52,10 +52,10 @@ pub fn pin_for_transaction() {
 /// as the bootstrap superuser and would otherwise take the search path a database's owner set
 /// with ALTER DATABASE … SET.
 pub fn pin_for_session() {
-    crate::plan::set(
+    crate::pg::plan::set(
         c"search_path",
         PINNED_SEARCH_PATH,
-        crate::plan::Lasting::Session,
+        crate::pg::plan::Lasting::Session,
     );
 }
 
@@ -104,7 +104,7 @@ thread_local! {
 /// keys stay deferrable: PostgreSQL runs their checks as the table's owner itself.) Read
 /// once per transaction; None when there are none, as in most databases.
 fn deferred_code_checks() -> Option<String> {
-    let xact = crate::db::local_xact();
+    let xact = crate::pg::spi::local_xact();
     if let Some(names) = DEFERRED.with(|d| {
         let d = d.borrow();
         (d.0 == xact).then(|| d.1.clone())
@@ -112,7 +112,7 @@ fn deferred_code_checks() -> Option<String> {
         return names;
     }
     let names = pinned(|| {
-        crate::db::prepared_read(
+        crate::pg::spi::prepared_read(
             "SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', n.nspname, c.conname), ', ') \
                FROM pg_catalog.pg_constraint c \
                JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.connamespace \
@@ -141,13 +141,13 @@ thread_local! {
 /// The role the extension belongs to, which owns synclink's catalog and the objects synclink
 /// makes: its own bookkeeping runs as it.
 pub fn extension_owner() -> pg_sys::Oid {
-    let xact = crate::db::local_xact();
+    let xact = crate::pg::spi::local_xact();
     let (seen_in, owner) = OWNER.with(|o| o.get());
     if seen_in == xact && owner != pg_sys::InvalidOid {
         return owner;
     }
     let owner = pinned(|| {
-        crate::db::prepared_read(
+        crate::pg::spi::prepared_read(
             "SELECT e.extowner FROM pg_catalog.pg_extension e \
               WHERE e.extname OPERATOR(pg_catalog.=) 'synclink'",
             &[],
@@ -276,7 +276,7 @@ pub fn peer_may(
         role: role_name(role),
         what,
         table: relation_name(relid),
-        node: crate::node::local_name(),
+        node: crate::catalog::node::local_name(),
         missing,
     })
 }
@@ -310,7 +310,7 @@ fn relation_name(relid: pg_sys::Oid) -> String {
         )
     });
     match names {
-        Ok((Some(schema), Some(name))) => crate::sql::qualified(&schema, &name),
+        Ok((Some(schema), Some(name))) => crate::pg::sql::qualified(&schema, &name),
         _ => relid.to_u32().to_string(),
     }
 }

@@ -7,7 +7,7 @@
 //! peer's queue in order, in transactions of up to WORKER_BATCH records, and backs off from a
 //! peer that cannot be reached (1 s, doubling to 5 s).
 
-use crate::queue::{self, Flushed};
+use crate::data::queue::{self, Flushed};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
@@ -143,7 +143,7 @@ pub fn wake_at_commit() {
     if !PRELOADED.load(Ordering::Relaxed) {
         return;
     }
-    let xact = crate::db::local_xact();
+    let xact = crate::pg::spi::local_xact();
     if WAKE_REGISTERED.with(|w| w.replace(xact)) != xact {
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, wake_now);
     }
@@ -186,7 +186,7 @@ pub fn init() {
     // loaded later by CREATE EXTENSION may not define PGC_POSTMASTER settings.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg_shmem_init!(WORKERS);
-        crate::horizon::init();
+        crate::data::queue::horizon::init();
         PRELOADED.store(true, Ordering::Relaxed);
         pgrx::GucRegistry::define_string_guc(
             c"synclink.launcher_database",
@@ -215,7 +215,7 @@ pub extern "C-unwind" fn synclink_launcher_main(_arg: pg_sys::Datum) {
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_else(|| "postgres".into());
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
-    crate::privilege::pin_for_session();
+    crate::pg::privilege::pin_for_session();
     let mut workers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
     loop {
         // With each database: whether a delivery worker already runs there that this launcher
@@ -296,7 +296,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let dboid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
-    crate::privilege::pin_for_session();
+    crate::pg::privilege::pin_for_session();
     // One delivery worker per database, whatever started it: a second one leaves at once.
     let slot = match register_worker(dboid.to_u32()) {
         Registration::Slot(i) => Some(i),
@@ -338,16 +338,19 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
         arm(slot);
         listed_at = round;
         let peers: Option<Vec<String>> = BackgroundWorker::transaction(|| {
-            let installed = crate::db::prepared_read(
+            let installed = crate::pg::spi::prepared_read(
                 "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'synclink')",
                 &[],
                 &[],
                 |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
             );
             installed.then(|| {
-                crate::db::prepared_read("SELECT peer_name FROM synclink.peer", &[], &[], |t| {
-                    t.filter_map(|r| r.get::<String>(1).unwrap()).collect()
-                })
+                crate::pg::spi::prepared_read(
+                    "SELECT peer_name FROM synclink.peer",
+                    &[],
+                    &[],
+                    |t| t.filter_map(|r| r.get::<String>(1).unwrap()).collect(),
+                )
             })
         });
         let Some(peers) = peers else {
@@ -363,7 +366,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
             let from = delivered_up_to.get(&name).copied().unwrap_or(0);
             let (outcome, after) = BackgroundWorker::transaction(|| {
                 let mut after = from;
-                let outcome = match crate::peer::find(&name) {
+                let outcome = match crate::catalog::peer::find(&name) {
                     Some(peer) => queue::flush_after(&peer, WORKER_BATCH, &mut after, 0),
                     None => Flushed::Done(0),
                 };

@@ -326,7 +326,7 @@ impl Writer {
             version_layout,
             outbox: l.outbox,
             outbox_layout,
-            outbox_sequence: crate::queue::outbox_sequence(),
+            outbox_sequence: crate::data::queue::outbox_sequence(),
             rows_element: Element::of(l.wire_type),
             stamps_element: Element::of(l.stamp_type),
             keys,
@@ -381,7 +381,7 @@ impl Writer {
 
         let text = || self.row_text(&values, &nulls);
         let rows = if self.needs_search_path {
-            crate::plan::with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], text)
+            crate::pg::plan::with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], text)
         } else {
             text()
         };
@@ -602,7 +602,7 @@ impl Writer {
         };
         set(
             layout.seq,
-            crate::queue::next_seq(self.outbox_sequence).into(),
+            crate::data::queue::next_seq(self.outbox_sequence).into(),
         );
         set(layout.peer_name, text_datum(&self.peer));
         set(layout.link_id, self.link_id.into());

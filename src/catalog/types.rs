@@ -65,7 +65,7 @@ fn enum_labels(typid: pg_sys::Oid) -> Option<String> {
     if unsafe { pg_sys::get_typtype(typid) } as u8 != b'e' {
         return None;
     }
-    crate::privilege::pinned(|| {
+    crate::pg::privilege::pinned(|| {
         Spi::get_one_with_args::<String>(
             "SELECT '(' OPERATOR(pg_catalog.||) pg_catalog.string_agg(pg_catalog.quote_literal(e.enumlabel::pg_catalog.text), ', ' \
                     ORDER BY e.enumlabel::pg_catalog.text COLLATE \"C\") OPERATOR(pg_catalog.||) ')' \

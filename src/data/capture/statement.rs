@@ -2,7 +2,7 @@
 //! statement with its transition tables, packing the changed rows into change records of up
 //! to CHUNK_ROWS rows or CHUNK_BYTES bytes each and handing them to `synclink.ship`.
 
-use crate::sql::{ident, join, literal};
+use crate::pg::sql::{ident, join, literal};
 
 /// Rows per change record: large enough that a bulk statement costs a handful of round trips,
 /// small enough that one record stays a few megabytes.

@@ -1,7 +1,7 @@
 //! libpq `key=value` connection strings, split the way postgres_fdw wants them: credentials
 //! go to the user mapping, everything else to the foreign server.
 
-use crate::error::SqlError;
+use crate::pg::error::SqlError;
 use pgrx::prelude::PgSqlErrorCode;
 
 /// Errors name an option only when it is one libpq or postgres_fdw knows: any other word of

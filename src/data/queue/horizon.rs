@@ -72,7 +72,7 @@ pub fn drawing(draw: impl FnOnce() -> i64) -> i64 {
     if !READY.load(Ordering::Relaxed) {
         return draw();
     }
-    let xact = crate::db::local_xact();
+    let xact = crate::pg::spi::local_xact();
     if HELD.with(|h| h.get().0) == xact {
         return draw();
     }

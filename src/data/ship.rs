@@ -1,8 +1,8 @@
 //! Sending a change record to the peer: one INSERT into the peer's inbox through the
 //! link's foreign table, inside the writer's transaction.
 
-use crate::error::{raise, SqlError};
-use crate::queue::{self, Change, Flushed};
+use crate::data::queue::{self, Change, Flushed};
+use crate::pg::error::{raise, SqlError};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
@@ -80,7 +80,7 @@ fn route(link_id: i32) -> Rc<Route> {
             row.get::<bool>(4).unwrap().unwrap_or(false),
         )
     });
-    let peer = crate::peer::find(&peer).unwrap();
+    let peer = crate::catalog::peer::find(&peer).unwrap();
     let sql = format!(
         "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows, stamps) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -113,7 +113,7 @@ fn route(link_id: i32) -> Rc<Route> {
         peer: peer.name,
         target_schema: schema,
         target_table: table,
-        node: crate::node::local_name(),
+        node: crate::catalog::node::local_name(),
     });
     ROUTES.with(|m| m.borrow_mut().insert(link_id, r.clone()));
     r
@@ -158,7 +158,7 @@ fn ship(
     stamps: Option<&str>,
 ) {
     let r = route(link_id);
-    let origin = crate::apply::current_origin().unwrap_or_else(|| r.node.clone());
+    let origin = crate::data::apply::current_origin().unwrap_or_else(|| r.node.clone());
     let change = Change {
         op,
         new_rows,
@@ -172,7 +172,7 @@ fn ship(
     let Some(insert) = &r.insert else {
         return queue(Some(&format!(
             "synclink's foreign table {} is missing: see the problem column of sync_status",
-            crate::peer::Peer::foreign_name(&r.peer, "inbox")
+            crate::catalog::peer::Peer::foreign_name(&r.peer, "inbox")
         )));
     };
     let (queued, down) = Spi::connect(|c| {
@@ -186,14 +186,14 @@ fn ship(
         if down {
             return queue(None);
         }
-        let peer = crate::peer::find(&r.peer).expect("route of an existing peer");
+        let peer = crate::catalog::peer::find(&r.peer).expect("route of an existing peer");
         match queue::flush_within(&peer, queue::writer_flush_limit(), queue::sync_timeout_ms()) {
             Flushed::Done(_) => {}
             Flushed::Partial(_) | Flushed::Busy => return queue(None),
-            Flushed::Failed(_, f) if f.is_cancel() && !crate::remote::deadline_passed() => {
-                crate::remote::reraise(f)
+            Flushed::Failed(_, f) if f.is_cancel() && !crate::pg::remote::deadline_passed() => {
+                crate::pg::remote::reraise(f)
             }
-            Flushed::Failed(..) if crate::remote::deadline_passed() => {
+            Flushed::Failed(..) if crate::pg::remote::deadline_passed() => {
                 return queue(Some(&format!(
                     "the peer did not take the changes queued before this one within synclink.sync_timeout ({} ms)",
                     queue::sync_timeout_ms()
@@ -205,8 +205,8 @@ fn ship(
         return queue(None);
     }
     let bound = queue::sync_timeout_ms();
-    match crate::subxact::run(|| {
-        crate::remote::within(bound, || send(insert, &r, &origin, &change))
+    match crate::pg::subxact::run(|| {
+        crate::pg::remote::within(bound, || send(insert, &r, &origin, &change))
     }) {
         Ok(()) => {}
         Err(f) if f.is_connection() => {
@@ -215,7 +215,7 @@ fn ship(
         }
         // Never waited on for longer than the bound, never lost: queued, and writers leave
         // the peer alone for synclink.retry_interval (it may be a lock held there for long).
-        Err(f) if f.is_cancel() && crate::remote::deadline_passed() => {
+        Err(f) if f.is_cancel() && crate::pg::remote::deadline_passed() => {
             queue::mark_down(&r.peer);
             queue(Some(&format!(
                 "the peer did not take the change within synclink.sync_timeout ({bound} ms)"
@@ -231,7 +231,7 @@ fn ship(
         // the change cannot go now, and is kept.
         Err(f) if f.is_undefined_table() => queue(Some(&f.stored_summary())),
         // The user's own cancel or statement_timeout: as PostgreSQL reports it.
-        Err(f) if f.is_cancel() => crate::remote::reraise(f),
+        Err(f) if f.is_cancel() => crate::pg::remote::reraise(f),
         Err(f) => raise(ShipError::PeerFailed {
             peer: r.peer.clone(),
             table: format!("{}.{}", r.target_schema, r.target_table),

@@ -2,7 +2,7 @@
 //! name an OID that no longer exists; each gets a clear error here instead of a silent NULL
 //! result or an internal error, and user input is never echoed back at length.
 
-use crate::error::SqlError;
+use crate::pg::error::SqlError;
 use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::nullable::Nullable;
 use pgrx::pg_sys;
@@ -88,7 +88,7 @@ pgrx::impl_sql_translatable!(RegClass, "regclass");
 
 /// A value that must be given.
 pub fn required<T>(value: Option<T>, function: &'static str, argument: &'static str) -> T {
-    value.unwrap_or_else(|| crate::error::raise(ArgError::Null { function, argument }))
+    value.unwrap_or_else(|| crate::pg::error::raise(ArgError::Null { function, argument }))
 }
 
 /// A relation that must be given and must exist; locked against a concurrent DROP for the
@@ -112,7 +112,7 @@ pub fn relation(
         )
     };
     if !exists {
-        crate::error::raise(ArgError::NoRelation(oid.to_u32()));
+        crate::pg::error::raise(ArgError::NoRelation(oid.to_u32()));
     }
     oid
 }
@@ -127,7 +127,7 @@ pub fn names(
         v.into_iter()
             .map(|n| {
                 n.unwrap_or_else(|| {
-                    crate::error::raise(ArgError::NullElement { function, argument })
+                    crate::pg::error::raise(ArgError::NullElement { function, argument })
                 })
             })
             .collect()

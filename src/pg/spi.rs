@@ -40,7 +40,7 @@ thread_local! {
 /// Run a statement that writes, planned once per backend and kept across transactions, and
 /// read its rows with `read`. For the statements the delivery worker and the apply path
 /// repeat on every round, where planning would cost more than running. One generic plan is
-/// used (crate::plan explains how it is made). The text is the cache key; a plan whose
+/// used (crate::pg::plan explains how it is made). The text is the cache key; a plan whose
 /// objects were dropped and made again is re-planned by PostgreSQL on its next use.
 pub fn prepared<R>(
     sql: &str,
@@ -84,7 +84,7 @@ fn kept<R>(
             PLANS.with(|p| p.borrow_mut().insert(sql.to_string(), plan.clone()));
             plan
         });
-        crate::plan::with_kept_plan(|| {
+        crate::pg::plan::with_kept_plan(|| {
             let rows = if writes {
                 c.update(&*plan, None, args)
             } else {

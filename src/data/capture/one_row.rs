@@ -10,8 +10,8 @@
 //! trigger had called it. Its triggers have no WHEN clause: it skips the changes synclink
 //! applies from the peer itself, before anything else.
 
-use crate::capture::{self, CaptureSpec};
-use crate::error::{raise, SqlError};
+use crate::data::capture::statement::{self as capture, CaptureSpec};
+use crate::pg::error::{raise, SqlError};
 use pgrx::prelude::*;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
@@ -59,7 +59,7 @@ struct Link {
     /// Per operation (I, U, D): the statement's text and its plan once made.
     statements: [(String, OnceCell<NonNull<pg_sys::_SPI_plan>>); 3],
     /// The writes without a plan, when the link's tables are as synclink made them.
-    writer: Option<crate::write::Writer>,
+    writer: Option<crate::data::capture::writer::Writer>,
     /// The relations this is read from: the table, the version table, the outbox.
     uses: [pg_sys::Oid; 3],
 }
@@ -129,7 +129,7 @@ struct Catalog {
 /// as the bootstrap superuser (synclink.peer is not readable by application roles), with the
 /// search path pinned and every operator qualified, so nothing the caller defined runs.
 fn load(link_id: i32, relid: pg_sys::Oid) -> Option<Link> {
-    let row = crate::privilege::as_role(pg_sys::BOOTSTRAP_SUPERUSERID.into(), || {
+    let row = crate::pg::privilege::as_role(pg_sys::BOOTSTRAP_SUPERUSERID.into(), || {
         Spi::connect(|c| {
             c.select(
                 "SELECT l.relid::pg_catalog.oid, c.reltype, p.oid, p.proowner, l.peer_name, l.columns, \
@@ -188,16 +188,17 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Option<Link> {
     };
     let statements =
         ['I', 'U', 'D'].map(|op| (capture::single_row_sql(&spec, op), OnceCell::new()));
-    let writer = crate::write::Writer::load(&crate::write::LinkTables {
-        link_id,
-        table: row.relid,
-        version: row.version_oid,
-        wire_type: row.wire_oid,
-        stamp_type: row.stamp_oid,
-        outbox: row.outbox_oid,
-        peer: &row.peer,
-        key: &row.key,
-    });
+    let writer =
+        crate::data::capture::writer::Writer::load(&crate::data::capture::writer::LinkTables {
+            link_id,
+            table: row.relid,
+            version: row.version_oid,
+            wire_type: row.wire_oid,
+            stamp_type: row.stamp_oid,
+            outbox: row.outbox_oid,
+            peer: &row.peer,
+            key: &row.key,
+        });
     let mut general: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
     unsafe { pg_sys::fmgr_info_cxt(row.function, &mut *general, pg_sys::TopMemoryContext) };
     Some(Link {
@@ -280,7 +281,7 @@ unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
         return false;
     }
     let desc = (*(*data).tg_relation).rd_att;
-    let origin = crate::apply::current_origin().unwrap_or_else(|| link.node.clone());
+    let origin = crate::data::apply::current_origin().unwrap_or_else(|| link.node.clone());
     if let Some(writer) = link
         .writer
         .as_ref()
@@ -291,10 +292,10 @@ unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
         let old = old.map(|o| only_row(o, desc));
         // The writes go through the access methods; the backlog check, the one statement that
         // may follow, pins the search path itself (queue::after_queueing).
-        return crate::privilege::as_role_without_sql(link.owner, || {
+        return crate::pg::privilege::as_role_without_sql(link.owner, || {
             let queued = writer.queue(op, row, old, desc, &origin, now_micros());
             if queued {
-                crate::queue::after_queueing();
+                crate::data::queue::after_queueing();
             }
             queued
         });
@@ -311,7 +312,7 @@ unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
     }
     let nulls = vec![b' ' as std::ffi::c_char; values.len()];
     let (sql, plan) = &link.statements[index];
-    crate::privilege::as_role(link.owner, || {
+    crate::pg::privilege::as_role(link.owner, || {
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             error!("synclink.capture_one: SPI_connect failed");
         }
@@ -330,7 +331,7 @@ unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
 unsafe fn prepare(sql: &str, types: &mut [pg_sys::Oid]) -> NonNull<pg_sys::_SPI_plan> {
     let sql = CString::new(sql).expect("generated SQL has no NUL");
     // Parsed as the generated function is, with pg_catalog first; a generic plan, made once.
-    let plan = crate::plan::with_settings(
+    let plan = crate::pg::plan::with_settings(
         &[(c"search_path", c"pg_catalog, pg_temp"), (c"jit", c"off")],
         || {
             pg_sys::SPI_prepare_cursor(
@@ -385,7 +386,7 @@ pub unsafe extern "C-unwind" fn synclink_capture_one(
         raise(CaptureError::NotThatLink(link_id));
     }
     // What the WHEN clause of a generated function's triggers does (capture::trigger_sqls).
-    if crate::apply::is_applying_from(&link.peer_node) {
+    if crate::data::apply::is_applying_from(&link.peer_node) {
         return pg_sys::Datum::from(0);
     }
     if !queue_single(&link, data) {

@@ -6,9 +6,9 @@
 //! Rows are hashed in their text form under fixed settings — the ones postgres_fdw gives the
 //! peer's session — so equal values hash alike on both nodes.
 
-use crate::error::{raise, OrRaise, SqlError};
-use crate::peer::{self, Peer};
-use crate::sql::{ident, join, literal, qualified};
+use crate::catalog::peer::{self, Peer};
+use crate::pg::error::{raise, OrRaise, SqlError};
+use crate::pg::sql::{ident, join, literal, qualified};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ pub enum DiffError {
     },
     #[error("malformed diff request")]
     BadRequest,
-    #[error("prefer => {} names neither this node nor the peer", crate::args::shown(.0))]
+    #[error("prefer => {} names neither this node nor the peer", crate::pg::args::shown(.0))]
     BadPrefer(String),
 }
 
@@ -96,10 +96,10 @@ impl Shape {
     }
     /// Run `f`, which reads or writes the table's values, as the table's owner: casts of its
     /// types to text or json, domain checks and triggers are the owner's code
-    /// (crate::privilege).
+    /// (crate::pg::privilege).
     fn as_owner<T>(&self, f: impl FnOnce() -> T) -> T {
-        match crate::link::lookup(&self.schema, &self.table) {
-            Some(relid) => crate::privilege::as_owner_of(relid, f),
+        match crate::catalog::link::lookup(&self.schema, &self.table) {
+            Some(relid) => crate::pg::privilege::as_owner_of(relid, f),
             None => f(),
         }
     }
@@ -152,8 +152,8 @@ impl Shape {
     /// Every column is compared as text: json and other types without '=' may be among them.
     fn upsert_sql(&self) -> String {
         let table = self.table_sql();
-        crate::apply::upsert_from(
-            &crate::apply::ApplySpec {
+        crate::data::apply::upsert_from(
+            &crate::data::apply::ApplySpec {
                 table: table.clone(),
                 row_type: "",
                 columns: &self.columns,
@@ -184,7 +184,7 @@ impl Shape {
                 self.as_owner(|| run(delete_sql, delete) + run(upsert_sql, upsert))
             })
         });
-        crate::apply::marked(from, from, move || {
+        crate::data::apply::marked(from, from, move || {
             let w = work;
             (w.0)()
         })
@@ -195,8 +195,8 @@ impl Shape {
     /// afresh, and the next change to it is not taken for a conflict.
     /// Open conflicts on those keys are closed as resolved in favour of `kept`.
     fn forget_versions(&self, peer_name: &str, keys: &serde_json::Value, kept: Option<&str>) {
-        let link = crate::link::lookup(&self.schema, &self.table)
-            .and_then(|oid| crate::link::find(oid, peer_name));
+        let link = crate::catalog::link::lookup(&self.schema, &self.table)
+            .and_then(|oid| crate::catalog::link::find(oid, peer_name));
         let (Some(link), Some(list)) = (link, keys.as_array()) else {
             return;
         };
@@ -278,8 +278,8 @@ fn query_json(sql: &str, buckets: Option<Vec<i32>>) -> serde_json::Value {
 }
 
 fn shape_of(relid: pg_sys::Oid, peer: &Peer) -> Result<Shape, DiffError> {
-    let info = crate::link::describe(relid);
-    if let Some((columns, key)) = crate::link::columns_and_key(relid, &peer.name) {
+    let info = crate::catalog::link::describe(relid);
+    if let Some((columns, key)) = crate::catalog::link::columns_and_key(relid, &peer.name) {
         return Ok(Shape {
             schema: info.schema,
             table: info.name,
@@ -313,7 +313,7 @@ fn mask_for(shape: &Shape) -> i64 {
 }
 
 fn ask(peer: &Peer, req: &DiffRequest) -> serde_json::Value {
-    crate::link::request(peer, "diff", serde_json::to_value(req).unwrap()).or_raise()
+    crate::catalog::link::request(peer, "diff", serde_json::to_value(req).unwrap()).or_raise()
 }
 
 type DiffRow = (JsonB, String, Option<Vec<String>>);
@@ -390,9 +390,9 @@ fn diff_with(peer: &Peer, shape: &Shape) -> Vec<DiffRow> {
 pub fn handle_request(from: &Peer, body: serde_json::Value) -> serde_json::Value {
     let req: DiffRequest =
         serde_json::from_value(body).unwrap_or_else(|_| raise(DiffError::BadRequest));
-    let node = crate::node::local_name();
+    let node = crate::catalog::node::local_name();
     let shape = &req.shape;
-    let relid = crate::db::maybe_one::<pg_sys::Oid>(
+    let relid = crate::pg::spi::maybe_one::<pg_sys::Oid>(
         "SELECT to_regclass(format('%I.%I', $1::text, $2::text))::oid",
         &[shape.schema.as_str().into(), shape.table.as_str().into()],
     )
@@ -404,11 +404,11 @@ pub fn handle_request(from: &Peer, body: serde_json::Value) -> serde_json::Value
     });
     // A repair writes rows or, fetching, forgets row versions and settles conflicts.
     let (needs, what) = match &req.repair {
-        Some(_) => (crate::privilege::READ_WRITE, "write"),
-        None => (crate::privilege::READ, "read"),
+        Some(_) => (crate::pg::privilege::READ_WRITE, "write"),
+        None => (crate::pg::privilege::READ, "read"),
     };
-    crate::privilege::peer_may(relid, needs, what).or_raise();
-    let info = crate::link::describe(relid);
+    crate::pg::privilege::peer_may(relid, needs, what).or_raise();
+    let info = crate::catalog::link::describe(relid);
     let missing: Vec<String> = shape
         .columns
         .iter()
@@ -449,7 +449,7 @@ fn fetch(shape: &Shape, keys: serde_json::Value) -> serde_json::Value {
 /// removed there. Returns how many rows were written or removed.
 fn reconcile(relid: pg_sys::Oid, peer_name: Option<&str>, prefer: &str) -> i64 {
     let peer = peer::resolve(peer_name).or_raise();
-    let local = crate::node::local_name();
+    let local = crate::catalog::node::local_name();
     let local_wins = match prefer {
         "local" => true,
         "peer" => false,
@@ -489,7 +489,7 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
     };
     let every_key = keys(&["differs", "only_local", "only_peer"]);
     let kept = match differs {
-        Side::Local => Some(crate::node::local_name()),
+        Side::Local => Some(crate::catalog::node::local_name()),
         Side::Peer => Some(peer.node_name.clone()),
         Side::Neither => None,
     };
@@ -562,7 +562,7 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
 
 #[derive(thiserror::Error, Debug)]
 pub enum CopyError {
-    #[error("unknown copy {}", crate::args::shown(.0))]
+    #[error("unknown copy {}", crate::pg::args::shown(.0))]
     BadCopy(String),
 }
 
@@ -610,7 +610,7 @@ pub fn copy_for_link(
     let touched = repair(peer, &shape, &found, missing, differs);
     let differing = found.iter().filter(|(_, k, _)| k == "differs").count();
     if differs == Side::Neither && differing > 0 {
-        crate::error::warning(
+        crate::pg::error::warning(
             &format!(
                 "{differing} rows of {} differ between this node and peer \"{}\" and were left as they are",
                 shape.table_sql(),
@@ -627,15 +627,15 @@ pub fn copy_for_link(
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_reconcile(
-    tbl: Option<crate::args::RegClass>,
+    tbl: Option<crate::pg::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
     prefer: default!(Option<&str>, "'local'"),
 ) -> i64 {
     const F: &str = "sync_reconcile";
     reconcile(
-        crate::args::relation(tbl, F, "tbl"),
+        crate::pg::args::relation(tbl, F, "tbl"),
         peer,
-        crate::args::required(prefer, F, "prefer"),
+        crate::pg::args::required(prefer, F, "prefer"),
     )
 }
 
@@ -645,7 +645,7 @@ fn sync_reconcile(
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_diff(
-    tbl: Option<crate::args::RegClass>,
+    tbl: Option<crate::pg::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
@@ -655,7 +655,10 @@ fn sync_diff(
         name!(columns, Option<Vec<String>>),
     ),
 > {
-    TableIterator::new(diff(crate::args::relation(tbl, "sync_diff", "tbl"), peer))
+    TableIterator::new(diff(
+        crate::pg::args::relation(tbl, "sync_diff", "tbl"),
+        peer,
+    ))
 }
 
 #[cfg(test)]

@@ -10,16 +10,16 @@
 //!
 //! Every conflict is logged in synclink.conflict by the statement that applies the change.
 
-use crate::apply::{compared, ApplySpec};
-use crate::error::{raise, OrRaise, SqlError};
-use crate::sql::{ident, join, literal};
+use crate::data::apply::{compared, ApplySpec};
+use crate::pg::error::{raise, OrRaise, SqlError};
+use crate::pg::sql::{ident, join, literal};
 use pgrx::prelude::*;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ConflictError {
-    #[error("unknown conflict policy {}", crate::args::shown(.0))]
+    #[error("unknown conflict policy {}", crate::pg::args::shown(.0))]
     UnknownPolicy(String),
-    #[error("version column {} is not a column the link sends", crate::args::shown(.column))]
+    #[error("version column {} is not a column the link sends", crate::pg::args::shown(.column))]
     NoVersionColumn { column: String },
     #[error("version column \"{column}\" has type {type_name}, which cannot be ordered")]
     VersionNotOrdered { column: String, type_name: String },
@@ -29,7 +29,7 @@ pub enum ConflictError {
     NoSuchConflict(i64),
     #[error("conflict {id} is {outcome}, not open")]
     NotOpen { id: i64, outcome: String },
-    #[error("cannot keep {}: conflict {id} is between nodes \"{local}\" and \"{peer}\"", crate::args::shown(.keep))]
+    #[error("cannot keep {}: conflict {id} is between nodes \"{local}\" and \"{peer}\"", crate::pg::args::shown(.keep))]
     BadKeep {
         id: i64,
         keep: String,
@@ -480,9 +480,9 @@ impl RowTarget {
         );
         // As the owner: to_jsonb uses casts of its types to json, and reading the key as the
         // row type checks its domains.
-        crate::privilege::as_owner_of(self.relid, || {
-            crate::diff::with_wire_settings(|| {
-                crate::db::maybe_one::<pgrx::JsonB>(&sql, &[pgrx::JsonB(key.clone()).into()])
+        crate::pg::privilege::as_owner_of(self.relid, || {
+            crate::reconcile::diff::with_wire_settings(|| {
+                crate::pg::spi::maybe_one::<pgrx::JsonB>(&sql, &[pgrx::JsonB(key.clone()).into()])
             })
         })
         .map(|j| j.0)
@@ -505,7 +505,7 @@ impl RowTarget {
             text_compare: &[],
         };
         let write = match row {
-            Some(_) => crate::apply::upsert_from(
+            Some(_) => crate::data::apply::upsert_from(
                 &spec,
                 &format!("jsonb_populate_record(NULL::{}, $1) r", self.row_type),
             ),
@@ -529,9 +529,9 @@ impl RowTarget {
         );
         // Both as the owner: the row is the owner's table's, and the key is read as its row
         // type (its domains' checks).
-        crate::privilege::as_owner_of(self.relid, || {
-            crate::apply::marked(from, from, || {
-                crate::diff::with_wire_settings(|| {
+        crate::pg::privilege::as_owner_of(self.relid, || {
+            crate::data::apply::marked(from, from, || {
+                crate::reconcile::diff::with_wire_settings(|| {
                     Spi::run_with_args(&write, &[value.into()]).unwrap();
                 })
             });
@@ -604,8 +604,8 @@ struct ResolveRequest {
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
-    let conflict_id = crate::args::required(conflict_id, "sync_resolve", "conflict_id");
-    let keep = crate::args::required(keep, "sync_resolve", "keep");
+    let conflict_id = crate::pg::args::required(conflict_id, "sync_resolve", "conflict_id");
+    let keep = crate::pg::args::required(keep, "sync_resolve", "keep");
     let found = Spi::connect(|c| {
         c.select(
             "SELECT link_id, key, outcome, peer_name, \
@@ -637,16 +637,16 @@ fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
     }
     // The link the conflict names, for the same table and peer: a table's owner may log
     // conflicts (row-level security checks that too), and the row settled is the link's.
-    let link_exists = crate::db::maybe_one::<bool>(
+    let link_exists = crate::pg::spi::maybe_one::<bool>(
         "SELECT true FROM synclink.link l JOIN synclink.conflict c USING (link_id) \
           WHERE c.conflict_id = $1 AND l.relid = c.relid AND l.peer_name = c.peer_name",
         &[conflict_id.into()],
     )
     .is_some();
-    let peer = crate::peer::find(&peer_name)
+    let peer = crate::catalog::peer::find(&peer_name)
         .filter(|_| link_exists)
         .unwrap_or_else(|| raise(ConflictError::LinkGone(conflict_id)));
-    let local = crate::node::local_name();
+    let local = crate::catalog::node::local_name();
     let keep_local = match keep {
         "local" => true,
         "peer" => false,
@@ -684,7 +684,8 @@ fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
         decision,
     };
     let reply =
-        crate::link::request(&peer, "resolve", serde_json::to_value(&body).unwrap()).or_raise();
+        crate::catalog::link::request(&peer, "resolve", serde_json::to_value(&body).unwrap())
+            .or_raise();
     let decision = body.decision;
     let version = (decision.at, decision.node.as_str());
     if keep_local {
@@ -698,19 +699,26 @@ fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
 }
 
 /// The peer's half of sync_resolve.
-pub fn handle_request(from: &crate::peer::Peer, body: serde_json::Value) -> serde_json::Value {
-    let req: ResolveRequest = serde_json::from_value(body)
-        .unwrap_or_else(|_| raise(crate::link::LinkError::BadRequest("resolve".into())));
-    let oid = crate::link::lookup(&req.schema, &req.table);
+pub fn handle_request(
+    from: &crate::catalog::peer::Peer,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let req: ResolveRequest = serde_json::from_value(body).unwrap_or_else(|_| {
+        raise(crate::catalog::link::LinkError::BadRequest(
+            "resolve".into(),
+        ))
+    });
+    let oid = crate::catalog::link::lookup(&req.schema, &req.table);
     let link = oid
-        .and_then(|oid| crate::link::find(oid, &from.name))
+        .and_then(|oid| crate::catalog::link::find(oid, &from.name))
         .unwrap_or_else(|| {
-            raise(crate::link::LinkError::NotLinked {
+            raise(crate::catalog::link::LinkError::NotLinked {
                 table: format!("{}.{}", ident(&req.schema), ident(&req.table)),
                 peer: from.name.clone(),
             })
         });
-    crate::privilege::peer_may(link.relid, crate::privilege::READ_WRITE, "write").or_raise();
+    crate::pg::privilege::peer_may(link.relid, crate::pg::privilege::READ_WRITE, "write")
+        .or_raise();
     let target = RowTarget::load(link.id);
     let mine = target.current(&req.key);
     let version = (req.decision.at, req.decision.node.as_str());

@@ -11,15 +11,15 @@
 //! mark and moving past it. Undo puts back the column default and INCREMENT BY and again moves
 //! both sequences past every id either side has handed out.
 
-use crate::error::{notice, raise, OrRaise, SqlError};
-use crate::peer::{self, Peer};
-use crate::sql::{ident, literal, qualified};
+use crate::catalog::peer::{self, Peer};
+use crate::pg::error::{notice, raise, OrRaise, SqlError};
+use crate::pg::sql::{ident, literal, qualified};
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(thiserror::Error, Debug)]
 pub enum SequenceError {
-    #[error("unknown strategy {}", crate::args::shown(.0))]
+    #[error("unknown strategy {}", crate::pg::args::shown(.0))]
     BadStrategy(String),
     #[error("{0} is not a sequence")]
     NotASequence(String),
@@ -284,16 +284,16 @@ fn recorded(seq: pg_sys::Oid) -> Option<(String, Share)> {
 
 /// The linked column on this node that draws from `seq`.
 fn local_column(seq: pg_sys::Oid, peer: &Peer) -> Result<SeqColumn, SequenceError> {
-    let name = crate::db::maybe_one::<String>(
+    let name = crate::pg::spi::maybe_one::<String>(
         "SELECT oid::regclass::text FROM pg_class WHERE oid = $1 AND relkind = 'S'",
         &[seq.into()],
     );
     let Some(name) = name else {
-        let shown = crate::db::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
+        let shown = crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
             .unwrap_or_default();
         return Err(SequenceError::NotASequence(shown));
     };
-    if let Some(column) = crate::db::maybe_one::<String>(
+    if let Some(column) = crate::pg::spi::maybe_one::<String>(
         "SELECT format('%s.%I', d.refobjid::regclass, a.attname) FROM pg_depend d \
            JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
           WHERE d.classid = 'pg_class'::regclass AND d.objid = $1 AND d.deptype = 'i'",
@@ -320,9 +320,9 @@ fn requested_column(
     table: &str,
     column: &str,
 ) -> Result<SeqColumn, SequenceError> {
-    let node = crate::node::local_name();
+    let node = crate::catalog::node::local_name();
     let display = qualified(schema, table);
-    let linked = crate::db::maybe_one::<bool>(
+    let linked = crate::pg::spi::maybe_one::<bool>(
         "SELECT true FROM synclink.link WHERE relid = to_regclass($1) AND peer_name = $2",
         &[display.as_str().into(), from.name.as_str().into()],
     );
@@ -398,7 +398,7 @@ fn share(seq: pg_sys::Oid, peer_name: Option<&str>, strategy: &str) -> bool {
         high: own_high,
     };
     let reply: ShareReply = serde_json::from_value(
-        crate::link::request(&peer, "share_sequence", serde_json::to_value(&req).unwrap())
+        crate::catalog::link::request(&peer, "share_sequence", serde_json::to_value(&req).unwrap())
             .or_raise(),
     )
     .unwrap_or_else(|_| raise(SequenceError::BadRequest));
@@ -437,8 +437,9 @@ thread_local! {
 fn shared_nextval(foreign: pg_sys::Oid, peer: &str, column: &str) -> i64 {
     let stmt = DRAWS.with(|m| m.borrow().get(&foreign.to_u32()).cloned());
     let stmt = stmt.unwrap_or_else(|| {
-        let name = crate::db::maybe_one::<String>("SELECT $1::regclass::text", &[foreign.into()])
-            .unwrap_or_default();
+        let name =
+            crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[foreign.into()])
+                .unwrap_or_default();
         let plan = Spi::connect(|c| {
             c.prepare(&format!("SELECT id FROM {name}"), &[])
                 .unwrap()
@@ -448,7 +449,7 @@ fn shared_nextval(foreign: pg_sys::Oid, peer: &str, column: &str) -> i64 {
         DRAWS.with(|m| m.borrow_mut().insert(foreign.to_u32(), plan.clone()));
         plan
     });
-    let drawn = crate::remote::catching(|| {
+    let drawn = crate::pg::remote::catching(|| {
         Spi::connect(|c| {
             c.select(&*stmt, None, &[])
                 .unwrap()
@@ -477,9 +478,9 @@ fn handle_share(from: &Peer, req: ShareRequest) -> Result<ShareReply, SequenceEr
     let col = requested_column(from, &req.schema, &req.table, &req.column)?;
     // A shared sequence sets the column's default here: the peer's role must be one that may
     // write the table.
-    crate::privilege::peer_may(
+    crate::pg::privilege::peer_may(
         col.relid,
-        crate::privilege::READ_WRITE,
+        crate::pg::privilege::READ_WRITE,
         "share a sequence of",
     )
     .unwrap_or_else(|e| raise(e));
@@ -590,14 +591,14 @@ pub fn unshare_by_seq(seq: pg_sys::Oid, tolerate_unreachable: bool) {
         column: col.column.clone(),
         high: high_mark(&col),
     };
-    let peer_high = match crate::link::request(
+    let peer_high = match crate::catalog::link::request(
         &peer,
         "unshare_sequence",
         serde_json::to_value(&req).unwrap(),
     ) {
         Ok(v) => serde_json::from_value::<ShareReply>(v).map_or(0, |r| r.high),
-        Err(e) if tolerate_unreachable && crate::peer::Peer::tolerable(&e) => {
-            crate::error::warning(
+        Err(e) if tolerate_unreachable && crate::catalog::peer::Peer::tolerable(&e) => {
+            crate::pg::error::warning(
                 &format!("{e}; its half of the shared sequence is left in place"),
                 "Run SELECT sync_unshare_sequence(...) on the peer once it is back.",
             );
@@ -624,9 +625,9 @@ fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, Sequen
         // nothing shared here (already undone): nothing to do
         return Ok(ShareReply { high: 0 });
     };
-    crate::privilege::peer_may(
+    crate::pg::privilege::peer_may(
         col.relid,
-        crate::privilege::READ_WRITE,
+        crate::pg::privilege::READ_WRITE,
         "unshare a sequence of",
     )
     .unwrap_or_else(|e| raise(e));
@@ -637,7 +638,7 @@ fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, Sequen
 }
 
 fn forget_objects(seq: pg_sys::Oid, share: &Share) {
-    crate::removal::removing(|| drop_share_objects(seq, share))
+    crate::control::removal::removing(|| drop_share_objects(seq, share))
 }
 
 fn drop_share_objects(seq: pg_sys::Oid, share: &Share) {
@@ -664,7 +665,7 @@ pub fn restore_local_only(seq: pg_sys::Oid) {
 
 /// The sequences of `relid`'s columns shared with `peer`: undone before the link goes.
 pub fn shared_for_table(relid: pg_sys::Oid, peer: &str) -> Vec<pg_sys::Oid> {
-    crate::db::column::<pg_sys::Oid>(
+    crate::pg::spi::column::<pg_sys::Oid>(
         "SELECT seq FROM synclink.shared_sequence WHERE relid = $1 AND peer_name = $2",
         &[relid.into(), peer.into()],
     )
@@ -691,15 +692,15 @@ pub fn handle_request(from: &Peer, action: &str, body: serde_json::Value) -> ser
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_share_sequence(
-    seq: Option<crate::args::RegClass>,
+    seq: Option<crate::pg::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
     strategy: default!(Option<&str>, "'shared'"),
 ) -> bool {
     const F: &str = "sync_share_sequence";
     share(
-        crate::args::relation(seq, F, "seq"),
+        crate::pg::args::relation(seq, F, "seq"),
         peer,
-        crate::args::required(strategy, F, "strategy"),
+        crate::pg::args::required(strategy, F, "strategy"),
     )
 }
 
@@ -708,10 +709,10 @@ fn sync_share_sequence(
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_unshare_sequence(
-    seq: Option<crate::args::RegClass>,
+    seq: Option<crate::pg::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
 ) -> bool {
-    let seq = crate::args::relation(seq, "sync_unshare_sequence", "seq");
+    let seq = crate::pg::args::relation(seq, "sync_unshare_sequence", "seq");
     let peer = peer::resolve(peer).or_raise();
     match recorded(seq) {
         Some((with, _)) if with == peer.name => {
@@ -719,7 +720,7 @@ fn sync_unshare_sequence(
             true
         }
         _ => raise(SequenceError::NotShared {
-            seq: crate::db::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
+            seq: crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
                 .unwrap_or_default(),
             peer: peer.name,
         }),

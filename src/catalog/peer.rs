@@ -1,23 +1,23 @@
 //! Registering other databases: the postgres_fdw server, the user mapping holding the
 //! credentials, and the foreign tables synclink talks to the peer's synclink through.
 
-use crate::conninfo::{Conninfo, ConninfoError};
-use crate::error::{notice, raise, OrRaise, SqlError};
-use crate::remote::{catching, RemoteFailure};
-use crate::sql::{ident, literal, qualified};
+use crate::pg::conninfo::{Conninfo, ConninfoError};
+use crate::pg::error::{notice, raise, OrRaise, SqlError};
+use crate::pg::remote::{catching, RemoteFailure};
+use crate::pg::sql::{ident, literal, qualified};
 use pgrx::prelude::*;
 
 #[derive(thiserror::Error, Debug)]
 pub enum PeerError {
-    #[error("invalid peer name {}", crate::args::shown(.0))]
+    #[error("invalid peer name {}", crate::pg::args::shown(.0))]
     InvalidName(String),
     #[error("peer \"{0}\" already exists with a different connection string")]
     Exists(String),
     #[error("foreign server \"{0}\" already exists and was not made by synclink")]
     ServerTaken(String),
-    #[error("peer {} does not exist", crate::args::shown(.0))]
+    #[error("peer {} does not exist", crate::pg::args::shown(.0))]
     Unknown(String),
-    #[error("node {} is not registered as a peer here", crate::args::shown(.0))]
+    #[error("node {} is not registered as a peer here", crate::pg::args::shown(.0))]
     UnknownNode(String),
     #[error("no peer is registered")]
     NoPeers,
@@ -112,7 +112,7 @@ impl Peer {
     /// should drop it, but a superuser can, and then every way to remove the peer must work.
     pub fn check_foreign(&self, table: &str) -> Result<(), PeerError> {
         let name = self.foreign(table);
-        let exists = crate::db::maybe_one::<bool>(
+        let exists = crate::pg::spi::maybe_one::<bool>(
             "SELECT true WHERE pg_catalog.to_regclass($1) IS NOT NULL",
             &[name.as_str().into()],
         )
@@ -132,16 +132,16 @@ impl Peer {
     /// role another peer connects as cannot act in this peer's name. A superuser may (it can
     /// do anything here anyway), but is tied to a peer all the same when it comes first.
     pub fn check_inbound(&self) -> Result<(), PeerError> {
-        let role = crate::privilege::session_role();
+        let role = crate::pg::privilege::session_role();
         match self.inbound_role {
-            Some(bound) if bound == role || crate::privilege::is_superuser(role) => Ok(()),
+            Some(bound) if bound == role || crate::pg::privilege::is_superuser(role) => Ok(()),
             Some(bound) => Err(PeerError::WrongRole {
                 peer: self.name.clone(),
-                bound: crate::privilege::role_name(bound),
-                actual: crate::privilege::role_name(role),
+                bound: crate::pg::privilege::role_name(bound),
+                actual: crate::pg::privilege::role_name(role),
             }),
             None => {
-                let bound = crate::db::maybe_one::<pg_sys::Oid>(
+                let bound = crate::pg::spi::maybe_one::<pg_sys::Oid>(
                     "UPDATE synclink.peer SET inbound_role = coalesce(inbound_role, $2) \
                       WHERE peer_name = $1 RETURNING inbound_role",
                     &[self.name.as_str().into(), role.into()],
@@ -169,7 +169,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 pub fn find(name: &str) -> Option<Peer> {
-    crate::db::prepared_read(
+    crate::pg::spi::prepared_read(
         "SELECT peer_name, server_name::text, node_name, inbound_role FROM synclink.peer WHERE peer_name = $1",
         &[pgrx::PgOid::from(pg_sys::TEXTOID)],
         &[name.into()],
@@ -179,7 +179,7 @@ pub fn find(name: &str) -> Option<Peer> {
 
 pub fn find_by_node(node: &str) -> Option<Peer> {
     // Planned once per backend: a peer's every delivering transaction asks.
-    crate::db::prepared_read(
+    crate::pg::spi::prepared_read(
         "SELECT peer_name, server_name::text, node_name, inbound_role FROM synclink.peer WHERE node_name = $1",
         &[pgrx::PgOid::from(pg_sys::TEXTOID)],
         &[node.into()],
@@ -202,7 +202,8 @@ pub fn resolve(name: Option<&str>) -> Result<Peer, PeerError> {
     if let Some(n) = name {
         return find(n).ok_or_else(|| PeerError::Unknown(n.into()));
     }
-    let names = crate::db::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[]);
+    let names =
+        crate::pg::spi::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[]);
     match names.len() {
         0 => Err(PeerError::NoPeers),
         1 => Ok(find(&names[0]).unwrap()),
@@ -211,7 +212,7 @@ pub fn resolve(name: Option<&str>) -> Result<Peer, PeerError> {
 }
 
 fn options(pairs: &[(String, String)]) -> String {
-    crate::sql::join(pairs, ", ", |(k, v)| format!("{} {}", ident(k), literal(v)))
+    crate::pg::sql::join(pairs, ", ", |(k, v)| format!("{} {}", ident(k), literal(v)))
 }
 
 /// The connection string holds a password and the statement that called us is logged with
@@ -296,7 +297,7 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
         return Err(PeerError::ServerTaken(server));
     }
 
-    let local = crate::node::local_name();
+    let local = crate::catalog::node::local_name();
     let mut server_opts = parsed.server.clone();
     if !server_opts.iter().any(|(k, _)| k == "application_name") {
         server_opts.push(("application_name".into(), format!("synclink from {local}")));
@@ -320,7 +321,7 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
              OPTIONS (schema_name 'synclink', table_name 'inbox', batch_size '100')",
             peer.foreign("inbox")
         ),
-        format!("CREATE SEQUENCE {} MINVALUE 0 START 0", crate::queue::retry_register(name)),
+        format!("CREATE SEQUENCE {} MINVALUE 0 START 0", crate::data::queue::retry_register(name)),
         format!(
             "CREATE FOREIGN TABLE {} (from_node text, action text, body jsonb, reply jsonb) SERVER {srv} \
              OPTIONS (schema_name 'synclink', table_name 'request')",
@@ -363,15 +364,15 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
 #[search_path(pg_catalog, pg_temp)]
 fn sync_add_peer(name: Option<&str>, conninfo: Option<&str>) -> String {
     let hide = HideStatementFromLog::new();
-    let name = crate::args::required(name, "sync_add_peer", "name");
-    let conninfo = crate::args::required(conninfo, "sync_add_peer", "conninfo");
+    let name = crate::pg::args::required(name, "sync_add_peer", "name");
+    let conninfo = crate::pg::args::required(conninfo, "sync_add_peer", "conninfo");
     let node = add(name, conninfo).or_raise();
     hide.restore();
     node
 }
 
 pub fn drop_objects(peer: &Peer) {
-    crate::removal::removing(|| drop_peer_objects(peer))
+    crate::control::removal::removing(|| drop_peer_objects(peer))
 }
 
 fn drop_peer_objects(peer: &Peer) {
@@ -382,7 +383,7 @@ fn drop_peer_objects(peer: &Peer) {
     .unwrap();
     Spi::run(&format!(
         "DROP SEQUENCE IF EXISTS {}",
-        crate::queue::retry_register(&peer.name)
+        crate::data::queue::retry_register(&peer.name)
     ))
     .unwrap();
     Spi::run_with_args(
@@ -394,7 +395,7 @@ fn drop_peer_objects(peer: &Peer) {
 
 fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
     let peer = find(name).ok_or_else(|| PeerError::Unknown(name.into()))?;
-    let links = crate::db::column::<i32>(
+    let links = crate::pg::spi::column::<i32>(
         "SELECT link_id FROM synclink.link WHERE peer_name = $1 ORDER BY link_id",
         &[name.into()],
     );
@@ -404,7 +405,7 @@ fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
             count: links.len() as i64,
         });
     }
-    let count = crate::queue::queued(name);
+    let count = crate::data::queue::queued(name);
     if count > 0 {
         return Err(PeerError::HasQueued {
             peer: name.into(),
@@ -412,7 +413,7 @@ fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
         });
     }
     for id in links {
-        crate::link::unlink_by_id(id, true, false);
+        crate::catalog::link::unlink_by_id(id, true, false);
     }
     drop_objects(&peer);
     Ok(true)
@@ -423,8 +424,8 @@ fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
 #[search_path(pg_catalog, pg_temp)]
 fn sync_drop_peer(name: Option<&str>, cascade: default!(Option<bool>, false)) -> bool {
     const F: &str = "sync_drop_peer";
-    let name = crate::args::required(name, F, "name");
-    drop(name, crate::args::required(cascade, F, "cascade")).or_raise()
+    let name = crate::pg::args::required(name, F, "name");
+    drop(name, crate::pg::args::required(cascade, F, "cascade")).or_raise()
 }
 
 #[cfg(test)]

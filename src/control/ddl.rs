@@ -6,8 +6,8 @@
 //! write, and the peer would parse rows of another shape. A column that is added is allowed
 //! with a WARNING, because it is not mirrored until the table is linked again.
 
-use crate::error::{raise, warning, SqlError};
-use crate::link;
+use crate::catalog::link;
+use crate::pg::error::{raise, warning, SqlError};
 use pgrx::prelude::*;
 
 #[derive(thiserror::Error, Debug)]
@@ -65,7 +65,7 @@ impl SqlError for DdlError {
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn forget_dropped_tables() {
-    let ids = crate::db::column::<i32>(
+    let ids = crate::pg::spi::column::<i32>(
         "SELECT l.link_id FROM synclink.link l \
          JOIN pg_event_trigger_dropped_objects() d \
            ON d.classid = 'pg_class'::regclass AND d.objid = l.relid::oid AND d.objsubid = 0 \
@@ -85,10 +85,10 @@ fn forget_dropped_tables() {
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn guard_drops() {
-    if crate::removal::in_progress() {
+    if crate::control::removal::in_progress() {
         return;
     }
-    let hit = crate::db::maybe_one::<pgrx::JsonB>(
+    let hit = crate::pg::spi::maybe_one::<pgrx::JsonB>(
         "SELECT jsonb_build_object('object', d.object_type || ' ' || d.object_identity, 'what', w.what) \
            FROM pg_event_trigger_dropped_objects() d \
           CROSS JOIN LATERAL ( \
@@ -146,9 +146,9 @@ fn check_renamed_schemas() {
     });
     if let Some((schema, table, peer, peer_schema, peer_table)) = renamed {
         raise(DdlError::Renamed {
-            table: crate::sql::qualified(&schema, &table),
+            table: crate::pg::sql::qualified(&schema, &table),
             peer,
-            linked_as: crate::sql::qualified(&peer_schema, &peer_table),
+            linked_as: crate::pg::sql::qualified(&peer_schema, &peer_table),
         });
     }
 }
@@ -192,7 +192,7 @@ fn check_altered_tables() {
     for (relid, peer, columns, row_type, peer_schema, peer_table, excluded) in links {
         // Disabling a capture trigger is a DBA's right (a load that should stay here, say),
         // but it is said out loud, and sync_status keeps saying it.
-        let disabled = crate::db::column::<String>(
+        let disabled = crate::pg::spi::column::<String>(
             "SELECT g.tgname::text FROM pg_trigger g JOIN synclink.link l ON l.relid = g.tgrelid \
               WHERE l.relid = $1 AND l.peer_name = $2 AND g.tgname = ANY (l.triggers) \
                 AND g.tgenabled IN ('D', 'R') ORDER BY 1",
@@ -212,7 +212,7 @@ fn check_altered_tables() {
         // Links pair tables of the same name, and records arrive addressed by that name.
         if (info.schema.as_str(), info.name.as_str()) != (peer_schema.as_str(), peer_table.as_str())
         {
-            let linked_as = crate::sql::qualified(&peer_schema, &peer_table);
+            let linked_as = crate::pg::sql::qualified(&peer_schema, &peer_table);
             raise(DdlError::Renamed {
                 table: info.display(),
                 peer,

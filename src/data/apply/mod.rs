@@ -7,9 +7,9 @@
 //! This marker lives in backend memory and only this function sets it, so unlike a GUC it
 //! cannot be set by an application role to silence replication.
 
-use crate::error::{OrRaise, SqlError};
-use crate::plan::Statement;
-use crate::sql::{ident, join, qualified};
+use crate::pg::error::{OrRaise, SqlError};
+use crate::pg::plan::Statement;
+use crate::pg::sql::{ident, join, qualified};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ApplyError {
-    #[error("change from unknown node {}", crate::args::shown(.0))]
+    #[error("change from unknown node {}", crate::pg::args::shown(.0))]
     UnknownSender(String),
     #[error("table {schema}.{table} is not linked with node \"{node}\"")]
     NotLinked {
@@ -25,7 +25,7 @@ pub enum ApplyError {
         table: String,
         node: String,
     },
-    #[error("unknown change operation {}", crate::args::shown(.0))]
+    #[error("unknown change operation {}", crate::pg::args::shown(.0))]
     BadOp(String),
     #[error("change record without row versions")]
     Unstamped,
@@ -171,7 +171,7 @@ struct Compiled {
     rows_type: pg_sys::Oid,
     stamps_type: pg_sys::Oid,
     lock: Statement,
-    /// the checked apply (crate::conflict) of an upsert or delete: of one record, and of a
+    /// the checked apply (crate::reconcile::resolve) of an upsert or delete: of one record, and of a
     /// run of records that may change a key more than once
     upsert_one: Statement,
     delete_one: Statement,
@@ -228,21 +228,21 @@ thread_local! {
 /// The link a record is for: the one between its sender and the named table here.
 fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
     let key = (sender.to_string(), schema.to_string(), table.to_string());
-    let xact = crate::db::local_xact();
+    let xact = crate::pg::spi::local_xact();
     if let Some((x, id)) = LINK_IDS.with(|m| m.borrow().get(&key).copied()) {
         if x == xact {
             return Ok(id);
         }
     }
     let (id, relid) = lookup_link_id(sender, schema, table)?;
-    // Only the sender's own role delivers for it (crate::peer::Peer::check_inbound).
-    if let Some(peer) = crate::peer::find_by_node(sender) {
+    // Only the sender's own role delivers for it (crate::catalog::peer::Peer::check_inbound).
+    if let Some(peer) = crate::catalog::peer::find_by_node(sender) {
         peer.check_inbound()
-            .unwrap_or_else(|e| crate::error::raise(e));
+            .unwrap_or_else(|e| crate::pg::error::raise(e));
     }
     // The peer writes this table as the role it connects as: only if this node granted it.
-    crate::privilege::peer_may(relid, crate::privilege::WRITE, "write")
-        .unwrap_or_else(|e| crate::error::raise(e));
+    crate::pg::privilege::peer_may(relid, crate::pg::privilege::WRITE, "write")
+        .unwrap_or_else(|e| crate::pg::error::raise(e));
     LINK_IDS.with(|m| m.borrow_mut().insert(key, (xact, id)));
     Ok(id)
 }
@@ -254,7 +254,7 @@ fn lookup_link_id(
 ) -> Result<(i32, pg_sys::Oid), ApplyError> {
     // Planned once per backend: in sync mode every writing transaction on the peer asks.
     let text = pgrx::PgOid::from(pg_sys::TEXTOID);
-    let id = crate::db::prepared_read(
+    let id = crate::pg::spi::prepared_read(
         "SELECT l.link_id, l.relid::oid FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
          WHERE p.node_name = $1 AND l.relid = to_regclass(format('%I.%I', $2, $3))",
         &[text, text, text],
@@ -265,7 +265,7 @@ fn lookup_link_id(
                 .and_then(|r| Some((r.get::<i32>(1).unwrap()?, r.get::<pg_sys::Oid>(2).unwrap()?)))
         },
     );
-    id.ok_or_else(|| match crate::peer::find_by_node(sender) {
+    id.ok_or_else(|| match crate::catalog::peer::find_by_node(sender) {
         None => ApplyError::UnknownSender(sender.into()),
         Some(_) => ApplyError::NotLinked {
             schema: schema.into(),
@@ -296,7 +296,7 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
             r.get::<Vec<String>>(2).unwrap().unwrap(),
             r.get::<Vec<String>>(3).unwrap().unwrap(),
             r.get::<String>(4).unwrap().unwrap(),
-            crate::conflict::Policy::from_stored(
+            crate::reconcile::resolve::Policy::from_stored(
                 &r.get::<String>(5).unwrap().unwrap(),
                 r.get::<String>(6).unwrap(),
                 r.get::<String>(7).unwrap(),
@@ -317,14 +317,15 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         key: &key,
         text_compare: &text_compare,
     };
-    let checked = crate::conflict::CheckedSpec {
+    let checked = crate::reconcile::resolve::CheckedSpec {
         apply: &spec,
         link_id: id,
         peer_name: &peer_name,
         version_table: &version_table,
         policy: &policy,
     };
-    let checked_sql = |delete, single| crate::conflict::checked_apply_sql(&checked, delete, single);
+    let checked_sql =
+        |delete, single| crate::reconcile::resolve::checked_apply_sql(&checked, delete, single);
     let both = [rows_type, stamps_type];
     let text = pg_sys::TEXTOID;
     let compiled = Rc::new(Compiled {
@@ -332,7 +333,7 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         relid,
         rows_type,
         stamps_type,
-        lock: Statement::new(&crate::conflict::lock_sql(&spec), &[rows_type]),
+        lock: Statement::new(&crate::reconcile::resolve::lock_sql(&spec), &[rows_type]),
         upsert_one: Statement::new(&checked_sql(false, true), &both),
         delete_one: Statement::new(&checked_sql(true, true), &both),
         upsert_run: Statement::new(&checked_sql(false, false), &both),
@@ -348,14 +349,14 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
 /// lies above the previous batch, and deleting what was inserted a moment ago would only leave
 /// dead index entries for every later prune to step over.
 fn prune(sender: &str, floor: Option<i64>) {
-    let xact = crate::db::local_xact();
+    let xact = crate::pg::spi::local_xact();
     let Some(floor) = floor else { return };
     if PRUNED_IN.with(|m| m.borrow().get(sender) == Some(&xact)) {
         return;
     }
     // A kept plan: planned afresh, the estimate (most of the table lies below the floor)
     // picks a scan of the whole table, dead rows and all, on every delivery.
-    crate::db::prepared(
+    crate::pg::spi::prepared(
         "DELETE FROM synclink.applied WHERE sender = $1 AND hi < $2",
         &[
             pgrx::PgOid::from(pg_sys::TEXTOID),
@@ -388,7 +389,7 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
     // this covers a redelivery that overtakes the first delivery's commit (the sender crashed
     // while the peer was committing): it waits here, and the read below, made with the
     // latest snapshot, then sees what that delivery applied.
-    crate::db::prepared_read(
+    crate::pg::spi::prepared_read(
         "SELECT pg_advisory_xact_lock(hashtext('synclink applied'), hashtext($1))",
         &[text],
         &[sender.into()],
@@ -409,7 +410,7 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
         .collect();
     let fresh: Vec<i64> = seqs.into_iter().filter(|s| !seen.contains(s)).collect();
     if let (Some(&lo), Some(&hi)) = (fresh.iter().min(), fresh.iter().max()) {
-        crate::db::prepared(
+        crate::pg::spi::prepared(
             "INSERT INTO synclink.applied (sender, lo, hi, seqs) VALUES ($1, $2, $3, $4)",
             &[
                 text,
@@ -429,11 +430,11 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
 /// the table's triggers, defaults, checks and index expressions are the owner's code.
 fn apply_checked(plans: &Compiled, delete: bool, single: bool, rows: &str, stamps: &str) {
     let bytes = rows.len() + stamps.len();
-    let raced = crate::privilege::as_owner_of(plans.relid, || {
+    let raced = crate::pg::privilege::as_owner_of(plans.relid, || {
         Spi::connect_mut(|_| {
             // Parsed once for both statements: for a large record parsing is most of the work.
-            let rows = crate::plan::parse(plans.rows_type, rows);
-            let stamps = crate::plan::parse(plans.stamps_type, stamps);
+            let rows = crate::pg::plan::parse(plans.rows_type, rows);
+            let stamps = crate::pg::plan::parse(plans.stamps_type, stamps);
             plans.lock.run(bytes, &[rows]);
             let stmt = match (delete, single) {
                 (false, true) => &plans.upsert_one,
@@ -445,7 +446,7 @@ fn apply_checked(plans: &Compiled, delete: bool, single: bool, rows: &str, stamp
         })
     });
     if raced > 0 {
-        crate::conflict::concurrent_insert(&plans.table);
+        crate::reconcile::resolve::concurrent_insert(&plans.table);
     }
 }
 
@@ -495,7 +496,7 @@ thread_local! {
 const PENDING_BYTES: usize = 32 << 20;
 
 fn current_owner() -> (u32, pg_sys::SubTransactionId) {
-    (crate::db::local_xact(), unsafe {
+    (crate::pg::spi::local_xact(), unsafe {
         pg_sys::GetCurrentSubTransactionId()
     })
 }
@@ -581,12 +582,12 @@ fn apply_pending() {
 pub fn receive(trigger: &PgTrigger) {
     // Only a superuser can attach this function to a table (sql/finalize.sql); even then it
     // applies nothing that did not arrive in synclink's inbox.
-    let inbox = crate::queue::synclink_relation(c"inbox");
+    let inbox = crate::data::queue::synclink_relation(c"inbox");
     if trigger.relid().ok() != Some(inbox) || !matches!(trigger.level(), PgTriggerLevel::Row) {
-        crate::error::raise(ApplyError::NotTheInbox);
+        crate::pg::error::raise(ApplyError::NotTheInbox);
     }
     let Some(row) = trigger.new() else {
-        crate::error::raise(ApplyError::NotTheInbox)
+        crate::pg::error::raise(ApplyError::NotTheInbox)
     };
     // One pass over the columns: looking each one up by name would walk them all again.
     let (mut text, mut op, mut seq, mut floor) = (<[Option<String>; 7]>::default(), 0, None, None);
@@ -616,11 +617,11 @@ pub fn receive(trigger: &PgTrigger) {
         text[slot] = row.get_by_index::<String>(n).unwrap();
     }
     let [origin, sender, schema, table, new_rows, old_rows, stamps] = text;
-    crate::queue::bound_lock_waits();
-    crate::privilege::pin_for_transaction();
+    crate::data::queue::bound_lock_waits();
+    crate::pg::privilege::pin_for_transaction();
     // The peer's role inserted the record; synclink's own bookkeeping runs as the extension's
     // owner, and the rows are written as the table's owner (apply_checked).
-    crate::privilege::as_role(crate::privilege::extension_owner(), || {
+    crate::pg::privilege::as_role(crate::pg::privilege::extension_owner(), || {
         apply_record(
             &origin.unwrap_or_default(),
             &sender.unwrap_or_default(),
@@ -682,7 +683,7 @@ fn apply_record(
 ) {
     let id = link_id(sender, target_schema, target_table).or_raise();
     if matches!(op as u8, b'I' | b'U' | b'D' | b'K') && stamps.is_none() {
-        crate::error::raise(ApplyError::Unstamped);
+        crate::pg::error::raise(ApplyError::Unstamped);
     }
     // Queued records are held until the inbox statement ends (apply_pending): a delivery
     // brings hundreds of them, usually a row or two each.
@@ -723,15 +724,15 @@ fn apply_record(
         (b'D' | b'K', _, Some(rows)) => apply_checked(&plans, true, true, rows, stamps),
         (b'R', Some(new), Some(old)) => {
             let args = [old.into_datum().unwrap(), new.into_datum().unwrap()];
-            crate::privilege::as_owner_of(plans.relid, || {
+            crate::pg::privilege::as_owner_of(plans.relid, || {
                 Spi::connect_mut(|_| plans.rekey.run(old.len() + new.len(), &args))
             });
         }
-        (b'T', _, _) => crate::privilege::as_owner_of(plans.relid, || {
+        (b'T', _, _) => crate::pg::privilege::as_owner_of(plans.relid, || {
             Spi::run(&format!("DELETE FROM {}", plans.table)).unwrap()
         }),
         (b'I' | b'U' | b'D' | b'K' | b'R', _, _) => {}
-        (other, _, _) => crate::error::raise(ApplyError::BadOp((other as char).to_string())),
+        (other, _, _) => crate::pg::error::raise(ApplyError::BadOp((other as char).to_string())),
     })
 }
 
@@ -803,7 +804,7 @@ mod tests {
     fn rows_are_locked_by_every_key_column() {
         let (cols, key) = (strings(&["a", "b", "v"]), strings(&["a", "b"]));
         assert_eq!(
-            crate::conflict::lock_sql(&spec(&cols, &key, &[])),
+            crate::reconcile::resolve::lock_sql(&spec(&cols, &key, &[])),
             "SELECT FROM t t JOIN unnest($1::r[]) r ON t.\"a\" = r.\"a\" AND t.\"b\" = r.\"b\" FOR UPDATE OF t"
         );
     }

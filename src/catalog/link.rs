@@ -2,11 +2,11 @@
 //! (row type, capture function, statement triggers), and the request that makes the peer set
 //! up its half so one call links both directions.
 
-use crate::capture::{self, CaptureSpec};
-use crate::conflict::Policy;
-use crate::error::{notice, raise, OrRaise, SqlError};
-use crate::peer::{self, Peer, PeerError};
-use crate::sql::{ident, join, object_name, qualified};
+use crate::catalog::peer::{self, Peer, PeerError};
+use crate::data::capture::statement::{self as capture, CaptureSpec};
+use crate::pg::error::{notice, raise, OrRaise, SqlError};
+use crate::pg::sql::{ident, join, object_name, qualified};
+use crate::reconcile::resolve::Policy;
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -32,13 +32,13 @@ pub enum LinkError {
     NotLinked { table: String, peer: String },
     #[error("table {0} is already linked differently on node \"{1}\"")]
     LinkedDifferently(String, String),
-    #[error("unknown request {} from a peer", crate::args::shown(.0))]
+    #[error("unknown request {} from a peer", crate::pg::args::shown(.0))]
     BadRequest(String),
-    #[error("column {} of {table} does not exist", crate::args::shown(.column))]
+    #[error("column {} of {table} does not exist", crate::pg::args::shown(.column))]
     NoSuchColumn { column: String, table: String },
     #[error("no unique index of {table} covers exactly ({key}) with every column NOT NULL")]
     KeyNotUnique { table: String, key: String },
-    #[error("column {} cannot be both part of the key and excluded", crate::args::shown(.0))]
+    #[error("column {} cannot be both part of the key and excluded", crate::pg::args::shown(.0))]
     ExcludedKey(String),
     #[error(
         "excluded column \"{column}\" of {table} on node \"{node}\" is NOT NULL and has no default"
@@ -137,7 +137,7 @@ pub struct WireColumn {
     #[serde(rename = "type")]
     pub type_name: String,
     pub base_type: String,
-    /// Everything that decides which values the column holds (crate::types::detail): two
+    /// Everything that decides which values the column holds (crate::catalog::types::detail): two
     /// columns whose details differ would round, cut or refuse some of each other's values.
     #[serde(default)]
     pub detail: Option<String>,
@@ -291,7 +291,7 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
                     name: r.get(1).unwrap().unwrap(),
                     type_name: r.get(2).unwrap().unwrap(),
                     base_type: r.get(3).unwrap().unwrap(),
-                    detail: Some(crate::types::detail(
+                    detail: Some(crate::catalog::types::detail(
                         r.get(7).unwrap().unwrap(),
                         r.get(8).unwrap().unwrap(),
                     )),
@@ -404,7 +404,7 @@ struct LinkRequest {
     /// columns neither sent nor overwritten; each node keeps its own values
     #[serde(default)]
     exclude: Vec<String>,
-    /// the conflict policy as stored (see crate::conflict::Policy::stored)
+    /// the conflict policy as stored (see crate::reconcile::resolve::Policy::stored)
     #[serde(default = "last_write_wins")]
     conflict: String,
     #[serde(default)]
@@ -535,7 +535,7 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
     }
     Spi::run(&format!(
         "COMMENT ON TABLE {version_table} IS {}",
-        crate::sql::literal(&format!(
+        crate::pg::sql::literal(&format!(
             "synclink: per key of {}, the version of the row here (microseconds since 1970, node) \
              and, after a change made here, the version it replaced",
             info.display()
@@ -554,7 +554,7 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
         key,
         pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, key)),
         queue_only: mode == "async",
-        node: &crate::node::local_name(),
+        node: &crate::catalog::node::local_name(),
         version_table: &version_table,
     };
     Spi::run(&capture::function_sql(&spec)).unwrap();
@@ -610,11 +610,11 @@ fn version_table_access(version_table: &str, relid: pg_sys::Oid) -> [String; 3] 
 
 /// Remove exactly what create_local made.
 fn drop_local(link: &Link) {
-    crate::removal::removing(|| drop_objects(link))
+    crate::control::removal::removing(|| drop_objects(link))
 }
 
 fn drop_objects(link: &Link) {
-    let table = crate::db::maybe_one::<String>(
+    let table = crate::pg::spi::maybe_one::<String>(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[link.relid.into()],
@@ -658,10 +658,10 @@ pub fn request(
         "INSERT INTO {} (from_node, action, body) VALUES ($1, $2, $3) RETURNING reply",
         peer.foreign("request")
     );
-    let local = crate::node::local_name();
+    let local = crate::catalog::node::local_name();
     let body = pgrx::JsonB(body);
     // In a subtransaction: callers that step over an unreachable peer carry on with SQL.
-    match crate::subxact::run(|| {
+    match crate::pg::subxact::run(|| {
         Spi::connect_mut(|c| {
             c.update(
                 sql.as_str(),
@@ -673,7 +673,7 @@ pub fn request(
     }) {
         Ok(r) => Ok(r.unwrap().map_or(serde_json::Value::Null, |j| j.0)),
         Err(f) if f.is_connection() => Err(peer::unreachable(&peer.name, f)),
-        Err(f) => crate::remote::reraise(f),
+        Err(f) => crate::pg::remote::reraise(f),
     }
 }
 
@@ -718,8 +718,8 @@ fn link_table(
     copy: &str,
     conflict: (&str, Option<&str>),
 ) -> bool {
-    crate::queue::check_mode(mode).or_raise();
-    crate::diff::check_copy(copy).or_raise();
+    crate::data::queue::check_mode(mode).or_raise();
+    crate::reconcile::diff::check_copy(copy).or_raise();
     let peer = peer::resolve(peer_name).or_raise();
     let info = describe(relid);
     info.check_linkable().or_raise();
@@ -729,7 +729,7 @@ fn link_table(
     if let Some(k) = exclude.iter().find(|c| key.contains(c)) {
         raise(LinkError::ExcludedKey(k.clone()));
     }
-    let local = crate::node::local_name();
+    let local = crate::catalog::node::local_name();
     info.check_excluded(&exclude, &local).or_raise();
     let policy = Policy::parse(conflict.0, conflict.1, &local, &peer.node_name).or_raise();
     let sent: Vec<String> = info
@@ -738,7 +738,7 @@ fn link_table(
         .map(|c| c.name)
         .collect();
     if let Some(vc) = conflict.1 {
-        crate::conflict::check_version_column(relid, vc, &sent).or_raise();
+        crate::reconcile::resolve::check_version_column(relid, vc, &sent).or_raise();
     }
     let (conflict, prefer_node, version_column) = policy.stored();
     if find(relid, &peer.name).is_some() {
@@ -764,7 +764,7 @@ fn link_table(
         version_column,
     };
     // Existing rows first, while neither side has its triggers yet: none of it is captured.
-    crate::diff::copy_for_link(
+    crate::reconcile::diff::copy_for_link(
         &peer,
         &body.schema,
         &body.table,
@@ -782,13 +782,13 @@ fn link_table(
 /// `key`: match rows by these columns instead of the primary key; `exclude`: columns neither
 /// sent nor overwritten, each node keeping its own (a primary key that differs between the
 /// nodes, say); `copy`: bring the rows already there together first; `conflict`: what happens
-/// when both nodes change a row before either change arrives (crate::conflict), with
+/// when both nodes change a row before either change arrives (crate::reconcile::resolve), with
 /// `version_column` as the first thing last_write_wins compares.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn sync_link_table(
-    tbl: Option<crate::args::RegClass>,
+    tbl: Option<crate::pg::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
     mode: default!(Option<&str>, "'sync'"),
     key: default!(Option<Vec<Option<String>>>, "NULL"),
@@ -797,7 +797,7 @@ fn sync_link_table(
     conflict: default!(Option<&str>, "'last_write_wins'"),
     version_column: default!(Option<&str>, "NULL"),
 ) -> bool {
-    use crate::args::{names, relation, required};
+    use crate::pg::args::{names, relation, required};
     const F: &str = "sync_link_table";
     link_table(
         relation(tbl, F, "tbl"),
@@ -827,7 +827,7 @@ fn settle_queue(link: &Link, discard: bool) -> Result<(), LinkError> {
         return Err(LinkError::HasQueued {
             table,
             peer: link.peer_name.clone(),
-            node: crate::node::local_name(),
+            node: crate::catalog::node::local_name(),
             count,
         });
     }
@@ -836,7 +836,7 @@ fn settle_queue(link: &Link, discard: bool) -> Result<(), LinkError> {
         &[link.id.into()],
     )
     .unwrap();
-    crate::error::warning(
+    crate::pg::error::warning(
         &format!(
             "discarded {count} queued changes to {table} for peer \"{}\"",
             link.peer_name
@@ -868,8 +868,8 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
         table: link.peer_table.clone(),
         discard_queued: discard,
     };
-    for seq in crate::sequence::shared_for_table(link.relid, &link.peer_name) {
-        crate::sequence::unshare_by_seq(seq, tolerate_unreachable);
+    for seq in crate::control::sequence::shared_for_table(link.relid, &link.peer_name) {
+        crate::control::sequence::unshare_by_seq(seq, tolerate_unreachable);
     }
     match request(&peer, "unlink", serde_json::to_value(body).unwrap()) {
         Ok(_) => {}
@@ -878,7 +878,7 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
             if (tolerate_unreachable && Peer::tolerable(&e))
                 || matches!(e, PeerError::Damaged { .. }) =>
         {
-            crate::error::warning(
+            crate::pg::error::warning(
                 &format!("{e}; its half of the link to this node is left in place"),
                 "Run SELECT sync_unlink_table(...) on the peer once it is back.",
             )
@@ -907,27 +907,27 @@ fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> b
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_unlink_table(
-    tbl: Option<crate::args::RegClass>,
+    tbl: Option<crate::pg::args::RegClass>,
     peer: default!(Option<&str>, "NULL"),
     discard_queued: default!(Option<bool>, false),
 ) -> bool {
     const F: &str = "sync_unlink_table";
     unlink_table(
-        crate::args::relation(tbl, F, "tbl"),
+        crate::pg::args::relation(tbl, F, "tbl"),
         peer,
-        crate::args::required(discard_queued, F, "discard_queued"),
+        crate::pg::args::required(discard_queued, F, "discard_queued"),
     )
 }
 
 fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
-    let node = crate::node::local_name();
+    let node = crate::catalog::node::local_name();
     let display = format!("{}.{}", ident(&req.schema), ident(&req.table));
     let oid = lookup(&req.schema, &req.table).ok_or_else(|| LinkError::MissingTable {
         table: display.clone(),
         node: node.clone(),
     })?;
     // Linking sends this table's rows to the peer and applies the peer's changes to it.
-    crate::privilege::peer_may(oid, crate::privilege::READ_WRITE, "link").or_raise();
+    crate::pg::privilege::peer_may(oid, crate::pg::privilege::READ_WRITE, "link").or_raise();
     let info = describe(oid);
     info.check_linkable()?;
     info.check_key_travels(&req.key)?;
@@ -948,7 +948,7 @@ fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
     }
     if let Some(vc) = &req.version_column {
         let sent: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
-        if let Err(e) = crate::conflict::check_version_column(oid, vc, &sent) {
+        if let Err(e) = crate::reconcile::resolve::check_version_column(oid, vc, &sent) {
             raise(e);
         }
     }
@@ -978,9 +978,10 @@ fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
 fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<(), LinkError> {
     if let Some(oid) = lookup(&req.schema, &req.table) {
         if let Some(link) = find(oid, &from.name) {
-            crate::privilege::peer_may(oid, crate::privilege::READ_WRITE, "unlink").or_raise();
-            for seq in crate::sequence::shared_for_table(oid, &from.name) {
-                crate::sequence::restore_local_only(seq);
+            crate::pg::privilege::peer_may(oid, crate::pg::privilege::READ_WRITE, "unlink")
+                .or_raise();
+            for seq in crate::control::sequence::shared_for_table(oid, &from.name) {
+                crate::control::sequence::restore_local_only(seq);
             }
             settle_queue(&link, req.discard_queued)?;
             drop_local(&link);
@@ -1010,10 +1011,14 @@ fn handle_request(from_node: &str, action: &str, body: pgrx::JsonB) -> Option<pg
             handle_unlink(&from, req).or_raise();
             None
         }
-        "diff" => Some(pgrx::JsonB(crate::diff::handle_request(&from, body.0))),
-        "resolve" => Some(pgrx::JsonB(crate::conflict::handle_request(&from, body.0))),
+        "diff" => Some(pgrx::JsonB(crate::reconcile::diff::handle_request(
+            &from, body.0,
+        ))),
+        "resolve" => Some(pgrx::JsonB(crate::reconcile::resolve::handle_request(
+            &from, body.0,
+        ))),
         "share_sequence" | "unshare_sequence" => Some(pgrx::JsonB(
-            crate::sequence::handle_request(&from, action, body.0),
+            crate::control::sequence::handle_request(&from, action, body.0),
         )),
         other => raise(LinkError::BadRequest(other.into())),
     }

@@ -1,7 +1,7 @@
 //! Running a piece of work in a subtransaction, so that an error inside it can be handled
 //! (rolled back and answered) instead of aborting the whole transaction.
 
-use crate::remote::{catching, RemoteFailure};
+use crate::pg::remote::{catching, RemoteFailure};
 use pgrx::pg_sys;
 
 /// Run `f` in an internal subtransaction. On error the subtransaction is rolled back and the

@@ -4,7 +4,8 @@
 //! DROP statement itself and, when synclink is among the extensions dropped, removes them
 //! first — and asks each peer to drop its half of every link, so the peer stops sending.
 
-use crate::{db, link};
+use crate::catalog::link;
+use crate::pg::spi;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -27,14 +28,14 @@ unsafe fn drops_synclink(parsetree: *mut pg_sys::Node) -> bool {
 }
 
 fn remove_everything() {
-    for seq in db::column::<pg_sys::Oid>("SELECT seq FROM synclink.shared_sequence", &[]) {
-        crate::sequence::unshare_by_seq(seq, true);
+    for seq in spi::column::<pg_sys::Oid>("SELECT seq FROM synclink.shared_sequence", &[]) {
+        crate::control::sequence::unshare_by_seq(seq, true);
     }
-    for id in db::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]) {
+    for id in spi::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]) {
         link::unlink_by_id(id, true, true);
     }
-    for p in db::column::<String>("SELECT peer_name FROM synclink.peer", &[]) {
-        crate::peer::drop_objects(&crate::peer::find(&p).unwrap());
+    for p in spi::column::<String>("SELECT peer_name FROM synclink.peer", &[]) {
+        crate::catalog::peer::drop_objects(&crate::catalog::peer::find(&p).unwrap());
     }
 }
 
@@ -57,7 +58,7 @@ pub unsafe extern "C-unwind" fn synclink_before_drop(
     let data = context as *mut pg_sys::EventTriggerData;
     if drops_synclink((*data).parsetree) {
         // The event trigger function is C: nothing pins the search path for it.
-        crate::privilege::pinned(remove_everything);
+        crate::pg::privilege::pinned(remove_everything);
     }
     pg_sys::Datum::from(0)
 }

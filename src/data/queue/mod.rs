@@ -10,9 +10,11 @@
 //! setval is not transactional and takes no row lock, so a writer that finds the peer down
 //! tells every other writer at once without waiting for anyone's commit.
 
-use crate::error::{warning, SqlError};
-use crate::peer::{self, Peer};
-use crate::remote::RemoteFailure;
+pub mod horizon;
+
+use crate::catalog::peer::{self, Peer};
+use crate::pg::error::{warning, SqlError};
+use crate::pg::remote::RemoteFailure;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
@@ -86,7 +88,7 @@ pub fn init_gucs() {
 
 #[derive(thiserror::Error, Debug)]
 pub enum QueueError {
-    #[error("unknown mode {}", crate::args::shown(.0))]
+    #[error("unknown mode {}", crate::pg::args::shown(.0))]
     BadMode(String),
 }
 
@@ -127,11 +129,15 @@ pub fn bound_lock_waits() {
         return;
     }
     let value = std::ffi::CString::new(format!("{ms}ms")).expect("no NUL in a number");
-    crate::plan::set(c"lock_timeout", &value, crate::plan::Lasting::Transaction);
+    crate::pg::plan::set(
+        c"lock_timeout",
+        &value,
+        crate::pg::plan::Lasting::Transaction,
+    );
 }
 
 pub fn retry_register(peer: &str) -> String {
-    crate::sql::qualified("synclink", &format!("{peer}_retry_at"))
+    crate::pg::sql::qualified("synclink", &format!("{peer}_retry_at"))
 }
 
 /// The register holds epoch milliseconds, so it is compared with, and set from, this.
@@ -151,7 +157,7 @@ fn down_sql(peer: &str) -> String {
 pub fn peer_situation_sql(peer: &str) -> String {
     format!(
         "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = {}), {}",
-        crate::sql::literal(peer),
+        crate::pg::sql::literal(peer),
         down_sql(peer)
     )
 }
@@ -166,7 +172,7 @@ pub fn mark_down(peer: &str) {
     Spi::run_with_args(
         &format!(
             "SELECT setval({}, {NOW_MS} + $1)",
-            crate::sql::literal(&retry_register(peer))
+            crate::pg::sql::literal(&retry_register(peer))
         ),
         &[(RETRY_INTERVAL_MS.get() as i64).into()],
     )
@@ -177,10 +183,10 @@ pub fn mark_down(peer: &str) {
 /// to the WAL even when it changes nothing.
 fn mark_up(peer: &str) {
     let register = retry_register(peer);
-    crate::db::prepared(
+    crate::pg::spi::prepared(
         &format!(
             "SELECT setval({}, 1, false) FROM {register} WHERE last_value <> 1 OR is_called",
-            crate::sql::literal(&register)
+            crate::pg::sql::literal(&register)
         ),
         &[],
         &[],
@@ -190,7 +196,7 @@ fn mark_up(peer: &str) {
 
 /// Is anything queued for `peer` above seq `after` (0: anything at all)?
 fn queued_after(peer: &str, after: i64) -> bool {
-    crate::db::prepared_read(
+    crate::pg::spi::prepared_read(
         "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = $1 AND seq > $2)",
         &[PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::INT8OID)],
         &[peer.into(), after.into()],
@@ -291,7 +297,7 @@ pub fn synclink_relation(name: &std::ffi::CStr) -> pg_sys::Oid {
 
 /// The next outbox seq from `sequence` (outbox_sequence()), as the column's default draws it.
 pub fn next_seq(sequence: pg_sys::Oid) -> i64 {
-    let seq = crate::horizon::drawing(|| {
+    let seq = crate::data::queue::horizon::drawing(|| {
         // SAFETY: nextval_oid takes the sequence's OID and returns its next value.
         unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()]) }
             .expect("nextval returns a value")
@@ -308,7 +314,7 @@ pub fn next_seq(sequence: pg_sys::Oid) -> i64 {
 /// queueing it, so the statement that drew every BACKLOG_CHECK_EVERY-th seq looks, whichever
 /// session it runs in: about once per thousand changes, however short-lived the sessions.
 pub fn after_queueing() {
-    crate::worker::wake_at_commit();
+    crate::data::worker::wake_at_commit();
     let due = CHECK_BACKLOG.with(|c| c.replace(false));
     let limit = BACKLOG_WARNING.get() as i64;
     if limit <= 0 || !due {
@@ -316,7 +322,7 @@ pub fn after_queueing() {
     }
     // Whoever queued the change, the count runs with the search path pinned: the statement
     // that drew the seq may run as a link's owner on an application role's behalf.
-    for peer in crate::privilege::pinned(|| over_backlog(limit)) {
+    for peer in crate::pg::privilege::pinned(|| over_backlog(limit)) {
         warning(
             &format!("more than {limit} changes are queued for peer \"{peer}\""),
             "Check sync_status for the peer's last error; the queue drains once it is reachable. \
@@ -345,7 +351,7 @@ const BACKLOG_RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
 /// peer was away.
 fn over_backlog(limit: i64) -> Vec<String> {
     let bigint = PgOid::from(pg_sys::INT8OID);
-    let candidates = crate::db::prepared_read(
+    let candidates = crate::pg::spi::prepared_read(
         // ORDER BY … LIMIT 1 rather than min()/max(): a generic plan made while the outbox
         // was nearly empty aggregates over all of a peer's records, however many it holds later.
         "SELECT p.peer_name, q.oldest FROM synclink.peer p \
@@ -375,7 +381,7 @@ fn over_backlog(limit: i64) -> Vec<String> {
                 }) {
                     return true;
                 }
-                let over = crate::db::prepared_read(
+                let over = crate::pg::spi::prepared_read(
                     "SELECT pg_catalog.count(*) FROM (SELECT FROM synclink.outbox \
                       WHERE peer_name OPERATOR(pg_catalog.=) $1 LIMIT $2) q",
                     &[PgOid::from(pg_sys::TEXTOID), bigint],
@@ -414,7 +420,7 @@ pub fn flush(peer: &Peer, limit: i64) -> Flushed {
     flush_after(peer, limit, &mut 0, 0)
 }
 
-/// Like `flush`, each batch given at most `bound_ms` (crate::remote::within): for a writer,
+/// Like `flush`, each batch given at most `bound_ms` (crate::pg::remote::within): for a writer,
 /// which must not wait on the peer without a bound.
 pub fn flush_within(peer: &Peer, limit: i64, bound_ms: i32) -> Flushed {
     flush_after(peer, limit, &mut 0, bound_ms)
@@ -443,7 +449,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
     if !queued_after(&peer.name, *after) {
         return Flushed::Done(0);
     }
-    let locked = crate::db::prepared_read(
+    let locked = crate::pg::spi::prepared_read(
         "SELECT pg_try_advisory_xact_lock(hashtext($1))",
         &[text],
         &[lock_key(&peer.name).as_str().into()],
@@ -477,7 +483,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
          SELECT count(*), max(seq), EXISTS (SELECT FROM candidates c WHERE c.before >= {BATCH_BYTES}) FROM batch",
         inbox = peer.foreign("inbox")
     );
-    let node = crate::node::local_name();
+    let node = crate::catalog::node::local_name();
     let mut delivered = 0i64;
     loop {
         let batch_size = if limit > 0 {
@@ -494,18 +500,18 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
             };
         }
         let from = *after;
-        // How far this batch may move the start of the next one (crate::horizon): the highest
+        // How far this batch may move the start of the next one (crate::data::queue::horizon): the highest
         // seq drawn is read before the seqs open transactions hold.
-        let drawn = crate::db::prepared_read(
+        let drawn = crate::pg::spi::prepared_read(
             "SELECT last_value FROM synclink.outbox_seq_seq",
             &[],
             &[],
             |t| t.first().get_one::<i64>().unwrap().unwrap_or(0),
         );
-        let open = crate::horizon::lowest_open(drawn);
-        let sent = crate::subxact::run(|| {
-            crate::remote::within(bound_ms, || {
-                crate::db::prepared(
+        let open = crate::data::queue::horizon::lowest_open(drawn);
+        let sent = crate::pg::subxact::run(|| {
+            crate::pg::remote::within(bound_ms, || {
+                crate::pg::spi::prepared(
                     &sql,
                     &[text, bigint, bigint, text],
                     &[
@@ -556,7 +562,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
 }
 
 fn record_delivery(peer: &str, n: i64) {
-    crate::db::prepared(
+    crate::pg::spi::prepared(
         "INSERT INTO synclink.peer_state AS s (peer_name, delivered, last_delivered_at) \
          VALUES ($1, $2, clock_timestamp()) \
          ON CONFLICT (peer_name) DO UPDATE SET delivered = s.delivered + $2, last_delivered_at = clock_timestamp()",
@@ -583,11 +589,15 @@ pub fn record_failure(peer: &str, error: &str) {
 #[search_path(pg_catalog, pg_temp)]
 fn sync_flush(peer: default!(Option<&str>, "NULL")) -> i64 {
     let peers: Vec<Peer> = match peer {
-        Some(name) => vec![peer::resolve(Some(name)).unwrap_or_else(|e| crate::error::raise(e))],
-        None => crate::db::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[])
-            .iter()
-            .filter_map(|n| peer::find(n))
-            .collect(),
+        Some(name) => {
+            vec![peer::resolve(Some(name)).unwrap_or_else(|e| crate::pg::error::raise(e))]
+        }
+        None => {
+            crate::pg::spi::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[])
+                .iter()
+                .filter_map(|n| peer::find(n))
+                .collect()
+        }
     };
     let mut total = 0;
     for p in peers {

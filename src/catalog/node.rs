@@ -1,11 +1,11 @@
 //! This database's node name: the origin every change it captures carries.
 
-use crate::error::{OrRaise, SqlError};
+use crate::pg::error::{OrRaise, SqlError};
 use pgrx::prelude::*;
 
 #[derive(thiserror::Error, Debug)]
 pub enum NodeError {
-    #[error("invalid node name {}", crate::args::shown(.0))]
+    #[error("invalid node name {}", crate::pg::args::shown(.0))]
     InvalidName(String),
     #[error("cannot rename node while {0} link(s) exist")]
     InUse(i64),
@@ -52,9 +52,9 @@ fn sync_node_name() -> String {
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_set_node_name(name: Option<&str>) -> String {
-    let name = crate::args::required(name, "sync_set_node_name", "name");
+    let name = crate::pg::args::required(name, "sync_set_node_name", "name");
     if !valid(name) {
-        crate::error::raise(NodeError::InvalidName(name.into()));
+        crate::pg::error::raise(NodeError::InvalidName(name.into()));
     }
     let links = Spi::get_one::<i64>("SELECT count(*) FROM synclink.link")
         .unwrap()

@@ -1,0 +1,12 @@
+//! Making and removing objects: a peer's foreign server and tables ([`peer`]), a link's
+//! capture functions, triggers and version table ([`link`]), shared sequences ([`sequence`]),
+//! the DDL guards that keep them whole ([`ddl`], [`removal`]) and DROP EXTENSION's cleanup
+//! ([`teardown`]).
+//!
+//! Uses the data path (to generate capture and to settle queues), reconciliation (a link's
+//! initial copy), the peer protocol ([`crate::rpc`]), the catalog and [`crate::pg`].
+
+pub mod ddl;
+pub mod removal;
+pub mod sequence;
+pub mod teardown;

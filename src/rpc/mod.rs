@@ -1,0 +1,1 @@
+//! The peer-request protocol.
