@@ -5,7 +5,9 @@
 //! Reading and writing `synclink.node`, `synclink.peer` and `synclink.link` happens here and
 //! nowhere else. Uses only [`crate::pg`].
 
+pub mod access;
 pub mod link;
 pub mod node;
 pub mod peer;
+pub mod policy;
 pub mod types;

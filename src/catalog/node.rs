@@ -28,6 +28,8 @@ impl SqlError for NodeError {
     }
 }
 
+crate::pg::error::reported_as_sql_error!(NodeError);
+
 pub fn local_name() -> String {
     Spi::get_one::<String>("SELECT node_name FROM synclink.node")
         .expect("synclink.node is readable")

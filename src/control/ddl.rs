@@ -6,7 +6,7 @@
 //! write, and the peer would parse rows of another shape. A column that is added is allowed
 //! with a WARNING, because it is not mirrored until the table is linked again.
 
-use crate::catalog::link;
+use crate::control::link;
 use crate::pg::error::{raise, warning, SqlError};
 use pgrx::prelude::*;
 
@@ -60,6 +60,8 @@ impl SqlError for DdlError {
         }
     }
 }
+
+crate::pg::error::reported_as_sql_error!(DdlError);
 
 /// sql_drop: unlink every link whose table was just dropped.
 #[pg_extern(schema = "synclink")]
@@ -199,7 +201,7 @@ fn check_altered_tables() {
             &[relid.into(), peer.as_str().into()],
         );
         if !disabled.is_empty() {
-            let table = link::describe(relid).display();
+            let table = crate::catalog::link::describe(relid).display();
             warning(
                 &format!(
                     "capture trigger(s) {} of {table} are disabled: its changes are not sent to peer \"{peer}\"",
@@ -208,7 +210,7 @@ fn check_altered_tables() {
                 &format!("ALTER TABLE {table} ENABLE TRIGGER ... sends them again (changes made meanwhile stay unsent: sync_diff finds them); sync_status shows this in its problem column."),
             );
         }
-        let info = link::describe(relid);
+        let info = crate::catalog::link::describe(relid);
         // Links pair tables of the same name, and records arrive addressed by that name.
         if (info.schema.as_str(), info.name.as_str()) != (peer_schema.as_str(), peer_table.as_str())
         {

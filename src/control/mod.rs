@@ -7,6 +7,8 @@
 //! initial copy), the peer protocol ([`crate::rpc`]), the catalog and [`crate::pg`].
 
 pub mod ddl;
+pub mod link;
+pub mod peer;
 pub mod removal;
 pub mod sequence;
 pub mod teardown;

@@ -14,8 +14,8 @@
 use crate::catalog::peer::{self, Peer};
 use crate::pg::error::{notice, raise, OrRaise, SqlError};
 use crate::pg::sql::{ident, literal, qualified};
+use crate::rpc::{ShareReply, ShareRequest, UnshareRequest};
 use pgrx::prelude::*;
-use serde::{Deserialize, Serialize};
 
 #[derive(thiserror::Error, Debug)]
 pub enum SequenceError {
@@ -91,6 +91,8 @@ impl SqlError for SequenceError {
         }
     }
 }
+
+crate::pg::error::reported_as_sql_error!(SequenceError);
 
 pub fn check_strategy(strategy: &str) -> Result<(), SequenceError> {
     match strategy {
@@ -201,31 +203,6 @@ fn view_name(col: &SeqColumn) -> String {
         col.schema,
         col.seq_name.rsplit('.').next().unwrap().trim_matches('"')
     )
-}
-
-#[derive(Serialize, Deserialize)]
-struct ShareRequest {
-    schema: String,
-    table: String,
-    column: String,
-    strategy: String,
-    /// shared: the owner's view (in its synclink schema) that hands out the next value
-    view: Option<String>,
-    /// the highest value the requesting node has handed out
-    high: i64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ShareReply {
-    high: i64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct UnshareRequest {
-    schema: String,
-    table: String,
-    column: String,
-    high: i64,
 }
 
 /// Record a share, with what undo needs.
@@ -397,11 +374,7 @@ fn share(seq: pg_sys::Oid, peer_name: Option<&str>, strategy: &str) -> bool {
         view,
         high: own_high,
     };
-    let reply: ShareReply = serde_json::from_value(
-        crate::catalog::link::request(&peer, "share_sequence", serde_json::to_value(&req).unwrap())
-            .or_raise(),
-    )
-    .unwrap_or_else(|_| raise(SequenceError::BadRequest));
+    let reply: ShareReply = crate::rpc::call_for(&peer, &req).or_raise();
     restart_above(&col, own_high.max(reply.high), increment, 1);
     remember(&col, &peer.name, strategy, "owner", &objects);
     true
@@ -473,14 +446,14 @@ fn shared_nextval(foreign: pg_sys::Oid, peer: &str, column: &str) -> i64 {
     }
 }
 
-fn handle_share(from: &Peer, req: ShareRequest) -> Result<ShareReply, SequenceError> {
+pub fn handle_share(from: &Peer, req: ShareRequest) -> Result<ShareReply, SequenceError> {
     check_strategy(&req.strategy)?;
     let col = requested_column(from, &req.schema, &req.table, &req.column)?;
     // A shared sequence sets the column's default here: the peer's role must be one that may
     // write the table.
-    crate::pg::privilege::peer_may(
+    crate::catalog::access::peer_may(
         col.relid,
-        crate::pg::privilege::READ_WRITE,
+        crate::catalog::access::READ_WRITE,
         "share a sequence of",
     )
     .unwrap_or_else(|e| raise(e));
@@ -591,11 +564,7 @@ pub fn unshare_by_seq(seq: pg_sys::Oid, tolerate_unreachable: bool) {
         column: col.column.clone(),
         high: high_mark(&col),
     };
-    let peer_high = match crate::catalog::link::request(
-        &peer,
-        "unshare_sequence",
-        serde_json::to_value(&req).unwrap(),
-    ) {
+    let peer_high = match crate::rpc::call(&peer, &req) {
         Ok(v) => serde_json::from_value::<ShareReply>(v).map_or(0, |r| r.high),
         Err(e) if tolerate_unreachable && crate::catalog::peer::Peer::tolerable(&e) => {
             crate::pg::error::warning(
@@ -609,7 +578,7 @@ pub fn unshare_by_seq(seq: pg_sys::Oid, tolerate_unreachable: bool) {
     restore_local(&col, &share, peer_high);
 }
 
-fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, SequenceError> {
+pub fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, SequenceError> {
     let display = qualified(&req.schema, &req.table);
     let col = shared_columns(
         "r.peer_name = $1 AND r.relid = to_regclass($2) AND r.column_name = $3",
@@ -625,9 +594,9 @@ fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, Sequen
         // nothing shared here (already undone): nothing to do
         return Ok(ShareReply { high: 0 });
     };
-    crate::pg::privilege::peer_may(
+    crate::catalog::access::peer_may(
         col.relid,
-        crate::pg::privilege::READ_WRITE,
+        crate::catalog::access::READ_WRITE,
         "unshare a sequence of",
     )
     .unwrap_or_else(|e| raise(e));
@@ -669,22 +638,6 @@ pub fn shared_for_table(relid: pg_sys::Oid, peer: &str) -> Vec<pg_sys::Oid> {
         "SELECT seq FROM synclink.shared_sequence WHERE relid = $1 AND peer_name = $2",
         &[relid.into(), peer.into()],
     )
-}
-
-pub fn handle_request(from: &Peer, action: &str, body: serde_json::Value) -> serde_json::Value {
-    let reply = match action {
-        "share_sequence" => {
-            let req: ShareRequest =
-                serde_json::from_value(body).unwrap_or_else(|_| raise(SequenceError::BadRequest));
-            handle_share(from, req).or_raise()
-        }
-        _ => {
-            let req: UnshareRequest =
-                serde_json::from_value(body).unwrap_or_else(|_| raise(SequenceError::BadRequest));
-            handle_unshare(from, req).or_raise()
-        }
-    };
-    serde_json::to_value(reply).unwrap()
 }
 
 /// Make a linked table's id column draw from a sequence both nodes share, so inserts on

@@ -4,7 +4,7 @@
 //! DROP statement itself and, when synclink is among the extensions dropped, removes them
 //! first — and asks each peer to drop its half of every link, so the peer stops sending.
 
-use crate::catalog::link;
+use crate::control::link;
 use crate::pg::spi;
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -35,7 +35,7 @@ fn remove_everything() {
         link::unlink_by_id(id, true, true);
     }
     for p in spi::column::<String>("SELECT peer_name FROM synclink.peer", &[]) {
-        crate::catalog::peer::drop_objects(&crate::catalog::peer::find(&p).unwrap());
+        crate::control::peer::drop_objects(&crate::catalog::peer::find(&p).unwrap());
     }
 }
 

@@ -38,6 +38,8 @@ impl SqlError for ShipError {
     }
 }
 
+crate::pg::error::reported_as_sql_error!(ShipError);
+
 struct Route {
     peer: String,
     asynchronous: bool,

@@ -46,6 +46,8 @@ impl SqlError for ArgError {
     }
 }
 
+crate::pg::error::reported_as_sql_error!(ArgError);
+
 /// A `regclass` argument, taken as the OID it is: the function checks that the relation
 /// exists, rather than failing with an internal error while the argument is read.
 pub struct RegClass(pg_sys::Oid);

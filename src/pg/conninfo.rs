@@ -33,6 +33,8 @@ impl SqlError for ConninfoError {
     }
 }
 
+crate::pg::error::reported_as_sql_error!(ConninfoError);
+
 /// Options that belong to the user mapping (postgres_fdw refuses them on a server).
 const MAPPING_KEYS: &[&str] = &["user", "password", "sslcert", "sslkey", "sslpassword"];
 const SECRET_KEYS: &[&str] = &["password", "sslpassword"];

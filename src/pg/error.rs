@@ -17,8 +17,8 @@ pub trait SqlError: std::fmt::Display {
     }
 }
 
-/// Raise `err` as an ERROR. Never returns.
-pub fn raise<E: SqlError>(err: E) -> ! {
+/// The PostgreSQL error report for `err`: its SQLSTATE, message, detail and hint.
+pub fn report<E: SqlError>(err: E) -> ErrorReport {
     let mut report = ErrorReport::new(err.sqlstate(), err.to_string(), "synclink");
     if let Some(hint) = err.hint() {
         report = report.set_hint(hint);
@@ -26,9 +26,27 @@ pub fn raise<E: SqlError>(err: E) -> ! {
     if let Some(detail) = err.detail() {
         report = report.set_detail(detail);
     }
-    report.report(PgLogLevel::ERROR);
+    report
+}
+
+/// Raise `err` as an ERROR. Never returns.
+pub fn raise<E: SqlError>(err: E) -> ! {
+    report(err).report(PgLogLevel::ERROR);
     unreachable!("ERROR report returned")
 }
+
+/// `?` on a module's error inside a function that returns `Result<_, ErrorReport>` — the
+/// `#[pg_extern]` functions and triggers, where errors leave the extension.
+macro_rules! reported_as_sql_error {
+    ($($error:ty),+ $(,)?) => {$(
+        impl From<$error> for pgrx::pg_sys::panic::ErrorReport {
+            fn from(err: $error) -> Self {
+                $crate::pg::error::report(err)
+            }
+        }
+    )+};
+}
+pub(crate) use reported_as_sql_error;
 
 pub trait OrRaise<T> {
     fn or_raise(self) -> T;

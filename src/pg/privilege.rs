@@ -9,7 +9,6 @@
 //! and logical replication's apply do: the owner's triggers, defaults, checks and index
 //! expressions then run with the owner's rights, never with synclink's.
 
-use crate::pg::error::SqlError;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -198,89 +197,6 @@ fn switched<T>(role: pg_sys::Oid, flags: u32, f: impl FnOnce() -> T) -> T {
     result
 }
 
-/// A table privilege, by its ACL bit and its SQL name.
-pub const SELECT: (u32, &str) = (pg_sys::ACL_SELECT, "SELECT");
-pub const INSERT: (u32, &str) = (pg_sys::ACL_INSERT, "INSERT");
-pub const UPDATE: (u32, &str) = (pg_sys::ACL_UPDATE, "UPDATE");
-pub const DELETE: (u32, &str) = (pg_sys::ACL_DELETE, "DELETE");
-/// What a peer needs to read a table here (diff, copy from it).
-pub const READ: &[(u32, &str)] = &[SELECT];
-/// What a peer needs to write a table here (its changes applied, a repair).
-pub const WRITE: &[(u32, &str)] = &[INSERT, UPDATE, DELETE];
-/// What a peer needs to link a table: both.
-pub const READ_WRITE: &[(u32, &str)] = &[SELECT, INSERT, UPDATE, DELETE];
-
-#[derive(thiserror::Error, Debug)]
-pub enum PrivilegeError {
-    #[error("peer role \"{role}\" may not {what} table {table} on node \"{node}\"")]
-    PeerNotAllowed {
-        role: String,
-        what: &'static str,
-        table: String,
-        node: String,
-        missing: Vec<&'static str>,
-    },
-}
-
-impl SqlError for PrivilegeError {
-    fn sqlstate(&self) -> PgSqlErrorCode {
-        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
-    }
-    fn detail(&self) -> Option<String> {
-        match self {
-            PrivilegeError::PeerNotAllowed { missing, role, .. } => Some(format!(
-                "A peer reaches this node as role \"{role}\", which lacks {} on it.",
-                missing.join(", ")
-            )),
-        }
-    }
-    fn hint(&self) -> Option<String> {
-        match self {
-            PrivilegeError::PeerNotAllowed {
-                role,
-                table,
-                missing,
-                node,
-                ..
-            } => Some(format!(
-                "On node \"{node}\", the administrator decides what a peer may reach: GRANT {} ON {table} TO \"{role}\" there, if this peer should.",
-                missing.join(", ")
-            )),
-        }
-    }
-}
-
-/// Check that the role a peer connects as (the session's) holds `privileges` on `relid`: a
-/// peer may link, read and write exactly the tables this node's administrator granted its
-/// role. `what` says what it tried ("link", "read", "write").
-pub fn peer_may(
-    relid: pg_sys::Oid,
-    privileges: &[(u32, &'static str)],
-    what: &'static str,
-) -> Result<(), PrivilegeError> {
-    let role = session_role();
-    let missing: Vec<&'static str> = privileges
-        .iter()
-        .filter(|(bit, _)| {
-            // SAFETY: pg_class_aclcheck reads the relation's ACL through the syscache; an
-            // unknown OID is reported as an ordinary error.
-            let result = unsafe { pg_sys::pg_class_aclcheck(relid, role, *bit as pg_sys::AclMode) };
-            result != pg_sys::AclResult::ACLCHECK_OK
-        })
-        .map(|(_, name)| *name)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(PrivilegeError::PeerNotAllowed {
-        role: role_name(role),
-        what,
-        table: relation_name(relid),
-        node: crate::catalog::node::local_name(),
-        missing,
-    })
-}
-
 pub fn is_superuser(role: pg_sys::Oid) -> bool {
     // SAFETY: superuser_arg reads the role's catalog entry through the syscache.
     unsafe { pg_sys::superuser_arg(role) }
@@ -296,21 +212,5 @@ pub fn role_name(role: pg_sys::Oid) -> String {
         std::ffi::CStr::from_ptr(name)
             .to_string_lossy()
             .into_owned()
-    }
-}
-
-fn relation_name(relid: pg_sys::Oid) -> String {
-    let names = pinned(|| {
-        Spi::get_two_with_args::<String, String>(
-            "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text \
-               FROM pg_catalog.pg_class c \
-               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-              WHERE c.oid OPERATOR(pg_catalog.=) $1",
-            &[relid.into()],
-        )
-    });
-    match names {
-        Ok((Some(schema), Some(name))) => crate::pg::sql::qualified(&schema, &name),
-        _ => relid.to_u32().to_string(),
     }
 }

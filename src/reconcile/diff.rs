@@ -9,9 +9,9 @@
 use crate::catalog::peer::{self, Peer};
 use crate::pg::error::{raise, OrRaise, SqlError};
 use crate::pg::sql::{ident, join, literal, qualified};
+use crate::rpc::{DiffRequest, Repair, Shape};
 use pgrx::prelude::*;
 use pgrx::JsonB;
-use serde::{Deserialize, Serialize};
 
 #[derive(thiserror::Error, Debug)]
 pub enum DiffError {
@@ -53,42 +53,7 @@ impl SqlError for DiffError {
     }
 }
 
-/// What is compared: the link's columns and key when the table is linked with the peer, else
-/// every non-generated column and the primary key.
-#[derive(Serialize, Deserialize, Clone)]
-struct Shape {
-    schema: String,
-    table: String,
-    columns: Vec<String>,
-    key: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct DiffRequest {
-    #[serde(flatten)]
-    shape: Shape,
-    /// bucket = hash(key) & mask
-    mask: i64,
-    /// None: answer the bucket summaries; Some: answer the rows of these buckets
-    buckets: Option<Vec<i32>>,
-    /// reconcile: rows to write and keys to delete here (the requester's values win), or keys
-    /// whose rows to send back (the peer's values win)
-    #[serde(default)]
-    repair: Option<Repair>,
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct Repair {
-    upsert: serde_json::Value,
-    delete: serde_json::Value,
-    fetch: serde_json::Value,
-    /// every key the repair touches on either node: their row versions are dropped on both
-    #[serde(default)]
-    forget: serde_json::Value,
-    /// the node whose rows win, for closing open conflicts on those keys
-    #[serde(default)]
-    kept: Option<String>,
-}
+crate::pg::error::reported_as_sql_error!(DiffError);
 
 impl Shape {
     fn table_sql(&self) -> String {
@@ -313,7 +278,7 @@ fn mask_for(shape: &Shape) -> i64 {
 }
 
 fn ask(peer: &Peer, req: &DiffRequest) -> serde_json::Value {
-    crate::catalog::link::request(peer, "diff", serde_json::to_value(req).unwrap()).or_raise()
+    crate::rpc::call(peer, req).or_raise()
 }
 
 type DiffRow = (JsonB, String, Option<Vec<String>>);
@@ -387,9 +352,7 @@ fn diff_with(peer: &Peer, shape: &Shape) -> Vec<DiffRow> {
 }
 
 /// Answer a peer's diff request: bucket summaries, or the rows of some buckets.
-pub fn handle_request(from: &Peer, body: serde_json::Value) -> serde_json::Value {
-    let req: DiffRequest =
-        serde_json::from_value(body).unwrap_or_else(|_| raise(DiffError::BadRequest));
+pub fn answer(from: &Peer, req: DiffRequest) -> serde_json::Value {
     let node = crate::catalog::node::local_name();
     let shape = &req.shape;
     let relid = crate::pg::spi::maybe_one::<pg_sys::Oid>(
@@ -404,10 +367,10 @@ pub fn handle_request(from: &Peer, body: serde_json::Value) -> serde_json::Value
     });
     // A repair writes rows or, fetching, forgets row versions and settles conflicts.
     let (needs, what) = match &req.repair {
-        Some(_) => (crate::pg::privilege::READ_WRITE, "write"),
-        None => (crate::pg::privilege::READ, "read"),
+        Some(_) => (crate::catalog::access::READ_WRITE, "write"),
+        None => (crate::catalog::access::READ, "read"),
     };
-    crate::pg::privilege::peer_may(relid, needs, what).or_raise();
+    crate::catalog::access::peer_may(relid, needs, what).or_raise();
     let info = crate::catalog::link::describe(relid);
     let missing: Vec<String> = shape
         .columns
@@ -565,6 +528,8 @@ pub enum CopyError {
     #[error("unknown copy {}", crate::pg::args::shown(.0))]
     BadCopy(String),
 }
+
+crate::pg::error::reported_as_sql_error!(CopyError);
 
 impl SqlError for CopyError {
     fn sqlstate(&self) -> PgSqlErrorCode {

@@ -1,1 +1,154 @@
-//! The peer-request protocol.
+//! The peer-request protocol: how one node asks another to do its half of something (link or
+//! unlink a table, compare or repair rows, settle a conflict, share a sequence).
+//!
+//! The client is [`call`]: it inserts the request into the peer's `synclink.request` through
+//! the peer's foreign table and reads the reply back through RETURNING, all inside the caller's
+//! transaction, so the peer's half commits or rolls back with the caller's. The server side is
+//! the trigger on `synclink.request`: it parses the row into a [`Request`] here and hands it to
+//! the module that owns the action (`api::serve`), which keeps this folder below every
+//! feature. Adding a request: a body in [`messages`] with its [`Body::ACTION`], a variant of
+//! [`Request`], and the handler's arm in `api::serve`.
+//!
+//! Uses the catalog (peers) and [`crate::pg`].
+
+pub mod messages;
+
+use crate::catalog::peer::{self, Peer, PeerError};
+use crate::pg::error::SqlError;
+use pgrx::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use messages::*;
+
+#[derive(thiserror::Error, Debug)]
+pub enum RpcError {
+    #[error("unknown request {} from a peer", crate::pg::args::shown(.0))]
+    UnknownAction(String),
+    #[error("malformed {} request from a peer", crate::pg::args::shown(.0))]
+    BadRequest(String),
+    #[error("malformed reply from peer \"{0}\"")]
+    BadReply(String),
+}
+
+impl SqlError for RpcError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION
+    }
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            RpcError::UnknownAction(_) => {
+                "The peer runs a newer synclink: update this node (ALTER EXTENSION synclink UPDATE).".into()
+            }
+            RpcError::BadRequest(_) | RpcError::BadReply(_) => {
+                "The nodes run incompatible synclink versions; update both.".into()
+            }
+        })
+    }
+}
+
+crate::pg::error::reported_as_sql_error!(RpcError);
+
+/// A request body: what travels in `synclink.request.body` under its action name.
+pub trait Body: Serialize {
+    const ACTION: &'static str;
+}
+
+/// Every request a node understands, as the peer's trigger receives it.
+#[derive(serde::Deserialize)]
+#[serde(tag = "action", content = "body", rename_all = "snake_case")]
+pub enum Request {
+    Link(LinkRequest),
+    Unlink(UnlinkRequest),
+    Diff(DiffRequest),
+    Resolve(ResolveRequest),
+    ShareSequence(ShareRequest),
+    UnshareSequence(UnshareRequest),
+}
+
+const ACTIONS: [&str; 6] = [
+    LinkRequest::ACTION,
+    UnlinkRequest::ACTION,
+    DiffRequest::ACTION,
+    ResolveRequest::ACTION,
+    ShareRequest::ACTION,
+    UnshareRequest::ACTION,
+];
+
+impl Request {
+    /// The request a `synclink.request` row carries: an action this node does not know is
+    /// refused as such (the sender is newer), a body that does not fit as malformed.
+    pub fn parse(action: &str, body: serde_json::Value) -> Result<Request, RpcError> {
+        if !ACTIONS.contains(&action) {
+            return Err(RpcError::UnknownAction(action.into()));
+        }
+        serde_json::from_value(serde_json::json!({ "action": action, "body": body }))
+            .map_err(|_| RpcError::BadRequest(action.into()))
+    }
+}
+
+/// Ask the peer to act on its half. A connection failure becomes a clear error; an error the
+/// peer raises (its table is missing, its columns differ…) reaches the user unchanged.
+/// The peer's handler may answer; its reply comes back through RETURNING (NULL when it has
+/// nothing to say).
+pub fn call<B: Body>(peer: &Peer, body: &B) -> Result<serde_json::Value, PeerError> {
+    peer.check_foreign("request")?;
+    let sql = format!(
+        "INSERT INTO {} (from_node, action, body) VALUES ($1, $2, $3) RETURNING reply",
+        peer.foreign("request")
+    );
+    let local = crate::catalog::node::local_name();
+    let body = pgrx::JsonB(serde_json::to_value(body).map_err(|_| peer::malformed(&peer.name))?);
+    // In a subtransaction: callers that step over an unreachable peer carry on with SQL.
+    match crate::pg::subxact::run(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                sql.as_str(),
+                None,
+                &[local.as_str().into(), B::ACTION.into(), body.into()],
+            )
+            .and_then(|t| t.first().get::<pgrx::JsonB>(1))
+        })
+    }) {
+        Ok(Ok(reply)) => Ok(reply.map_or(serde_json::Value::Null, |j| j.0)),
+        Ok(Err(_)) => Err(peer::malformed(&peer.name)),
+        Err(f) if f.is_connection() => Err(peer::unreachable(&peer.name, f)),
+        Err(f) => crate::pg::remote::reraise(f),
+    }
+}
+
+/// [`call`], reading the reply as `R`.
+pub fn call_for<B: Body, R: DeserializeOwned>(peer: &Peer, body: &B) -> Result<R, PeerError> {
+    let reply = call(peer, body)?;
+    serde_json::from_value(reply).map_err(|_| peer::malformed(&peer.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_parses_to_its_own_variant() {
+        let unlink = serde_json::json!({"schema": "s", "table": "t"});
+        assert!(matches!(
+            Request::parse(UnlinkRequest::ACTION, unlink),
+            Ok(Request::Unlink(_))
+        ));
+        let unshare = serde_json::json!({"schema": "s", "table": "t", "column": "c", "high": 1});
+        assert!(matches!(
+            Request::parse(UnshareRequest::ACTION, unshare),
+            Ok(Request::UnshareSequence(_))
+        ));
+        for action in ACTIONS {
+            // Every known action gets past the action check; an empty body does not fit any.
+            assert!(
+                matches!(Request::parse(action, serde_json::json!({})), Err(RpcError::BadRequest(a)) if a == action),
+                "{action}"
+            );
+        }
+        assert!(matches!(
+            Request::parse("clone", serde_json::json!({})),
+            Err(RpcError::UnknownAction(_))
+        ));
+    }
+}

@@ -7,6 +7,8 @@
 //! This marker lives in backend memory and only this function sets it, so unlike a GUC it
 //! cannot be set by an application role to silence replication.
 
+pub mod checked;
+
 use crate::pg::error::{OrRaise, SqlError};
 use crate::pg::plan::Statement;
 use crate::pg::sql::{ident, join, qualified};
@@ -31,6 +33,8 @@ pub enum ApplyError {
     Unstamped,
     #[error("synclink.receive() may only be called by the row trigger on synclink.inbox")]
     NotTheInbox,
+    #[error("a row being applied to {table} was inserted here at the same moment")]
+    ConcurrentInsert { table: String },
 }
 
 impl SqlError for ApplyError {
@@ -41,6 +45,9 @@ impl SqlError for ApplyError {
             }
             ApplyError::BadOp(_) | ApplyError::Unstamped => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
             ApplyError::NotTheInbox => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            ApplyError::ConcurrentInsert { .. } => {
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+            }
         }
     }
     fn hint(&self) -> Option<String> {
@@ -55,9 +62,14 @@ impl SqlError for ApplyError {
                 "The sending node runs an incompatible synclink version.".into()
             }
             ApplyError::NotTheInbox => "Drop this trigger.".into(),
+            ApplyError::ConcurrentInsert { .. } => {
+                "Nothing was applied; the change is delivered again and then meets the new row as a conflict.".into()
+            }
         })
     }
 }
+
+crate::pg::error::reported_as_sql_error!(ApplyError);
 
 #[derive(Clone)]
 struct Applying {
@@ -171,7 +183,7 @@ struct Compiled {
     rows_type: pg_sys::Oid,
     stamps_type: pg_sys::Oid,
     lock: Statement,
-    /// the checked apply (crate::reconcile::resolve) of an upsert or delete: of one record, and of a
+    /// the checked apply (crate::data::apply::checked) of an upsert or delete: of one record, and of a
     /// run of records that may change a key more than once
     upsert_one: Statement,
     delete_one: Statement,
@@ -241,7 +253,7 @@ fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
             .unwrap_or_else(|e| crate::pg::error::raise(e));
     }
     // The peer writes this table as the role it connects as: only if this node granted it.
-    crate::pg::privilege::peer_may(relid, crate::pg::privilege::WRITE, "write")
+    crate::catalog::access::peer_may(relid, crate::catalog::access::WRITE, "write")
         .unwrap_or_else(|e| crate::pg::error::raise(e));
     LINK_IDS.with(|m| m.borrow_mut().insert(key, (xact, id)));
     Ok(id)
@@ -296,7 +308,7 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
             r.get::<Vec<String>>(2).unwrap().unwrap(),
             r.get::<Vec<String>>(3).unwrap().unwrap(),
             r.get::<String>(4).unwrap().unwrap(),
-            crate::reconcile::resolve::Policy::from_stored(
+            crate::catalog::policy::Policy::from_stored(
                 &r.get::<String>(5).unwrap().unwrap(),
                 r.get::<String>(6).unwrap(),
                 r.get::<String>(7).unwrap(),
@@ -317,15 +329,14 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         key: &key,
         text_compare: &text_compare,
     };
-    let checked = crate::reconcile::resolve::CheckedSpec {
+    let checked = checked::CheckedSpec {
         apply: &spec,
         link_id: id,
         peer_name: &peer_name,
         version_table: &version_table,
         policy: &policy,
     };
-    let checked_sql =
-        |delete, single| crate::reconcile::resolve::checked_apply_sql(&checked, delete, single);
+    let checked_sql = |delete, single| checked::checked_apply_sql(&checked, delete, single);
     let both = [rows_type, stamps_type];
     let text = pg_sys::TEXTOID;
     let compiled = Rc::new(Compiled {
@@ -333,7 +344,7 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         relid,
         rows_type,
         stamps_type,
-        lock: Statement::new(&crate::reconcile::resolve::lock_sql(&spec), &[rows_type]),
+        lock: Statement::new(&checked::lock_sql(&spec), &[rows_type]),
         upsert_one: Statement::new(&checked_sql(false, true), &both),
         delete_one: Statement::new(&checked_sql(true, true), &both),
         upsert_run: Statement::new(&checked_sql(false, false), &both),
@@ -446,7 +457,7 @@ fn apply_checked(plans: &Compiled, delete: bool, single: bool, rows: &str, stamp
         })
     });
     if raced > 0 {
-        crate::reconcile::resolve::concurrent_insert(&plans.table);
+        checked::concurrent_insert(&plans.table);
     }
 }
 
@@ -804,7 +815,7 @@ mod tests {
     fn rows_are_locked_by_every_key_column() {
         let (cols, key) = (strings(&["a", "b", "v"]), strings(&["a", "b"]));
         assert_eq!(
-            crate::reconcile::resolve::lock_sql(&spec(&cols, &key, &[])),
+            checked::lock_sql(&spec(&cols, &key, &[])),
             "SELECT FROM t t JOIN unnest($1::r[]) r ON t.\"a\" = r.\"a\" AND t.\"b\" = r.\"b\" FOR UPDATE OF t"
         );
     }

@@ -42,6 +42,8 @@ impl SqlError for CaptureError {
     }
 }
 
+crate::pg::error::reported_as_sql_error!(CaptureError);
+
 /// What a backend keeps per link, read from synclink.link on its first statement.
 struct Link {
     relid: pg_sys::Oid,

@@ -101,6 +101,8 @@ impl SqlError for QueueError {
     }
 }
 
+crate::pg::error::reported_as_sql_error!(QueueError);
+
 pub fn check_mode(mode: &str) -> Result<(), QueueError> {
     match mode {
         "sync" | "async" => Ok(()),
@@ -314,7 +316,7 @@ pub fn next_seq(sequence: pg_sys::Oid) -> i64 {
 /// queueing it, so the statement that drew every BACKLOG_CHECK_EVERY-th seq looks, whichever
 /// session it runs in: about once per thousand changes, however short-lived the sessions.
 pub fn after_queueing() {
-    crate::data::worker::wake_at_commit();
+    crate::data::worker::wake::wake_at_commit();
     let due = CHECK_BACKLOG.with(|c| c.replace(false));
     let limit = BACKLOG_WARNING.get() as i64;
     if limit <= 0 || !due {

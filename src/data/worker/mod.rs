@@ -7,147 +7,16 @@
 //! peer's queue in order, in transactions of up to WORKER_BATCH records, and backs off from a
 //! peer that cannot be reached (1 s, doubling to 5 s).
 
+pub mod wake;
+
 use crate::data::queue::{self, Flushed};
 use pgrx::bgworkers::*;
+use pgrx::pg_shmem_init;
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-/// Where each database's delivery worker can be woken: (database oid << 32 | pid), 0 = free.
-/// A writer that queued a change sets that worker's latch when its transaction commits, so
-/// delivery starts at once instead of at the next poll.
-pub struct Workers {
-    slots: [AtomicU64; 64],
-    /// Per slot: the worker wants to hear of the next commit that queues something. The first
-    /// such commit clears it and sets the latch; the commits after it leave the worker alone
-    /// until it starts its next round. At thousands of commits a second, one wake-up per
-    /// commit (a signal, a context switch, a round finding the work already taken) costs the
-    /// writers more than the queueing itself.
-    armed: [AtomicBool; 64],
-}
-
-impl Default for Workers {
-    fn default() -> Self {
-        Workers {
-            slots: std::array::from_fn(|_| AtomicU64::new(0)),
-            armed: std::array::from_fn(|_| AtomicBool::new(false)),
-        }
-    }
-}
-
-unsafe impl PGRXSharedMemory for Workers {}
-
-static WORKERS: PgAtomic<Workers> = unsafe { PgAtomic::new(c"synclink_workers") };
-
-/// Set in the postmaster when preloaded, so every backend forked from it knows the shared
-/// memory above exists.
-static PRELOADED: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    /// The local transaction that already has a wake-up registered for its commit.
-    static WAKE_REGISTERED: Cell<u32> = const { Cell::new(0) };
-}
-
-enum Registration {
-    /// This worker serves the database, and is woken through this slot.
-    Slot(usize),
-    /// It serves the database, without a slot to be woken through (all taken).
-    NoSlot,
-    /// Another live worker serves the database already.
-    Taken,
-}
-
-/// Is `pid` a live backend? (A worker that died leaves its slot behind.)
-fn alive(pid: i32) -> bool {
-    // SAFETY: BackendPidGetProc looks the pid up in the proc array under its lock.
-    !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()
-}
-
-/// Take this database's slot (the one an earlier worker for it left, or a free one), unless a
-/// live worker holds it: one delivery worker per database, whoever started it. Shared memory
-/// only synclink writes, so that no SQL session can keep the worker out (an advisory lock
-/// could be taken by anyone).
-fn register_worker(dboid: u32) -> Registration {
-    // SAFETY: MyProcPid is this process's pid.
-    let my_pid = unsafe { pg_sys::MyProcPid };
-    let me = ((dboid as u64) << 32) | my_pid as u32 as u64;
-    let slots = &WORKERS.get().slots;
-    for (i, s) in slots.iter().enumerate() {
-        let v = s.load(Ordering::Acquire);
-        if v == 0 || (v >> 32) as u32 != dboid {
-            continue;
-        }
-        let pid = v as u32 as i32;
-        if pid != my_pid && alive(pid) {
-            return Registration::Taken;
-        }
-        return match s.compare_exchange(v, me, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => Registration::Slot(i),
-            Err(_) => Registration::Taken,
-        };
-    }
-    let Some(i) = slots.iter().position(|s| {
-        s.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }) else {
-        return Registration::NoSlot;
-    };
-    // Two workers starting at once may both have taken a free slot: the lower one stays.
-    let rival = slots.iter().enumerate().any(|(j, s)| {
-        let v = s.load(Ordering::Acquire);
-        j < i && v != 0 && (v >> 32) as u32 == dboid && alive(v as u32 as i32)
-    });
-    if rival {
-        slots[i].store(0, Ordering::Release);
-        return Registration::Taken;
-    }
-    Registration::Slot(i)
-}
-
-/// Ask to be woken by the next commit that queues a change. Called before the round looks
-/// at the queues: a commit that misses the flag became visible before it was set, so the
-/// round's snapshot, taken after, sees its changes. (Commit callbacks run once the
-/// transaction is visible to others.)
-fn arm(slot: Option<usize>) {
-    if let Some(i) = slot {
-        WORKERS.get().armed[i].store(true, Ordering::SeqCst);
-    }
-}
-
-/// Has a commit rung since the worker last armed?
-fn rung(slot: Option<usize>) -> bool {
-    slot.is_some_and(|i| !WORKERS.get().armed[i].load(Ordering::SeqCst))
-}
-
-fn wake_now() {
-    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let workers = WORKERS.get();
-    for (s, armed) in workers.slots.iter().zip(workers.armed.iter()) {
-        let v = s.load(Ordering::Acquire);
-        if v != 0 && (v >> 32) as u32 == dboid && armed.swap(false, Ordering::SeqCst) {
-            unsafe {
-                let proc = pg_sys::BackendPidGetProc(v as u32 as i32);
-                if !proc.is_null() {
-                    pg_sys::SetLatch(&mut (*proc).procLatch);
-                }
-            }
-        }
-    }
-}
-
-/// Wake this database's delivery worker when the current transaction commits.
-pub fn wake_at_commit() {
-    if !PRELOADED.load(Ordering::Relaxed) {
-        return;
-    }
-    let xact = crate::pg::spi::local_xact();
-    if WAKE_REGISTERED.with(|w| w.replace(xact)) != xact {
-        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, wake_now);
-    }
-}
+use wake::{arm, register_worker, rung, Registration, PRELOADED, WORKERS};
 
 static NAPTIME_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 static LAUNCHER_DB: pgrx::GucSetting<Option<std::ffi::CString>> =

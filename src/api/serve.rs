@@ -1,0 +1,46 @@
+//! The server side of the peer-request protocol: a request row arriving in
+//! `synclink.request` is carried out by the module that owns its action.
+
+use crate::catalog::peer::{self, PeerError};
+use crate::rpc::Request;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+/// Carry out a peer's request; called by the trigger on synclink.request. The reply (NULL for
+/// requests that have nothing to say) goes back to the requester through RETURNING.
+#[pg_extern(schema = "synclink")]
+#[search_path(pg_catalog, pg_temp)]
+fn handle_request(
+    from_node: &str,
+    action: &str,
+    body: pgrx::JsonB,
+) -> Result<Option<pgrx::JsonB>, ErrorReport> {
+    let from =
+        peer::find_by_node(from_node).ok_or_else(|| PeerError::UnknownNode(from_node.into()))?;
+    from.check_inbound()?;
+    let reply = match Request::parse(action, body.0)? {
+        Request::Link(req) => {
+            crate::control::link::handle_link(&from, req)?;
+            None
+        }
+        Request::Unlink(req) => {
+            crate::control::link::handle_unlink(&from, req)?;
+            None
+        }
+        Request::Diff(req) => Some(crate::reconcile::diff::answer(&from, req)),
+        Request::Resolve(req) => Some(crate::reconcile::resolve::answer(&from, req)),
+        Request::ShareSequence(req) => {
+            Some(json(crate::control::sequence::handle_share(&from, req)?))
+        }
+        Request::UnshareSequence(req) => {
+            Some(json(crate::control::sequence::handle_unshare(&from, req)?))
+        }
+    };
+    Ok(reply.map(pgrx::JsonB))
+}
+
+fn json<T: serde::Serialize>(reply: T) -> serde_json::Value {
+    // A reply is plain numbers and strings; one that cannot be written answers NULL, which
+    // the requester reports as a malformed reply.
+    serde_json::to_value(reply).unwrap_or(serde_json::Value::Null)
+}

@@ -1,0 +1,488 @@
+//! Linking a table with a peer: validation on both sides, the objects each side makes
+//! (row type, capture function, statement triggers, version table), and the requests that
+//! make the peer set up or take down its half, so one call links or unlinks both directions.
+
+use crate::catalog::link::{
+    column_differences, describe, find, lookup, same_set, Column, Link, LinkError, TableInfo,
+};
+use crate::catalog::peer::{self, Peer, PeerError};
+use crate::catalog::policy::Policy;
+use crate::data::capture::statement::{self as capture, CaptureSpec};
+use crate::pg::error::{notice, raise, OrRaise};
+use crate::pg::sql::{ident, join, object_name, qualified};
+use crate::rpc::{LinkRequest, UnlinkRequest};
+use pgrx::prelude::*;
+
+/// A name in schema synclink not yet taken by a type or function.
+fn free_name(base: &str, suffix: &str, id: i32) -> String {
+    let taken = |n: &str| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_type WHERE typname = $1 AND typnamespace = 'synclink'::regnamespace) \
+                 OR EXISTS (SELECT 1 FROM pg_proc WHERE proname = $1 AND pronamespace = 'synclink'::regnamespace)",
+            &[n.into()],
+        )
+        .unwrap()
+        .unwrap_or(false)
+    };
+    let name = object_name(base, suffix, id);
+    if !taken(&name) {
+        return name;
+    }
+    object_name(&format!("{base}_{id}"), suffix, id)
+}
+
+/// Make this node's half of a link and record it. Both sides use the same wire column order.
+/// `req` describes the link as the initiating node sent it; `peer_table` is the peer's
+/// (schema, table) as seen from this node.
+fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&str, &str)) -> i32 {
+    let (wire, key) = (&req.columns, &req.key[..]);
+    let (initiator, mode) = (req.initiator.as_str(), req.mode.as_str());
+    let (peer_schema, peer_table) = peer_table;
+    let id = Spi::get_one::<i32>("SELECT nextval('synclink.link_link_id_seq')::int")
+        .unwrap()
+        .unwrap();
+    let base = format!("{}_{}", info.name, peer.name);
+    let row_type = qualified("synclink", &free_name(&base, "row", id));
+    let function = qualified("synclink", &free_name(&base, "capture", id));
+    let version_table = qualified("synclink", &free_name(&base, "version", id));
+    // Our own column types, in the agreed order: the peer's text form is parsed into these.
+    let attrs = join(wire, ", ", |w| {
+        let local = info
+            .columns
+            .iter()
+            .find(|c| c.wire.name == w.name)
+            .expect("validated column");
+        format!("{} {}", ident(&w.name), local.wire.type_name)
+    });
+    Spi::run(&format!("CREATE TYPE {row_type} AS ({attrs})")).unwrap();
+    let type_of = |name: &String| {
+        let c = info.columns.iter().find(|c| &c.wire.name == name);
+        c.expect("validated key").wire.type_name.clone()
+    };
+    Spi::run(&format!(
+        "CREATE TABLE {version_table} ({keys}, \"synclink$at\" bigint NOT NULL, \
+         \"synclink$node\" text NOT NULL, \"synclink$base_at\" bigint, \"synclink$base_node\" text, \
+         PRIMARY KEY ({key_list}))",
+        keys = join(key, ", ", |k| format!("{} {}", ident(k), type_of(k))),
+        key_list = join(key, ", ", |k| ident(k)),
+    ))
+    .unwrap();
+    // Changes from the peer are applied as the table's owner, in one statement that also
+    // writes the versions: the owner may use the versions of this table, and nobody else.
+    for stmt in version_table_access(&version_table, info.oid) {
+        Spi::run(&stmt).unwrap();
+    }
+    Spi::run(&format!(
+        "COMMENT ON TABLE {version_table} IS {}",
+        crate::pg::sql::literal(&format!(
+            "synclink: per key of {}, the version of the row here (microseconds since 1970, node) \
+             and, after a change made here, the version it replaced",
+            info.display()
+        ))
+    ))
+    .unwrap();
+    let columns: Vec<String> = wire.iter().map(|w| w.name.clone()).collect();
+    let table = info.display();
+    let spec = CaptureSpec {
+        link_id: id,
+        function: &function,
+        table_display: &format!("{}.{}", info.schema, info.name),
+        peer_name: &peer.name,
+        row_type: &row_type,
+        columns: &columns,
+        key,
+        pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, key)),
+        queue_only: mode == "async",
+        node: &crate::catalog::node::local_name(),
+        version_table: &version_table,
+    };
+    Spi::run(&capture::function_sql(&spec)).unwrap();
+    Spi::run(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC")).unwrap();
+    let mut triggers = Vec::new();
+    for (name, sql) in capture::trigger_sqls(&table, &spec, &peer.node_name) {
+        Spi::run(&sql).unwrap();
+        triggers.push(name);
+    }
+    Spi::run_with_args(
+        "INSERT INTO synclink.link (link_id, relid, peer_name, peer_schema, peer_table, columns, \
+             key_columns, initiator, row_type, capture_function, triggers, mode, excluded, \
+             version_table, conflict, prefer_node, version_column) \
+         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        &[
+            id.into(),
+            info.oid.into(),
+            peer.name.as_str().into(),
+            peer_schema.into(),
+            peer_table.into(),
+            columns.into(),
+            key.to_vec().into(),
+            initiator.into(),
+            row_type.as_str().into(),
+            function.as_str().into(),
+            triggers.into(),
+            mode.into(),
+            req.exclude.clone().into(),
+            version_table.as_str().into(),
+            req.conflict.as_str().into(),
+            req.prefer_node.clone().into(),
+            req.version_column.clone().into(),
+        ],
+    )
+    .unwrap();
+    id
+}
+
+/// Row-level security on a link's version table: open to whoever holds the rights of the
+/// linked table's owner (`relid`), whoever owns it now.
+fn version_table_access(version_table: &str, relid: pg_sys::Oid) -> [String; 3] {
+    [
+        format!("ALTER TABLE {version_table} ENABLE ROW LEVEL SECURITY"),
+        format!(
+            "CREATE POLICY owner_of_the_table ON {version_table}\n\
+             \x20   USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c\n\
+             \x20                                   WHERE c.oid OPERATOR(pg_catalog.=) {relid}::pg_catalog.oid), 'USAGE'))",
+            relid = relid.to_u32()
+        ),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {version_table} TO PUBLIC"),
+    ]
+}
+
+/// Remove exactly what create_local made.
+fn drop_local(link: &Link) {
+    crate::control::removal::removing(|| drop_objects(link))
+}
+
+fn drop_objects(link: &Link) {
+    let table = crate::pg::spi::maybe_one::<String>(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[link.relid.into()],
+    );
+    if let Some(table) = table {
+        for t in &link.triggers {
+            Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t))).unwrap();
+        }
+    }
+    Spi::run(&format!(
+        "DROP FUNCTION IF EXISTS {}()",
+        link.capture_function
+    ))
+    .unwrap();
+    Spi::run(&format!("DROP TYPE IF EXISTS {}", link.row_type)).unwrap();
+    Spi::run(&format!("DROP TABLE IF EXISTS {}", link.version_table)).unwrap();
+    // Open conflicts cannot be settled without the link: closed, not left open for ever.
+    Spi::run_with_args(
+        "UPDATE synclink.conflict SET outcome = 'unlinked', resolved_at = clock_timestamp() \
+          WHERE link_id = $1 AND outcome = 'open'",
+        &[link.id.into()],
+    )
+    .unwrap();
+    Spi::run_with_args(
+        "DELETE FROM synclink.link WHERE link_id = $1",
+        &[link.id.into()],
+    )
+    .unwrap();
+}
+
+/// The key rows are matched by: the given columns, which a unique index over NOT NULL
+/// columns must cover exactly, or else the primary key.
+fn choose_key(info: &TableInfo, key: Option<Vec<String>>) -> Result<Vec<String>, LinkError> {
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return info
+            .primary_key
+            .clone()
+            .ok_or_else(|| LinkError::NoPrimaryKey(info.display()));
+    };
+    check_columns(info, &key)?;
+    if !info.unique_keys.iter().any(|k| same_set(k, &key)) {
+        return Err(LinkError::KeyNotUnique {
+            table: info.display(),
+            key: join(&key, ", ", |c| ident(c)),
+        });
+    }
+    Ok(key)
+}
+
+fn check_columns(info: &TableInfo, names: &[String]) -> Result<(), LinkError> {
+    match names
+        .iter()
+        .find(|n| !info.columns.iter().any(|c| &c.wire.name == *n))
+    {
+        Some(n) => Err(LinkError::NoSuchColumn {
+            column: n.clone(),
+            table: info.display(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn link_table(
+    relid: pg_sys::Oid,
+    peer_name: Option<&str>,
+    mode: &str,
+    key: Option<Vec<String>>,
+    exclude: Vec<String>,
+    copy: &str,
+    conflict: (&str, Option<&str>),
+) -> bool {
+    crate::data::queue::check_mode(mode).or_raise();
+    crate::reconcile::diff::check_copy(copy).or_raise();
+    let peer = peer::resolve(peer_name).or_raise();
+    let info = describe(relid);
+    info.check_linkable().or_raise();
+    let key = choose_key(&info, key).or_raise();
+    info.check_key_travels(&key).or_raise();
+    check_columns(&info, &exclude).or_raise();
+    if let Some(k) = exclude.iter().find(|c| key.contains(c)) {
+        raise(LinkError::ExcludedKey(k.clone()));
+    }
+    let local = crate::catalog::node::local_name();
+    info.check_excluded(&exclude, &local).or_raise();
+    let policy = Policy::parse(conflict.0, conflict.1, &local, &peer.node_name).or_raise();
+    let sent: Vec<String> = info
+        .wire_columns(&exclude)
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    if let Some(vc) = conflict.1 {
+        crate::catalog::policy::check_version_column(relid, vc, &sent).or_raise();
+    }
+    let (conflict, prefer_node, version_column) = policy.stored();
+    if find(relid, &peer.name).is_some() {
+        notice(&format!(
+            "table {} is already linked with peer \"{}\", skipping",
+            info.display(),
+            peer.name
+        ));
+        return false;
+    }
+    let body = LinkRequest {
+        schema: info.schema.clone(),
+        table: info.name.clone(),
+        columns: info.wire_columns(&exclude),
+        key,
+        initiator: local,
+        from_schema: info.schema.clone(),
+        from_table: info.name.clone(),
+        mode: mode.into(),
+        exclude,
+        conflict: conflict.into(),
+        prefer_node,
+        version_column,
+    };
+    // Existing rows first, while neither side has its triggers yet: none of it is captured.
+    crate::reconcile::diff::copy_for_link(
+        &peer,
+        &body.schema,
+        &body.table,
+        body.columns.iter().map(|c| c.name.clone()).collect(),
+        body.key.clone(),
+        copy,
+    );
+    // Links pair tables of the same name, so the peer's table is called as ours.
+    create_local(&info, &peer, &body, (&body.schema, &body.table));
+    crate::rpc::call(&peer, &body).or_raise();
+    true
+}
+
+/// Mirror a table with a peer, both directions. Returns false when it was already linked.
+/// `key`: match rows by these columns instead of the primary key; `exclude`: columns neither
+/// sent nor overwritten, each node keeping its own (a primary key that differs between the
+/// nodes, say); `copy`: bring the rows already there together first; `conflict`: what happens
+/// when both nodes change a row before either change arrives (crate::data::apply::checked), with
+/// `version_column` as the first thing last_write_wins compares.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)]
+fn sync_link_table(
+    tbl: Option<crate::pg::args::RegClass>,
+    peer: default!(Option<&str>, "NULL"),
+    mode: default!(Option<&str>, "'sync'"),
+    key: default!(Option<Vec<Option<String>>>, "NULL"),
+    exclude: default!(Option<Vec<Option<String>>>, "NULL"),
+    copy: default!(Option<&str>, "'none'"),
+    conflict: default!(Option<&str>, "'last_write_wins'"),
+    version_column: default!(Option<&str>, "NULL"),
+) -> bool {
+    use crate::pg::args::{names, relation, required};
+    const F: &str = "sync_link_table";
+    link_table(
+        relation(tbl, F, "tbl"),
+        peer,
+        required(mode, F, "mode"),
+        names(key, F, "key"),
+        names(exclude, F, "exclude").unwrap_or_default(),
+        required(copy, F, "copy"),
+        (required(conflict, F, "conflict"), version_column),
+    )
+}
+
+/// Changes still queued for one link are never dropped quietly: refused, or with `discard`
+/// removed and reported.
+fn settle_queue(link: &Link, discard: bool) -> Result<(), LinkError> {
+    let count = Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM synclink.outbox WHERE link_id = $1",
+        &[link.id.into()],
+    )
+    .unwrap()
+    .unwrap_or(0);
+    if count == 0 {
+        return Ok(());
+    }
+    let table = format!("{}.{}", ident(&link.peer_schema), ident(&link.peer_table));
+    if !discard {
+        return Err(LinkError::HasQueued {
+            table,
+            peer: link.peer_name.clone(),
+            node: crate::catalog::node::local_name(),
+            count,
+        });
+    }
+    Spi::run_with_args(
+        "DELETE FROM synclink.outbox WHERE link_id = $1",
+        &[link.id.into()],
+    )
+    .unwrap();
+    crate::pg::error::warning(
+        &format!(
+            "discarded {count} queued changes to {table} for peer \"{}\"",
+            link.peer_name
+        ),
+        "Compare the two tables before linking them again.",
+    );
+    Ok(())
+}
+
+/// Undo a link on the peer and here. With `tolerate_unreachable`, a peer that cannot be
+/// reached is warned about and only this node's half is removed.
+pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
+    let link = crate::catalog::link::by_id(id).expect("link exists");
+    let peer = peer::find(&link.peer_name).expect("link has its peer");
+    settle_queue(&link, discard).or_raise();
+    let body = UnlinkRequest {
+        schema: link.peer_schema.clone(),
+        table: link.peer_table.clone(),
+        discard_queued: discard,
+    };
+    for seq in crate::control::sequence::shared_for_table(link.relid, &link.peer_name) {
+        crate::control::sequence::unshare_by_seq(seq, tolerate_unreachable);
+    }
+    match crate::rpc::call(&peer, &body) {
+        Ok(_) => {}
+        // Damaged here, the peer cannot be asked, now or later: this half goes regardless.
+        Err(e)
+            if (tolerate_unreachable && Peer::tolerable(&e))
+                || matches!(e, PeerError::Damaged { .. }) =>
+        {
+            crate::pg::error::warning(
+                &format!("{e}; its half of the link to this node is left in place"),
+                "Run SELECT sync_unlink_table(...) on the peer once it is back.",
+            )
+        }
+        Err(e) => raise(e),
+    }
+    drop_local(&link);
+    // Dropping the triggers waited for writers still inside a transaction; a change one of
+    // them queued meanwhile is settled now, or the whole unlink (the peer's half too) fails.
+    settle_queue(&link, discard).or_raise();
+}
+
+fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> bool {
+    let peer = peer::resolve(peer_name).or_raise();
+    let link = find(relid, &peer.name).unwrap_or_else(|| {
+        raise(LinkError::NotLinked {
+            table: describe(relid).display(),
+            peer: peer.name.clone(),
+        })
+    });
+    unlink_by_id(link.id, false, discard);
+    true
+}
+
+/// Stop mirroring a table with a peer, on both nodes. The table and its rows stay as they are.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_unlink_table(
+    tbl: Option<crate::pg::args::RegClass>,
+    peer: default!(Option<&str>, "NULL"),
+    discard_queued: default!(Option<bool>, false),
+) -> bool {
+    const F: &str = "sync_unlink_table";
+    unlink_table(
+        crate::pg::args::relation(tbl, F, "tbl"),
+        peer,
+        crate::pg::args::required(discard_queued, F, "discard_queued"),
+    )
+}
+
+pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
+    let node = crate::catalog::node::local_name();
+    let display = format!("{}.{}", ident(&req.schema), ident(&req.table));
+    let oid = lookup(&req.schema, &req.table).ok_or_else(|| LinkError::MissingTable {
+        table: display.clone(),
+        node: node.clone(),
+    })?;
+    // Linking sends this table's rows to the peer and applies the peer's changes to it.
+    crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "link").or_raise();
+    let info = describe(oid);
+    info.check_linkable()?;
+    info.check_key_travels(&req.key)?;
+    info.check_excluded(&req.exclude, &node)?;
+    let kept: Vec<Column> = info
+        .columns
+        .iter()
+        .filter(|c| !req.exclude.contains(&c.wire.name))
+        .cloned()
+        .collect();
+    let differences = column_differences(&kept, &req.columns);
+    if !differences.is_empty() {
+        return Err(LinkError::ColumnMismatch {
+            table: display,
+            node,
+            differences,
+        });
+    }
+    if let Some(vc) = &req.version_column {
+        let sent: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
+        if let Err(e) = crate::catalog::policy::check_version_column(oid, vc, &sent) {
+            raise(e);
+        }
+    }
+    if !info.unique_keys.iter().any(|k| same_set(k, &req.key)) {
+        return Err(LinkError::KeyMismatch {
+            table: display,
+            node,
+            key: req.key.join(", "),
+        });
+    }
+    if let Some(existing) = find(oid, &from.name) {
+        let (cols, key) = Spi::get_two_with_args::<Vec<String>, Vec<String>>(
+            "SELECT columns, key_columns FROM synclink.link WHERE link_id = $1",
+            &[existing.id.into()],
+        )
+        .unwrap();
+        let wanted: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
+        if cols.as_deref() == Some(&wanted[..]) && key.as_deref() == Some(&req.key[..]) {
+            return Ok(());
+        }
+        return Err(LinkError::LinkedDifferently(display, node));
+    }
+    create_local(&info, from, &req, (&req.from_schema, &req.from_table));
+    Ok(())
+}
+
+pub fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<(), LinkError> {
+    if let Some(oid) = lookup(&req.schema, &req.table) {
+        if let Some(link) = find(oid, &from.name) {
+            crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "unlink")
+                .or_raise();
+            for seq in crate::control::sequence::shared_for_table(oid, &from.name) {
+                crate::control::sequence::restore_local_only(seq);
+            }
+            settle_queue(&link, req.discard_queued)?;
+            drop_local(&link);
+            settle_queue(&link, req.discard_queued)?;
+        }
+    }
+    Ok(())
+}

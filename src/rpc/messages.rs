@@ -1,0 +1,155 @@
+//! The requests one node sends another, and their bodies.
+//!
+//! On the wire a request is a row in the peer's `synclink.request` table: `action` (text) and
+//! `body` (jsonb); the reply comes back through RETURNING. [`Request`] is that pair, typed.
+//!
+//! Versioning: a body may gain fields, each with a serde default, so a node ignores what a
+//! newer node adds and fills in what an older node leaves out. A change an older node cannot
+//! ignore gets a new action name; a node that meets an action it does not know refuses it with
+//! [`super::RpcError::UnknownAction`], whose hint says to upgrade.
+
+use crate::catalog::link::WireColumn;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LinkRequest {
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<WireColumn>,
+    pub key: Vec<String>,
+    pub initiator: String,
+    pub from_schema: String,
+    pub from_table: String,
+    #[serde(default = "sync_mode")]
+    pub mode: String,
+    /// columns neither sent nor overwritten; each node keeps its own values
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// the conflict policy as stored (see crate::catalog::policy::Policy::stored)
+    #[serde(default = "last_write_wins")]
+    pub conflict: String,
+    #[serde(default)]
+    pub prefer_node: Option<String>,
+    #[serde(default)]
+    pub version_column: Option<String>,
+}
+
+pub fn last_write_wins() -> String {
+    "last_write_wins".into()
+}
+
+pub fn sync_mode() -> String {
+    "sync".into()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UnlinkRequest {
+    pub schema: String,
+    pub table: String,
+    #[serde(default)]
+    pub discard_queued: bool,
+}
+
+/// What is compared: the link's columns and key when the table is linked with the peer, else
+/// every non-generated column and the primary key.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Shape {
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<String>,
+    pub key: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct DiffRequest {
+    #[serde(flatten)]
+    pub shape: Shape,
+    /// bucket = hash(key) & mask
+    pub mask: i64,
+    /// None: answer the bucket summaries; Some: answer the rows of these buckets
+    pub buckets: Option<Vec<i32>>,
+    /// reconcile: rows to write and keys to delete here (the requester's values win), or keys
+    /// whose rows to send back (the peer's values win)
+    #[serde(default)]
+    pub repair: Option<Repair>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct Repair {
+    pub upsert: serde_json::Value,
+    pub delete: serde_json::Value,
+    pub fetch: serde_json::Value,
+    /// every key the repair touches on either node: their row versions are dropped on both
+    #[serde(default)]
+    pub forget: serde_json::Value,
+    /// the node whose rows win, for closing open conflicts on those keys
+    #[serde(default)]
+    pub kept: Option<String>,
+}
+
+/// A choice made with sync_resolve, as both nodes record it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    /// the node whose row is kept
+    pub node: String,
+    /// the version the kept row gets on both nodes
+    pub at: i64,
+    /// hashes of the two rows in conflict (sorted) and of the kept one
+    pub rows: [String; 2],
+    pub kept: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ResolveRequest {
+    pub schema: String,
+    pub table: String,
+    pub key: serde_json::Value,
+    pub decision: Decision,
+    /// the resolving node's row, when it is the one kept
+    pub row: Option<serde_json::Value>,
+    pub take: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ShareRequest {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    pub strategy: String,
+    /// shared: the owner's view (in its synclink schema) that hands out the next value
+    pub view: Option<String>,
+    /// the highest value the requesting node has handed out
+    pub high: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ShareReply {
+    pub high: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct UnshareRequest {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    pub high: i64,
+}
+
+impl super::Body for LinkRequest {
+    const ACTION: &'static str = "link";
+}
+impl super::Body for UnlinkRequest {
+    const ACTION: &'static str = "unlink";
+}
+impl super::Body for DiffRequest {
+    const ACTION: &'static str = "diff";
+}
+impl super::Body for ResolveRequest {
+    const ACTION: &'static str = "resolve";
+}
+impl super::Body for ShareRequest {
+    const ACTION: &'static str = "share_sequence";
+}
+impl super::Body for UnshareRequest {
+    const ACTION: &'static str = "unshare_sequence";
+}
