@@ -1,6 +1,6 @@
 //! This database's node name: the origin every change it captures carries.
 
-use crate::pg::error::{OrRaise, SqlError};
+use crate::pg::error::SqlError;
 use pgrx::prelude::*;
 
 #[derive(thiserror::Error, Debug)]
@@ -44,28 +44,17 @@ fn valid(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-/// The name this database is known by among synclink nodes.
-#[pg_extern(stable)]
-fn sync_node_name() -> String {
-    local_name()
-}
-
-/// Rename this node, e.g. after a physical copy that kept the system identifier.
-#[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
-fn sync_set_node_name(name: Option<&str>) -> String {
-    let name = crate::pg::args::required(name, "sync_set_node_name", "name");
+/// Rename this node; refused while any table is linked, since peers know it by name.
+pub fn rename(name: &str) -> crate::pg::error::Result<String> {
     if !valid(name) {
-        crate::pg::error::raise(NodeError::InvalidName(name.into()));
+        return Err(NodeError::InvalidName(name.into()).into());
     }
-    let links = Spi::get_one::<i64>("SELECT count(*) FROM synclink.link")
-        .unwrap()
-        .unwrap_or(0);
+    let links = Spi::get_one::<i64>("SELECT count(*) FROM synclink.link")?.unwrap_or(0);
     if links > 0 {
-        Err::<(), _>(NodeError::InUse(links)).or_raise();
+        return Err(NodeError::InUse(links).into());
     }
-    Spi::run_with_args("UPDATE synclink.node SET node_name = $1", &[name.into()]).unwrap();
-    name.to_string()
+    Spi::run_with_args("UPDATE synclink.node SET node_name = $1", &[name.into()])?;
+    Ok(name.to_string())
 }
 
 #[cfg(test)]

@@ -216,7 +216,7 @@ fn check_columns(info: &TableInfo, names: &[String]) -> Result<(), LinkError> {
     }
 }
 
-fn link_table(
+pub fn link_table(
     relid: pg_sys::Oid,
     peer_name: Option<&str>,
     mode: &str,
@@ -283,38 +283,6 @@ fn link_table(
     create_local(&info, &peer, &body, (&body.schema, &body.table));
     crate::rpc::call(&peer, &body).or_raise();
     true
-}
-
-/// Mirror a table with a peer, both directions. Returns false when it was already linked.
-/// `key`: match rows by these columns instead of the primary key; `exclude`: columns neither
-/// sent nor overwritten, each node keeping its own (a primary key that differs between the
-/// nodes, say); `copy`: bring the rows already there together first; `conflict`: what happens
-/// when both nodes change a row before either change arrives (crate::data::apply::checked), with
-/// `version_column` as the first thing last_write_wins compares.
-#[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
-#[allow(clippy::too_many_arguments)]
-fn sync_link_table(
-    tbl: Option<crate::pg::args::RegClass>,
-    peer: default!(Option<&str>, "NULL"),
-    mode: default!(Option<&str>, "'sync'"),
-    key: default!(Option<Vec<Option<String>>>, "NULL"),
-    exclude: default!(Option<Vec<Option<String>>>, "NULL"),
-    copy: default!(Option<&str>, "'none'"),
-    conflict: default!(Option<&str>, "'last_write_wins'"),
-    version_column: default!(Option<&str>, "NULL"),
-) -> bool {
-    use crate::pg::args::{names, relation, required};
-    const F: &str = "sync_link_table";
-    link_table(
-        relation(tbl, F, "tbl"),
-        peer,
-        required(mode, F, "mode"),
-        names(key, F, "key"),
-        names(exclude, F, "exclude").unwrap_or_default(),
-        required(copy, F, "copy"),
-        (required(conflict, F, "conflict"), version_column),
-    )
 }
 
 /// Changes still queued for one link are never dropped quietly: refused, or with `discard`
@@ -387,7 +355,7 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
     settle_queue(&link, discard).or_raise();
 }
 
-fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> bool {
+pub fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> bool {
     let peer = peer::resolve(peer_name).or_raise();
     let link = find(relid, &peer.name).unwrap_or_else(|| {
         raise(LinkError::NotLinked {
@@ -397,22 +365,6 @@ fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> b
     });
     unlink_by_id(link.id, false, discard);
     true
-}
-
-/// Stop mirroring a table with a peer, on both nodes. The table and its rows stay as they are.
-#[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
-fn sync_unlink_table(
-    tbl: Option<crate::pg::args::RegClass>,
-    peer: default!(Option<&str>, "NULL"),
-    discard_queued: default!(Option<bool>, false),
-) -> bool {
-    const F: &str = "sync_unlink_table";
-    unlink_table(
-        crate::pg::args::relation(tbl, F, "tbl"),
-        peer,
-        crate::pg::args::required(discard_queued, F, "discard_queued"),
-    )
 }
 
 pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {

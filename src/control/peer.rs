@@ -4,7 +4,7 @@
 
 use crate::catalog::peer::{find, unreachable, valid_name, Peer, PeerError};
 use crate::pg::conninfo::{Conninfo, ConninfoError};
-use crate::pg::error::{notice, raise, OrRaise};
+use crate::pg::error::{notice, raise};
 use crate::pg::remote::catching;
 use crate::pg::sql::{ident, literal};
 use pgrx::prelude::*;
@@ -15,12 +15,12 @@ fn options(pairs: &[(String, String)]) -> String {
 
 /// The connection string holds a password and the statement that called us is logged with
 /// any ERROR; keep it out of the server log while this call runs (superusers only may).
-struct HideStatementFromLog {
+pub struct HideStatementFromLog {
     previous: Option<String>,
 }
 
 impl HideStatementFromLog {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let allowed = Spi::get_one::<bool>(
             "SELECT has_parameter_privilege('log_min_error_statement', 'SET')",
         )
@@ -36,7 +36,7 @@ impl HideStatementFromLog {
     }
 
     /// Called on success only: on error the transaction's abort restores the setting.
-    fn restore(self) {
+    pub fn restore(self) {
         if let Some(p) = self.previous {
             Spi::run_with_args(
                 "SELECT set_config('log_min_error_statement', $1, true)",
@@ -58,7 +58,7 @@ fn probe(peer: &Peer) -> Result<String, PeerError> {
     }
 }
 
-fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
+pub fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
     if !valid_name(name) {
         return Err(PeerError::InvalidName(name.into()));
     }
@@ -150,18 +150,6 @@ fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
     Ok(node)
 }
 
-/// Register another database as a peer. Returns the peer's node name.
-#[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
-fn sync_add_peer(name: Option<&str>, conninfo: Option<&str>) -> String {
-    let hide = HideStatementFromLog::new();
-    let name = crate::pg::args::required(name, "sync_add_peer", "name");
-    let conninfo = crate::pg::args::required(conninfo, "sync_add_peer", "conninfo");
-    let node = add(name, conninfo).or_raise();
-    hide.restore();
-    node
-}
-
 pub fn drop_objects(peer: &Peer) {
     crate::control::removal::removing(|| drop_peer_objects(peer))
 }
@@ -184,7 +172,7 @@ fn drop_peer_objects(peer: &Peer) {
     .unwrap();
 }
 
-fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
+pub fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
     let peer = find(name).ok_or_else(|| PeerError::Unknown(name.into()))?;
     let links = crate::pg::spi::column::<i32>(
         "SELECT link_id FROM synclink.link WHERE peer_name = $1 ORDER BY link_id",
@@ -208,13 +196,4 @@ fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
     }
     drop_objects(&peer);
     Ok(true)
-}
-
-/// Forget a peer: its server, user mapping and foreign tables. With cascade, unlink its tables.
-#[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
-fn sync_drop_peer(name: Option<&str>, cascade: default!(Option<bool>, false)) -> bool {
-    const F: &str = "sync_drop_peer";
-    let name = crate::pg::args::required(name, F, "name");
-    drop(name, crate::pg::args::required(cascade, F, "cascade")).or_raise()
 }

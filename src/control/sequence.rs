@@ -323,7 +323,7 @@ fn requested_column(
     })
 }
 
-fn share(seq: pg_sys::Oid, peer_name: Option<&str>, strategy: &str) -> bool {
+pub fn share(seq: pg_sys::Oid, peer_name: Option<&str>, strategy: &str) -> bool {
     check_strategy(strategy).or_raise();
     let peer = peer::resolve(peer_name).or_raise();
     let col = local_column(seq, &peer).or_raise();
@@ -640,43 +640,20 @@ pub fn shared_for_table(relid: pg_sys::Oid, peer: &str) -> Vec<pg_sys::Oid> {
     )
 }
 
-/// Make a linked table's id column draw from a sequence both nodes share, so inserts on
-/// either side never collide. Called on the node that owns the sequence.
-#[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
-fn sync_share_sequence(
-    seq: Option<crate::pg::args::RegClass>,
-    peer: default!(Option<&str>, "NULL"),
-    strategy: default!(Option<&str>, "'shared'"),
-) -> bool {
-    const F: &str = "sync_share_sequence";
-    share(
-        crate::pg::args::relation(seq, F, "seq"),
-        peer,
-        crate::pg::args::required(strategy, F, "strategy"),
-    )
-}
-
-/// Undo sync_share_sequence on both nodes: the column defaults and sequence settings as they
-/// were, each sequence past every id either node handed out.
-#[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
-fn sync_unshare_sequence(
-    seq: Option<crate::pg::args::RegClass>,
-    peer: default!(Option<&str>, "NULL"),
-) -> bool {
-    let seq = crate::pg::args::relation(seq, "sync_unshare_sequence", "seq");
-    let peer = peer::resolve(peer).or_raise();
+/// Undo a shared sequence on both nodes; see sync_unshare_sequence.
+pub fn unshare(seq: pg_sys::Oid, peer: Option<&str>) -> crate::pg::error::Result<bool> {
+    let peer = peer::resolve(peer)?;
     match recorded(seq) {
         Some((with, _)) if with == peer.name => {
             unshare_by_seq(seq, false);
-            true
+            Ok(true)
         }
-        _ => raise(SequenceError::NotShared {
+        _ => Err(SequenceError::NotShared {
             seq: crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
                 .unwrap_or_default(),
             peer: peer.name,
-        }),
+        }
+        .into()),
     }
 }
 

@@ -89,8 +89,12 @@ unsafe impl<'fcx> ArgAbi<'fcx> for RegClass {
 pgrx::impl_sql_translatable!(RegClass, "regclass");
 
 /// A value that must be given.
-pub fn required<T>(value: Option<T>, function: &'static str, argument: &'static str) -> T {
-    value.unwrap_or_else(|| crate::pg::error::raise(ArgError::Null { function, argument }))
+pub fn required<T>(
+    value: Option<T>,
+    function: &'static str,
+    argument: &'static str,
+) -> Result<T, ArgError> {
+    value.ok_or(ArgError::Null { function, argument })
 }
 
 /// A relation that must be given and must exist; locked against a concurrent DROP for the
@@ -99,8 +103,8 @@ pub fn relation(
     value: Option<RegClass>,
     function: &'static str,
     argument: &'static str,
-) -> pg_sys::Oid {
-    let oid = required(value, function, argument).0;
+) -> Result<pg_sys::Oid, ArgError> {
+    let oid = required(value, function, argument)?.0;
     // SAFETY: LockRelationOid waits for and takes an AccessShareLock; the syscache probe
     // afterwards sees the relation as it is once the lock is held.
     let exists = unsafe {
@@ -114,9 +118,9 @@ pub fn relation(
         )
     };
     if !exists {
-        crate::pg::error::raise(ArgError::NoRelation(oid.to_u32()));
+        return Err(ArgError::NoRelation(oid.to_u32()));
     }
-    oid
+    Ok(oid)
 }
 
 /// A list of names, each given.
@@ -124,16 +128,14 @@ pub fn names(
     value: Option<Vec<Option<String>>>,
     function: &'static str,
     argument: &'static str,
-) -> Option<Vec<String>> {
-    value.map(|v| {
-        v.into_iter()
-            .map(|n| {
-                n.unwrap_or_else(|| {
-                    crate::pg::error::raise(ArgError::NullElement { function, argument })
-                })
-            })
-            .collect()
-    })
+) -> Result<Option<Vec<String>>, ArgError> {
+    value
+        .map(|v| {
+            v.into_iter()
+                .map(|n| n.ok_or(ArgError::NullElement { function, argument }))
+                .collect()
+        })
+        .transpose()
 }
 
 /// User input as an error message may show it: at most 64 characters, quoted, so that a

@@ -283,7 +283,7 @@ fn ask(peer: &Peer, req: &DiffRequest) -> serde_json::Value {
 
 type DiffRow = (JsonB, String, Option<Vec<String>>);
 
-fn diff(relid: pg_sys::Oid, peer_name: Option<&str>) -> Vec<DiffRow> {
+pub fn diff(relid: pg_sys::Oid, peer_name: Option<&str>) -> Vec<DiffRow> {
     let peer = peer::resolve(peer_name).or_raise();
     let shape = shape_of(relid, &peer).or_raise();
     diff_with(&peer, &shape)
@@ -410,7 +410,7 @@ fn fetch(shape: &Shape, keys: serde_json::Value) -> serde_json::Value {
 
 /// Make the two copies equal: the preferred node's rows win, rows only on the other node are
 /// removed there. Returns how many rows were written or removed.
-fn reconcile(relid: pg_sys::Oid, peer_name: Option<&str>, prefer: &str) -> i64 {
+pub fn reconcile(relid: pg_sys::Oid, peer_name: Option<&str>, prefer: &str) -> i64 {
     let peer = peer::resolve(peer_name).or_raise();
     let local = crate::catalog::node::local_name();
     let local_wins = match prefer {
@@ -585,45 +585,6 @@ pub fn copy_for_link(
         );
     }
     touched
-}
-
-/// Repair the differences sync_diff finds, so both copies hold the preferred node's rows:
-/// prefer => 'local' (default), 'peer', or a node name. Returns the rows written or removed.
-#[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
-fn sync_reconcile(
-    tbl: Option<crate::pg::args::RegClass>,
-    peer: default!(Option<&str>, "NULL"),
-    prefer: default!(Option<&str>, "'local'"),
-) -> i64 {
-    const F: &str = "sync_reconcile";
-    reconcile(
-        crate::pg::args::relation(tbl, F, "tbl"),
-        peer,
-        crate::pg::args::required(prefer, F, "prefer"),
-    )
-}
-
-/// The rows that differ between this node's table and the peer's copy right now, one per key:
-/// `only_local`, `only_peer`, or `differs` with the columns that differ. Works before linking,
-/// to check two databases, and after.
-#[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
-fn sync_diff(
-    tbl: Option<crate::pg::args::RegClass>,
-    peer: default!(Option<&str>, "NULL"),
-) -> TableIterator<
-    'static,
-    (
-        name!(key, JsonB),
-        name!(kind, String),
-        name!(columns, Option<Vec<String>>),
-    ),
-> {
-    TableIterator::new(diff(
-        crate::pg::args::relation(tbl, "sync_diff", "tbl"),
-        peer,
-    ))
 }
 
 #[cfg(test)]

@@ -245,12 +245,8 @@ impl RowTarget {
 }
 
 /// Settle an open conflict: keep one node's current row on both nodes, close the conflict on
-/// both, and remember the choice for these two rows.
-#[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
-fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
-    let conflict_id = crate::pg::args::required(conflict_id, "sync_resolve", "conflict_id");
-    let keep = crate::pg::args::required(keep, "sync_resolve", "keep");
+/// both, and remember the choice for these two rows. `keep`: 'local', 'peer' or a node name.
+pub fn resolve(conflict_id: i64, keep: &str) -> crate::pg::error::Result<bool> {
     let found = Spi::connect(|c| {
         c.select(
             "SELECT link_id, key, outcome, peer_name, \
@@ -273,12 +269,13 @@ fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
         })
     });
     let (link_id, key, outcome, peer_name, local_hash, peer_hash) =
-        found.unwrap_or_else(|| raise(ConflictError::NoSuchConflict(conflict_id)));
+        found.ok_or(ConflictError::NoSuchConflict(conflict_id))?;
     if outcome != "open" {
-        raise(ConflictError::NotOpen {
+        return Err(ConflictError::NotOpen {
             id: conflict_id,
             outcome,
-        });
+        }
+        .into());
     }
     // The link the conflict names, for the same table and peer: a table's owner may log
     // conflicts (row-level security checks that too), and the row settled is the link's.
@@ -290,19 +287,22 @@ fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
     .is_some();
     let peer = crate::catalog::peer::find(&peer_name)
         .filter(|_| link_exists)
-        .unwrap_or_else(|| raise(ConflictError::LinkGone(conflict_id)));
+        .ok_or(ConflictError::LinkGone(conflict_id))?;
     let local = crate::catalog::node::local_name();
     let keep_local = match keep {
         "local" => true,
         "peer" => false,
         n if n == local => true,
         n if n == peer.node_name => false,
-        other => raise(ConflictError::BadKeep {
-            id: conflict_id,
-            keep: other.into(),
-            local,
-            peer: peer.node_name.clone(),
-        }),
+        other => {
+            return Err(ConflictError::BadKeep {
+                id: conflict_id,
+                keep: other.into(),
+                local,
+                peer: peer.node_name.clone(),
+            }
+            .into())
+        }
     };
     let target = RowTarget::load(link_id);
     let mut rows = [local_hash.clone(), peer_hash.clone()];
@@ -328,7 +328,7 @@ fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
         take: keep_local,
         decision,
     };
-    let reply = crate::rpc::call(&peer, &body).or_raise();
+    let reply = crate::rpc::call(&peer, &body)?;
     let decision = body.decision;
     let version = (decision.at, decision.node.as_str());
     if keep_local {
@@ -338,7 +338,7 @@ fn sync_resolve(conflict_id: Option<i64>, keep: Option<&str>) -> bool {
         target.settle(&key, theirs, version, &peer.node_name);
     }
     target.close(&key, &decision, &local);
-    true
+    Ok(true)
 }
 
 /// The peer's half of sync_resolve.

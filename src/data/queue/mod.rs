@@ -584,15 +584,20 @@ pub fn record_failure(peer: &str, error: &str) {
     .unwrap();
 }
 
-/// Deliver what is queued for a peer (or for every peer) now. Returns how many change
-/// records were delivered; a peer that cannot take them is reported with a WARNING and
-/// keeps its queue.
-#[pg_extern]
+/// For sync_status: is the peer inside its retry interval after a failure? The register is a
+/// sequence only synclink may read; this says no more than the one bit, to whoever may read
+/// sync_status.
+#[pg_extern(schema = "synclink", stable, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn sync_flush(peer: default!(Option<&str>, "NULL")) -> i64 {
+fn peer_known_down(peer: &str) -> bool {
+    known_down(peer)
+}
+
+/// Deliver what is queued for a peer (or for every peer) now; see sync_flush.
+pub fn flush_now(peer: Option<&str>) -> crate::pg::error::Result<i64> {
     let peers: Vec<Peer> = match peer {
         Some(name) => {
-            vec![peer::resolve(Some(name)).unwrap_or_else(|e| crate::pg::error::raise(e))]
+            vec![peer::resolve(Some(name))?]
         }
         None => {
             crate::pg::spi::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[])
@@ -622,14 +627,5 @@ fn sync_flush(peer: default!(Option<&str>, "NULL")) -> i64 {
             }
         }
     }
-    total
-}
-
-/// For sync_status: is the peer inside its retry interval after a failure? The register is a
-/// sequence only synclink may read; this says no more than the one bit, to whoever may read
-/// sync_status.
-#[pg_extern(schema = "synclink", stable, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
-fn peer_known_down(peer: &str) -> bool {
-    known_down(peer)
+    Ok(total)
 }

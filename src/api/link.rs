@@ -1,0 +1,52 @@
+//! Linking and unlinking tables.
+
+use crate::pg::args::{names, relation, required, RegClass};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+/// Mirror a table with a peer, both directions. Returns false when it was already linked.
+/// `key`: match rows by these columns instead of the primary key; `exclude`: columns neither
+/// sent nor overwritten, each node keeping its own (a primary key that differs between the
+/// nodes, say); `copy`: bring the rows already there together first; `conflict`: what happens
+/// when both nodes change a row before either change arrives, with `version_column` as the
+/// first thing last_write_wins compares.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)]
+fn sync_link_table(
+    tbl: Option<RegClass>,
+    peer: default!(Option<&str>, "NULL"),
+    mode: default!(Option<&str>, "'sync'"),
+    key: default!(Option<Vec<Option<String>>>, "NULL"),
+    exclude: default!(Option<Vec<Option<String>>>, "NULL"),
+    copy: default!(Option<&str>, "'none'"),
+    conflict: default!(Option<&str>, "'last_write_wins'"),
+    version_column: default!(Option<&str>, "NULL"),
+) -> Result<bool, ErrorReport> {
+    const F: &str = "sync_link_table";
+    Ok(crate::control::link::link_table(
+        relation(tbl, F, "tbl")?,
+        peer,
+        required(mode, F, "mode")?,
+        names(key, F, "key")?,
+        names(exclude, F, "exclude")?.unwrap_or_default(),
+        required(copy, F, "copy")?,
+        (required(conflict, F, "conflict")?, version_column),
+    ))
+}
+
+/// Stop mirroring a table with a peer, on both nodes. The table and its rows stay as they are.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_unlink_table(
+    tbl: Option<RegClass>,
+    peer: default!(Option<&str>, "NULL"),
+    discard_queued: default!(Option<bool>, false),
+) -> Result<bool, ErrorReport> {
+    const F: &str = "sync_unlink_table";
+    Ok(crate::control::link::unlink_table(
+        relation(tbl, F, "tbl")?,
+        peer,
+        required(discard_queued, F, "discard_queued")?,
+    ))
+}
