@@ -14,4 +14,5 @@ pub mod apply;
 pub mod capture;
 pub mod queue;
 pub mod ship;
+pub mod wire;
 pub mod worker;

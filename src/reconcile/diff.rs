@@ -145,7 +145,7 @@ impl Shape {
         let table = self.table_sql();
         let (upsert_sql, delete_sql) = (self.upsert_sql(), self.delete_keys_sql(&table, &table));
         let work = std::panic::AssertUnwindSafe(move || {
-            with_wire_settings(|| {
+            crate::data::wire::compared(|| {
                 self.as_owner(|| run(delete_sql, delete) + run(upsert_sql, upsert))
             })
         });
@@ -198,41 +198,6 @@ impl Shape {
             bucket = self.bucket(mask),
         )
     }
-}
-
-/// Run `f` with the settings that fix the text form of values (postgres_fdw gives the peer's
-/// session the same), restoring the caller's afterwards.
-pub fn with_wire_settings<T>(f: impl FnOnce() -> T) -> T {
-    const WIRE: [(&str, &str); 5] = [
-        ("TimeZone", "UTC"),
-        ("DateStyle", "ISO, YMD"),
-        ("IntervalStyle", "postgres"),
-        ("extra_float_digits", "3"),
-        ("bytea_output", "hex"),
-    ];
-    let before: Vec<String> = WIRE
-        .iter()
-        .map(|(name, _)| {
-            Spi::get_one_with_args::<String>("SELECT current_setting($1)", &[(*name).into()])
-                .unwrap()
-                .unwrap_or_default()
-        })
-        .collect();
-    let set = |name: &str, value: &str| {
-        Spi::run_with_args(
-            "SELECT set_config($1, $2, true)",
-            &[name.into(), value.into()],
-        )
-        .unwrap()
-    };
-    for (name, value) in WIRE {
-        set(name, value);
-    }
-    let result = f();
-    for ((name, _), value) in WIRE.iter().zip(&before) {
-        set(name, value);
-    }
-    result
 }
 
 fn query_json(sql: &str, buckets: Option<Vec<i32>>) -> serde_json::Value {
@@ -298,7 +263,8 @@ fn diff_with(peer: &Peer, shape: &Shape) -> Vec<DiffRow> {
         repair: None,
     };
     let theirs = ask(peer, &req);
-    let mine = shape.as_owner(|| with_wire_settings(|| query_json(&shape.summary_sql(mask), None)));
+    let mine = shape
+        .as_owner(|| crate::data::wire::compared(|| query_json(&shape.summary_sql(mask), None)));
     let (theirs, mine) = match (theirs, mine) {
         (serde_json::Value::Object(t), serde_json::Value::Object(m)) => (t, m),
         _ => raise(DiffError::BadRequest),
@@ -316,8 +282,9 @@ fn diff_with(peer: &Peer, shape: &Shape) -> Vec<DiffRow> {
     }
     req.buckets = Some(differing.clone());
     let their_rows = ask(peer, &req);
-    let my_rows = shape
-        .as_owner(|| with_wire_settings(|| query_json(&shape.rows_sql(mask), Some(differing))));
+    let my_rows = shape.as_owner(|| {
+        crate::data::wire::compared(|| query_json(&shape.rows_sql(mask), Some(differing)))
+    });
     Spi::connect(|c| {
         c.select(
             "WITH peer AS (SELECT e->0 AS key, ARRAY(SELECT jsonb_array_elements_text(e->1))::numeric[] AS h \
@@ -389,13 +356,13 @@ pub fn answer(from: &Peer, req: DiffRequest) -> serde_json::Value {
     if let Some(repair) = req.repair {
         shape.forget_versions(&from.name, &repair.forget, repair.kept.as_deref());
         if !repair.fetch.is_null() {
-            return shape.as_owner(|| with_wire_settings(|| fetch(shape, repair.fetch)));
+            return shape.as_owner(|| crate::data::wire::compared(|| fetch(shape, repair.fetch)));
         }
         let from = from.node_name.clone();
         return serde_json::json!(shape.repair_here(repair.upsert, repair.delete, &from));
     }
     shape.as_owner(|| {
-        with_wire_settings(|| match req.buckets {
+        crate::data::wire::compared(|| match req.buckets {
             None => query_json(&shape.summary_sql(req.mask), None),
             Some(b) => query_json(&shape.rows_sql(req.mask), Some(b)),
         })
@@ -500,7 +467,8 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
         }
     }
     if !to_peer.is_empty() || !peer_deletes.is_empty() {
-        let upsert = shape.as_owner(|| with_wire_settings(|| fetch(shape, keys(&to_peer))));
+        let upsert =
+            shape.as_owner(|| crate::data::wire::compared(|| fetch(shape, keys(&to_peer))));
         touched += ask_repair(Repair {
             upsert,
             delete: keys(&peer_deletes),

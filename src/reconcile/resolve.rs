@@ -149,7 +149,7 @@ impl RowTarget {
         // As the owner: to_jsonb uses casts of its types to json, and reading the key as the
         // row type checks its domains.
         crate::pg::privilege::as_owner_of(self.relid, || {
-            crate::reconcile::diff::with_wire_settings(|| {
+            crate::data::wire::compared(|| {
                 crate::pg::spi::maybe_one::<pgrx::JsonB>(&sql, &[pgrx::JsonB(key.clone()).into()])
             })
         })
@@ -199,7 +199,7 @@ impl RowTarget {
         // type (its domains' checks).
         crate::pg::privilege::as_owner_of(self.relid, || {
             crate::data::apply::marked(from, from, || {
-                crate::reconcile::diff::with_wire_settings(|| {
+                crate::data::wire::compared(|| {
                     Spi::run_with_args(&write, &[value.into()]).unwrap();
                 })
             });

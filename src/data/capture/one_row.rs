@@ -91,21 +91,6 @@ unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys:
     }
 }
 
-/// The settings the generated function sets for the rows' text form, and the values this
-/// path accepts as the same: ISO dates (the field order matters only when reading), the
-/// postgres interval style, hex bytea, and shortest-exact floats (any extra_float_digits
-/// above 0 prints the same). Anything else goes the general way.
-fn text_form_is_standard() -> bool {
-    unsafe {
-        let bytea = pg_sys::GetConfigOption(c"bytea_output".as_ptr(), true, false);
-        pg_sys::DateStyle == pg_sys::USE_ISO_DATES as i32
-            && pg_sys::IntervalStyle == pg_sys::INTSTYLE_POSTGRES as i32
-            && pg_sys::extra_float_digits > 0
-            && !bytea.is_null()
-            && CStr::from_ptr(bytea) == c"hex"
-    }
-}
-
 /// The link's row of synclink.link with what it refers to.
 struct Catalog {
     relid: pg_sys::Oid,
@@ -279,7 +264,10 @@ unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
         pg_sys::TRIGGER_EVENT_DELETE => (2, (*data).tg_oldtable, None),
         _ => return false,
     };
-    if count(changed) != 1 || old.is_some_and(|o| count(o) != 1) || !text_form_is_standard() {
+    if count(changed) != 1
+        || old.is_some_and(|o| count(o) != 1)
+        || !crate::data::wire::session_writes_wire_text()
+    {
         return false;
     }
     let desc = (*(*data).tg_relation).rd_att;

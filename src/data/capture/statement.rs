@@ -268,11 +268,7 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
         r#"CREATE FUNCTION {function}() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    SET "DateStyle" = 'ISO, YMD'
-    SET "IntervalStyle" = 'postgres'
-    SET bytea_output = 'hex'
-    SET extra_float_digits = '3'
-    SET enable_nestloop = off
+{wire}    SET enable_nestloop = off
     SET jit = off
 AS $synclink$
 -- Captures changes to {table} for peer {peer} (synclink link {id}).
@@ -302,6 +298,7 @@ BEGIN
 END
 $synclink$"#,
         function = spec.function,
+        wire = crate::data::wire::set_clauses(),
         table = spec.table_display,
         peer = literal(spec.peer_name),
         id = spec.link_id,

@@ -381,7 +381,7 @@ impl Writer {
 
         let text = || self.row_text(&values, &nulls);
         let rows = if self.needs_search_path {
-            crate::pg::plan::with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], text)
+            crate::pg::plan::with_settings(&[crate::data::wire::SEARCH_PATH], text)
         } else {
             text()
         };
