@@ -11,6 +11,8 @@
 //! applies from the peer itself, before anything else.
 
 use crate::data::capture::statement::{self as capture, CaptureSpec};
+use crate::data::capture::writer::{LinkTables, Writer};
+use crate::data::capture::{CapturePath, OneRow};
 use crate::pg::error::{raise, SqlError};
 use pgrx::prelude::*;
 use std::cell::{Cell, OnceCell, RefCell};
@@ -48,22 +50,128 @@ crate::pg::error::reported_as_sql_error!(CaptureError);
 struct Link {
     relid: pg_sys::Oid,
     triggers: Vec<String>,
-    /// The generated function, for the statements not handled here.
-    general: Box<pg_sys::FmgrInfo>,
-    /// Its owner: the generated function is SECURITY DEFINER, and this path acts as it does.
-    owner: pg_sys::Oid,
-    /// The table's row type: the type of the row parameters.
-    row_type: pg_sys::Oid,
     /// This node: the origin of a change not being applied from elsewhere.
     node: String,
     /// The peer's node: changes being applied from it are not sent back.
     peer_node: String,
-    /// Per operation (I, U, D): the statement's text and its plan once made.
-    statements: [(String, OnceCell<NonNull<pg_sys::_SPI_plan>>); 3],
-    /// The writes without a plan, when the link's tables are as synclink made them.
-    writer: Option<crate::data::capture::writer::Writer>,
+    /// The ways of queueing a statement, offered it in order; the last takes every one.
+    paths: Vec<Box<dyn CapturePath>>,
     /// The relations this is read from: the table, the version table, the outbox.
     uses: [pg_sys::Oid; 3],
+}
+
+/// The heap writer's path: one row, READ COMMITTED, the link's tables as synclink made them.
+/// Acts as the table's owner, as the generated SECURITY DEFINER function does; it runs no SQL,
+/// and the backlog check that may follow pins the search path itself.
+struct HeapPath {
+    writer: Writer,
+    owner: pg_sys::Oid,
+}
+
+impl CapturePath for HeapPath {
+    unsafe fn capture(&self, _data: *mut pg_sys::TriggerData, row: Option<&OneRow>) -> bool {
+        let Some(row) = row else { return false };
+        if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+            return false;
+        }
+        crate::pg::privilege::as_role_without_sql(self.owner, || {
+            let queued = self
+                .writer
+                .queue(row.op, row.row, row.old, row.desc, row.origin, row.at);
+            if queued {
+                crate::data::queue::after_queueing();
+            }
+            queued
+        })
+    }
+}
+
+/// The same writes as one prepared statement per operation (capture::single_row_sql), for
+/// one row in any isolation level.
+struct StatementPath {
+    /// Per operation (I, U, D): the statement's text and its plan once made.
+    statements: [(String, OnceCell<NonNull<pg_sys::_SPI_plan>>); 3],
+    /// The table's row type: the type of the row parameters.
+    row_type: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    /// The heap path comes first: what it declines in READ COMMITTED (a row without its key)
+    /// goes to the generated function, whose statement reports it.
+    after_heap: bool,
+}
+
+impl CapturePath for StatementPath {
+    unsafe fn capture(&self, _data: *mut pg_sys::TriggerData, row: Option<&OneRow>) -> bool {
+        let Some(row) = row else { return false };
+        if self.after_heap && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32 {
+            return false;
+        }
+        let index = match row.op {
+            b'I' => 0,
+            b'U' => 1,
+            _ => 2,
+        };
+        let mut values = vec![row.row, row.at.into(), text_datum(row.origin)];
+        let mut types = vec![self.row_type, pg_sys::INT8OID, pg_sys::TEXTOID];
+        if let Some(old) = row.old {
+            values.push(old);
+            types.push(self.row_type);
+        }
+        let nulls = vec![b' ' as std::ffi::c_char; values.len()];
+        let (sql, plan) = &self.statements[index];
+        crate::pg::privilege::as_role(self.owner, || {
+            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                error!("synclink.capture_one: SPI_connect failed");
+            }
+            let plan = *plan.get_or_init(|| prepare(sql, &mut types));
+            let rc = pg_sys::SPI_execute_plan(
+                plan.as_ptr(),
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                false,
+                0,
+            );
+            if rc < 0 {
+                error!("synclink.capture_one: SPI_execute_plan failed: {rc}");
+            }
+            let queued = pg_sys::SPI_processed == 1;
+            pg_sys::SPI_finish();
+            queued
+        })
+    }
+}
+
+/// The generated function: every statement, as if the trigger had called it.
+struct GeneratedPath {
+    function: Box<pg_sys::FmgrInfo>,
+}
+
+impl CapturePath for GeneratedPath {
+    unsafe fn capture(&self, data: *mut pg_sys::TriggerData, _row: Option<&OneRow>) -> bool {
+        // As the trigger manager calls a function: the same trigger data, no arguments.
+        let mut call: pg_sys::FunctionCallInfoBaseData = std::mem::zeroed();
+        call.flinfo = &*self.function as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo;
+        call.context = data as *mut pg_sys::Node;
+        call.fncollation = pg_sys::InvalidOid;
+        match (*call.flinfo).fn_addr {
+            Some(function) => {
+                function(&mut call);
+                true
+            }
+            None => error!("synclink.capture_one: the capture function has no address"),
+        }
+    }
+}
+
+/// `text` as a datum in the current memory context.
+fn text_datum(text: &str) -> pg_sys::Datum {
+    // SAFETY: cstring_to_text_with_len copies `len` bytes from the pointer into a new text
+    // value; a &str is valid for its length.
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            text.as_ptr() as *const std::ffi::c_char,
+            text.len() as i32,
+        ))
+    }
 }
 
 thread_local! {
@@ -175,29 +283,39 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Option<Link> {
     };
     let statements =
         ['I', 'U', 'D'].map(|op| (capture::single_row_sql(&spec, op), OnceCell::new()));
-    let writer =
-        crate::data::capture::writer::Writer::load(&crate::data::capture::writer::LinkTables {
-            link_id,
-            table: row.relid,
-            version: row.version_oid,
-            wire_type: row.wire_oid,
-            stamp_type: row.stamp_oid,
-            outbox: row.outbox_oid,
-            peer: &row.peer,
-            key: &row.key,
-        });
-    let mut general: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
-    unsafe { pg_sys::fmgr_info_cxt(row.function, &mut *general, pg_sys::TopMemoryContext) };
+    let mut paths: Vec<Box<dyn CapturePath>> = Vec::new();
+    if let Some(writer) = Writer::load(&LinkTables {
+        link_id,
+        table: row.relid,
+        version: row.version_oid,
+        wire_type: row.wire_oid,
+        stamp_type: row.stamp_oid,
+        outbox: row.outbox_oid,
+        peer: &row.peer,
+        key: &row.key,
+    }) {
+        paths.push(Box::new(HeapPath {
+            writer,
+            owner: row.owner,
+        }));
+    }
+    paths.push(Box::new(StatementPath {
+        statements,
+        row_type: row.row_type,
+        owner: row.owner,
+        after_heap: !paths.is_empty(),
+    }));
+    // SAFETY: a zeroed FmgrInfo is what fmgr_info_cxt fills in; the function's OID was read
+    // from pg_proc above, and TopMemoryContext outlives the cached link.
+    let mut function: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
+    unsafe { pg_sys::fmgr_info_cxt(row.function, &mut *function, pg_sys::TopMemoryContext) };
+    paths.push(Box::new(GeneratedPath { function }));
     Some(Link {
         relid: row.relid,
         triggers: row.triggers,
-        general,
-        owner: row.owner,
-        row_type: row.row_type,
         node: row.node,
         peer_node: row.peer_node,
-        statements,
-        writer,
+        paths,
         uses: [row.relid, row.version_oid, row.outbox_oid],
     })
 }
@@ -254,67 +372,30 @@ fn now_micros() -> i64 {
     POSTGRES_EPOCH_AFTER_UNIX + unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-/// Queue the statement's one changed row; false when this statement is not one for this
-/// path and nothing was written.
-unsafe fn queue_single(link: &Link, data: *mut pg_sys::TriggerData) -> bool {
+/// The statement's one changed row, when it changed exactly one (an UPDATE that kept its
+/// key) and the session writes values as they travel; None sends it the general way.
+unsafe fn one_row<'a>(data: *mut pg_sys::TriggerData, origin: &'a str) -> Option<OneRow<'a>> {
     let event = (*data).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
-    let (index, changed, old) = match event {
-        pg_sys::TRIGGER_EVENT_INSERT => (0, (*data).tg_newtable, None),
-        pg_sys::TRIGGER_EVENT_UPDATE => (1, (*data).tg_newtable, Some((*data).tg_oldtable)),
-        pg_sys::TRIGGER_EVENT_DELETE => (2, (*data).tg_oldtable, None),
-        _ => return false,
+    let (op, changed, old) = match event {
+        pg_sys::TRIGGER_EVENT_INSERT => (b'I', (*data).tg_newtable, None),
+        pg_sys::TRIGGER_EVENT_UPDATE => (b'U', (*data).tg_newtable, Some((*data).tg_oldtable)),
+        pg_sys::TRIGGER_EVENT_DELETE => (b'D', (*data).tg_oldtable, None),
+        _ => return None,
     };
     if count(changed) != 1
         || old.is_some_and(|o| count(o) != 1)
         || !crate::data::wire::session_writes_wire_text()
     {
-        return false;
+        return None;
     }
     let desc = (*(*data).tg_relation).rd_att;
-    let origin = crate::data::apply::current_origin().unwrap_or_else(|| link.node.clone());
-    if let Some(writer) = link
-        .writer
-        .as_ref()
-        .filter(|_| pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32)
-    {
-        let op = [b'I', b'U', b'D'][index];
-        let row = only_row(changed, desc);
-        let old = old.map(|o| only_row(o, desc));
-        // The writes go through the access methods; the backlog check, the one statement that
-        // may follow, pins the search path itself (queue::after_queueing).
-        return crate::pg::privilege::as_role_without_sql(link.owner, || {
-            let queued = writer.queue(op, row, old, desc, &origin, now_micros());
-            if queued {
-                crate::data::queue::after_queueing();
-            }
-            queued
-        });
-    }
-    let mut values = vec![
-        only_row(changed, desc),
-        now_micros().into_datum().unwrap(),
-        origin.as_str().into_datum().unwrap(),
-    ];
-    let mut types = vec![link.row_type, pg_sys::INT8OID, pg_sys::TEXTOID];
-    if let Some(old) = old {
-        values.push(only_row(old, desc));
-        types.push(link.row_type);
-    }
-    let nulls = vec![b' ' as std::ffi::c_char; values.len()];
-    let (sql, plan) = &link.statements[index];
-    crate::pg::privilege::as_role(link.owner, || {
-        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            error!("synclink.capture_one: SPI_connect failed");
-        }
-        let plan = *plan.get_or_init(|| prepare(sql, &mut types));
-        let rc =
-            pg_sys::SPI_execute_plan(plan.as_ptr(), values.as_mut_ptr(), nulls.as_ptr(), false, 0);
-        if rc < 0 {
-            error!("synclink.capture_one: SPI_execute_plan failed: {rc}");
-        }
-        let queued = pg_sys::SPI_processed == 1;
-        pg_sys::SPI_finish();
-        queued
+    Some(OneRow {
+        op,
+        row: only_row(changed, desc),
+        old: old.map(|o| only_row(o, desc)),
+        desc,
+        origin,
+        at: now_micros(),
     })
 }
 
@@ -379,14 +460,12 @@ pub unsafe extern "C-unwind" fn synclink_capture_one(
     if crate::data::apply::is_applying_from(&link.peer_node) {
         return pg_sys::Datum::from(0);
     }
-    if !queue_single(&link, data) {
-        // As the trigger manager calls a function: the same trigger data, no arguments.
-        let mut call: pg_sys::FunctionCallInfoBaseData = std::mem::zeroed();
-        call.flinfo = &*link.general as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo;
-        call.context = context;
-        call.fncollation = pg_sys::InvalidOid;
-        let general = (*call.flinfo).fn_addr.expect("a function has an address");
-        general(&mut call);
+    let origin = crate::data::apply::current_origin().unwrap_or_else(|| link.node.clone());
+    let row = one_row(data, &origin);
+    for path in &link.paths {
+        if path.capture(data, row.as_ref()) {
+            break;
+        }
     }
     pg_sys::Datum::from(0)
 }
