@@ -50,3 +50,17 @@ fn sync_unlink_table(
         required(discard_queued, F, "discard_queued")?,
     ))
 }
+
+/// Make a linked table's capture function, triggers and version-table rules anew with the
+/// code installed now — after `ALTER EXTENSION synclink UPDATE`, or after they were changed by
+/// hand — without unlinking: rows, row versions and queued changes stay. With `peer` NULL,
+/// every link of the table. Returns how many links were made anew.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_refresh_link(
+    tbl: Option<RegClass>,
+    peer: default!(Option<&str>, "NULL"),
+) -> Result<i32, ErrorReport> {
+    let relid = relation(tbl, "sync_refresh_link", "tbl")?;
+    Ok(crate::control::link::refresh_table(relid, peer)?)
+}

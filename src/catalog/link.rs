@@ -27,6 +27,8 @@ pub enum LinkError {
     },
     #[error("table {table} is not linked with peer \"{peer}\"")]
     NotLinked { table: String, peer: String },
+    #[error("table {0} is not linked")]
+    NotLinkedAtAll(String),
     #[error("table {0} is already linked differently on node \"{1}\"")]
     LinkedDifferently(String, String),
     #[error("unknown request {} from a peer", crate::pg::args::shown(.0))]
@@ -76,7 +78,7 @@ impl SqlError for LinkError {
             }
             LinkError::MissingTable { .. } => ERRCODE_UNDEFINED_TABLE,
             LinkError::ColumnMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
-            LinkError::NotLinked { .. } => ERRCODE_UNDEFINED_OBJECT,
+            LinkError::NotLinked { .. } | LinkError::NotLinkedAtAll(_) => ERRCODE_UNDEFINED_OBJECT,
             LinkError::LinkedDifferently(..) => ERRCODE_DUPLICATE_OBJECT,
             LinkError::BadRequest(_) => ERRCODE_PROTOCOL_VIOLATION,
             LinkError::HasQueued { .. } => ERRCODE_OBJECT_IN_USE,
@@ -106,7 +108,9 @@ impl SqlError for LinkError {
             LinkError::MissingTable { .. } => "Create the table on that node with the same columns first (synclink copies rows, not table definitions).".into(),
             LinkError::ColumnMismatch { .. } => "Both tables need the same column names with compatible types; generated columns are recomputed on each side and must be generated on both.".into(),
             LinkError::KeyMismatch { .. } => "Give the table on that node the same primary key (not DEFERRABLE).".into(),
-            LinkError::NotLinked { .. } => "sync_status lists the linked tables.".into(),
+            LinkError::NotLinked { .. } | LinkError::NotLinkedAtAll(_) => {
+                "sync_status lists the linked tables.".into()
+            }
             LinkError::LinkedDifferently(..) => "Run sync_unlink_table() for it first, then link again.".into(),
             LinkError::BadRequest(_) => "Both nodes must run the same synclink version.".into(),
             LinkError::NoSuchColumn { .. } => "key => and exclude => take column names of the table.".into(),

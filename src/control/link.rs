@@ -67,11 +67,6 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
         key_list = join(key, ", ", |k| ident(k)),
     ))
     .unwrap();
-    // Changes from the peer are applied as the table's owner, in one statement that also
-    // writes the versions: the owner may use the versions of this table, and nobody else.
-    for stmt in version_table_access(&version_table, info.oid) {
-        Spi::run(&stmt).unwrap();
-    }
     Spi::run(&format!(
         "COMMENT ON TABLE {version_table} IS {}",
         crate::pg::sql::literal(&format!(
@@ -96,18 +91,12 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
         node: &crate::catalog::node::local_name(),
         version_table: &version_table,
     };
-    Spi::run(&capture::function_sql(&spec)).unwrap();
-    Spi::run(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC")).unwrap();
-    let mut triggers = Vec::new();
-    for (name, sql) in capture::trigger_sqls(&table, &spec, &peer.node_name) {
-        Spi::run(&sql).unwrap();
-        triggers.push(name);
-    }
+    let triggers = make_code(&spec, &table, &peer.node_name, info.oid);
     Spi::run_with_args(
         "INSERT INTO synclink.link (link_id, relid, peer_name, peer_schema, peer_table, columns, \
              key_columns, initiator, row_type, capture_function, triggers, mode, excluded, \
-             version_table, conflict, prefer_node, version_column) \
-         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             version_table, conflict, prefer_node, version_column, generator) \
+         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         &[
             id.into(),
             info.oid.into(),
@@ -126,10 +115,140 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
             req.conflict.as_str().into(),
             req.prefer_node.clone().into(),
             req.version_column.clone().into(),
+            GENERATOR.into(),
         ],
     )
     .unwrap();
     id
+}
+
+/// The version of the code that generates a link's objects, recorded with each link so that
+/// a DBA (and an upgrade) can tell which links sync_refresh_link should make anew.
+pub const GENERATOR: &str = env!("CARGO_PKG_VERSION");
+
+/// A link's generated code: its version table's access rules, its capture function and its
+/// triggers (returned by name). Changes from the peer are applied as the table's owner, in
+/// one statement that also writes the versions: the owner may use the versions of this table,
+/// and nobody else.
+fn make_code(spec: &CaptureSpec, table: &str, peer_node: &str, relid: pg_sys::Oid) -> Vec<String> {
+    for stmt in version_table_access(spec.version_table, relid) {
+        Spi::run(&stmt).unwrap();
+    }
+    Spi::run(&capture::function_sql(spec)).unwrap();
+    Spi::run(&format!(
+        "REVOKE ALL ON FUNCTION {}() FROM PUBLIC",
+        spec.function
+    ))
+    .unwrap();
+    let mut triggers = Vec::new();
+    for (name, sql) in capture::trigger_sqls(table, spec, peer_node) {
+        Spi::run(&sql).unwrap();
+        triggers.push(name);
+    }
+    triggers
+}
+
+/// Make a link's generated code anew with the code installed now (after an upgrade, or after
+/// someone changed it by hand), in place: the table keeps its rows, the version table its
+/// versions and the outbox its queued changes. The table is locked against writes while its
+/// triggers are replaced, so no statement runs between the old triggers and the new.
+pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
+    let row = Spi::connect(|c| {
+        c.select(
+            "SELECT l.relid::oid, l.peer_name, l.columns, l.key_columns, l.mode, l.row_type, \
+                    l.capture_function, l.triggers, l.version_table, p.node_name \
+               FROM synclink.link l JOIN synclink.peer p USING (peer_name) WHERE l.link_id = $1",
+            None,
+            &[link_id.into()],
+        )?
+        .next()
+        .map(|r| -> crate::pg::error::Result<_> {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                r.get::<Vec<String>>(4)?.unwrap_or_default(),
+                r.get::<String>(5)?.unwrap_or_default(),
+                r.get::<String>(6)?.unwrap_or_default(),
+                r.get::<String>(7)?.unwrap_or_default(),
+                r.get::<Vec<String>>(8)?.unwrap_or_default(),
+                r.get::<String>(9)?.unwrap_or_default(),
+                r.get::<String>(10)?.unwrap_or_default(),
+            ))
+        })
+        .transpose()
+    })?;
+    let Some((
+        relid,
+        peer_name,
+        columns,
+        key,
+        mode,
+        row_type,
+        function,
+        old_triggers,
+        version_table,
+        peer_node,
+    )) = row
+    else {
+        return Ok(());
+    };
+    let info = describe(relid);
+    let table = info.display();
+    Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
+    crate::control::removal::removing(|| -> crate::pg::error::Result<()> {
+        for t in &old_triggers {
+            Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t)))?;
+        }
+        Spi::run(&format!("DROP FUNCTION IF EXISTS {function}()"))?;
+        Spi::run(&format!(
+            "DROP POLICY IF EXISTS owner_of_the_table ON {version_table}"
+        ))?;
+        Ok(())
+    })?;
+    let spec = CaptureSpec {
+        link_id,
+        function: &function,
+        table_display: &format!("{}.{}", info.schema, info.name),
+        peer_name: &peer_name,
+        row_type: &row_type,
+        columns: &columns,
+        key: &key,
+        pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, &key)),
+        queue_only: mode == "async",
+        node: &crate::catalog::node::local_name(),
+        version_table: &version_table,
+    };
+    let triggers = make_code(&spec, &table, &peer_node, relid);
+    Spi::run_with_args(
+        "UPDATE synclink.link SET triggers = $2, generator = $3 WHERE link_id = $1",
+        &[link_id.into(), triggers.into(), GENERATOR.into()],
+    )?;
+    Ok(())
+}
+
+/// sync_refresh_link: the links of `relid` (with `peer`, or with every peer) made anew.
+pub fn refresh_table(relid: pg_sys::Oid, peer: Option<&str>) -> crate::pg::error::Result<i32> {
+    let ids = crate::pg::spi::column::<i32>(
+        "SELECT link_id FROM synclink.link WHERE relid = $1 AND ($2::text IS NULL OR peer_name = $2) \
+          ORDER BY link_id",
+        &[relid.into(), peer.into()],
+    );
+    if ids.is_empty() {
+        let table = describe(relid).display();
+        return Err(match peer {
+            Some(p) => LinkError::NotLinked {
+                table,
+                peer: p.into(),
+            },
+            None => LinkError::NotLinkedAtAll(table),
+        }
+        .into());
+    }
+    for id in &ids {
+        refresh(*id)?;
+    }
+    Ok(ids.len() as i32)
 }
 
 /// Row-level security on a link's version table: open to whoever holds the rights of the

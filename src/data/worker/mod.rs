@@ -182,6 +182,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
     let mut known: Vec<String> = Vec::new();
     let mut listed_at = Instant::now();
     let mut nap = Duration::from_millis(NAPTIME_MS.get() as u64);
+    let mut waiting_for_update = false;
     while BackgroundWorker::wait_latch(Some(nap)) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -206,27 +207,54 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
         }
         arm(slot);
         listed_at = round;
-        let peers: Option<Vec<String>> = BackgroundWorker::transaction(|| {
+        let peers: Option<Option<Vec<String>>> = BackgroundWorker::transaction(|| {
+            // This library reads the catalog of its own version only: after the library was
+            // upgraded, the worker waits for ALTER EXTENSION synclink UPDATE.
             let installed = crate::pg::spi::prepared_read(
-                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'synclink')",
+                concat!(
+                    "SELECT extversion OPERATOR(pg_catalog.=) '",
+                    env!("CARGO_PKG_VERSION"),
+                    "' FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'synclink'"
+                ),
                 &[],
                 &[],
-                |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
+                |t| t.first().get_one::<bool>().ok().flatten(),
             );
-            installed.then(|| {
-                crate::pg::spi::prepared_read(
-                    "SELECT peer_name FROM synclink.peer",
-                    &[],
-                    &[],
-                    |t| t.filter_map(|r| r.get::<String>(1).unwrap()).collect(),
-                )
+            installed.map(|current| {
+                current.then(|| {
+                    crate::pg::spi::prepared_read(
+                        "SELECT peer_name FROM synclink.peer",
+                        &[],
+                        &[],
+                        |t| {
+                            t.filter_map(|r| r.get::<String>(1).ok().flatten())
+                                .collect()
+                        },
+                    )
+                })
             })
         });
-        let Some(peers) = peers else {
-            // not installed here: look again now and then
-            nap = Duration::from_secs(5);
-            continue;
+        let peers = match peers {
+            Some(Some(peers)) => peers,
+            Some(None) => {
+                if !waiting_for_update {
+                    waiting_for_update = true;
+                    log!(
+                        "synclink: the library is version {} but this database has another \
+                         installed; delivery waits for ALTER EXTENSION synclink UPDATE",
+                        env!("CARGO_PKG_VERSION")
+                    );
+                }
+                nap = Duration::from_secs(5);
+                continue;
+            }
+            None => {
+                // not installed here: look again now and then
+                nap = Duration::from_secs(5);
+                continue;
+            }
         };
+        waiting_for_update = false;
         known.clone_from(&peers);
         for name in peers {
             if backoff.get(&name).is_some_and(|b| b.until > Instant::now()) {
