@@ -127,10 +127,7 @@ pub fn check_version_column(
         &[relid.into(), column.into()],
     )
     .unwrap();
-    let ordered = unsafe {
-        let tc = pg_sys::lookup_type_cache(type_oid.unwrap(), pg_sys::TYPECACHE_GT_OPR as i32);
-        (*tc).gt_opr != pg_sys::InvalidOid
-    };
+    let ordered = type_oid.is_some_and(crate::pg::ffi::has_ordering);
     if !ordered {
         return Err(PolicyError::VersionNotOrdered {
             column: column.into(),

@@ -10,6 +10,7 @@
 pub mod args;
 pub mod conninfo;
 pub mod error;
+pub mod ffi;
 pub mod plan;
 pub mod privilege;
 pub mod remote;

@@ -103,7 +103,7 @@ thread_local! {
 /// keys stay deferrable: PostgreSQL runs their checks as the table's owner itself.) Read
 /// once per transaction; None when there are none, as in most databases.
 fn deferred_code_checks() -> Option<String> {
-    let xact = crate::pg::spi::local_xact();
+    let xact = crate::pg::ffi::local_xact();
     if let Some(names) = DEFERRED.with(|d| {
         let d = d.borrow();
         (d.0 == xact).then(|| d.1.clone())
@@ -140,7 +140,7 @@ thread_local! {
 /// The role the extension belongs to, which owns synclink's catalog and the objects synclink
 /// makes: its own bookkeeping runs as it.
 pub fn extension_owner() -> pg_sys::Oid {
-    let xact = crate::pg::spi::local_xact();
+    let xact = crate::pg::ffi::local_xact();
     let (seen_in, owner) = OWNER.with(|o| o.get());
     if seen_in == xact && owner != pg_sys::InvalidOid {
         return owner;

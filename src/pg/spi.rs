@@ -28,11 +28,6 @@ pub fn column<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Vec
     })
 }
 
-/// This backend's local id of the current transaction: a key for per-transaction caches.
-pub fn local_xact() -> u32 {
-    unsafe { (*pgrx::pg_sys::MyProc).lxid }
-}
-
 thread_local! {
     static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }

@@ -217,11 +217,8 @@ fn text_compare_columns(row_type: &str) -> Vec<String> {
     });
     typed
         .into_iter()
-        .filter(|(_, oid)| unsafe {
-            // The type cache knows whether '=' exists, including for arrays and domains.
-            let tc = pg_sys::lookup_type_cache(*oid, pg_sys::TYPECACHE_EQ_OPR as i32);
-            (*tc).eq_opr == pg_sys::InvalidOid
-        })
+        // The type cache knows whether '=' exists, including for arrays and domains.
+        .filter(|(_, oid)| !crate::pg::ffi::has_equality(*oid))
         .map(|(n, _)| n)
         .collect()
 }
@@ -240,7 +237,7 @@ thread_local! {
 /// The link a record is for: the one between its sender and the named table here.
 fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
     let key = (sender.to_string(), schema.to_string(), table.to_string());
-    let xact = crate::pg::spi::local_xact();
+    let xact = crate::pg::ffi::local_xact();
     if let Some((x, id)) = LINK_IDS.with(|m| m.borrow().get(&key).copied()) {
         if x == xact {
             return Ok(id);
@@ -360,7 +357,7 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
 /// lies above the previous batch, and deleting what was inserted a moment ago would only leave
 /// dead index entries for every later prune to step over.
 fn prune(sender: &str, floor: Option<i64>) {
-    let xact = crate::pg::spi::local_xact();
+    let xact = crate::pg::ffi::local_xact();
     let Some(floor) = floor else { return };
     if PRUNED_IN.with(|m| m.borrow().get(sender) == Some(&xact)) {
         return;
@@ -507,7 +504,7 @@ thread_local! {
 const PENDING_BYTES: usize = 32 << 20;
 
 fn current_owner() -> (u32, pg_sys::SubTransactionId) {
-    (crate::pg::spi::local_xact(), unsafe {
+    (crate::pg::ffi::local_xact(), unsafe {
         pg_sys::GetCurrentSubTransactionId()
     })
 }

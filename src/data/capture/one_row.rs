@@ -110,7 +110,11 @@ impl CapturePath for StatementPath {
             b'U' => 1,
             _ => 2,
         };
-        let mut values = vec![row.row, row.at.into(), text_datum(row.origin)];
+        let mut values = vec![
+            row.row,
+            row.at.into(),
+            crate::pg::ffi::text_datum(row.origin),
+        ];
         let mut types = vec![self.row_type, pg_sys::INT8OID, pg_sys::TEXTOID];
         if let Some(old) = row.old {
             values.push(old);
@@ -159,18 +163,6 @@ impl CapturePath for GeneratedPath {
             }
             None => error!("synclink.capture_one: the capture function has no address"),
         }
-    }
-}
-
-/// `text` as a datum in the current memory context.
-fn text_datum(text: &str) -> pg_sys::Datum {
-    // SAFETY: cstring_to_text_with_len copies `len` bytes from the pointer into a new text
-    // value; a &str is valid for its length.
-    unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-            text.as_ptr() as *const std::ffi::c_char,
-            text.len() as i32,
-        ))
     }
 }
 
@@ -366,12 +358,6 @@ fn count(store: *mut pg_sys::Tuplestorestate) -> i64 {
     }
 }
 
-/// Microseconds since 1970 now, as the generated function stamps versions.
-fn now_micros() -> i64 {
-    const POSTGRES_EPOCH_AFTER_UNIX: i64 = 10_957 * 86_400 * 1_000_000;
-    POSTGRES_EPOCH_AFTER_UNIX + unsafe { pg_sys::GetCurrentTimestamp() }
-}
-
 /// The statement's one changed row, when it changed exactly one (an UPDATE that kept its
 /// key) and the session writes values as they travel; None sends it the general way.
 unsafe fn one_row<'a>(data: *mut pg_sys::TriggerData, origin: &'a str) -> Option<OneRow<'a>> {
@@ -395,7 +381,7 @@ unsafe fn one_row<'a>(data: *mut pg_sys::TriggerData, origin: &'a str) -> Option
         old: old.map(|o| only_row(o, desc)),
         desc,
         origin,
-        at: now_micros(),
+        at: crate::pg::ffi::now_micros(),
     })
 }
 

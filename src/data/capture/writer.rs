@@ -376,7 +376,7 @@ impl Writer {
         }
         // As SPI does for each statement that writes: what this command writes is new to it.
         pg_sys::CommandCounterIncrement();
-        let origin_datum = text_datum(origin);
+        let origin_datum = crate::pg::ffi::text_datum(origin);
         let stamp = self.upsert_version(&values, &nulls, at, origin_datum);
 
         let text = || self.row_text(&values, &nulls);
@@ -604,7 +604,7 @@ impl Writer {
             layout.seq,
             crate::data::queue::next_seq(self.outbox_sequence).into(),
         );
-        set(layout.peer_name, text_datum(&self.peer));
+        set(layout.peer_name, crate::pg::ffi::text_datum(&self.peer));
         set(layout.link_id, self.link_id.into());
         set(layout.origin, origin);
         set(layout.op, pg_sys::Datum::from(op as i8));
@@ -618,7 +618,7 @@ impl Writer {
         );
         set(layout.stamps, stamps);
         // the column's default, clock_timestamp()
-        set(layout.queued_at, pg_sys::GetCurrentTimestamp().into());
+        set(layout.queued_at, crate::pg::ffi::now_timestamptz().into());
         pg_sys::ExecStoreVirtualTuple(slot);
         pg_sys::simple_table_tuple_insert(target.rel, slot);
         target.insert_index_entries(slot, false);
@@ -704,15 +704,6 @@ unsafe fn deform(datum: pg_sys::Datum, desc: pg_sys::TupleDesc) -> (Vec<pg_sys::
     let mut nulls = vec![false; n];
     pg_sys::heap_deform_tuple(&mut tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
     (values, nulls)
-}
-
-fn text_datum(s: &str) -> pg_sys::Datum {
-    unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-            s.as_ptr() as *const std::ffi::c_char,
-            s.len() as i32,
-        ))
-    }
 }
 
 /// An array element type's storage.

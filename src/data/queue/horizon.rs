@@ -72,7 +72,7 @@ pub fn drawing(draw: impl FnOnce() -> i64) -> i64 {
     if !READY.load(Ordering::Relaxed) {
         return draw();
     }
-    let xact = crate::pg::spi::local_xact();
+    let xact = crate::pg::ffi::local_xact();
     if HELD.with(|h| h.get().0) == xact {
         return draw();
     }
@@ -80,8 +80,7 @@ pub fn drawing(draw: impl FnOnce() -> i64) -> i64 {
         // SAFETY: registers a plain function once per backend; it runs at every transaction end.
         unsafe { pg_sys::RegisterXactCallback(Some(transaction_ended), std::ptr::null_mut()) };
     }
-    // SAFETY: MyProc is this backend's PGPROC, set for the backend's whole life.
-    let slot = unsafe { (*pg_sys::MyProc).pgprocno } as usize;
+    let slot = crate::pg::ffi::proc_number();
     let horizon = HORIZON.get();
     if slot >= SLOTS {
         horizon.unslotted.fetch_add(1, Ordering::SeqCst);

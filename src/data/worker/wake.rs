@@ -50,12 +50,6 @@ pub(super) enum Registration {
     Taken,
 }
 
-/// Is `pid` a live backend? (A worker that died leaves its slot behind.)
-fn alive(pid: i32) -> bool {
-    // SAFETY: BackendPidGetProc looks the pid up in the proc array under its lock.
-    !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()
-}
-
 /// Take this database's slot (the one an earlier worker for it left, or a free one), unless a
 /// live worker holds it: one delivery worker per database, whoever started it. Shared memory
 /// only synclink writes, so that no SQL session can keep the worker out (an advisory lock
@@ -71,7 +65,7 @@ pub(super) fn register_worker(dboid: u32) -> Registration {
             continue;
         }
         let pid = v as u32 as i32;
-        if pid != my_pid && alive(pid) {
+        if pid != my_pid && crate::pg::ffi::backend_alive(pid) {
             return Registration::Taken;
         }
         return match s.compare_exchange(v, me, Ordering::AcqRel, Ordering::Acquire) {
@@ -88,7 +82,10 @@ pub(super) fn register_worker(dboid: u32) -> Registration {
     // Two workers starting at once may both have taken a free slot: the lower one stays.
     let rival = slots.iter().enumerate().any(|(j, s)| {
         let v = s.load(Ordering::Acquire);
-        j < i && v != 0 && (v >> 32) as u32 == dboid && alive(v as u32 as i32)
+        j < i
+            && v != 0
+            && (v >> 32) as u32 == dboid
+            && crate::pg::ffi::backend_alive(v as u32 as i32)
     });
     if rival {
         slots[i].store(0, Ordering::Release);
@@ -118,12 +115,7 @@ fn wake_now() {
     for (s, armed) in workers.slots.iter().zip(workers.armed.iter()) {
         let v = s.load(Ordering::Acquire);
         if v != 0 && (v >> 32) as u32 == dboid && armed.swap(false, Ordering::SeqCst) {
-            unsafe {
-                let proc = pg_sys::BackendPidGetProc(v as u32 as i32);
-                if !proc.is_null() {
-                    pg_sys::SetLatch(&mut (*proc).procLatch);
-                }
-            }
+            crate::pg::ffi::wake_backend(v as u32 as i32);
         }
     }
 }
@@ -133,7 +125,7 @@ pub fn wake_at_commit() {
     if !PRELOADED.load(Ordering::Relaxed) {
         return;
     }
-    let xact = crate::pg::spi::local_xact();
+    let xact = crate::pg::ffi::local_xact();
     if WAKE_REGISTERED.with(|w| w.replace(xact)) != xact {
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, wake_now);
     }

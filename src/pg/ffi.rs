@@ -1,0 +1,82 @@
+//! The few calls into PostgreSQL's C API that several modules need, each wrapped once in a
+//! safe function that says why it is sound. (The heap writer and the one-row capture keep
+//! their own FFI: it is the whole of what they are.)
+
+use pgrx::pg_sys;
+
+/// This backend's local id of the current transaction: a key for per-transaction caches.
+pub fn local_xact() -> u32 {
+    // SAFETY: MyProc is this backend's PGPROC, set before any extension code runs and valid
+    // for the backend's whole life; lxid is only written by this backend.
+    unsafe { (*pg_sys::MyProc).lxid }
+}
+
+/// This backend's slot number in the proc array (for per-backend shared memory).
+pub fn proc_number() -> usize {
+    // SAFETY: as for local_xact; pgprocno never changes for a backend.
+    unsafe { (*pg_sys::MyProc).pgprocno as usize }
+}
+
+/// Does `typid` (a base type, array, domain…) have a default `=` operator?
+pub fn has_equality(typid: pg_sys::Oid) -> bool {
+    // SAFETY: lookup_type_cache returns a pointer into the backend-lifetime type cache (or
+    // raises an ERROR for an unknown type); eq_opr is filled in for the flag asked.
+    unsafe {
+        let tc = pg_sys::lookup_type_cache(typid, pg_sys::TYPECACHE_EQ_OPR as i32);
+        (*tc).eq_opr != pg_sys::InvalidOid
+    }
+}
+
+/// Does `typid` have a default `>` operator (a btree ordering)?
+pub fn has_ordering(typid: pg_sys::Oid) -> bool {
+    // SAFETY: as for has_equality, with gt_opr filled in for TYPECACHE_GT_OPR.
+    unsafe {
+        let tc = pg_sys::lookup_type_cache(typid, pg_sys::TYPECACHE_GT_OPR as i32);
+        (*tc).gt_opr != pg_sys::InvalidOid
+    }
+}
+
+/// `text` as a `text` datum in the current memory context.
+pub fn text_datum(text: &str) -> pg_sys::Datum {
+    // SAFETY: cstring_to_text_with_len copies exactly `len` bytes from the pointer into a new
+    // palloc'd value, so the &str need not be NUL-terminated; its length fits an i32 because
+    // a value PostgreSQL handles is at most 1 GB.
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            text.as_ptr() as *const std::ffi::c_char,
+            text.len() as i32,
+        ))
+    }
+}
+
+/// The current time as a timestamptz value (microseconds since 2000-01-01).
+pub fn now_timestamptz() -> i64 {
+    // SAFETY: GetCurrentTimestamp reads the clock; it has no preconditions.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Microseconds since 1970 now, as versions are stamped.
+pub fn now_micros() -> i64 {
+    const POSTGRES_EPOCH_AFTER_UNIX: i64 = 10_957 * 86_400 * 1_000_000;
+    POSTGRES_EPOCH_AFTER_UNIX + now_timestamptz()
+}
+
+/// Is `pid` a live backend?
+pub fn backend_alive(pid: i32) -> bool {
+    // SAFETY: BackendPidGetProc looks the pid up in the proc array under ProcArrayLock and
+    // returns NULL for a pid that is not there.
+    !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()
+}
+
+/// Set the latch of backend `pid`, if it is still alive.
+pub fn wake_backend(pid: i32) {
+    // SAFETY: as in backend_alive; a PGPROC lives in shared memory for the server's life, so
+    // the pointer stays valid even if the backend exits meanwhile, and SetLatch on a latch
+    // nobody waits on is harmless.
+    unsafe {
+        let proc = pg_sys::BackendPidGetProc(pid);
+        if !proc.is_null() {
+            pg_sys::SetLatch(&mut (*proc).procLatch);
+        }
+    }
+}
