@@ -1,7 +1,15 @@
 //! synclink: keep a table identical in two or more PostgreSQL databases.
 //!
-//! Capture (generated statement triggers) → ship (one INSERT per chunk into the peer's inbox
-//! through postgres_fdw) → apply (set-based upsert/delete on the receiving node).
+//! The folders are the architecture, and each uses only the ones below it:
+//!
+//! - `api/` — every function a user calls (and the server side of peer requests); errors
+//!   become PostgreSQL errors there;
+//! - `control/` — making and removing peers, links, shared sequences; DDL guards; teardown;
+//! - `reconcile/` — resolving conflicts, diff and repair, a new link's copy;
+//! - `data/` — the data path in travel order: wire format, capture, queue, ship, worker, apply;
+//! - `rpc/` — the requests nodes send each other;
+//! - `catalog/` — node, peers, links, policies, table descriptions;
+//! - `pg/` — SPI, settings, subtransactions, remote calls, roles, errors, FFI.
 
 use pgrx::prelude::*;
 
@@ -50,6 +58,17 @@ mod synclink {
     }
 }
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
@@ -124,16 +143,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(inbox, Some(false));
-    }
-}
-
-/// Required by `cargo pgrx test`.
-#[cfg(test)]
-pub mod pg_test {
-    pub fn setup(_options: Vec<&str>) {}
-
-    #[must_use]
-    pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
     }
 }
