@@ -9,6 +9,7 @@ use crate::catalog::peer::{self, Peer, PeerError};
 use crate::catalog::policy::Policy;
 use crate::data::capture::statement::{self as capture, CaptureSpec};
 use crate::pg::error::{notice, raise, OrRaise};
+use crate::pg::spi::need;
 use crate::pg::sql::{ident, join, object_name, qualified};
 use crate::rpc::{LinkRequest, UnlinkRequest};
 use pgrx::prelude::*;
@@ -164,16 +165,16 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
         .next()
         .map(|r| -> crate::pg::error::Result<_> {
             Ok((
-                r.get::<pg_sys::Oid>(1)?.unwrap_or_default(),
-                r.get::<String>(2)?.unwrap_or_default(),
-                r.get::<Vec<String>>(3)?.unwrap_or_default(),
-                r.get::<Vec<String>>(4)?.unwrap_or_default(),
-                r.get::<String>(5)?.unwrap_or_default(),
-                r.get::<String>(6)?.unwrap_or_default(),
-                r.get::<String>(7)?.unwrap_or_default(),
-                r.get::<Vec<String>>(8)?.unwrap_or_default(),
-                r.get::<String>(9)?.unwrap_or_default(),
-                r.get::<String>(10)?.unwrap_or_default(),
+                need::<pg_sys::Oid>(&r, 1, "link relid")?,
+                need::<String>(&r, 2, "link peer_name")?,
+                need::<Vec<String>>(&r, 3, "link columns")?,
+                need::<Vec<String>>(&r, 4, "link key_columns")?,
+                need::<String>(&r, 5, "link mode")?,
+                need::<String>(&r, 6, "link row_type")?,
+                need::<String>(&r, 7, "link capture_function")?,
+                need::<Vec<String>>(&r, 8, "link triggers")?,
+                need::<String>(&r, 9, "link version_table")?,
+                need::<String>(&r, 10, "link node_name")?,
             ))
         })
         .transpose()

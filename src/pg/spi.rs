@@ -1,4 +1,8 @@
 //! Small SPI conveniences.
+//!
+//! Every function here returns a `Result`: a failed SPI call is an error with a SQLSTATE
+//! (`impl SqlError for SpiError` in [`crate::pg::error`]), and a NULL or missing row where
+//! synclink's own catalog guarantees a value is [`Missing`], never a panic.
 
 use pgrx::datum::{DatumWithOid, FromDatum, IntoDatum};
 use pgrx::prelude::*;
@@ -7,6 +11,35 @@ use pgrx::PgOid;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+
+/// A value synclink's catalog guarantees (a NOT NULL column, the row of a link being used)
+/// was not there: the catalog was changed by hand, or changed under a running statement.
+#[derive(thiserror::Error, Debug)]
+#[error("synclink's catalog has no {0} where it must have one")]
+pub struct Missing(pub &'static str);
+
+impl crate::pg::error::SqlError for Missing {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+    }
+    fn hint(&self) -> Option<String> {
+        Some(
+            "synclink's catalog may have been changed by hand; SELECT * FROM sync_status shows \
+             each link's state, and sync_unlink_table() followed by sync_link_table() makes a link anew."
+                .into(),
+        )
+    }
+}
+
+/// Column `ordinal` (1-based) of a row synclink reads from its own catalog, which must not be
+/// NULL there: `what` names it in the error if it is.
+pub fn need<T: FromDatum + IntoDatum>(
+    row: &pgrx::spi::SpiHeapTupleData,
+    ordinal: usize,
+    what: &'static str,
+) -> crate::pg::error::Result<T> {
+    Ok(row.get::<T>(ordinal)?.ok_or(Missing(what))?)
+}
 
 /// The first column of the first row, or None when the query returns no row or NULL.
 /// (pgrx reports "no row" as an error; for a catalog lookup it is an ordinary answer.)
