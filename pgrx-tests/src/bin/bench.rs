@@ -1,8 +1,8 @@
 //! synclink benchmarks, measured side by side in one run on two local clusters.
 //!
 //!   bulk:   100,000-row INSERT … SELECT into the same table unlinked, linked with synclink
-//!           (sync and async mode), and with the hand-written row-level triggers of the
-//!           railwaymen article
+//!           (sync and async mode), and with hand-written row-level triggers that send each
+//!           row through postgres_fdw
 //!   single: single-row INSERT transactions per second from 4 pgbench clients (async mode
 //!           also with the peer stopped, to show the writers' own share)
 //!   lag:    async mode, commit on one node to visible on the other, at steady rates
@@ -24,7 +24,7 @@ use synclink_e2e::{count, wait_until, Pair};
 const TABLE: &str = "(id bigserial PRIMARY KEY, name varchar(255), price integer,
     created_at timestamp NOT NULL, updated_at timestamp NOT NULL)";
 
-/// The railwaymen article's trigger, as published (one remote INSERT per row).
+/// Hand-written row-level triggers over postgres_fdw: one remote INSERT per row.
 const ROW_TRIGGER: &str = "
 CREATE FOREIGN TABLE legacy_bench_rowtrig (id bigint, name varchar(255), price integer,
     created_at timestamp NOT NULL, updated_at timestamp NOT NULL)
@@ -134,7 +134,7 @@ fn main() {
         "unlinked",
         "synclink, sync mode",
         "synclink, async mode",
-        "row-level triggers (article)",
+        "row-level triggers",
     ];
     let linked = [false, true, true, false];
     let n = variants.len();
