@@ -1,7 +1,7 @@
 -- Receiving: a peer INSERTs a change record into synclink.inbox; the row trigger
 -- synclink.receive() (in Rust: it runs once per record) applies it and keeps nothing. The
 -- role the peer connects as needs INSERT on synclink.inbox and INSERT, UPDATE and DELETE on
--- the linked tables (src/privilege.rs checks); synclink's bookkeeping then runs as the
+-- the linked tables (src/pg/privilege.rs checks); synclink's bookkeeping then runs as the
 -- extension's owner, and the rows are written as their table's owner.
 CREATE TRIGGER receive BEFORE INSERT ON synclink.inbox
     FOR EACH ROW EXECUTE FUNCTION synclink.receive();
@@ -20,7 +20,7 @@ $$;
 CREATE TRIGGER receive_done AFTER INSERT ON synclink.inbox
     FOR EACH STATEMENT EXECUTE FUNCTION synclink.receive_done();
 
--- The triggers of an async link call this with the link id (src/capture_one.rs): a
+-- The triggers of an async link call this with the link id (src/data/capture/one_row.rs): a
 -- statement that changed one row is queued here, any other goes to the link's generated
 -- capture function. It checks that it runs as one of that link's triggers on that table.
 CREATE FUNCTION synclink.capture_one() RETURNS trigger

@@ -231,7 +231,7 @@ CREATE POLICY readers_of_the_table ON synclink.resolution FOR SELECT
     USING (pg_catalog.has_table_privilege(
                (SELECT l.relid::pg_catalog.oid FROM synclink.link l
                  WHERE l.link_id OPERATOR(pg_catalog.=) resolution.link_id), 'SELECT'));
--- A change from a peer is applied as the owner of its table (src/privilege.rs), in one
+-- A change from a peer is applied as the owner of its table (src/pg/privilege.rs), in one
 -- statement that also logs the conflicts it meets: the owner may log and settle those of its
 -- own tables.
 CREATE POLICY owners_of_the_table ON synclink.conflict FOR INSERT

@@ -2,7 +2,7 @@
 //! they link: the type with its modifier (numeric(10,2), varchar(3), timestamp(0)), looked
 //! through domains to the type underneath, element by element for arrays, with an enum's
 //! labels. Two columns whose descriptions differ would round, cut or refuse some of each
-//! other's values, so the link is refused (sync_link_table, src/link.rs).
+//! other's values, so the link is refused (sync_link_table, src/control/link.rs).
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;

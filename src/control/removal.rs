@@ -1,5 +1,5 @@
 //! Whether synclink itself is removing objects it made: unlinking, dropping a peer,
-//! unsharing a sequence, DROP EXTENSION. The drop guard (ddl.rs) lets those drops through and
+//! unsharing a sequence, DROP EXTENSION. The drop guard (control/ddl.rs) lets those drops through and
 //! refuses the same drops made by hand.
 
 use std::cell::Cell;

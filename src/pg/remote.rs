@@ -119,7 +119,7 @@ pub fn reraise(f: RemoteFailure) -> ! {
 /// Run `f`, which waits on a peer, for at most `ms` milliseconds (0: no limit). When the time
 /// is up the statement is cancelled as a user's cancel would be (postgres_fdw then cancels
 /// the peer's query and rolls it back): `f` fails with 57014, and `deadline_passed()` says it
-/// was the deadline. Run it inside a subtransaction (subxact.rs) to carry on.
+/// was the deadline. Run it inside a subtransaction (pg/subxact.rs) to carry on.
 pub fn within<T>(ms: i32, f: impl FnOnce() -> T) -> T {
     DEADLINE_PASSED.store(false, Ordering::SeqCst);
     if ms <= 0 {

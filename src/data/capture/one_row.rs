@@ -3,7 +3,7 @@
 //! an executor start for a plan over the transition tables, aggregates to build arrays of one.
 //! An async link's triggers call `synclink.capture_one(link_id)` instead, which queues such a
 //! statement itself: the same version upsert and the same outbox record, in the same text
-//! form, written through the table and index access methods (write.rs) in READ COMMITTED,
+//! form, written through the table and index access methods (writer.rs) in READ COMMITTED,
 //! and by one prepared statement (capture::single_row_sql) in the higher isolation levels.
 //! Every other statement (several rows, an UPDATE that changed the key, TRUNCATE, a session
 //! whose settings would change the text form) is handed to the generated function, as if the
