@@ -2,6 +2,11 @@
 //! not write, compares each record's base version with the row's version here, decides every
 //! conflict by the link's policy, writes the winners, stamps their versions and logs the
 //! conflicts.
+//!
+//! It is put together from one function per part, in the order the parts run, each holding its
+//! SQL as it is sent, so that the source reads like the statement a DBA finds in the log.
+//! `snapshots/checked.sql` holds the whole statement for a sample link under every policy; a
+//! test keeps it current, so every change to the statement shows as a change to that file.
 
 use crate::catalog::policy::Policy;
 use crate::data::apply::{compared, ApplySpec};
@@ -39,204 +44,399 @@ pub fn lock_sql(spec: &ApplySpec) -> String {
 /// skipped. It returns how many rows it expected to insert but found inserted meanwhile by
 /// someone else (the caller refuses the run then, so it is delivered again).
 pub fn checked_apply_sql(c: &CheckedSpec, delete: bool, single: bool) -> String {
-    let spec = c.apply;
-    let key = spec.key;
-    let rest: Vec<&String> = spec.columns.iter().filter(|x| !key.contains(x)).collect();
-    let keys = |alias: &str| join(key, ", ", |k| format!("{alias}{}", ident(k)));
-    let on = |a: &str, b: &str| join(key, " AND ", |k| format!("{a}.{k} = {b}.{k}", k = ident(k)));
-    let meta = "\"synclink$at\", \"synclink$node\", \"synclink$base_at\", \"synclink$base_node\", \"synclink$op\", \"synclink$ord\"";
-    let cols = join(spec.columns, ", ", |x| ident(x));
-    let incoming_row = |alias: &str| {
-        format!(
-            "ROW({})::{}",
-            join(spec.columns, ", ", |x| format!("{alias}{}", ident(x))),
-            spec.row_type
-        )
-    };
-    let key_json = format!(
-        "jsonb_build_object({})",
-        join(key, ", ", |k| format!("{}, d.{}", literal(k), ident(k)))
-    );
-    let here_hash = "coalesce(md5(to_jsonb(d.\"synclink$here\")::text), 'absent')".to_string();
-    let incoming_hash = |alias: &str| {
-        if delete {
-            "'absent'".to_string()
+    // Each part reads only the parts above it. The parts that write run whether or not
+    // anything reads them, all on the snapshot the statement began with: none sees what
+    // another wrote, which is why they take what they need from `w` and `e`, never from the
+    // tables they change. Each part's text begins with a line break, so that it stands on
+    // lines of its own inside `AS (…)`.
+    format!(
+        r#"WITH m AS ({records}
+), c AS ({current}
+), d AS ({decision}
+), r AS ({remembered}
+), e AS ({applies}
+), w AS ({winners}
+), written AS ({write}
+), versions AS ({stamp}
+), superseded AS ({supersede}
+), logged AS ({log}
+)
+SELECT count(*) FILTER (WHERE "synclink$raced") FROM written"#,
+        records = records_cte(c.apply, single),
+        current = current_cte(c),
+        decision = decision_cte(c.policy, delete),
+        remembered = remembered_cte(c, delete),
+        applies = applies_cte(c.apply, delete),
+        winners = WINNERS_CTE,
+        write = if delete {
+            delete_cte(c.apply)
         } else {
-            format!("md5(to_jsonb({})::text)", incoming_row(alias))
-        }
-    };
-    let differing = if delete {
-        format!("ARRAY[{}]", join(spec.columns, ", ", |x| literal(x)))
+            upsert_cte(c.apply)
+        },
+        stamp = stamp_cte(c),
+        supersede = supersede_cte(c),
+        log = log_cte(c, delete),
+    )
+}
+
+/// `m`: the records, one row per key, since everything after decides per key. A run of
+/// records may change a key several times: the row becomes what the last change sent, but
+/// whether the run meets a change made here is judged by the base of its first change (the
+/// version the sender's row had before the run), and the first change's operation names the
+/// conflict (an insert meeting a row here). A single record comes from one statement, which
+/// changes each key once, so it is spared the sort.
+fn records_cte(spec: &ApplySpec, single: bool) -> String {
+    let source = records_source(spec);
+    if single {
+        format!(
+            r#"
+  SELECT x.*,
+         x."synclink$base_at" AS "synclink$first_at",
+         x."synclink$base_node" AS "synclink$first_node",
+         x."synclink$op" AS "synclink$first_op"
+    FROM {source}"#
+        )
     } else {
         format!(
-            "CASE WHEN NOT d.\"synclink$exists\" THEN ARRAY[{all}]::text[]\n\
-             \x20                ELSE array_remove(ARRAY[{each}]::text[], NULL) END",
-            all = join(spec.columns, ", ", |x| literal(x)),
-            each = join(&rest, ", ", |x| {
-                let (h, i) = (
-                    compared(spec, "(d.\"synclink$here\")", x),
-                    compared(spec, "d", x),
-                );
-                format!("CASE WHEN {h} IS DISTINCT FROM {i} THEN {} END", literal(x))
-            }),
+            r#"
+  -- per key: the last version sent, and the base of the first change in this run
+  SELECT DISTINCT ON ({keys}) x.*,
+         first_value(x."synclink$base_at") OVER w AS "synclink$first_at",
+         first_value(x."synclink$base_node") OVER w AS "synclink$first_node",
+         first_value(x."synclink$op") OVER w AS "synclink$first_op"
+    FROM {source}
+  WINDOW w AS (PARTITION BY {keys} ORDER BY x."synclink$ord")
+   ORDER BY {keys}, x."synclink$ord" DESC"#,
+            keys = key_list(spec, "x."),
         )
-    };
-    let stamp_order = "(c.\"synclink$at\", c.\"synclink$node\") > \
-                       (coalesce(c.\"synclink$here_at\", -1), coalesce(c.\"synclink$here_node\", ''))";
-    let remembered = format!(
-        "(SELECT r.kept FROM synclink.resolution r\n\
-         \x20          WHERE r.link_id = {id} AND r.key = {key_json}\n\
-         \x20            AND r.rows = ARRAY[least({here_hash}, {incoming}), greatest({here_hash}, {incoming})])",
-        id = c.link_id,
-        incoming = incoming_hash("d."),
-    );
-    let wins = match c.policy {
+    }
+}
+
+/// The rows and their stamps travel as two arrays side by side; WITH ORDINALITY keeps the
+/// order the sender made them in, which tells each key's first change from its last and
+/// orders the writes. The second line is indented for its place after FROM in `m`.
+fn records_source(spec: &ApplySpec) -> String {
+    format!(
+        r#"unnest($1::{row}[], $2::synclink.stamp[])
+         WITH ORDINALITY AS x({columns}, "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")"#,
+        row = spec.row_type,
+        columns = join(spec.columns, ", ", |x| ident(x)),
+    )
+}
+
+/// `c`: what this node holds for each key, the row and its version, since both are what a
+/// record is judged against. Key columns are never NULL in a row, so a NULL one after the
+/// outer join means there is no row here; a deleted row keeps its version, so a change to it
+/// still meets the deletion. `seen`: the version here is the one sent, so this is the same
+/// change delivered again. `conflict`: the version here is neither the one the sender's first
+/// change started from nor the one it sends, so both nodes changed the row.
+fn current_cte(c: &CheckedSpec) -> String {
+    let spec = c.apply;
+    format!(
+        r#"
+  SELECT m.*,
+         t.{first_key} IS NOT NULL AS "synclink$exists",
+         CASE WHEN t.{first_key} IS NOT NULL THEN ROW({row_here})::{row} END AS "synclink$here",
+         v."synclink$at" AS "synclink$here_at",
+         v."synclink$node" AS "synclink$here_node",
+         (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+             AS "synclink$seen",
+         (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
+         AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+             AS "synclink$conflict"
+    FROM m
+    LEFT JOIN {table} t ON {row_match}
+    LEFT JOIN {versions} v ON {version_match}"#,
+        first_key = ident(&spec.key[0]),
+        row_here = join(spec.columns, ", ", |x| format!("t.{}", ident(x))),
+        row = spec.row_type,
+        table = spec.table,
+        row_match = key_match(spec, "t", "m"),
+        versions = c.version_table,
+        version_match = key_match(spec, "v", "m"),
+    )
+}
+
+/// `d`: whether the record wins. Without a conflict it always does; in a conflict the link's
+/// policy decides, and since both nodes hold the same two versions they decide alike. A
+/// policy that cannot tell keeps the row here.
+fn decision_cte(policy: &Policy, delete: bool) -> String {
+    format!(
+        r#"
+  SELECT c.*,
+         NOT c."synclink$conflict" OR coalesce({wins}, false) AS "synclink$wins"
+    FROM c"#,
+        wins = policy_wins(policy, delete),
+    )
+}
+
+/// The later stamp wins and the node name settles a tie, so the order is total and the same
+/// on both nodes; a row never stamped here counts as older than any change.
+const STAMP_ORDER: &str = r#"(c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))"#;
+
+/// The link's policy as a condition that holds when the record in `c` wins its conflict. A
+/// version column says which write is newer in the application's own terms, so it goes first
+/// when both rows have a value; a delete brings no row to compare. prefer_node asks where the
+/// change was made; manual never lets a change win, so the row here stays until sync_resolve.
+/// The later lines of the CASE are indented for their place in `d`.
+fn policy_wins(policy: &Policy, delete: bool) -> String {
+    match policy {
         Policy::LastWriteWins {
             version_column: Some(vc),
         } if !delete => format!(
-            "CASE WHEN c.\"synclink$exists\" AND c.{v} IS NOT NULL AND (c.\"synclink$here\").{v} IS NOT NULL\n\
-             \x20                      AND c.{v} <> (c.\"synclink$here\").{v}\n\
-             \x20                 THEN c.{v} > (c.\"synclink$here\").{v}\n\
-             \x20                 ELSE {stamp_order} END",
+            r#"CASE
+           WHEN c."synclink$exists" AND c.{v} IS NOT NULL AND (c."synclink$here").{v} IS NOT NULL
+                AND c.{v} <> (c."synclink$here").{v}
+           THEN c.{v} > (c."synclink$here").{v}
+           ELSE {STAMP_ORDER}
+           END"#,
             v = ident(vc)
         ),
-        Policy::LastWriteWins { .. } => stamp_order.to_string(),
-        Policy::PreferNode(node) => format!("c.\"synclink$node\" = {}", literal(node)),
+        Policy::LastWriteWins { .. } => STAMP_ORDER.to_string(),
+        Policy::PreferNode(node) => format!(r#"c."synclink$node" = {}"#, literal(node)),
         Policy::Manual => "false".into(),
-    };
-    let write = if delete {
-        format!(
-            "DELETE FROM {table} t USING w WHERE {cond}\n\
-             \x20   RETURNING false AS \"synclink$raced\"",
-            table = spec.table,
-            cond = on("t", "w"),
-        )
+    }
+}
+
+/// `r`: for a conflict, the choice sync_resolve made before for the same two rows on this key,
+/// if any (the hash of the row it kept), so a conflict already settled by hand is not asked
+/// about again. The pair is sorted so that both nodes name it alike.
+fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
+    let spec = c.apply;
+    format!(
+        r#"
+  SELECT d.*,
+         CASE WHEN d."synclink$conflict"
+              THEN (SELECT r.kept FROM synclink.resolution r
+                     WHERE r.link_id = {link_id}
+                       AND r.key = {key}
+                       AND r.rows = ARRAY[least({here}, {incoming}),
+                                          greatest({here}, {incoming})])
+              END AS "synclink$remembered"
+    FROM d"#,
+        link_id = c.link_id,
+        key = key_json(spec),
+        here = HERE_HASH,
+        incoming = incoming_hash(spec, "d.", delete),
+    )
+}
+
+/// `e`: whether the record is applied. A remembered choice settles the conflict as it was
+/// settled before: the record applies when its row is the one that was kept. Otherwise the
+/// decision stands.
+fn applies_cte(spec: &ApplySpec, delete: bool) -> String {
+    format!(
+        r#"
+  SELECT r.*,
+         CASE WHEN r."synclink$remembered" IS NULL THEN r."synclink$wins"
+              ELSE r."synclink$remembered" = {incoming} END AS "synclink$applies"
+    FROM r"#,
+        incoming = incoming_hash(spec, "r.", delete),
+    )
+}
+
+/// `w`: the records to write. One whose version this node holds already was applied when it
+/// first came, so it is not written twice.
+const WINNERS_CTE: &str = r#"
+  SELECT * FROM e WHERE e."synclink$applies" AND NOT e."synclink$seen""#;
+
+/// `written`, for an upsert run: the winners over the rows here, in the order the sender made
+/// them, with the sender's values even for identity columns; a row that would not change is
+/// left alone. A row the insert met though the record found none (`exists` false) was
+/// inserted by another transaction after this statement's snapshot, where the row locks
+/// taken first could not reach it: it comes back as raced (a row found and updated has a
+/// non-zero xmax), so the caller refuses the run, which is delivered again and then meets
+/// that row as a conflict.
+fn upsert_cte(spec: &ApplySpec) -> String {
+    let rest = non_key_columns(spec);
+    // A table of key columns only has nothing to update.
+    let action = if rest.is_empty() {
+        "DO NOTHING".to_string()
     } else {
-        let action = if rest.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            format!(
-                "DO UPDATE SET {}\n\
-                 \x20    WHERE ({}) IS DISTINCT FROM ({})",
-                join(&rest, ", ", |x| format!("{x} = EXCLUDED.{x}", x = ident(x))),
-                join(&rest, ", ", |x| compared(spec, "t", x)),
-                join(&rest, ", ", |x| compared(spec, "EXCLUDED", x)),
-            )
-        };
         format!(
-            "INSERT INTO {table} AS t ({cols}) OVERRIDING SYSTEM VALUE\n\
-             \x20   SELECT {w_cols} FROM w ORDER BY w.\"synclink$ord\"\n\
-             \x20   ON CONFLICT ({keys}) {action}\n\
-             \x20   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE {w_match} AND w.\"synclink$exists\") AS \"synclink$raced\"",
-            table = spec.table,
-            w_cols = join(spec.columns, ", ", |x| format!("w.{}", ident(x))),
-            keys = keys(""),
-            w_match = on("w", "t"),
-        )
-    };
-    let records = format!(
-        "unnest($1::{row}[], $2::synclink.stamp[]) WITH ORDINALITY AS x({cols}, {meta})",
-        row = spec.row_type
-    );
-    // A single record holds each key once (it comes from one statement); a run of records
-    // may change a key several times.
-    let m = if single {
-        format!(
-            "\x20 SELECT x.*, x.\"synclink$base_at\" AS \"synclink$first_at\",\n\
-             \x20        x.\"synclink$base_node\" AS \"synclink$first_node\", x.\"synclink$op\" AS \"synclink$first_op\"\n\
-             \x20   FROM {records}"
-        )
-    } else {
-        format!(
-            "\x20 -- per key: the last version sent, and the base of the first change in this run\n\
-             \x20 SELECT DISTINCT ON ({m_keys}) x.*,\n\
-             \x20        first_value(x.\"synclink$base_at\") OVER w AS \"synclink$first_at\",\n\
-             \x20        first_value(x.\"synclink$base_node\") OVER w AS \"synclink$first_node\",\n\
-             \x20        first_value(x.\"synclink$op\") OVER w AS \"synclink$first_op\"\n\
-             \x20   FROM {records}\n\
-             \x20 WINDOW w AS (PARTITION BY {m_keys} ORDER BY x.\"synclink$ord\")\n\
-             \x20  ORDER BY {m_keys}, x.\"synclink$ord\" DESC",
-            m_keys = keys("x."),
+            r#"DO UPDATE SET {set}
+          WHERE ({here}) IS DISTINCT FROM ({incoming})"#,
+            set = join(&rest, ", ", |x| format!("{x} = EXCLUDED.{x}", x = ident(x))),
+            here = join(&rest, ", ", |x| compared(spec, "t", x)),
+            incoming = join(&rest, ", ", |x| compared(spec, "EXCLUDED", x)),
         )
     };
     format!(
-        "WITH m AS (\n\
-         {m}\n\
-         ), c AS (\n\
-         \x20 SELECT m.*, t.{k0} IS NOT NULL AS \"synclink$exists\",\n\
-         \x20        CASE WHEN t.{k0} IS NOT NULL THEN ROW({t_cols})::{row} END AS \"synclink$here\",\n\
-         \x20        v.\"synclink$at\" AS \"synclink$here_at\", v.\"synclink$node\" AS \"synclink$here_node\",\n\
-         \x20        (v.\"synclink$at\", v.\"synclink$node\") IS NOT DISTINCT FROM (m.\"synclink$at\", m.\"synclink$node\")\n\
-         \x20            AS \"synclink$seen\",\n\
-         \x20        (v.\"synclink$at\", v.\"synclink$node\") IS DISTINCT FROM (m.\"synclink$first_at\", m.\"synclink$first_node\")\n\
-         \x20        AND (v.\"synclink$at\", v.\"synclink$node\") IS DISTINCT FROM (m.\"synclink$at\", m.\"synclink$node\")\n\
-         \x20            AS \"synclink$conflict\"\n\
-         \x20   FROM m LEFT JOIN {table} t ON {t_on} LEFT JOIN {vt} v ON {v_on}\n\
-         ), d AS (\n\
-         \x20 SELECT c.*, NOT c.\"synclink$conflict\" OR coalesce({wins}, false) AS \"synclink$wins\"\n\
-         \x20   FROM c\n\
-         ), r AS (\n\
-         \x20 SELECT d.*, CASE WHEN d.\"synclink$conflict\" THEN {remembered} END AS \"synclink$remembered\"\n\
-         \x20   FROM d\n\
-         ), e AS (\n\
-         \x20 SELECT r.*, CASE WHEN r.\"synclink$remembered\" IS NULL THEN r.\"synclink$wins\"\n\
-         \x20                  ELSE r.\"synclink$remembered\" = {incoming_hash_r} END AS \"synclink$applies\"\n\
-         \x20   FROM r\n\
-         ), w AS (\n\
-         \x20 SELECT * FROM e WHERE e.\"synclink$applies\" AND NOT e.\"synclink$seen\"\n\
-         ), written AS (\n\
-         \x20 {write}\n\
-         ), versions AS (\n\
-         \x20 INSERT INTO {vt} AS v ({vt_keys}, \"synclink$at\", \"synclink$node\")\n\
-         \x20 SELECT {w_keys}, w.\"synclink$at\", w.\"synclink$node\" FROM w\n\
-         \x20 ON CONFLICT ({vt_keys}) DO UPDATE\n\
-         \x20    SET \"synclink$at\" = EXCLUDED.\"synclink$at\", \"synclink$node\" = EXCLUDED.\"synclink$node\"\n\
-         ), superseded AS (\n\
-         \x20 UPDATE synclink.conflict o SET outcome = 'superseded'\n\
-         \x20   FROM e d WHERE d.\"synclink$conflict\" AND o.outcome = 'open'\n\
-         \x20    AND o.link_id = {id} AND o.key = {key_json}\n\
-         ), logged AS (\n\
-         \x20 INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,\n\
-         \x20                               columns, local_version, peer_version, outcome)\n\
-         \x20 SELECT {id}, {relid}::regclass, {peer}, {key_json},\n\
-         \x20        CASE WHEN d.\"synclink$first_op\" = 'I' AND d.\"synclink$exists\" THEN 'insert_exists'\n\
-         \x20             WHEN {delete} AND NOT d.\"synclink$exists\" THEN 'delete_missing'\n\
-         \x20             WHEN {delete} THEN 'delete_changed'\n\
-         \x20             WHEN NOT d.\"synclink$exists\" THEN 'update_missing'\n\
-         \x20             ELSE 'update_changed' END,\n\
-         \x20        {policy}, to_jsonb(d.\"synclink$here\"), {peer_row},\n\
-         \x20        {differing},\n\
-         \x20        ROW(d.\"synclink$here_at\", d.\"synclink$here_node\", NULL, NULL, NULL)::synclink.stamp,\n\
-         \x20        ROW(d.\"synclink$at\", d.\"synclink$node\", d.\"synclink$first_at\", d.\"synclink$first_node\", d.\"synclink$first_op\")::synclink.stamp,\n\
-         \x20        CASE WHEN d.\"synclink$remembered\" IS NOT NULL THEN 'remembered'\n\
-         \x20             WHEN {manual} THEN 'open'\n\
-         \x20             WHEN d.\"synclink$applies\" THEN 'applied' ELSE 'kept' END\n\
-         \x20   FROM e d WHERE d.\"synclink$conflict\"\n\
-         )\n\
-         SELECT count(*) FILTER (WHERE \"synclink$raced\") FROM written",
-        row = spec.row_type,
-        k0 = ident(&key[0]),
-        t_cols = join(spec.columns, ", ", |x| format!("t.{}", ident(x))),
+        r#"
+  INSERT INTO {table} AS t ({columns}) OVERRIDING SYSTEM VALUE
+  SELECT {values} FROM w ORDER BY w."synclink$ord"
+  ON CONFLICT ({keys})
+  {action}
+  RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE {key_match} AND w."synclink$exists") AS "synclink$raced""#,
         table = spec.table,
-        t_on = on("t", "m"),
-        vt = c.version_table,
-        v_on = on("v", "m"),
-        incoming_hash_r = incoming_hash("r."),
-        remembered = remembered,
-        vt_keys = keys(""),
-        w_keys = keys("w."),
-        id = c.link_id,
+        columns = join(spec.columns, ", ", |x| ident(x)),
+        values = join(spec.columns, ", ", |x| format!("w.{}", ident(x))),
+        keys = key_list(spec, ""),
+        key_match = key_match(spec, "w", "t"),
+    )
+}
+
+/// `written`, for a delete run: the winners' rows removed here. It returns the column the
+/// upsert returns, so the statement ends alike; a delete never expects to create a row, so
+/// none is raced.
+fn delete_cte(spec: &ApplySpec) -> String {
+    format!(
+        r#"
+  DELETE FROM {table} t USING w WHERE {key_match}
+  RETURNING false AS "synclink$raced""#,
+        table = spec.table,
+        key_match = key_match(spec, "t", "w"),
+    )
+}
+
+/// `versions`: the winners' versions become this node's versions of their rows, since the
+/// next record for each key is judged against them; a deleted row's version stays, so a late
+/// change to it is recognised.
+fn stamp_cte(c: &CheckedSpec) -> String {
+    let spec = c.apply;
+    format!(
+        r#"
+  INSERT INTO {versions} AS v ({keys}, "synclink$at", "synclink$node")
+  SELECT {winners}, w."synclink$at", w."synclink$node" FROM w
+  ON CONFLICT ({keys}) DO UPDATE
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node""#,
+        versions = c.version_table,
+        keys = key_list(spec, ""),
+        winners = key_list(spec, "w."),
+    )
+}
+
+/// `superseded`: a conflict still open on a key that meets a new conflict is about rows that
+/// are gone, so it is closed and the new one, logged below, takes its place. Sharing the
+/// statement's snapshot, this cannot touch the conflicts the statement logs itself.
+fn supersede_cte(c: &CheckedSpec) -> String {
+    format!(
+        r#"
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM e d
+   WHERE d."synclink$conflict" AND o.outcome = 'open'
+     AND o.link_id = {link_id} AND o.key = {key}"#,
+        link_id = c.link_id,
+        key = key_json(c.apply),
+    )
+}
+
+/// `logged`: every conflict, whatever became of it, is kept for review on the node that met
+/// it: both rows, the columns that differ, both versions, the policy and the outcome. The
+/// kind says what the sender's change met here, judged by its first change in the run.
+fn log_cte(c: &CheckedSpec, delete: bool) -> String {
+    let spec = c.apply;
+    format!(
+        r#"
+  INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
+                                 columns, local_version, peer_version, outcome)
+  SELECT {link_id},
+         {relid}::regclass,
+         {peer},
+         {key},
+         CASE WHEN d."synclink$first_op" = 'I' AND d."synclink$exists" THEN 'insert_exists'
+              WHEN {delete} AND NOT d."synclink$exists" THEN 'delete_missing'
+              WHEN {delete} THEN 'delete_changed'
+              WHEN NOT d."synclink$exists" THEN 'update_missing'
+              ELSE 'update_changed' END,
+         {policy},
+         to_jsonb(d."synclink$here"),
+         {peer_row},
+         {differing},
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
+              WHEN {manual} THEN 'open'
+              WHEN d."synclink$applies" THEN 'applied'
+              ELSE 'kept' END
+    FROM e d
+   WHERE d."synclink$conflict""#,
+        link_id = c.link_id,
         relid = literal(&spec.table),
         peer = literal(c.peer_name),
-        delete = delete,
+        key = key_json(spec),
         policy = literal(&c.policy.label()),
         peer_row = if delete {
             "NULL::jsonb".to_string()
         } else {
-            format!("to_jsonb({})", incoming_row("d."))
+            format!("to_jsonb({})", incoming_row(spec, "d."))
         },
+        differing = differing_columns(spec, delete),
         manual = matches!(c.policy, Policy::Manual),
     )
+}
+
+/// The columns a conflict is about, for the review. Key columns are equal by the join. With
+/// no row here, or for a delete, which leaves none, every column differs. The later lines are
+/// indented for their place in `logged`.
+fn differing_columns(spec: &ApplySpec, delete: bool) -> String {
+    let all = join(spec.columns, ", ", |x| literal(x));
+    if delete {
+        return format!("ARRAY[{all}]");
+    }
+    // One column to a line, each under the first, which stands at column 38 in `logged`.
+    let next = format!(",\n{}", " ".repeat(38));
+    format!(
+        r#"CASE WHEN NOT d."synclink$exists" THEN ARRAY[{all}]::text[]
+              ELSE array_remove(ARRAY[{each}]::text[], NULL) END"#,
+        each = join(&non_key_columns(spec), &next, |x| {
+            let (here, incoming) = (
+                compared(spec, r#"(d."synclink$here")"#, x),
+                compared(spec, "d", x),
+            );
+            format!(
+                "CASE WHEN {here} IS DISTINCT FROM {incoming} THEN {} END",
+                literal(x)
+            )
+        }),
+    )
+}
+
+/// The key columns, each after `prefix` ("x.", "w.", or "" for the bare names).
+fn key_list(spec: &ApplySpec, prefix: &str) -> String {
+    join(spec.key, ", ", |k| format!("{prefix}{}", ident(k)))
+}
+
+/// Rows of aliases `a` and `b` with the same key.
+fn key_match(spec: &ApplySpec, a: &str, b: &str) -> String {
+    let pair = |k: &String| format!("{a}.{k} = {b}.{k}", k = ident(k));
+    join(spec.key, " AND ", pair)
+}
+
+/// The key of a record in `d` as the conflict log and the remembered choices name it: a json
+/// object, readable whatever the key's types.
+fn key_json(spec: &ApplySpec) -> String {
+    let pair = |k: &String| format!("{}, d.{}", literal(k), ident(k));
+    format!("jsonb_build_object({})", join(spec.key, ", ", pair))
+}
+
+/// The row a record sends, from its columns after `prefix`, as the row type both nodes share.
+fn incoming_row(spec: &ApplySpec, prefix: &str) -> String {
+    format!(
+        "ROW({})::{}",
+        join(spec.columns, ", ", |x| format!("{prefix}{}", ident(x))),
+        spec.row_type
+    )
+}
+
+/// A remembered choice names rows by a hash of their values; 'absent' stands for no row.
+const HERE_HASH: &str = r#"coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent')"#;
+
+/// The hash of the row a record sends; a delete sends none.
+fn incoming_hash(spec: &ApplySpec, prefix: &str, delete: bool) -> String {
+    if delete {
+        "'absent'".to_string()
+    } else {
+        format!("md5(to_jsonb({})::text)", incoming_row(spec, prefix))
+    }
+}
+
+/// The columns a write may change: the key is what finds the row.
+fn non_key_columns<'a>(spec: &'a ApplySpec) -> Vec<&'a String> {
+    spec.columns
+        .iter()
+        .filter(|x| !spec.key.contains(x))
+        .collect()
 }
 
 pub fn concurrent_insert(table: &str) -> ! {
@@ -338,5 +538,148 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("'prefer_node:shop_a'"), "{sql}");
+    }
+
+    /// Where the whole statement for the sample link is kept, case by case.
+    const SNAPSHOT: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/data/apply/snapshots/checked.sql"
+    );
+
+    /// A policy as the snapshot's headers name it.
+    fn described(policy: &Policy) -> String {
+        match policy {
+            Policy::LastWriteWins {
+                version_column: Some(v),
+            } => format!("{}, version column {v}", policy.label()),
+            Policy::LastWriteWins {
+                version_column: None,
+            } => format!("{}, no version column", policy.label()),
+            _ => policy.label(),
+        }
+    }
+
+    /// The statement for the sample link under each policy, for an upsert and a delete, as a
+    /// run of records and, where that is all that changes, as a single record. A case whose
+    /// statement is the same as an earlier one's says so instead of repeating it.
+    fn snapshot() -> String {
+        let with_version = Policy::LastWriteWins {
+            version_column: Some("updated_at".into()),
+        };
+        let stamps_only = Policy::LastWriteWins {
+            version_column: None,
+        };
+        let prefer = Policy::PreferNode("shop_a".into());
+        // (delete, single, policy). A single record changes only the records' part, whatever
+        // the policy.
+        let cases = [
+            (false, false, &with_version),
+            (false, false, &stamps_only),
+            (false, false, &prefer),
+            (false, false, &Policy::Manual),
+            (true, false, &with_version),
+            (true, false, &stamps_only),
+            (true, false, &prefer),
+            (true, false, &Policy::Manual),
+            (false, true, &with_version),
+            (true, true, &stamps_only),
+        ];
+        let mut out = String::from(
+            "-- The checked apply statement for a sample link: table \"public\".\"p\" (\"id\", \"name\",\n\
+             -- \"updated_at\"), key \"id\", peer b, link 3. Written by the test\n\
+             -- data::apply::checked::tests::the_statement_is_as_in_its_snapshot; after a change to the\n\
+             -- statement, SNAPSHOT_UPDATE=1 cargo test --features pg15 --lib checked writes it anew.\n",
+        );
+        let rule = "=".repeat(90);
+        let mut shown: Vec<(String, String)> = Vec::new();
+        for (delete, single, policy) in cases {
+            let op = if delete { "delete" } else { "upsert" };
+            let shape = if single {
+                "single record"
+            } else {
+                "run of records"
+            };
+            let header = format!("{op}, {shape}, {}", described(policy));
+            let sql = checked_as(policy.clone(), delete, single);
+            out += &format!("\n-- {rule}\n-- {header}\n-- {rule}\n");
+            match shown.iter().find(|(_, earlier)| *earlier == sql) {
+                Some((same, _)) => out += &format!("-- the same statement as: {same}\n"),
+                None => {
+                    out += &format!("{sql};\n");
+                    shown.push((header, sql));
+                }
+            }
+        }
+        out
+    }
+
+    /// The lines that differ between `old` and `new`, marked - and + as in a unified diff, with
+    /// two lines of context and the line number in `old` where each stretch begins.
+    fn line_diff(old: &str, new: &str) -> String {
+        let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+        // common[i][j]: how many lines a[i..] and b[j..] have in common, in order.
+        let mut common = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+        for i in (0..a.len()).rev() {
+            for j in (0..b.len()).rev() {
+                common[i][j] = if a[i] == b[j] {
+                    common[i + 1][j + 1] + 1
+                } else {
+                    common[i + 1][j].max(common[i][j + 1])
+                };
+            }
+        }
+        let mut ops = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            if i < a.len() && j < b.len() && a[i] == b[j] {
+                ops.push((' ', a[i], i));
+                (i, j) = (i + 1, j + 1);
+            } else if i < a.len() && (j == b.len() || common[i + 1][j] >= common[i][j + 1]) {
+                ops.push(('-', a[i], i));
+                i += 1;
+            } else {
+                ops.push(('+', b[j], i));
+                j += 1;
+            }
+        }
+        let shown = |k: usize| {
+            ops[k.saturating_sub(2)..(k + 3).min(ops.len())]
+                .iter()
+                .any(|(tag, _, _)| *tag != ' ')
+        };
+        let mut out = String::new();
+        let mut in_stretch = false;
+        for (k, (tag, line, at)) in ops.iter().enumerate() {
+            if !shown(k) {
+                in_stretch = false;
+                continue;
+            }
+            if !in_stretch {
+                out += &format!("@@ line {} @@\n", at + 1);
+                in_stretch = true;
+            }
+            out += &format!("{tag} {line}\n");
+        }
+        out
+    }
+
+    /// Every change to the statement shows as a change to the snapshot file, for review.
+    #[test]
+    fn the_statement_is_as_in_its_snapshot() {
+        let now = snapshot();
+        if std::env::var("SNAPSHOT_UPDATE").as_deref() == Ok("1") {
+            std::fs::create_dir_all(std::path::Path::new(SNAPSHOT).parent().unwrap()).unwrap();
+            std::fs::write(SNAPSHOT, &now).unwrap();
+            return;
+        }
+        let kept = std::fs::read_to_string(SNAPSHOT).unwrap_or_default();
+        if kept != now {
+            panic!(
+                "the checked apply statement is not the one in {SNAPSHOT} (- there, + now); \
+                 if the change is meant, run the test again with SNAPSHOT_UPDATE=1 and commit \
+                 the file:\n{}",
+                line_diff(&kept, &now)
+            );
+        }
     }
 }
