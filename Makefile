@@ -13,8 +13,14 @@ export PG_CONFIG
 setup:
 	@bash scripts/setup.sh
 
+# cargo pgrx install writes the current version's full script and copies the upgrade scripts
+# (sql/synclink--a--b.sql); the released versions' full scripts, as shipped, go next to them so
+# that CREATE EXTENSION synclink VERSION '<released>' works as well.
 install: setup
 	cargo pgrx install --pg-config $(PG_CONFIG)
+	@for f in sql/synclink--[0-9.]*.sql; do \
+	  case "$$f" in *--*--*) ;; *) install -m 644 "$$f" "$$($(PG_CONFIG) --sharedir)/extension/" ;; esac; \
+	done
 
 # #[test] and #[pg_test] in the extension crate. initdb refuses to run as root, so as root
 # the test cluster runs as the postgres OS user.

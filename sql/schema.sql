@@ -62,6 +62,10 @@ CREATE TABLE synclink.link (
     prefer_node      text CHECK ((conflict = 'prefer_node') = (prefer_node IS NOT NULL)),
     version_column   text,  -- last_write_wins compares it first when both rows exist
     created_at       timestamptz NOT NULL DEFAULT now(),
+    -- The synclink version whose code generated this link's capture function, triggers and
+    -- version table; sync_refresh_link makes them anew with the code installed now. Set by
+    -- whoever writes the row (links made before 0.2.0 say '0.1.0').
+    generator        text,
     UNIQUE (relid, peer_name)
 );
 
