@@ -401,3 +401,79 @@ pub fn wait_until(
     }
     started.elapsed()
 }
+
+// ---- Upgrades: clusters on another PostgreSQL installation (tests/upgrade.rs) -------------
+
+impl Cluster {
+    /// initdb and start a cluster whose server runs from `bindir` instead of the system's
+    /// PostgreSQL: a private installation such as scripts/released.sh lays out, with a
+    /// released synclink in it. (initdb is the system's: the same PostgreSQL makes the same
+    /// data directory.)
+    pub fn start_on(bindir: &Path, name: &str, extra_conf: &[&str]) -> Cluster {
+        let mut c = Cluster::start(name, extra_conf);
+        c.stop();
+        c.use_bindir(bindir);
+        c.start_again();
+        c
+    }
+
+    /// A clean shutdown, as for a package upgrade: sessions ended, a shutdown checkpoint.
+    pub fn stop(&mut self) {
+        let out = run_pg(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.running = false;
+    }
+
+    /// The server binaries the next start uses: another installation's bin directory.
+    pub fn use_bindir(&mut self, bindir: &Path) {
+        assert!(!self.running, "{} is running: stop it first", self.name);
+        self.bin = bindir.to_path_buf();
+    }
+
+    /// The system's PostgreSQL again, the one pg_config names (with the current synclink).
+    pub fn use_system_bindir(&mut self) {
+        self.use_bindir(&pg_bindir());
+    }
+
+    /// Lines appended to postgresql.conf, for the next start.
+    pub fn append_conf(&self, lines: &[&str]) {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        append(&self.data().join("postgresql.conf"), &text);
+    }
+}
+
+/// The bin directory of the private PostgreSQL installation running the released synclink
+/// `version`, which `scripts/released.sh <version>` lays out under the target directory
+/// (`make e2e` runs it first).
+pub fn released_bindir(version: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("target"),
+    };
+    let note = target.join("released").join(version).join("bindir");
+    match std::fs::read_to_string(&note) {
+        Ok(dir) => PathBuf::from(dir.trim()),
+        Err(e) => panic!(
+            "no PostgreSQL with synclink {version} ({}: {e}): run `bash scripts/released.sh {version}` \
+             first (`make e2e` does)",
+            note.display()
+        ),
+    }
+}
