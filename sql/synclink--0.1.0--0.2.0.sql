@@ -250,17 +250,11 @@ CREATE EVENT TRIGGER synclink_check_renamed_schemas ON ddl_command_end
 -- belong to the extension's owner (0.1.0 made them as the peer's role). sync_refresh_link
 -- makes them anew in place, keeping the version rows and every queued change, and records
 -- 0.2.0 as the link's generator.
---
--- MERGE: sync_refresh_link comes with the restructured src/ (the symbol
--- sync_refresh_link_wrapper is not in this branch's library yet). When it lands, remove the
--- "-- " in front of the two statements below; tests/upgrade.rs then checks that this CREATE
--- FUNCTION is the one CREATE EXTENSION makes, that every link's generator is 0.2.0
--- afterwards, and that the refreshed links' objects are those of a link made by 0.2.0.
--- CREATE FUNCTION @extschema@.sync_refresh_link(tbl regclass, peer text DEFAULT NULL)
---     RETURNS integer
---     SET search_path TO pg_catalog, pg_temp
---     LANGUAGE c AS 'MODULE_PATHNAME', 'sync_refresh_link_wrapper';
---
--- SELECT @extschema@.sync_refresh_link(l.relid::pg_catalog.regclass, l.peer_name)
---   FROM synclink.link l
---  ORDER BY l.link_id;
+CREATE FUNCTION @extschema@.sync_refresh_link(tbl regclass, peer text DEFAULT NULL)
+    RETURNS integer
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c AS 'MODULE_PATHNAME', 'sync_refresh_link_wrapper';
+
+SELECT @extschema@.sync_refresh_link(l.relid::pg_catalog.regclass, l.peer_name)
+  FROM synclink.link l
+ ORDER BY l.link_id;

@@ -87,7 +87,8 @@ fn forget_dropped_tables() {
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn guard_drops() {
-    if crate::control::removal::in_progress() {
+    // An upgrade script drops and remakes synclink's own objects as it needs to.
+    if crate::control::removal::in_progress() || crate::pg::ffi::in_extension_script() {
         return;
     }
     let hit = crate::pg::spi::maybe_one::<pgrx::JsonB>(

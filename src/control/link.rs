@@ -157,8 +157,11 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
     let row = Spi::connect(|c| {
         c.select(
             "SELECT l.relid::oid, l.peer_name, l.columns, l.key_columns, l.mode, l.row_type, \
-                    l.capture_function, l.triggers, l.version_table, p.node_name \
-               FROM synclink.link l JOIN synclink.peer p USING (peer_name) WHERE l.link_id = $1",
+                    l.capture_function, l.triggers, l.version_table, p.node_name, \
+                    l.initiator = n.node_name, \
+                    (SELECT f.proowner FROM pg_proc f WHERE f.oid = to_regproc(l.capture_function)) \
+               FROM synclink.link l JOIN synclink.peer p USING (peer_name) CROSS JOIN synclink.node n \
+              WHERE l.link_id = $1",
             None,
             &[link_id.into()],
         )?
@@ -175,6 +178,8 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
                 need::<Vec<String>>(&r, 8, "link triggers")?,
                 need::<String>(&r, 9, "link version_table")?,
                 need::<String>(&r, 10, "link node_name")?,
+                need::<bool>(&r, 11, "link initiator")?,
+                r.get::<pg_sys::Oid>(12)?,
             ))
         })
         .transpose()
@@ -190,6 +195,8 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
         old_triggers,
         version_table,
         peer_node,
+        initiated_here,
+        function_owner,
     )) = row
     else {
         return Ok(());
@@ -221,6 +228,19 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
         version_table: &version_table,
     };
     let triggers = make_code(&spec, &table, &peer_node, relid);
+    // Owned as sync_link_table makes them: on the node that linked the table, by the role that
+    // linked it (kept from the function made before); on the other, by the extension's owner,
+    // as the peer's request makes them there.
+    let owner = match function_owner.filter(|_| initiated_here) {
+        Some(owner) => owner,
+        None => crate::pg::privilege::extension_owner(),
+    };
+    let owner = ident(&crate::pg::privilege::role_name(owner));
+    Spi::run(&format!("ALTER FUNCTION {function}() OWNER TO {owner}"))?;
+    if !initiated_here {
+        Spi::run(&format!("ALTER TABLE {version_table} OWNER TO {owner}"))?;
+        Spi::run(&format!("ALTER TYPE {row_type} OWNER TO {owner}"))?;
+    }
     Spi::run_with_args(
         "UPDATE synclink.link SET triggers = $2, generator = $3 WHERE link_id = $1",
         &[link_id.into(), triggers.into(), GENERATOR.into()],

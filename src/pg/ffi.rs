@@ -11,6 +11,13 @@ pub fn local_xact() -> u32 {
     unsafe { (*pg_sys::MyProc).lxid }
 }
 
+/// Is an extension script (CREATE or ALTER EXTENSION) running in this backend?
+pub fn in_extension_script() -> bool {
+    // SAFETY: creating_extension is a plain bool PostgreSQL sets around an extension script in
+    // this backend and reads nowhere else concurrently.
+    unsafe { pg_sys::creating_extension }
+}
+
 /// This backend's slot number in the proc array (for per-backend shared memory).
 pub fn proc_number() -> usize {
     // SAFETY: as for local_xact; pgprocno never changes for a backend.
