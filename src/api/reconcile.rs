@@ -36,6 +36,8 @@ fn sync_reconcile(
 /// to check two databases, and after.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
+// pgrx reads the result columns from the return type as written, so it cannot be an alias.
+#[allow(clippy::type_complexity)]
 fn sync_diff(
     tbl: Option<RegClass>,
     peer: default!(Option<&str>, "NULL"),

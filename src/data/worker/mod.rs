@@ -245,7 +245,8 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                         env!("CARGO_PKG_VERSION")
                     );
                 }
-                nap = Duration::from_secs(5);
+                // The DBA runs the update right after the restart: delivery resumes soon after.
+                nap = Duration::from_secs(1);
                 continue;
             }
             None => {
