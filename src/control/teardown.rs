@@ -5,7 +5,8 @@
 //! first — and asks each peer to drop its half of every link, so the peer stops sending.
 
 use crate::control::link;
-use crate::pg::spi;
+use crate::pg::error::{OrRaise, Result};
+use crate::pg::spi::{self, Missing};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -27,16 +28,18 @@ unsafe fn drops_synclink(parsetree: *mut pg_sys::Node) -> bool {
     })
 }
 
-fn remove_everything() {
+fn remove_everything() -> Result<()> {
     for seq in spi::column::<pg_sys::Oid>("SELECT seq FROM synclink.shared_sequence", &[]) {
-        crate::control::sequence::unshare_by_seq(seq, true);
+        crate::control::sequence::unshare_by_seq(seq, true)?;
     }
     for id in spi::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]) {
-        link::unlink_by_id(id, true, true);
+        link::unlink_by_id(id, true, true)?;
     }
     for p in spi::column::<String>("SELECT peer_name FROM synclink.peer", &[]) {
-        crate::control::peer::drop_objects(&crate::catalog::peer::find(&p).unwrap());
+        let peer = crate::catalog::peer::find(&p).ok_or(Missing("peer"))?;
+        crate::control::peer::drop_objects(&peer)?;
     }
+    Ok(())
 }
 
 #[unsafe(no_mangle)]
@@ -57,8 +60,10 @@ pub unsafe extern "C-unwind" fn synclink_before_drop(
     }
     let data = context as *mut pg_sys::EventTriggerData;
     if drops_synclink((*data).parsetree) {
-        // The event trigger function is C: nothing pins the search path for it.
-        crate::pg::privilege::pinned(remove_everything);
+        // The event trigger function is C: nothing pins the search path for it. An error is
+        // raised, as the ERROR that aborts the DROP EXTENSION: PostgreSQL calls this C
+        // function directly and there is no caller a Result could go back to.
+        crate::pg::privilege::pinned(remove_everything).or_raise();
     }
     pg_sys::Datum::from(0)
 }
