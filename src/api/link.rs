@@ -32,7 +32,7 @@ fn sync_link_table(
         names(exclude, F, "exclude")?.unwrap_or_default(),
         required(copy, F, "copy")?,
         (required(conflict, F, "conflict")?, version_column),
-    ))
+    )?)
 }
 
 /// Stop mirroring a table with a peer, on both nodes. The table and its rows stay as they are.
@@ -48,7 +48,7 @@ fn sync_unlink_table(
         relation(tbl, F, "tbl")?,
         peer,
         required(discard_queued, F, "discard_queued")?,
-    ))
+    )?)
 }
 
 /// Make a linked table's capture function, triggers and version-table rules anew with the

@@ -9,11 +9,11 @@ use pgrx::prelude::*;
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_add_peer(name: Option<&str>, conninfo: Option<&str>) -> Result<String, ErrorReport> {
-    let hide = HideStatementFromLog::new();
+    let hide = HideStatementFromLog::new()?;
     let name = required(name, "sync_add_peer", "name")?;
     let conninfo = required(conninfo, "sync_add_peer", "conninfo")?;
     let node = crate::control::peer::add(name, conninfo)?;
-    hide.restore();
+    hide.restore()?;
     Ok(node)
 }
 

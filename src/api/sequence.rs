@@ -18,7 +18,7 @@ fn sync_share_sequence(
         relation(seq, F, "seq")?,
         peer,
         required(strategy, F, "strategy")?,
-    ))
+    )?)
 }
 
 /// Undo sync_share_sequence on both nodes: the column defaults and sequence settings as they

@@ -6,8 +6,15 @@
 //! write, and the peer would parse rows of another shape. A column that is added is allowed
 //! with a WARNING, because it is not mirrored until the table is linked again.
 
+// The #[pg_extern] functions here return pgrx's ErrorReport, the one error type whose SQLSTATE,
+// detail and hint pgrx keeps; it is made once, as the function returns, and pgrx's generated
+// wrapper (where this lint fires) cannot be annotated.
+#![allow(clippy::result_large_err)]
+
 use crate::control::link;
-use crate::pg::error::{raise, warning, SqlError};
+use crate::pg::error::{warning, Result, SqlError};
+use crate::pg::spi::need;
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 #[derive(thiserror::Error, Debug)]
@@ -66,7 +73,11 @@ crate::pg::error::reported_as_sql_error!(DdlError);
 /// sql_drop: unlink every link whose table was just dropped.
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
-fn forget_dropped_tables() {
+fn forget_dropped_tables() -> Result<(), ErrorReport> {
+    Ok(unlink_dropped_tables()?)
+}
+
+fn unlink_dropped_tables() -> Result<()> {
     let ids = crate::pg::spi::column::<i32>(
         "SELECT l.link_id FROM synclink.link l \
          JOIN pg_event_trigger_dropped_objects() d \
@@ -75,8 +86,9 @@ fn forget_dropped_tables() {
         &[],
     );
     for id in ids {
-        link::unlink_by_id(id, true, true);
+        link::unlink_by_id(id, true, true)?;
     }
+    Ok(())
 }
 
 /// sql_drop, for every kind of object synclink makes: a drop that takes one of synclink's
@@ -86,10 +98,10 @@ fn forget_dropped_tables() {
 /// are fine: the link goes with the table (forget_dropped_tables runs first).
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
-fn guard_drops() {
+fn guard_drops() -> Result<(), ErrorReport> {
     // An upgrade script drops and remakes synclink's own objects as it needs to.
     if crate::control::removal::in_progress() || crate::pg::ffi::in_extension_script() {
-        return;
+        return Ok(());
     }
     let hit = crate::pg::spi::maybe_one::<pgrx::JsonB>(
         "SELECT jsonb_build_object('object', d.object_type || ' ' || d.object_identity, 'what', w.what) \
@@ -119,47 +131,58 @@ fn guard_drops() {
                 .unwrap_or_default()
                 .to_string()
         };
-        raise(DdlError::InUse {
+        return Err(DdlError::InUse {
             object: field("object"),
             what: field("what"),
-        });
+        }
+        .into());
     }
+    Ok(())
 }
 
 /// ddl_command_end for ALTER SCHEMA: a linked table's schema keeps its name, which the peer
 /// addresses the table's changes by.
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
-fn check_renamed_schemas() {
-    let renamed = Spi::connect(|c| {
-        c.select(
+fn check_renamed_schemas() -> Result<(), ErrorReport> {
+    Ok(refuse_renamed_schemas()?)
+}
+
+fn refuse_renamed_schemas() -> Result<()> {
+    let renamed = Spi::connect(|c| -> Result<_> {
+        let mut rows = c.select(
             "SELECT n.nspname::text, cl.relname::text, l.peer_name, l.peer_schema, l.peer_table \
                FROM synclink.link l JOIN pg_class cl ON cl.oid = l.relid \
                JOIN pg_namespace n ON n.oid = cl.relnamespace \
               WHERE n.nspname <> l.peer_schema LIMIT 1",
             None,
             &[],
-        )
-        .unwrap()
-        .next()
-        .map(|r| {
-            let text = |i| r.get::<String>(i).unwrap().unwrap_or_default();
-            (text(1), text(2), text(3), text(4), text(5))
-        })
-    });
+        )?;
+        let Some(r) = rows.next() else {
+            return Ok(None);
+        };
+        let text = |i| -> Result<String> { Ok(r.get::<String>(i)?.unwrap_or_default()) };
+        Ok(Some((text(1)?, text(2)?, text(3)?, text(4)?, text(5)?)))
+    })?;
     if let Some((schema, table, peer, peer_schema, peer_table)) = renamed {
-        raise(DdlError::Renamed {
+        return Err(DdlError::Renamed {
             table: crate::pg::sql::qualified(&schema, &table),
             peer,
             linked_as: crate::pg::sql::qualified(&peer_schema, &peer_table),
-        });
+        }
+        .into());
     }
+    Ok(())
 }
 
 /// ddl_command_end for ALTER TABLE: compare each linked table with its link's columns.
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
-fn check_altered_tables() {
+fn check_altered_tables() -> Result<(), ErrorReport> {
+    Ok(compare_altered_tables()?)
+}
+
+fn compare_altered_tables() -> Result<()> {
     type Row = (
         pg_sys::Oid,
         String,
@@ -177,21 +200,20 @@ fn check_altered_tables() {
                ON d.classid = 'pg_class'::regclass AND d.objid = l.relid::oid",
             None,
             &[],
-        )
-        .unwrap()
-        .map(|r| {
-            (
-                r.get(1).unwrap().unwrap(),
-                r.get(2).unwrap().unwrap(),
-                r.get(3).unwrap().unwrap(),
-                r.get(4).unwrap().unwrap(),
-                r.get(5).unwrap().unwrap(),
-                r.get(6).unwrap().unwrap(),
-                r.get(7).unwrap().unwrap(),
-            )
+        )?
+        .map(|r| -> Result<Row> {
+            Ok((
+                need(&r, 1, "link relid")?,
+                need(&r, 2, "link peer_name")?,
+                need(&r, 3, "link columns")?,
+                need(&r, 4, "link row_type")?,
+                need(&r, 5, "link peer_schema")?,
+                need(&r, 6, "link peer_table")?,
+                need(&r, 7, "link excluded")?,
+            ))
         })
-        .collect()
-    });
+        .collect::<Result<Vec<Row>>>()
+    })?;
     for (relid, peer, columns, row_type, peer_schema, peer_table, excluded) in links {
         // Disabling a capture trigger is a DBA's right (a load that should stay here, say),
         // but it is said out loud, and sync_status keeps saying it.
@@ -216,11 +238,12 @@ fn check_altered_tables() {
         if (info.schema.as_str(), info.name.as_str()) != (peer_schema.as_str(), peer_table.as_str())
         {
             let linked_as = crate::pg::sql::qualified(&peer_schema, &peer_table);
-            raise(DdlError::Renamed {
+            return Err(DdlError::Renamed {
                 table: info.display(),
                 peer,
                 linked_as,
-            });
+            }
+            .into());
         }
         // A replicated column must still exist, not generated, with the type the row type has.
         let expected: Vec<(String, String)> = Spi::connect(|c| {
@@ -230,11 +253,15 @@ fn check_altered_tables() {
                    AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                 None,
                 &[row_type.as_str().into()],
-            )
-            .unwrap()
-            .map(|r| (r.get(1).unwrap().unwrap(), r.get(2).unwrap().unwrap()))
-            .collect()
-        });
+            )?
+            .map(|r| -> Result<(String, String)> {
+                Ok((
+                    need(&r, 1, "row type column name")?,
+                    need(&r, 2, "row type column type")?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
+        })?;
         let missing: Vec<String> = expected
             .iter()
             .filter(|(name, ty)| {
@@ -246,11 +273,12 @@ fn check_altered_tables() {
             .map(|(name, _)| format!("\"{name}\""))
             .collect();
         if !missing.is_empty() {
-            raise(DdlError::ColumnsChanged {
+            return Err(DdlError::ColumnsChanged {
                 table: info.display(),
                 peer,
                 missing,
-            });
+            }
+            .into());
         }
         let added: Vec<String> = info
             .wire_columns(&excluded)
@@ -269,4 +297,5 @@ fn check_altered_tables() {
             );
         }
     }
+    Ok(())
 }

@@ -8,66 +8,75 @@ use crate::catalog::link::{
 use crate::catalog::peer::{self, Peer, PeerError};
 use crate::catalog::policy::Policy;
 use crate::data::capture::statement::{self as capture, CaptureSpec};
-use crate::pg::error::{notice, raise, OrRaise};
-use crate::pg::spi::need;
+use crate::pg::error::{notice, Result};
+use crate::pg::spi::{need, Missing};
 use crate::pg::sql::{ident, join, object_name, qualified};
 use crate::rpc::{LinkRequest, UnlinkRequest};
 use pgrx::prelude::*;
 
 /// A name in schema synclink not yet taken by a type or function.
-fn free_name(base: &str, suffix: &str, id: i32) -> String {
-    let taken = |n: &str| {
-        Spi::get_one_with_args::<bool>(
+fn free_name(base: &str, suffix: &str, id: i32) -> Result<String> {
+    let taken = |n: &str| -> Result<bool> {
+        Ok(Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_type WHERE typname = $1 AND typnamespace = 'synclink'::regnamespace) \
                  OR EXISTS (SELECT 1 FROM pg_proc WHERE proname = $1 AND pronamespace = 'synclink'::regnamespace)",
             &[n.into()],
-        )
-        .unwrap()
-        .unwrap_or(false)
+        )?
+        .unwrap_or(false))
     };
     let name = object_name(base, suffix, id);
-    if !taken(&name) {
-        return name;
+    if !taken(&name)? {
+        return Ok(name);
     }
-    object_name(&format!("{base}_{id}"), suffix, id)
+    Ok(object_name(&format!("{base}_{id}"), suffix, id))
 }
 
 /// Make this node's half of a link and record it. Both sides use the same wire column order.
 /// `req` describes the link as the initiating node sent it; `peer_table` is the peer's
 /// (schema, table) as seen from this node.
-fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&str, &str)) -> i32 {
+fn create_local(
+    info: &TableInfo,
+    peer: &Peer,
+    req: &LinkRequest,
+    peer_table: (&str, &str),
+) -> Result<i32> {
     let (wire, key) = (&req.columns, &req.key[..]);
     let (initiator, mode) = (req.initiator.as_str(), req.mode.as_str());
     let (peer_schema, peer_table) = peer_table;
-    let id = Spi::get_one::<i32>("SELECT nextval('synclink.link_link_id_seq')::int")
-        .unwrap()
-        .unwrap();
+    let id = Spi::get_one::<i32>("SELECT nextval('synclink.link_link_id_seq')::int")?
+        .ok_or(Missing("next link id"))?;
     let base = format!("{}_{}", info.name, peer.name);
-    let row_type = qualified("synclink", &free_name(&base, "row", id));
-    let function = qualified("synclink", &free_name(&base, "capture", id));
-    let version_table = qualified("synclink", &free_name(&base, "version", id));
-    // Our own column types, in the agreed order: the peer's text form is parsed into these.
-    let attrs = join(wire, ", ", |w| {
-        let local = info
-            .columns
-            .iter()
-            .find(|c| c.wire.name == w.name)
-            .expect("validated column");
-        format!("{} {}", ident(&w.name), local.wire.type_name)
-    });
-    Spi::run(&format!("CREATE TYPE {row_type} AS ({attrs})")).unwrap();
-    let type_of = |name: &String| {
-        let c = info.columns.iter().find(|c| &c.wire.name == name);
-        c.expect("validated key").wire.type_name.clone()
+    let row_type = qualified("synclink", &free_name(&base, "row", id)?);
+    let function = qualified("synclink", &free_name(&base, "capture", id)?);
+    let version_table = qualified("synclink", &free_name(&base, "version", id)?);
+    // Our own type of a column the link sends (validated by the caller to exist here).
+    let type_of = |name: &String| -> Result<String, LinkError> {
+        match info.columns.iter().find(|c| &c.wire.name == name) {
+            Some(c) => Ok(c.wire.type_name.clone()),
+            None => Err(LinkError::NoSuchColumn {
+                column: name.clone(),
+                table: info.display(),
+            }),
+        }
     };
+    // Our own column types, in the agreed order: the peer's text form is parsed into these.
+    let attrs = wire
+        .iter()
+        .map(|w| Ok(format!("{} {}", ident(&w.name), type_of(&w.name)?)))
+        .collect::<Result<Vec<_>, LinkError>>()?
+        .join(", ");
+    Spi::run(&format!("CREATE TYPE {row_type} AS ({attrs})"))?;
+    let keys = key
+        .iter()
+        .map(|k| Ok(format!("{} {}", ident(k), type_of(k)?)))
+        .collect::<Result<Vec<_>, LinkError>>()?
+        .join(", ");
     Spi::run(&format!(
         "CREATE TABLE {version_table} ({keys}, \"synclink$at\" bigint NOT NULL, \
          \"synclink$node\" text NOT NULL, \"synclink$base_at\" bigint, \"synclink$base_node\" text, \
          PRIMARY KEY ({key_list}))",
-        keys = join(key, ", ", |k| format!("{} {}", ident(k), type_of(k))),
         key_list = join(key, ", ", |k| ident(k)),
-    ))
-    .unwrap();
+    ))?;
     Spi::run(&format!(
         "COMMENT ON TABLE {version_table} IS {}",
         crate::pg::sql::literal(&format!(
@@ -75,8 +84,7 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
              and, after a change made here, the version it replaced",
             info.display()
         ))
-    ))
-    .unwrap();
+    ))?;
     let columns: Vec<String> = wire.iter().map(|w| w.name.clone()).collect();
     let table = info.display();
     let spec = CaptureSpec {
@@ -92,7 +100,7 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
         node: &crate::catalog::node::local_name(),
         version_table: &version_table,
     };
-    let triggers = make_code(&spec, &table, &peer.node_name, info.oid);
+    let triggers = make_code(&spec, &table, &peer.node_name, info.oid)?;
     Spi::run_with_args(
         "INSERT INTO synclink.link (link_id, relid, peer_name, peer_schema, peer_table, columns, \
              key_columns, initiator, row_type, capture_function, triggers, mode, excluded, \
@@ -118,9 +126,8 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
             req.version_column.clone().into(),
             GENERATOR.into(),
         ],
-    )
-    .unwrap();
-    id
+    )?;
+    Ok(id)
 }
 
 /// The version of the code that generates a link's objects, recorded with each link so that
@@ -131,29 +138,33 @@ pub const GENERATOR: &str = env!("CARGO_PKG_VERSION");
 /// triggers (returned by name). Changes from the peer are applied as the table's owner, in
 /// one statement that also writes the versions: the owner may use the versions of this table,
 /// and nobody else.
-fn make_code(spec: &CaptureSpec, table: &str, peer_node: &str, relid: pg_sys::Oid) -> Vec<String> {
+fn make_code(
+    spec: &CaptureSpec,
+    table: &str,
+    peer_node: &str,
+    relid: pg_sys::Oid,
+) -> Result<Vec<String>> {
     for stmt in version_table_access(spec.version_table, relid) {
-        Spi::run(&stmt).unwrap();
+        Spi::run(&stmt)?;
     }
-    Spi::run(&capture::function_sql(spec)).unwrap();
+    Spi::run(&capture::function_sql(spec))?;
     Spi::run(&format!(
         "REVOKE ALL ON FUNCTION {}() FROM PUBLIC",
         spec.function
-    ))
-    .unwrap();
+    ))?;
     let mut triggers = Vec::new();
     for (name, sql) in capture::trigger_sqls(table, spec, peer_node) {
-        Spi::run(&sql).unwrap();
+        Spi::run(&sql)?;
         triggers.push(name);
     }
-    triggers
+    Ok(triggers)
 }
 
 /// Make a link's generated code anew with the code installed now (after an upgrade, or after
 /// someone changed it by hand), in place: the table keeps its rows, the version table its
 /// versions and the outbox its queued changes. The table is locked against writes while its
 /// triggers are replaced, so no statement runs between the old triggers and the new.
-pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
+pub fn refresh(link_id: i32) -> Result<()> {
     let row = Spi::connect(|c| {
         c.select(
             "SELECT l.relid::oid, l.peer_name, l.columns, l.key_columns, l.mode, l.row_type, \
@@ -166,7 +177,7 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
             &[link_id.into()],
         )?
         .next()
-        .map(|r| -> crate::pg::error::Result<_> {
+        .map(|r| -> Result<_> {
             Ok((
                 need::<pg_sys::Oid>(&r, 1, "link relid")?,
                 need::<String>(&r, 2, "link peer_name")?,
@@ -204,7 +215,7 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
     let info = describe(relid);
     let table = info.display();
     Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
-    crate::control::removal::removing(|| -> crate::pg::error::Result<()> {
+    crate::control::removal::removing(|| -> Result<()> {
         for t in &old_triggers {
             Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t)))?;
         }
@@ -227,7 +238,7 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
         node: &crate::catalog::node::local_name(),
         version_table: &version_table,
     };
-    let triggers = make_code(&spec, &table, &peer_node, relid);
+    let triggers = make_code(&spec, &table, &peer_node, relid)?;
     // Owned as sync_link_table makes them: on the node that linked the table, by the role that
     // linked it (kept from the function made before); on the other, by the extension's owner,
     // as the peer's request makes them there.
@@ -249,7 +260,7 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
 }
 
 /// sync_refresh_link: the links of `relid` (with `peer`, or with every peer) made anew.
-pub fn refresh_table(relid: pg_sys::Oid, peer: Option<&str>) -> crate::pg::error::Result<i32> {
+pub fn refresh_table(relid: pg_sys::Oid, peer: Option<&str>) -> Result<i32> {
     let ids = crate::pg::spi::column::<i32>(
         "SELECT link_id FROM synclink.link WHERE relid = $1 AND ($2::text IS NULL OR peer_name = $2) \
           ORDER BY link_id",
@@ -288,11 +299,11 @@ fn version_table_access(version_table: &str, relid: pg_sys::Oid) -> [String; 3] 
 }
 
 /// Remove exactly what create_local made.
-fn drop_local(link: &Link) {
+fn drop_local(link: &Link) -> Result<()> {
     crate::control::removal::removing(|| drop_objects(link))
 }
 
-fn drop_objects(link: &Link) {
+fn drop_objects(link: &Link) -> Result<()> {
     let table = crate::pg::spi::maybe_one::<String>(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
@@ -300,28 +311,26 @@ fn drop_objects(link: &Link) {
     );
     if let Some(table) = table {
         for t in &link.triggers {
-            Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t))).unwrap();
+            Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t)))?;
         }
     }
     Spi::run(&format!(
         "DROP FUNCTION IF EXISTS {}()",
         link.capture_function
-    ))
-    .unwrap();
-    Spi::run(&format!("DROP TYPE IF EXISTS {}", link.row_type)).unwrap();
-    Spi::run(&format!("DROP TABLE IF EXISTS {}", link.version_table)).unwrap();
+    ))?;
+    Spi::run(&format!("DROP TYPE IF EXISTS {}", link.row_type))?;
+    Spi::run(&format!("DROP TABLE IF EXISTS {}", link.version_table))?;
     // Open conflicts cannot be settled without the link: closed, not left open for ever.
     Spi::run_with_args(
         "UPDATE synclink.conflict SET outcome = 'unlinked', resolved_at = clock_timestamp() \
           WHERE link_id = $1 AND outcome = 'open'",
         &[link.id.into()],
-    )
-    .unwrap();
+    )?;
     Spi::run_with_args(
         "DELETE FROM synclink.link WHERE link_id = $1",
         &[link.id.into()],
-    )
-    .unwrap();
+    )?;
+    Ok(())
 }
 
 /// The key rows are matched by: the given columns, which a unique index over NOT NULL
@@ -364,28 +373,28 @@ pub fn link_table(
     exclude: Vec<String>,
     copy: &str,
     conflict: (&str, Option<&str>),
-) -> bool {
-    crate::data::queue::check_mode(mode).or_raise();
-    crate::reconcile::diff::check_copy(copy).or_raise();
-    let peer = peer::resolve(peer_name).or_raise();
+) -> Result<bool> {
+    crate::data::queue::check_mode(mode)?;
+    crate::reconcile::diff::check_copy(copy)?;
+    let peer = peer::resolve(peer_name)?;
     let info = describe(relid);
-    info.check_linkable().or_raise();
-    let key = choose_key(&info, key).or_raise();
-    info.check_key_travels(&key).or_raise();
-    check_columns(&info, &exclude).or_raise();
+    info.check_linkable()?;
+    let key = choose_key(&info, key)?;
+    info.check_key_travels(&key)?;
+    check_columns(&info, &exclude)?;
     if let Some(k) = exclude.iter().find(|c| key.contains(c)) {
-        raise(LinkError::ExcludedKey(k.clone()));
+        return Err(LinkError::ExcludedKey(k.clone()).into());
     }
     let local = crate::catalog::node::local_name();
-    info.check_excluded(&exclude, &local).or_raise();
-    let policy = Policy::parse(conflict.0, conflict.1, &local, &peer.node_name).or_raise();
+    info.check_excluded(&exclude, &local)?;
+    let policy = Policy::parse(conflict.0, conflict.1, &local, &peer.node_name)?;
     let sent: Vec<String> = info
         .wire_columns(&exclude)
         .into_iter()
         .map(|c| c.name)
         .collect();
     if let Some(vc) = conflict.1 {
-        crate::catalog::policy::check_version_column(relid, vc, &sent).or_raise();
+        crate::catalog::policy::check_version_column(relid, vc, &sent)?;
     }
     let (conflict, prefer_node, version_column) = policy.stored();
     if find(relid, &peer.name).is_some() {
@@ -394,7 +403,7 @@ pub fn link_table(
             info.display(),
             peer.name
         ));
-        return false;
+        return Ok(false);
     }
     let body = LinkRequest {
         schema: info.schema.clone(),
@@ -420,19 +429,18 @@ pub fn link_table(
         copy,
     );
     // Links pair tables of the same name, so the peer's table is called as ours.
-    create_local(&info, &peer, &body, (&body.schema, &body.table));
-    crate::rpc::call(&peer, &body).or_raise();
-    true
+    create_local(&info, &peer, &body, (&body.schema, &body.table))?;
+    crate::rpc::call(&peer, &body)?;
+    Ok(true)
 }
 
 /// Changes still queued for one link are never dropped quietly: refused, or with `discard`
 /// removed and reported.
-fn settle_queue(link: &Link, discard: bool) -> Result<(), LinkError> {
+fn settle_queue(link: &Link, discard: bool) -> Result<()> {
     let count = Spi::get_one_with_args::<i64>(
         "SELECT count(*) FROM synclink.outbox WHERE link_id = $1",
         &[link.id.into()],
-    )
-    .unwrap()
+    )?
     .unwrap_or(0);
     if count == 0 {
         return Ok(());
@@ -444,13 +452,13 @@ fn settle_queue(link: &Link, discard: bool) -> Result<(), LinkError> {
             peer: link.peer_name.clone(),
             node: crate::catalog::node::local_name(),
             count,
-        });
+        }
+        .into());
     }
     Spi::run_with_args(
         "DELETE FROM synclink.outbox WHERE link_id = $1",
         &[link.id.into()],
-    )
-    .unwrap();
+    )?;
     crate::pg::error::warning(
         &format!(
             "discarded {count} queued changes to {table} for peer \"{}\"",
@@ -463,17 +471,17 @@ fn settle_queue(link: &Link, discard: bool) -> Result<(), LinkError> {
 
 /// Undo a link on the peer and here. With `tolerate_unreachable`, a peer that cannot be
 /// reached is warned about and only this node's half is removed.
-pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
-    let link = crate::catalog::link::by_id(id).expect("link exists");
-    let peer = peer::find(&link.peer_name).expect("link has its peer");
-    settle_queue(&link, discard).or_raise();
+pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) -> Result<()> {
+    let link = crate::catalog::link::by_id(id).ok_or(Missing("link"))?;
+    let peer = peer::find(&link.peer_name).ok_or(Missing("peer of a link"))?;
+    settle_queue(&link, discard)?;
     let body = UnlinkRequest {
         schema: link.peer_schema.clone(),
         table: link.peer_table.clone(),
         discard_queued: discard,
     };
     for seq in crate::control::sequence::shared_for_table(link.relid, &link.peer_name) {
-        crate::control::sequence::unshare_by_seq(seq, tolerate_unreachable);
+        crate::control::sequence::unshare_by_seq(seq, tolerate_unreachable)?;
     }
     match crate::rpc::call(&peer, &body) {
         Ok(_) => {}
@@ -487,27 +495,28 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
                 "Run SELECT sync_unlink_table(...) on the peer once it is back.",
             )
         }
-        Err(e) => raise(e),
+        Err(e) => return Err(e.into()),
     }
-    drop_local(&link);
+    drop_local(&link)?;
     // Dropping the triggers waited for writers still inside a transaction; a change one of
     // them queued meanwhile is settled now, or the whole unlink (the peer's half too) fails.
-    settle_queue(&link, discard).or_raise();
+    settle_queue(&link, discard)
 }
 
-pub fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> bool {
-    let peer = peer::resolve(peer_name).or_raise();
-    let link = find(relid, &peer.name).unwrap_or_else(|| {
-        raise(LinkError::NotLinked {
+pub fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> Result<bool> {
+    let peer = peer::resolve(peer_name)?;
+    let Some(link) = find(relid, &peer.name) else {
+        return Err(LinkError::NotLinked {
             table: describe(relid).display(),
             peer: peer.name.clone(),
-        })
-    });
-    unlink_by_id(link.id, false, discard);
-    true
+        }
+        .into());
+    };
+    unlink_by_id(link.id, false, discard)?;
+    Ok(true)
 }
 
-pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
+pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<()> {
     let node = crate::catalog::node::local_name();
     let display = format!("{}.{}", ident(&req.schema), ident(&req.table));
     let oid = lookup(&req.schema, &req.table).ok_or_else(|| LinkError::MissingTable {
@@ -515,7 +524,7 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
         node: node.clone(),
     })?;
     // Linking sends this table's rows to the peer and applies the peer's changes to it.
-    crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "link").or_raise();
+    crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "link")?;
     let info = describe(oid);
     info.check_linkable()?;
     info.check_key_travels(&req.key)?;
@@ -532,47 +541,45 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
             table: display,
             node,
             differences,
-        });
+        }
+        .into());
     }
     if let Some(vc) = &req.version_column {
         let sent: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
-        if let Err(e) = crate::catalog::policy::check_version_column(oid, vc, &sent) {
-            raise(e);
-        }
+        crate::catalog::policy::check_version_column(oid, vc, &sent)?;
     }
     if !info.unique_keys.iter().any(|k| same_set(k, &req.key)) {
         return Err(LinkError::KeyMismatch {
             table: display,
             node,
             key: req.key.join(", "),
-        });
+        }
+        .into());
     }
     if let Some(existing) = find(oid, &from.name) {
         let (cols, key) = Spi::get_two_with_args::<Vec<String>, Vec<String>>(
             "SELECT columns, key_columns FROM synclink.link WHERE link_id = $1",
             &[existing.id.into()],
-        )
-        .unwrap();
+        )?;
         let wanted: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
         if cols.as_deref() == Some(&wanted[..]) && key.as_deref() == Some(&req.key[..]) {
             return Ok(());
         }
-        return Err(LinkError::LinkedDifferently(display, node));
+        return Err(LinkError::LinkedDifferently(display, node).into());
     }
-    create_local(&info, from, &req, (&req.from_schema, &req.from_table));
+    create_local(&info, from, &req, (&req.from_schema, &req.from_table))?;
     Ok(())
 }
 
-pub fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<(), LinkError> {
+pub fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<()> {
     if let Some(oid) = lookup(&req.schema, &req.table) {
         if let Some(link) = find(oid, &from.name) {
-            crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "unlink")
-                .or_raise();
+            crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "unlink")?;
             for seq in crate::control::sequence::shared_for_table(oid, &from.name) {
-                crate::control::sequence::restore_local_only(seq);
+                crate::control::sequence::restore_local_only(seq)?;
             }
             settle_queue(&link, req.discard_queued)?;
-            drop_local(&link);
+            drop_local(&link)?;
             settle_queue(&link, req.discard_queued)?;
         }
     }

@@ -3,8 +3,8 @@
 //! name before anything is kept.
 
 use crate::catalog::peer::{find, unreachable, valid_name, Peer, PeerError};
-use crate::pg::conninfo::{Conninfo, ConninfoError};
-use crate::pg::error::{notice, raise};
+use crate::pg::conninfo::Conninfo;
+use crate::pg::error::{notice, Result};
 use crate::pg::remote::catching;
 use crate::pg::sql::{ident, literal};
 use pgrx::prelude::*;
@@ -20,30 +20,28 @@ pub struct HideStatementFromLog {
 }
 
 impl HideStatementFromLog {
-    pub fn new() -> Self {
+    pub fn new() -> Result<Self> {
         let allowed = Spi::get_one::<bool>(
             "SELECT has_parameter_privilege('log_min_error_statement', 'SET')",
-        )
-        .unwrap()
+        )?
         .unwrap_or(false);
         if !allowed {
-            return HideStatementFromLog { previous: None };
+            return Ok(HideStatementFromLog { previous: None });
         }
-        let previous =
-            Spi::get_one::<String>("SELECT current_setting('log_min_error_statement')").unwrap();
-        Spi::run("SELECT set_config('log_min_error_statement', 'panic', true)").unwrap();
-        HideStatementFromLog { previous }
+        let previous = Spi::get_one::<String>("SELECT current_setting('log_min_error_statement')")?;
+        Spi::run("SELECT set_config('log_min_error_statement', 'panic', true)")?;
+        Ok(HideStatementFromLog { previous })
     }
 
     /// Called on success only: on error the transaction's abort restores the setting.
-    pub fn restore(self) {
+    pub fn restore(self) -> Result<()> {
         if let Some(p) = self.previous {
             Spi::run_with_args(
                 "SELECT set_config('log_min_error_statement', $1, true)",
                 &[p.as_str().into()],
-            )
-            .unwrap();
+            )?;
         }
+        Ok(())
     }
 }
 
@@ -58,21 +56,20 @@ fn probe(peer: &Peer) -> Result<String, PeerError> {
     }
 }
 
-pub fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
+pub fn add(name: &str, conninfo: &str) -> Result<String> {
     if !valid_name(name) {
-        return Err(PeerError::InvalidName(name.into()));
+        return Err(PeerError::InvalidName(name.into()).into());
     }
-    let parsed = Conninfo::parse(conninfo).unwrap_or_else(|e: ConninfoError| raise(e));
+    let parsed = Conninfo::parse(conninfo)?;
     let shown = parsed.display();
     if let Some(existing) = find(name) {
         let same = Spi::get_one_with_args::<bool>(
             "SELECT conninfo = $2 FROM synclink.peer WHERE peer_name = $1",
             &[name.into(), shown.as_str().into()],
-        )
-        .unwrap()
+        )?
         .unwrap_or(false);
         if !same {
-            return Err(PeerError::Exists(name.into()));
+            return Err(PeerError::Exists(name.into()).into());
         }
         notice(&format!("peer \"{name}\" is already registered, skipping"));
         return Ok(existing.node_name);
@@ -81,11 +78,10 @@ pub fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
     let taken = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_foreign_server WHERE srvname = $1)",
         &[server.as_str().into()],
-    )
-    .unwrap()
+    )?
     .unwrap_or(false);
     if taken {
-        return Err(PeerError::ServerTaken(server));
+        return Err(PeerError::ServerTaken(server).into());
     }
 
     let local = crate::catalog::node::local_name();
@@ -128,51 +124,48 @@ pub fn add(name: &str, conninfo: &str) -> Result<String, PeerError> {
         ddl.push(format!("CREATE USER MAPPING FOR PUBLIC SERVER {srv}"));
     }
     for stmt in &ddl {
-        Spi::run(stmt).unwrap();
+        Spi::run(stmt)?;
     }
     let node = probe(&peer)?;
     if node == local {
         return Err(PeerError::SameNode {
             peer: name.into(),
             node,
-        });
+        }
+        .into());
     }
     Spi::run_with_args(
         "INSERT INTO synclink.peer (peer_name, server_name, node_name, conninfo) VALUES ($1, $2, $3, $4)",
         &[name.into(), server.as_str().into(), node.as_str().into(), shown.as_str().into()],
-    )
-    .unwrap();
+    )?;
     Spi::run_with_args(
         "INSERT INTO synclink.peer_state (peer_name) VALUES ($1)",
         &[name.into()],
-    )
-    .unwrap();
+    )?;
     Ok(node)
 }
 
-pub fn drop_objects(peer: &Peer) {
+pub fn drop_objects(peer: &Peer) -> Result<()> {
     crate::control::removal::removing(|| drop_peer_objects(peer))
 }
 
-fn drop_peer_objects(peer: &Peer) {
+fn drop_peer_objects(peer: &Peer) -> Result<()> {
     Spi::run(&format!(
         "DROP SERVER IF EXISTS {} CASCADE",
         ident(&peer.server)
-    ))
-    .unwrap();
+    ))?;
     Spi::run(&format!(
         "DROP SEQUENCE IF EXISTS {}",
         crate::data::queue::retry_register(&peer.name)
-    ))
-    .unwrap();
+    ))?;
     Spi::run_with_args(
         "DELETE FROM synclink.peer WHERE peer_name = $1",
         &[peer.name.as_str().into()],
-    )
-    .unwrap();
+    )?;
+    Ok(())
 }
 
-pub fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
+pub fn drop(name: &str, cascade: bool) -> Result<bool> {
     let peer = find(name).ok_or_else(|| PeerError::Unknown(name.into()))?;
     let links = crate::pg::spi::column::<i32>(
         "SELECT link_id FROM synclink.link WHERE peer_name = $1 ORDER BY link_id",
@@ -182,18 +175,20 @@ pub fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
         return Err(PeerError::HasLinks {
             peer: name.into(),
             count: links.len() as i64,
-        });
+        }
+        .into());
     }
     let count = crate::data::queue::queued(name);
     if count > 0 {
         return Err(PeerError::HasQueued {
             peer: name.into(),
             count,
-        });
+        }
+        .into());
     }
     for id in links {
-        crate::control::link::unlink_by_id(id, true, false);
+        crate::control::link::unlink_by_id(id, true, false)?;
     }
-    drop_objects(&peer);
+    drop_objects(&peer)?;
     Ok(true)
 }

@@ -11,11 +11,19 @@
 //! mark and moving past it. Undo puts back the column default and INCREMENT BY and again moves
 //! both sequences past every id either side has handed out.
 
+// The #[pg_extern] functions here return pgrx's ErrorReport, the one error type whose SQLSTATE,
+// detail and hint pgrx keeps; it is made once, as the function returns, and pgrx's generated
+// wrapper (where this lint fires) cannot be annotated.
+#![allow(clippy::result_large_err)]
+
 use crate::catalog::peer::{self, Peer};
-use crate::pg::error::{notice, raise, OrRaise, SqlError};
+use crate::pg::error::{notice, Result, SqlError};
+use crate::pg::spi::{need, Missing};
 use crate::pg::sql::{ident, literal, qualified};
 use crate::rpc::{ShareReply, ShareRequest, UnshareRequest};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::spi::SpiError;
 
 #[derive(thiserror::Error, Debug)]
 pub enum SequenceError {
@@ -135,28 +143,27 @@ const SEQ_COLUMN_SQL: &str =
       WHERE dep.refclassid = 'pg_class'::regclass";
 
 /// A row of SEQ_COLUMN_SQL's (or shared_columns') columns, in that order.
-fn seq_column(r: &pgrx::spi::SpiHeapTupleData) -> SeqColumn {
-    SeqColumn {
-        seq: r.get(1).unwrap().unwrap(),
-        seq_name: r.get(2).unwrap().unwrap(),
-        relid: r.get(3).unwrap().unwrap(),
-        schema: r.get(4).unwrap().unwrap(),
-        table: r.get(5).unwrap().unwrap(),
-        column: r.get(6).unwrap().unwrap(),
-        default_expr: r.get(7).unwrap().unwrap(),
-        increment: r.get(8).unwrap().unwrap(),
-        shown: r.get(9).unwrap().unwrap(),
-    }
+fn seq_column(r: &pgrx::spi::SpiHeapTupleData) -> Result<SeqColumn> {
+    Ok(SeqColumn {
+        seq: need(r, 1, "sequence oid")?,
+        seq_name: need(r, 2, "sequence name")?,
+        relid: need(r, 3, "sequence's table oid")?,
+        schema: need(r, 4, "sequence's table schema")?,
+        table: need(r, 5, "sequence's table name")?,
+        column: need(r, 6, "sequence's column name")?,
+        default_expr: need(r, 7, "sequence's column default")?,
+        increment: need(r, 8, "sequence increment")?,
+        shown: need(r, 9, "sequence's column display name")?,
+    })
 }
 
-fn seq_columns(filter: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<SeqColumn> {
+fn seq_columns(filter: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<SeqColumn>> {
     Spi::connect(|c| {
         c.select(
             &format!("{SEQ_COLUMN_SQL} AND {filter} ORDER BY c.oid, a.attnum"),
             None,
             args,
-        )
-        .unwrap()
+        )?
         .map(|r| seq_column(&r))
         .collect()
     })
@@ -164,28 +171,28 @@ fn seq_columns(filter: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<SeqColum
 
 /// Take the sequence's lock: ALTER SEQUENCE holds SHARE ROW EXCLUSIVE to the end of the
 /// transaction, and nextval waits for it. LOCK TABLE does not take sequences.
-fn lock(seq: &str, increment: i64) {
-    Spi::run(&format!("ALTER SEQUENCE {seq} INCREMENT BY {increment}")).unwrap();
+fn lock(seq: &str, increment: i64) -> Result<()> {
+    Spi::run(&format!("ALTER SEQUENCE {seq} INCREMENT BY {increment}"))?;
+    Ok(())
 }
 
 /// The highest value handed out for the column here: its largest id or the sequence's last
 /// value, whichever is higher (0 when neither exists).
-fn high_mark(col: &SeqColumn) -> i64 {
-    Spi::get_one::<i64>(&format!(
+fn high_mark(col: &SeqColumn) -> Result<i64> {
+    Ok(Spi::get_one::<i64>(&format!(
         "SELECT greatest((SELECT max({c})::bigint FROM {t}), \
                          (SELECT CASE WHEN is_called THEN last_value END FROM {s}), 0)",
         c = ident(&col.column),
         t = col.table_display(),
         s = col.seq_name,
-    ))
-    .unwrap()
-    .unwrap_or(0)
+    ))?
+    .unwrap_or(0))
 }
 
 /// Make the next value of the sequence the first one above `high` that is ≡ `offset` modulo
 /// `increment`. Never moves a sequence backwards past what it handed out.
-fn restart_above(col: &SeqColumn, high: i64, increment: i64, offset: i64) {
-    let high = high.max(high_mark(col));
+fn restart_above(col: &SeqColumn, high: i64, increment: i64, offset: i64) -> Result<()> {
+    let high = high.max(high_mark(col)?);
     let mut next = high + 1;
     if increment > 1 {
         next += (offset - next).rem_euclid(increment);
@@ -193,20 +200,26 @@ fn restart_above(col: &SeqColumn, high: i64, increment: i64, offset: i64) {
     Spi::run(&format!(
         "ALTER SEQUENCE {} INCREMENT BY {increment} RESTART WITH {next}",
         col.seq_name
-    ))
-    .unwrap();
+    ))?;
+    Ok(())
 }
 
 fn view_name(col: &SeqColumn) -> String {
-    format!(
-        "{}_{}_nextval",
-        col.schema,
-        col.seq_name.rsplit('.').next().unwrap().trim_matches('"')
-    )
+    let own = col
+        .seq_name
+        .rsplit_once('.')
+        .map_or(col.seq_name.as_str(), |(_, name)| name);
+    format!("{}_{}_nextval", col.schema, own.trim_matches('"'))
 }
 
 /// Record a share, with what undo needs.
-fn remember(col: &SeqColumn, peer: &str, strategy: &str, role: &str, objects: &[String]) {
+fn remember(
+    col: &SeqColumn,
+    peer: &str,
+    strategy: &str,
+    role: &str,
+    objects: &[String],
+) -> Result<()> {
     Spi::run_with_args(
         "INSERT INTO synclink.shared_sequence \
            (seq, peer_name, strategy, role, relid, column_name, original_default, original_increment, objects) \
@@ -222,8 +235,8 @@ fn remember(col: &SeqColumn, peer: &str, strategy: &str, role: &str, objects: &[
             col.increment.into(),
             objects.to_vec().into(),
         ],
-    )
-    .unwrap();
+    )?;
+    Ok(())
 }
 
 struct Share {
@@ -234,33 +247,33 @@ struct Share {
     objects: Vec<String>,
 }
 
-fn recorded(seq: pg_sys::Oid) -> Option<(String, Share)> {
+fn recorded(seq: pg_sys::Oid) -> Result<Option<(String, Share)>> {
     Spi::connect(|c| {
         c.select(
             "SELECT peer_name, strategy, role, original_default, original_increment, objects \
                FROM synclink.shared_sequence WHERE seq = $1",
             None,
             &[seq.into()],
-        )
-        .unwrap()
+        )?
         .next()
-        .map(|r| {
-            (
-                r.get::<String>(1).unwrap().unwrap(),
+        .map(|r| -> Result<_> {
+            Ok((
+                need::<String>(&r, 1, "shared_sequence peer_name")?,
                 Share {
-                    strategy: r.get(2).unwrap().unwrap(),
-                    role: r.get(3).unwrap().unwrap(),
-                    original_default: r.get(4).unwrap().unwrap(),
-                    original_increment: r.get(5).unwrap().unwrap(),
-                    objects: r.get(6).unwrap().unwrap(),
+                    strategy: need(&r, 2, "shared_sequence strategy")?,
+                    role: need(&r, 3, "shared_sequence role")?,
+                    original_default: need(&r, 4, "shared_sequence original_default")?,
+                    original_increment: need(&r, 5, "shared_sequence original_increment")?,
+                    objects: need(&r, 6, "shared_sequence objects")?,
                 },
-            )
+            ))
         })
+        .transpose()
     })
 }
 
 /// The linked column on this node that draws from `seq`.
-fn local_column(seq: pg_sys::Oid, peer: &Peer) -> Result<SeqColumn, SequenceError> {
+fn local_column(seq: pg_sys::Oid, peer: &Peer) -> Result<SeqColumn> {
     let name = crate::pg::spi::maybe_one::<String>(
         "SELECT oid::regclass::text FROM pg_class WHERE oid = $1 AND relkind = 'S'",
         &[seq.into()],
@@ -268,7 +281,7 @@ fn local_column(seq: pg_sys::Oid, peer: &Peer) -> Result<SeqColumn, SequenceErro
     let Some(name) = name else {
         let shown = crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
             .unwrap_or_default();
-        return Err(SequenceError::NotASequence(shown));
+        return Err(SequenceError::NotASequence(shown).into());
     };
     if let Some(column) = crate::pg::spi::maybe_one::<String>(
         "SELECT format('%s.%I', d.refobjid::regclass, a.attname) FROM pg_depend d \
@@ -276,27 +289,22 @@ fn local_column(seq: pg_sys::Oid, peer: &Peer) -> Result<SeqColumn, SequenceErro
           WHERE d.classid = 'pg_class'::regclass AND d.objid = $1 AND d.deptype = 'i'",
         &[seq.into()],
     ) {
-        return Err(SequenceError::Identity { seq: name, column });
+        return Err(SequenceError::Identity { seq: name, column }.into());
     }
-    seq_columns(
+    Ok(seq_columns(
         "s.oid = $1 AND EXISTS (SELECT 1 FROM synclink.link l WHERE l.relid = c.oid AND l.peer_name = $2)",
         &[seq.into(), peer.name.as_str().into()],
-    )
+    )?
     .into_iter()
     .next()
     .ok_or(SequenceError::NotUsed {
         seq: name,
         peer: peer.name.clone(),
-    })
+    })?)
 }
 
 /// The column on this node a peer's request is about, checked to be linked with that peer.
-fn requested_column(
-    from: &Peer,
-    schema: &str,
-    table: &str,
-    column: &str,
-) -> Result<SeqColumn, SequenceError> {
+fn requested_column(from: &Peer, schema: &str, table: &str, column: &str) -> Result<SeqColumn> {
     let node = crate::catalog::node::local_name();
     let display = qualified(schema, table);
     let linked = crate::pg::spi::maybe_one::<bool>(
@@ -308,64 +316,64 @@ fn requested_column(
             table: display,
             node,
             from: from.node_name.clone(),
-        });
+        }
+        .into());
     }
-    seq_columns(
+    Ok(seq_columns(
         "c.oid = to_regclass($1) AND a.attname = $2",
         &[display.as_str().into(), column.into()],
-    )
+    )?
     .into_iter()
     .next()
     .ok_or(SequenceError::NoPeerSequence {
         column: ident(column),
         table: display,
         node,
-    })
+    })?)
 }
 
-pub fn share(seq: pg_sys::Oid, peer_name: Option<&str>, strategy: &str) -> bool {
-    check_strategy(strategy).or_raise();
-    let peer = peer::resolve(peer_name).or_raise();
-    let col = local_column(seq, &peer).or_raise();
-    if let Some((with, s)) = recorded(col.seq) {
+pub fn share(seq: pg_sys::Oid, peer_name: Option<&str>, strategy: &str) -> Result<bool> {
+    check_strategy(strategy)?;
+    let peer = peer::resolve(peer_name)?;
+    let col = local_column(seq, &peer)?;
+    if let Some((with, s)) = recorded(col.seq)? {
         if with == peer.name && s.strategy == strategy {
             notice(&format!(
                 "sequence {} is already shared with peer \"{}\", skipping",
                 col.seq_name, peer.name
             ));
-            return false;
+            return Ok(false);
         }
-        raise(SequenceError::AlreadyShared {
+        return Err(SequenceError::AlreadyShared {
             seq: col.seq_name,
             peer: with,
             strategy: s.strategy,
-        });
+        }
+        .into());
     }
     let (increment, view) = if strategy == "interleave" {
         (2, None)
     } else {
         (col.increment, Some(view_name(&col)))
     };
-    lock(&col.seq_name, increment);
+    lock(&col.seq_name, increment)?;
     let mut objects = Vec::new();
     if let Some(view) = &view {
         let qualified_view = qualified("synclink", view);
         Spi::run(&format!(
             "CREATE VIEW {qualified_view} AS SELECT nextval({}::regclass) AS id",
             literal(&col.seq_name)
-        ))
-        .unwrap();
+        ))?;
         Spi::run(&format!(
             "COMMENT ON VIEW {qualified_view} IS {}",
             literal(&format!(
                 "Hands out ids of {} to peer \"{}\" (sync_share_sequence).",
                 col.shown, peer.name
             ))
-        ))
-        .unwrap();
+        ))?;
         objects.push(format!("VIEW {qualified_view}"));
     }
-    let own_high = high_mark(&col);
+    let own_high = high_mark(&col)?;
     let req = ShareRequest {
         schema: col.schema.clone(),
         table: col.table.clone(),
@@ -374,10 +382,10 @@ pub fn share(seq: pg_sys::Oid, peer_name: Option<&str>, strategy: &str) -> bool 
         view,
         high: own_high,
     };
-    let reply: ShareReply = crate::rpc::call_for(&peer, &req).or_raise();
-    restart_above(&col, own_high.max(reply.high), increment, 1);
-    remember(&col, &peer.name, strategy, "owner", &objects);
-    true
+    let reply: ShareReply = crate::rpc::call_for(&peer, &req)?;
+    restart_above(&col, own_high.max(reply.high), increment, 1)?;
+    remember(&col, &peer.name, strategy, "owner", &objects)?;
+    Ok(true)
 }
 
 fn nextval_function_sql(function: &str, foreign: &str, col: &SeqColumn, owner: &Peer) -> String {
@@ -405,48 +413,50 @@ thread_local! {
 }
 
 /// Draw the next id from the owner's sequence through `foreign`. A failure becomes one clear
-/// error: it is re-raised at once, so no subtransaction (and no remote savepoint) is needed.
+/// error, returned at once: nothing runs SQL between the caught failure and this function's
+/// ERROR, so no subtransaction (and no remote savepoint) is needed.
 #[pg_extern(schema = "synclink", volatile)]
-fn shared_nextval(foreign: pg_sys::Oid, peer: &str, column: &str) -> i64 {
+fn shared_nextval(foreign: pg_sys::Oid, peer: &str, column: &str) -> Result<i64, ErrorReport> {
+    Ok(draw(foreign, peer, column)?)
+}
+
+fn draw(foreign: pg_sys::Oid, peer: &str, column: &str) -> Result<i64> {
     let stmt = DRAWS.with(|m| m.borrow().get(&foreign.to_u32()).cloned());
-    let stmt = stmt.unwrap_or_else(|| {
-        let name =
-            crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[foreign.into()])
-                .unwrap_or_default();
-        let plan = Spi::connect(|c| {
-            c.prepare(&format!("SELECT id FROM {name}"), &[])
-                .unwrap()
-                .keep()
-        });
-        let plan = std::rc::Rc::new(plan);
-        DRAWS.with(|m| m.borrow_mut().insert(foreign.to_u32(), plan.clone()));
-        plan
-    });
+    let stmt = match stmt {
+        Some(stmt) => stmt,
+        None => {
+            let name =
+                crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[foreign.into()])
+                    .unwrap_or_default();
+            let plan = Spi::connect(|c| {
+                c.prepare(&format!("SELECT id FROM {name}"), &[])
+                    .map(|p| p.keep())
+            })?;
+            let plan = std::rc::Rc::new(plan);
+            DRAWS.with(|m| m.borrow_mut().insert(foreign.to_u32(), plan.clone()));
+            plan
+        }
+    };
     let drawn = crate::pg::remote::catching(|| {
-        Spi::connect(|c| {
-            c.select(&*stmt, None, &[])
-                .unwrap()
-                .first()
-                .get::<i64>(1)
-                .unwrap()
-        })
+        Spi::connect(|c| c.select(&*stmt, None, &[])?.first().get::<i64>(1))
     });
+    let unreachable = |reason: String| SequenceError::Unreachable {
+        column: column.into(),
+        peer: peer.into(),
+        reason,
+    };
     match drawn {
-        Ok(Some(id)) => id,
-        Ok(None) => raise(SequenceError::Unreachable {
-            column: column.into(),
-            peer: peer.into(),
-            reason: "the peer returned no value".into(),
-        }),
-        Err(f) => raise(SequenceError::Unreachable {
-            column: column.into(),
-            peer: peer.into(),
-            reason: f.summary(),
-        }),
+        Ok(Ok(Some(id))) => Ok(id),
+        // The view hands out one row; none, or NULL, is a peer that did not answer with an id.
+        Ok(Ok(None)) | Ok(Err(SpiError::InvalidPosition)) => {
+            Err(unreachable("the peer returned no value".into()).into())
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(f) => Err(unreachable(f.summary()).into()),
     }
 }
 
-pub fn handle_share(from: &Peer, req: ShareRequest) -> Result<ShareReply, SequenceError> {
+pub fn handle_share(from: &Peer, req: ShareRequest) -> Result<ShareReply> {
     check_strategy(&req.strategy)?;
     let col = requested_column(from, &req.schema, &req.table, &req.column)?;
     // A shared sequence sets the column's default here: the peer's role must be one that may
@@ -455,22 +465,22 @@ pub fn handle_share(from: &Peer, req: ShareRequest) -> Result<ShareReply, Sequen
         col.relid,
         crate::catalog::access::READ_WRITE,
         "share a sequence of",
-    )
-    .unwrap_or_else(|e| raise(e));
-    if let Some((with, s)) = recorded(col.seq) {
+    )?;
+    if let Some((with, s)) = recorded(col.seq)? {
         return Err(SequenceError::AlreadyShared {
             seq: col.seq_name,
             peer: with,
             strategy: s.strategy,
-        });
+        }
+        .into());
     }
     let interleave = req.strategy == "interleave";
     let increment = if interleave { 2 } else { col.increment };
-    lock(&col.seq_name, increment);
-    let own_high = high_mark(&col);
+    lock(&col.seq_name, increment)?;
+    let own_high = high_mark(&col)?;
     let mut objects = Vec::new();
     if interleave {
-        restart_above(&col, own_high.max(req.high), 2, 0);
+        restart_above(&col, own_high.max(req.high), 2, 0)?;
     } else {
         let view = req.view.clone().ok_or(SequenceError::BadRequest)?;
         let base = format!("{}_{}", from.name, view);
@@ -481,42 +491,39 @@ pub fn handle_share(from: &Peer, req: ShareRequest) -> Result<ShareReply, Sequen
              OPTIONS (schema_name 'synclink', table_name {})",
             ident(&from.server),
             literal(&view)
-        ))
-        .unwrap();
-        Spi::run(&nextval_function_sql(&function, &foreign, &col, from)).unwrap();
+        ))?;
+        Spi::run(&nextval_function_sql(&function, &foreign, &col, from))?;
         Spi::run(&format!(
             "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {function}()",
             col.table_display(),
             ident(&col.column)
-        ))
-        .unwrap();
+        ))?;
         objects.push(format!("FUNCTION {function}()"));
         objects.push(format!("FOREIGN TABLE {foreign}"));
     }
-    remember(&col, &from.name, &req.strategy, "member", &objects);
+    remember(&col, &from.name, &req.strategy, "member", &objects)?;
     Ok(ShareReply { high: own_high })
 }
 
 /// Undo this node's half: the column's default and the sequence's increment as they were,
 /// the objects made for the share gone, and the sequence past `high` and its own high mark.
-fn restore_local(col: &SeqColumn, share: &Share, high: i64) {
-    lock(&col.seq_name, col.increment);
+fn restore_local(col: &SeqColumn, share: &Share, high: i64) -> Result<()> {
+    lock(&col.seq_name, col.increment)?;
     if share.role == "member" && share.strategy == "shared" {
         Spi::run(&format!(
             "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}",
             col.table_display(),
             ident(&col.column),
             share.original_default
-        ))
-        .unwrap();
+        ))?;
     }
-    restart_above(col, high, share.original_increment, 0);
-    forget_objects(col.seq, share);
+    restart_above(col, high, share.original_increment, 0)?;
+    forget_objects(col.seq, share)
 }
 
 /// The column a recorded share is about. Read from the record, not from the column default:
 /// on a member of a `shared` share the default no longer names the sequence.
-fn shared_columns(filter: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<SeqColumn> {
+fn shared_columns(filter: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<Vec<SeqColumn>> {
     Spi::connect(|c| {
         c.select(
             &format!(
@@ -533,36 +540,34 @@ fn shared_columns(filter: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<SeqCo
             ),
             None,
             args,
-        )
-        .unwrap()
+        )?
         .map(|r| seq_column(&r))
         .collect()
     })
 }
 
-fn seq_column_of(seq: pg_sys::Oid) -> Option<SeqColumn> {
-    shared_columns("r.seq = $1", &[seq.into()])
+fn seq_column_of(seq: pg_sys::Oid) -> Result<Option<SeqColumn>> {
+    Ok(shared_columns("r.seq = $1", &[seq.into()])?
         .into_iter()
-        .next()
+        .next())
 }
 
 /// Undo a share on both nodes. With `tolerate_unreachable`, a peer that cannot be reached
 /// keeps its half (with a WARNING) and only this node's is undone.
-pub fn unshare_by_seq(seq: pg_sys::Oid, tolerate_unreachable: bool) {
-    let Some((peer_name, share)) = recorded(seq) else {
-        return;
+pub fn unshare_by_seq(seq: pg_sys::Oid, tolerate_unreachable: bool) -> Result<()> {
+    let Some((peer_name, share)) = recorded(seq)? else {
+        return Ok(());
     };
-    let Some(col) = seq_column_of(seq) else {
+    let Some(col) = seq_column_of(seq)? else {
         // the table went (DROP TABLE): only the objects made for the share are left here
-        forget_objects(seq, &share);
-        return;
+        return forget_objects(seq, &share);
     };
-    let peer = peer::find(&peer_name).expect("a share has its peer");
+    let peer = peer::find(&peer_name).ok_or(Missing("peer of a shared sequence"))?;
     let req = UnshareRequest {
         schema: col.schema.clone(),
         table: col.table.clone(),
         column: col.column.clone(),
-        high: high_mark(&col),
+        high: high_mark(&col)?,
     };
     let peer_high = match crate::rpc::call(&peer, &req) {
         Ok(v) => serde_json::from_value::<ShareReply>(v).map_or(0, |r| r.high),
@@ -573,12 +578,12 @@ pub fn unshare_by_seq(seq: pg_sys::Oid, tolerate_unreachable: bool) {
             );
             0
         }
-        Err(e) => raise(e),
+        Err(e) => return Err(e.into()),
     };
-    restore_local(&col, &share, peer_high);
+    restore_local(&col, &share, peer_high)
 }
 
-pub fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, SequenceError> {
+pub fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply> {
     let display = qualified(&req.schema, &req.table);
     let col = shared_columns(
         "r.peer_name = $1 AND r.relid = to_regclass($2) AND r.column_name = $3",
@@ -587,7 +592,7 @@ pub fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, Se
             display.as_str().into(),
             req.column.as_str().into(),
         ],
-    )
+    )?
     .into_iter()
     .next();
     let Some(col) = col else {
@@ -598,38 +603,38 @@ pub fn handle_unshare(from: &Peer, req: UnshareRequest) -> Result<ShareReply, Se
         col.relid,
         crate::catalog::access::READ_WRITE,
         "unshare a sequence of",
-    )
-    .unwrap_or_else(|e| raise(e));
-    let (_, share) = recorded(col.seq).expect("listed as shared");
-    let high = high_mark(&col);
-    restore_local(&col, &share, req.high);
+    )?;
+    let (_, share) = recorded(col.seq)?.ok_or(Missing("shared sequence"))?;
+    let high = high_mark(&col)?;
+    restore_local(&col, &share, req.high)?;
     Ok(ShareReply { high })
 }
 
-fn forget_objects(seq: pg_sys::Oid, share: &Share) {
+fn forget_objects(seq: pg_sys::Oid, share: &Share) -> Result<()> {
     crate::control::removal::removing(|| drop_share_objects(seq, share))
 }
 
-fn drop_share_objects(seq: pg_sys::Oid, share: &Share) {
+fn drop_share_objects(seq: pg_sys::Oid, share: &Share) -> Result<()> {
     for object in &share.objects {
         let (kind, name) = object.split_at(object.rfind(' ').unwrap_or(0));
-        Spi::run(&format!("DROP {kind} IF EXISTS{name}")).unwrap();
+        Spi::run(&format!("DROP {kind} IF EXISTS{name}"))?;
     }
     Spi::run_with_args(
         "DELETE FROM synclink.shared_sequence WHERE seq = $1",
         &[seq.into()],
-    )
-    .unwrap();
+    )?;
+    Ok(())
 }
 
 /// Undo this node's half only, for a link the peer is removing.
-pub fn restore_local_only(seq: pg_sys::Oid) {
-    if let Some((_, share)) = recorded(seq) {
-        match seq_column_of(seq) {
-            Some(col) => restore_local(&col, &share, 0),
-            None => forget_objects(seq, &share),
+pub fn restore_local_only(seq: pg_sys::Oid) -> Result<()> {
+    if let Some((_, share)) = recorded(seq)? {
+        match seq_column_of(seq)? {
+            Some(col) => restore_local(&col, &share, 0)?,
+            None => forget_objects(seq, &share)?,
         }
     }
+    Ok(())
 }
 
 /// The sequences of `relid`'s columns shared with `peer`: undone before the link goes.
@@ -641,11 +646,11 @@ pub fn shared_for_table(relid: pg_sys::Oid, peer: &str) -> Vec<pg_sys::Oid> {
 }
 
 /// Undo a shared sequence on both nodes; see sync_unshare_sequence.
-pub fn unshare(seq: pg_sys::Oid, peer: Option<&str>) -> crate::pg::error::Result<bool> {
+pub fn unshare(seq: pg_sys::Oid, peer: Option<&str>) -> Result<bool> {
     let peer = peer::resolve(peer)?;
-    match recorded(seq) {
+    match recorded(seq)? {
         Some((with, _)) if with == peer.name => {
-            unshare_by_seq(seq, false);
+            unshare_by_seq(seq, false)?;
             Ok(true)
         }
         _ => Err(SequenceError::NotShared {
