@@ -36,6 +36,8 @@ fn sync_reconcile(
 /// to check two databases, and after.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
+// pgrx reads the result's column names from the name!() types written out here.
+#[allow(clippy::type_complexity)]
 fn sync_diff(
     tbl: Option<RegClass>,
     peer: default!(Option<&str>, "NULL"),
