@@ -7,7 +7,7 @@
 //! with a WARNING, because it is not mirrored until the table is linked again.
 
 use crate::control::link;
-use crate::pg::error::{raise, warning, SqlError};
+use crate::pg::error::{raise, warning, OrRaise, SqlError};
 use pgrx::prelude::*;
 
 #[derive(thiserror::Error, Debug)]
@@ -73,7 +73,8 @@ fn forget_dropped_tables() {
            ON d.classid = 'pg_class'::regclass AND d.objid = l.relid::oid AND d.objsubid = 0 \
          ORDER BY l.link_id",
         &[],
-    );
+    )
+    .or_raise();
     for id in ids {
         link::unlink_by_id(id, true, true);
     }
@@ -109,7 +110,8 @@ fn guard_drops() {
                 LIMIT 1) w \
           LIMIT 1",
         &[],
-    );
+    )
+    .or_raise();
     if let Some(hit) = hit {
         let field = |k: &str| {
             hit.0
@@ -199,9 +201,10 @@ fn check_altered_tables() {
               WHERE l.relid = $1 AND l.peer_name = $2 AND g.tgname = ANY (l.triggers) \
                 AND g.tgenabled IN ('D', 'R') ORDER BY 1",
             &[relid.into(), peer.as_str().into()],
-        );
+        )
+        .or_raise();
         if !disabled.is_empty() {
-            let table = crate::catalog::link::describe(relid).display();
+            let table = crate::catalog::link::describe(relid).or_raise().display();
             warning(
                 &format!(
                     "capture trigger(s) {} of {table} are disabled: its changes are not sent to peer \"{peer}\"",
@@ -210,7 +213,7 @@ fn check_altered_tables() {
                 &format!("ALTER TABLE {table} ENABLE TRIGGER ... sends them again (changes made meanwhile stay unsent: sync_diff finds them); sync_status shows this in its problem column."),
             );
         }
-        let info = crate::catalog::link::describe(relid);
+        let info = crate::catalog::link::describe(relid).or_raise();
         // Links pair tables of the same name, and records arrive addressed by that name.
         if (info.schema.as_str(), info.name.as_str()) != (peer_schema.as_str(), peer_table.as_str())
         {

@@ -89,7 +89,7 @@ fn create_local(info: &TableInfo, peer: &Peer, req: &LinkRequest, peer_table: (&
         key,
         pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, key)),
         queue_only: mode == "async",
-        node: &crate::catalog::node::local_name(),
+        node: &crate::catalog::node::local_name().or_raise(),
         version_table: &version_table,
     };
     let triggers = make_code(&spec, &table, &peer.node_name, info.oid);
@@ -194,7 +194,7 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
     else {
         return Ok(());
     };
-    let info = describe(relid);
+    let info = describe(relid)?;
     let table = info.display();
     Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
     crate::control::removal::removing(|| -> crate::pg::error::Result<()> {
@@ -217,7 +217,7 @@ pub fn refresh(link_id: i32) -> crate::pg::error::Result<()> {
         key: &key,
         pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, &key)),
         queue_only: mode == "async",
-        node: &crate::catalog::node::local_name(),
+        node: &crate::catalog::node::local_name()?,
         version_table: &version_table,
     };
     let triggers = make_code(&spec, &table, &peer_node, relid);
@@ -234,9 +234,9 @@ pub fn refresh_table(relid: pg_sys::Oid, peer: Option<&str>) -> crate::pg::error
         "SELECT link_id FROM synclink.link WHERE relid = $1 AND ($2::text IS NULL OR peer_name = $2) \
           ORDER BY link_id",
         &[relid.into(), peer.into()],
-    );
+    )?;
     if ids.is_empty() {
-        let table = describe(relid).display();
+        let table = describe(relid)?.display();
         return Err(match peer {
             Some(p) => LinkError::NotLinked {
                 table,
@@ -277,7 +277,8 @@ fn drop_objects(link: &Link) {
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[link.relid.into()],
-    );
+    )
+    .or_raise();
     if let Some(table) = table {
         for t in &link.triggers {
             Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t))).unwrap();
@@ -348,7 +349,7 @@ pub fn link_table(
     crate::data::queue::check_mode(mode).or_raise();
     crate::reconcile::diff::check_copy(copy).or_raise();
     let peer = peer::resolve(peer_name).or_raise();
-    let info = describe(relid);
+    let info = describe(relid).or_raise();
     info.check_linkable().or_raise();
     let key = choose_key(&info, key).or_raise();
     info.check_key_travels(&key).or_raise();
@@ -356,7 +357,7 @@ pub fn link_table(
     if let Some(k) = exclude.iter().find(|c| key.contains(c)) {
         raise(LinkError::ExcludedKey(k.clone()));
     }
-    let local = crate::catalog::node::local_name();
+    let local = crate::catalog::node::local_name().or_raise();
     info.check_excluded(&exclude, &local).or_raise();
     let policy = Policy::parse(conflict.0, conflict.1, &local, &peer.node_name).or_raise();
     let sent: Vec<String> = info
@@ -368,7 +369,7 @@ pub fn link_table(
         crate::catalog::policy::check_version_column(relid, vc, &sent).or_raise();
     }
     let (conflict, prefer_node, version_column) = policy.stored();
-    if find(relid, &peer.name).is_some() {
+    if find(relid, &peer.name).or_raise().is_some() {
         notice(&format!(
             "table {} is already linked with peer \"{}\", skipping",
             info.display(),
@@ -398,7 +399,8 @@ pub fn link_table(
         body.columns.iter().map(|c| c.name.clone()).collect(),
         body.key.clone(),
         copy,
-    );
+    )
+    .or_raise();
     // Links pair tables of the same name, so the peer's table is called as ours.
     create_local(&info, &peer, &body, (&body.schema, &body.table));
     crate::rpc::call(&peer, &body).or_raise();
@@ -422,7 +424,7 @@ fn settle_queue(link: &Link, discard: bool) -> Result<(), LinkError> {
         return Err(LinkError::HasQueued {
             table,
             peer: link.peer_name.clone(),
-            node: crate::catalog::node::local_name(),
+            node: crate::catalog::node::local_name().or_raise(),
             count,
         });
     }
@@ -444,8 +446,12 @@ fn settle_queue(link: &Link, discard: bool) -> Result<(), LinkError> {
 /// Undo a link on the peer and here. With `tolerate_unreachable`, a peer that cannot be
 /// reached is warned about and only this node's half is removed.
 pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
-    let link = crate::catalog::link::by_id(id).expect("link exists");
-    let peer = peer::find(&link.peer_name).expect("link has its peer");
+    let link = crate::catalog::link::by_id(id)
+        .or_raise()
+        .expect("link exists");
+    let peer = peer::find(&link.peer_name)
+        .or_raise()
+        .expect("link has its peer");
     settle_queue(&link, discard).or_raise();
     let body = UnlinkRequest {
         schema: link.peer_schema.clone(),
@@ -477,9 +483,9 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) {
 
 pub fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> bool {
     let peer = peer::resolve(peer_name).or_raise();
-    let link = find(relid, &peer.name).unwrap_or_else(|| {
+    let link = find(relid, &peer.name).or_raise().unwrap_or_else(|| {
         raise(LinkError::NotLinked {
-            table: describe(relid).display(),
+            table: describe(relid).or_raise().display(),
             peer: peer.name.clone(),
         })
     });
@@ -488,15 +494,18 @@ pub fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) 
 }
 
 pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
-    let node = crate::catalog::node::local_name();
+    let node = crate::catalog::node::local_name().or_raise();
     let display = format!("{}.{}", ident(&req.schema), ident(&req.table));
-    let oid = lookup(&req.schema, &req.table).ok_or_else(|| LinkError::MissingTable {
-        table: display.clone(),
-        node: node.clone(),
-    })?;
+    let oid =
+        lookup(&req.schema, &req.table)
+            .or_raise()
+            .ok_or_else(|| LinkError::MissingTable {
+                table: display.clone(),
+                node: node.clone(),
+            })?;
     // Linking sends this table's rows to the peer and applies the peer's changes to it.
     crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "link").or_raise();
-    let info = describe(oid);
+    let info = describe(oid).or_raise();
     info.check_linkable()?;
     info.check_key_travels(&req.key)?;
     info.check_excluded(&req.exclude, &node)?;
@@ -527,7 +536,7 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
             key: req.key.join(", "),
         });
     }
-    if let Some(existing) = find(oid, &from.name) {
+    if let Some(existing) = find(oid, &from.name).or_raise() {
         let (cols, key) = Spi::get_two_with_args::<Vec<String>, Vec<String>>(
             "SELECT columns, key_columns FROM synclink.link WHERE link_id = $1",
             &[existing.id.into()],
@@ -544,8 +553,8 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<(), LinkError> {
 }
 
 pub fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<(), LinkError> {
-    if let Some(oid) = lookup(&req.schema, &req.table) {
-        if let Some(link) = find(oid, &from.name) {
+    if let Some(oid) = lookup(&req.schema, &req.table).or_raise() {
+        if let Some(link) = find(oid, &from.name).or_raise() {
             crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "unlink")
                 .or_raise();
             for seq in crate::control::sequence::shared_for_table(oid, &from.name) {

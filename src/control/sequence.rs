@@ -264,9 +264,11 @@ fn local_column(seq: pg_sys::Oid, peer: &Peer) -> Result<SeqColumn, SequenceErro
     let name = crate::pg::spi::maybe_one::<String>(
         "SELECT oid::regclass::text FROM pg_class WHERE oid = $1 AND relkind = 'S'",
         &[seq.into()],
-    );
+    )
+    .or_raise();
     let Some(name) = name else {
         let shown = crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
+            .or_raise()
             .unwrap_or_default();
         return Err(SequenceError::NotASequence(shown));
     };
@@ -275,7 +277,9 @@ fn local_column(seq: pg_sys::Oid, peer: &Peer) -> Result<SeqColumn, SequenceErro
            JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
           WHERE d.classid = 'pg_class'::regclass AND d.objid = $1 AND d.deptype = 'i'",
         &[seq.into()],
-    ) {
+    )
+    .or_raise()
+    {
         return Err(SequenceError::Identity { seq: name, column });
     }
     seq_columns(
@@ -297,12 +301,13 @@ fn requested_column(
     table: &str,
     column: &str,
 ) -> Result<SeqColumn, SequenceError> {
-    let node = crate::catalog::node::local_name();
+    let node = crate::catalog::node::local_name().or_raise();
     let display = qualified(schema, table);
     let linked = crate::pg::spi::maybe_one::<bool>(
         "SELECT true FROM synclink.link WHERE relid = to_regclass($1) AND peer_name = $2",
         &[display.as_str().into(), from.name.as_str().into()],
-    );
+    )
+    .or_raise();
     if linked.is_none() {
         return Err(SequenceError::PeerNotLinked {
             table: display,
@@ -412,6 +417,7 @@ fn shared_nextval(foreign: pg_sys::Oid, peer: &str, column: &str) -> i64 {
     let stmt = stmt.unwrap_or_else(|| {
         let name =
             crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[foreign.into()])
+                .or_raise()
                 .unwrap_or_default();
         let plan = Spi::connect(|c| {
             c.prepare(&format!("SELECT id FROM {name}"), &[])
@@ -557,7 +563,9 @@ pub fn unshare_by_seq(seq: pg_sys::Oid, tolerate_unreachable: bool) {
         forget_objects(seq, &share);
         return;
     };
-    let peer = peer::find(&peer_name).expect("a share has its peer");
+    let peer = peer::find(&peer_name)
+        .or_raise()
+        .expect("a share has its peer");
     let req = UnshareRequest {
         schema: col.schema.clone(),
         table: col.table.clone(),
@@ -638,6 +646,7 @@ pub fn shared_for_table(relid: pg_sys::Oid, peer: &str) -> Vec<pg_sys::Oid> {
         "SELECT seq FROM synclink.shared_sequence WHERE relid = $1 AND peer_name = $2",
         &[relid.into(), peer.into()],
     )
+    .or_raise()
 }
 
 /// Undo a shared sequence on both nodes; see sync_unshare_sequence.
@@ -649,7 +658,7 @@ pub fn unshare(seq: pg_sys::Oid, peer: Option<&str>) -> crate::pg::error::Result
             Ok(true)
         }
         _ => Err(SequenceError::NotShared {
-            seq: crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
+            seq: crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])?
                 .unwrap_or_default(),
             peer: peer.name,
         }

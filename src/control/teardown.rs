@@ -5,6 +5,7 @@
 //! first — and asks each peer to drop its half of every link, so the peer stops sending.
 
 use crate::control::link;
+use crate::pg::error::OrRaise;
 use crate::pg::spi;
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -28,14 +29,18 @@ unsafe fn drops_synclink(parsetree: *mut pg_sys::Node) -> bool {
 }
 
 fn remove_everything() {
-    for seq in spi::column::<pg_sys::Oid>("SELECT seq FROM synclink.shared_sequence", &[]) {
+    for seq in
+        spi::column::<pg_sys::Oid>("SELECT seq FROM synclink.shared_sequence", &[]).or_raise()
+    {
         crate::control::sequence::unshare_by_seq(seq, true);
     }
-    for id in spi::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]) {
+    for id in
+        spi::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]).or_raise()
+    {
         link::unlink_by_id(id, true, true);
     }
-    for p in spi::column::<String>("SELECT peer_name FROM synclink.peer", &[]) {
-        crate::control::peer::drop_objects(&crate::catalog::peer::find(&p).unwrap());
+    for p in spi::column::<String>("SELECT peer_name FROM synclink.peer", &[]).or_raise() {
+        crate::control::peer::drop_objects(&crate::catalog::peer::find(&p).or_raise().unwrap());
     }
 }
 
