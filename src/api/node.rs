@@ -6,8 +6,8 @@ use pgrx::prelude::*;
 
 /// The name this database is known by among synclink nodes.
 #[pg_extern(stable)]
-fn sync_node_name() -> String {
-    crate::catalog::node::local_name()
+fn sync_node_name() -> Result<String, ErrorReport> {
+    Ok(crate::catalog::node::local_name()?)
 }
 
 /// Rename this node, e.g. after a physical copy that kept the system identifier.

@@ -28,7 +28,7 @@ fn sync_reconcile(
         relation(tbl, F, "tbl")?,
         peer,
         required(prefer, F, "prefer")?,
-    ))
+    )?)
 }
 
 /// The rows that differ between this node's table and the peer's copy right now, one per key:
@@ -55,5 +55,5 @@ fn sync_diff(
     let relid = relation(tbl, "sync_diff", "tbl")?;
     Ok(TableIterator::new(crate::reconcile::diff::diff(
         relid, peer,
-    )))
+    )?))
 }

@@ -16,7 +16,7 @@ fn handle_request(
     body: pgrx::JsonB,
 ) -> Result<Option<pgrx::JsonB>, ErrorReport> {
     let from =
-        peer::find_by_node(from_node).ok_or_else(|| PeerError::UnknownNode(from_node.into()))?;
+        peer::find_by_node(from_node)?.ok_or_else(|| PeerError::UnknownNode(from_node.into()))?;
     from.check_inbound()?;
     let reply = match Request::parse(action, body.0)? {
         Request::Link(req) => {
@@ -27,8 +27,8 @@ fn handle_request(
             crate::control::link::handle_unlink(&from, req)?;
             None
         }
-        Request::Diff(req) => Some(crate::reconcile::diff::answer(&from, req)),
-        Request::Resolve(req) => Some(crate::reconcile::resolve::answer(&from, req)),
+        Request::Diff(req) => Some(crate::reconcile::diff::answer(&from, req)?),
+        Request::Resolve(req) => Some(crate::reconcile::resolve::answer(&from, req)?),
         Request::ShareSequence(req) => {
             Some(json(crate::control::sequence::handle_share(&from, req)?))
         }

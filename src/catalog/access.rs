@@ -66,7 +66,7 @@ pub fn peer_may(
     relid: pg_sys::Oid,
     privileges: &[(u32, &'static str)],
     what: &'static str,
-) -> Result<(), PrivilegeError> {
+) -> crate::pg::error::Result<()> {
     let role = session_role();
     let missing: Vec<&'static str> = privileges
         .iter()
@@ -85,9 +85,10 @@ pub fn peer_may(
         role: role_name(role),
         what,
         table: relation_name(relid),
-        node: crate::catalog::node::local_name(),
+        node: crate::catalog::node::local_name()?,
         missing,
-    })
+    }
+    .into())
 }
 
 fn relation_name(relid: pg_sys::Oid) -> String {

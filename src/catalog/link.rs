@@ -3,6 +3,7 @@
 //! up its half so one call links both directions.
 
 use crate::pg::error::SqlError;
+use crate::pg::spi::need;
 use crate::pg::sql::{ident, qualified};
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -261,7 +262,7 @@ impl TableInfo {
 
 /// Catalog facts about a table. Types are printed with search_path = pg_catalog (set on every
 /// synclink function), so a user type shows schema-qualified on both nodes.
-pub fn describe(oid: pg_sys::Oid) -> TableInfo {
+pub fn describe(oid: pg_sys::Oid) -> crate::pg::error::Result<TableInfo> {
     Spi::connect(|c| {
         let head = c
             .select(
@@ -270,16 +271,16 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
                  JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = $1",
                 None,
                 &[oid.into()],
-            )
-            .unwrap()
-            .first();
-        let schema: String = head.get(1).unwrap().unwrap();
-        let name: String = head.get(2).unwrap().unwrap();
-        let kind: i8 = head.get(3).unwrap().unwrap();
-        let persistence: i8 = head.get(4).unwrap().unwrap();
-        let partition: bool = head.get(5).unwrap().unwrap();
-        let row_security: bool = head.get(6).unwrap().unwrap();
-        let columns: Vec<Column> = c
+            )?
+            .next()
+            .ok_or(crate::pg::args::ArgError::NoRelation(oid.to_u32()))?;
+        let schema: String = need(&head, 1, "pg_namespace.nspname")?;
+        let name: String = need(&head, 2, "pg_class.relname")?;
+        let kind: i8 = need(&head, 3, "pg_class.relkind")?;
+        let persistence: i8 = need(&head, 4, "pg_class.relpersistence")?;
+        let partition: bool = need(&head, 5, "pg_class.relispartition")?;
+        let row_security: bool = need(&head, 6, "pg_class.relrowsecurity")?;
+        let columns = c
             .select(
                 "SELECT attname::text, format_type(atttypid, atttypmod), format_type(atttypid, NULL), \
                         attgenerated <> '', attnotnull, atthasdef OR attidentity <> '', atttypid, atttypmod \
@@ -287,47 +288,46 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
                 None,
                 &[oid.into()],
-            )
-            .unwrap()
-            .map(|r| Column {
-                wire: WireColumn {
-                    name: r.get(1).unwrap().unwrap(),
-                    type_name: r.get(2).unwrap().unwrap(),
-                    base_type: r.get(3).unwrap().unwrap(),
-                    detail: Some(crate::catalog::types::detail(
-                        r.get(7).unwrap().unwrap(),
-                        r.get(8).unwrap().unwrap(),
-                    )),
-                },
-                generated: r.get(4).unwrap().unwrap(),
-                not_null: r.get(5).unwrap().unwrap(),
-                has_default: r.get(6).unwrap().unwrap(),
+            )?
+            .map(|r| {
+                Ok(Column {
+                    wire: WireColumn {
+                        name: need(&r, 1, "pg_attribute.attname")?,
+                        type_name: need(&r, 2, "a column's type")?,
+                        base_type: need(&r, 3, "a column's type")?,
+                        detail: Some(crate::catalog::types::detail(
+                            need(&r, 7, "pg_attribute.atttypid")?,
+                            need(&r, 8, "pg_attribute.atttypmod")?,
+                        )?),
+                    },
+                    generated: need(&r, 4, "pg_attribute.attgenerated")?,
+                    not_null: need(&r, 5, "pg_attribute.attnotnull")?,
+                    has_default: need(&r, 6, "pg_attribute.atthasdef")?,
+                })
             })
-            .collect();
+            .collect::<crate::pg::error::Result<Vec<Column>>>()?;
         let mut primary_key = None;
         let mut unique_keys = Vec::new();
-        let keys = c
-            .select(
-                "SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord) \
-                 FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                 WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
-                   AND i.indisvalid AND i.indimmediate \
-                 GROUP BY i.indexrelid, i.indisprimary \
-                 HAVING bool_and(a.attnotnull)",
-                None,
-                &[oid.into()],
-            )
-            .unwrap();
+        let keys = c.select(
+            "SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord) \
+             FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
+               AND i.indisvalid AND i.indimmediate \
+             GROUP BY i.indexrelid, i.indisprimary \
+             HAVING bool_and(a.attnotnull)",
+            None,
+            &[oid.into()],
+        )?;
         for r in keys {
-            let is_pk: bool = r.get(1).unwrap().unwrap();
-            let cols: Vec<String> = r.get(2).unwrap().unwrap();
+            let is_pk: bool = need(&r, 1, "pg_index.indisprimary")?;
+            let cols: Vec<String> = need(&r, 2, "an index's columns")?;
             if is_pk {
                 primary_key = Some(cols.clone());
             }
             unique_keys.push(cols);
         }
-        TableInfo {
+        Ok(TableInfo {
             oid,
             schema,
             name,
@@ -338,16 +338,15 @@ pub fn describe(oid: pg_sys::Oid) -> TableInfo {
             columns,
             primary_key,
             unique_keys,
-        }
+        })
     })
 }
 
-pub fn lookup(schema: &str, table: &str) -> Option<pg_sys::Oid> {
-    Spi::get_one_with_args::<pg_sys::Oid>(
+pub fn lookup(schema: &str, table: &str) -> Result<Option<pg_sys::Oid>, pgrx::spi::SpiError> {
+    crate::pg::spi::maybe_one::<pg_sys::Oid>(
         "SELECT to_regclass(format('%I.%I', $1::text, $2::text))::oid",
         &[schema.into(), table.into()],
     )
-    .unwrap()
 }
 
 /// Types that carry the same values in text form either way.
@@ -405,7 +404,10 @@ pub struct Link {
     pub version_table: String,
 }
 
-fn load(where_sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Option<Link> {
+fn load(
+    where_sql: &str,
+    args: Vec<pgrx::datum::DatumWithOid>,
+) -> crate::pg::error::Result<Option<Link>> {
     Spi::connect(|c| {
         c.select(
             &format!(
@@ -414,28 +416,30 @@ fn load(where_sql: &str, args: Vec<pgrx::datum::DatumWithOid>) -> Option<Link> {
             ),
             None,
             &args,
-        )
-        .unwrap()
+        )?
         .next()
-        .map(|r| Link {
-            id: r.get(1).unwrap().unwrap(),
-            relid: r.get(2).unwrap().unwrap(),
-            peer_name: r.get(3).unwrap().unwrap(),
-            peer_schema: r.get(4).unwrap().unwrap(),
-            peer_table: r.get(5).unwrap().unwrap(),
-            row_type: r.get(6).unwrap().unwrap(),
-            capture_function: r.get(7).unwrap().unwrap(),
-            triggers: r.get(8).unwrap().unwrap(),
-            version_table: r.get(9).unwrap().unwrap(),
+        .map(|r| {
+            Ok(Link {
+                id: need(&r, 1, "synclink.link.link_id")?,
+                relid: need(&r, 2, "synclink.link.relid")?,
+                peer_name: need(&r, 3, "synclink.link.peer_name")?,
+                peer_schema: need(&r, 4, "synclink.link.peer_schema")?,
+                peer_table: need(&r, 5, "synclink.link.peer_table")?,
+                row_type: need(&r, 6, "synclink.link.row_type")?,
+                capture_function: need(&r, 7, "synclink.link.capture_function")?,
+                triggers: need(&r, 8, "synclink.link.triggers")?,
+                version_table: need(&r, 9, "synclink.link.version_table")?,
+            })
         })
+        .transpose()
     })
 }
 
-pub fn by_id(id: i32) -> Option<Link> {
+pub fn by_id(id: i32) -> crate::pg::error::Result<Option<Link>> {
     load("link_id = $1", vec![id.into()])
 }
 
-pub fn find(relid: pg_sys::Oid, peer: &str) -> Option<Link> {
+pub fn find(relid: pg_sys::Oid, peer: &str) -> crate::pg::error::Result<Option<Link>> {
     load(
         "relid = $1 AND peer_name = $2",
         vec![relid.into(), peer.into()],
@@ -443,14 +447,23 @@ pub fn find(relid: pg_sys::Oid, peer: &str) -> Option<Link> {
 }
 
 /// The columns and key a link with `peer` compares, if the table is linked with it.
-pub fn columns_and_key(relid: pg_sys::Oid, peer: &str) -> Option<(Vec<String>, Vec<String>)> {
-    let link = find(relid, peer)?;
-    Spi::get_two_with_args::<Vec<String>, Vec<String>>(
+pub fn columns_and_key(
+    relid: pg_sys::Oid,
+    peer: &str,
+) -> crate::pg::error::Result<Option<(Vec<String>, Vec<String>)>> {
+    let Some(link) = find(relid, peer)? else {
+        return Ok(None);
+    };
+    let found = Spi::get_two_with_args::<Vec<String>, Vec<String>>(
         "SELECT columns, key_columns FROM synclink.link WHERE link_id = $1",
         &[link.id.into()],
-    )
-    .ok()
-    .and_then(|(c, k)| Some((c?, k?)))
+    );
+    match found {
+        Ok((Some(columns), Some(key))) => Ok(Some((columns, key))),
+        // No row: the link was removed since it was found, so the table is not linked.
+        Ok(_) | Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -30,10 +30,9 @@ impl SqlError for NodeError {
 
 crate::pg::error::reported_as_sql_error!(NodeError);
 
-pub fn local_name() -> String {
-    Spi::get_one::<String>("SELECT node_name FROM synclink.node")
-        .expect("synclink.node is readable")
-        .expect("synclink.node has its row")
+pub fn local_name() -> crate::pg::error::Result<String> {
+    let name = crate::pg::spi::maybe_one::<String>("SELECT node_name FROM synclink.node", &[])?;
+    Ok(name.ok_or(crate::pg::spi::Missing("row in synclink.node"))?)
 }
 
 fn valid(name: &str) -> bool {

@@ -42,6 +42,22 @@ pub enum PeerError {
     HasLinks { peer: String, count: i64 },
     #[error("{count} changes are still queued for peer \"{peer}\"")]
     HasQueued { peer: String, count: i64 },
+    /// Anything else that stopped a request to the peer or a lookup of it: the peer's own
+    /// error, passed on as the peer raised it, or a failed read of synclink's catalog here.
+    #[error("{0}")]
+    Failed(crate::pg::error::Error),
+}
+
+impl From<crate::pg::error::Error> for PeerError {
+    fn from(err: crate::pg::error::Error) -> Self {
+        PeerError::Failed(err)
+    }
+}
+
+impl From<pgrx::spi::SpiError> for PeerError {
+    fn from(err: pgrx::spi::SpiError) -> Self {
+        PeerError::Failed(err.into())
+    }
 }
 
 impl SqlError for PeerError {
@@ -63,12 +79,14 @@ impl SqlError for PeerError {
             PeerError::HasLinks { .. } | PeerError::HasQueued { .. } => {
                 ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST
             }
+            PeerError::Failed(e) => e.sqlstate(),
         }
     }
     fn detail(&self) -> Option<String> {
         match self {
             PeerError::Unreachable { reason, .. } => Some(reason.clone()),
             PeerError::Ambiguous(names) => Some(format!("Registered peers: {}.", names.join(", "))),
+            PeerError::Failed(e) => e.detail(),
             _ => None,
         }
     }
@@ -88,6 +106,7 @@ impl SqlError for PeerError {
             PeerError::SameNode { .. } => "The connection string points back at this database, or both are physical copies: give one a new name with sync_set_node_name().".into(),
             PeerError::HasLinks { peer, .. } => format!("Unlink the tables first, or run SELECT sync_drop_peer('{peer}', cascade => true)."),
             PeerError::HasQueued { peer, .. } => format!("Deliver them with SELECT sync_flush('{peer}'), or unlink its tables with discard_queued => true to throw them away."),
+            PeerError::Failed(e) => return e.hint(),
         })
     }
 }
@@ -120,7 +139,7 @@ impl Peer {
         let exists = crate::pg::spi::maybe_one::<bool>(
             "SELECT true WHERE pg_catalog.to_regclass($1) IS NOT NULL",
             &[name.as_str().into()],
-        )
+        )?
         .is_some();
         if exists {
             Ok(())
@@ -150,7 +169,7 @@ impl Peer {
                     "UPDATE synclink.peer SET inbound_role = coalesce(inbound_role, $2) \
                       WHERE peer_name = $1 RETURNING inbound_role",
                     &[self.name.as_str().into(), role.into()],
-                );
+                )?;
                 Peer {
                     inbound_role: bound,
                     ..self.clone()
@@ -173,45 +192,48 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-pub fn find(name: &str) -> Option<Peer> {
+pub fn find(name: &str) -> crate::pg::error::Result<Option<Peer>> {
     crate::pg::spi::prepared_read(
         "SELECT peer_name, server_name::text, node_name, inbound_role FROM synclink.peer WHERE peer_name = $1",
         &[pgrx::PgOid::from(pg_sys::TEXTOID)],
         &[name.into()],
-        |t| t.into_iter().next().map(|r| peer_of(&r)),
-    )
+        |t| t.into_iter().next().map(|r| peer_of(&r)).transpose(),
+    )?
 }
 
-pub fn find_by_node(node: &str) -> Option<Peer> {
+pub fn find_by_node(node: &str) -> crate::pg::error::Result<Option<Peer>> {
     // Planned once per backend: a peer's every delivering transaction asks.
     crate::pg::spi::prepared_read(
         "SELECT peer_name, server_name::text, node_name, inbound_role FROM synclink.peer WHERE node_name = $1",
         &[pgrx::PgOid::from(pg_sys::TEXTOID)],
         &[node.into()],
-        |t| t.into_iter().next().map(|r| peer_of(&r)),
-    )
+        |t| t.into_iter().next().map(|r| peer_of(&r)).transpose(),
+    )?
 }
 
 /// A row of synclink.peer: peer_name, server_name, node_name, inbound_role.
-fn peer_of(r: &pgrx::spi::SpiHeapTupleData) -> Peer {
-    Peer {
-        name: r.get::<String>(1).unwrap().unwrap_or_default(),
-        server: r.get::<String>(2).unwrap().unwrap_or_default(),
-        node_name: r.get::<String>(3).unwrap().unwrap_or_default(),
-        inbound_role: r.get::<pg_sys::Oid>(4).unwrap(),
-    }
+fn peer_of(r: &pgrx::spi::SpiHeapTupleData) -> crate::pg::error::Result<Peer> {
+    use crate::pg::spi::need;
+    Ok(Peer {
+        name: need(r, 1, "synclink.peer.peer_name")?,
+        server: need(r, 2, "synclink.peer.server_name")?,
+        node_name: need(r, 3, "synclink.peer.node_name")?,
+        inbound_role: r.get::<pg_sys::Oid>(4)?,
+    })
 }
 
 /// The peer a call means: the one named, or the only one there is.
 pub fn resolve(name: Option<&str>) -> Result<Peer, PeerError> {
     if let Some(n) = name {
-        return find(n).ok_or_else(|| PeerError::Unknown(n.into()));
+        return find(n)?.ok_or_else(|| PeerError::Unknown(n.into()));
     }
     let names =
-        crate::pg::spi::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[]);
+        crate::pg::spi::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[])?;
     match names.len() {
         0 => Err(PeerError::NoPeers),
-        1 => Ok(find(&names[0]).unwrap()),
+        // The one peer listed is gone only if a concurrent sync_drop_peer committed between
+        // the two statements: then it does not exist.
+        1 => find(&names[0])?.ok_or_else(|| PeerError::Unknown(names[0].clone())),
         _ => Err(PeerError::Ambiguous(names)),
     }
 }
@@ -238,5 +260,23 @@ mod tests {
         for bad in ["", "B", "1a", "a-b", "a b", "x\"y", &"a".repeat(41)] {
             assert!(!super::valid_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_peers_own_error_passes_through_unchanged() {
+        use crate::pg::error::SqlError;
+        use pgrx::prelude::PgSqlErrorCode;
+        let failure = crate::pg::remote::RemoteFailure {
+            sqlstate: PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            message: "relation \"public.t\" does not exist".into(),
+            detail: Some("on the peer".into()),
+            hint: Some("create it".into()),
+        };
+        let e = super::PeerError::Failed(failure.into());
+        assert_eq!(e.sqlstate(), PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE);
+        assert_eq!(e.to_string(), "relation \"public.t\" does not exist");
+        assert_eq!(e.detail().as_deref(), Some("on the peer"));
+        assert_eq!(e.hint().as_deref(), Some("create it"));
+        assert!(!super::Peer::tolerable(&e));
     }
 }

@@ -115,24 +115,25 @@ pub fn check_version_column(
     relid: pg_sys::Oid,
     column: &str,
     sent: &[String],
-) -> Result<(), PolicyError> {
+) -> crate::pg::error::Result<()> {
     if !sent.iter().any(|c| c == column) {
         return Err(PolicyError::NoVersionColumn {
             column: column.into(),
-        });
+        }
+        .into());
     }
     let (type_oid, type_name) = Spi::get_two_with_args::<pg_sys::Oid, String>(
         "SELECT atttypid, format_type(atttypid, atttypmod) FROM pg_attribute \
          WHERE attrelid = $1 AND attname = $2",
         &[relid.into(), column.into()],
-    )
-    .unwrap();
+    )?;
     let ordered = type_oid.is_some_and(crate::pg::ffi::has_ordering);
     if !ordered {
         return Err(PolicyError::VersionNotOrdered {
             column: column.into(),
             type_name: type_name.unwrap_or_default(),
-        });
+        }
+        .into());
     }
     Ok(())
 }

@@ -84,7 +84,7 @@ fn unlink_dropped_tables() -> Result<()> {
            ON d.classid = 'pg_class'::regclass AND d.objid = l.relid::oid AND d.objsubid = 0 \
          ORDER BY l.link_id",
         &[],
-    );
+    )?;
     for id in ids {
         link::unlink_by_id(id, true, true)?;
     }
@@ -122,7 +122,8 @@ fn guard_drops() -> Result<(), ErrorReport> {
                 LIMIT 1) w \
           LIMIT 1",
         &[],
-    );
+    )
+    .map_err(crate::pg::error::Error::from)?;
     if let Some(hit) = hit {
         let field = |k: &str| {
             hit.0
@@ -222,9 +223,9 @@ fn compare_altered_tables() -> Result<()> {
               WHERE l.relid = $1 AND l.peer_name = $2 AND g.tgname = ANY (l.triggers) \
                 AND g.tgenabled IN ('D', 'R') ORDER BY 1",
             &[relid.into(), peer.as_str().into()],
-        );
+        )?;
         if !disabled.is_empty() {
-            let table = crate::catalog::link::describe(relid).display();
+            let table = crate::catalog::link::describe(relid)?.display();
             warning(
                 &format!(
                     "capture trigger(s) {} of {table} are disabled: its changes are not sent to peer \"{peer}\"",
@@ -233,7 +234,7 @@ fn compare_altered_tables() -> Result<()> {
                 &format!("ALTER TABLE {table} ENABLE TRIGGER ... sends them again (changes made meanwhile stay unsent: sync_diff finds them); sync_status shows this in its problem column."),
             );
         }
-        let info = crate::catalog::link::describe(relid);
+        let info = crate::catalog::link::describe(relid)?;
         // Links pair tables of the same name, and records arrive addressed by that name.
         if (info.schema.as_str(), info.name.as_str()) != (peer_schema.as_str(), peer_table.as_str())
         {

@@ -97,7 +97,7 @@ fn create_local(
         key,
         pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, key)),
         queue_only: mode == "async",
-        node: &crate::catalog::node::local_name(),
+        node: &crate::catalog::node::local_name()?,
         version_table: &version_table,
     };
     let triggers = make_code(&spec, &table, &peer.node_name, info.oid)?;
@@ -212,7 +212,7 @@ pub fn refresh(link_id: i32) -> Result<()> {
     else {
         return Ok(());
     };
-    let info = describe(relid);
+    let info = describe(relid)?;
     let table = info.display();
     Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
     crate::control::removal::removing(|| -> Result<()> {
@@ -235,7 +235,7 @@ pub fn refresh(link_id: i32) -> Result<()> {
         key: &key,
         pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, &key)),
         queue_only: mode == "async",
-        node: &crate::catalog::node::local_name(),
+        node: &crate::catalog::node::local_name()?,
         version_table: &version_table,
     };
     let triggers = make_code(&spec, &table, &peer_node, relid)?;
@@ -244,7 +244,7 @@ pub fn refresh(link_id: i32) -> Result<()> {
     // as the peer's request makes them there.
     let owner = match function_owner.filter(|_| initiated_here) {
         Some(owner) => owner,
-        None => crate::pg::privilege::extension_owner(),
+        None => crate::pg::privilege::extension_owner()?,
     };
     let owner = ident(&crate::pg::privilege::role_name(owner));
     Spi::run(&format!("ALTER FUNCTION {function}() OWNER TO {owner}"))?;
@@ -265,9 +265,9 @@ pub fn refresh_table(relid: pg_sys::Oid, peer: Option<&str>) -> Result<i32> {
         "SELECT link_id FROM synclink.link WHERE relid = $1 AND ($2::text IS NULL OR peer_name = $2) \
           ORDER BY link_id",
         &[relid.into(), peer.into()],
-    );
+    )?;
     if ids.is_empty() {
-        let table = describe(relid).display();
+        let table = describe(relid)?.display();
         return Err(match peer {
             Some(p) => LinkError::NotLinked {
                 table,
@@ -308,7 +308,7 @@ fn drop_objects(link: &Link) -> Result<()> {
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[link.relid.into()],
-    );
+    )?;
     if let Some(table) = table {
         for t in &link.triggers {
             Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t)))?;
@@ -377,7 +377,7 @@ pub fn link_table(
     crate::data::queue::check_mode(mode)?;
     crate::reconcile::diff::check_copy(copy)?;
     let peer = peer::resolve(peer_name)?;
-    let info = describe(relid);
+    let info = describe(relid)?;
     info.check_linkable()?;
     let key = choose_key(&info, key)?;
     info.check_key_travels(&key)?;
@@ -385,7 +385,7 @@ pub fn link_table(
     if let Some(k) = exclude.iter().find(|c| key.contains(c)) {
         return Err(LinkError::ExcludedKey(k.clone()).into());
     }
-    let local = crate::catalog::node::local_name();
+    let local = crate::catalog::node::local_name()?;
     info.check_excluded(&exclude, &local)?;
     let policy = Policy::parse(conflict.0, conflict.1, &local, &peer.node_name)?;
     let sent: Vec<String> = info
@@ -397,7 +397,7 @@ pub fn link_table(
         crate::catalog::policy::check_version_column(relid, vc, &sent)?;
     }
     let (conflict, prefer_node, version_column) = policy.stored();
-    if find(relid, &peer.name).is_some() {
+    if find(relid, &peer.name)?.is_some() {
         notice(&format!(
             "table {} is already linked with peer \"{}\", skipping",
             info.display(),
@@ -427,7 +427,7 @@ pub fn link_table(
         body.columns.iter().map(|c| c.name.clone()).collect(),
         body.key.clone(),
         copy,
-    );
+    )?;
     // Links pair tables of the same name, so the peer's table is called as ours.
     create_local(&info, &peer, &body, (&body.schema, &body.table))?;
     crate::rpc::call(&peer, &body)?;
@@ -450,7 +450,7 @@ fn settle_queue(link: &Link, discard: bool) -> Result<()> {
         return Err(LinkError::HasQueued {
             table,
             peer: link.peer_name.clone(),
-            node: crate::catalog::node::local_name(),
+            node: crate::catalog::node::local_name()?,
             count,
         }
         .into());
@@ -472,15 +472,15 @@ fn settle_queue(link: &Link, discard: bool) -> Result<()> {
 /// Undo a link on the peer and here. With `tolerate_unreachable`, a peer that cannot be
 /// reached is warned about and only this node's half is removed.
 pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) -> Result<()> {
-    let link = crate::catalog::link::by_id(id).ok_or(Missing("link"))?;
-    let peer = peer::find(&link.peer_name).ok_or(Missing("peer of a link"))?;
+    let link = crate::catalog::link::by_id(id)?.ok_or(Missing("link"))?;
+    let peer = peer::find(&link.peer_name)?.ok_or(Missing("peer of a link"))?;
     settle_queue(&link, discard)?;
     let body = UnlinkRequest {
         schema: link.peer_schema.clone(),
         table: link.peer_table.clone(),
         discard_queued: discard,
     };
-    for seq in crate::control::sequence::shared_for_table(link.relid, &link.peer_name) {
+    for seq in crate::control::sequence::shared_for_table(link.relid, &link.peer_name)? {
         crate::control::sequence::unshare_by_seq(seq, tolerate_unreachable)?;
     }
     match crate::rpc::call(&peer, &body) {
@@ -505,9 +505,9 @@ pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) -> Resul
 
 pub fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) -> Result<bool> {
     let peer = peer::resolve(peer_name)?;
-    let Some(link) = find(relid, &peer.name) else {
+    let Some(link) = find(relid, &peer.name)? else {
         return Err(LinkError::NotLinked {
-            table: describe(relid).display(),
+            table: describe(relid)?.display(),
             peer: peer.name.clone(),
         }
         .into());
@@ -517,15 +517,15 @@ pub fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) 
 }
 
 pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<()> {
-    let node = crate::catalog::node::local_name();
+    let node = crate::catalog::node::local_name()?;
     let display = format!("{}.{}", ident(&req.schema), ident(&req.table));
-    let oid = lookup(&req.schema, &req.table).ok_or_else(|| LinkError::MissingTable {
+    let oid = lookup(&req.schema, &req.table)?.ok_or_else(|| LinkError::MissingTable {
         table: display.clone(),
         node: node.clone(),
     })?;
     // Linking sends this table's rows to the peer and applies the peer's changes to it.
     crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "link")?;
-    let info = describe(oid);
+    let info = describe(oid)?;
     info.check_linkable()?;
     info.check_key_travels(&req.key)?;
     info.check_excluded(&req.exclude, &node)?;
@@ -556,7 +556,7 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<()> {
         }
         .into());
     }
-    if let Some(existing) = find(oid, &from.name) {
+    if let Some(existing) = find(oid, &from.name)? {
         let (cols, key) = Spi::get_two_with_args::<Vec<String>, Vec<String>>(
             "SELECT columns, key_columns FROM synclink.link WHERE link_id = $1",
             &[existing.id.into()],
@@ -572,10 +572,10 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<()> {
 }
 
 pub fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<()> {
-    if let Some(oid) = lookup(&req.schema, &req.table) {
-        if let Some(link) = find(oid, &from.name) {
+    if let Some(oid) = lookup(&req.schema, &req.table)? {
+        if let Some(link) = find(oid, &from.name)? {
             crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "unlink")?;
-            for seq in crate::control::sequence::shared_for_table(oid, &from.name) {
+            for seq in crate::control::sequence::shared_for_table(oid, &from.name)? {
                 crate::control::sequence::restore_local_only(seq)?;
             }
             settle_queue(&link, req.discard_queued)?;

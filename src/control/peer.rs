@@ -62,7 +62,7 @@ pub fn add(name: &str, conninfo: &str) -> Result<String> {
     }
     let parsed = Conninfo::parse(conninfo)?;
     let shown = parsed.display();
-    if let Some(existing) = find(name) {
+    if let Some(existing) = find(name)? {
         let same = Spi::get_one_with_args::<bool>(
             "SELECT conninfo = $2 FROM synclink.peer WHERE peer_name = $1",
             &[name.into(), shown.as_str().into()],
@@ -84,7 +84,7 @@ pub fn add(name: &str, conninfo: &str) -> Result<String> {
         return Err(PeerError::ServerTaken(server).into());
     }
 
-    let local = crate::catalog::node::local_name();
+    let local = crate::catalog::node::local_name()?;
     let mut server_opts = parsed.server.clone();
     if !server_opts.iter().any(|(k, _)| k == "application_name") {
         server_opts.push(("application_name".into(), format!("synclink from {local}")));
@@ -166,11 +166,11 @@ fn drop_peer_objects(peer: &Peer) -> Result<()> {
 }
 
 pub fn drop(name: &str, cascade: bool) -> Result<bool> {
-    let peer = find(name).ok_or_else(|| PeerError::Unknown(name.into()))?;
+    let peer = find(name)?.ok_or_else(|| PeerError::Unknown(name.into()))?;
     let links = crate::pg::spi::column::<i32>(
         "SELECT link_id FROM synclink.link WHERE peer_name = $1 ORDER BY link_id",
         &[name.into()],
-    );
+    )?;
     if !links.is_empty() && !cascade {
         return Err(PeerError::HasLinks {
             peer: name.into(),

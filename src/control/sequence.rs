@@ -277,10 +277,11 @@ fn local_column(seq: pg_sys::Oid, peer: &Peer) -> Result<SeqColumn> {
     let name = crate::pg::spi::maybe_one::<String>(
         "SELECT oid::regclass::text FROM pg_class WHERE oid = $1 AND relkind = 'S'",
         &[seq.into()],
-    );
+    )?;
     let Some(name) = name else {
-        let shown = crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
-            .unwrap_or_default();
+        let shown =
+            crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])?
+                .unwrap_or_default();
         return Err(SequenceError::NotASequence(shown).into());
     };
     if let Some(column) = crate::pg::spi::maybe_one::<String>(
@@ -288,7 +289,7 @@ fn local_column(seq: pg_sys::Oid, peer: &Peer) -> Result<SeqColumn> {
            JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
           WHERE d.classid = 'pg_class'::regclass AND d.objid = $1 AND d.deptype = 'i'",
         &[seq.into()],
-    ) {
+    )? {
         return Err(SequenceError::Identity { seq: name, column }.into());
     }
     Ok(seq_columns(
@@ -305,12 +306,12 @@ fn local_column(seq: pg_sys::Oid, peer: &Peer) -> Result<SeqColumn> {
 
 /// The column on this node a peer's request is about, checked to be linked with that peer.
 fn requested_column(from: &Peer, schema: &str, table: &str, column: &str) -> Result<SeqColumn> {
-    let node = crate::catalog::node::local_name();
+    let node = crate::catalog::node::local_name()?;
     let display = qualified(schema, table);
     let linked = crate::pg::spi::maybe_one::<bool>(
         "SELECT true FROM synclink.link WHERE relid = to_regclass($1) AND peer_name = $2",
         &[display.as_str().into(), from.name.as_str().into()],
-    );
+    )?;
     if linked.is_none() {
         return Err(SequenceError::PeerNotLinked {
             table: display,
@@ -425,9 +426,11 @@ fn draw(foreign: pg_sys::Oid, peer: &str, column: &str) -> Result<i64> {
     let stmt = match stmt {
         Some(stmt) => stmt,
         None => {
-            let name =
-                crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[foreign.into()])
-                    .unwrap_or_default();
+            let name = crate::pg::spi::maybe_one::<String>(
+                "SELECT $1::regclass::text",
+                &[foreign.into()],
+            )?
+            .unwrap_or_default();
             let plan = Spi::connect(|c| {
                 c.prepare(&format!("SELECT id FROM {name}"), &[])
                     .map(|p| p.keep())
@@ -562,7 +565,7 @@ pub fn unshare_by_seq(seq: pg_sys::Oid, tolerate_unreachable: bool) -> Result<()
         // the table went (DROP TABLE): only the objects made for the share are left here
         return forget_objects(seq, &share);
     };
-    let peer = peer::find(&peer_name).ok_or(Missing("peer of a shared sequence"))?;
+    let peer = peer::find(&peer_name)?.ok_or(Missing("peer of a shared sequence"))?;
     let req = UnshareRequest {
         schema: col.schema.clone(),
         table: col.table.clone(),
@@ -638,11 +641,11 @@ pub fn restore_local_only(seq: pg_sys::Oid) -> Result<()> {
 }
 
 /// The sequences of `relid`'s columns shared with `peer`: undone before the link goes.
-pub fn shared_for_table(relid: pg_sys::Oid, peer: &str) -> Vec<pg_sys::Oid> {
-    crate::pg::spi::column::<pg_sys::Oid>(
+pub fn shared_for_table(relid: pg_sys::Oid, peer: &str) -> Result<Vec<pg_sys::Oid>> {
+    Ok(crate::pg::spi::column::<pg_sys::Oid>(
         "SELECT seq FROM synclink.shared_sequence WHERE relid = $1 AND peer_name = $2",
         &[relid.into(), peer.into()],
-    )
+    )?)
 }
 
 /// Undo a shared sequence on both nodes; see sync_unshare_sequence.
@@ -654,7 +657,7 @@ pub fn unshare(seq: pg_sys::Oid, peer: Option<&str>) -> Result<bool> {
             Ok(true)
         }
         _ => Err(SequenceError::NotShared {
-            seq: crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])
+            seq: crate::pg::spi::maybe_one::<String>("SELECT $1::regclass::text", &[seq.into()])?
                 .unwrap_or_default(),
             peer: peer.name,
         }

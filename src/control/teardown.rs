@@ -37,14 +37,14 @@ unsafe fn drops_synclink(parsetree: *mut pg_sys::Node) -> bool {
 }
 
 fn remove_everything() -> Result<()> {
-    for seq in spi::column::<pg_sys::Oid>("SELECT seq FROM synclink.shared_sequence", &[]) {
+    for seq in spi::column::<pg_sys::Oid>("SELECT seq FROM synclink.shared_sequence", &[])? {
         crate::control::sequence::unshare_by_seq(seq, true)?;
     }
-    for id in spi::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[]) {
+    for id in spi::column::<i32>("SELECT link_id FROM synclink.link ORDER BY link_id", &[])? {
         link::unlink_by_id(id, true, true)?;
     }
-    for p in spi::column::<String>("SELECT peer_name FROM synclink.peer", &[]) {
-        let peer = crate::catalog::peer::find(&p).ok_or(Missing("peer"))?;
+    for p in spi::column::<String>("SELECT peer_name FROM synclink.peer", &[])? {
+        let peer = crate::catalog::peer::find(&p)?.ok_or(Missing("peer"))?;
         crate::control::peer::drop_objects(&peer)?;
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! link's foreign table, inside the writer's transaction.
 
 use crate::data::queue::{self, Change, Flushed};
-use crate::pg::error::{raise, SqlError};
+use crate::pg::error::{raise, OrRaise, SqlError};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
@@ -82,7 +82,7 @@ fn route(link_id: i32) -> Rc<Route> {
             row.get::<bool>(4).unwrap().unwrap_or(false),
         )
     });
-    let peer = crate::catalog::peer::find(&peer).unwrap();
+    let peer = crate::catalog::peer::find(&peer).or_raise().unwrap();
     let sql = format!(
         "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows, stamps) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -115,7 +115,7 @@ fn route(link_id: i32) -> Rc<Route> {
         peer: peer.name,
         target_schema: schema,
         target_table: table,
-        node: crate::catalog::node::local_name(),
+        node: crate::catalog::node::local_name().or_raise(),
     });
     ROUTES.with(|m| m.borrow_mut().insert(link_id, r.clone()));
     r
@@ -188,7 +188,9 @@ fn ship(
         if down {
             return queue(None);
         }
-        let peer = crate::catalog::peer::find(&r.peer).expect("route of an existing peer");
+        let peer = crate::catalog::peer::find(&r.peer)
+            .or_raise()
+            .expect("route of an existing peer");
         match queue::flush_within(&peer, queue::writer_flush_limit(), queue::sync_timeout_ms()) {
             Flushed::Done(_) => {}
             Flushed::Partial(_) | Flushed::Busy => return queue(None),

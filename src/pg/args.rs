@@ -71,17 +71,19 @@ impl FromDatum for RegClass {
 // unbox_arg_unchecked (never, for the Option<RegClass> arguments used here) panics as pgrx's
 // own argument types do.
 unsafe impl<'fcx> ArgAbi<'fcx> for RegClass {
-    // SAFETY: callers: as below.
+    // SAFETY: callers: `arg` is this function's argument of type regclass (pgrx's generated
+    // wrapper passes each argument to the type declared for it).
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
-        // SAFETY: as above.
+        // SAFETY: `arg` holds a regclass datum or NULL, as the caller guarantees, which is
+        // what FromDatum for RegClass reads.
         unsafe { arg.unbox_arg_using_from_datum() }
             .unwrap_or_else(|| panic!("argument {index} must not be null"))
     }
 
     // SAFETY: callers: `arg` is this function's argument of type regclass.
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
-        // SAFETY: as above.
+        // SAFETY: as in unbox_arg_unchecked.
         unsafe { arg.unbox_arg_using_from_datum() }.into()
     }
 }

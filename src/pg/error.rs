@@ -37,6 +37,12 @@ impl Error {
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         self.0.sqlstate()
     }
+    pub fn hint(&self) -> Option<String> {
+        self.0.hint()
+    }
+    pub fn detail(&self) -> Option<String> {
+        self.0.detail()
+    }
 }
 
 impl std::fmt::Display for Error {
@@ -103,9 +109,11 @@ pub fn report<E: SqlError + ?Sized>(err: &E) -> ErrorReport {
     report
 }
 
-/// Raise `err` as an ERROR. Never returns.
-pub fn raise<E: SqlError>(err: E) -> ! {
-    report(&err).report(PgLogLevel::ERROR);
+/// Raise `err` (a module's error, or an [`Error`] carrying one) as an ERROR. Never returns.
+/// Only for code that has no caller to return an error to: callbacks PostgreSQL calls
+/// directly, and functions not yet returning a `Result`.
+pub fn raise(err: impl Into<Error>) -> ! {
+    ErrorReport::from(err.into()).report(PgLogLevel::ERROR);
     unreachable!("ERROR report returned")
 }
 
@@ -130,7 +138,10 @@ impl<T, E: SqlError> OrRaise<T> for Result<T, E> {
     fn or_raise(self) -> T {
         match self {
             Ok(v) => v,
-            Err(e) => raise(e),
+            Err(e) => {
+                report(&e).report(PgLogLevel::ERROR);
+                unreachable!("ERROR report returned")
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 //! one made for each large record with its real size in view.
 
 use pgrx::prelude::*;
+use pgrx::spi::{SpiError, SpiErrorCodes};
 use std::cell::OnceCell;
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
@@ -58,6 +59,8 @@ impl Statement {
     /// A statement with parameters of `types`, prepared when first run.
     pub fn new(sql: &str, types: &[pg_sys::Oid]) -> Statement {
         Statement {
+            // A statement is made of Rust literals and of names and values read from
+            // PostgreSQL, whose text values cannot hold a NUL byte.
             sql: CString::new(sql).expect("generated SQL has no NUL"),
             types: types.to_vec(),
             generic: OnceCell::new(),
@@ -67,43 +70,41 @@ impl Statement {
 
     /// Run the statement for a record of `bytes` bytes; the first column of its first row,
     /// if it returns one. Must run inside an SPI connection.
-    pub fn run(&self, bytes: usize, args: &[pg_sys::Datum]) -> Option<i64> {
-        assert_eq!(args.len(), self.types.len());
+    pub fn run(&self, bytes: usize, args: &[pg_sys::Datum]) -> Result<Option<i64>, SpiError> {
+        self.check_arguments(args)?;
         let small = bytes <= SMALL_BYTES;
         let plan = if small {
-            let plan = *self
-                .generic
-                .get_or_init(|| self.prepare(pg_sys::CURSOR_OPT_GENERIC_PLAN));
+            let plan = self.plan(&self.generic, pg_sys::CURSOR_OPT_GENERIC_PLAN)?;
             plan_generic(plan);
             plan
         } else {
-            *self
-                .custom
-                .get_or_init(|| self.prepare(pg_sys::CURSOR_OPT_CUSTOM_PLAN))
+            self.plan(&self.custom, pg_sys::CURSOR_OPT_CUSTOM_PLAN)?
         };
         let mut values = args.to_vec();
         let nulls = vec![b' ' as std::ffi::c_char; args.len()];
         let settings: &[(&CStr, &CStr)] = if small { &[] } else { &CUSTOM_SETTINGS };
+        // SAFETY: `plan` is a kept plan this statement made and has not freed; `values` and
+        // `nulls` hold one entry per parameter (checked above) and outlive the call, which
+        // only reads them. The caller is inside an SPI connection, as SPI_execute_plan
+        // requires.
+        let rc = with_settings(settings, || unsafe {
+            pg_sys::SPI_execute_plan(plan.as_ptr(), values.as_mut_ptr(), nulls.as_ptr(), false, 0)
+        });
+        if rc < 0 {
+            return Err(failed(rc));
+        }
+        // SAFETY: after a successful run SPI_tuptable is this statement's result or NULL
+        // (checked), valid until the next SPI call; with a row and a column, its first tuple
+        // may be read at column 1. As an i64 the datum's bits are taken as they are: nothing
+        // is dereferenced, whatever the column's type.
         unsafe {
-            let rc = with_settings(settings, || {
-                pg_sys::SPI_execute_plan(
-                    plan.as_ptr(),
-                    values.as_mut_ptr(),
-                    nulls.as_ptr(),
-                    false,
-                    0,
-                )
-            });
-            if rc < 0 {
-                panic!("SPI_execute_plan failed: {rc}");
-            }
             let table = pg_sys::SPI_tuptable;
             if table.is_null() || pg_sys::SPI_processed == 0 || (*(*table).tupdesc).natts < 1 {
-                return None;
+                return Ok(None);
             }
             let mut isnull = false;
             let datum = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, 1, &mut isnull);
-            i64::from_datum(datum, isnull)
+            Ok(i64::from_datum(datum, isnull))
         }
     }
 
@@ -112,16 +113,17 @@ impl Statement {
     /// (postgres_fdw's remote transactions) a statement sees nothing committed after the
     /// transaction began, but some checks must see what a transaction they waited for has
     /// just committed. Uses the generic plan; must run inside an SPI connection.
-    pub fn read_latest(&self, args: &[pg_sys::Datum]) -> Vec<i64> {
-        assert_eq!(args.len(), self.types.len());
-        let plan = *self
-            .generic
-            .get_or_init(|| self.prepare(pg_sys::CURSOR_OPT_GENERIC_PLAN));
+    pub fn read_latest(&self, args: &[pg_sys::Datum]) -> Result<Vec<i64>, SpiError> {
+        self.check_arguments(args)?;
+        let plan = self.plan(&self.generic, pg_sys::CURSOR_OPT_GENERIC_PLAN)?;
         plan_generic(plan);
         let mut values = args.to_vec();
         let nulls = vec![b' ' as std::ffi::c_char; args.len()];
-        unsafe {
-            let rc = pg_sys::SPI_execute_snapshot(
+        // SAFETY: as in `run` for the plan and the arguments. GetLatestSnapshot returns a
+        // snapshot PostgreSQL keeps for at least this statement; read_only is true, so SPI
+        // neither copies nor needs to register it.
+        let rc = unsafe {
+            pg_sys::SPI_execute_snapshot(
                 plan.as_ptr(),
                 values.as_mut_ptr(),
                 nulls.as_ptr(),
@@ -130,43 +132,89 @@ impl Statement {
                 true,
                 false,
                 0,
-            );
-            if rc < 0 {
-                panic!("SPI_execute_snapshot failed: {rc}");
-            }
+            )
+        };
+        if rc < 0 {
+            return Err(failed(rc));
+        }
+        // SAFETY: after a successful execution SPI_tuptable is this statement's result (NULL
+        // checked), valid until the next SPI call, with SPI_processed tuples in `vals`, each
+        // read at column 1 of the statement's own descriptor; reading a datum as an i64
+        // dereferences nothing, as in `run`.
+        unsafe {
             let table = pg_sys::SPI_tuptable;
-            (0..pg_sys::SPI_processed as usize)
+            if table.is_null() {
+                return Ok(Vec::new());
+            }
+            Ok((0..pg_sys::SPI_processed as usize)
                 .filter_map(|i| {
                     let mut isnull = false;
                     let row = *(*table).vals.add(i);
                     let datum = pg_sys::SPI_getbinval(row, (*table).tupdesc, 1, &mut isnull);
                     i64::from_datum(datum, isnull)
                 })
-                .collect()
+                .collect())
         }
     }
 
-    fn prepare(&self, options: u32) -> Plan {
+    fn check_arguments(&self, args: &[pg_sys::Datum]) -> Result<(), SpiError> {
+        if args.len() != self.types.len() {
+            return Err(SpiError::PreparedStatementArgumentMismatch {
+                expected: self.types.len(),
+                got: args.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The plan kept in `cell`, made with `options` on first use.
+    fn plan(&self, cell: &OnceCell<Plan>, options: u32) -> Result<Plan, SpiError> {
+        if let Some(plan) = cell.get() {
+            return Ok(*plan);
+        }
+        let plan = self.prepare(options)?;
+        // Nothing else fills the cell meanwhile: preparing runs no code of this statement's.
+        Ok(*cell.get_or_init(|| plan))
+    }
+
+    fn prepare(&self, options: u32) -> Result<Plan, SpiError> {
         let mut types = self.types.clone();
-        unsafe {
-            let plan = pg_sys::SPI_prepare_cursor(
+        // SAFETY: `sql` is NUL-terminated and `types` holds one OID per parameter, both alive
+        // for the call, which copies what it keeps; a statement PostgreSQL rejects raises an
+        // ERROR.
+        let plan = unsafe {
+            pg_sys::SPI_prepare_cursor(
                 self.sql.as_ptr(),
                 types.len() as i32,
                 types.as_mut_ptr(),
                 options as i32,
-            );
-            let code = pg_sys::SPI_result;
-            let plan =
-                NonNull::new(plan).unwrap_or_else(|| panic!("SPI_prepare_cursor failed: {code}"));
-            pg_sys::SPI_keepplan(plan.as_ptr());
-            plan
-        }
+            )
+        };
+        let Some(plan) = NonNull::new(plan) else {
+            // SAFETY: SPI_result is the plain int SPI set for the call just made.
+            return Err(failed(unsafe { pg_sys::SPI_result }));
+        };
+        // SAFETY: `plan` is the plan just made; SPI_keepplan moves it out of the SPI
+        // connection's memory, so that it lives until Drop frees it.
+        unsafe { pg_sys::SPI_keepplan(plan.as_ptr()) };
+        Ok(plan)
     }
+}
+
+/// The error for a negative SPI result code.
+fn failed(code: i32) -> SpiError {
+    // SPI's codes are the ones SpiErrorCodes lists; any other would be a new PostgreSQL's,
+    // reported as an unknown operation.
+    SpiError::SpiError(SpiErrorCodes::try_from(code).unwrap_or(SpiErrorCodes::OpUnknown))
 }
 
 /// Make the generic plan under GENERIC_HINTS unless a valid one is kept. An invalidation
 /// (DDL, ANALYZE) drops it; the next call makes it again.
 fn plan_generic(plan: Plan) {
+    // SAFETY: `plan` is a kept plan, so its plan-source list and the CachedPlanSource in it
+    // live until SPI_freeplan; a plan made by SPI_prepare_cursor from one statement has
+    // exactly one source. gplan is read only after checking it is not NULL. A cached plan
+    // fetched here is released at once to the current resource owner it was taken with.
     unsafe {
         let sources = pg_sys::SPI_plan_get_plan_sources(plan.as_ptr());
         let source = pg_sys::list_nth(sources, 0) as *mut pg_sys::CachedPlanSource;
@@ -219,6 +267,10 @@ pub fn with_settings<T>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> T) -> T
     if settings.is_empty() {
         return f();
     }
+    // SAFETY: NewGUCNestLevel opens a nesting level that AtEOXact_GUC closes again, undoing
+    // the settings made at it (GUC_ACTION_SAVE); set_config_option copies both
+    // NUL-terminated strings. If `f` raises an ERROR the (sub)transaction's abort closes the
+    // level instead.
     unsafe {
         let level = pg_sys::NewGUCNestLevel();
         for (name, value) in settings {
@@ -242,7 +294,12 @@ pub fn with_settings<T>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> T) -> T
 /// Parse `text` as a value of type `oid`, once, so that several statements can take it.
 /// The value lives in the current memory context.
 pub fn parse(oid: pg_sys::Oid, text: &str) -> pg_sys::Datum {
+    // The text is a change record's, read from a PostgreSQL text value, which cannot hold
+    // a NUL byte.
     let text = CString::new(text).expect("array text has no NUL");
+    // SAFETY: getTypeInputInfo only writes the two locals (an unknown type raises an ERROR);
+    // the input function copies the NUL-terminated text, which outlives the call, into a
+    // value in the current memory context.
     unsafe {
         let mut input = pg_sys::InvalidOid;
         let mut ioparam = pg_sys::InvalidOid;
@@ -260,6 +317,8 @@ impl Drop for Statement {
             .into_iter()
             .flatten()
         {
+            // SAFETY: the plan was kept by `prepare` and is freed once, here, when the last
+            // user of the statement is gone.
             unsafe { pg_sys::SPI_freeplan(plan.as_ptr()) };
         }
     }

@@ -11,6 +11,7 @@
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::spi::SpiError;
 
 /// The search path every privileged statement runs with.
 pub const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
@@ -75,17 +76,18 @@ pub fn as_role_without_sql<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
 /// Run `f` as the owner of `relid`, in a security-restricted operation: code the owner wrote
 /// (triggers, defaults, checks, index expressions) runs with the owner's rights, cannot
 /// change role or create temporary objects, and synclink's privileges are not lent to it.
-pub fn as_owner_of<T>(relid: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+/// Fails, before `f` runs, only if the deferred checks cannot be read or made immediate.
+pub fn as_owner_of<T>(relid: pg_sys::Oid, f: impl FnOnce() -> T) -> Result<T, SpiError> {
     let owner = table_owner(relid);
-    let deferred = deferred_code_checks();
+    let deferred = deferred_code_checks()?;
     let flags = pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION;
     pinned(|| {
         switched(owner, flags, || {
             if let Some(names) = deferred {
                 // The names come from the catalog, each quoted by format('%I').
-                Spi::run(&format!("SET CONSTRAINTS {names} IMMEDIATE")).unwrap();
+                Spi::run(&format!("SET CONSTRAINTS {names} IMMEDIATE"))?;
             }
-            f()
+            Ok(f())
         })
     })
 }
@@ -102,13 +104,13 @@ thread_local! {
 /// statement queued them. as_owner_of makes them immediate, so they run inside it. (Foreign
 /// keys stay deferrable: PostgreSQL runs their checks as the table's owner itself.) Read
 /// once per transaction; None when there are none, as in most databases.
-fn deferred_code_checks() -> Option<String> {
+fn deferred_code_checks() -> Result<Option<String>, SpiError> {
     let xact = crate::pg::ffi::local_xact();
     if let Some(names) = DEFERRED.with(|d| {
         let d = d.borrow();
         (d.0 == xact).then(|| d.1.clone())
     }) {
-        return names;
+        return Ok(names);
     }
     let names = pinned(|| {
         crate::pg::spi::prepared_read(
@@ -123,11 +125,11 @@ fn deferred_code_checks() -> Option<String> {
                                         AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL))))",
             &[],
             &[],
-            |t| t.first().get_one::<String>().ok().flatten(),
+            crate::pg::spi::first_of::<String>,
         )
-    });
+    })??;
     DEFERRED.with(|d| *d.borrow_mut() = (xact, names.clone()));
-    names
+    Ok(names)
 }
 
 thread_local! {
@@ -139,11 +141,11 @@ thread_local! {
 
 /// The role the extension belongs to, which owns synclink's catalog and the objects synclink
 /// makes: its own bookkeeping runs as it.
-pub fn extension_owner() -> pg_sys::Oid {
+pub fn extension_owner() -> Result<pg_sys::Oid, SpiError> {
     let xact = crate::pg::ffi::local_xact();
     let (seen_in, owner) = OWNER.with(|o| o.get());
     if seen_in == xact && owner != pg_sys::InvalidOid {
-        return owner;
+        return Ok(owner);
     }
     let owner = pinned(|| {
         crate::pg::spi::prepared_read(
@@ -151,12 +153,12 @@ pub fn extension_owner() -> pg_sys::Oid {
               WHERE e.extname OPERATOR(pg_catalog.=) 'synclink'",
             &[],
             &[],
-            |t| t.first().get_one::<pg_sys::Oid>().ok().flatten(),
+            crate::pg::spi::first_of::<pg_sys::Oid>,
         )
-        .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into())
-    });
+    })??
+    .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into());
     OWNER.with(|o| o.set((xact, owner)));
-    owner
+    Ok(owner)
 }
 
 /// The owner of a relation, from the relation cache (the caller holds a lock on it or
@@ -178,7 +180,8 @@ pub fn table_owner(relid: pg_sys::Oid) -> pg_sys::Oid {
 /// The role this session logged in as: for a peer's session, the role of its connection
 /// string, which is what this node's administrator granted rights to.
 pub fn session_role() -> pg_sys::Oid {
-    // SAFETY: plain read of backend state set at connection start.
+    // SAFETY: GetSessionUserId reads backend state set at connection start; it takes no
+    // arguments and only asserts that the state is set, which it is in a running backend.
     unsafe { pg_sys::GetSessionUserId() }
 }
 
@@ -198,12 +201,14 @@ fn switched<T>(role: pg_sys::Oid, flags: u32, f: impl FnOnce() -> T) -> T {
 }
 
 pub fn is_superuser(role: pg_sys::Oid) -> bool {
-    // SAFETY: superuser_arg reads the role's catalog entry through the syscache.
+    // SAFETY: superuser_arg takes a plain OID and reads the role's catalog entry through the
+    // syscache (a role that is gone is not a superuser).
     unsafe { pg_sys::superuser_arg(role) }
 }
 
 pub fn role_name(role: pg_sys::Oid) -> String {
-    // SAFETY: GetUserNameFromId returns a palloc'd copy, or NULL for a role that is gone.
+    // SAFETY: with noerr set, GetUserNameFromId returns NULL for a role that is gone (checked)
+    // or a palloc'd, NUL-terminated copy of the name, which is copied at once.
     unsafe {
         let name = pg_sys::GetUserNameFromId(role, true);
         if name.is_null() {

@@ -71,6 +71,26 @@ impl RemoteFailure {
     }
 }
 
+impl std::fmt::Display for RemoteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A failure caught from the peer, passed on as the peer reported it: its SQLSTATE, message,
+/// detail and hint.
+impl crate::pg::error::SqlError for RemoteFailure {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        self.sqlstate
+    }
+    fn hint(&self) -> Option<String> {
+        self.hint.clone()
+    }
+    fn detail(&self) -> Option<String> {
+        self.detail.clone()
+    }
+}
+
 /// Decode a packed SQLSTATE back to its five characters.
 pub fn sqlstate_text(code: isize) -> String {
     let mut c = code as u32;
@@ -103,17 +123,10 @@ pub fn catching<T>(f: impl FnOnce() -> T) -> Result<T, RemoteFailure> {
     .execute()
 }
 
-/// Raise a failure caught from the peer again, as the peer reported it.
+/// Raise a failure caught from the peer again, as the peer reported it. (A function that
+/// returns a `Result` returns the failure instead: it is an error like any other.)
 pub fn reraise(f: RemoteFailure) -> ! {
-    let mut report = pgrx::pg_sys::panic::ErrorReport::new(f.sqlstate, f.message, "synclink");
-    if let Some(d) = f.detail {
-        report = report.set_detail(d);
-    }
-    if let Some(h) = f.hint {
-        report = report.set_hint(h);
-    }
-    report.report(PgLogLevel::ERROR);
-    unreachable!()
+    crate::pg::error::raise(f)
 }
 
 /// Run `f`, which waits on a peer, for at most `ms` milliseconds (0: no limit). When the time
@@ -132,14 +145,16 @@ pub fn within<T>(ms: i32, f: impl FnOnce() -> T) -> T {
     struct Disarm(c_int);
     impl Drop for Disarm {
         fn drop(&mut self) {
-            // SAFETY: disarming a timeout touches only the timeout module's own state.
+            // SAFETY: self.0 is the id deadline_timeout registered; disarming it touches only
+            // the timeout module's own state.
             unsafe { disable_timeout(self.0, false) };
             if deadline_passed() {
                 // The time ran out after f had already returned or failed: the cancel it
                 // asked for must not hit what the caller runs next (queueing the change, say).
                 // A cancel that did stop f was taken already. At worst a user's cancel arriving
                 // at this very moment is lost, and can be repeated.
-                // SAFETY: clearing the flag the handler set.
+                // SAFETY: QueryCancelPending is a sig_atomic_t that the backend itself clears
+                // when it takes a cancel; this clears the one the handler set.
                 unsafe { pg_sys::QueryCancelPending = 0 };
             }
         }

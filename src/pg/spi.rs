@@ -43,20 +43,33 @@ pub fn need<T: FromDatum + IntoDatum>(
 
 /// The first column of the first row, or None when the query returns no row or NULL.
 /// (pgrx reports "no row" as an error; for a catalog lookup it is an ordinary answer.)
-pub fn maybe_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
-    match Spi::get_one_with_args::<T>(sql, args) {
-        Ok(v) => v,
-        Err(SpiError::InvalidPosition) => None,
-        Err(e) => panic!("{e}"),
+pub fn maybe_one<T: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[DatumWithOid],
+) -> Result<Option<T>, SpiError> {
+    no_row_is_none(Spi::get_one_with_args::<T>(sql, args))
+}
+
+/// The first column of the first row of `table`, or None when it has no row or NULL there.
+pub fn first_of<T: FromDatum + IntoDatum>(table: SpiTupleTable) -> Result<Option<T>, SpiError> {
+    no_row_is_none(table.first().get_one::<T>())
+}
+
+fn no_row_is_none<T>(value: Result<Option<T>, SpiError>) -> Result<Option<T>, SpiError> {
+    match value {
+        Err(SpiError::InvalidPosition) => Ok(None),
+        other => other,
     }
 }
 
-/// The first column of every row.
-pub fn column<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Vec<T> {
+/// The first column of every row (rows where it is NULL left out).
+pub fn column<T: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[DatumWithOid],
+) -> Result<Vec<T>, SpiError> {
     Spi::connect(|c| {
-        c.select(sql, None, args)
-            .unwrap()
-            .filter_map(|r| r.get::<T>(1).unwrap())
+        c.select(sql, None, args)?
+            .filter_map(|r| r.get::<T>(1).transpose())
             .collect()
     })
 }
@@ -75,7 +88,7 @@ pub fn prepared<R>(
     types: &[PgOid],
     args: &[DatumWithOid],
     read: impl FnOnce(SpiTupleTable) -> R,
-) -> R {
+) -> Result<R, SpiError> {
     kept(sql, types, args, true, read)
 }
 
@@ -87,7 +100,7 @@ pub fn prepared_read<R>(
     types: &[PgOid],
     args: &[DatumWithOid],
     read: impl FnOnce(SpiTupleTable) -> R,
-) -> R {
+) -> Result<R, SpiError> {
     kept(sql, types, args, false, read)
 }
 
@@ -97,28 +110,30 @@ fn kept<R>(
     args: &[DatumWithOid],
     writes: bool,
     read: impl FnOnce(SpiTupleTable) -> R,
-) -> R {
+) -> Result<R, SpiError> {
     Spi::connect_mut(|c| {
         // A shared handle, not a borrow of the cache: the statement may fire a trigger that
         // runs prepared statements of its own, and an error inside it must not free the plan.
-        let plan = PLANS.with(|p| p.borrow().get(sql).cloned());
-        let plan = plan.unwrap_or_else(|| {
-            let made = if writes {
-                c.prepare_mut(sql, types)
-            } else {
-                c.prepare(sql, types)
-            };
-            let plan = Rc::new(made.unwrap().keep());
-            PLANS.with(|p| p.borrow_mut().insert(sql.to_string(), plan.clone()));
-            plan
-        });
+        let plan = match PLANS.with(|p| p.borrow().get(sql).cloned()) {
+            Some(plan) => plan,
+            None => {
+                let made = if writes {
+                    c.prepare_mut(sql, types)
+                } else {
+                    c.prepare(sql, types)
+                };
+                let plan = Rc::new(made?.keep());
+                PLANS.with(|p| p.borrow_mut().insert(sql.to_string(), plan.clone()));
+                plan
+            }
+        };
         crate::pg::plan::with_kept_plan(|| {
             let rows = if writes {
                 c.update(&*plan, None, args)
             } else {
                 c.select(&*plan, None, args)
             };
-            read(rows.unwrap())
+            Ok(read(rows?))
         })
     })
 }

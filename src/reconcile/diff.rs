@@ -6,11 +6,13 @@
 //! Rows are hashed in their text form under fixed settings — the ones postgres_fdw gives the
 //! peer's session — so equal values hash alike on both nodes.
 
-use crate::catalog::peer::{self, Peer};
-use crate::pg::error::{raise, OrRaise, SqlError};
+use crate::catalog::peer::{self, Peer, PeerError};
+use crate::pg::error::{Result, SqlError};
+use crate::pg::spi::need;
 use crate::pg::sql::{ident, join, literal, qualified};
 use crate::rpc::{DiffRequest, Repair, Shape};
 use pgrx::prelude::*;
+use pgrx::spi::SpiError;
 use pgrx::JsonB;
 
 #[derive(thiserror::Error, Debug)]
@@ -62,10 +64,10 @@ impl Shape {
     /// Run `f`, which reads or writes the table's values, as the table's owner: casts of its
     /// types to text or json, domain checks and triggers are the owner's code
     /// (crate::pg::privilege).
-    fn as_owner<T>(&self, f: impl FnOnce() -> T) -> T {
-        match crate::catalog::link::lookup(&self.schema, &self.table) {
+    fn as_owner<T>(&self, f: impl FnOnce() -> T) -> Result<T, SpiError> {
+        match crate::catalog::link::lookup(&self.schema, &self.table)? {
             Some(relid) => crate::pg::privilege::as_owner_of(relid, f),
-            None => f(),
+            None => Ok(f()),
         }
     }
     fn bucket(&self, mask: i64) -> String {
@@ -138,35 +140,47 @@ impl Shape {
     }
     /// Write `upsert` rows and delete `delete` keys here, marked as coming from `from` so a
     /// link's capture does not send them back. Returns the rows touched.
-    fn repair_here(&self, upsert: serde_json::Value, delete: serde_json::Value, from: &str) -> i64 {
-        let run = |sql: String, rows: serde_json::Value| -> i64 {
-            Spi::connect_mut(|c| c.update(&sql, None, &[JsonB(rows).into()]).unwrap().len() as i64)
+    fn repair_here(
+        &self,
+        upsert: serde_json::Value,
+        delete: serde_json::Value,
+        from: &str,
+    ) -> Result<i64, SpiError> {
+        let run = |sql: String, rows: serde_json::Value| -> Result<i64, SpiError> {
+            Spi::connect_mut(|c| Ok(c.update(&sql, None, &[JsonB(rows).into()])?.len() as i64))
         };
         let table = self.table_sql();
         let (upsert_sql, delete_sql) = (self.upsert_sql(), self.delete_keys_sql(&table, &table));
         let work = std::panic::AssertUnwindSafe(move || {
             crate::data::wire::compared(|| {
-                self.as_owner(|| run(delete_sql, delete) + run(upsert_sql, upsert))
+                self.as_owner(|| Ok(run(delete_sql, delete)? + run(upsert_sql, upsert)?))
             })
         });
         crate::data::apply::marked(from, from, move || {
             let w = work;
             (w.0)()
-        })
+        })?
     }
 
     /// On a linked table, drop the row versions of these keys (a jsonb array of key objects):
     /// a repaired row was written without a change record, so both nodes start its history
     /// afresh, and the next change to it is not taken for a conflict.
     /// Open conflicts on those keys are closed as resolved in favour of `kept`.
-    fn forget_versions(&self, peer_name: &str, keys: &serde_json::Value, kept: Option<&str>) {
-        let link = crate::catalog::link::lookup(&self.schema, &self.table)
-            .and_then(|oid| crate::catalog::link::find(oid, peer_name));
+    fn forget_versions(
+        &self,
+        peer_name: &str,
+        keys: &serde_json::Value,
+        kept: Option<&str>,
+    ) -> Result<()> {
+        let link = match crate::catalog::link::lookup(&self.schema, &self.table)? {
+            Some(oid) => crate::catalog::link::find(oid, peer_name)?,
+            None => None,
+        };
         let (Some(link), Some(list)) = (link, keys.as_array()) else {
-            return;
+            return Ok(());
         };
         if list.is_empty() {
-            return;
+            return Ok(());
         }
         // The keys are read as the table's row type (its domains' checks): as the owner.
         self.as_owner(|| {
@@ -174,14 +188,13 @@ impl Shape {
                 &self.delete_keys_sql(&link.version_table, &link.row_type),
                 &[JsonB(keys.clone()).into()],
             )
-            .unwrap()
-        });
+        })??;
         Spi::run_with_args(
             "UPDATE synclink.conflict SET outcome = 'resolved', resolved_at = clock_timestamp(), kept = $3 \
               WHERE link_id = $1 AND outcome = 'open' AND key IN (SELECT jsonb_array_elements($2))",
             &[link.id.into(), JsonB(keys.clone()).into(), kept.into()],
-        )
-        .unwrap();
+        )?;
+        Ok(())
     }
 
     /// [key, [hash of each column's text]] for every row in the given buckets ($1)
@@ -200,16 +213,14 @@ impl Shape {
     }
 }
 
-fn query_json(sql: &str, buckets: Option<Vec<i32>>) -> serde_json::Value {
+fn query_json(sql: &str, buckets: Option<Vec<i32>>) -> Result<serde_json::Value, SpiError> {
     let args: Vec<pgrx::datum::DatumWithOid> = buckets.into_iter().map(|b| b.into()).collect();
-    Spi::get_one_with_args::<JsonB>(sql, &args)
-        .unwrap()
-        .map_or(serde_json::Value::Null, |j| j.0)
+    Ok(Spi::get_one_with_args::<JsonB>(sql, &args)?.map_or(serde_json::Value::Null, |j| j.0))
 }
 
-fn shape_of(relid: pg_sys::Oid, peer: &Peer) -> Result<Shape, DiffError> {
-    let info = crate::catalog::link::describe(relid);
-    if let Some((columns, key)) = crate::catalog::link::columns_and_key(relid, &peer.name) {
+fn shape_of(relid: pg_sys::Oid, peer: &Peer) -> Result<Shape> {
+    let info = crate::catalog::link::describe(relid)?;
+    if let Some((columns, key)) = crate::catalog::link::columns_and_key(relid, &peer.name)? {
         return Ok(Shape {
             schema: info.schema,
             table: info.name,
@@ -232,42 +243,41 @@ fn shape_of(relid: pg_sys::Oid, peer: &Peer) -> Result<Shape, DiffError> {
 
 /// A bucket count that keeps each bucket a few hundred rows. Counted, not estimated: a table
 /// loaded a moment ago has no statistics yet, and one bucket would mean fetching every row.
-fn mask_for(shape: &Shape) -> i64 {
-    let rows = shape.as_owner(|| {
-        Spi::get_one::<i64>(&format!("SELECT count(*) FROM {}", shape.table_sql()))
-            .unwrap()
-            .unwrap_or(0)
-    });
+fn mask_for(shape: &Shape) -> Result<i64, SpiError> {
+    let rows = shape
+        .as_owner(|| Spi::get_one::<i64>(&format!("SELECT count(*) FROM {}", shape.table_sql())))??
+        .unwrap_or(0);
     let buckets = (rows / 256).clamp(1, 1 << 16) as u64;
-    buckets.next_power_of_two() as i64 - 1
+    Ok(buckets.next_power_of_two() as i64 - 1)
 }
 
-fn ask(peer: &Peer, req: &DiffRequest) -> serde_json::Value {
-    crate::rpc::call(peer, req).or_raise()
+fn ask(peer: &Peer, req: &DiffRequest) -> Result<serde_json::Value, PeerError> {
+    crate::rpc::call(peer, req)
 }
 
 type DiffRow = (JsonB, String, Option<Vec<String>>);
 
-pub fn diff(relid: pg_sys::Oid, peer_name: Option<&str>) -> Vec<DiffRow> {
-    let peer = peer::resolve(peer_name).or_raise();
-    let shape = shape_of(relid, &peer).or_raise();
+pub fn diff(relid: pg_sys::Oid, peer_name: Option<&str>) -> Result<Vec<DiffRow>> {
+    let peer = peer::resolve(peer_name)?;
+    let shape = shape_of(relid, &peer)?;
     diff_with(&peer, &shape)
 }
 
-fn diff_with(peer: &Peer, shape: &Shape) -> Vec<DiffRow> {
-    let mask = mask_for(shape);
+fn diff_with(peer: &Peer, shape: &Shape) -> Result<Vec<DiffRow>> {
+    let mask = mask_for(shape)?;
     let mut req = DiffRequest {
         shape: shape.clone(),
         mask,
         buckets: None,
         repair: None,
     };
-    let theirs = ask(peer, &req);
-    let mine = shape
-        .as_owner(|| crate::data::wire::compared(|| query_json(&shape.summary_sql(mask), None)));
+    let theirs = ask(peer, &req)?;
+    let mine = shape.as_owner(|| {
+        crate::data::wire::compared(|| query_json(&shape.summary_sql(mask), None))
+    })??;
     let (theirs, mine) = match (theirs, mine) {
         (serde_json::Value::Object(t), serde_json::Value::Object(m)) => (t, m),
-        _ => raise(DiffError::BadRequest),
+        _ => return Err(DiffError::BadRequest.into()),
     };
     let mut differing: Vec<i32> = theirs
         .iter()
@@ -278,13 +288,13 @@ fn diff_with(peer: &Peer, shape: &Shape) -> Vec<DiffRow> {
     differing.sort_unstable();
     differing.dedup();
     if differing.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     req.buckets = Some(differing.clone());
-    let their_rows = ask(peer, &req);
+    let their_rows = ask(peer, &req)?;
     let my_rows = shape.as_owner(|| {
         crate::data::wire::compared(|| query_json(&shape.rows_sql(mask), Some(differing)))
-    });
+    })??;
     Spi::connect(|c| {
         c.select(
             "WITH peer AS (SELECT e->0 AS key, ARRAY(SELECT jsonb_array_elements_text(e->1))::numeric[] AS h \
@@ -305,40 +315,37 @@ fn diff_with(peer: &Peer, shape: &Shape) -> Vec<DiffRow> {
                 JsonB(my_rows).into(),
                 shape.columns.clone().into(),
             ],
-        )
-        .unwrap()
+        )?
         .map(|r| {
-            (
-                r.get::<JsonB>(1).unwrap().unwrap(),
-                r.get::<String>(2).unwrap().unwrap(),
-                r.get::<Vec<String>>(3).unwrap(),
-            )
+            Ok((
+                need::<JsonB>(&r, 1, "key of a differing row")?,
+                need::<String>(&r, 2, "kind of a differing row")?,
+                r.get::<Vec<String>>(3)?,
+            ))
         })
         .collect()
     })
 }
 
 /// Answer a peer's diff request: bucket summaries, or the rows of some buckets.
-pub fn answer(from: &Peer, req: DiffRequest) -> serde_json::Value {
-    let node = crate::catalog::node::local_name();
+pub fn answer(from: &Peer, req: DiffRequest) -> Result<serde_json::Value> {
+    let node = crate::catalog::node::local_name()?;
     let shape = &req.shape;
     let relid = crate::pg::spi::maybe_one::<pg_sys::Oid>(
         "SELECT to_regclass(format('%I.%I', $1::text, $2::text))::oid",
         &[shape.schema.as_str().into(), shape.table.as_str().into()],
-    )
-    .unwrap_or_else(|| {
-        raise(DiffError::MissingTable {
-            table: shape.table_sql(),
-            node: node.clone(),
-        })
-    });
+    )?
+    .ok_or_else(|| DiffError::MissingTable {
+        table: shape.table_sql(),
+        node: node.clone(),
+    })?;
     // A repair writes rows or, fetching, forgets row versions and settles conflicts.
     let (needs, what) = match &req.repair {
         Some(_) => (crate::catalog::access::READ_WRITE, "write"),
         None => (crate::catalog::access::READ, "read"),
     };
-    crate::catalog::access::peer_may(relid, needs, what).or_raise();
-    let info = crate::catalog::link::describe(relid);
+    crate::catalog::access::peer_may(relid, needs, what)?;
+    let info = crate::catalog::link::describe(relid)?;
     let missing: Vec<String> = shape
         .columns
         .iter()
@@ -347,48 +354,56 @@ pub fn answer(from: &Peer, req: DiffRequest) -> serde_json::Value {
         .map(|c| ident(c))
         .collect();
     if !missing.is_empty() {
-        raise(DiffError::MissingColumns {
+        return Err(DiffError::MissingColumns {
             table: shape.table_sql(),
             node,
             columns: missing.join(", "),
-        });
+        }
+        .into());
     }
     if let Some(repair) = req.repair {
-        shape.forget_versions(&from.name, &repair.forget, repair.kept.as_deref());
+        shape.forget_versions(&from.name, &repair.forget, repair.kept.as_deref())?;
         if !repair.fetch.is_null() {
-            return shape.as_owner(|| crate::data::wire::compared(|| fetch(shape, repair.fetch)));
+            return Ok(
+                shape.as_owner(|| crate::data::wire::compared(|| fetch(shape, repair.fetch)))??
+            );
         }
         let from = from.node_name.clone();
-        return serde_json::json!(shape.repair_here(repair.upsert, repair.delete, &from));
+        return Ok(serde_json::json!(shape.repair_here(
+            repair.upsert,
+            repair.delete,
+            &from
+        )?));
     }
-    shape.as_owner(|| {
+    Ok(shape.as_owner(|| {
         crate::data::wire::compared(|| match req.buckets {
             None => query_json(&shape.summary_sql(req.mask), None),
             Some(b) => query_json(&shape.rows_sql(req.mask), Some(b)),
         })
-    })
+    })??)
 }
 
-fn fetch(shape: &Shape, keys: serde_json::Value) -> serde_json::Value {
-    Spi::get_one_with_args::<JsonB>(&shape.fetch_sql(), &[JsonB(keys).into()])
-        .unwrap()
-        .map_or(serde_json::Value::Null, |j| j.0)
+fn fetch(shape: &Shape, keys: serde_json::Value) -> Result<serde_json::Value, SpiError> {
+    Ok(
+        Spi::get_one_with_args::<JsonB>(&shape.fetch_sql(), &[JsonB(keys).into()])?
+            .map_or(serde_json::Value::Null, |j| j.0),
+    )
 }
 
 /// Make the two copies equal: the preferred node's rows win, rows only on the other node are
 /// removed there. Returns how many rows were written or removed.
-pub fn reconcile(relid: pg_sys::Oid, peer_name: Option<&str>, prefer: &str) -> i64 {
-    let peer = peer::resolve(peer_name).or_raise();
-    let local = crate::catalog::node::local_name();
+pub fn reconcile(relid: pg_sys::Oid, peer_name: Option<&str>, prefer: &str) -> Result<i64> {
+    let peer = peer::resolve(peer_name)?;
+    let local = crate::catalog::node::local_name()?;
     let local_wins = match prefer {
         "local" => true,
         "peer" => false,
         p if p == local => true,
         p if p == peer.node_name || p == peer.name => false,
-        other => raise(DiffError::BadPrefer(other.into())),
+        other => return Err(DiffError::BadPrefer(other.into()).into()),
     };
-    let shape = shape_of(relid, &peer).or_raise();
-    let found = diff_with(&peer, &shape);
+    let shape = shape_of(relid, &peer)?;
+    let found = diff_with(&peer, &shape)?;
     let side = if local_wins { Side::Local } else { Side::Peer };
     repair(&peer, &shape, &found, side, side)
 }
@@ -404,9 +419,15 @@ enum Side {
 /// Apply a diff: rows present on one node only are copied to the other when `missing` says
 /// so (Local: this node's rows go to the peer, and the peer's own extra rows are removed;
 /// Peer: the other way round); differing rows take the `differs` side's values.
-fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs: Side) -> i64 {
+fn repair(
+    peer: &Peer,
+    shape: &Shape,
+    found: &[DiffRow],
+    missing: Side,
+    differs: Side,
+) -> Result<i64> {
     if found.is_empty() {
-        return 0;
+        return Ok(0);
     }
     let keys = |kinds: &[&str]| -> serde_json::Value {
         serde_json::Value::Array(
@@ -419,12 +440,12 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
     };
     let every_key = keys(&["differs", "only_local", "only_peer"]);
     let kept = match differs {
-        Side::Local => Some(crate::catalog::node::local_name()),
+        Side::Local => Some(crate::catalog::node::local_name()?),
         Side::Peer => Some(peer.node_name.clone()),
         Side::Neither => None,
     };
-    shape.forget_versions(&peer.name, &every_key, kept.as_deref());
-    let ask_repair = |repair: Repair| -> serde_json::Value {
+    shape.forget_versions(&peer.name, &every_key, kept.as_deref())?;
+    let ask_repair = |repair: Repair| -> Result<serde_json::Value, PeerError> {
         ask(
             peer,
             &DiffRequest {
@@ -468,12 +489,12 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
     }
     if !to_peer.is_empty() || !peer_deletes.is_empty() {
         let upsert =
-            shape.as_owner(|| crate::data::wire::compared(|| fetch(shape, keys(&to_peer))));
+            shape.as_owner(|| crate::data::wire::compared(|| fetch(shape, keys(&to_peer))))??;
         touched += ask_repair(Repair {
             upsert,
             delete: keys(&peer_deletes),
             ..Default::default()
-        })
+        })?
         .as_i64()
         .unwrap_or(0);
     }
@@ -484,11 +505,11 @@ fn repair(peer: &Peer, shape: &Shape, found: &[DiffRow], missing: Side, differs:
             ask_repair(Repair {
                 fetch: keys(&from_peer),
                 ..Default::default()
-            })
+            })?
         };
-        touched += shape.repair_here(upsert, keys(&local_deletes), &peer.node_name);
+        touched += shape.repair_here(upsert, keys(&local_deletes), &peer.node_name)?;
     }
-    touched
+    Ok(touched)
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -524,9 +545,9 @@ pub fn copy_for_link(
     columns: Vec<String>,
     key: Vec<String>,
     copy: &str,
-) -> i64 {
+) -> Result<i64> {
     if copy == "none" {
-        return 0;
+        return Ok(0);
     }
     let shape = Shape {
         schema: schema.into(),
@@ -534,13 +555,13 @@ pub fn copy_for_link(
         columns,
         key,
     };
-    let found = diff_with(peer, &shape);
+    let found = diff_with(peer, &shape)?;
     let (missing, differs) = match copy {
         "to_peer" => (Side::Local, Side::Local),
         "from_peer" => (Side::Peer, Side::Peer),
         _ => (Side::Neither, Side::Neither),
     };
-    let touched = repair(peer, &shape, &found, missing, differs);
+    let touched = repair(peer, &shape, &found, missing, differs)?;
     let differing = found.iter().filter(|(_, k, _)| k == "differs").count();
     if differs == Side::Neither && differing > 0 {
         crate::pg::error::warning(
@@ -552,7 +573,7 @@ pub fn copy_for_link(
             "SELECT * FROM sync_diff(...) lists them; sync_reconcile(..., prefer => ...) repairs them.",
         );
     }
-    touched
+    Ok(touched)
 }
 
 #[cfg(test)]

@@ -11,10 +11,12 @@
 //! Every conflict is logged in synclink.conflict by the statement that applies the change.
 
 use crate::data::apply::ApplySpec;
-use crate::pg::error::{raise, OrRaise, SqlError};
+use crate::pg::error::{Result, SqlError};
+use crate::pg::spi::need;
 use crate::pg::sql::{ident, join};
 use crate::rpc::{Decision, ResolveRequest};
 use pgrx::prelude::*;
+use pgrx::spi::SpiError;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ConflictError {
@@ -103,7 +105,7 @@ struct RowTarget {
 }
 
 impl RowTarget {
-    fn load(link_id: i32) -> RowTarget {
+    fn load(link_id: i32) -> Result<RowTarget> {
         Spi::connect(|c| {
             let r = c
                 .select(
@@ -113,20 +115,20 @@ impl RowTarget {
                        JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE l.link_id = $1",
                     None,
                     &[link_id.into()],
-                )
-                .unwrap()
-                .first();
-            RowTarget {
+                )?
+                .next()
+                .ok_or(crate::pg::spi::Missing("link of the conflict"))?;
+            Ok(RowTarget {
                 link_id,
-                table: r.get(1).unwrap().unwrap(),
-                row_type: r.get(2).unwrap().unwrap(),
-                columns: r.get(3).unwrap().unwrap(),
-                key: r.get(4).unwrap().unwrap(),
-                version_table: r.get(5).unwrap().unwrap(),
-                peer_schema: r.get(6).unwrap().unwrap(),
-                peer_table: r.get(7).unwrap().unwrap(),
-                relid: r.get(8).unwrap().unwrap(),
-            }
+                table: need(&r, 1, "name of the link's table")?,
+                row_type: need(&r, 2, "synclink.link.row_type")?,
+                columns: need(&r, 3, "synclink.link.columns")?,
+                key: need(&r, 4, "synclink.link.key_columns")?,
+                version_table: need(&r, 5, "synclink.link.version_table")?,
+                peer_schema: need(&r, 6, "synclink.link.peer_schema")?,
+                peer_table: need(&r, 7, "synclink.link.peer_table")?,
+                relid: need(&r, 8, "synclink.link.relid")?,
+            })
         })
     }
 
@@ -137,7 +139,7 @@ impl RowTarget {
     }
 
     /// The row with this key here now, as jsonb (None: no such row).
-    fn current(&self, key: &serde_json::Value) -> Option<serde_json::Value> {
+    fn current(&self, key: &serde_json::Value) -> Result<Option<serde_json::Value>, SpiError> {
         let sql = format!(
             "SELECT to_jsonb(ROW({cols})::{row}) FROM {table} t, jsonb_populate_record(NULL::{row}, $1) k \
              WHERE {cond}",
@@ -148,12 +150,12 @@ impl RowTarget {
         );
         // As the owner: to_jsonb uses casts of its types to json, and reading the key as the
         // row type checks its domains.
-        crate::pg::privilege::as_owner_of(self.relid, || {
+        let row = crate::pg::privilege::as_owner_of(self.relid, || {
             crate::data::wire::compared(|| {
                 crate::pg::spi::maybe_one::<pgrx::JsonB>(&sql, &[pgrx::JsonB(key.clone()).into()])
             })
-        })
-        .map(|j| j.0)
+        })??;
+        Ok(row.map(|j| j.0))
     }
 
     /// Make the row with `key` be `row` (None: no row), with version (at, node), as if the
@@ -164,7 +166,7 @@ impl RowTarget {
         row: Option<&serde_json::Value>,
         version: (i64, &str),
         from: &str,
-    ) {
+    ) -> Result<(), SpiError> {
         let spec = ApplySpec {
             table: self.table.clone(),
             row_type: &self.row_type,
@@ -199,10 +201,8 @@ impl RowTarget {
         // type (its domains' checks).
         crate::pg::privilege::as_owner_of(self.relid, || {
             crate::data::apply::marked(from, from, || {
-                crate::data::wire::compared(|| {
-                    Spi::run_with_args(&write, &[value.into()]).unwrap();
-                })
-            });
+                crate::data::wire::compared(|| Spi::run_with_args(&write, &[value.into()]))
+            })?;
             Spi::run_with_args(
                 &version_sql,
                 &[
@@ -211,12 +211,16 @@ impl RowTarget {
                     version.1.into(),
                 ],
             )
-            .unwrap()
-        });
+        })?
     }
 
     /// Close the open conflicts on this key and remember the choice.
-    fn close(&self, key: &serde_json::Value, decision: &Decision, by: &str) {
+    fn close(
+        &self,
+        key: &serde_json::Value,
+        decision: &Decision,
+        by: &str,
+    ) -> Result<(), SpiError> {
         let json = || pgrx::JsonB(key.clone());
         Spi::run_with_args(
             "UPDATE synclink.conflict SET outcome = 'resolved', resolved_at = clock_timestamp(), \
@@ -228,8 +232,7 @@ impl RowTarget {
                 by.into(),
                 decision.node.as_str().into(),
             ],
-        )
-        .unwrap();
+        )?;
         Spi::run_with_args(
             "INSERT INTO synclink.resolution (link_id, key, rows, kept) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (link_id, key, rows) DO UPDATE SET kept = EXCLUDED.kept, resolved_at = now()",
@@ -240,13 +243,12 @@ impl RowTarget {
                 decision.kept.as_str().into(),
             ],
         )
-        .unwrap();
     }
 }
 
 /// Settle an open conflict: keep one node's current row on both nodes, close the conflict on
 /// both, and remember the choice for these two rows. `keep`: 'local', 'peer' or a node name.
-pub fn resolve(conflict_id: i64, keep: &str) -> crate::pg::error::Result<bool> {
+pub fn resolve(conflict_id: i64, keep: &str) -> Result<bool> {
     let found = Spi::connect(|c| {
         c.select(
             "SELECT link_id, key, outcome, peer_name, \
@@ -254,20 +256,20 @@ pub fn resolve(conflict_id: i64, keep: &str) -> crate::pg::error::Result<bool> {
                FROM synclink.conflict WHERE conflict_id = $1",
             None,
             &[conflict_id.into()],
-        )
-        .unwrap()
+        )?
         .next()
-        .map(|r| {
-            (
-                r.get::<i32>(1).unwrap().unwrap(),
-                r.get::<pgrx::JsonB>(2).unwrap().unwrap().0,
-                r.get::<String>(3).unwrap().unwrap(),
-                r.get::<String>(4).unwrap().unwrap(),
-                r.get::<String>(5).unwrap().unwrap(),
-                r.get::<String>(6).unwrap().unwrap(),
-            )
+        .map(|r| -> Result<_> {
+            Ok((
+                need::<i32>(&r, 1, "synclink.conflict.link_id")?,
+                need::<pgrx::JsonB>(&r, 2, "synclink.conflict.key")?.0,
+                need::<String>(&r, 3, "synclink.conflict.outcome")?,
+                need::<String>(&r, 4, "synclink.conflict.peer_name")?,
+                need::<String>(&r, 5, "hash of the conflict's local row")?,
+                need::<String>(&r, 6, "hash of the conflict's peer row")?,
+            ))
         })
-    });
+        .transpose()
+    })?;
     let (link_id, key, outcome, peer_name, local_hash, peer_hash) =
         found.ok_or(ConflictError::NoSuchConflict(conflict_id))?;
     if outcome != "open" {
@@ -283,12 +285,12 @@ pub fn resolve(conflict_id: i64, keep: &str) -> crate::pg::error::Result<bool> {
         "SELECT true FROM synclink.link l JOIN synclink.conflict c USING (link_id) \
           WHERE c.conflict_id = $1 AND l.relid = c.relid AND l.peer_name = c.peer_name",
         &[conflict_id.into()],
-    )
+    )?
     .is_some();
-    let peer = crate::catalog::peer::find(&peer_name)
+    let peer = crate::catalog::peer::find(&peer_name)?
         .filter(|_| link_exists)
         .ok_or(ConflictError::LinkGone(conflict_id))?;
-    let local = crate::catalog::node::local_name();
+    let local = crate::catalog::node::local_name()?;
     let keep_local = match keep {
         "local" => true,
         "peer" => false,
@@ -304,7 +306,7 @@ pub fn resolve(conflict_id: i64, keep: &str) -> crate::pg::error::Result<bool> {
             .into())
         }
     };
-    let target = RowTarget::load(link_id);
+    let target = RowTarget::load(link_id)?;
     let mut rows = [local_hash.clone(), peer_hash.clone()];
     rows.sort();
     let decision = Decision {
@@ -313,13 +315,14 @@ pub fn resolve(conflict_id: i64, keep: &str) -> crate::pg::error::Result<bool> {
         } else {
             peer.node_name.clone()
         },
-        at: Spi::get_one::<i64>("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
-            .unwrap()
-            .unwrap(),
+        at: Spi::get_one::<i64>(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+        )?
+        .ok_or(crate::pg::spi::Missing("clock reading"))?,
         rows,
         kept: if keep_local { local_hash } else { peer_hash },
     };
-    let mine = target.current(&key);
+    let mine = target.current(&key)?;
     let body = ResolveRequest {
         schema: target.peer_schema.clone(),
         table: target.peer_table.clone(),
@@ -332,37 +335,35 @@ pub fn resolve(conflict_id: i64, keep: &str) -> crate::pg::error::Result<bool> {
     let decision = body.decision;
     let version = (decision.at, decision.node.as_str());
     if keep_local {
-        target.settle(&key, mine.as_ref(), version, &peer.node_name);
+        target.settle(&key, mine.as_ref(), version, &peer.node_name)?;
     } else {
         let theirs = reply.get("row").filter(|r| !r.is_null());
-        target.settle(&key, theirs, version, &peer.node_name);
+        target.settle(&key, theirs, version, &peer.node_name)?;
     }
-    target.close(&key, &decision, &local);
+    target.close(&key, &decision, &local)?;
     Ok(true)
 }
 
 /// The peer's half of sync_resolve.
-pub fn answer(from: &crate::catalog::peer::Peer, req: ResolveRequest) -> serde_json::Value {
-    let oid = crate::catalog::link::lookup(&req.schema, &req.table);
-    let link = oid
-        .and_then(|oid| crate::catalog::link::find(oid, &from.name))
-        .unwrap_or_else(|| {
-            raise(crate::catalog::link::LinkError::NotLinked {
-                table: format!("{}.{}", ident(&req.schema), ident(&req.table)),
-                peer: from.name.clone(),
-            })
-        });
-    crate::catalog::access::peer_may(link.relid, crate::catalog::access::READ_WRITE, "write")
-        .or_raise();
-    let target = RowTarget::load(link.id);
-    let mine = target.current(&req.key);
+pub fn answer(from: &crate::catalog::peer::Peer, req: ResolveRequest) -> Result<serde_json::Value> {
+    let link = match crate::catalog::link::lookup(&req.schema, &req.table)? {
+        Some(oid) => crate::catalog::link::find(oid, &from.name)?,
+        None => None,
+    };
+    let link = link.ok_or_else(|| crate::catalog::link::LinkError::NotLinked {
+        table: format!("{}.{}", ident(&req.schema), ident(&req.table)),
+        peer: from.name.clone(),
+    })?;
+    crate::catalog::access::peer_may(link.relid, crate::catalog::access::READ_WRITE, "write")?;
+    let target = RowTarget::load(link.id)?;
+    let mine = target.current(&req.key)?;
     let version = (req.decision.at, req.decision.node.as_str());
     let row = if req.take {
         req.row.as_ref()
     } else {
         mine.as_ref()
     };
-    target.settle(&req.key, row, version, &from.node_name);
-    target.close(&req.key, &req.decision, &from.node_name);
-    serde_json::json!({ "row": mine })
+    target.settle(&req.key, row, version, &from.node_name)?;
+    target.close(&req.key, &req.decision, &from.node_name)?;
+    Ok(serde_json::json!({ "row": mine }))
 }

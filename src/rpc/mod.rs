@@ -88,7 +88,8 @@ impl Request {
 }
 
 /// Ask the peer to act on its half. A connection failure becomes a clear error; an error the
-/// peer raises (its table is missing, its columns differ…) reaches the user unchanged.
+/// peer raises (its table is missing, its columns differ…) reaches the user unchanged
+/// ([`PeerError::Failed`]).
 /// The peer's handler may answer; its reply comes back through RETURNING (NULL when it has
 /// nothing to say).
 pub fn call<B: Body>(peer: &Peer, body: &B) -> Result<serde_json::Value, PeerError> {
@@ -97,7 +98,7 @@ pub fn call<B: Body>(peer: &Peer, body: &B) -> Result<serde_json::Value, PeerErr
         "INSERT INTO {} (from_node, action, body) VALUES ($1, $2, $3) RETURNING reply",
         peer.foreign("request")
     );
-    let local = crate::catalog::node::local_name();
+    let local = crate::catalog::node::local_name()?;
     let body = pgrx::JsonB(serde_json::to_value(body).map_err(|_| peer::malformed(&peer.name))?);
     // In a subtransaction: callers that step over an unreachable peer carry on with SQL.
     match crate::pg::subxact::run(|| {
@@ -113,7 +114,8 @@ pub fn call<B: Body>(peer: &Peer, body: &B) -> Result<serde_json::Value, PeerErr
         Ok(Ok(reply)) => Ok(reply.map_or(serde_json::Value::Null, |j| j.0)),
         Ok(Err(_)) => Err(peer::malformed(&peer.name)),
         Err(f) if f.is_connection() => Err(peer::unreachable(&peer.name, f)),
-        Err(f) => crate::pg::remote::reraise(f),
+        // The subtransaction is rolled back; the peer's error goes on up as the peer raised it.
+        Err(f) => Err(PeerError::Failed(f.into())),
     }
 }
 

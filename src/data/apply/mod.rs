@@ -245,7 +245,7 @@ fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
     }
     let (id, relid) = lookup_link_id(sender, schema, table)?;
     // Only the sender's own role delivers for it (crate::catalog::peer::Peer::check_inbound).
-    if let Some(peer) = crate::catalog::peer::find_by_node(sender) {
+    if let Some(peer) = crate::catalog::peer::find_by_node(sender).or_raise() {
         peer.check_inbound()
             .unwrap_or_else(|e| crate::pg::error::raise(e));
     }
@@ -273,15 +273,18 @@ fn lookup_link_id(
                 .next()
                 .and_then(|r| Some((r.get::<i32>(1).unwrap()?, r.get::<pg_sys::Oid>(2).unwrap()?)))
         },
-    );
-    id.ok_or_else(|| match crate::catalog::peer::find_by_node(sender) {
-        None => ApplyError::UnknownSender(sender.into()),
-        Some(_) => ApplyError::NotLinked {
-            schema: schema.into(),
-            table: table.into(),
-            node: sender.into(),
+    )
+    .or_raise();
+    id.ok_or_else(
+        || match crate::catalog::peer::find_by_node(sender).or_raise() {
+            None => ApplyError::UnknownSender(sender.into()),
+            Some(_) => ApplyError::NotLinked {
+                schema: schema.into(),
+                table: table.into(),
+                node: sender.into(),
+            },
         },
-    })
+    )
 }
 
 fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
@@ -372,7 +375,8 @@ fn prune(sender: &str, floor: Option<i64>) {
         ],
         &[sender.into(), floor.into()],
         |_| (),
-    );
+    )
+    .or_raise();
     PRUNED_IN.with(|m| m.borrow_mut().insert(sender.to_string(), xact));
 }
 
@@ -402,7 +406,8 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
         &[text],
         &[sender.into()],
         |_| (),
-    );
+    )
+    .or_raise();
     prune(sender, floor);
     let seen: std::collections::HashSet<i64> = SEEN
         .with(|stmt| {
@@ -412,6 +417,7 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
                     lo.into_datum().unwrap(),
                     hi.into_datum().unwrap(),
                 ])
+                .or_raise()
             })
         })
         .into_iter()
@@ -428,7 +434,8 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
             ],
             &[sender.into(), lo.into(), hi.into(), fresh.clone().into()],
             |_| (),
-        );
+        )
+        .or_raise();
     }
     fresh
 }
@@ -443,16 +450,17 @@ fn apply_checked(plans: &Compiled, delete: bool, single: bool, rows: &str, stamp
             // Parsed once for both statements: for a large record parsing is most of the work.
             let rows = crate::pg::plan::parse(plans.rows_type, rows);
             let stamps = crate::pg::plan::parse(plans.stamps_type, stamps);
-            plans.lock.run(bytes, &[rows]);
+            plans.lock.run(bytes, &[rows]).or_raise();
             let stmt = match (delete, single) {
                 (false, true) => &plans.upsert_one,
                 (true, true) => &plans.delete_one,
                 (false, false) => &plans.upsert_run,
                 (true, false) => &plans.delete_run,
             };
-            stmt.run(bytes, &[rows, stamps]).unwrap_or(0)
+            stmt.run(bytes, &[rows, stamps]).or_raise().unwrap_or(0)
         })
-    });
+    })
+    .or_raise();
     if raced > 0 {
         checked::concurrent_insert(&plans.table);
     }
@@ -629,7 +637,7 @@ pub fn receive(trigger: &PgTrigger) {
     crate::pg::privilege::pin_for_transaction();
     // The peer's role inserted the record; synclink's own bookkeeping runs as the extension's
     // owner, and the rows are written as the table's owner (apply_checked).
-    crate::pg::privilege::as_role(crate::pg::privilege::extension_owner(), || {
+    crate::pg::privilege::as_role(crate::pg::privilege::extension_owner().or_raise(), || {
         apply_record(
             &origin.unwrap_or_default(),
             &sender.unwrap_or_default(),
@@ -733,12 +741,14 @@ fn apply_record(
         (b'R', Some(new), Some(old)) => {
             let args = [old.into_datum().unwrap(), new.into_datum().unwrap()];
             crate::pg::privilege::as_owner_of(plans.relid, || {
-                Spi::connect_mut(|_| plans.rekey.run(old.len() + new.len(), &args))
-            });
+                Spi::connect_mut(|_| plans.rekey.run(old.len() + new.len(), &args).or_raise())
+            })
+            .or_raise();
         }
         (b'T', _, _) => crate::pg::privilege::as_owner_of(plans.relid, || {
             Spi::run(&format!("DELETE FROM {}", plans.table)).unwrap()
-        }),
+        })
+        .or_raise(),
         (b'I' | b'U' | b'D' | b'K' | b'R', _, _) => {}
         (other, _, _) => crate::pg::error::raise(ApplyError::BadOp((other as char).to_string())),
     })

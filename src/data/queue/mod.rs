@@ -13,7 +13,7 @@
 pub mod horizon;
 
 use crate::catalog::peer::{self, Peer};
-use crate::pg::error::{warning, SqlError};
+use crate::pg::error::{warning, OrRaise, SqlError};
 use crate::pg::remote::RemoteFailure;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -193,7 +193,8 @@ fn mark_up(peer: &str) {
         &[],
         &[],
         |_| (),
-    );
+    )
+    .or_raise();
 }
 
 /// Is anything queued for `peer` above seq `after` (0: anything at all)?
@@ -204,6 +205,7 @@ fn queued_after(peer: &str, after: i64) -> bool {
         &[peer.into(), after.into()],
         |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
     )
+    .or_raise()
 }
 
 pub fn queued(peer: &str) -> i64 {
@@ -371,7 +373,8 @@ fn over_backlog(limit: i64) -> Vec<String> {
             t.filter_map(|r| Some((r.get::<String>(1).unwrap()?, r.get::<i64>(2).unwrap()?)))
                 .collect::<Vec<_>>()
         },
-    );
+    )
+    .or_raise();
     OVER_SINCE.with(|memo| {
         let mut memo = memo.borrow_mut();
         memo.retain(|peer, _| candidates.iter().any(|(p, _)| p == peer));
@@ -389,7 +392,9 @@ fn over_backlog(limit: i64) -> Vec<String> {
                     &[PgOid::from(pg_sys::TEXTOID), bigint],
                     &[peer.as_str().into(), (limit + 1).into()],
                     |t| t.first().get_one::<i64>().unwrap().unwrap_or(0),
-                ) > limit;
+                )
+                .or_raise()
+                    > limit;
                 if over {
                     memo.insert(peer.clone(), (*oldest, limit, std::time::Instant::now()));
                 } else {
@@ -456,7 +461,8 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
         &[text],
         &[lock_key(&peer.name).as_str().into()],
         |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
-    );
+    )
+    .or_raise();
     if !locked {
         return Flushed::Busy;
     }
@@ -485,7 +491,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
          SELECT count(*), max(seq), EXISTS (SELECT FROM candidates c WHERE c.before >= {BATCH_BYTES}) FROM batch",
         inbox = peer.foreign("inbox")
     );
-    let node = crate::catalog::node::local_name();
+    let node = crate::catalog::node::local_name().or_raise();
     let mut delivered = 0i64;
     loop {
         let batch_size = if limit > 0 {
@@ -509,7 +515,8 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
             &[],
             &[],
             |t| t.first().get_one::<i64>().unwrap().unwrap_or(0),
-        );
+        )
+        .or_raise();
         let open = crate::data::queue::horizon::lowest_open(drawn);
         let sent = crate::pg::subxact::run(|| {
             crate::pg::remote::within(bound_ms, || {
@@ -531,6 +538,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
                         )
                     },
                 )
+                .or_raise()
             })
         });
         match sent {
@@ -571,7 +579,8 @@ fn record_delivery(peer: &str, n: i64) {
         &[PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::INT8OID)],
         &[peer.into(), n.into()],
         |_| (),
-    );
+    )
+    .or_raise();
 }
 
 pub fn record_failure(peer: &str, error: &str) {
@@ -600,9 +609,9 @@ pub fn flush_now(peer: Option<&str>) -> crate::pg::error::Result<i64> {
             vec![peer::resolve(Some(name))?]
         }
         None => {
-            crate::pg::spi::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[])
+            crate::pg::spi::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[])?
                 .iter()
-                .filter_map(|n| peer::find(n))
+                .filter_map(|n| peer::find(n).or_raise())
                 .collect()
         }
     };

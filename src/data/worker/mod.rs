@@ -10,6 +10,7 @@
 pub mod wake;
 
 use crate::data::queue::{self, Flushed};
+use crate::pg::error::OrRaise;
 use pgrx::bgworkers::*;
 use pgrx::pg_shmem_init;
 use pgrx::prelude::*;
@@ -219,7 +220,8 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                 &[],
                 &[],
                 |t| t.first().get_one::<bool>().ok().flatten(),
-            );
+            )
+            .or_raise();
             installed.map(|current| {
                 current.then(|| {
                     crate::pg::spi::prepared_read(
@@ -231,6 +233,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                                 .collect()
                         },
                     )
+                    .or_raise()
                 })
             })
         });
@@ -264,7 +267,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
             let from = delivered_up_to.get(&name).copied().unwrap_or(0);
             let (outcome, after) = BackgroundWorker::transaction(|| {
                 let mut after = from;
-                let outcome = match crate::catalog::peer::find(&name) {
+                let outcome = match crate::catalog::peer::find(&name).or_raise() {
                     Some(peer) => queue::flush_after(&peer, WORKER_BATCH, &mut after, 0),
                     None => Flushed::Done(0),
                 };
