@@ -35,7 +35,11 @@ pub extern "C-unwind" fn _PG_init() {
 /// it come from sql/schema.sql.
 #[pg_schema]
 mod synclink {
+    use crate::pg::error::OrRaise;
     use pgrx::prelude::*;
+
+    // The triggers raise the data path's errors themselves, as PostgreSQL errors: pgrx's
+    // trigger wrapper would turn an `Err` returned to it into a Rust panic (XX000).
 
     /// The inbox's row trigger (sql/finalize.sql): applies or holds each delivered change
     /// record, and stores nothing.
@@ -43,7 +47,7 @@ mod synclink {
     fn receive<'a>(
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
-        crate::data::apply::receive(trigger);
+        crate::data::apply::receive(trigger).or_raise();
         Ok(None)
     }
 
@@ -53,7 +57,7 @@ mod synclink {
     fn queued<'a>(
         _trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
-        crate::data::queue::after_queueing();
+        crate::data::queue::after_queueing().or_raise();
         Ok(None)
     }
 }

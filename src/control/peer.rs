@@ -184,7 +184,7 @@ pub fn drop(name: &str, cascade: bool) -> Result<bool, PeerError> {
             count: links.len() as i64,
         });
     }
-    let count = crate::data::queue::queued(name);
+    let count = crate::pg::error::OrRaise::or_raise(crate::data::queue::queued(name));
     if count > 0 {
         return Err(PeerError::HasQueued {
             peer: name.into(),
