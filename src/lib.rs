@@ -11,6 +11,10 @@
 //! - `catalog/` — node, peers, links, policies, table descriptions;
 //! - `pg/` — SPI, settings, subtransactions, remote calls, roles, errors, FFI.
 
+// The functions users call return pgrx's ErrorReport, which is large; it is made once, as the
+// call returns, and only on the way out with an error.
+#![allow(clippy::result_large_err)]
+
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
