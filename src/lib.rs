@@ -11,6 +11,11 @@
 //! - `catalog/` — node, peers, links, policies, table descriptions;
 //! - `pg/` — SPI, settings, subtransactions, remote calls, roles, errors, FFI.
 
+// The #[pg_extern] functions return pgrx's ErrorReport, the one error type whose SQLSTATE,
+// detail and hint pgrx keeps, and which is large; it is made once, as a function returns with
+// an error, and pgrx's generated wrappers (where the lint fires too) cannot be annotated.
+#![allow(clippy::result_large_err)]
+
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -35,7 +40,11 @@ pub extern "C-unwind" fn _PG_init() {
 /// it come from sql/schema.sql.
 #[pg_schema]
 mod synclink {
+    use crate::pg::error::OrRaise;
     use pgrx::prelude::*;
+
+    // The triggers raise the data path's errors themselves, as PostgreSQL errors: pgrx's
+    // trigger wrapper would turn an `Err` returned to it into a Rust panic (XX000).
 
     /// The inbox's row trigger (sql/finalize.sql): applies or holds each delivered change
     /// record, and stores nothing.
@@ -43,7 +52,7 @@ mod synclink {
     fn receive<'a>(
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
-        crate::data::apply::receive(trigger);
+        crate::data::apply::receive(trigger).or_raise();
         Ok(None)
     }
 
@@ -53,7 +62,7 @@ mod synclink {
     fn queued<'a>(
         _trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
-        crate::data::queue::after_queueing();
+        crate::data::queue::after_queueing().or_raise();
         Ok(None)
     }
 }

@@ -6,11 +6,6 @@
 //! schema of someone else's first in the path). May use every other folder; nothing uses this
 //! one.
 
-// pgrx reports an error returned from a #[pg_extern] function with its SQLSTATE, detail and
-// hint only when the error type is its own ErrorReport, which is large; it is returned once,
-// at the edge, so its size costs nothing on any path that matters.
-#![allow(clippy::result_large_err)]
-
 mod link;
 mod node;
 mod peer;

@@ -6,11 +6,6 @@
 //! write, and the peer would parse rows of another shape. A column that is added is allowed
 //! with a WARNING, because it is not mirrored until the table is linked again.
 
-// The #[pg_extern] functions here return pgrx's ErrorReport, the one error type whose SQLSTATE,
-// detail and hint pgrx keeps; it is made once, as the function returns, and pgrx's generated
-// wrapper (where this lint fires) cannot be annotated.
-#![allow(clippy::result_large_err)]
-
 use crate::control::link;
 use crate::pg::error::{warning, Result, SqlError};
 use crate::pg::spi::need;

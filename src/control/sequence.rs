@@ -11,11 +11,6 @@
 //! mark and moving past it. Undo puts back the column default and INCREMENT BY and again moves
 //! both sequences past every id either side has handed out.
 
-// The #[pg_extern] functions here return pgrx's ErrorReport, the one error type whose SQLSTATE,
-// detail and hint pgrx keeps; it is made once, as the function returns, and pgrx's generated
-// wrapper (where this lint fires) cannot be annotated.
-#![allow(clippy::result_large_err)]
-
 use crate::catalog::peer::{self, Peer};
 use crate::pg::error::{notice, Result, SqlError};
 use crate::pg::spi::{need, Missing};

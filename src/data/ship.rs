@@ -2,7 +2,10 @@
 //! link's foreign table, inside the writer's transaction.
 
 use crate::data::queue::{self, Change, Flushed};
-use crate::pg::error::{raise, OrRaise, SqlError};
+use crate::pg::error::{Result, SqlError};
+use crate::pg::remote::RemoteFailure;
+use crate::pg::spi::{need, Missing};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
@@ -40,6 +43,28 @@ impl SqlError for ShipError {
 
 crate::pg::error::reported_as_sql_error!(ShipError);
 
+/// A failure of the peer's that reaches the writer as the peer reported it (the user's own
+/// cancel or statement_timeout), with its SQLSTATE, message, detail and hint.
+struct AsReported(RemoteFailure);
+
+impl std::fmt::Display for AsReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.message)
+    }
+}
+
+impl SqlError for AsReported {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        self.0.sqlstate
+    }
+    fn hint(&self) -> Option<String> {
+        self.0.hint.clone()
+    }
+    fn detail(&self) -> Option<String> {
+        self.0.detail.clone()
+    }
+}
+
 struct Route {
     peer: String,
     asynchronous: bool,
@@ -59,9 +84,9 @@ thread_local! {
     static ROUTES: RefCell<HashMap<i32, Rc<Route>>> = RefCell::new(HashMap::new());
 }
 
-fn route(link_id: i32) -> Rc<Route> {
+fn route(link_id: i32) -> Result<Rc<Route>> {
     if let Some(r) = ROUTES.with(|m| m.borrow().get(&link_id).cloned()) {
-        return r;
+        return Ok(r);
     }
     let (peer, schema, table, asynchronous) = Spi::connect(|c| {
         let row = c
@@ -70,19 +95,17 @@ fn route(link_id: i32) -> Rc<Route> {
                  WHERE link_id = $1",
                 None,
                 &[link_id.into()],
-            )
-            .unwrap()
-            .first();
-        (
-            row.get::<String>(1)
-                .unwrap()
-                .expect("capture trigger of a removed link"),
-            row.get::<String>(2).unwrap().unwrap(),
-            row.get::<String>(3).unwrap().unwrap(),
-            row.get::<bool>(4).unwrap().unwrap_or(false),
-        )
-    });
-    let peer = crate::catalog::peer::find(&peer).or_raise().unwrap();
+            )?
+            .next()
+            .ok_or(Missing("link of this capture trigger"))?;
+        Ok::<_, crate::pg::error::Error>((
+            need::<String>(&row, 1, "peer of a link")?,
+            need::<String>(&row, 2, "peer schema of a link")?,
+            need::<String>(&row, 3, "peer table of a link")?,
+            row.get::<bool>(4)?.unwrap_or(false),
+        ))
+    })?;
+    let peer = crate::catalog::peer::find(&peer)?.ok_or(Missing("peer of a link"))?;
     let sql = format!(
         "INSERT INTO {} (origin, sender, target_schema, target_table, op, new_rows, old_rows, stamps) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -101,13 +124,15 @@ fn route(link_id: i32) -> Rc<Route> {
     ];
     let usable = peer.check_foreign("inbox").is_ok();
     let (insert, situation) = Spi::connect(|c| {
-        (
-            usable.then(|| c.prepare_mut(sql.as_str(), &types).unwrap().keep()),
-            c.prepare(queue::peer_situation_sql(&peer.name).as_str(), &[])
-                .unwrap()
-                .keep(),
-        )
-    });
+        let insert = match usable {
+            true => Some(c.prepare_mut(sql.as_str(), &types)?.keep()),
+            false => None,
+        };
+        let situation = c
+            .prepare(queue::peer_situation_sql(&peer.name).as_str(), &[])?
+            .keep();
+        Ok::<_, pgrx::spi::SpiError>((insert, situation))
+    })?;
     let r = Rc::new(Route {
         asynchronous,
         insert,
@@ -115,13 +140,13 @@ fn route(link_id: i32) -> Rc<Route> {
         peer: peer.name,
         target_schema: schema,
         target_table: table,
-        node: crate::catalog::node::local_name().or_raise(),
+        node: crate::catalog::node::local_name()?,
     });
     ROUTES.with(|m| m.borrow_mut().insert(link_id, r.clone()));
-    r
+    Ok(r)
 }
 
-fn send(insert: &OwnedPreparedStatement, r: &Route, origin: &str, change: &Change) {
+fn send(insert: &OwnedPreparedStatement, r: &Route, origin: &str, change: &Change) -> Result<()> {
     Spi::connect_mut(|c| {
         c.update(
             insert,
@@ -136,8 +161,8 @@ fn send(insert: &OwnedPreparedStatement, r: &Route, origin: &str, change: &Chang
                 change.old_rows.into(),
                 change.stamps.into(),
             ],
-        )
-        .unwrap();
+        )?;
+        Ok(())
     })
 }
 
@@ -158,8 +183,18 @@ fn ship(
     new_rows: Option<&str>,
     old_rows: Option<&str>,
     stamps: Option<&str>,
-) {
-    let r = route(link_id);
+) -> Result<(), ErrorReport> {
+    Ok(ship_change(link_id, op, new_rows, old_rows, stamps)?)
+}
+
+fn ship_change(
+    link_id: i32,
+    op: i8,
+    new_rows: Option<&str>,
+    old_rows: Option<&str>,
+    stamps: Option<&str>,
+) -> Result<()> {
+    let r = route(link_id)?;
     let origin = crate::data::apply::current_origin().unwrap_or_else(|| r.node.clone());
     let change = Change {
         op,
@@ -178,24 +213,22 @@ fn ship(
         )));
     };
     let (queued, down) = Spi::connect(|c| {
-        let row = c.select(&r.situation, None, &[]).unwrap().first();
-        (
-            row.get::<bool>(1).unwrap().unwrap_or(false),
-            row.get::<bool>(2).unwrap().unwrap_or(false),
-        )
-    });
+        let row = c.select(&r.situation, None, &[])?.first();
+        Ok::<_, pgrx::spi::SpiError>((
+            row.get::<bool>(1)?.unwrap_or(false),
+            row.get::<bool>(2)?.unwrap_or(false),
+        ))
+    })?;
     if queued {
         if down {
             return queue(None);
         }
-        let peer = crate::catalog::peer::find(&r.peer)
-            .or_raise()
-            .expect("route of an existing peer");
-        match queue::flush_within(&peer, queue::writer_flush_limit(), queue::sync_timeout_ms()) {
+        let peer = crate::catalog::peer::find(&r.peer)?.ok_or(Missing("peer of a link"))?;
+        match queue::flush_within(&peer, queue::writer_flush_limit(), queue::sync_timeout_ms())? {
             Flushed::Done(_) => {}
             Flushed::Partial(_) | Flushed::Busy => return queue(None),
             Flushed::Failed(_, f) if f.is_cancel() && !crate::pg::remote::deadline_passed() => {
-                crate::pg::remote::reraise(f)
+                return Err(AsReported(f).into())
             }
             Flushed::Failed(..) if crate::pg::remote::deadline_passed() => {
                 return queue(Some(&format!(
@@ -212,34 +245,38 @@ fn ship(
     match crate::pg::subxact::run(|| {
         crate::pg::remote::within(bound, || send(insert, &r, &origin, &change))
     }) {
-        Ok(()) => {}
+        Ok(Ok(())) => Ok(()),
+        // The INSERT did not run (SPI refused it without an ERROR), so the released
+        // subtransaction holds nothing; the error aborts the writer's statement.
+        Ok(Err(e)) => Err(e),
         Err(f) if f.is_connection() => {
-            queue::mark_down(&r.peer);
-            queue(Some(&f.stored_summary()));
+            queue::mark_down(&r.peer)?;
+            queue(Some(&f.stored_summary()))
         }
         // Never waited on for longer than the bound, never lost: queued, and writers leave
         // the peer alone for synclink.retry_interval (it may be a lock held there for long).
         Err(f) if f.is_cancel() && crate::pg::remote::deadline_passed() => {
-            queue::mark_down(&r.peer);
+            queue::mark_down(&r.peer)?;
             queue(Some(&format!(
                 "the peer did not take the change within synclink.sync_timeout ({bound} ms)"
-            )));
+            )))
         }
         Err(f) if f.is_contention() => {
             if f.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
-                queue::mark_down(&r.peer);
+                queue::mark_down(&r.peer)?;
             }
-            queue(Some(&f.stored_summary()));
+            queue(Some(&f.stored_summary()))
         }
         // synclink's foreign table dropped under a live session, or the peer's inbox gone:
         // the change cannot go now, and is kept.
         Err(f) if f.is_undefined_table() => queue(Some(&f.stored_summary())),
         // The user's own cancel or statement_timeout: as PostgreSQL reports it.
-        Err(f) if f.is_cancel() => crate::pg::remote::reraise(f),
-        Err(f) => raise(ShipError::PeerFailed {
+        Err(f) if f.is_cancel() => Err(AsReported(f).into()),
+        Err(f) => Err(ShipError::PeerFailed {
             peer: r.peer.clone(),
             table: format!("{}.{}", r.target_schema, r.target_table),
             reason: f.summary(),
-        }),
+        }
+        .into()),
     }
 }

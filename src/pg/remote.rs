@@ -123,12 +123,6 @@ pub fn catching<T>(f: impl FnOnce() -> T) -> Result<T, RemoteFailure> {
     .execute()
 }
 
-/// Raise a failure caught from the peer again, as the peer reported it. (A function that
-/// returns a `Result` returns the failure instead: it is an error like any other.)
-pub fn reraise(f: RemoteFailure) -> ! {
-    crate::pg::error::raise(f)
-}
-
 /// Run `f`, which waits on a peer, for at most `ms` milliseconds (0: no limit). When the time
 /// is up the statement is cancelled as a user's cancel would be (postgres_fdw then cancels
 /// the peer's query and rolls it back): `f` fails with 57014, and `deadline_passed()` says it

@@ -9,9 +9,11 @@
 
 pub mod checked;
 
-use crate::pg::error::{OrRaise, SqlError};
+use crate::pg::error::{Result, SqlError};
 use crate::pg::plan::Statement;
+use crate::pg::spi::{need, Missing};
 use crate::pg::sql::{ident, join, qualified};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -35,6 +37,8 @@ pub enum ApplyError {
     NotTheInbox,
     #[error("a row being applied to {table} was inserted here at the same moment")]
     ConcurrentInsert { table: String },
+    #[error("column \"{0}\" of synclink.inbox does not have the type synclink gave it")]
+    InboxAltered(String),
 }
 
 impl SqlError for ApplyError {
@@ -48,6 +52,7 @@ impl SqlError for ApplyError {
             ApplyError::ConcurrentInsert { .. } => {
                 PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
             }
+            ApplyError::InboxAltered(_) => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         }
     }
     fn hint(&self) -> Option<String> {
@@ -64,6 +69,9 @@ impl SqlError for ApplyError {
             ApplyError::NotTheInbox => "Drop this trigger.".into(),
             ApplyError::ConcurrentInsert { .. } => {
                 "Nothing was applied; the change is delivered again and then meets the new row as a conflict.".into()
+            }
+            ApplyError::InboxAltered(_) => {
+                "synclink.inbox was changed by hand: it must keep the columns and types the extension made it with.".into()
             }
         })
     }
@@ -197,7 +205,7 @@ thread_local! {
 }
 
 /// Columns of a composite type whose type has no default equality operator.
-fn text_compare_columns(row_type: &str) -> Vec<String> {
+fn text_compare_columns(row_type: &str) -> Result<Vec<String>> {
     let typed: Vec<(String, pg_sys::Oid)> = Spi::connect(|c| {
         c.select(
             "SELECT a.attname::text, a.atttypid FROM pg_attribute a \
@@ -205,22 +213,21 @@ fn text_compare_columns(row_type: &str) -> Vec<String> {
                AND a.attnum > 0 AND NOT a.attisdropped",
             None,
             &[row_type.into()],
-        )
-        .unwrap()
+        )?
         .map(|r| {
-            (
-                r.get::<String>(1).unwrap().unwrap(),
-                r.get::<pg_sys::Oid>(2).unwrap().unwrap(),
-            )
+            Ok((
+                need::<String>(&r, 1, "column name of a link's row type")?,
+                need::<pg_sys::Oid>(&r, 2, "column type of a link's row type")?,
+            ))
         })
-        .collect()
-    });
-    typed
+        .collect::<Result<_>>()
+    })?;
+    Ok(typed
         .into_iter()
         // The type cache knows whether '=' exists, including for arrays and domains.
         .filter(|(_, oid)| !crate::pg::ffi::has_equality(*oid))
         .map(|(n, _)| n)
-        .collect()
+        .collect())
 }
 
 /// (sender node, schema, table) of a record.
@@ -235,7 +242,7 @@ thread_local! {
 }
 
 /// The link a record is for: the one between its sender and the named table here.
-fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
+fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32> {
     let key = (sender.to_string(), schema.to_string(), table.to_string());
     let xact = crate::pg::ffi::local_xact();
     if let Some((x, id)) = LINK_IDS.with(|m| m.borrow().get(&key).copied()) {
@@ -245,22 +252,16 @@ fn link_id(sender: &str, schema: &str, table: &str) -> Result<i32, ApplyError> {
     }
     let (id, relid) = lookup_link_id(sender, schema, table)?;
     // Only the sender's own role delivers for it (crate::catalog::peer::Peer::check_inbound).
-    if let Some(peer) = crate::catalog::peer::find_by_node(sender).or_raise() {
-        peer.check_inbound()
-            .unwrap_or_else(|e| crate::pg::error::raise(e));
+    if let Some(peer) = crate::catalog::peer::find_by_node(sender)? {
+        peer.check_inbound()?;
     }
     // The peer writes this table as the role it connects as: only if this node granted it.
-    crate::catalog::access::peer_may(relid, crate::catalog::access::WRITE, "write")
-        .unwrap_or_else(|e| crate::pg::error::raise(e));
+    crate::catalog::access::peer_may(relid, crate::catalog::access::WRITE, "write")?;
     LINK_IDS.with(|m| m.borrow_mut().insert(key, (xact, id)));
     Ok(id)
 }
 
-fn lookup_link_id(
-    sender: &str,
-    schema: &str,
-    table: &str,
-) -> Result<(i32, pg_sys::Oid), ApplyError> {
+fn lookup_link_id(sender: &str, schema: &str, table: &str) -> Result<(i32, pg_sys::Oid)> {
     // Planned once per backend: in sync mode every writing transaction on the peer asks.
     let text = pgrx::PgOid::from(pg_sys::TEXTOID);
     let id = crate::pg::spi::prepared_read(
@@ -268,28 +269,28 @@ fn lookup_link_id(
          WHERE p.node_name = $1 AND l.relid = to_regclass(format('%I.%I', $2, $3))",
         &[text, text, text],
         &[sender.into(), schema.into(), table.into()],
-        |t| {
-            t.into_iter()
-                .next()
-                .and_then(|r| Some((r.get::<i32>(1).unwrap()?, r.get::<pg_sys::Oid>(2).unwrap()?)))
+        |t| match t.into_iter().next() {
+            Some(r) => Ok(r.get::<i32>(1)?.zip(r.get::<pg_sys::Oid>(2)?)),
+            None => Ok::<_, pgrx::spi::SpiError>(None),
         },
-    )
-    .or_raise();
-    id.ok_or_else(
-        || match crate::catalog::peer::find_by_node(sender).or_raise() {
+    )??;
+    let Some(found) = id else {
+        return Err(match crate::catalog::peer::find_by_node(sender)? {
             None => ApplyError::UnknownSender(sender.into()),
             Some(_) => ApplyError::NotLinked {
                 schema: schema.into(),
                 table: table.into(),
                 node: sender.into(),
             },
-        },
-    )
+        }
+        .into());
+    };
+    Ok(found)
 }
 
-fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
+fn compile(id: i32, schema: &str, table: &str) -> Result<Rc<Compiled>> {
     if let Some(c) = COMPILED.with(|m| m.borrow().get(&id).cloned()) {
-        return c;
+        return Ok(c);
     }
     let link = Spi::connect(|c| {
         let r = c
@@ -300,28 +301,28 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
                    FROM synclink.link WHERE link_id = $1",
                 None,
                 &[id.into()],
-            )
-            .unwrap()
-            .first();
-        (
-            r.get::<String>(1).unwrap().unwrap(),
-            r.get::<Vec<String>>(2).unwrap().unwrap(),
-            r.get::<Vec<String>>(3).unwrap().unwrap(),
-            r.get::<String>(4).unwrap().unwrap(),
+            )?
+            .next()
+            .ok_or(Missing("link a change record is for"))?;
+        Ok::<_, crate::pg::error::Error>((
+            need::<String>(&r, 1, "row type of a link")?,
+            need::<Vec<String>>(&r, 2, "columns of a link")?,
+            need::<Vec<String>>(&r, 3, "key columns of a link")?,
+            need::<String>(&r, 4, "version table of a link")?,
             crate::catalog::policy::Policy::from_stored(
-                &r.get::<String>(5).unwrap().unwrap(),
-                r.get::<String>(6).unwrap(),
-                r.get::<String>(7).unwrap(),
+                &need::<String>(&r, 5, "conflict policy of a link")?,
+                r.get::<String>(6)?,
+                r.get::<String>(7)?,
             ),
-            r.get::<String>(8).unwrap().unwrap(),
-            r.get::<pg_sys::Oid>(9).unwrap().unwrap(),
-            r.get::<pg_sys::Oid>(10).unwrap().unwrap(),
-            r.get::<pg_sys::Oid>(11).unwrap().unwrap(),
-        )
-    });
+            need::<String>(&r, 8, "peer of a link")?,
+            need::<pg_sys::Oid>(&r, 9, "array type of a link's rows")?,
+            need::<pg_sys::Oid>(&r, 10, "type synclink.stamp[]")?,
+            need::<pg_sys::Oid>(&r, 11, "table of a link")?,
+        ))
+    })?;
     let (row_type, columns, key, version_table, policy, peer_name, rows_type, stamps_type, relid) =
         link;
-    let text_compare = text_compare_columns(&row_type);
+    let text_compare = text_compare_columns(&row_type)?;
     let spec = ApplySpec {
         table: qualified(schema, table),
         row_type: &row_type,
@@ -352,18 +353,18 @@ fn compile(id: i32, schema: &str, table: &str) -> Rc<Compiled> {
         rekey: Statement::new(&rekey_sql(&spec), &[text, text]),
     });
     COMPILED.with(|m| m.borrow_mut().insert(id, compiled.clone()));
-    compiled
+    Ok(compiled)
 }
 
 /// Forget applied seqs below the sender's floor (the lowest seq it still holds): those can
 /// never be delivered again. Once per delivering transaction: within one, each batch's floor
 /// lies above the previous batch, and deleting what was inserted a moment ago would only leave
 /// dead index entries for every later prune to step over.
-fn prune(sender: &str, floor: Option<i64>) {
+fn prune(sender: &str, floor: Option<i64>) -> Result<()> {
     let xact = crate::pg::ffi::local_xact();
-    let Some(floor) = floor else { return };
+    let Some(floor) = floor else { return Ok(()) };
     if PRUNED_IN.with(|m| m.borrow().get(sender) == Some(&xact)) {
-        return;
+        return Ok(());
     }
     // A kept plan: planned afresh, the estimate (most of the table lies below the floor)
     // picks a scan of the whole table, dead rows and all, on every delivery.
@@ -375,9 +376,9 @@ fn prune(sender: &str, floor: Option<i64>) {
         ],
         &[sender.into(), floor.into()],
         |_| (),
-    )
-    .or_raise();
+    )?;
     PRUNED_IN.with(|m| m.borrow_mut().insert(sender.to_string(), xact));
+    Ok(())
 }
 
 thread_local! {
@@ -391,9 +392,9 @@ thread_local! {
 }
 
 /// Record that queued records from `sender` are applied; returns the seqs that were not yet.
-fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64> {
+fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Result<Vec<i64>> {
     let (Some(&lo), Some(&hi)) = (seqs.iter().min(), seqs.iter().max()) else {
-        return seqs;
+        return Ok(seqs);
     };
     let text = pgrx::PgOid::from(pg_sys::TEXTOID);
     let bigint = pgrx::PgOid::from(pg_sys::INT8OID);
@@ -406,20 +407,18 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
         &[text],
         &[sender.into()],
         |_| (),
-    )
-    .or_raise();
-    prune(sender, floor);
+    )?;
+    prune(sender, floor)?;
     let seen: std::collections::HashSet<i64> = SEEN
         .with(|stmt| {
             Spi::connect(|_| {
                 stmt.read_latest(&[
-                    sender.into_datum().unwrap(),
-                    lo.into_datum().unwrap(),
-                    hi.into_datum().unwrap(),
+                    crate::pg::ffi::text_datum(sender),
+                    pg_sys::Datum::from(lo),
+                    pg_sys::Datum::from(hi),
                 ])
-                .or_raise()
             })
-        })
+        })?
         .into_iter()
         .collect();
     let fresh: Vec<i64> = seqs.into_iter().filter(|s| !seen.contains(s)).collect();
@@ -434,36 +433,41 @@ fn first_deliveries(sender: &str, seqs: Vec<i64>, floor: Option<i64>) -> Vec<i64
             ],
             &[sender.into(), lo.into(), hi.into(), fresh.clone().into()],
             |_| (),
-        )
-        .or_raise();
+        )?;
     }
-    fresh
+    Ok(fresh)
 }
 
 /// Apply upsert or delete rows with their stamps, conflicts decided and logged: one record
 /// (`single`) or a run of records. As the table's owner: parsing the rows (domain checks),
 /// the table's triggers, defaults, checks and index expressions are the owner's code.
-fn apply_checked(plans: &Compiled, delete: bool, single: bool, rows: &str, stamps: &str) {
+fn apply_checked(
+    plans: &Compiled,
+    delete: bool,
+    single: bool,
+    rows: &str,
+    stamps: &str,
+) -> Result<()> {
     let bytes = rows.len() + stamps.len();
     let raced = crate::pg::privilege::as_owner_of(plans.relid, || {
         Spi::connect_mut(|_| {
             // Parsed once for both statements: for a large record parsing is most of the work.
             let rows = crate::pg::plan::parse(plans.rows_type, rows);
             let stamps = crate::pg::plan::parse(plans.stamps_type, stamps);
-            plans.lock.run(bytes, &[rows]).or_raise();
+            plans.lock.run(bytes, &[rows])?;
             let stmt = match (delete, single) {
                 (false, true) => &plans.upsert_one,
                 (true, true) => &plans.delete_one,
                 (false, false) => &plans.upsert_run,
                 (true, false) => &plans.delete_run,
             };
-            stmt.run(bytes, &[rows, stamps]).or_raise().unwrap_or(0)
+            Ok::<_, pgrx::spi::SpiError>(stmt.run(bytes, &[rows, stamps])?.unwrap_or(0))
         })
-    })
-    .or_raise();
+    })??;
     if raced > 0 {
         checked::concurrent_insert(&plans.table);
     }
+    Ok(())
 }
 
 /// Run `f` with the apply marker set, so the capture triggers it fires know where the rows
@@ -512,9 +516,10 @@ thread_local! {
 const PENDING_BYTES: usize = 32 << 20;
 
 fn current_owner() -> (u32, pg_sys::SubTransactionId) {
-    (crate::pg::ffi::local_xact(), unsafe {
-        pg_sys::GetCurrentSubTransactionId()
-    })
+    // SAFETY: GetCurrentSubTransactionId reads the id of the transaction state this backend
+    // is in; it takes nothing and apply runs only inside a transaction.
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    (crate::pg::ffi::local_xact(), subxact)
 }
 
 fn hold(p: Pending) -> bool {
@@ -542,17 +547,22 @@ fn concat_arrays<'a>(parts: impl Iterator<Item = &'a str>) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
+/// Called by the inbox's statement trigger (sql/finalize.sql) once its rows are in: [`apply_held`].
+#[pg_extern(schema = "synclink")]
+#[search_path(pg_catalog, pg_temp)]
+fn apply_pending() -> Result<(), ErrorReport> {
+    Ok(apply_held()?)
+}
+
 /// Apply the held records: each once (by its sender's seq), consecutive records for the same
 /// table and of the same kind merged into one upsert or one delete. Merging keeps the result
 /// of applying them one by one: the last version of a key wins an upsert run, and a delete
 /// run removes the union of its keys.
-#[pg_extern(schema = "synclink")]
-#[search_path(pg_catalog, pg_temp)]
-fn apply_pending() {
+fn apply_held() -> Result<()> {
     let owner = current_owner();
     let buffer = PENDING.with(|b| std::mem::take(&mut *b.borrow_mut()));
     if buffer.owner != owner || buffer.records.is_empty() {
-        return;
+        return Ok(());
     }
     let mut fresh = std::collections::HashSet::new();
     let mut senders: Vec<&str> = buffer.records.iter().map(|p| p.sender.as_str()).collect();
@@ -562,7 +572,7 @@ fn apply_pending() {
         let mine = buffer.records.iter().filter(|p| p.sender == sender);
         let floor = mine.clone().filter_map(|p| p.floor).max();
         let seqs = mine.map(|p| p.seq).collect();
-        for seq in first_deliveries(sender, seqs, floor) {
+        for seq in first_deliveries(sender, seqs, floor)? {
             fresh.insert((sender.to_string(), seq));
         }
     }
@@ -576,7 +586,7 @@ fn apply_pending() {
     };
     for run in todo.chunk_by(|a, b| same_run(a, b)) {
         let first = run[0];
-        let plans = compile(first.link, &first.schema, &first.table);
+        let plans = compile(first.link, &first.schema, &first.table)?;
         let (rows, stamps) = if run.len() == 1 {
             (first.rows.clone(), first.stamps.clone())
         } else {
@@ -587,27 +597,29 @@ fn apply_pending() {
         };
         marked(&first.origin, &first.sender, || {
             apply_checked(&plans, !first.upsert, run.len() == 1, &rows, &stamps)
-        });
+        })?;
     }
+    Ok(())
 }
 
 /// The inbox's row trigger: a peer delivers a change record by inserting it. Written in
 /// Rust and without a SET clause because it runs once per record: it pins the search path
 /// for the delivering transaction itself (the session is synclink's own), once, and bounds its
 /// lock waits; only the roles this node granted INSERT on the inbox deliver.
-pub fn receive(trigger: &PgTrigger) {
+pub fn receive(trigger: &PgTrigger) -> Result<()> {
     // Only a superuser can attach this function to a table (sql/finalize.sql); even then it
     // applies nothing that did not arrive in synclink's inbox.
     let inbox = crate::data::queue::synclink_relation(c"inbox");
     if trigger.relid().ok() != Some(inbox) || !matches!(trigger.level(), PgTriggerLevel::Row) {
-        crate::pg::error::raise(ApplyError::NotTheInbox);
+        return Err(ApplyError::NotTheInbox.into());
     }
     let Some(row) = trigger.new() else {
-        crate::pg::error::raise(ApplyError::NotTheInbox)
+        return Err(ApplyError::NotTheInbox.into());
     };
     // One pass over the columns: looking each one up by name would walk them all again.
     let (mut text, mut op, mut seq, mut floor) = (<[Option<String>; 7]>::default(), 0, None, None);
     for (n, att) in row.attributes() {
+        let altered = |_| ApplyError::InboxAltered(att.name().to_string());
         let slot = match att.name() {
             "origin" => 0,
             "sender" => 1,
@@ -617,27 +629,27 @@ pub fn receive(trigger: &PgTrigger) {
             "old_rows" => 5,
             "stamps" => 6,
             "op" => {
-                op = row.get_by_index::<i8>(n).unwrap().unwrap_or(0);
+                op = row.get_by_index::<i8>(n).map_err(altered)?.unwrap_or(0);
                 continue;
             }
             "seq" => {
-                seq = row.get_by_index::<i64>(n).unwrap();
+                seq = row.get_by_index::<i64>(n).map_err(altered)?;
                 continue;
             }
             "floor_seq" => {
-                floor = row.get_by_index::<i64>(n).unwrap();
+                floor = row.get_by_index::<i64>(n).map_err(altered)?;
                 continue;
             }
             _ => continue,
         };
-        text[slot] = row.get_by_index::<String>(n).unwrap();
+        text[slot] = row.get_by_index::<String>(n).map_err(altered)?;
     }
     let [origin, sender, schema, table, new_rows, old_rows, stamps] = text;
     crate::data::queue::bound_lock_waits();
     crate::pg::privilege::pin_for_transaction();
     // The peer's role inserted the record; synclink's own bookkeeping runs as the extension's
     // owner, and the rows are written as the table's owner (apply_checked).
-    crate::pg::privilege::as_role(crate::pg::privilege::extension_owner().or_raise(), || {
+    crate::pg::privilege::as_role(crate::pg::privilege::extension_owner()?, || {
         apply_record(
             &origin.unwrap_or_default(),
             &sender.unwrap_or_default(),
@@ -668,7 +680,7 @@ fn apply(
     seq: default!(Option<i64>, "NULL"),
     floor_seq: default!(Option<i64>, "NULL"),
     stamps: default!(Option<&str>, "NULL"),
-) {
+) -> Result<(), ErrorReport> {
     apply_record(
         origin,
         sender,
@@ -680,8 +692,9 @@ fn apply(
         seq,
         floor_seq,
         stamps,
-    );
-    apply_pending();
+    )?;
+    apply_held()?;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -696,10 +709,10 @@ fn apply_record(
     seq: Option<i64>,
     floor_seq: Option<i64>,
     stamps: Option<&str>,
-) {
-    let id = link_id(sender, target_schema, target_table).or_raise();
+) -> Result<()> {
+    let id = link_id(sender, target_schema, target_table)?;
     if matches!(op as u8, b'I' | b'U' | b'D' | b'K') && stamps.is_none() {
-        crate::pg::error::raise(ApplyError::Unstamped);
+        return Err(ApplyError::Unstamped.into());
     }
     // Queued records are held until the inbox statement ends (apply_pending): a delivery
     // brings hundreds of them, usually a row or two each.
@@ -722,35 +735,38 @@ fn apply_record(
             stamps: stamps.unwrap_or("{}").into(),
         });
         if full {
-            apply_pending();
+            apply_held()?;
         }
-        return;
+        return Ok(());
     }
     // Anything else keeps its place in the order: what is held goes first.
-    apply_pending();
+    apply_held()?;
     if let Some(seq) = seq {
-        if first_deliveries(sender, vec![seq], floor_seq).is_empty() {
-            return;
+        if first_deliveries(sender, vec![seq], floor_seq)?.is_empty() {
+            return Ok(());
         }
     }
-    let plans = compile(id, target_schema, target_table);
+    let plans = compile(id, target_schema, target_table)?;
     let stamps = stamps.unwrap_or("{}");
     marked(origin, sender, || match (op as u8, new_rows, old_rows) {
         (b'I' | b'U', Some(rows), _) => apply_checked(&plans, false, true, rows, stamps),
         (b'D' | b'K', _, Some(rows)) => apply_checked(&plans, true, true, rows, stamps),
         (b'R', Some(new), Some(old)) => {
-            let args = [old.into_datum().unwrap(), new.into_datum().unwrap()];
+            let args = [
+                crate::pg::ffi::text_datum(old),
+                crate::pg::ffi::text_datum(new),
+            ];
             crate::pg::privilege::as_owner_of(plans.relid, || {
-                Spi::connect_mut(|_| plans.rekey.run(old.len() + new.len(), &args).or_raise())
-            })
-            .or_raise();
+                Spi::connect_mut(|_| plans.rekey.run(old.len() + new.len(), &args))
+            })??;
+            Ok(())
         }
         (b'T', _, _) => crate::pg::privilege::as_owner_of(plans.relid, || {
-            Spi::run(&format!("DELETE FROM {}", plans.table)).unwrap()
-        })
-        .or_raise(),
-        (b'I' | b'U' | b'D' | b'K' | b'R', _, _) => {}
-        (other, _, _) => crate::pg::error::raise(ApplyError::BadOp((other as char).to_string())),
+            Spi::run(&format!("DELETE FROM {}", plans.table))
+        })?
+        .map_err(Into::into),
+        (b'I' | b'U' | b'D' | b'K' | b'R', _, _) => Ok(()),
+        (other, _, _) => Err(ApplyError::BadOp((other as char).to_string()).into()),
     })
 }
 

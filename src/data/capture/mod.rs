@@ -34,9 +34,11 @@ pub struct OneRow<'a> {
 pub trait CapturePath {
     /// Queue the statement's change; false when this path does not take this statement (and
     /// wrote nothing), so the next path is offered it.
-    ///
-    /// # Safety
-    /// `data` is the TriggerData of the link's AFTER … FOR EACH STATEMENT trigger, with its
-    /// transition tables, for the current call; `row` was read from them.
-    unsafe fn capture(&self, data: *mut pg_sys::TriggerData, row: Option<&OneRow>) -> bool;
+    // SAFETY: callers pass in `data` the TriggerData of the link's AFTER … FOR EACH STATEMENT
+    // trigger, with its transition tables, for the current call; `row` was read from them.
+    unsafe fn capture(
+        &self,
+        data: *mut pg_sys::TriggerData,
+        row: Option<&OneRow>,
+    ) -> crate::pg::error::Result<bool>;
 }

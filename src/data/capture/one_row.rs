@@ -13,7 +13,8 @@
 use crate::data::capture::statement::{self as capture, CaptureSpec};
 use crate::data::capture::writer::{LinkTables, Writer};
 use crate::data::capture::{CapturePath, OneRow};
-use crate::pg::error::{raise, SqlError};
+use crate::pg::error::{OrRaise, Result, SqlError};
+use crate::pg::spi::need;
 use pgrx::prelude::*;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
@@ -29,18 +30,27 @@ enum CaptureError {
     BadArgument,
     #[error("synclink.capture_one({0}) may only be called by the triggers of that link")]
     NotThatLink(i32),
+    /// PostgreSQL did not do what the capture asked of it (the text says what).
+    #[error("synclink.capture_one: {0}")]
+    Internal(String),
 }
 
 impl SqlError for CaptureError {
     fn sqlstate(&self) -> PgSqlErrorCode {
-        PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED
+        match self {
+            CaptureError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            _ => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+        }
     }
     fn hint(&self) -> Option<String> {
-        Some(
-            "sync_link_table() makes the triggers that call it and sync_unlink_table() drops \
-             them; this trigger is not one of a link of this table: drop it."
-                .into(),
-        )
+        match self {
+            CaptureError::Internal(_) => None,
+            _ => Some(
+                "sync_link_table() makes the triggers that call it and sync_unlink_table() drops \
+                 them; this trigger is not one of a link of this table: drop it."
+                    .into(),
+            ),
+        }
     }
 }
 
@@ -69,19 +79,26 @@ struct HeapPath {
 }
 
 impl CapturePath for HeapPath {
-    unsafe fn capture(&self, _data: *mut pg_sys::TriggerData, row: Option<&OneRow>) -> bool {
-        let Some(row) = row else { return false };
+    // SAFETY: `row` was read from the current call's transition tables (the trait's contract):
+    // values of the table's row type, fetched whole, with their descriptor, as Writer::queue
+    // requires. XactIsoLevel is a plain int of this backend's, only read.
+    unsafe fn capture(
+        &self,
+        _data: *mut pg_sys::TriggerData,
+        row: Option<&OneRow>,
+    ) -> Result<bool> {
+        let Some(row) = row else { return Ok(false) };
         if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
-            return false;
+            return Ok(false);
         }
         crate::pg::privilege::as_role_without_sql(self.owner, || {
             let queued = self
                 .writer
-                .queue(row.op, row.row, row.old, row.desc, row.origin, row.at);
+                .queue(row.op, row.row, row.old, row.desc, row.origin, row.at)?;
             if queued {
-                crate::data::queue::after_queueing();
+                crate::data::queue::after_queueing()?;
             }
-            queued
+            Ok(queued)
         })
     }
 }
@@ -100,10 +117,17 @@ struct StatementPath {
 }
 
 impl CapturePath for StatementPath {
-    unsafe fn capture(&self, _data: *mut pg_sys::TriggerData, row: Option<&OneRow>) -> bool {
-        let Some(row) = row else { return false };
+    // SAFETY: `row`'s values are of the table's row type (the trait's contract), the types the
+    // statement is prepared with; values, nulls and types outlive SPI_execute_plan, and every
+    // SPI call is made between this function's own SPI_connect and SPI_finish.
+    unsafe fn capture(
+        &self,
+        _data: *mut pg_sys::TriggerData,
+        row: Option<&OneRow>,
+    ) -> Result<bool> {
+        let Some(row) = row else { return Ok(false) };
         if self.after_heap && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32 {
-            return false;
+            return Ok(false);
         }
         let index = match row.op {
             b'I' => 0,
@@ -124,9 +148,18 @@ impl CapturePath for StatementPath {
         let (sql, plan) = &self.statements[index];
         crate::pg::privilege::as_role(self.owner, || {
             if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-                error!("synclink.capture_one: SPI_connect failed");
+                return Err(CaptureError::Internal("SPI_connect failed".into()).into());
             }
-            let plan = *plan.get_or_init(|| prepare(sql, &mut types));
+            let plan = match plan.get() {
+                Some(plan) => *plan,
+                None => match prepare(sql, &mut types) {
+                    Ok(made) => *plan.get_or_init(|| made),
+                    Err(e) => {
+                        pg_sys::SPI_finish();
+                        return Err(e);
+                    }
+                },
+            };
             let rc = pg_sys::SPI_execute_plan(
                 plan.as_ptr(),
                 values.as_mut_ptr(),
@@ -134,12 +167,14 @@ impl CapturePath for StatementPath {
                 false,
                 0,
             );
-            if rc < 0 {
-                error!("synclink.capture_one: SPI_execute_plan failed: {rc}");
-            }
             let queued = pg_sys::SPI_processed == 1;
             pg_sys::SPI_finish();
-            queued
+            if rc < 0 {
+                return Err(
+                    CaptureError::Internal(format!("SPI_execute_plan failed: {rc}")).into(),
+                );
+            }
+            Ok(queued)
         })
     }
 }
@@ -150,7 +185,15 @@ struct GeneratedPath {
 }
 
 impl CapturePath for GeneratedPath {
-    unsafe fn capture(&self, data: *mut pg_sys::TriggerData, _row: Option<&OneRow>) -> bool {
+    // SAFETY: `data` is the current call's TriggerData (the trait's contract), passed on as the
+    // trigger manager would; `function` was filled in by fmgr_info_cxt for the cached link that
+    // owns it; a zeroed call info without arguments is complete for a trigger. An ERROR inside
+    // is caught at the FFI boundary, so it unwinds the Rust frames instead of jumping over them.
+    unsafe fn capture(
+        &self,
+        data: *mut pg_sys::TriggerData,
+        _row: Option<&OneRow>,
+    ) -> Result<bool> {
         // As the trigger manager calls a function: the same trigger data, no arguments.
         let mut call: pg_sys::FunctionCallInfoBaseData = std::mem::zeroed();
         call.flinfo = &*self.function as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo;
@@ -158,10 +201,12 @@ impl CapturePath for GeneratedPath {
         call.fncollation = pg_sys::InvalidOid;
         match (*call.flinfo).fn_addr {
             Some(function) => {
-                function(&mut call);
-                true
+                pg_sys::ffi::pg_guard_ffi_boundary(|| function(&mut call));
+                Ok(true)
             }
-            None => error!("synclink.capture_one: the capture function has no address"),
+            None => {
+                Err(CaptureError::Internal("the capture function has no address".into()).into())
+            }
         }
     }
 }
@@ -179,6 +224,9 @@ thread_local! {
 /// DROP EXTENSION drops, after which link ids start again from 1) or all of them, every
 /// cached link is read again at the next statement. Runs while invalidations are processed,
 /// so it only notes it.
+// SAFETY: PostgreSQL calls this with a relation's OID (InvalidOid: every relation) and the
+// argument it was registered with; it reads no pointer and touches only this backend's
+// thread-locals, without raising an error.
 unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let relevant = relid == pg_sys::InvalidOid
         || LINKS.with(|m| {
@@ -215,10 +263,10 @@ struct Catalog {
 /// The link `link_id` if its table is `relid`. Whoever fires the trigger, the catalog is read
 /// as the bootstrap superuser (synclink.peer is not readable by application roles), with the
 /// search path pinned and every operator qualified, so nothing the caller defined runs.
-fn load(link_id: i32, relid: pg_sys::Oid) -> Option<Link> {
+fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
     let row = crate::pg::privilege::as_role(pg_sys::BOOTSTRAP_SUPERUSERID.into(), || {
         Spi::connect(|c| {
-            c.select(
+            let found = c.select(
                 "SELECT l.relid::pg_catalog.oid, c.reltype, p.oid, p.proowner, l.peer_name, l.columns, \
                         l.key_columns, l.row_type, l.version_table, l.capture_function, \
                         l.triggers, n.node_name, pe.node_name, \
@@ -236,30 +284,31 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Option<Link> {
                     AND l.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $2",
                 None,
                 &[link_id.into(), relid.into()],
-            )
-            .unwrap()
-            .next()
-            .map(|r| Catalog {
-                relid: r.get(1).unwrap().unwrap(),
-                row_type: r.get(2).unwrap().unwrap(),
-                function: r.get(3).unwrap().unwrap(),
-                owner: r.get(4).unwrap().unwrap(),
-                peer: r.get(5).unwrap().unwrap(),
-                columns: r.get(6).unwrap().unwrap(),
-                key: r.get(7).unwrap().unwrap(),
-                wire_type: r.get(8).unwrap().unwrap(),
-                version_table: r.get(9).unwrap().unwrap(),
-                function_name: r.get(10).unwrap().unwrap(),
-                triggers: r.get(11).unwrap().unwrap(),
-                node: r.get(12).unwrap().unwrap(),
-                peer_node: r.get(13).unwrap().unwrap(),
-                version_oid: r.get(14).unwrap().unwrap(),
-                wire_oid: r.get(15).unwrap().unwrap(),
-                stamp_oid: r.get(16).unwrap().unwrap(),
-                outbox_oid: r.get(17).unwrap().unwrap(),
-            })
+            )?
+            .next();
+            let Some(r) = found else { return Ok(None) };
+            Ok::<_, crate::pg::error::Error>(Some(Catalog {
+                relid: need(&r, 1, "table of a link")?,
+                row_type: need(&r, 2, "row type of a linked table")?,
+                function: need(&r, 3, "capture function of a link")?,
+                owner: need(&r, 4, "owner of a link's capture function")?,
+                peer: need(&r, 5, "peer of a link")?,
+                columns: need(&r, 6, "columns of a link")?,
+                key: need(&r, 7, "key columns of a link")?,
+                wire_type: need(&r, 8, "row type of a link")?,
+                version_table: need(&r, 9, "version table of a link")?,
+                function_name: need(&r, 10, "capture function name of a link")?,
+                triggers: need(&r, 11, "triggers of a link")?,
+                node: need(&r, 12, "node name")?,
+                peer_node: need(&r, 13, "node name of a peer")?,
+                version_oid: need(&r, 14, "version table of a link")?,
+                wire_oid: need(&r, 15, "row type of a link")?,
+                stamp_oid: need(&r, 16, "type synclink.stamp")?,
+                outbox_oid: need(&r, 17, "table synclink.outbox")?,
+            }))
         })
     })?;
+    let Some(row) = row else { return Ok(None) };
     let spec = CaptureSpec {
         link_id,
         function: &row.function_name,
@@ -302,20 +351,22 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Option<Link> {
     let mut function: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
     unsafe { pg_sys::fmgr_info_cxt(row.function, &mut *function, pg_sys::TopMemoryContext) };
     paths.push(Box::new(GeneratedPath { function }));
-    Some(Link {
+    Ok(Some(Link {
         relid: row.relid,
         triggers: row.triggers,
         node: row.node,
         peer_node: row.peer_node,
         paths,
         uses: [row.relid, row.version_oid, row.outbox_oid],
-    })
+    }))
 }
 
 /// The link `link_id`, which must be one of `relid`'s: a trigger that names another table's
 /// link is refused before anything is read for it.
-fn link(link_id: i32, relid: pg_sys::Oid) -> Rc<Link> {
+fn link(link_id: i32, relid: pg_sys::Oid) -> Result<Rc<Link>> {
     if !WATCHING.with(|w| w.replace(true)) {
+        // SAFETY: registers, once per backend, a function that stays valid for the backend's
+        // life (the library is never unloaded) and whose argument is a plain Datum.
         unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), 0.into()) };
     }
     if STALE.with(|s| s.replace(false)) {
@@ -323,69 +374,84 @@ fn link(link_id: i32, relid: pg_sys::Oid) -> Rc<Link> {
     }
     if let Some(l) = LINKS.with(|m| m.borrow().get(&link_id).cloned()) {
         if l.relid != relid {
-            raise(CaptureError::NotThatLink(link_id));
+            return Err(CaptureError::NotThatLink(link_id).into());
         }
-        return l;
+        return Ok(l);
     }
-    let loaded = load(link_id, relid).unwrap_or_else(|| raise(CaptureError::NotThatLink(link_id)));
+    let loaded = load(link_id, relid)?.ok_or(CaptureError::NotThatLink(link_id))?;
     let l = Rc::new(loaded);
     LINKS.with(|m| m.borrow_mut().insert(link_id, l.clone()));
-    l
+    Ok(l)
 }
 
 /// The one row of a transition table, as a value of the table's row type. Read pointer 0 is
 /// rewound before and after: the generated function, or another link's trigger on the same
 /// statement, reads the same tuplestore after this.
-unsafe fn only_row(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) -> pg_sys::Datum {
+// SAFETY: callers pass a transition table of the current trigger call and its rows'
+// descriptor; the slot made here is dropped before this returns.
+unsafe fn only_row(
+    store: *mut pg_sys::Tuplestorestate,
+    desc: pg_sys::TupleDesc,
+) -> Result<pg_sys::Datum> {
     let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
     pg_sys::tuplestore_select_read_pointer(store, 0);
     pg_sys::tuplestore_rescan(store);
     if !pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
-        error!("synclink.capture_one: the transition table is empty");
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        return Err(CaptureError::Internal("the transition table is empty".into()).into());
     }
     // a copy in the current memory context, with any toasted value fetched
     let row = pg_sys::ExecFetchSlotHeapTupleDatum(slot);
     pg_sys::ExecDropSingleTupleTableSlot(slot);
     pg_sys::tuplestore_rescan(store);
-    row
+    Ok(row)
 }
 
-fn count(store: *mut pg_sys::Tuplestorestate) -> i64 {
+// SAFETY: callers pass NULL or a transition table of the current trigger call.
+unsafe fn count(store: *mut pg_sys::Tuplestorestate) -> i64 {
     if store.is_null() {
         0
     } else {
-        unsafe { pg_sys::tuplestore_tuple_count(store) }
+        pg_sys::tuplestore_tuple_count(store)
     }
 }
 
 /// The statement's one changed row, when it changed exactly one (an UPDATE that kept its
 /// key) and the session writes values as they travel; None sends it the general way.
-unsafe fn one_row<'a>(data: *mut pg_sys::TriggerData, origin: &'a str) -> Option<OneRow<'a>> {
+// SAFETY: callers pass the TriggerData of the current call of a statement trigger, whose
+// transition tables (NULL when the event has none) and relation live until the call returns.
+unsafe fn one_row<'a>(
+    data: *mut pg_sys::TriggerData,
+    origin: &'a str,
+) -> Result<Option<OneRow<'a>>> {
     let event = (*data).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
     let (op, changed, old) = match event {
         pg_sys::TRIGGER_EVENT_INSERT => (b'I', (*data).tg_newtable, None),
         pg_sys::TRIGGER_EVENT_UPDATE => (b'U', (*data).tg_newtable, Some((*data).tg_oldtable)),
         pg_sys::TRIGGER_EVENT_DELETE => (b'D', (*data).tg_oldtable, None),
-        _ => return None,
+        _ => return Ok(None),
     };
     if count(changed) != 1
         || old.is_some_and(|o| count(o) != 1)
         || !crate::data::wire::session_writes_wire_text()
     {
-        return None;
+        return Ok(None);
     }
     let desc = (*(*data).tg_relation).rd_att;
-    Some(OneRow {
+    Ok(Some(OneRow {
         op,
-        row: only_row(changed, desc),
-        old: old.map(|o| only_row(o, desc)),
+        row: only_row(changed, desc)?,
+        old: old.map(|o| only_row(o, desc)).transpose()?,
         desc,
         origin,
         at: crate::pg::ffi::now_micros(),
-    })
+    }))
 }
 
-unsafe fn prepare(sql: &str, types: &mut [pg_sys::Oid]) -> NonNull<pg_sys::_SPI_plan> {
+// SAFETY: callers are connected to SPI and pass as many types as `sql` has parameters; the
+// plan is kept (SPI_keepplan), so it outlives the connection.
+unsafe fn prepare(sql: &str, types: &mut [pg_sys::Oid]) -> Result<NonNull<pg_sys::_SPI_plan>> {
+    // Built from catalog names and literals, which PostgreSQL keeps as C strings: no NUL.
     let sql = CString::new(sql).expect("generated SQL has no NUL");
     // Parsed as the generated function is, with pg_catalog first; a generic plan, made once.
     let plan = crate::pg::plan::with_settings(
@@ -400,10 +466,11 @@ unsafe fn prepare(sql: &str, types: &mut [pg_sys::Oid]) -> NonNull<pg_sys::_SPI_
         },
     );
     let code = pg_sys::SPI_result;
-    let plan = NonNull::new(plan)
-        .unwrap_or_else(|| error!("synclink.capture_one: SPI_prepare_cursor failed: {code}"));
+    let Some(plan) = NonNull::new(plan) else {
+        return Err(CaptureError::Internal(format!("SPI_prepare_cursor failed: {code}")).into());
+    };
     pg_sys::SPI_keepplan(plan.as_ptr());
-    plan
+    Ok(plan)
 }
 
 #[unsafe(no_mangle)]
@@ -416,12 +483,22 @@ pub extern "C" fn pg_finfo_synclink_capture_one() -> &'static pg_sys::Pg_finfo_r
 /// STATEMENT, with the link's transition tables, on the link's own table and triggers only.
 #[pg_guard]
 #[unsafe(no_mangle)]
+// SAFETY: PostgreSQL calls this through fmgr (version 1, pg_finfo_synclink_capture_one) with
+// the call's own fcinfo, valid until it returns.
 pub unsafe extern "C-unwind" fn synclink_capture_one(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    // PostgreSQL calls this directly, so nothing above can take an error: it is raised here.
+    capture_one(fcinfo).or_raise();
+    pg_sys::Datum::from(0)
+}
+
+// SAFETY: callers pass the fcinfo of the current call of synclink.capture_one; whatever its
+// context points to lives until that call returns.
+unsafe fn capture_one(fcinfo: pg_sys::FunctionCallInfo) -> Result<()> {
     let context = (*fcinfo).context;
     if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
-        raise(CaptureError::NotATrigger);
+        return Err(CaptureError::NotATrigger.into());
     }
     let data = context as *mut pg_sys::TriggerData;
     let trigger = (*data).tg_trigger;
@@ -434,24 +511,24 @@ pub unsafe extern "C-unwind" fn synclink_capture_one(
                 .ok()
         })
         .flatten()
-        .unwrap_or_else(|| raise(CaptureError::BadArgument));
-    let link = link(link_id, (*(*data).tg_relation).rd_id);
+        .ok_or(CaptureError::BadArgument)?;
+    let link = link(link_id, (*(*data).tg_relation).rd_id)?;
     let name = CStr::from_ptr((*trigger).tgname).to_string_lossy();
     if !link.triggers.iter().any(|t| *t == name)
         || (*data).tg_event & pg_sys::TRIGGER_EVENT_ROW != 0
     {
-        raise(CaptureError::NotThatLink(link_id));
+        return Err(CaptureError::NotThatLink(link_id).into());
     }
     // What the WHEN clause of a generated function's triggers does (capture::trigger_sqls).
     if crate::data::apply::is_applying_from(&link.peer_node) {
-        return pg_sys::Datum::from(0);
+        return Ok(());
     }
     let origin = crate::data::apply::current_origin().unwrap_or_else(|| link.node.clone());
-    let row = one_row(data, &origin);
+    let row = one_row(data, &origin)?;
     for path in &link.paths {
-        if path.capture(data, row.as_ref()) {
+        if path.capture(data, row.as_ref())? {
             break;
         }
     }
-    pg_sys::Datum::from(0)
+    Ok(())
 }

@@ -14,8 +14,23 @@
 //! A link whose tables or types are not exactly as sync_link_table made them (a column,
 //! index, trigger or constraint added by hand) keeps the SQL path too.
 
+use crate::pg::error::{Result, SqlError};
+use crate::pg::spi::Missing;
 use pgrx::prelude::*;
 use std::ffi::CStr;
+
+/// PostgreSQL answered a step of the writes as a one-row statement never makes it answer.
+#[derive(thiserror::Error, Debug)]
+pub enum WriterError {
+    #[error("synclink: unexpected result {0} locking a version row")]
+    UnexpectedLock(pg_sys::TM_Result::Type),
+}
+
+impl SqlError for WriterError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR
+    }
+}
 
 /// Where each value goes, by attribute position (0-based).
 struct VersionLayout {
@@ -81,6 +96,8 @@ pub struct Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
+        // SAFETY: both are copies this writer made in TopMemoryContext (copy_in_top) and owns
+        // alone; nothing uses them after the writer is dropped.
         unsafe {
             pg_sys::FreeTupleDesc(self.wire);
             pg_sys::FreeTupleDesc(self.stamp);
@@ -89,6 +106,7 @@ impl Drop for Writer {
 }
 
 /// One attribute of a descriptor: name, type, typmod; None when dropped.
+// SAFETY: callers pass a valid tuple descriptor and an `i` below its natts.
 unsafe fn attribute(desc: pg_sys::TupleDesc, i: usize) -> Option<(String, pg_sys::Oid, i32)> {
     let a = &*(*desc).attrs.as_ptr().add(i);
     (!a.attisdropped).then(|| {
@@ -99,11 +117,13 @@ unsafe fn attribute(desc: pg_sys::TupleDesc, i: usize) -> Option<(String, pg_sys
     })
 }
 
+// SAFETY: callers pass a valid tuple descriptor; only its natts attributes are read.
 unsafe fn position(desc: pg_sys::TupleDesc, name: &str) -> Option<usize> {
     (0..(*desc).natts as usize).find(|&i| attribute(desc, i).is_some_and(|a| a.0 == name))
 }
 
 /// Whether a descriptor's live attributes are exactly `expected`, in any order.
+// SAFETY: callers pass a valid tuple descriptor.
 unsafe fn has_exactly(desc: pg_sys::TupleDesc, expected: &[&str]) -> bool {
     let mut names: Vec<String> = (0..(*desc).natts as usize)
         .filter_map(|i| attribute(desc, i).map(|a| a.0))
@@ -114,6 +134,7 @@ unsafe fn has_exactly(desc: pg_sys::TupleDesc, expected: &[&str]) -> bool {
     names == expected
 }
 
+// SAFETY: callers pass a relation they hold open, so its descriptor is valid.
 unsafe fn has_checks(rel: pg_sys::Relation) -> bool {
     let constr = (*(*rel).rd_att).constr;
     !constr.is_null() && (*constr).num_check > 0
@@ -134,19 +155,26 @@ const REG_TYPES: [pg_sys::Oid; 11] = [
     pg_sys::REGCOLLATIONOID,
 ];
 
-unsafe fn text_depends_on_search_path(typid: pg_sys::Oid) -> bool {
-    let base = pg_sys::getBaseType(typid);
-    let element = pg_sys::get_element_type(base);
-    let scalar = if element == pg_sys::InvalidOid {
-        base
-    } else {
-        pg_sys::getBaseType(element)
+fn text_depends_on_search_path(typid: pg_sys::Oid) -> bool {
+    // SAFETY: both take a type's OID by value and look it up in the syscache, raising an
+    // ERROR for one that does not exist.
+    let scalar = unsafe {
+        let base = pg_sys::getBaseType(typid);
+        let element = pg_sys::get_element_type(base);
+        if element == pg_sys::InvalidOid {
+            base
+        } else {
+            pg_sys::getBaseType(element)
+        }
     };
     u32::from(scalar) >= pg_sys::FirstNormalObjectId || REG_TYPES.contains(&scalar)
 }
 
 fn array_out() -> Box<pg_sys::FmgrInfo> {
+    // SAFETY: a zeroed FmgrInfo is the blank fmgr_info_cxt fills in; array_out is built in,
+    // and what it keeps in fn_extra goes to TopMemoryContext, which outlives the writer.
     let mut f: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
+    // SAFETY: as above; `f` is boxed, so the address fmgr_info_cxt fills in never moves.
     unsafe {
         pg_sys::fmgr_info_cxt(
             pg_sys::Oid::from(pg_sys::F_ARRAY_OUT),
@@ -157,6 +185,7 @@ fn array_out() -> Box<pg_sys::FmgrInfo> {
     f
 }
 
+// SAFETY: callers pass a valid descriptor; the copy, in TopMemoryContext, is theirs to free.
 unsafe fn copy_in_top(desc: pg_sys::TupleDesc) -> pg_sys::TupleDesc {
     let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
     let copy = pg_sys::CreateTupleDescCopy(desc);
@@ -179,6 +208,8 @@ pub struct LinkTables<'a> {
 impl Writer {
     /// The writer for a link, or None when its tables are not as expected.
     pub fn load(l: &LinkTables) -> Option<Writer> {
+        // SAFETY: table_open raises an ERROR for a relation that is not there; the three stay
+        // open, locked, while inspect reads their descriptors, and are closed here after it.
         unsafe {
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
             let table = pg_sys::table_open(l.table, lock);
@@ -192,6 +223,7 @@ impl Writer {
         }
     }
 
+    // SAFETY: callers pass the link's table, version table and outbox, open for the call.
     unsafe fn inspect(
         l: &LinkTables,
         table: pg_sys::Relation,
@@ -313,12 +345,19 @@ impl Writer {
         pg_sys::DecrTupleDescRefCount(wire);
         let wire = wire_copy?;
 
-        let stamp = pg_sys::lookup_rowtype_tupdesc(l.stamp_type, -1);
-        let stamp_layout = ["at", "node", "base_at", "base_node", "op"].map(|n| position(stamp, n));
-        let stamp_copy = ((*stamp).natts == 5 && stamp_layout.iter().all(Option::is_some))
-            .then(|| copy_in_top(stamp));
-        pg_sys::DecrTupleDescRefCount(stamp);
-        let stamp = stamp_copy?;
+        let looked_up = pg_sys::lookup_rowtype_tupdesc(l.stamp_type, -1);
+        let layout =
+            match ["at", "node", "base_at", "base_node", "op"].map(|n| position(looked_up, n)) {
+                [Some(at), Some(node), Some(base_at), Some(base_node), Some(op)]
+                    if (*looked_up).natts == 5 =>
+                {
+                    Some([at, node, base_at, base_node, op])
+                }
+                _ => None,
+            };
+        let stamp = layout.map(|layout| (copy_in_top(looked_up), layout));
+        pg_sys::DecrTupleDescRefCount(looked_up);
+        let (stamp, stamp_layout) = stamp?;
 
         Some(Writer {
             version: l.version,
@@ -333,7 +372,7 @@ impl Writer {
             wire,
             wire_from,
             stamp,
-            stamp_layout: stamp_layout.map(Option::unwrap),
+            stamp_layout,
             rows_out: array_out(),
             stamps_out: array_out(),
             needs_search_path,
@@ -346,6 +385,8 @@ impl Writer {
     /// row of an UPDATE, both values of the table's row type with nothing toasted out of
     /// line. False, with nothing written, for an UPDATE that changed the key or a row with a
     /// NULL in its key: those go the general way.
+    // SAFETY: callers pass `table_desc`, the link table's descriptor, and rows of its type,
+    // whole in memory; they run in the table's trigger, in a transaction with an active snapshot.
     pub unsafe fn queue(
         &self,
         op: u8,
@@ -354,12 +395,12 @@ impl Writer {
         table_desc: pg_sys::TupleDesc,
         origin: &str,
         at: i64,
-    ) -> bool {
+    ) -> Result<bool> {
         let (values, nulls) = deform(row, table_desc);
         // The version table's key is NOT NULL, a constraint these writes do not check: a row
         // without a key goes the general way, whose statement does.
         if self.keys.iter().any(|k| nulls[k.position]) {
-            return false;
+            return Ok(false);
         }
         if let Some(old) = old {
             let (old_values, old_nulls) = deform(old, table_desc);
@@ -371,13 +412,13 @@ impl Writer {
                         != 0
             });
             if !same {
-                return false;
+                return Ok(false);
             }
         }
         // As SPI does for each statement that writes: what this command writes is new to it.
         pg_sys::CommandCounterIncrement();
         let origin_datum = crate::pg::ffi::text_datum(origin);
-        let stamp = self.upsert_version(&values, &nulls, at, origin_datum);
+        let stamp = self.upsert_version(&values, &nulls, at, origin_datum)?;
 
         let text = || self.row_text(&values, &nulls);
         let rows = if self.needs_search_path {
@@ -387,10 +428,11 @@ impl Writer {
         };
         let stamps = self.stamp_text(&stamp, op);
         self.insert_outbox(op, origin_datum, rows, stamps);
-        true
+        Ok(true)
     }
 
     /// `ARRAY[ROW(…)::wire_type]::text` of the row.
+    // SAFETY: callers pass the values and nulls of a row of the link's table (deform).
     unsafe fn row_text(&self, values: &[pg_sys::Datum], nulls: &[bool]) -> pg_sys::Datum {
         let mut wire_values: Vec<pg_sys::Datum> =
             self.wire_from.iter().map(|&p| values[p]).collect();
@@ -405,6 +447,7 @@ impl Writer {
     }
 
     /// `ARRAY[ROW(at, node, base_at, base_node, op)::synclink.stamp]::text`.
+    // SAFETY: callers pass a version upsert_version returned, its node datums still valid.
     unsafe fn stamp_text(&self, v: &Version, op: u8) -> pg_sys::Datum {
         let n = (*self.stamp).natts as usize;
         let mut values = vec![pg_sys::Datum::from(0); n];
@@ -432,17 +475,18 @@ impl Writer {
     }
 
     /// The version upsert: a new version for the row's key, its previous one kept as the base.
+    // SAFETY: as for queue: values and nulls of a row of the link's table, `node` a text datum,
+    // inside the table's trigger.
     unsafe fn upsert_version(
         &self,
         values: &[pg_sys::Datum],
         nulls: &[bool],
         at: i64,
         node: pg_sys::Datum,
-    ) -> Version {
+    ) -> Result<Version> {
         let layout = &self.version_layout;
         let target = Target::open(self.version, true);
-        let mut result = None;
-        while result.is_none() {
+        let version = loop {
             pg_sys::check_for_interrupts!();
             let slot = target.slot();
             let (v, n) = slot_arrays(slot, layout.natts);
@@ -467,9 +511,16 @@ impl Writer {
                 arbiters,
             ) {
                 // a committed version is there: update it, unless it changed meanwhile
-                result = self.update_version(&target, &mut conflict, at, node);
+                let updated = self.update_version(&target, &mut conflict, at, node);
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
-                continue;
+                match updated {
+                    Ok(Some(version)) => break version,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        target.close();
+                        return Err(e);
+                    }
+                }
             }
             let xid = pg_sys::GetCurrentTransactionId();
             let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
@@ -496,27 +547,29 @@ impl Writer {
             pg_sys::list_free(recheck);
             pg_sys::ExecDropSingleTupleTableSlot(slot);
             if !lost {
-                result = Some(Version {
+                break Version {
                     at,
                     node,
                     base: None,
-                });
+                };
             }
-        }
+        };
         target.close();
-        result.expect("the loop ends with a version")
+        Ok(version)
     }
 
     /// ExecOnConflictUpdate for the version row at `tid`: lock it, then set the new version
     /// (bumped past the one it had) and keep the one it had as the base. None when the row
     /// changed or went away before it could be locked: the caller starts over.
+    // SAFETY: callers pass the open version table and the tid of a version row its key index
+    // just found; `node` is a text datum.
     unsafe fn update_version(
         &self,
         target: &Target,
         tid: &mut pg_sys::ItemPointerData,
         at: i64,
         node: pg_sys::Datum,
-    ) -> Option<Version> {
+    ) -> Result<Option<Version>> {
         let layout = &self.version_layout;
         let existing = target.slot();
         let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
@@ -535,16 +588,21 @@ impl Writer {
             pg_sys::TM_Result::TM_Ok => {}
             pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted => {
                 pg_sys::ExecDropSingleTupleTableSlot(existing);
-                return None;
+                return Ok(None);
             }
             // The version was written by this very command: a second change to one key in
             // one statement, which a one-row statement cannot make.
-            other => error!("synclink: unexpected result {other} locking a version row"),
+            other => {
+                pg_sys::ExecDropSingleTupleTableSlot(existing);
+                return Err(WriterError::UnexpectedLock(other).into());
+            }
         }
         pg_sys::slot_getallattrs(existing);
         let (old_values, old_nulls) = slot_arrays(existing, layout.natts);
-        let old_at = i64::from_datum(old_values[layout.at], old_nulls[layout.at])
-            .expect("synclink$at is NOT NULL");
+        let Some(old_at) = i64::from_datum(old_values[layout.at], old_nulls[layout.at]) else {
+            pg_sys::ExecDropSingleTupleTableSlot(existing);
+            return Err(Missing("version of a row (synclink$at)").into());
+        };
         let old_node = old_values[layout.node];
 
         let slot = target.slot();
@@ -577,13 +635,15 @@ impl Writer {
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::ExecDropSingleTupleTableSlot(existing);
-        Some(Version {
+        Ok(Some(Version {
             at: new_at,
             node,
             base: Some((old_at, old_node)),
-        })
+        }))
     }
 
+    // SAFETY: callers pass text datums valid in the current memory context, inside the
+    // table's trigger (a transaction with an active snapshot).
     unsafe fn insert_outbox(
         &self,
         op: u8,
@@ -643,6 +703,8 @@ struct Target {
 }
 
 impl Target {
+    // SAFETY: callers run inside a transaction with an active snapshot and close the target
+    // before it ends; table_open raises an ERROR for a relation that is not there.
     unsafe fn open(relid: pg_sys::Oid, speculative: bool) -> Target {
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let estate = pg_sys::CreateExecutorState();
@@ -657,6 +719,7 @@ impl Target {
 
     /// Index entries for the row just written from `slot` (a new row, or the new version of
     /// an `update`d one that was not a HOT update).
+    // SAFETY: callers pass a slot holding the row just written to this target's relation.
     unsafe fn insert_index_entries(&self, slot: *mut pg_sys::TupleTableSlot, update: bool) {
         let recheck = pg_sys::ExecInsertIndexTuples(
             self.info,
@@ -670,11 +733,13 @@ impl Target {
         pg_sys::list_free(recheck);
     }
 
+    // SAFETY: callers use the target while it is open and drop the slot themselves.
     unsafe fn slot(&self) -> *mut pg_sys::TupleTableSlot {
         pg_sys::MakeSingleTupleTableSlot((*self.rel).rd_att, pg_sys::table_slot_callbacks(self.rel))
     }
 
     /// The lock is kept to the end of the transaction, as the executor keeps it.
+    // SAFETY: callers have dropped every slot made for the target; it is consumed here.
     unsafe fn close(self) {
         pg_sys::ExecCloseIndices(self.info);
         pg_sys::FreeExecutorState(self.estate);
@@ -683,6 +748,7 @@ impl Target {
 }
 
 /// A slot's value and null arrays, cleared for filling.
+// SAFETY: callers pass a slot with `natts` attributes and use the slices only while it lives.
 unsafe fn slot_arrays<'a>(
     slot: *mut pg_sys::TupleTableSlot,
     natts: usize,
@@ -694,6 +760,7 @@ unsafe fn slot_arrays<'a>(
 }
 
 /// The attributes of a composite value.
+// SAFETY: callers pass a composite value of `desc`'s type, whole in memory (not toasted).
 unsafe fn deform(datum: pg_sys::Datum, desc: pg_sys::TupleDesc) -> (Vec<pg_sys::Datum>, Vec<bool>) {
     let header = datum.cast_mut_ptr::<pg_sys::HeapTupleHeaderData>();
     let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
@@ -722,12 +789,14 @@ impl Element {
             byval: false,
             align: 0,
         };
+        // SAFETY: it writes three plain fields of `e`; an unknown type raises an ERROR.
         unsafe { pg_sys::get_typlenbyvalalign(oid, &mut e.len, &mut e.byval, &mut e.align) };
         e
     }
 }
 
 /// `ARRAY[value]::text` for a composite `value` of type `element`.
+// SAFETY: callers pass a composite value of the element type and array_out's FmgrInfo.
 unsafe fn one_element_array_text(
     value: pg_sys::Datum,
     element: &Element,

@@ -13,8 +13,9 @@
 pub mod horizon;
 
 use crate::catalog::peer::{self, Peer};
-use crate::pg::error::{warning, OrRaise, SqlError};
+use crate::pg::error::{warning, Result, SqlError};
 use crate::pg::remote::RemoteFailure;
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
@@ -130,6 +131,7 @@ pub fn bound_lock_waits() {
     if ms <= 0 || unsafe { pg_sys::LockTimeout } == ms {
         return;
     }
+    // A number and "ms" hold no NUL byte.
     let value = std::ffi::CString::new(format!("{ms}ms")).expect("no NUL in a number");
     crate::pg::plan::set(
         c"lock_timeout",
@@ -164,26 +166,24 @@ pub fn peer_situation_sql(peer: &str) -> String {
     )
 }
 
-pub fn known_down(peer: &str) -> bool {
-    Spi::get_one::<bool>(&format!("SELECT {}", down_sql(peer)))
-        .unwrap()
-        .unwrap_or(false)
+pub fn known_down(peer: &str) -> Result<bool> {
+    Ok(Spi::get_one::<bool>(&format!("SELECT {}", down_sql(peer)))?.unwrap_or(false))
 }
 
-pub fn mark_down(peer: &str) {
+pub fn mark_down(peer: &str) -> Result<()> {
     Spi::run_with_args(
         &format!(
             "SELECT setval({}, {NOW_MS} + $1)",
             crate::pg::sql::literal(&retry_register(peer))
         ),
         &[(RETRY_INTERVAL_MS.get() as i64).into()],
-    )
-    .unwrap();
+    )?;
+    Ok(())
 }
 
 /// Clear the register, if it is set: every delivery comes here, and a setval is written
 /// to the WAL even when it changes nothing.
-fn mark_up(peer: &str) {
+fn mark_up(peer: &str) -> Result<()> {
     let register = retry_register(peer);
     crate::pg::spi::prepared(
         &format!(
@@ -193,28 +193,27 @@ fn mark_up(peer: &str) {
         &[],
         &[],
         |_| (),
-    )
-    .or_raise();
+    )?;
+    Ok(())
 }
 
 /// Is anything queued for `peer` above seq `after` (0: anything at all)?
-fn queued_after(peer: &str, after: i64) -> bool {
-    crate::pg::spi::prepared_read(
+fn queued_after(peer: &str, after: i64) -> Result<bool> {
+    let queued = crate::pg::spi::prepared_read(
         "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = $1 AND seq > $2)",
         &[PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::INT8OID)],
         &[peer.into(), after.into()],
-        |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
-    )
-    .or_raise()
+        |t| t.first().get_one::<bool>(),
+    )??;
+    Ok(queued.unwrap_or(false))
 }
 
-pub fn queued(peer: &str) -> i64 {
-    Spi::get_one_with_args::<i64>(
+pub fn queued(peer: &str) -> Result<i64> {
+    let count = Spi::get_one_with_args::<i64>(
         "SELECT count(*) FROM synclink.outbox WHERE peer_name = $1",
         &[peer.into()],
-    )
-    .unwrap()
-    .unwrap_or(0)
+    )?;
+    Ok(count.unwrap_or(0))
 }
 
 /// Put one change record in the outbox.
@@ -227,31 +226,39 @@ pub struct Change<'a> {
     pub stamps: Option<&'a str>,
 }
 
-pub fn enqueue(peer: &str, link_id: i32, origin: &str, change: &Change, reason: Option<&str>) {
+pub fn enqueue(
+    peer: &str,
+    link_id: i32,
+    origin: &str,
+    change: &Change,
+    reason: Option<&str>,
+) -> Result<()> {
     // Planned once per backend: while a peer is down, every sync-mode statement on a linked
     // table comes here. (Async capture functions insert into the outbox themselves.)
     ENQUEUE.with(|plan| {
         let mut plan = plan.borrow_mut();
         Spi::connect_mut(|c| {
-            let stmt = plan.get_or_insert_with(|| {
-                let text = PgOid::from(pg_sys::TEXTOID);
-                c.prepare_mut(
-                    "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps, reason) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        text,
-                        PgOid::from(pg_sys::INT4OID),
-                        text,
-                        PgOid::from(pg_sys::CHAROID),
-                        text,
-                        text,
-                        text,
-                        text,
-                    ],
-                )
-                .unwrap()
-                .keep()
-            });
+            let stmt = match &mut *plan {
+                Some(stmt) => stmt,
+                unprepared => {
+                    let text = PgOid::from(pg_sys::TEXTOID);
+                    let made = c.prepare_mut(
+                        "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps, reason) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        &[
+                            text,
+                            PgOid::from(pg_sys::INT4OID),
+                            text,
+                            PgOid::from(pg_sys::CHAROID),
+                            text,
+                            text,
+                            text,
+                            text,
+                        ],
+                    )?;
+                    unprepared.insert(made.keep())
+                }
+            };
             c.update(
                 &*stmt,
                 None,
@@ -265,10 +272,10 @@ pub fn enqueue(peer: &str, link_id: i32, origin: &str, change: &Change, reason: 
                     change.stamps.into(),
                     reason.into(),
                 ],
-            )
-            .unwrap();
+            )?;
+            Ok(())
         })
-    });
+    })
 }
 
 thread_local! {
@@ -304,6 +311,7 @@ pub fn next_seq(sequence: pg_sys::Oid) -> i64 {
     let seq = crate::data::queue::horizon::drawing(|| {
         // SAFETY: nextval_oid takes the sequence's OID and returns its next value.
         unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[sequence.into_datum()]) }
+            // nextval never returns NULL: it returns a value or raises an ERROR.
             .expect("nextval returns a value")
     });
     if seq % BACKLOG_CHECK_EVERY == 0 {
@@ -317,22 +325,23 @@ pub fn next_seq(sequence: pg_sys::Oid) -> i64 {
 /// synclink.backlog_warning. Counting the queue on every change would cost more than
 /// queueing it, so the statement that drew every BACKLOG_CHECK_EVERY-th seq looks, whichever
 /// session it runs in: about once per thousand changes, however short-lived the sessions.
-pub fn after_queueing() {
+pub fn after_queueing() -> Result<()> {
     crate::data::worker::wake::wake_at_commit();
     let due = CHECK_BACKLOG.with(|c| c.replace(false));
     let limit = BACKLOG_WARNING.get() as i64;
     if limit <= 0 || !due {
-        return;
+        return Ok(());
     }
     // Whoever queued the change, the count runs with the search path pinned: the statement
     // that drew the seq may run as a link's owner on an application role's behalf.
-    for peer in crate::pg::privilege::pinned(|| over_backlog(limit)) {
+    for peer in crate::pg::privilege::pinned(|| over_backlog(limit))? {
         warning(
             &format!("more than {limit} changes are queued for peer \"{peer}\""),
             "Check sync_status for the peer's last error; the queue drains once it is reachable. \
              synclink.backlog_warning sets this threshold.",
         );
     }
+    Ok(())
 }
 
 thread_local! {
@@ -353,7 +362,7 @@ const BACKLOG_RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
 /// oldest record stays (see OVER_SINCE). A long outage queues millions: counting a hundred
 /// thousand of them every thousand changes slowed every writer by a tenth or more while the
 /// peer was away.
-fn over_backlog(limit: i64) -> Vec<String> {
+fn over_backlog(limit: i64) -> Result<Vec<String>> {
     let bigint = PgOid::from(pg_sys::INT8OID);
     let candidates = crate::pg::spi::prepared_read(
         // ORDER BY … LIMIT 1 rather than min()/max(): a generic plan made while the outbox
@@ -370,40 +379,41 @@ fn over_backlog(limit: i64) -> Vec<String> {
         &[bigint],
         &[limit.into()],
         |t| {
-            t.filter_map(|r| Some((r.get::<String>(1).unwrap()?, r.get::<i64>(2).unwrap()?)))
-                .collect::<Vec<_>>()
+            let mut candidates = Vec::new();
+            for r in t {
+                if let (Some(peer), Some(oldest)) = (r.get::<String>(1)?, r.get::<i64>(2)?) {
+                    candidates.push((peer, oldest));
+                }
+            }
+            Ok::<_, pgrx::spi::SpiError>(candidates)
         },
-    )
-    .or_raise();
+    )??;
     OVER_SINCE.with(|memo| {
         let mut memo = memo.borrow_mut();
         memo.retain(|peer, _| candidates.iter().any(|(p, _)| p == peer));
-        candidates
-            .into_iter()
-            .filter(|(peer, oldest)| {
-                if memo.get(peer).is_some_and(|(o, l, at)| {
-                    o == oldest && *l >= limit && at.elapsed() < BACKLOG_RECOUNT
-                }) {
-                    return true;
-                }
-                let over = crate::pg::spi::prepared_read(
-                    "SELECT pg_catalog.count(*) FROM (SELECT FROM synclink.outbox \
-                      WHERE peer_name OPERATOR(pg_catalog.=) $1 LIMIT $2) q",
-                    &[PgOid::from(pg_sys::TEXTOID), bigint],
-                    &[peer.as_str().into(), (limit + 1).into()],
-                    |t| t.first().get_one::<i64>().unwrap().unwrap_or(0),
-                )
-                .or_raise()
-                    > limit;
-                if over {
-                    memo.insert(peer.clone(), (*oldest, limit, std::time::Instant::now()));
-                } else {
-                    memo.remove(peer);
-                }
-                over
-            })
-            .map(|(peer, _)| peer)
-            .collect()
+        let mut over_limit = Vec::new();
+        for (peer, oldest) in candidates {
+            if memo.get(&peer).is_some_and(|(o, l, at)| {
+                *o == oldest && *l >= limit && at.elapsed() < BACKLOG_RECOUNT
+            }) {
+                over_limit.push(peer);
+                continue;
+            }
+            let count = crate::pg::spi::prepared_read(
+                "SELECT pg_catalog.count(*) FROM (SELECT FROM synclink.outbox \
+                  WHERE peer_name OPERATOR(pg_catalog.=) $1 LIMIT $2) q",
+                &[PgOid::from(pg_sys::TEXTOID), bigint],
+                &[peer.as_str().into(), (limit + 1).into()],
+                |t| t.first().get_one::<i64>(),
+            )??;
+            if count.unwrap_or(0) > limit {
+                memo.insert(peer.clone(), (oldest, limit, std::time::Instant::now()));
+                over_limit.push(peer);
+            } else {
+                memo.remove(&peer);
+            }
+        }
+        Ok(over_limit)
     })
 }
 
@@ -423,13 +433,13 @@ fn lock_key(peer: &str) -> String {
 }
 
 /// Deliver up to `limit` queued records (0: all) to `peer`, in order, in batches.
-pub fn flush(peer: &Peer, limit: i64) -> Flushed {
+pub fn flush(peer: &Peer, limit: i64) -> Result<Flushed> {
     flush_after(peer, limit, &mut 0, 0)
 }
 
 /// Like `flush`, each batch given at most `bound_ms` (crate::pg::remote::within): for a writer,
 /// which must not wait on the peer without a bound.
-pub fn flush_within(peer: &Peer, limit: i64, bound_ms: i32) -> Flushed {
+pub fn flush_within(peer: &Peer, limit: i64, bound_ms: i32) -> Result<Flushed> {
     flush_after(peer, limit, &mut 0, bound_ms)
 }
 
@@ -449,22 +459,25 @@ const BATCH_BYTES: i64 = 64 << 20;
 /// late one later keeps every row's order. Later batches continue where the last one ended
 /// instead of stepping again over the index entries of the records just deleted, which stay
 /// visible to this transaction until it commits.
-pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> Flushed {
+///
+/// An `Err` may come after a batch was deleted here and sent (its statement ran, its answer
+/// could not be read): the caller must not commit, only let the error abort the transaction,
+/// which takes the batch back here and, through postgres_fdw, on the peer.
+pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> Result<Flushed> {
     let text = PgOid::from(pg_sys::TEXTOID);
     let bigint = PgOid::from(pg_sys::INT8OID);
     // Nothing to send, nothing to lock, and no remote transaction opened for it.
-    if !queued_after(&peer.name, *after) {
-        return Flushed::Done(0);
+    if !queued_after(&peer.name, *after)? {
+        return Ok(Flushed::Done(0));
     }
     let locked = crate::pg::spi::prepared_read(
         "SELECT pg_try_advisory_xact_lock(hashtext($1))",
         &[text],
         &[lock_key(&peer.name).as_str().into()],
-        |t| t.first().get_one::<bool>().unwrap().unwrap_or(false),
-    )
-    .or_raise();
-    if !locked {
-        return Flushed::Busy;
+        |t| t.first().get_one::<bool>(),
+    )??;
+    if !locked.unwrap_or(false) {
+        return Ok(Flushed::Busy);
     }
     // One statement, one snapshot: exactly the records deleted here are the ones sent, and
     // the delete is undone if the peer does not take them. A record is taken while the ones
@@ -491,7 +504,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
          SELECT count(*), max(seq), EXISTS (SELECT FROM candidates c WHERE c.before >= {BATCH_BYTES}) FROM batch",
         inbox = peer.foreign("inbox")
     );
-    let node = crate::catalog::node::local_name().or_raise();
+    let node = crate::catalog::node::local_name()?;
     let mut delivered = 0i64;
     loop {
         let batch_size = if limit > 0 {
@@ -500,12 +513,12 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
             BATCH
         };
         if batch_size <= 0 {
-            mark_up(&peer.name);
-            return if queued_after(&peer.name, 0) {
+            mark_up(&peer.name)?;
+            return Ok(if queued_after(&peer.name, 0)? {
                 Flushed::Partial(delivered)
             } else {
                 Flushed::Done(delivered)
-            };
+            });
         }
         let from = *after;
         // How far this batch may move the start of the next one (crate::data::queue::horizon): the highest
@@ -514,9 +527,9 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
             "SELECT last_value FROM synclink.outbox_seq_seq",
             &[],
             &[],
-            |t| t.first().get_one::<i64>().unwrap().unwrap_or(0),
-        )
-        .or_raise();
+            |t| t.first().get_one::<i64>(),
+        )??
+        .unwrap_or(0);
         let open = crate::data::queue::horizon::lowest_open(drawn);
         let sent = crate::pg::subxact::run(|| {
             crate::pg::remote::within(bound_ms, || {
@@ -531,18 +544,21 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
                     ],
                     |t| {
                         let row = t.first();
-                        (
-                            row.get::<i64>(1).unwrap().unwrap_or(0),
-                            row.get::<i64>(2).unwrap(),
-                            row.get::<bool>(3).unwrap().unwrap_or(false),
-                        )
+                        Ok::<_, pgrx::spi::SpiError>((
+                            row.get::<i64>(1)?.unwrap_or(0),
+                            row.get::<i64>(2)?,
+                            row.get::<bool>(3)?.unwrap_or(false),
+                        ))
                     },
                 )
-                .or_raise()
+                .and_then(|r| r)
             })
         });
         match sent {
-            Ok((n, last, cut_by_size)) => {
+            // An Err is no ERROR: the subtransaction was released with the batch deleted and
+            // sent, so the error goes to the caller, which lets it abort the transaction.
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok((n, last, cut_by_size))) => {
                 if let Some(last) = last {
                     delivered += n;
                     // Never past a seq an open transaction may still commit; unknown: stay.
@@ -550,28 +566,28 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> F
                         Some(open) => last.min(open - 1).max(from),
                         None => from,
                     };
-                    record_delivery(&peer.name, n);
+                    record_delivery(&peer.name, n)?;
                 }
                 // A batch short of its count, and not cut by its size, took all there was.
                 if n < batch_size && !cut_by_size {
                     if delivered > 0 {
-                        mark_up(&peer.name);
+                        mark_up(&peer.name)?;
                     }
-                    return Flushed::Done(delivered);
+                    return Ok(Flushed::Done(delivered));
                 }
             }
             Err(f) => {
                 if f.is_connection() {
-                    mark_down(&peer.name);
+                    mark_down(&peer.name)?;
                 }
-                record_failure(&peer.name, &f.stored_summary());
-                return Flushed::Failed(delivered, f);
+                record_failure(&peer.name, &f.stored_summary())?;
+                return Ok(Flushed::Failed(delivered, f));
             }
         }
     }
 }
 
-fn record_delivery(peer: &str, n: i64) {
+fn record_delivery(peer: &str, n: i64) -> Result<()> {
     crate::pg::spi::prepared(
         "INSERT INTO synclink.peer_state AS s (peer_name, delivered, last_delivered_at) \
          VALUES ($1, $2, clock_timestamp()) \
@@ -579,18 +595,18 @@ fn record_delivery(peer: &str, n: i64) {
         &[PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::INT8OID)],
         &[peer.into(), n.into()],
         |_| (),
-    )
-    .or_raise();
+    )?;
+    Ok(())
 }
 
-pub fn record_failure(peer: &str, error: &str) {
+pub fn record_failure(peer: &str, error: &str) -> Result<()> {
     Spi::run_with_args(
         "INSERT INTO synclink.peer_state AS s (peer_name, failed, last_error, last_error_at) \
          VALUES ($1, 1, $2, clock_timestamp()) \
          ON CONFLICT (peer_name) DO UPDATE SET failed = s.failed + 1, last_error = $2, last_error_at = clock_timestamp()",
         &[peer.into(), error.into()],
-    )
-    .unwrap();
+    )?;
+    Ok(())
 }
 
 /// For sync_status: is the peer inside its retry interval after a failure? The register is a
@@ -598,8 +614,8 @@ pub fn record_failure(peer: &str, error: &str) {
 /// sync_status.
 #[pg_extern(schema = "synclink", stable, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn peer_known_down(peer: &str) -> bool {
-    known_down(peer)
+fn peer_known_down(peer: &str) -> Result<bool, ErrorReport> {
+    Ok(known_down(peer)?)
 }
 
 /// Deliver what is queued for a peer (or for every peer) now; see sync_flush.
@@ -609,15 +625,19 @@ pub fn flush_now(peer: Option<&str>) -> crate::pg::error::Result<i64> {
             vec![peer::resolve(Some(name))?]
         }
         None => {
-            crate::pg::spi::column::<String>("SELECT peer_name FROM synclink.peer ORDER BY 1", &[])?
-                .iter()
-                .filter_map(|n| peer::find(n).or_raise())
-                .collect()
+            let mut peers = Vec::new();
+            for name in crate::pg::spi::column::<String>(
+                "SELECT peer_name FROM synclink.peer ORDER BY 1",
+                &[],
+            )? {
+                peers.extend(peer::find(&name)?);
+            }
+            peers
         }
     };
     let mut total = 0;
     for p in peers {
-        match flush(&p, 0) {
+        match flush(&p, 0)? {
             Flushed::Done(n) | Flushed::Partial(n) => total += n,
             Flushed::Busy => warning(
                 &format!("peer \"{}\" is being flushed by another session", p.name),

@@ -10,7 +10,7 @@
 pub mod wake;
 
 use crate::data::queue::{self, Flushed};
-use crate::pg::error::OrRaise;
+use crate::pg::error::{OrRaise, Result};
 use pgrx::bgworkers::*;
 use pgrx::pg_shmem_init;
 use pgrx::prelude::*;
@@ -54,6 +54,8 @@ pub fn init() {
     );
     // Workers, and the server-start setting they read, exist only when preloaded: a library
     // loaded later by CREATE EXTENSION may not define PGC_POSTMASTER settings.
+    // SAFETY: a plain bool the postmaster sets while it loads shared_preload_libraries; _PG_init
+    // runs in this process, which is the only one writing it, and it is only read here.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg_shmem_init!(WORKERS);
         crate::data::queue::horizon::init();
@@ -88,29 +90,9 @@ pub extern "C-unwind" fn synclink_launcher_main(_arg: pg_sys::Datum) {
     crate::pg::privilege::pin_for_session();
     let mut workers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
     loop {
-        // With each database: whether a delivery worker already runs there that this launcher
-        // did not start (one from before this launcher was restarted).
-        let databases: Vec<(u32, String, bool)> = BackgroundWorker::transaction(|| {
-            Spi::connect(|c| {
-                c.select(
-                    "SELECT d.oid::int8, d.datname::text, \
-                            EXISTS (SELECT FROM pg_stat_activity a \
-                                     WHERE a.datid = d.oid AND a.backend_type = 'synclink delivery') \
-                       FROM pg_database d WHERE d.datallowconn AND NOT d.datistemplate",
-                    None,
-                    &[],
-                )
-                .unwrap()
-                .map(|r| {
-                    (
-                        r.get::<i64>(1).unwrap().unwrap_or(0) as u32,
-                        r.get::<String>(2).unwrap().unwrap_or_default(),
-                        r.get::<bool>(3).unwrap().unwrap_or(false),
-                    )
-                })
-                .collect()
-            })
-        });
+        // The launcher's loop has no caller to hand an error to: raised, it ends the launcher
+        // (its transaction aborted), and the postmaster starts it again (set_restart_time).
+        let databases = BackgroundWorker::transaction(|| databases().or_raise());
         // A worker registered a moment ago may not have started yet: it is alive all the same.
         workers.retain(|oid, w| {
             matches!(w.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted))
@@ -139,6 +121,29 @@ pub extern "C-unwind" fn synclink_launcher_main(_arg: pg_sys::Datum) {
             break;
         }
     }
+}
+
+/// Each database that accepts connections, with whether a delivery worker already runs there
+/// that this launcher did not start (one from before this launcher was restarted).
+fn databases() -> Result<Vec<(u32, String, bool)>> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT d.oid::int8, d.datname::text, \
+                    EXISTS (SELECT FROM pg_stat_activity a \
+                             WHERE a.datid = d.oid AND a.backend_type = 'synclink delivery') \
+               FROM pg_database d WHERE d.datallowconn AND NOT d.datistemplate",
+            None,
+            &[],
+        )?
+        .map(|r| {
+            Ok((
+                r.get::<i64>(1)?.unwrap_or(0) as u32,
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<bool>(3)?.unwrap_or(false),
+            ))
+        })
+        .collect()
+    })
 }
 
 struct Backoff {
@@ -186,6 +191,8 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
     let mut waiting_for_update = false;
     while BackgroundWorker::wait_latch(Some(nap)) {
         if BackgroundWorker::sighup_received() {
+            // SAFETY: a worker rereads the configuration files between transactions, as the
+            // postmaster's children do on SIGHUP; the call takes no pointers.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let round = Instant::now();
@@ -265,10 +272,13 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                 continue;
             }
             let from = delivered_up_to.get(&name).copied().unwrap_or(0);
+            // No caller to hand an error to here either: raised inside the transaction, it
+            // aborts it, so nothing the failed flush deleted is lost (queue::flush_after), and
+            // ends this worker, which the launcher replaces within a second.
             let (outcome, after) = BackgroundWorker::transaction(|| {
                 let mut after = from;
                 let outcome = match crate::catalog::peer::find(&name).or_raise() {
-                    Some(peer) => queue::flush_after(&peer, WORKER_BATCH, &mut after, 0),
+                    Some(peer) => queue::flush_after(&peer, WORKER_BATCH, &mut after, 0).or_raise(),
                     None => Flushed::Done(0),
                 };
                 (outcome, after)
@@ -303,6 +313,8 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
             .min(Duration::from_millis(MAX_LINGER_MS.get() as u64));
         if !nap.is_zero() {
             if let Some(rest) = linger.checked_sub(round.elapsed()) {
+                // SAFETY: pg_usleep only sleeps; the duration is below worker_max_linger, so
+                // it fits a c_long.
                 unsafe { pg_sys::pg_usleep(rest.as_micros() as std::ffi::c_long) };
             }
         }

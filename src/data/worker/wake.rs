@@ -28,8 +28,12 @@ impl Default for Workers {
     }
 }
 
+// SAFETY: only atomics, which hold no pointers and are valid at any address, in every
+// process that maps the segment.
 unsafe impl PGRXSharedMemory for Workers {}
 
+// SAFETY: the name is synclink's own and no other shared memory of synclink's takes it;
+// worker::init() allocates it while the library is preloaded.
 pub(super) static WORKERS: PgAtomic<Workers> = unsafe { PgAtomic::new(c"synclink_workers") };
 
 /// Set in the postmaster when preloaded, so every backend forked from it knows the shared
@@ -55,7 +59,7 @@ pub(super) enum Registration {
 /// only synclink writes, so that no SQL session can keep the worker out (an advisory lock
 /// could be taken by anyone).
 pub(super) fn register_worker(dboid: u32) -> Registration {
-    // SAFETY: MyProcPid is this process's pid.
+    // SAFETY: MyProcPid is this process's pid, set at its start and only read here.
     let my_pid = unsafe { pg_sys::MyProcPid };
     let me = ((dboid as u64) << 32) | my_pid as u32 as u64;
     let slots = &WORKERS.get().slots;
@@ -110,6 +114,8 @@ pub(super) fn rung(slot: Option<usize>) -> bool {
 }
 
 fn wake_now() {
+    // SAFETY: MyDatabaseId is set when the backend connects to its database and never
+    // changes afterwards; a commit callback runs in a connected backend.
     let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let workers = WORKERS.get();
     for (s, armed) in workers.slots.iter().zip(workers.armed.iter()) {
