@@ -52,3 +52,4 @@ bench:
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --features pg15 -- -D warnings
+	cargo clippy -p synclink-e2e --all-targets -- -D warnings

@@ -1,17 +1,24 @@
-//! Real PostgreSQL clusters for synclink's end-to-end tests.
+//! Real PostgreSQL clusters for synclink's end-to-end tests, and the helpers the tests share.
 //!
 //! [`Cluster`] runs initdb into a fresh directory, starts the server on a free loopback port
 //! and stops it when dropped; a test that panics prints the tail of the server log. When the
 //! tests run as root (CI does), the server runs as the `postgres` OS user, because initdb and
 //! postgres refuse to run as root. The extension must already be installed into the
-//! PostgreSQL the harness finds with pg_config (`make test` does that).
+//! PostgreSQL the harness finds with `PG_CONFIG` (`make e2e` does that).
+//!
+//! A test asks for its two synclink nodes with [`Nodes`], naming the tier it needs:
+//! [`Nodes::one_cluster`] (two databases of one server, enough for anything that happens
+//! inside SQL sessions) or [`Nodes::two_clusters`] (a server each, for tests that stop, crash
+//! or restart a node, run the background worker, or change server-wide settings). See
+//! pgrx-tests/README.md.
 
 use postgres::{Client, NoTls};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub const SYNC_PASSWORD: &str = "e2e-sync-pw-31337";
 
@@ -60,7 +67,8 @@ pub struct Cluster {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
-    running: bool,
+    // Atomic so that a cluster shared by two nodes can still be stopped through either.
+    running: AtomicBool,
 }
 
 impl Cluster {
@@ -127,12 +135,12 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n");
         write_as_pg(&data.join("pg_hba.conf"), &(hba + "\n"));
-        let mut c = Cluster {
+        let c = Cluster {
             name: name.into(),
             port,
             dir,
             bin,
-            running: false,
+            running: AtomicBool::new(false),
         };
         c.start_again();
         c
@@ -155,7 +163,7 @@ impl Cluster {
         self.dir.join("server.log")
     }
 
-    pub fn start_again(&mut self) {
+    pub fn start_again(&self) {
         let out = run_pg(
             &self.bin.join("pg_ctl"),
             &[
@@ -175,11 +183,11 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr),
             self.log_tail(40)
         );
-        self.running = true;
+        self.running.store(true, Ordering::SeqCst);
     }
 
     /// Stop the way a crash would: no shutdown checkpoint, connections cut.
-    pub fn stop_immediate(&mut self) {
+    pub fn stop_immediate(&self) {
         run_pg(
             &self.bin.join("pg_ctl"),
             &[
@@ -191,7 +199,7 @@ impl Cluster {
                 "stop",
             ],
         );
-        self.running = false;
+        self.running.store(false, Ordering::SeqCst);
     }
 
     /// Directory holding the server's Unix socket, for clients such as pgbench.
@@ -225,11 +233,7 @@ impl Cluster {
 
     /// A superuser session over the Unix socket.
     pub fn connect(&self, db: &str) -> Client {
-        let conn = format!(
-            "host={} port={} user=postgres dbname={db}",
-            self.dir.display(),
-            self.port
-        );
+        let conn = self.socket_conninfo(db);
         let mut last = None;
         for _ in 0..50 {
             match Client::connect(&conn, NoTls) {
@@ -284,7 +288,7 @@ impl Drop for Cluster {
                 self.log_tail(60)
             );
         }
-        if self.running {
+        if self.running.load(Ordering::SeqCst) {
             self.stop_immediate();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -309,57 +313,150 @@ fn write_as_pg(path: &Path, text: &str) {
     }
 }
 
-/// Two clusters, `a` and `b`, each with database `db` holding synclink, registered with each
-/// other as peers "b" and "a".
-pub struct Pair {
-    pub a: Cluster,
-    pub b: Cluster,
+/// One synclink node: a database with synclink installed, in a cluster it may share with the
+/// other node.
+pub struct Node {
+    cluster: Arc<Cluster>,
+    /// The database's name; in one cluster the two nodes' databases differ, and synclink
+    /// derives each node's name from it.
     pub db: String,
 }
 
-impl Pair {
-    pub fn new(extra_conf: &[&str]) -> Pair {
-        let conf: Vec<String> = extra_conf.iter().map(|s| s.to_string()).collect();
-        let conf2 = conf.clone();
-        let tb = std::thread::spawn(move || {
-            let refs: Vec<&str> = conf2.iter().map(String::as_str).collect();
-            Cluster::start("b", &refs)
-        });
-        let refs: Vec<&str> = conf.iter().map(String::as_str).collect();
-        let a = Cluster::start("a", &refs);
-        let b = tb.join().expect("cluster b starts");
-        Pair {
-            a,
-            b,
-            db: "shop".into(),
+impl Node {
+    /// A superuser session over the Unix socket.
+    pub fn connect(&self) -> Client {
+        self.cluster.connect(&self.db)
+    }
+
+    /// A session as `user`, over TCP with a password, as an application would connect.
+    pub fn connect_as(&self, user: &str, password: &str) -> Client {
+        self.cluster.connect_as(&self.db, user, password)
+    }
+
+    /// Superuser connection string over the Unix socket, for client threads.
+    pub fn socket_conninfo(&self) -> String {
+        self.cluster.socket_conninfo(&self.db)
+    }
+
+    /// The libpq connection string the other node uses to reach this one as the sync role.
+    pub fn conninfo(&self) -> String {
+        self.cluster.conninfo(&self.db)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.cluster.port
+    }
+
+    /// The cluster this node's database lives in (shared with the other node in the
+    /// one-cluster tier).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Another node in this node's cluster: a new database with synclink, not yet peered.
+    pub fn sibling(&self, db: &str) -> Node {
+        self.cluster.create_db(db);
+        Node {
+            cluster: self.cluster.clone(),
+            db: db.into(),
         }
     }
 
-    /// Both databases created and registered with each other, but nothing linked yet.
-    pub fn peered() -> (Pair, Client, Client) {
-        Pair::peered_with(&[])
+    /// Crash this node's server: no shutdown checkpoint, connections cut.
+    pub fn stop_immediate(&self) {
+        self.assert_alone();
+        self.cluster.stop_immediate();
     }
 
-    pub fn peered_with(extra_conf: &[&str]) -> (Pair, Client, Client) {
-        let p = Pair::new(extra_conf);
-        let mut ca = p.a.create_db(&p.db);
-        let mut cb = p.b.create_db(&p.db);
-        ca.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)])
-            .unwrap();
-        cb.execute("SELECT sync_add_peer('a', $1)", &[&p.a.conninfo(&p.db)])
-            .unwrap();
-        (p, ca, cb)
+    pub fn start_again(&self) {
+        self.assert_alone();
+        self.cluster.start_again();
+    }
+
+    // Stopping a node stops its whole cluster, and with it any node sharing it.
+    fn assert_alone(&self) {
+        assert_eq!(
+            Arc::strong_count(&self.cluster),
+            1,
+            "node {} shares its cluster with another node: a test that stops a node needs \
+             Nodes::two_clusters",
+            self.db
+        );
     }
 }
 
-/// Run the same DDL on both sides.
+/// The two nodes of a test, `a` and `b`. Each knows the other as peer "b" or "a" once
+/// [`Nodes::peered`].
+pub struct Nodes {
+    pub a: Node,
+    pub b: Node,
+}
+
+impl Nodes {
+    /// Two databases, `shop_a` and `shop_b`, of one cluster, each its own node. Starting one
+    /// server instead of two is what makes most tests quicker; roles, server settings, the
+    /// server log and pg_stat_activity are shared, and neither node can be stopped.
+    pub fn one_cluster() -> Nodes {
+        let cluster = Arc::new(Cluster::start("ab", &[]));
+        let node = |db: &str| {
+            cluster.create_db(db);
+            Node {
+                cluster: cluster.clone(),
+                db: db.into(),
+            }
+        };
+        let (a, b) = (node("shop_a"), node("shop_b"));
+        Nodes { a, b }
+    }
+
+    /// Two clusters with database `shop` each, started side by side; `extra_conf` lines go
+    /// into both servers' postgresql.conf.
+    pub fn two_clusters(extra_conf: &[&str]) -> Nodes {
+        let node = |name: &'static str| {
+            let conf: Vec<String> = extra_conf.iter().map(|s| s.to_string()).collect();
+            move || {
+                let refs: Vec<&str> = conf.iter().map(String::as_str).collect();
+                let cluster = Cluster::start(name, &refs);
+                cluster.create_db("shop");
+                Node {
+                    cluster: Arc::new(cluster),
+                    db: "shop".into(),
+                }
+            }
+        };
+        let b = std::thread::spawn(node("b"));
+        let a = node("a")();
+        let b = b.join().expect("cluster b starts");
+        Nodes { a, b }
+    }
+
+    /// Register the nodes with each other (peers "b" and "a"); returns a superuser session on
+    /// each.
+    pub fn peered(self) -> (Nodes, Client, Client) {
+        let mut a = self.a.connect();
+        let mut b = self.b.connect();
+        a.execute("SELECT sync_add_peer('b', $1)", &[&self.b.conninfo()])
+            .unwrap();
+        b.execute("SELECT sync_add_peer('a', $1)", &[&self.a.conninfo()])
+            .unwrap();
+        (self, a, b)
+    }
+}
+
+/// Run the same SQL on both nodes.
 pub fn both(a: &mut Client, b: &mut Client, sql: &str) {
     a.batch_execute(sql).unwrap();
     b.batch_execute(sql).unwrap();
 }
 
-/// A digest of every row of `table`, in key order, that two databases can compare.
-pub fn table_hash(c: &mut Client, table: &str, order: &str) -> (i64, String) {
+/// A digest of every row of `table` in the order of its `id` column: (rows, md5 of the rows'
+/// text), for comparing two nodes' copies.
+pub fn table_hash(c: &mut Client, table: &str) -> (i64, String) {
+    table_hash_by(c, table, "t.id")
+}
+
+/// [`table_hash`] for a table keyed otherwise: `order` is an ORDER BY list over `t`.
+pub fn table_hash_by(c: &mut Client, table: &str, order: &str) -> (i64, String) {
     let row = c
         .query_one(
             &format!(
@@ -369,6 +466,17 @@ pub fn table_hash(c: &mut Client, table: &str, order: &str) -> (i64, String) {
         )
         .unwrap();
     (row.get(0), row.get(1))
+}
+
+/// Assert that both nodes hold the same rows of `table` (keyed by `id`); returns how many.
+pub fn same(a: &mut Client, b: &mut Client, table: &str) -> i64 {
+    let ha = table_hash(a, table);
+    assert_eq!(
+        ha,
+        table_hash(b, table),
+        "{table} differs between the nodes"
+    );
+    ha.0
 }
 
 /// The SQLSTATE, message, detail and hint of a failed statement.
@@ -389,17 +497,91 @@ pub fn count(c: &mut Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap().get(0)
 }
 
+/// Changes waiting in this node's outbox, for every peer.
+pub fn queued(c: &mut Client) -> i64 {
+    count(c, "SELECT count(*) FROM synclink.outbox")
+}
+
+/// Tables this node has linked (each link with one peer counts once).
+pub fn links(c: &mut Client) -> i64 {
+    count(c, "SELECT count(*) FROM synclink.link")
+}
+
+/// Deliver what this node has queued for every peer now (`sync_flush()`); returns how many
+/// change records went.
+pub fn flush(c: &mut Client) -> i64 {
+    c.query_one("SELECT sync_flush()", &[]).unwrap().get(0)
+}
+
+/// Deliver what this node has queued for `peer` now; returns how many change records went.
+pub fn flush_to(c: &mut Client, peer: &str) -> i64 {
+    c.query_one("SELECT sync_flush($1)", &[&peer])
+        .unwrap()
+        .get(0)
+}
+
+/// This node's name, the origin its changes carry.
+pub fn node_name(c: &mut Client) -> String {
+    c.query_one("SELECT sync_node_name()", &[]).unwrap().get(0)
+}
+
+/// What sync_status shows of one link.
+#[derive(Debug)]
+pub struct Status {
+    pub mode: String,
+    pub peer_reachable: bool,
+    pub queued: i64,
+    pub delivered: Option<i64>,
+    pub last_error: Option<String>,
+    pub problem: Option<String>,
+    pub key: Vec<String>,
+    pub excluded: Vec<String>,
+}
+
+/// The sync_status row of `table` (its only link).
+pub fn status(c: &mut Client, table: &str) -> Status {
+    let r = c
+        .query_one(
+            "SELECT mode, peer_reachable, queued, delivered, last_error, problem, key, excluded \
+               FROM sync_status WHERE \"table\" = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap();
+    Status {
+        mode: r.get(0),
+        peer_reachable: r.get(1),
+        queued: r.get(2),
+        delivered: r.get(3),
+        last_error: r.get(4),
+        problem: r.get(5),
+        key: r.get(6),
+        excluded: r.get(7),
+    }
+}
+
+/// Delivery workers serving this session's database (the worker runs only where synclink is
+/// in shared_preload_libraries).
+pub fn delivery_workers(c: &mut Client) -> i64 {
+    count(
+        c,
+        "SELECT count(*) FROM pg_stat_activity \
+          WHERE backend_type = 'synclink delivery' AND datname = current_database()",
+    )
+}
+
 /// Poll `check` until it holds or `limit` passes; returns how long it took.
-pub fn wait_until(
-    limit: std::time::Duration,
-    mut check: impl FnMut() -> bool,
-) -> std::time::Duration {
-    let started = std::time::Instant::now();
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
     while !check() {
         assert!(started.elapsed() < limit, "still not true after {limit:?}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
     started.elapsed()
+}
+
+/// Wait until neither node has anything queued (delivery left to the worker).
+pub fn wait_drained(a: &mut Client, b: &mut Client, limit: Duration) {
+    wait_until(limit, || queued(a) == 0 && queued(b) == 0);
 }
 
 // ---- Upgrades: clusters on another PostgreSQL installation (tests/upgrade.rs) -------------
@@ -437,12 +619,16 @@ impl Cluster {
             "pg_ctl stop failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        self.running = false;
+        self.running.store(false, Ordering::SeqCst);
     }
 
     /// The server binaries the next start uses: another installation's bin directory.
     pub fn use_bindir(&mut self, bindir: &Path) {
-        assert!(!self.running, "{} is running: stop it first", self.name);
+        assert!(
+            !self.running.load(Ordering::SeqCst),
+            "{} is running: stop it first",
+            self.name
+        );
         self.bin = bindir.to_path_buf();
     }
 

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use synclink_e2e::{both, count, table_hash, wait_until, Pair};
+use synclink_e2e::{both, count, flush, node_name, same, table_hash, wait_drained, Nodes};
 
 const T: &str =
     "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL, updated_at timestamp NOT NULL)";
@@ -21,15 +21,11 @@ fn rows(c: &mut Client) -> String {
     .get(0)
 }
 
-fn flush(c: &mut Client) {
-    c.execute("SELECT sync_flush()", &[]).unwrap();
-}
-
 /// Row 1 updated on both nodes, row 2 deleted on A and updated on B, row 3 inserted on
 /// both; A writes first each time, with the later updated_at. Delivered only afterwards
 /// (async, no worker), so every one is a conflict on both nodes.
-fn three_conflicts(link_args: &str) -> (Pair, Client, Client) {
-    let (p, mut a, mut b) = Pair::peered();
+fn three_conflicts(link_args: &str) -> (Nodes, Client, Client) {
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, T);
     both(
         &mut a,
@@ -55,7 +51,7 @@ fn three_conflicts(link_args: &str) -> (Pair, Client, Client) {
     .unwrap();
     flush(&mut a);
     flush(&mut b);
-    (p, a, b)
+    (nodes, a, b)
 }
 
 fn kinds(c: &mut Client) -> Vec<String> {
@@ -83,7 +79,7 @@ macro_rules! policies {
     ($($name:ident: $args:expr => $expected:expr, $outcomes_a:expr;)*) => {$(
         #[test]
         fn $name() {
-            let (_p, mut a, mut b) = three_conflicts($args);
+            let (_nodes, mut a, mut b) = three_conflicts($args);
             assert_eq!(rows(&mut a), $expected, "A");
             assert_eq!(rows(&mut b), $expected, "B");
             assert_eq!(
@@ -114,7 +110,7 @@ policies! {
 
 #[test]
 fn manual_conflicts_wait_for_a_person_and_are_remembered() {
-    let (_p, mut a, mut b) = three_conflicts(", conflict => 'manual'");
+    let (_nodes, mut a, mut b) = three_conflicts(", conflict => 'manual'");
     // each node keeps its own row and asks
     assert_eq!(rows(&mut a), "1:a 3:a");
     assert_eq!(rows(&mut b), "1:b 2:b 3:b");
@@ -160,7 +156,7 @@ fn manual_conflicts_wait_for_a_person_and_are_remembered() {
         .unwrap()
         .get(0)
     };
-    let node_b: String = b.query_one("SELECT sync_node_name()", &[]).unwrap().get(0);
+    let node_b = node_name(&mut b);
     let first = id_of(&mut a, "1");
     a.execute("SELECT sync_resolve($1, keep => 'local')", &[&first])
         .unwrap();
@@ -214,7 +210,7 @@ fn manual_conflicts_wait_for_a_person_and_are_remembered() {
 
 #[test]
 fn reconcile_settles_conflicts_and_later_changes_flow_without_one() {
-    let (_p, mut a, mut b) = three_conflicts(", conflict => 'manual'");
+    let (_nodes, mut a, mut b) = three_conflicts(", conflict => 'manual'");
     let repaired: i64 = a
         .query_one("SELECT sync_reconcile('t', prefer => 'peer')", &[])
         .unwrap()
@@ -240,7 +236,7 @@ fn reconcile_settles_conflicts_and_later_changes_flow_without_one() {
 
 #[test]
 fn bad_policies_are_refused_before_anything_is_made() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -300,7 +296,7 @@ const KEYS: i32 = 1000;
 /// Two writers per node change the same 1,000 keys (mostly updates, some deletes and
 /// re-inserts) while the link is up, cut, and up again. Returns the keys each node changed
 /// while cut off.
-fn write_through_a_cut(p: &Pair, a: &mut Client, b: &mut Client) -> [HashSet<i32>; 2] {
+fn write_through_a_cut(nodes: &Nodes, a: &mut Client, b: &mut Client) -> [HashSet<i32>; 2] {
     let stop = Arc::new(AtomicBool::new(false));
     let apart = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicI64::new(0));
@@ -312,9 +308,9 @@ fn write_through_a_cut(p: &Pair, a: &mut Client, b: &mut Client) -> [HashSet<i32
     for w in 0..4u32 {
         let side = (w % 2) as usize;
         let conninfo = if side == 0 {
-            p.a.socket_conninfo(&p.db)
+            nodes.a.socket_conninfo()
         } else {
-            p.b.socket_conninfo(&p.db)
+            nodes.b.socket_conninfo()
         };
         let (stop, apart, done, touched) = (
             stop.clone(),
@@ -368,13 +364,6 @@ fn write_through_a_cut(p: &Pair, a: &mut Client, b: &mut Client) -> [HashSet<i32
     sets
 }
 
-fn drained(a: &mut Client, b: &mut Client) {
-    wait_until(Duration::from_secs(120), || {
-        count(a, "SELECT count(*) FROM synclink.outbox") == 0
-            && count(b, "SELECT count(*) FROM synclink.outbox") == 0
-    });
-}
-
 fn logged_keys(c: &mut Client) -> HashSet<i32> {
     c.query(
         "SELECT DISTINCT (key->>'id')::int FROM synclink.conflict",
@@ -386,13 +375,13 @@ fn logged_keys(c: &mut Client) -> HashSet<i32> {
     .collect()
 }
 
-fn converge_under_load(link_args: &str) -> (Pair, Client, Client, HashSet<i32>) {
+fn converge_under_load(link_args: &str) -> (Nodes, Client, Client, HashSet<i32>) {
     let conf = [
         "shared_preload_libraries = 'synclink'",
         "synclink.worker_naptime = 50",
         "synclink.retry_interval = 300",
     ];
-    let (p, mut a, mut b) = Pair::peered_with(&conf);
+    let (nodes, mut a, mut b) = Nodes::two_clusters(&conf).peered();
     both(&mut a, &mut b, T);
     both(
         &mut a,
@@ -406,8 +395,8 @@ fn converge_under_load(link_args: &str) -> (Pair, Client, Client, HashSet<i32>) 
         &[],
     )
     .unwrap();
-    let [on_a, on_b] = write_through_a_cut(&p, &mut a, &mut b);
-    drained(&mut a, &mut b);
+    let [on_a, on_b] = write_through_a_cut(&nodes, &mut a, &mut b);
+    wait_drained(&mut a, &mut b, Duration::from_secs(120));
     let both_sides: HashSet<i32> = on_a.intersection(&on_b).copied().collect();
     assert!(
         both_sides.len() > 50,
@@ -430,17 +419,13 @@ fn converge_under_load(link_args: &str) -> (Pair, Client, Client, HashSet<i32>) 
         logged.0,
         logged.1
     );
-    (p, a, b, both_sides)
-}
-
-fn identical(a: &mut Client, b: &mut Client) {
-    assert_eq!(table_hash(a, "t", "id"), table_hash(b, "t", "id"));
+    (nodes, a, b, both_sides)
 }
 
 #[test]
 fn last_write_wins_converges_under_load() {
-    let (_p, mut a, mut b, _) = converge_under_load("");
-    identical(&mut a, &mut b);
+    let (_nodes, mut a, mut b, _) = converge_under_load("");
+    same(&mut a, &mut b, "t");
     for c in [&mut a, &mut b] {
         assert!(with_outcome(c, "applied") > 0);
         assert!(with_outcome(c, "kept") > 0);
@@ -449,14 +434,14 @@ fn last_write_wins_converges_under_load() {
 
 #[test]
 fn last_write_wins_by_version_column_converges_under_load() {
-    let (_p, mut a, mut b, _) = converge_under_load(", version_column => 'updated_at'");
-    identical(&mut a, &mut b);
+    let (_nodes, mut a, mut b, _) = converge_under_load(", version_column => 'updated_at'");
+    same(&mut a, &mut b, "t");
 }
 
 #[test]
 fn prefer_local_converges_under_load() {
-    let (_p, mut a, mut b, _) = converge_under_load(", conflict => 'prefer_local'");
-    identical(&mut a, &mut b);
+    let (_nodes, mut a, mut b, _) = converge_under_load(", conflict => 'prefer_local'");
+    same(&mut a, &mut b, "t");
     // A is preferred: its rows stay, B takes them
     let a_outcomes = count(
         &mut a,
@@ -471,9 +456,8 @@ fn prefer_local_converges_under_load() {
 
 #[test]
 fn manual_converges_once_every_conflict_is_resolved() {
-    let (_p, mut a, mut b, _) = converge_under_load(", conflict => 'manual'");
-    let differing =
-        |a: &mut Client, b: &mut Client| table_hash(a, "t", "id") != table_hash(b, "t", "id");
+    let (_nodes, mut a, mut b, _) = converge_under_load(", conflict => 'manual'");
+    let differing = |a: &mut Client, b: &mut Client| table_hash(a, "t") != table_hash(b, "t");
     assert!(
         differing(&mut a, &mut b),
         "manual conflicts leave both rows"
@@ -498,5 +482,5 @@ fn manual_converges_once_every_conflict_is_resolved() {
             .unwrap();
     }
     assert!(turn > 50, "{turn} conflicts resolved");
-    identical(&mut a, &mut b);
+    same(&mut a, &mut b, "t");
 }

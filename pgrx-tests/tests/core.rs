@@ -1,6 +1,6 @@
-//! Two real clusters, one linked table: changes made on either side appear on the other.
+//! Two nodes, one linked table: changes made on either side appear on the other.
 
-use synclink_e2e::{both, count, table_hash, Pair};
+use synclink_e2e::{both, count, db_error, links, node_name, same, table_hash_by, Nodes};
 
 const PRODUCTS: &str = "CREATE TABLE products (
     id bigint PRIMARY KEY,
@@ -9,16 +9,9 @@ const PRODUCTS: &str = "CREATE TABLE products (
     created_at timestamp NOT NULL DEFAULT now(),
     updated_at timestamp NOT NULL DEFAULT now())";
 
-fn same(a: &mut postgres::Client, b: &mut postgres::Client, table: &str) -> i64 {
-    let ha = table_hash(a, table, "t.id");
-    let hb = table_hash(b, table, "t.id");
-    assert_eq!(ha, hb, "{table} differs between the nodes");
-    ha.0
-}
-
 #[test]
 fn changes_flow_both_ways_for_single_rows_and_bulk_statements() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     // one call on A links both directions; B never runs a migration of its own
     let linked: bool = a
@@ -67,7 +60,7 @@ fn changes_flow_both_ways_for_single_rows_and_bulk_statements() {
 
 #[test]
 fn key_changes_and_nulls_round_trip() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     a.execute("SELECT sync_link_table('products')", &[])
         .unwrap();
@@ -100,7 +93,7 @@ fn key_changes_and_nulls_round_trip() {
 
 #[test]
 fn every_supported_column_type_round_trips_exactly() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     let ddl = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
         CREATE TABLE everything (
             id integer PRIMARY KEY,
@@ -111,7 +104,8 @@ fn every_supported_column_type_round_trips_exactly() {
             c_total numeric GENERATED ALWAYS AS (c_numeric * 2) STORED)";
     both(&mut a, &mut b, ddl);
     // the receiving side's sessions use other output settings: the wire format must not care
-    b.batch_execute("ALTER DATABASE shop SET \"DateStyle\" = 'SQL, DMY'; ALTER DATABASE shop SET \"IntervalStyle\" = 'sql_standard'; ALTER DATABASE shop SET timezone = 'Asia/Kolkata'").unwrap();
+    let db_b = &nodes.b.db;
+    b.batch_execute(&format!("ALTER DATABASE {db_b} SET \"DateStyle\" = 'SQL, DMY'; ALTER DATABASE {db_b} SET \"IntervalStyle\" = 'sql_standard'; ALTER DATABASE {db_b} SET timezone = 'Asia/Kolkata'")).unwrap();
     a.execute("SELECT sync_link_table('everything')", &[])
         .unwrap();
     a.batch_execute(r#"SET "IntervalStyle" = 'iso_8601'; SET bytea_output = 'escape'; SET extra_float_digits = 0;
@@ -163,7 +157,7 @@ fn every_supported_column_type_round_trips_exactly() {
 
 #[test]
 fn applied_changes_are_not_echoed_back() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     // counts every row insert attempted on A's table; synclink applies every change as an
     // INSERT ... ON CONFLICT, so an echo of A's own changes would be counted too
@@ -198,13 +192,13 @@ fn applied_changes_are_not_echoed_back() {
 
 #[test]
 fn an_application_role_cannot_silence_or_forge_replication() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     a.execute("SELECT sync_link_table('products')", &[])
         .unwrap();
     a.batch_execute("CREATE ROLE app LOGIN PASSWORD 'app-pw'; GRANT ALL ON products TO app")
         .unwrap();
-    let mut app = p.a.connect_as(&p.db, "app", "app-pw");
+    let mut app = nodes.a.connect_as("app", "app-pw");
     // the echo marker is not a setting: setting look-alikes changes nothing
     app.batch_execute("SET synclink.origin = 'shop_whatever'; SET application_name = 'synclink'")
         .unwrap();
@@ -232,7 +226,7 @@ fn an_application_role_cannot_silence_or_forge_replication() {
 
 #[test]
 fn linking_twice_is_a_no_op_and_unlink_keeps_the_data() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     assert!(a
         .query_one("SELECT sync_link_table('products')", &[])
@@ -281,7 +275,7 @@ fn linking_twice_is_a_no_op_and_unlink_keeps_the_data() {
 
 #[test]
 fn drop_extension_leaves_nothing_behind() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     a.execute("SELECT sync_link_table('products')", &[])
         .unwrap();
@@ -320,7 +314,7 @@ fn drop_extension_leaves_nothing_behind() {
 
 #[test]
 fn odd_identifiers_are_names_not_sql() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     let ddl = r#"CREATE SCHEMA "Sales Dept";
         CREATE TABLE "Sales Dept"."Order ""Items""; DROP TABLE x; --" (
             "Line ID" integer PRIMARY KEY, "qty'); DELETE FROM t; --" integer, "Ünïcode" text)"#;
@@ -339,8 +333,8 @@ fn odd_identifiers_are_names_not_sql() {
         &[],
     )
     .unwrap();
-    let ha = table_hash(&mut a, t, r#"t."Line ID""#);
-    assert_eq!(ha, table_hash(&mut b, t, r#"t."Line ID""#));
+    let ha = table_hash_by(&mut a, t, r#"t."Line ID""#);
+    assert_eq!(ha, table_hash_by(&mut b, t, r#"t."Line ID""#));
     assert_eq!(ha.0, 2);
     a.execute("SELECT count(*) FROM x", &[]).unwrap();
     a.execute("SELECT sync_unlink_table($1::text::regclass)", &[&t])
@@ -349,7 +343,8 @@ fn odd_identifiers_are_names_not_sql() {
 
 #[test]
 fn plain_create_extension_and_a_preloaded_library_work_alike() {
-    let (_p, mut a, mut b) = Pair::peered_with(&["shared_preload_libraries = 'synclink'"]);
+    let (_nodes, mut a, mut b) =
+        Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();
     // CREATE EXTENSION without CASCADE was enough: synclink brings its own wrapper
     let wrappers = count(
         &mut a,
@@ -371,7 +366,7 @@ fn plain_create_extension_and_a_preloaded_library_work_alike() {
 
 #[test]
 fn a_record_applied_twice_or_onto_an_existing_row_converges() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     // B already holds a row A is about to insert (data from before the link)
     b.execute(
@@ -390,7 +385,7 @@ fn a_record_applied_twice_or_onto_an_existing_row_converges() {
 
     // deliver the same insert records to B once more, as a retry would: same rows, same
     // versions
-    let node_a: String = a.query_one("SELECT sync_node_name()", &[]).unwrap().get(0);
+    let node_a = node_name(&mut a);
     let (rows, stamps): (String, String) = {
         let r = b
             .query_one(
@@ -444,7 +439,7 @@ fn a_record_applied_twice_or_onto_an_existing_row_converges() {
 
 #[test]
 fn schema_changes_keep_links_honest() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     a.execute("SELECT sync_link_table('products')", &[])
         .unwrap();
@@ -467,7 +462,7 @@ fn schema_changes_keep_links_honest() {
         ),
     ] {
         let err = a.batch_execute(sql).expect_err(sql);
-        let (code, msg, _, hint) = synclink_e2e::db_error(err);
+        let (code, msg, _, hint) = db_error(err);
         assert_eq!(code, "55006", "{sql}: {msg}");
         assert!(
             msg.contains(message) && hint.contains("sync_unlink_table"),
@@ -488,9 +483,9 @@ fn schema_changes_keep_links_honest() {
     // dropping a linked table unlinks it on both nodes; the peer keeps working
     b.batch_execute("DROP TABLE products").unwrap();
     for c in [&mut a, &mut b] {
-        let links = count(c, "SELECT count(*) FROM synclink.link");
+        let linked = links(c);
         let leftovers = count(c, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'synclink'::regnamespace AND proname LIKE 'products%'");
-        assert_eq!((links, leftovers), (0, 0));
+        assert_eq!((linked, leftovers), (0, 0));
     }
     a.execute(
         "INSERT INTO products (id, name) VALUES (2, 'still fine')",

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::time::Instant;
-use synclink_e2e::{both, db_error, Pair};
+use synclink_e2e::{both, db_error, links, queued, table_hash, Nodes};
 
 const BIG: &str = "CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL, n int, at timestamptz)";
 const ROWS: i32 = 1_000_000;
@@ -18,7 +18,7 @@ fn fill(c: &mut postgres::Client) {
 
 #[test]
 fn sync_diff_finds_exactly_the_scattered_differences_in_a_million_rows() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, BIG);
     fill(&mut a);
     fill(&mut b);
@@ -117,7 +117,7 @@ fn sync_diff_finds_exactly_the_scattered_differences_in_a_million_rows() {
 
 #[test]
 fn sync_diff_of_equal_tables_is_empty_and_errors_are_clear() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -157,13 +157,9 @@ fn sync_diff_of_equal_tables_is_empty_and_errors_are_clear() {
     assert!(message.contains("\"d\""), "{message}");
 }
 
-fn hash(c: &mut postgres::Client) -> (i64, String) {
-    synclink_e2e::table_hash(c, "r", "t.id")
-}
-
 #[test]
 fn sync_reconcile_makes_the_copies_equal_either_way() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -184,8 +180,12 @@ fn sync_reconcile_makes_the_copies_equal_either_way() {
         .unwrap()
         .get(0);
     assert_eq!(repaired, 15);
-    assert_eq!(hash(&mut a), hash(&mut b), "B is like A now");
-    assert_eq!(hash(&mut a).0, 1000);
+    assert_eq!(
+        table_hash(&mut a, "r"),
+        table_hash(&mut b, "r"),
+        "B is like A now"
+    );
+    assert_eq!(table_hash(&mut a, "r").0, 1000);
 
     a.batch_execute(
         "UPDATE r SET v = 'a' WHERE id IN (1, 2, 3); DELETE FROM r WHERE id IN (4, 5, 6)",
@@ -200,8 +200,12 @@ fn sync_reconcile_makes_the_copies_equal_either_way() {
         .unwrap()
         .get(0);
     assert_eq!(repaired, 9);
-    assert_eq!(hash(&mut a), hash(&mut b), "A is like B now");
-    assert_eq!(hash(&mut a).0, 1003);
+    assert_eq!(
+        table_hash(&mut a, "r"),
+        table_hash(&mut b, "r"),
+        "A is like B now"
+    );
+    assert_eq!(table_hash(&mut a, "r").0, 1003);
 
     let (code, message, _, _) = db_error(
         a.batch_execute("SELECT sync_reconcile('r', prefer => 'nobody')")
@@ -218,23 +222,15 @@ fn sync_reconcile_makes_the_copies_equal_either_way() {
         .unwrap()
         .get(0);
     assert_eq!(repaired, 3);
-    assert_eq!(hash(&mut a), hash(&mut b));
+    assert_eq!(table_hash(&mut a, "r"), table_hash(&mut b, "r"));
     for c in [&mut a, &mut b] {
-        let queued: i64 = c
-            .query_one("SELECT count(*) FROM synclink.outbox", &[])
-            .unwrap()
-            .get(0);
-        assert_eq!(queued, 0, "nothing echoed");
+        assert_eq!(queued(c), 0, "nothing echoed");
     }
-}
-
-fn rows_of(c: &mut postgres::Client, t: &str) -> (i64, String) {
-    synclink_e2e::table_hash(c, t, "t.id")
 }
 
 #[test]
 fn linking_with_copy_brings_existing_rows_together() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     for t in ["c", "d", "e"] {
         both(
             &mut a,
@@ -257,18 +253,13 @@ fn linking_with_copy_brings_existing_rows_together() {
     );
     assert_eq!(code, "22023", "{message}");
     assert!(hint.contains("'missing'"), "{hint}");
-    assert_eq!(
-        a.query_one("SELECT count(*) FROM synclink.link", &[])
-            .unwrap()
-            .get::<_, i64>(0),
-        0
-    );
+    assert_eq!(links(&mut a), 0);
 
     // missing: rows on one side only are copied, differing rows are left and reported
     a.execute("SELECT sync_link_table('c', copy => 'missing')", &[])
         .unwrap();
-    assert_eq!(rows_of(&mut a, "c").0, 150);
-    assert_eq!(rows_of(&mut b, "c").0, 150);
+    assert_eq!(table_hash(&mut a, "c").0, 150);
+    assert_eq!(table_hash(&mut b, "c").0, 150);
     let differing: Vec<i64> = a
         .query(
             "SELECT (key->>'id')::int8, kind FROM sync_diff('c') ORDER BY 1",
@@ -286,21 +277,16 @@ fn linking_with_copy_brings_existing_rows_together() {
     // to_peer / from_peer: one copy becomes the other, then changes flow as usual
     a.execute("SELECT sync_link_table('d', copy => 'to_peer')", &[])
         .unwrap();
-    assert_eq!(rows_of(&mut b, "d"), rows_of(&mut a, "d"));
-    assert_eq!(rows_of(&mut a, "d").0, 100);
+    assert_eq!(table_hash(&mut b, "d"), table_hash(&mut a, "d"));
+    assert_eq!(table_hash(&mut a, "d").0, 100);
     a.execute("SELECT sync_link_table('e', copy => 'from_peer')", &[])
         .unwrap();
-    assert_eq!(rows_of(&mut a, "e"), rows_of(&mut b, "e"));
-    assert_eq!(rows_of(&mut a, "e").0, 100);
+    assert_eq!(table_hash(&mut a, "e"), table_hash(&mut b, "e"));
+    assert_eq!(table_hash(&mut a, "e").0, 100);
     a.execute("UPDATE e SET v = 'after' WHERE id = 150", &[])
         .unwrap();
-    assert_eq!(rows_of(&mut a, "e"), rows_of(&mut b, "e"));
+    assert_eq!(table_hash(&mut a, "e"), table_hash(&mut b, "e"));
     for c in [&mut a, &mut b] {
-        assert_eq!(
-            c.query_one("SELECT count(*) FROM synclink.outbox", &[])
-                .unwrap()
-                .get::<_, i64>(0),
-            0
-        );
+        assert_eq!(queued(c), 0);
     }
 }

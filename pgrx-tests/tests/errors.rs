@@ -2,7 +2,7 @@
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
-use synclink_e2e::{both, count, db_error, Cluster, Pair, SYNC_PASSWORD};
+use synclink_e2e::{both, count, db_error, Nodes, SYNC_PASSWORD};
 
 /// Counts of everything a link makes, on one node.
 fn link_objects(c: &mut postgres::Client) -> i64 {
@@ -37,7 +37,7 @@ macro_rules! cases {
 
 #[test]
 fn link_and_peer_errors_are_clear_and_leave_nothing_behind() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -130,7 +130,7 @@ fn link_and_peer_errors_are_clear_and_leave_nothing_behind() {
     );
 
     // a migration that runs twice: same peer again is a no-op, linking twice too
-    a.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)])
+    a.execute("SELECT sync_add_peer('b', $1)", &[&nodes.b.conninfo()])
         .unwrap();
     a.execute("SELECT sync_link_table('fine')", &[]).unwrap();
     a.execute("SELECT sync_link_table('fine')", &[]).unwrap();
@@ -150,7 +150,7 @@ fn link_and_peer_errors_are_clear_and_leave_nothing_behind() {
 
 #[test]
 fn ambiguous_and_unregistered_peers() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, "CREATE TABLE t (id int PRIMARY KEY)");
     // B forgets A: A's request cannot be served, and says what to do on B
     b.execute("SELECT sync_drop_peer('a')", &[]).unwrap();
@@ -165,9 +165,8 @@ fn ambiguous_and_unregistered_peers() {
     assert_eq!(link_objects(&mut a), 0);
 
     // with two peers the call must say which
-    let c = Cluster::start("c", &[]);
-    c.create_db(&p.db);
-    a.execute("SELECT sync_add_peer('c', $1)", &[&c.conninfo(&p.db)])
+    let c = nodes.a.sibling("shop_c");
+    a.execute("SELECT sync_add_peer('c', $1)", &[&c.conninfo()])
         .unwrap();
     let (code, _, detail, hint) =
         db_error(a.batch_execute("SELECT sync_link_table('t')").unwrap_err());
@@ -180,10 +179,10 @@ fn ambiguous_and_unregistered_peers() {
 
 #[test]
 fn unreachable_peers_fail_fast_and_never_show_the_password() {
-    let a = Cluster::start("a", &[]);
-    let b = Cluster::start("b", &[]);
-    let mut ca = a.create_db("shop");
-    b.create_db("shop");
+    // Unregistered: the test registers (and fails to register) peers itself.
+    let nodes = Nodes::two_clusters(&[]);
+    let (a, b) = (nodes.a.cluster(), nodes.b.cluster());
+    let mut ca = nodes.a.connect();
     let mut cb_plain = b.connect("postgres");
     cb_plain.batch_execute("CREATE DATABASE plain").unwrap();
 
@@ -238,7 +237,7 @@ fn unreachable_peers_fail_fast_and_never_show_the_password() {
         assert!(!text.contains(secret), "password leaked: {text}");
     }
     // the right one works, and is not shown either
-    ca.execute("SELECT sync_add_peer('b', $1)", &[&b.conninfo("shop")])
+    ca.execute("SELECT sync_add_peer('b', $1)", &[&nodes.b.conninfo()])
         .unwrap();
     let shown: String = ca
         .query_one("SELECT string_agg(s::text, ' ') FROM sync_status s", &[])

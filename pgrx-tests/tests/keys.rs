@@ -1,7 +1,7 @@
 //! Rows matched by a sync key instead of the primary key, with columns each node keeps for
 //! itself: the same person is id 1 on one node and id 101 on the other.
 
-use synclink_e2e::{both, count, db_error, Pair};
+use synclink_e2e::{both, count, db_error, links, queued, status, Nodes};
 
 const PEOPLE: &str = "CREATE TABLE people (
     id    bigserial PRIMARY KEY,
@@ -27,7 +27,7 @@ fn id_of(c: &mut postgres::Client, email: &str) -> i64 {
 
 #[test]
 fn rows_are_matched_by_the_sync_key_and_excluded_columns_stay_local() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PEOPLE);
     a.batch_execute(
         "INSERT INTO people (id, email, name) VALUES (1, 'ann@x', 'Ann'), (2, 'bob@x', 'Bob'); \
@@ -44,14 +44,9 @@ fn rows_are_matched_by_the_sync_key_and_excluded_columns_stay_local() {
         &[],
     )
     .unwrap();
-    let (key, excluded): (Vec<String>, Vec<String>) = {
-        let r = b
-            .query_one("SELECT key, excluded FROM sync_status", &[])
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
-    assert_eq!(key, vec!["email".to_string()]);
-    assert_eq!(excluded, vec!["id".to_string(), "note".to_string()]);
+    let shown = status(&mut b, "people");
+    assert_eq!(shown.key, vec!["email".to_string()]);
+    assert_eq!(shown.excluded, vec!["id".to_string(), "note".to_string()]);
 
     // inserts on either side get the receiving node's own id
     a.execute(
@@ -135,7 +130,7 @@ fn rows_are_matched_by_the_sync_key_and_excluded_columns_stay_local() {
 
 #[test]
 fn bad_keys_and_exclusions_are_refused_and_leave_nothing_behind() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PEOPLE);
     // on B the note column must have a value, and there is no default for it
     b.batch_execute(
@@ -182,7 +177,7 @@ fn bad_keys_and_exclusions_are_refused_and_leave_nothing_behind() {
     }
     for c in [&mut a, &mut b] {
         assert_eq!(
-            count(c, "SELECT count(*) FROM synclink.link")
+            links(c)
                 + count(
                     c,
                     "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'people'::regclass"
@@ -203,7 +198,7 @@ fn bad_keys_and_exclusions_are_refused_and_leave_nothing_behind() {
 /// table's constraint, whichever capture path the statement takes, and nothing is queued.
 #[test]
 fn a_row_without_its_sync_key_is_refused() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PEOPLE);
     a.execute(
         "SELECT sync_link_table('people', key => ARRAY['email'], exclude => ARRAY['id', 'note'], mode => 'async')",
@@ -218,6 +213,6 @@ fn a_row_without_its_sync_key_is_refused() {
     );
     assert_eq!(code, "23502", "{message}");
     assert!(message.contains("\"email\""), "{message}");
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 0);
+    assert_eq!(queued(&mut a), 0);
     assert_eq!(count(&mut a, "SELECT count(*) FROM people"), 0);
 }

@@ -129,18 +129,20 @@ fn split_top_level(text: &str) -> Vec<&str> {
     parts
 }
 
+/// Each module and the modules it uses.
+type Uses = BTreeMap<String, BTreeSet<String>>;
+/// For each use between two modules, the file and path that make it.
+type Evidence = BTreeMap<(String, String), String>;
+
 /// The module graph: each module and the modules it uses (the longest module path each
 /// `crate::` path starts with; its own ancestors and descendants do not count).
-fn graph() -> (
-    BTreeMap<String, BTreeSet<String>>,
-    BTreeMap<(String, String), String>,
-) {
+fn graph() -> (Uses, Evidence) {
     let mut files = Vec::new();
     rust_files(&src(), &mut files);
     let modules: BTreeMap<String, PathBuf> =
         files.iter().map(|f| (module_of(f), f.clone())).collect();
-    let mut uses: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut evidence = BTreeMap::new();
+    let mut uses = Uses::new();
+    let mut evidence = Evidence::new();
     for (module, file) in &modules {
         let text = std::fs::read_to_string(file).expect("a source file is readable");
         let targets = uses.entry(module.clone()).or_default();
@@ -205,7 +207,7 @@ fn no_module_reaches_back_to_itself() {
     // Depth-first search for a cycle; report its first one with the uses that make it.
     fn visit(
         m: &str,
-        uses: &BTreeMap<String, BTreeSet<String>>,
+        uses: &Uses,
         stack: &mut Vec<String>,
         done: &mut BTreeSet<String>,
     ) -> Option<Vec<String>> {

@@ -2,19 +2,12 @@
 //! once in effect when it is back.
 
 use std::time::{Duration, Instant};
-use synclink_e2e::{both, count, db_error, table_hash, wait_until, Pair};
+use synclink_e2e::{
+    both, count, db_error, flush, flush_to, links, queued, same, status, table_hash, wait_until,
+    Nodes,
+};
 
 const T: &str = "CREATE TABLE t (id int PRIMARY KEY, v text)";
-
-fn same(a: &mut postgres::Client, b: &mut postgres::Client) -> i64 {
-    let ha = table_hash(a, "t", "t.id");
-    assert_eq!(
-        ha,
-        table_hash(b, "t", "t.id"),
-        "t differs between the nodes"
-    );
-    ha.0
-}
 
 /// Make every commit on `c`'s server wait for a synchronous standby that does not exist, or
 /// let them through again.
@@ -30,25 +23,22 @@ fn hold_commits(c: &mut postgres::Client, hold: bool) {
 
 /// Wait until a session on `c`'s server waits for `event` (a pg_stat_activity wait_event).
 fn one_session_waits(c: &mut postgres::Client, event: &str) {
-    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE wait_event = '{event}'");
+    // (in this session's database only: in one cluster the other node's sessions show too)
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity \
+          WHERE wait_event = '{event}' AND datname = current_database()"
+    );
     wait_until(Duration::from_secs(30), || count(c, &sql) == 1);
-}
-
-fn status(c: &mut postgres::Client) -> (bool, i64, i64, Option<String>) {
-    let r = c
-        .query_one("SELECT peer_reachable, queued, delivered, last_error FROM sync_status WHERE \"table\" = 't'::regclass", &[])
-        .unwrap();
-    (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
 #[test]
 fn writes_while_the_peer_is_down_are_queued_and_delivered_in_order() {
-    let (mut p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::two_clusters(&[]).peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t')", &[]).unwrap();
     a.execute("INSERT INTO t VALUES (1, 'before')", &[])
         .unwrap();
-    p.b.stop_immediate();
+    nodes.b.stop_immediate();
 
     let started = Instant::now();
     for sql in [
@@ -66,11 +56,14 @@ fn writes_while_the_peer_is_down_are_queued_and_delivered_in_order() {
         "writers did not wait on the dead peer: {:?}",
         started.elapsed()
     );
-    let (reachable, queued, _, error) = status(&mut a);
-    assert!(!reachable);
-    assert!(queued >= 6, "queued {queued}");
+    let down = status(&mut a, "t");
+    assert!(!down.peer_reachable);
+    let backlog = down.queued;
+    assert!(backlog >= 6, "queued {backlog}");
     assert!(
-        error.unwrap_or_default().contains("could not connect"),
+        down.last_error
+            .unwrap_or_default()
+            .contains("could not connect"),
         "last_error names the cause"
     );
 
@@ -90,34 +83,34 @@ fn writes_while_the_peer_is_down_are_queued_and_delivered_in_order() {
     );
     assert_eq!(code, "2BP01");
 
-    p.b.start_again();
-    let mut b = p.b.connect(&p.db);
-    let delivered: i64 = a.query_one("SELECT sync_flush('b')", &[]).unwrap().get(0);
-    assert_eq!(delivered, queued);
-    assert_eq!(same(&mut a, &mut b), 11_902);
+    nodes.b.start_again();
+    let mut b = nodes.b.connect();
+    let delivered = flush_to(&mut a, "b");
+    assert_eq!(delivered, backlog);
+    assert_eq!(same(&mut a, &mut b, "t"), 11_902);
     let v: String = b
         .query_one("SELECT v FROM t WHERE id = 2", &[])
         .unwrap()
         .get(0);
     assert_eq!(v, "v2", "updates to one row arrive in order");
-    let (reachable, queued, delivered_total, _) = status(&mut a);
-    assert_eq!((reachable, queued), (true, 0));
-    assert!(delivered_total >= delivered);
+    let back = status(&mut a, "t");
+    assert_eq!((back.peer_reachable, back.queued), (true, 0));
+    assert!(back.delivered.expect("delivered") >= delivered);
 
     // and the link works directly again
     a.execute("INSERT INTO t VALUES (20000, 'after')", &[])
         .unwrap();
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 0);
-    same(&mut a, &mut b);
+    assert_eq!(queued(&mut a), 0);
+    same(&mut a, &mut b, "t");
 }
 
 #[test]
 fn the_next_write_after_the_peer_returns_delivers_the_queue_first() {
-    let (mut p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::two_clusters(&[]).peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t')", &[]).unwrap();
     a.batch_execute("SET synclink.retry_interval = 0").unwrap();
-    p.b.stop_immediate();
+    nodes.b.stop_immediate();
     a.execute(
         "INSERT INTO t SELECT g, 'queued' FROM generate_series(1, 50) g",
         &[],
@@ -125,14 +118,14 @@ fn the_next_write_after_the_peer_returns_delivers_the_queue_first() {
     .unwrap();
     a.execute("UPDATE t SET v = 'changed' WHERE id <= 10", &[])
         .unwrap();
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 2);
-    p.b.start_again();
-    let mut b = p.b.connect(&p.db);
+    assert_eq!(queued(&mut a), 2);
+    nodes.b.start_again();
+    let mut b = nodes.b.connect();
     // no worker, no sync_flush: the next write takes the queue along, in front of itself
     a.execute("UPDATE t SET v = 'last' WHERE id = 1", &[])
         .unwrap();
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 0);
-    assert_eq!(same(&mut a, &mut b), 50);
+    assert_eq!(queued(&mut a), 0);
+    assert_eq!(same(&mut a, &mut b, "t"), 50);
     let v: String = b
         .query_one("SELECT v FROM t WHERE id = 1", &[])
         .unwrap()
@@ -142,19 +135,19 @@ fn the_next_write_after_the_peer_returns_delivers_the_queue_first() {
 
 #[test]
 fn a_redelivered_record_is_applied_once() {
-    let (mut p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::two_clusters(&[]).peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t')", &[]).unwrap();
-    p.b.stop_immediate();
+    nodes.b.stop_immediate();
     a.execute("INSERT INTO t VALUES (1, 'first'), (2, 'first')", &[])
         .unwrap();
     a.execute("DELETE FROM t WHERE id = 2", &[]).unwrap();
     // keep a copy of the queue as it was before delivery
     a.batch_execute("CREATE TABLE saved AS SELECT * FROM synclink.outbox")
         .unwrap();
-    p.b.start_again();
-    let mut b = p.b.connect(&p.db);
-    a.execute("SELECT sync_flush('b')", &[]).unwrap();
+    nodes.b.start_again();
+    let mut b = nodes.b.connect();
+    flush_to(&mut a, "b");
     b.execute("UPDATE t SET v = 'newer' WHERE id = 1", &[])
         .unwrap();
     b.execute("INSERT INTO t VALUES (2, 'again')", &[]).unwrap();
@@ -162,7 +155,7 @@ fn a_redelivered_record_is_applied_once() {
     // and its own: the peer recognises them and leaves its newer rows alone
     a.batch_execute("INSERT INTO synclink.outbox SELECT * FROM saved")
         .unwrap();
-    let again: i64 = a.query_one("SELECT sync_flush('b')", &[]).unwrap().get(0);
+    let again = flush_to(&mut a, "b");
     assert_eq!(again, 2);
     let rows: Vec<(i32, String)> = b
         .query("SELECT id, v FROM t ORDER BY id", &[])
@@ -174,12 +167,12 @@ fn a_redelivered_record_is_applied_once() {
         rows,
         vec![(1, "newer".to_string()), (2, "again".to_string())]
     );
-    same(&mut a, &mut b);
+    same(&mut a, &mut b, "t");
 }
 
 #[test]
 fn async_mode_always_queues_and_delivers_on_flush() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, T);
     let (code, message, _, hint) = db_error(
         a.batch_execute("SELECT sync_link_table('t', mode => 'eventually')")
@@ -216,30 +209,16 @@ fn async_mode_always_queues_and_delivers_on_flush() {
         1,
         "nothing crossed before delivery"
     );
-    assert_eq!(
-        a.query_one("SELECT sync_flush()", &[])
-            .unwrap()
-            .get::<_, i64>(0),
-        1
-    );
-    assert_eq!(
-        b.query_one("SELECT sync_flush('a')", &[])
-            .unwrap()
-            .get::<_, i64>(0),
-        1
-    );
-    assert_eq!(same(&mut a, &mut b), 1001);
+    assert_eq!(flush(&mut a), 1);
+    assert_eq!(flush_to(&mut b, "a"), 1);
+    assert_eq!(same(&mut a, &mut b, "t"), 1001);
 
     // unlinking with changes still queued needs an explicit discard, and says what it threw away
     a.execute("UPDATE t SET v = 'pending' WHERE id = 1", &[])
         .unwrap();
     a.execute("SELECT sync_unlink_table('t', discard_queued => true)", &[])
         .unwrap();
-    assert_eq!(
-        count(&mut a, "SELECT count(*) FROM synclink.outbox")
-            + count(&mut a, "SELECT count(*) FROM synclink.link"),
-        0
-    );
+    assert_eq!(queued(&mut a) + links(&mut a), 0);
 }
 
 #[test]
@@ -248,7 +227,7 @@ fn the_background_worker_delivers_without_being_asked() {
         "shared_preload_libraries = 'synclink'",
         "synclink.worker_naptime = 50",
     ];
-    let (mut p, mut a, mut b) = Pair::peered_with(&preload);
+    let (nodes, mut a, mut b) = Nodes::two_clusters(&preload).peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
@@ -259,21 +238,21 @@ fn the_background_worker_delivers_without_being_asked() {
     .unwrap();
     b.execute("UPDATE t SET v = 'from b' WHERE id = 1", &[])
         .ok();
-    let took = synclink_e2e::wait_until(Duration::from_secs(10), || {
+    let took = wait_until(Duration::from_secs(10), || {
         count(&mut b, "SELECT count(*) FROM t") == 1000
     });
     assert!(took < Duration::from_secs(3), "delivered after {took:?}");
     b.execute("UPDATE t SET v = 'from b' WHERE id <= 10", &[])
         .unwrap();
-    synclink_e2e::wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(10), || {
         count(&mut a, "SELECT count(*) FROM t WHERE v = 'from b'") == 10
     });
-    same(&mut a, &mut b);
+    same(&mut a, &mut b, "t");
 
     // sync mode: the backlog built while the peer was down drains by itself when it is back
     a.execute("SELECT sync_unlink_table('t')", &[]).unwrap();
     a.execute("SELECT sync_link_table('t')", &[]).unwrap();
-    p.b.stop_immediate();
+    nodes.b.stop_immediate();
     for i in 0..20 {
         a.execute(
             "UPDATE t SET v = $1 WHERE id = $2",
@@ -281,21 +260,19 @@ fn the_background_worker_delivers_without_being_asked() {
         )
         .unwrap();
     }
-    assert!(count(&mut a, "SELECT count(*) FROM synclink.outbox") >= 20);
-    p.b.start_again();
-    let mut b = p.b.connect(&p.db);
-    synclink_e2e::wait_until(Duration::from_secs(60), || {
-        count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
-    });
-    same(&mut a, &mut b);
+    assert!(queued(&mut a) >= 20);
+    nodes.b.start_again();
+    let mut b = nodes.b.connect();
+    wait_until(Duration::from_secs(60), || queued(&mut a) == 0);
+    same(&mut a, &mut b, "t");
 }
 
 #[test]
 fn the_outbox_survives_a_crash_of_its_own_server() {
-    let (mut p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::two_clusters(&[]).peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t')", &[]).unwrap();
-    p.b.stop_immediate();
+    nodes.b.stop_immediate();
     a.execute(
         "INSERT INTO t SELECT g, 'queued' FROM generate_series(1, 3000) g",
         &[],
@@ -304,25 +281,17 @@ fn the_outbox_survives_a_crash_of_its_own_server() {
     a.execute("UPDATE t SET v = 'changed' WHERE id % 3 = 0", &[])
         .unwrap();
     a.execute("DELETE FROM t WHERE id > 2900", &[]).unwrap();
-    let queued = count(&mut a, "SELECT count(*) FROM synclink.outbox");
+    let backlog = queued(&mut a);
     drop(a);
     // the sender itself crashes with its queue full, then both come back
-    p.a.stop_immediate();
-    p.a.start_again();
-    p.b.start_again();
-    let mut a = p.a.connect(&p.db);
-    let mut b = p.b.connect(&p.db);
-    assert_eq!(
-        count(&mut a, "SELECT count(*) FROM synclink.outbox"),
-        queued
-    );
-    assert_eq!(
-        a.query_one("SELECT sync_flush('b')", &[])
-            .unwrap()
-            .get::<_, i64>(0),
-        queued
-    );
-    assert_eq!(same(&mut a, &mut b), 2900);
+    nodes.a.stop_immediate();
+    nodes.a.start_again();
+    nodes.b.start_again();
+    let mut a = nodes.a.connect();
+    let mut b = nodes.b.connect();
+    assert_eq!(queued(&mut a), backlog);
+    assert_eq!(flush_to(&mut a, "b"), backlog);
+    assert_eq!(same(&mut a, &mut b, "t"), 2900);
 }
 
 #[test]
@@ -332,14 +301,14 @@ fn a_commit_wakes_the_worker_at_once() {
         "shared_preload_libraries = 'synclink'",
         "synclink.worker_naptime = 5000",
     ];
-    let (_p, mut a, mut b) = Pair::peered_with(&conf);
+    let (_nodes, mut a, mut b) = Nodes::two_clusters(&conf).peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
     // the first change also waits for the launcher to start this database's worker
     a.execute("INSERT INTO t VALUES (0, 'warm-up')", &[])
         .unwrap();
-    synclink_e2e::wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(20), || {
         count(&mut b, "SELECT count(*) FROM t") == 1
     });
     std::thread::sleep(Duration::from_millis(200));
@@ -347,7 +316,7 @@ fn a_commit_wakes_the_worker_at_once() {
     for i in 1..=5 {
         a.execute("INSERT INTO t VALUES ($1, 'woken')", &[&i])
             .unwrap();
-        let took = synclink_e2e::wait_until(Duration::from_secs(10), || {
+        let took = wait_until(Duration::from_secs(10), || {
             count(&mut b, "SELECT count(*) FROM t") == i as i64 + 1
         });
         slowest = slowest.max(took);
@@ -363,7 +332,7 @@ fn a_commit_wakes_the_worker_at_once() {
 /// two writes of a key is honoured, a key that moved is gone from its old place.
 #[test]
 fn a_run_of_queued_records_applies_as_if_one_by_one() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
@@ -389,11 +358,10 @@ fn a_run_of_queued_records_applies_as_if_one_by_one() {
         }
     }
     w.commit().unwrap();
-    let queued = count(&mut a, "SELECT count(*) FROM synclink.outbox");
-    assert!(queued >= 100, "queued {queued}");
-    let delivered: i64 = a.query_one("SELECT sync_flush('b')", &[]).unwrap().get(0);
-    assert_eq!(delivered, queued);
-    same(&mut a, &mut b);
+    let backlog = queued(&mut a);
+    assert!(backlog >= 100, "queued {backlog}");
+    assert_eq!(flush_to(&mut a, "b"), backlog);
+    same(&mut a, &mut b, "t");
 }
 
 /// A run of queued records of several megabytes (here 24 records of 5,000 wide rows, each key
@@ -401,7 +369,7 @@ fn a_run_of_queued_records_applies_as_if_one_by_one() {
 /// runs; the result is still that of applying the records one by one.
 #[test]
 fn a_run_of_many_megabytes_applies_as_if_one_by_one() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
@@ -416,8 +384,8 @@ fn a_run_of_many_megabytes_applies_as_if_one_by_one() {
         "SELECT sum(length(new_rows))::bigint FROM synclink.outbox WHERE op IN ('I', 'U')",
     );
     assert!(bytes > 8 << 20, "queued {bytes} bytes of rows");
-    a.query_one("SELECT sync_flush('b')", &[]).unwrap();
-    assert_eq!(same(&mut a, &mut b), 40_000);
+    flush_to(&mut a, "b");
+    assert_eq!(same(&mut a, &mut b, "t"), 40_000);
     let updated = count(&mut b, "SELECT count(*) FROM t WHERE v LIKE 'updated %'");
     assert_eq!(updated, 20_000);
 }
@@ -427,7 +395,7 @@ fn a_run_of_many_megabytes_applies_as_if_one_by_one() {
 /// that does not exist) until the sender is down, so the window is hit every time.
 #[test]
 fn a_sender_crashing_mid_delivery_delivers_once_in_effect() {
-    let (mut p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::two_clusters(&[]).peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
@@ -438,16 +406,16 @@ fn a_sender_crashing_mid_delivery_delivers_once_in_effect() {
     .unwrap();
     a.execute("UPDATE t SET v = 'second' WHERE id <= 10", &[])
         .unwrap();
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 2);
+    assert_eq!(queued(&mut a), 2);
 
     hold_commits(&mut b, true);
-    let conninfo = p.a.socket_conninfo(&p.db);
+    let conninfo = nodes.a.socket_conninfo();
     let flusher = std::thread::spawn(move || {
         let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
         c.query_one("SELECT sync_flush('b')", &[]).map(|_| ())
     });
     one_session_waits(&mut b, "SyncRep");
-    p.a.stop_immediate();
+    nodes.a.stop_immediate();
     assert!(
         flusher.join().unwrap().is_err(),
         "the sender died before its commit"
@@ -460,16 +428,16 @@ fn a_sender_crashing_mid_delivery_delivers_once_in_effect() {
     b.execute("UPDATE t SET v = 'changed on b' WHERE id = 1", &[])
         .unwrap();
 
-    p.a.start_again();
-    let mut a = p.a.connect(&p.db);
+    nodes.a.start_again();
+    let mut a = nodes.a.connect();
     assert_eq!(
-        count(&mut a, "SELECT count(*) FROM synclink.outbox"),
+        queued(&mut a),
         2,
         "the sender still holds the batch the peer committed"
     );
-    let redelivered: i64 = a.query_one("SELECT sync_flush('b')", &[]).unwrap().get(0);
+    let redelivered = flush_to(&mut a, "b");
     assert_eq!(redelivered, 2);
-    b.execute("SELECT sync_flush('a')", &[]).unwrap();
+    flush_to(&mut b, "a");
     let v: String = b
         .query_one("SELECT v FROM t WHERE id = 1", &[])
         .unwrap()
@@ -479,7 +447,7 @@ fn a_sender_crashing_mid_delivery_delivers_once_in_effect() {
         count(&mut b, "SELECT count(*) FROM t WHERE v = 'second'"),
         9
     );
-    assert_eq!(same(&mut a, &mut b), 1000);
+    assert_eq!(same(&mut a, &mut b, "t"), 1000);
 }
 
 /// The sender crashes while the peer's commit of a delivery is still in progress, and comes
@@ -487,7 +455,8 @@ fn a_sender_crashing_mid_delivery_delivers_once_in_effect() {
 /// and skips them.
 #[test]
 fn a_redelivery_that_overtakes_the_first_commit_waits_and_skips() {
-    let (mut p, mut a, mut b) = Pair::peered_with(&["shared_preload_libraries = 'synclink'"]);
+    let (nodes, mut a, mut b) =
+        Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
@@ -498,17 +467,15 @@ fn a_redelivery_that_overtakes_the_first_commit_waits_and_skips() {
     )
     .unwrap();
     one_session_waits(&mut b, "SyncRep");
-    p.a.stop_immediate();
-    p.a.start_again();
+    nodes.a.stop_immediate();
+    nodes.a.start_again();
     // a's worker delivers the record again; the peer's second session waits for the first
     one_session_waits(&mut b, "advisory");
     assert_eq!(count(&mut b, "SELECT count(*) FROM t"), 0);
     hold_commits(&mut b, false);
-    let mut a = p.a.connect(&p.db);
-    wait_until(Duration::from_secs(30), || {
-        count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
-    });
-    assert_eq!(same(&mut a, &mut b), 10);
+    let mut a = nodes.a.connect();
+    wait_until(Duration::from_secs(30), || queued(&mut a) == 0);
+    assert_eq!(same(&mut a, &mut b, "t"), 10);
     assert_eq!(
         count(
             &mut b,
@@ -532,19 +499,20 @@ fn a_redelivery_that_overtakes_the_first_commit_waits_and_skips() {
 /// once per thousand changes queued.
 #[test]
 fn a_growing_backlog_raises_a_warning() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
     let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let seen = warnings.clone();
-    let mut c =
-        p.a.socket_conninfo(&p.db)
-            .parse::<postgres::Config>()
-            .unwrap()
-            .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
-            .connect(postgres::NoTls)
-            .unwrap();
+    let mut c = nodes
+        .a
+        .socket_conninfo()
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
     c.batch_execute(
         "SET synclink.backlog_warning = 100;
          DO $$ BEGIN FOR i IN 1..999 LOOP INSERT INTO t VALUES (i, 'queued'); END LOOP; END $$",
@@ -587,9 +555,9 @@ fn a_growing_backlog_raises_a_warning() {
     };
     // Delivered, then three records over a thousand seqs: the range alone would say over
     // 100, and so would what this session found before the delivery.
-    a.execute("SELECT sync_flush('b')", &[]).unwrap();
+    flush_to(&mut a, "b");
     spread(&mut c, 3001, 4000);
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 3);
+    assert_eq!(queued(&mut a), 3);
     assert_eq!(warnings.lock().unwrap().len(), 2);
     // Over 100 again, found by counting; then over 100 is not over 1,500: 1,006 queued over
     // a range of 3,000 seqs is counted again for the higher limit.
@@ -602,7 +570,7 @@ fn a_growing_backlog_raises_a_warning() {
     c.batch_execute("SET synclink.backlog_warning = 1500")
         .unwrap();
     spread(&mut c, 5001, 6000);
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 1006);
+    assert_eq!(queued(&mut a), 1006);
     assert_eq!(warnings.lock().unwrap().clone(), vec![warning; 3]);
 }
 
@@ -611,7 +579,7 @@ fn a_growing_backlog_raises_a_warning() {
 /// the session's output settings.
 #[test]
 fn one_row_statements_are_queued_natively_with_the_same_records() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -628,11 +596,11 @@ fn one_row_statements_are_queued_natively_with_the_same_records() {
     .unwrap();
     let values = "'it''s \"q\"', 0.1::float8 * 3, '\\x00ff'::bytea, '1 day 02:03:04.5', '2026-01-02 03:04:05.678+01', 1.50";
     // an application role with no rights on synclink's objects
-    let mut app = p.a.connect_as(&p.db, "app", "app-pw");
+    let mut app = nodes.a.connect_as("app", "app-pw");
     app.batch_execute(&format!("INSERT INTO t VALUES (1, {values})"))
         .unwrap();
     // output settings that change the text form: this session takes the general path
-    let mut odd = p.a.connect_as(&p.db, "app", "app-pw");
+    let mut odd = nodes.a.connect_as("app", "app-pw");
     odd.batch_execute(
         "SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'sql_standard'; \
          SET bytea_output = 'escape'; SET extra_float_digits = 0",
@@ -641,7 +609,7 @@ fn one_row_statements_are_queued_natively_with_the_same_records() {
     odd.batch_execute(&format!("INSERT INTO t VALUES (2, {values})"))
         .unwrap();
     // a repeatable read transaction: the native capture runs its SQL statement
-    let mut repeatable = p.a.connect_as(&p.db, "app", "app-pw");
+    let mut repeatable = nodes.a.connect_as("app", "app-pw");
     repeatable
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ; INSERT INTO t VALUES (3, {values}); COMMIT"
@@ -698,12 +666,8 @@ fn one_row_statements_are_queued_natively_with_the_same_records() {
               WHERE schemaname = 'synclink' AND funcname LIKE 't\\_b\\_capture%'",
         ) == 5
     });
-    a.query_one("SELECT sync_flush()", &[]).unwrap();
-    let order = "t.id";
-    assert_eq!(
-        table_hash(&mut a, "t", order),
-        table_hash(&mut b, "t", order)
-    );
+    flush(&mut a);
+    assert_eq!(table_hash(&mut a, "t"), table_hash(&mut b, "t"));
     assert_eq!(count(&mut b, "SELECT count(*) FROM t"), 43);
 
     // a trigger of someone else's making cannot use it
@@ -721,7 +685,7 @@ fn one_row_statements_are_queued_natively_with_the_same_records() {
 /// the change's base) if that transaction commits, or ignored if it rolls back.
 #[test]
 fn a_version_being_written_elsewhere_is_waited_for() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
@@ -757,7 +721,7 @@ fn a_version_being_written_elsewhere_is_waited_for() {
         (3, "INSERT INTO t VALUES (3, 'three')", "ROLLBACK", ""),
     ];
     for (key, statement, end, expected) in cases {
-        let mut other = p.a.connect(&p.db);
+        let mut other = nodes.a.connect();
         other
             .batch_execute(&format!(
                 "BEGIN; INSERT INTO {version} (id, \"synclink$at\", \"synclink$node\") \
@@ -765,7 +729,7 @@ fn a_version_being_written_elsewhere_is_waited_for() {
                  SET \"synclink$at\" = 42, \"synclink$node\" = 'elsewhere'"
             ))
             .unwrap();
-        let conninfo = p.a.socket_conninfo(&p.db);
+        let conninfo = nodes.a.socket_conninfo();
         let writer = std::thread::spawn(move || {
             let mut w = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
             w.batch_execute(statement).unwrap();
@@ -775,8 +739,8 @@ fn a_version_being_written_elsewhere_is_waited_for() {
         writer.join().unwrap();
         assert_eq!(base(&mut a), expected, "{statement} after {end}");
     }
-    a.query_one("SELECT sync_flush()", &[]).unwrap();
-    assert_eq!(same(&mut a, &mut b), 3);
+    flush(&mut a);
+    assert_eq!(same(&mut a, &mut b, "t"), 3);
 }
 
 /// A session keeps what it read of a link. When the link's relations change under it (here
@@ -784,17 +748,17 @@ fn a_version_being_written_elsewhere_is_waited_for() {
 /// session reads the link again instead of writing to what is gone.
 #[test]
 fn a_session_rereads_a_link_remade_under_it() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
-    let mut w = p.a.connect(&p.db);
+    let mut w = nodes.a.connect();
     w.batch_execute("INSERT INTO t VALUES (1, 'before')")
         .unwrap();
-    a.query_one("SELECT sync_flush()", &[]).unwrap();
+    flush(&mut a);
     a.batch_execute("DROP EXTENSION synclink; CREATE EXTENSION synclink")
         .unwrap();
-    a.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)])
+    a.execute("SELECT sync_add_peer('b', $1)", &[&nodes.b.conninfo()])
         .unwrap();
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
@@ -807,6 +771,6 @@ fn a_session_rereads_a_link_remade_under_it() {
         .unwrap();
     w.batch_execute("UPDATE t SET v = 'changed' WHERE id = 1")
         .unwrap();
-    a.query_one("SELECT sync_flush()", &[]).unwrap();
-    assert_eq!(same(&mut a, &mut b), 2);
+    flush(&mut a);
+    assert_eq!(same(&mut a, &mut b, "t"), 2);
 }

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use synclink_e2e::{both, count, table_hash, wait_until, Pair};
+use synclink_e2e::{both, flush, table_hash, wait_drained, wait_until, Nodes};
 
 /// One writer: inserts, updates and deletes in its own key range until told to stop and at
 /// least `ops` statements have committed. Failed statements (its server is down, or the
@@ -73,7 +73,7 @@ fn crash_b_twice_under_load(mode: &str, writers_on_b: usize) {
         "synclink.worker_naptime = 50",
         "synclink.retry_interval = 500",
     ];
-    let (mut p, mut a, mut b) = Pair::peered_with(&conf);
+    let (nodes, mut a, mut b) = Nodes::two_clusters(&conf).peered();
     both(
         &mut a,
         &mut b,
@@ -86,12 +86,12 @@ fn crash_b_twice_under_load(mode: &str, writers_on_b: usize) {
         &[],
     )
     .unwrap();
-    a.execute("SELECT sync_flush()", &[]).unwrap();
+    flush(&mut a);
 
     let ops_per_writer = 5_000;
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicI64::new(0));
-    let (on_a, on_b) = (p.a.socket_conninfo(&p.db), p.b.socket_conninfo(&p.db));
+    let (on_a, on_b) = (nodes.a.socket_conninfo(), nodes.b.socket_conninfo());
     let mut handles = Vec::new();
     for id in 1..=4 {
         let conninfo = if id as usize > 4 - writers_on_b {
@@ -109,9 +109,9 @@ fn crash_b_twice_under_load(mode: &str, writers_on_b: usize) {
         wait_until(Duration::from_secs(120), || {
             committed.load(Ordering::SeqCst) >= before + 5_000
         });
-        p.b.stop_immediate();
+        nodes.b.stop_immediate();
         std::thread::sleep(Duration::from_secs(2));
-        p.b.start_again();
+        nodes.b.start_again();
     }
     stop.store(true, Ordering::SeqCst);
     for h in handles {
@@ -120,13 +120,10 @@ fn crash_b_twice_under_load(mode: &str, writers_on_b: usize) {
     let total = committed.load(Ordering::SeqCst);
     assert!(total >= 4 * ops_per_writer, "{total} changes committed");
 
-    let mut b = p.b.connect(&p.db);
-    wait_until(Duration::from_secs(180), || {
-        count(&mut a, "SELECT count(*) FROM synclink.outbox") == 0
-            && count(&mut b, "SELECT count(*) FROM synclink.outbox") == 0
-    });
-    let ha = table_hash(&mut a, "t", "t.id");
-    let hb = table_hash(&mut b, "t", "t.id");
+    let mut b = nodes.b.connect();
+    wait_drained(&mut a, &mut b, Duration::from_secs(180));
+    let ha = table_hash(&mut a, "t");
+    let hb = table_hash(&mut b, "t");
     if ha != hb {
         let rows = |c: &mut postgres::Client| -> std::collections::BTreeMap<i64, String> {
             c.query("SELECT id, t::text FROM t", &[])

@@ -3,11 +3,14 @@
 //! working, and nothing is left half-made.
 
 use std::time::{Duration, Instant};
-use synclink_e2e::{both, count, db_error, Pair};
+use synclink_e2e::{
+    both, count, db_error, delivery_workers, flush, links, queued, status, table_hash, wait_until,
+    Node, Nodes,
+};
 
 #[test]
 fn nulls_and_dropped_tables_get_clear_errors() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -82,13 +85,13 @@ fn nulls_and_dropped_tables_get_clear_errors() {
             "{message}"
         );
     }
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.link"), 0);
-    assert_eq!(count(&mut b, "SELECT count(*) FROM synclink.link"), 0);
+    assert_eq!(links(&mut a), 0);
+    assert_eq!(links(&mut b), 0);
 }
 
 #[test]
 fn an_open_conflict_of_an_unlinked_table_is_closed_not_left_open() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -101,7 +104,7 @@ fn an_open_conflict_of_an_unlinked_table_is_closed_not_left_open() {
     .unwrap();
     a.batch_execute("UPDATE t SET v = 'a'").unwrap();
     b.batch_execute("UPDATE t SET v = 'b'").unwrap();
-    a.execute("SELECT sync_flush()", &[]).unwrap();
+    flush(&mut a);
     let id: i64 = b
         .query_one(
             "SELECT conflict_id FROM synclink.conflict WHERE outcome = 'open'",
@@ -123,7 +126,7 @@ fn an_open_conflict_of_an_unlinked_table_is_closed_not_left_open() {
 
 #[test]
 fn oversized_and_secret_input_is_not_echoed() {
-    let (_p, mut a, _b) = Pair::peered();
+    let (_nodes, mut a, _b) = Nodes::one_cluster().peered();
     let huge = "x".repeat(1 << 20);
     for sql in [
         "SELECT sync_add_peer($1, 'host=x')",
@@ -170,7 +173,7 @@ fn typed(a: &mut postgres::Client, b: &mut postgres::Client, columns_a: &str, co
 
 #[test]
 fn types_that_would_round_or_cut_values_are_refused_at_link_time() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     a.batch_execute(
         "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
          CREATE DOMAIN price AS numeric(10,2);",
@@ -209,7 +212,7 @@ fn types_that_would_round_or_cut_values_are_refused_at_link_time() {
     assert!(detail.contains("round, cut or refuse"), "{detail}");
     assert!(!hint.is_empty());
     for c in [&mut a, &mut b] {
-        assert_eq!(count(c, "SELECT count(*) FROM synclink.link"), 0);
+        assert_eq!(links(c), 0);
         assert_eq!(
             count(
                 c,
@@ -238,7 +241,7 @@ fn types_that_would_round_or_cut_values_are_refused_at_link_time() {
 
 #[test]
 fn tables_a_link_cannot_serve_are_refused() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -305,13 +308,13 @@ fn tables_a_link_cannot_serve_are_refused() {
         assert!(message.contains(words), "{sql}: {message}");
         assert!(!hint.is_empty(), "{sql}");
     }
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.link"), 0);
-    assert_eq!(count(&mut b, "SELECT count(*) FROM synclink.link"), 0);
+    assert_eq!(links(&mut a), 0);
+    assert_eq!(links(&mut b), 0);
 }
 
 #[test]
 fn a_sync_write_never_waits_on_the_peer_beyond_its_bound() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -319,19 +322,20 @@ fn a_sync_write_never_waits_on_the_peer_beyond_its_bound() {
     );
     a.execute("SELECT sync_link_table('products')", &[])
         .unwrap();
-    // Changes from A wait up to a minute for locks on B, from new connections on.
-    b.batch_execute("ALTER ROLE sync SET synclink.apply_lock_timeout = '60s'")
+    // Changes from A wait up to a minute for locks on B, from new connections on. (Roles are
+    // the cluster's: the setting is made for B's database only.)
+    let on_b = format!("ALTER ROLE sync IN DATABASE {}", nodes.b.db);
+    b.batch_execute(&format!("{on_b} SET synclink.apply_lock_timeout = '60s'"))
         .unwrap();
-    let mut holder = p.b.connect(&p.db);
+    let mut holder = nodes.b.connect();
     holder
         .batch_execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
         .unwrap();
     let fresh = || {
-        let mut c = p.a.connect(&p.db);
+        let mut c = nodes.a.connect();
         c.batch_execute("SET synclink.retry_interval = 0").unwrap();
         c
     };
-    let queued = |c: &mut postgres::Client| count(c, "SELECT count(*) FROM synclink.outbox");
 
     // The user's own statement_timeout cancels the wait as any statement's: 57014.
     let mut a1 = fresh();
@@ -365,15 +369,12 @@ fn a_sync_write_never_waits_on_the_peer_beyond_its_bound() {
         reason.contains("synclink.sync_timeout (1500 ms)"),
         "{reason}"
     );
-    let last_error: String = a
-        .query_one("SELECT last_error FROM sync_status", &[])
-        .unwrap()
-        .get(0);
+    let last_error = status(&mut a, "products").last_error.expect("last_error");
     assert!(last_error.contains("sync_timeout"), "{last_error}");
 
     // The receiving node's own bound (1 s by default) ends it sooner: the queued change
     // the writer delivers first meets the lock, and this one queues behind it.
-    b.batch_execute("ALTER ROLE sync RESET synclink.apply_lock_timeout")
+    b.batch_execute(&format!("{on_b} RESET synclink.apply_lock_timeout"))
         .unwrap();
     let mut a3 = fresh();
     let started = Instant::now();
@@ -387,18 +388,20 @@ fn a_sync_write_never_waits_on_the_peer_beyond_its_bound() {
     assert_eq!(queued(&mut a), 2);
 
     holder.batch_execute("COMMIT").unwrap();
-    a.execute("SELECT sync_flush()", &[]).unwrap();
+    flush(&mut a);
     assert_eq!(count(&mut b, "SELECT count(*) FROM products"), 2);
 }
 
 /// Run `script` with pgbench on `c` for `secs` seconds; returns (transactions, the longest
 /// transaction's latency). Panics if pgbench runs on well past its time, as it would if a
 /// transaction hung.
-fn pgbench(c: &synclink_e2e::Cluster, script: &str, secs: u64, clients: u32) -> (u64, Duration) {
+fn pgbench(node: &Node, script: &str, secs: u64, clients: u32) -> (u64, Duration) {
+    let c = node.cluster();
     let dir = std::env::temp_dir().join(format!(
-        "synclink-pgbench-{}-{}",
+        "synclink-pgbench-{}-{}-{}",
         std::process::id(),
-        c.port
+        c.port,
+        node.db
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -426,7 +429,7 @@ fn pgbench(c: &synclink_e2e::Cluster, script: &str, secs: u64, clients: u32) -> 
         .arg(dir.join("log"))
         .arg("-f")
         .arg(&file)
-        .arg("shop")
+        .arg(&node.db)
         .current_dir(&dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -478,7 +481,7 @@ fn pgbench(c: &synclink_e2e::Cluster, script: &str, secs: u64, clients: u32) -> 
 
 #[test]
 fn same_row_sync_writes_on_both_nodes_finish_and_converge_under_every_policy() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     let policies = ["last_write_wins", "prefer_local", "prefer_peer", "manual"];
     for (i, _) in policies.iter().enumerate() {
         both(
@@ -507,10 +510,10 @@ fn same_row_sync_writes_on_both_nodes_finish_and_converge_under_every_policy() {
                   UPDATE t3 SET v = v + 1 WHERE id = :k;\n\
                   END;\n";
     let secs = 30;
-    let cluster_b = &p.b;
+    let node_b = &nodes.b;
     let (on_a, on_b) = std::thread::scope(|s| {
-        let on_b = s.spawn(|| pgbench(cluster_b, script, secs, 2));
-        let on_a = pgbench(&p.a, script, secs, 2);
+        let on_b = s.spawn(|| pgbench(node_b, script, secs, 2));
+        let on_a = pgbench(&nodes.a, script, secs, 2);
         (on_a, on_b.join().unwrap())
     });
     eprintln!("A: {on_a:?}, B: {on_b:?}");
@@ -529,20 +532,13 @@ fn same_row_sync_writes_on_both_nodes_finish_and_converge_under_every_policy() {
     }
     // Deliver what was queued, both ways, until nothing moves; settle manual conflicts.
     for _ in 0..20 {
-        let moved: i64 = [&mut a, &mut b]
-            .into_iter()
-            .map(|c| {
-                c.query_one("SELECT sync_flush()", &[])
-                    .unwrap()
-                    .get::<_, i64>(0)
-            })
-            .sum();
+        let moved: i64 = [&mut a, &mut b].into_iter().map(flush).sum();
         if moved == 0 {
             break;
         }
     }
     for c in [&mut a, &mut b] {
-        assert_eq!(count(c, "SELECT count(*) FROM synclink.outbox"), 0);
+        assert_eq!(queued(c), 0);
         c.batch_execute(
             "SELECT sync_resolve(conflict_id, 'local') FROM synclink.conflict
               WHERE outcome = 'open' ORDER BY conflict_id",
@@ -552,22 +548,16 @@ fn same_row_sync_writes_on_both_nodes_finish_and_converge_under_every_policy() {
     for (i, policy) in policies.iter().enumerate() {
         let table = format!("t{i}");
         assert_eq!(
-            synclink_e2e::table_hash(&mut a, &table, "t.id"),
-            synclink_e2e::table_hash(&mut b, &table, "t.id"),
+            table_hash(&mut a, &table),
+            table_hash(&mut b, &table),
             "{policy}"
         );
     }
 }
 
-fn problem(c: &mut postgres::Client) -> Option<String> {
-    c.query_one("SELECT problem FROM sync_status", &[])
-        .unwrap()
-        .get(0)
-}
-
 #[test]
 fn synclinks_objects_go_the_way_they_came_and_damage_is_reported_and_survived() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -598,19 +588,19 @@ fn synclinks_objects_go_the_way_they_came_and_damage_is_reported_and_survived() 
             .unwrap_err(),
     );
     assert_eq!(code, "55006", "{message}");
-    assert_eq!(problem(&mut a), None);
+    assert_eq!(status(&mut a, "app.products").problem, None);
 
     // Disabling a capture trigger is the DBA's right, said out loud and kept in sync_status.
     a.batch_execute("ALTER TABLE app.products DISABLE TRIGGER synclink_b_insert")
         .unwrap();
-    let shown = problem(&mut a).expect("a problem");
+    let shown = status(&mut a, "app.products").problem.expect("a problem");
     assert!(
         shown.contains("synclink_b_insert is disabled") && shown.contains("ENABLE TRIGGER"),
         "{shown}"
     );
     a.batch_execute("ALTER TABLE app.products ENABLE TRIGGER synclink_b_insert")
         .unwrap();
-    assert_eq!(problem(&mut a), None);
+    assert_eq!(status(&mut a, "app.products").problem, None);
 
     // Damage done past the guard (event triggers off): writes are kept, the damage is
     // reported, and every way out still works.
@@ -620,12 +610,12 @@ fn synclinks_objects_go_the_way_they_came_and_damage_is_reported_and_survived() 
          ALTER EVENT TRIGGER synclink_guard_drops ENABLE ALWAYS;",
     )
     .unwrap();
-    let mut writer = _p.a.connect(&_p.db);
+    let mut writer = nodes.a.connect();
     writer
         .batch_execute("INSERT INTO app.products VALUES (1, 'kept')")
         .unwrap();
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 1);
-    let shown = problem(&mut a).expect("a problem");
+    assert_eq!(queued(&mut a), 1);
+    let shown = status(&mut a, "app.products").problem.expect("a problem");
     assert!(
         shown.contains("foreign server synclink_b of peer 'b' is missing"),
         "{shown}"
@@ -656,17 +646,12 @@ fn synclinks_objects_go_the_way_they_came_and_damage_is_reported_and_survived() 
 
 #[test]
 fn one_delivery_worker_per_database_after_a_crash() {
-    let (p, mut a, mut b) = Pair::peered_with(&["shared_preload_libraries = 'synclink'"]);
+    let (nodes, mut a, mut b) =
+        Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();
     both(&mut a, &mut b, "CREATE TABLE t (id int PRIMARY KEY)");
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
-    let workers = |c: &mut postgres::Client| {
-        count(
-            c,
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'synclink delivery' AND datname = 'shop'",
-        )
-    };
-    synclink_e2e::wait_until(Duration::from_secs(20), || workers(&mut a) == 1);
+    wait_until(Duration::from_secs(20), || delivery_workers(&mut a) == 1);
     // A backend killed hard: the postmaster resets every process and starts over.
     let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     std::process::Command::new("kill")
@@ -675,18 +660,18 @@ fn one_delivery_worker_per_database_after_a_crash() {
         .unwrap();
     drop(a);
     std::thread::sleep(Duration::from_secs(2));
-    let mut a = p.a.connect(&p.db);
-    synclink_e2e::wait_until(Duration::from_secs(30), || workers(&mut a) >= 1);
+    let mut a = nodes.a.connect();
+    wait_until(Duration::from_secs(30), || delivery_workers(&mut a) >= 1);
     // Longer than the launcher's restart and the workers' old restart interval together.
     std::thread::sleep(Duration::from_secs(8));
-    assert_eq!(workers(&mut a), 1);
+    assert_eq!(delivery_workers(&mut a), 1);
     a.batch_execute("INSERT INTO t VALUES (1)").unwrap();
-    synclink_e2e::wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(20), || {
         count(&mut b, "SELECT count(*) FROM t") == 1
     });
     // Nothing a SQL session takes keeps the worker out: with the worker gone and every
     // advisory lock a role might guess held, its successor still serves the database.
-    let mut squatter = p.a.connect(&p.db);
+    let mut squatter = nodes.a.connect();
     squatter
         .batch_execute(
             "SELECT pg_advisory_lock(hashtext('synclink delivery worker'));
@@ -695,21 +680,22 @@ fn one_delivery_worker_per_database_after_a_crash() {
         .unwrap();
     a.batch_execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE backend_type = 'synclink delivery' AND datname = 'shop'",
+          WHERE backend_type = 'synclink delivery' AND datname = current_database()",
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    synclink_e2e::wait_until(Duration::from_secs(20), || workers(&mut a) == 1);
+    wait_until(Duration::from_secs(20), || delivery_workers(&mut a) == 1);
     a.batch_execute("INSERT INTO t VALUES (2)").unwrap();
-    synclink_e2e::wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(20), || {
         count(&mut b, "SELECT count(*) FROM t") == 2
     });
-    assert_eq!(workers(&mut a), 1);
+    assert_eq!(delivery_workers(&mut a), 1);
 }
 
 #[test]
 fn a_child_never_reaches_the_peer_before_its_parent() {
-    let (p, mut a, mut b) = Pair::peered_with(&["shared_preload_libraries = 'synclink'"]);
+    let (nodes, mut a, mut b) =
+        Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();
     both(
         &mut a,
         &mut b,
@@ -726,13 +712,13 @@ fn a_child_never_reaches_the_peer_before_its_parent() {
     }
     let failed = |c: &mut postgres::Client| count(c, "SELECT failed FROM synclink.peer_state");
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (cluster_a, cluster_b, db) = (&p.a, &p.b, p.db.as_str());
+    let (node_a, node_b) = (&nodes.a, &nodes.b);
     let stop = &stop;
     std::thread::scope(|s| {
         // Load: a stream of unrelated commits, and writers each committing a parent and then,
         // in a transaction of its own, a child of it.
         let noise = s.spawn(move || {
-            let mut c = cluster_a.connect(db);
+            let mut c = node_a.connect();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 c.batch_execute("INSERT INTO noise (v) VALUES ('x')")
                     .unwrap();
@@ -741,7 +727,7 @@ fn a_child_never_reaches_the_peer_before_its_parent() {
         let writers: Vec<_> = (0..3)
             .map(|w| {
                 s.spawn(move || {
-                    let mut c = cluster_a.connect(db);
+                    let mut c = node_a.connect();
                     for i in 0..200 {
                         let id = 10_000 + w * 1000 + i;
                         c.execute("INSERT INTO parent VALUES ($1)", &[&id]).unwrap();
@@ -753,9 +739,9 @@ fn a_child_never_reaches_the_peer_before_its_parent() {
             .collect();
         // And the case itself, on purpose: a parent's transaction holds its seq while a later
         // change is delivered; it commits, and a child follows at once.
-        let mut late = cluster_a.connect(db);
-        let mut other = cluster_a.connect(db);
-        let mut b2 = cluster_b.connect(db);
+        let mut late = node_a.connect();
+        let mut other = node_a.connect();
+        let mut b2 = node_b.connect();
         for round in 0..5 {
             let (parent, child) = (round * 2 + 1, round * 2 + 2);
             late.batch_execute(&format!("BEGIN; INSERT INTO parent VALUES ({parent})"))
@@ -763,7 +749,7 @@ fn a_child_never_reaches_the_peer_before_its_parent() {
             other
                 .batch_execute(&format!("INSERT INTO parent VALUES ({child})"))
                 .unwrap();
-            synclink_e2e::wait_until(Duration::from_secs(20), || {
+            wait_until(Duration::from_secs(20), || {
                 count(
                     &mut b2,
                     &format!("SELECT count(*) FROM parent WHERE id = {child}"),
@@ -780,7 +766,7 @@ fn a_child_never_reaches_the_peer_before_its_parent() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         noise.join().unwrap();
     });
-    synclink_e2e::wait_until(Duration::from_secs(60), || {
+    wait_until(Duration::from_secs(60), || {
         count(&mut b, "SELECT count(*) FROM child") == 605
     });
     assert_eq!(
@@ -795,7 +781,7 @@ fn a_child_never_reaches_the_peer_before_its_parent() {
 
 #[test]
 fn a_statement_of_a_dozen_50_mb_rows_is_replicated() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -824,14 +810,14 @@ fn a_statement_of_a_dozen_50_mb_rows_is_replicated() {
     eprintln!("sync statement: {:?}", started.elapsed());
     a.batch_execute(&format!("INSERT INTO queued_docs {}", big(4)))
         .unwrap();
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 4);
-    a.execute("SELECT sync_flush()", &[]).unwrap();
+    assert_eq!(queued(&mut a), 4);
+    flush(&mut a);
     eprintln!("with the queued ones: {:?}", started.elapsed());
     for (t, n) in [("docs", 12), ("queued_docs", 4)] {
         let sizes = format!("SELECT sum(length(body))::bigint FROM {t}");
         assert_eq!(count(&mut b, &sizes), n * 50 * 1024 * 1024, "{t}");
     }
-    let same = |c: &mut postgres::Client| {
+    let digest = |c: &mut postgres::Client| {
         c.query_one(
             "SELECT md5(string_agg(md5(body), ',' ORDER BY id)) FROM (TABLE docs UNION ALL TABLE queued_docs) d",
             &[],
@@ -839,5 +825,5 @@ fn a_statement_of_a_dozen_50_mb_rows_is_replicated() {
         .unwrap()
         .get::<_, String>(0)
     };
-    assert_eq!(same(&mut a), same(&mut b));
+    assert_eq!(digest(&mut a), digest(&mut b));
 }

@@ -4,7 +4,10 @@
 
 use postgres::Client;
 use std::time::Duration;
-use synclink_e2e::{both, count, db_error, wait_until, Pair};
+use synclink_e2e::{
+    both, count, db_error, delivery_workers, flush, links, node_name, queued, wait_until, Nodes,
+    SYNC_PASSWORD,
+};
 
 const PRODUCTS: &str = "CREATE TABLE products (id int PRIMARY KEY, name text)";
 
@@ -62,7 +65,7 @@ fn code(e: postgres::Error) -> String {
 
 #[test]
 fn a_callers_operators_never_run_with_synclinks_privileges() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     a.execute("SELECT sync_link_table('products', mode => 'async')", &[])
         .unwrap();
@@ -73,7 +76,7 @@ fn a_callers_operators_never_run_with_synclinks_privileges() {
     )
     .unwrap();
     evil_schema(&mut a, "mallory");
-    let mut m = p.a.connect_as(&p.db, "mallory", "m-pw");
+    let mut m = nodes.a.connect_as("mallory", "m-pw");
     m.batch_execute("SET search_path = evil, pg_catalog")
         .unwrap();
 
@@ -128,8 +131,8 @@ fn a_callers_operators_never_run_with_synclinks_privileges() {
     )
     .unwrap();
     assert_eq!(spied(&mut a), (0, 0));
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 3);
-    a.execute("SELECT sync_flush()", &[]).unwrap();
+    assert_eq!(queued(&mut a), 3);
+    flush(&mut a);
     assert_eq!(
         count(
             &mut b,
@@ -142,16 +145,22 @@ fn a_callers_operators_never_run_with_synclinks_privileges() {
 
 #[test]
 fn the_delivery_worker_ignores_a_database_owners_search_path() {
-    let (p, mut a, mut b) = Pair::peered_with(&["shared_preload_libraries = 'synclink'"]);
+    let (nodes, mut a, mut b) =
+        Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();
     both(&mut a, &mut b, PRODUCTS);
     a.execute("SELECT sync_link_table('products', mode => 'async')", &[])
         .unwrap();
-    a.batch_execute("CREATE ROLE dbo LOGIN PASSWORD 'd-pw'; ALTER DATABASE shop OWNER TO dbo;")
-        .unwrap();
+    let db = &nodes.a.db;
+    a.batch_execute(&format!(
+        "CREATE ROLE dbo LOGIN PASSWORD 'd-pw'; ALTER DATABASE {db} OWNER TO dbo;"
+    ))
+    .unwrap();
     evil_schema(&mut a, "dbo");
-    let mut owner = p.a.connect_as(&p.db, "dbo", "d-pw");
+    let mut owner = nodes.a.connect_as("dbo", "d-pw");
     owner
-        .batch_execute("ALTER DATABASE shop SET search_path = evil, pg_catalog")
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET search_path = evil, pg_catalog"
+        ))
         .unwrap();
     // The worker connects again with the database's settings.
     a.batch_execute(
@@ -160,13 +169,10 @@ fn the_delivery_worker_ignores_a_database_owners_search_path() {
     )
     .unwrap();
     // (A superuser's own new session takes that search path too: not synclink's to guard.)
-    let mut fresh = p.a.connect(&p.db);
+    let mut fresh = nodes.a.connect();
     fresh.batch_execute("SET search_path = public").unwrap();
     wait_until(Duration::from_secs(20), || {
-        count(
-            &mut fresh,
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'synclink delivery' AND datname = 'shop'",
-        ) == 1
+        delivery_workers(&mut fresh) == 1
     });
     fresh
         .batch_execute("INSERT INTO public.products VALUES (1, 'one')")
@@ -179,7 +185,7 @@ fn the_delivery_worker_ignores_a_database_owners_search_path() {
 
 #[test]
 fn the_conflict_log_shows_each_role_only_tables_it_may_read() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(
         &mut a,
         &mut b,
@@ -195,14 +201,14 @@ fn the_conflict_log_shows_each_role_only_tables_it_may_read() {
         a.batch_execute(&format!("UPDATE {t} SET v = 'a'")).unwrap();
         b.batch_execute(&format!("UPDATE {t} SET v = 'b'")).unwrap();
     }
-    a.execute("SELECT sync_flush()", &[]).unwrap();
+    flush(&mut a);
     assert_eq!(count(&mut b, "SELECT count(*) FROM synclink.conflict"), 2);
     b.batch_execute(
         "CREATE ROLE clerk LOGIN PASSWORD 'c-pw'; GRANT SELECT ON notes TO clerk;
          CREATE ROLE watcher LOGIN PASSWORD 'w-pw'; GRANT pg_monitor TO watcher;",
     )
     .unwrap();
-    let mut clerk = p.b.connect_as(&p.db, "clerk", "c-pw");
+    let mut clerk = nodes.b.connect_as("clerk", "c-pw");
     for sql in [
         "SELECT count(DISTINCT relid) FROM synclink.conflict",
         "SELECT count(DISTINCT \"table\") FROM sync_conflicts",
@@ -232,7 +238,7 @@ fn the_conflict_log_shows_each_role_only_tables_it_may_read() {
     assert_eq!(code(err), "42501");
     let err = clerk.query("SELECT * FROM synclink.peer", &[]).unwrap_err();
     assert_eq!(code(err), "42501");
-    let mut watcher = p.b.connect_as(&p.db, "watcher", "w-pw");
+    let mut watcher = nodes.b.connect_as("watcher", "w-pw");
     assert_eq!(count(&mut watcher, "SELECT count(*) FROM sync_status"), 2);
     let open: i64 = watcher
         .query_one("SELECT sum(conflicts)::bigint FROM sync_status", &[])
@@ -321,7 +327,7 @@ fn owner_log(c: &mut Client) -> Vec<String> {
 
 #[test]
 fn changes_arrive_as_the_table_owner_never_as_a_superuser() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, OWNED_TABLES);
     b.batch_execute(OWNED).unwrap();
     owned_by_shopkeeper(&mut b, "products");
@@ -347,7 +353,7 @@ fn changes_arrive_as_the_table_owner_never_as_a_superuser() {
     b.batch_execute("UPDATE notes SET name = 'b'").unwrap();
     b.batch_execute("RESET ROLE").unwrap();
     assert_eq!(owner_log(&mut b), vec!["shopkeeper:false"]);
-    a.execute("SELECT sync_flush()", &[]).unwrap();
+    flush(&mut a);
     assert_eq!(
         count(
             &mut b,
@@ -405,7 +411,7 @@ fn changes_arrive_as_the_table_owner_never_as_a_superuser() {
 
 #[test]
 fn a_table_owner_cannot_forge_conflicts_or_reach_synclinks_tables() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, OWNED_TABLES);
     b.batch_execute(OWNED).unwrap();
     owned_by_shopkeeper(&mut b, "notes");
@@ -456,7 +462,7 @@ fn a_table_owner_cannot_forge_conflicts_or_reach_synclinks_tables() {
 
 #[test]
 fn a_non_superuser_drops_its_own_tables_linked_or_not() {
-    let (p, mut a, mut b) = Pair::peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     a.batch_execute(
         "CREATE ROLE app LOGIN PASSWORD 'app-pw';
@@ -466,19 +472,19 @@ fn a_non_superuser_drops_its_own_tables_linked_or_not() {
     .unwrap();
     a.execute("SELECT sync_link_table('products')", &[])
         .unwrap();
-    let mut app = p.a.connect_as(&p.db, "app", "app-pw");
+    let mut app = nodes.a.connect_as("app", "app-pw");
     app.batch_execute("DROP TABLE scratch").unwrap();
     app.batch_execute("DROP TABLE products").unwrap();
     for c in [&mut a, &mut b] {
-        assert_eq!(count(c, "SELECT count(*) FROM synclink.link"), 0);
+        assert_eq!(links(c), 0);
     }
 }
 
 #[test]
 fn a_peer_reaches_only_the_tables_its_role_was_granted() {
-    let p = Pair::new(&[]);
-    let mut a = p.a.create_db(&p.db);
-    let mut b = p.b.create_db(&p.db);
+    let nodes = Nodes::one_cluster();
+    let mut a = nodes.a.connect();
+    let mut b = nodes.b.connect();
     both(
         &mut a,
         &mut b,
@@ -499,11 +505,12 @@ fn a_peer_reaches_only_the_tables_its_role_was_granted() {
         "SELECT sync_add_peer('b', $1)",
         &[&format!(
             "host=127.0.0.1 port={} dbname={} user=peer_a password=pa-pw",
-            p.b.port, p.db
+            nodes.b.port(),
+            nodes.b.db
         )],
     )
     .unwrap();
-    b.execute("SELECT sync_add_peer('a', $1)", &[&p.a.conninfo(&p.db)])
+    b.execute("SELECT sync_add_peer('a', $1)", &[&nodes.a.conninfo()])
         .unwrap();
 
     // granted: linked, and changes flow both ways
@@ -532,8 +539,8 @@ fn a_peer_reaches_only_the_tables_its_role_was_granted() {
         hint.contains("GRANT INSERT, UPDATE, DELETE ON \"public\".\"catalogue\" TO \"peer_a\""),
         "{hint}"
     );
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.link"), 1);
-    assert_eq!(count(&mut b, "SELECT count(*) FROM synclink.link"), 1);
+    assert_eq!(links(&mut a), 1);
+    assert_eq!(links(&mut b), 1);
     assert_eq!(
         count(&mut a, "SELECT count(*) FROM sync_diff('catalogue')"),
         0
@@ -553,12 +560,13 @@ fn a_peer_reaches_only_the_tables_its_role_was_granted() {
     // A third node, C, links products with B too, reaching B as the superuser `sync`. A's
     // role on B may write products, yet cannot act as C: asking B, in C's name, to drop C's
     // link is refused.
-    let mut c = p.a.create_db("shop2");
+    let node_c = nodes.a.sibling("shop_c");
+    let mut c = node_c.connect();
     c.batch_execute("CREATE TABLE products (id int PRIMARY KEY, name text)")
         .unwrap();
-    c.execute("SELECT sync_add_peer('b', $1)", &[&p.b.conninfo(&p.db)])
+    c.execute("SELECT sync_add_peer('b', $1)", &[&nodes.b.conninfo()])
         .unwrap();
-    b.execute("SELECT sync_add_peer('c', $1)", &[&p.a.conninfo("shop2")])
+    b.execute("SELECT sync_add_peer('c', $1)", &[&node_c.conninfo()])
         .unwrap();
     c.execute(
         "SELECT sync_link_table('products', copy => 'from_peer')",
@@ -567,7 +575,7 @@ fn a_peer_reaches_only_the_tables_its_role_was_granted() {
     .unwrap();
     c.batch_execute("INSERT INTO products VALUES (3, 'from c')")
         .unwrap();
-    let node_c: String = c.query_one("SELECT sync_node_name()", &[]).unwrap().get(0);
+    let node_c = node_name(&mut c);
     let (code, message, _, hint) = db_error(
         a.execute(
             "INSERT INTO synclink.b_request (from_node, action, body)
@@ -582,30 +590,29 @@ fn a_peer_reaches_only_the_tables_its_role_was_granted() {
         "{message}"
     );
     assert!(hint.contains("inbound_role"), "{hint}");
-    assert_eq!(count(&mut b, "SELECT count(*) FROM synclink.link"), 2);
+    assert_eq!(links(&mut b), 2);
 }
 
 #[test]
 fn a_peer_registered_with_a_password_file_never_shows_the_password() {
-    let p = Pair::new(&["log_statement = 'all'", "log_min_messages = info"]);
-    let mut a = p.a.create_db(&p.db);
-    let mut b = p.b.create_db(&p.db);
-    let secret = synclink_e2e::SYNC_PASSWORD;
-    let passfile = p.a.write_private_file(
+    let nodes = Nodes::two_clusters(&["log_statement = 'all'", "log_min_messages = info"]);
+    let mut a = nodes.a.connect();
+    let mut b = nodes.b.connect();
+    let secret = SYNC_PASSWORD;
+    let (port, db) = (nodes.b.port(), &nodes.b.db);
+    let passfile = nodes.a.cluster().write_private_file(
         "synclink.pgpass",
-        &format!("127.0.0.1:{}:{}:sync:{secret}\n", p.b.port, p.db),
+        &format!("127.0.0.1:{port}:{db}:sync:{secret}\n"),
     );
     a.execute(
         "SELECT sync_add_peer('b', $1)",
         &[&format!(
-            "host=127.0.0.1 port={} dbname={} user=sync passfile={}",
-            p.b.port,
-            p.db,
+            "host=127.0.0.1 port={port} dbname={db} user=sync passfile={}",
             passfile.display()
         )],
     )
     .unwrap();
-    b.execute("SELECT sync_add_peer('a', $1)", &[&p.a.conninfo(&p.db)])
+    b.execute("SELECT sync_add_peer('a', $1)", &[&nodes.a.conninfo()])
         .unwrap();
     both(&mut a, &mut b, PRODUCTS);
     a.execute("SELECT sync_link_table('products')", &[])
@@ -615,7 +622,7 @@ fn a_peer_registered_with_a_password_file_never_shows_the_password() {
     assert_eq!(count(&mut b, "SELECT count(*) FROM products"), 1);
     // A's log has every statement, and no password but the harness's own CREATE ROLE;
     // the user mapping holds none.
-    let log = p.a.log();
+    let log = nodes.a.cluster().log();
     assert!(log.contains("sync_add_peer"));
     let leaks: Vec<&str> = log
         .lines()

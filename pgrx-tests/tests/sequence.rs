@@ -1,7 +1,7 @@
 //! Shared sequences: ids drawn on either node never collide, for both strategies, and undo
 //! puts back what was there.
 
-use synclink_e2e::{both, count, db_error, table_hash, Pair};
+use synclink_e2e::{both, count, db_error, flush_to, same, Nodes};
 
 const PRODUCTS: &str = "CREATE TABLE products (id bigserial PRIMARY KEY, name text NOT NULL)";
 const WRITERS_PER_SIDE: usize = 2;
@@ -25,11 +25,11 @@ fn increment_of(c: &mut postgres::Client) -> i64 {
 
 /// Several writers on each node insert rows taking the default id, all at once. Returns the
 /// ids each node's writers got.
-fn insert_concurrently(p: &Pair) -> (Vec<i64>, Vec<i64>) {
+fn insert_concurrently(nodes: &Nodes) -> (Vec<i64>, Vec<i64>) {
     let mut handles = Vec::new();
     for (side, conninfo) in [
-        ('a', p.a.socket_conninfo(&p.db)),
-        ('b', p.b.socket_conninfo(&p.db)),
+        ('a', nodes.a.socket_conninfo()),
+        ('b', nodes.b.socket_conninfo()),
     ] {
         for w in 0..WRITERS_PER_SIDE {
             let conninfo = conninfo.clone();
@@ -62,9 +62,9 @@ fn insert_concurrently(p: &Pair) -> (Vec<i64>, Vec<i64>) {
 }
 
 /// A linked products table with history: rows made on A before, and a row on B whose id is
-/// ahead of A's sequence (ids drifted, as in the article).
-fn linked_with_history() -> (Pair, postgres::Client, postgres::Client) {
-    let (p, mut a, mut b) = Pair::peered();
+/// ahead of A's sequence (the ids drifted apart).
+fn linked_with_history() -> (Nodes, postgres::Client, postgres::Client) {
+    let (nodes, mut a, mut b) = Nodes::two_clusters(&[]).peered();
     both(&mut a, &mut b, PRODUCTS);
     a.execute("SELECT sync_link_table('products')", &[])
         .unwrap();
@@ -75,21 +75,18 @@ fn linked_with_history() -> (Pair, postgres::Client, postgres::Client) {
     .unwrap();
     b.execute("INSERT INTO products VALUES (700, 'made on b')", &[])
         .unwrap();
-    (p, a, b)
+    (nodes, a, b)
 }
 
 fn assert_no_collision(a: &mut postgres::Client, b: &mut postgres::Client, ids: usize) {
     let expected = 51 + ids as i64;
     assert_eq!(count(a, "SELECT count(*) FROM products"), expected);
-    assert_eq!(
-        table_hash(a, "products", "t.id"),
-        table_hash(b, "products", "t.id")
-    );
+    same(a, b, "products");
 }
 
 #[test]
 fn a_shared_sequence_hands_out_ids_that_never_collide() {
-    let (mut p, mut a, mut b) = linked_with_history();
+    let (nodes, mut a, mut b) = linked_with_history();
     assert!(a
         .query_one("SELECT sync_share_sequence('products_id_seq')", &[])
         .unwrap()
@@ -99,7 +96,7 @@ fn a_shared_sequence_hands_out_ids_that_never_collide() {
         "B's default draws from A"
     );
 
-    let (on_a, on_b) = insert_concurrently(&p);
+    let (on_a, on_b) = insert_concurrently(&nodes);
     let mut all: Vec<i64> = on_a.iter().chain(&on_b).copied().collect();
     all.sort_unstable();
     all.dedup();
@@ -115,7 +112,7 @@ fn a_shared_sequence_hands_out_ids_that_never_collide() {
     assert_no_collision(&mut a, &mut b, all.len());
 
     // the owner is down: the peer refuses to invent an id, and says why
-    p.a.stop_immediate();
+    nodes.a.stop_immediate();
     let (code, message, _, hint) = db_error(
         b.execute(
             "INSERT INTO products (name) VALUES ('while a is down')",
@@ -136,8 +133,8 @@ fn a_shared_sequence_hands_out_ids_that_never_collide() {
         ),
         0
     );
-    p.a.start_again();
-    let mut a = p.a.connect(&p.db);
+    nodes.a.start_again();
+    let mut a = nodes.a.connect();
 
     // undo from the other node: defaults back, sequences past every id, nothing left over
     b.execute("SELECT sync_unshare_sequence('products_id_seq')", &[])
@@ -167,7 +164,7 @@ fn a_shared_sequence_hands_out_ids_that_never_collide() {
 
 #[test]
 fn interleaved_sequences_never_collide_and_need_no_network() {
-    let (mut p, mut a, mut b) = linked_with_history();
+    let (nodes, mut a, mut b) = linked_with_history();
     a.execute(
         "SELECT sync_share_sequence('products_id_seq', strategy => 'interleave')",
         &[],
@@ -181,7 +178,7 @@ fn interleaved_sequences_never_collide_and_need_no_network() {
         "defaults stay local"
     );
 
-    let (on_a, on_b) = insert_concurrently(&p);
+    let (on_a, on_b) = insert_concurrently(&nodes);
     assert!(on_a.iter().all(|id| id % 2 == 1 && *id > 700), "A: odd ids");
     assert!(
         on_b.iter().all(|id| id % 2 == 0 && *id > 700),
@@ -190,7 +187,7 @@ fn interleaved_sequences_never_collide_and_need_no_network() {
     assert_no_collision(&mut a, &mut b, on_a.len() + on_b.len());
 
     // inserts on B do not need A (the link queues them meanwhile)
-    p.a.stop_immediate();
+    nodes.a.stop_immediate();
     let id: i64 = b
         .query_one(
             "INSERT INTO products (name) VALUES ('alone') RETURNING id",
@@ -199,9 +196,9 @@ fn interleaved_sequences_never_collide_and_need_no_network() {
         .unwrap()
         .get(0);
     assert_eq!(id % 2, 0);
-    p.a.start_again();
-    let mut a = p.a.connect(&p.db);
-    b.execute("SELECT sync_flush('a')", &[]).unwrap();
+    nodes.a.start_again();
+    let mut a = nodes.a.connect();
+    flush_to(&mut b, "a");
 
     a.execute("SELECT sync_unshare_sequence('products_id_seq')", &[])
         .unwrap();
@@ -215,7 +212,7 @@ fn interleaved_sequences_never_collide_and_need_no_network() {
 
 #[test]
 fn sequence_errors_are_clear_and_leave_nothing_behind() {
-    let (_p, mut a, mut b) = Pair::peered();
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
     both(&mut a, &mut b, PRODUCTS);
     both(&mut a, &mut b, "CREATE SEQUENCE lonely");
     // B's copy draws no default from a sequence

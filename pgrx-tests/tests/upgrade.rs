@@ -462,10 +462,7 @@ fn a_linked_pair_updates_with_queues_and_conflicts_kept() {
         "INSERT INTO items SELECT i, 'item ' || i, i FROM generate_series(111, 120) i",
     )
     .unwrap();
-    assert_eq!(
-        table_hash(&mut ca, "items", "id"),
-        table_hash(&mut cb, "items", "id")
-    );
+    assert_eq!(table_hash(&mut ca, "items"), table_hash(&mut cb, "items"));
 
     // Both nodes change note 1 before either change arrives (async, and no delivery worker:
     // the library is not preloaded yet): each keeps its own row and logs an open conflict.
@@ -566,15 +563,9 @@ fn a_linked_pair_updates_with_queues_and_conflicts_kept() {
             "{node}"
         );
     }
-    assert_eq!(
-        table_hash(&mut ca, "items", "id"),
-        table_hash(&mut cb, "items", "id")
-    );
+    assert_eq!(table_hash(&mut ca, "items"), table_hash(&mut cb, "items"));
     let others = "(SELECT * FROM notes WHERE id <> 1)";
-    assert_eq!(
-        table_hash(&mut ca, others, "id"),
-        table_hash(&mut cb, others, "id")
-    );
+    assert_eq!(table_hash(&mut ca, others), table_hash(&mut cb, others));
 
     // The conflict is still open on each node, and can be resolved.
     assert_eq!(rows(&mut ca, open), open_a);
@@ -593,13 +584,10 @@ fn a_linked_pair_updates_with_queues_and_conflicts_kept() {
     cb.batch_execute("INSERT INTO items VALUES (402, 'new on b', 1); INSERT INTO notes (id, body) VALUES (402, 'new on b')")
         .unwrap();
     wait_until(Duration::from_secs(30), || {
-        table_hash(&mut ca, "notes", "id") == table_hash(&mut cb, "notes", "id")
+        table_hash(&mut ca, "notes") == table_hash(&mut cb, "notes")
     });
     assert_eq!(count(&mut ca, "SELECT count(*) FROM items"), 182);
-    assert_eq!(
-        table_hash(&mut ca, "items", "id"),
-        table_hash(&mut cb, "items", "id")
-    );
+    assert_eq!(table_hash(&mut ca, "items"), table_hash(&mut cb, "items"));
 
     for (node, from) in [&a, &b].iter().zip(&log_from) {
         let trouble = troubles(node, *from);

@@ -19,7 +19,7 @@
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use synclink_e2e::{count, wait_until, Pair};
+use synclink_e2e::{count, wait_until, Nodes};
 
 const TABLE: &str = "(id bigserial PRIMARY KEY, name varchar(255), price integer,
     created_at timestamp NOT NULL, updated_at timestamp NOT NULL)";
@@ -59,15 +59,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn pgbench_tps(pair: &Pair, table: &str, seconds: u64) -> f64 {
+fn pgbench_tps(pair: &Nodes, table: &str, seconds: u64) -> f64 {
     let script = std::env::temp_dir().join(format!("synclink-bench-{table}.sql"));
     std::fs::write(&script, format!("INSERT INTO {table} (name, price, created_at, updated_at) VALUES ('item', 1, now(), now());\n")).unwrap();
-    let out = Command::new(pair.a.bindir().join("pgbench"))
+    let a = pair.a.cluster();
+    let out = Command::new(a.bindir().join("pgbench"))
         .args(["-n", "-c", "4", "-j", "2", "-T", &seconds.to_string(), "-f"])
         .arg(&script)
         .args(["-h"])
-        .arg(pair.a.socket_dir())
-        .args(["-p", &pair.a.port.to_string(), "-U", "postgres", &pair.db])
+        .arg(a.socket_dir())
+        .args(["-p", &a.port.to_string(), "-U", "postgres", &pair.a.db])
         .output()
         .expect("pgbench runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -116,14 +117,14 @@ fn main() {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|p| p == part))
     };
-    let mut pair = Pair::new(&[
+    let pair = Nodes::two_clusters(&[
         "fsync = on",
         "shared_buffers = 256MB",
         "max_wal_size = 2GB",
         "shared_preload_libraries = 'synclink'",
     ]);
-    let mut a = pair.a.create_db(&pair.db);
-    let mut b = pair.b.create_db(&pair.db);
+    let mut a = pair.a.connect();
+    let mut b = pair.b.connect();
     let variants = [
         "bench_unlinked",
         "bench_linked",
@@ -143,16 +144,10 @@ fn main() {
         a.batch_execute(&ddl).unwrap();
         b.batch_execute(&ddl).unwrap();
     }
-    a.execute(
-        "SELECT sync_add_peer('b', $1)",
-        &[&pair.b.conninfo(&pair.db)],
-    )
-    .unwrap();
-    b.execute(
-        "SELECT sync_add_peer('a', $1)",
-        &[&pair.a.conninfo(&pair.db)],
-    )
-    .unwrap();
+    a.execute("SELECT sync_add_peer('b', $1)", &[&pair.b.conninfo()])
+        .unwrap();
+    b.execute("SELECT sync_add_peer('a', $1)", &[&pair.a.conninfo()])
+        .unwrap();
     a.execute("SELECT sync_link_table('bench_linked')", &[])
         .unwrap();
     a.execute(
@@ -243,7 +238,7 @@ fn main() {
                 pair.b.stop_immediate();
                 let t = pgbench_tps(&pair, table, seconds);
                 pair.b.start_again();
-                *b = pair.b.connect(&pair.db);
+                *b = pair.b.connect();
                 return t;
             }
             let t = pgbench_tps(&pair, table, seconds);
@@ -322,7 +317,7 @@ fn main() {
                 std::sync::Arc::new(std::sync::Mutex::new(vec![None; samples as usize + 1]));
             let writer = {
                 let committed_at = committed_at.clone();
-                let conninfo = pair.a.socket_conninfo(&pair.db);
+                let conninfo = pair.a.socket_conninfo();
                 std::thread::spawn(move || {
                     let mut w = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
                     let start = Instant::now();
@@ -399,7 +394,7 @@ fn main() {
         let left = remaining(&mut a);
         wait_until(Duration::from_secs(900), || remaining(&mut a) == 0);
         let took = started.elapsed().as_secs_f64();
-        b = pair.b.connect(&pair.db);
+        b = pair.b.connect();
         assert_eq!(count(&mut b, "SELECT count(*) FROM bench_linked"), backlog);
         println!();
         println!(
