@@ -1,6 +1,16 @@
 //! A link's conflict policy: what each node does when a change from the peer meets a row
-//! that changed here since the version the change was made on. Both nodes store the same
-//! policy (with node names, not "local"/"peer") so they decide every conflict alike.
+//! that changed here since the version the change was made on. Detection compares versions
+//! (synclink.stamp), never row contents, so a row changed and changed back still counts as
+//! changed. Each node decides by the link's policy with the same rule on the same two
+//! versions, so both reach the same row:
+//!
+//! - last_write_wins: the higher version wins (version column first when both rows exist,
+//!   then the stamp: capture time bumped past the previous version, then node name);
+//! - prefer_node: the named node's row wins;
+//! - manual: each node keeps its row and logs the conflict as open for sync_resolve.
+//!
+//! Both nodes store the same policy (with node names, not "local"/"peer"). The statement that
+//! applies a run of changes decides and logs every conflict (data/apply/checked.rs).
 
 use crate::pg::error::SqlError;
 use pgrx::prelude::*;

@@ -1,14 +1,7 @@
-//! Conflicts: a change from the peer meets a row that changed here since the version the
-//! change was made on. Detection compares versions (synclink.stamp), never row contents, so a
-//! row changed and changed back still counts as changed. Each node decides by the link's
-//! policy with the same rule on the same two versions, so both reach the same row:
-//!
-//! - last_write_wins: the higher version wins (version column first when both rows exist,
-//!   then the stamp: capture time bumped past the previous version, then node name);
-//! - prefer_node: the named node's row wins;
-//! - manual: each node keeps its row and logs the conflict as open for sync_resolve.
-//!
-//! Every conflict is logged in synclink.conflict by the statement that applies the change.
+//! Settling a logged conflict by hand: `sync_resolve` keeps one node's current row on both
+//! nodes, gives it one new version on both, closes the conflict on both and remembers the
+//! choice for these two rows, so that the same pair meeting again is settled the same way.
+//! The peer's half arrives as a `ResolveRequest` ([`answer`]).
 
 use crate::data::apply::ApplySpec;
 use crate::pg::error::{Result, SqlError};
@@ -20,14 +13,6 @@ use pgrx::spi::SpiError;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ConflictError {
-    #[error("unknown conflict policy {}", crate::pg::args::shown(.0))]
-    UnknownPolicy(String),
-    #[error("version column {} is not a column the link sends", crate::pg::args::shown(.column))]
-    NoVersionColumn { column: String },
-    #[error("version column \"{column}\" has type {type_name}, which cannot be ordered")]
-    VersionNotOrdered { column: String, type_name: String },
-    #[error("a version column only applies to the last_write_wins policy")]
-    VersionWithoutLww,
     #[error("conflict {0} does not exist")]
     NoSuchConflict(i64),
     #[error("conflict {id} is {outcome}, not open")]
@@ -47,11 +32,7 @@ impl SqlError for ConflictError {
     fn sqlstate(&self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
         match self {
-            ConflictError::UnknownPolicy(_)
-            | ConflictError::BadKeep { .. }
-            | ConflictError::VersionWithoutLww => ERRCODE_INVALID_PARAMETER_VALUE,
-            ConflictError::NoVersionColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
-            ConflictError::VersionNotOrdered { .. } => ERRCODE_UNDEFINED_FUNCTION,
+            ConflictError::BadKeep { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             ConflictError::NoSuchConflict(_) => ERRCODE_UNDEFINED_OBJECT,
             ConflictError::NotOpen { .. } | ConflictError::LinkGone(_) => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
@@ -60,18 +41,6 @@ impl SqlError for ConflictError {
     }
     fn hint(&self) -> Option<String> {
         Some(match self {
-            ConflictError::UnknownPolicy(_) => {
-                "Use 'last_write_wins', 'prefer_local', 'prefer_peer' or 'manual'.".into()
-            }
-            ConflictError::NoVersionColumn { .. } => {
-                "Name a column of the table that is not excluded, such as updated_at.".into()
-            }
-            ConflictError::VersionNotOrdered { .. } => {
-                "Use a timestamp or integer column that every write sets.".into()
-            }
-            ConflictError::VersionWithoutLww => {
-                "Leave version_column out, or use conflict => 'last_write_wins'.".into()
-            }
             ConflictError::NoSuchConflict(_) => {
                 "SELECT * FROM sync_conflicts lists the open conflicts of this node.".into()
             }
