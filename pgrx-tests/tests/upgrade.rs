@@ -658,3 +658,100 @@ fn a_linked_pair_updates_with_queues_and_conflicts_kept() {
         );
     }
 }
+
+/// sync_refresh_link remakes a link's generated objects in place: a capture function someone
+/// replaced by hand (here: one that captures nothing) is made again as sync_link_table makes
+/// it, the changes queued before stay queued and are delivered after, and nothing else of the
+/// link changes. A table that is not linked is refused with a hint.
+#[test]
+fn sync_refresh_link_remakes_a_links_objects_and_keeps_its_queue() {
+    use synclink_e2e::{db_error, flush, queued, same, Nodes};
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE items (id int PRIMARY KEY, name text)",
+    );
+    a.batch_execute("SELECT sync_link_table('items', mode => 'async')")
+        .unwrap();
+    a.batch_execute("INSERT INTO items SELECT g, 'before ' || g FROM generate_series(1, 50) g")
+        .unwrap();
+    let before = link_objects(&mut a, "items");
+    let waiting = queued(&mut a);
+    assert!(waiting > 0, "async changes wait for a flush");
+
+    // Someone replaces the capture function by hand: from now on no statement it captures
+    // (every one of more than one row; the one-row capture of an async link is native) is.
+    let function: String = a
+        .query_one(
+            "SELECT capture_function FROM synclink.link WHERE relid = 'items'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    a.batch_execute(&format!(
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$"
+    ))
+    .unwrap();
+    a.batch_execute("INSERT INTO items VALUES (51, 'lost'), (52, 'lost')")
+        .unwrap();
+    assert_eq!(
+        queued(&mut a),
+        waiting,
+        "the replaced function captures nothing"
+    );
+    assert_ne!(link_objects(&mut a, "items"), before);
+
+    let refreshed: i32 = a
+        .query_one("SELECT sync_refresh_link('items')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(refreshed, 1);
+    assert_eq!(
+        link_objects(&mut a, "items"),
+        before,
+        "made again as linking made it"
+    );
+    assert_eq!(queued(&mut a), waiting, "what was queued stays queued");
+    assert_eq!(
+        count(
+            &mut a,
+            "SELECT count(*) FROM synclink.link WHERE generator = (SELECT extversion FROM pg_extension WHERE extname = 'synclink')"
+        ),
+        1
+    );
+
+    // Captured again; the rows written while nothing captured are found by sync_diff and
+    // repaired.
+    a.batch_execute("UPDATE items SET name = 'after' WHERE id <= 10")
+        .unwrap();
+    assert!(queued(&mut a) > waiting);
+    flush(&mut a);
+    assert_eq!(queued(&mut a), 0);
+    assert_eq!(
+        count(&mut a, "SELECT count(*) FROM sync_diff('items')"),
+        2,
+        "only the rows written while nothing captured differ"
+    );
+    a.batch_execute("SELECT sync_reconcile('items')").unwrap();
+    assert_eq!(same(&mut a, &mut b, "items"), 52);
+
+    // On the node that did not link the table, its half is remade as the request made it.
+    let on_b_before = link_objects(&mut b, "items");
+    let refreshed: i32 = b
+        .query_one("SELECT sync_refresh_link('items', NULL)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(refreshed, 1);
+    assert_eq!(link_objects(&mut b, "items"), on_b_before);
+
+    a.batch_execute("CREATE TABLE loose (id int PRIMARY KEY)")
+        .unwrap();
+    let (code, message, _, hint) = db_error(
+        a.batch_execute("SELECT sync_refresh_link('loose')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "42704", "{message}");
+    assert!(message.contains("is not linked"), "{message}");
+    assert!(hint.contains("sync_status"), "{hint}");
+}
