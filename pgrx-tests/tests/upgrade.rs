@@ -607,13 +607,8 @@ fn a_linked_pair_updates_with_queues_and_conflicts_kept() {
     }
 
     // Each link's own objects. Links made now, of tables alike, show what the current code
-    // generates; sync_refresh_link, run by the update script, makes the links from before
-    // the update the same. Until it exists (see the end of the update script), the links
-    // from before keep what the released code generated: the differences are printed.
-    let refreshed = count(
-        &mut ca,
-        "SELECT count(*) FROM pg_proc WHERE proname = 'sync_refresh_link'",
-    ) > 0;
+    // generates; sync_refresh_link, run by the update script, made the links from before the
+    // update the same.
     both(
         &mut ca,
         &mut cb,
@@ -630,6 +625,7 @@ fn a_linked_pair_updates_with_queues_and_conflicts_kept() {
         &mut ca,
         "SELECT DISTINCT coalesce(generator, 'NULL') FROM synclink.link WHERE link_id < 8000",
     );
+    assert_eq!(generators, [current.as_str()]);
     let mut differ = Vec::new();
     for (node, c) in [("a", &mut ca), ("b", &mut cb)] {
         for (before, now) in [("items", "items_now"), ("notes", "notes_now")] {
@@ -643,20 +639,40 @@ fn a_linked_pair_updates_with_queues_and_conflicts_kept() {
             }
         }
     }
-    if refreshed {
-        assert_eq!(generators, [current.as_str()]);
-        assert!(
-            differ.is_empty(),
-            "the links from before the update differ from links made now:\n{}",
-            differ.join("\n")
+    assert!(
+        differ.is_empty(),
+        "the links from before the update differ from links made now:\n{}",
+        differ.join("\n")
+    );
+    // Made again during the update, they are still the links' own: not members of the
+    // extension, their privileges not its initial ones, and they go the way they came.
+    for c in [&mut ca, &mut cb] {
+        assert_eq!(
+            count(
+                c,
+                "SELECT count(*) FROM synclink.link l
+                   JOIN pg_depend d ON d.objid IN (to_regproc(l.capture_function)::oid,
+                                                   to_regclass(l.version_table)::oid,
+                                                   to_regtype(l.row_type)::oid)
+                  WHERE d.deptype = 'e'"
+            ),
+            0
         );
-    } else {
-        assert_eq!(generators, [RELEASED]);
-        eprintln!(
-            "links made by {RELEASED}, not refreshed, against links made by {current}:\n{}",
-            differ.join("\n")
+        assert_eq!(
+            count(
+                c,
+                "SELECT count(*) FROM synclink.link l
+                   JOIN pg_init_privs i ON i.objoid IN (to_regproc(l.capture_function)::oid,
+                                                        to_regclass(l.version_table)::oid)"
+            ),
+            0
         );
     }
+    ca.batch_execute("SELECT sync_unlink_table('items')")
+        .unwrap();
+    cb.batch_execute("DROP EXTENSION synclink").unwrap();
+    assert_eq!(count(&mut ca, "SELECT count(*) FROM synclink.link"), 0);
+    ca.batch_execute("DROP EXTENSION synclink").unwrap();
 }
 
 /// sync_refresh_link remakes a link's generated objects in place: a capture function someone

@@ -94,8 +94,8 @@ fn unlink_dropped_tables() -> Result<()> {
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn guard_drops() -> Result<(), ErrorReport> {
-    // An upgrade script drops and remakes synclink's own objects as it needs to.
-    if crate::control::removal::in_progress() || crate::pg::ffi::in_extension_script() {
+    // synclink's own upgrade script drops and remakes synclink's objects as it needs to.
+    if crate::control::removal::in_progress() || crate::pg::ffi::in_synclink_script() {
         return Ok(());
     }
     let hit = crate::pg::spi::maybe_one::<pgrx::JsonB>(

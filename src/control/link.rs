@@ -163,14 +163,16 @@ fn make_code(
 /// Make a link's generated code anew with the code installed now (after an upgrade, or after
 /// someone changed it by hand), in place: the table keeps its rows, the version table its
 /// versions and the outbox its queued changes. The table is locked against writes while its
-/// triggers are replaced, so no statement runs between the old triggers and the new.
-pub fn refresh(link_id: i32) -> Result<()> {
+/// triggers are replaced, so no statement runs between the old triggers and the new. A link
+/// whose version table or row type is gone is left as it is, with a WARNING (false).
+pub fn refresh(link_id: i32) -> Result<bool> {
     let row = Spi::connect(|c| {
         c.select(
             "SELECT l.relid::oid, l.peer_name, l.columns, l.key_columns, l.mode, l.row_type, \
                     l.capture_function, l.triggers, l.version_table, p.node_name, \
                     l.initiator = n.node_name, \
-                    (SELECT f.proowner FROM pg_proc f WHERE f.oid = to_regproc(l.capture_function)) \
+                    (SELECT f.proowner FROM pg_proc f WHERE f.oid = to_regproc(l.capture_function)), \
+                    to_regclass(l.version_table) IS NOT NULL AND to_regtype(l.row_type) IS NOT NULL \
                FROM synclink.link l JOIN synclink.peer p USING (peer_name) CROSS JOIN synclink.node n \
               WHERE l.link_id = $1",
             None,
@@ -191,6 +193,7 @@ pub fn refresh(link_id: i32) -> Result<()> {
                 need::<String>(&r, 10, "link node_name")?,
                 need::<bool>(&r, 11, "link initiator")?,
                 r.get::<pg_sys::Oid>(12)?,
+                need::<bool>(&r, 13, "link objects")?,
             ))
         })
         .transpose()
@@ -208,12 +211,26 @@ pub fn refresh(link_id: i32) -> Result<()> {
         peer_node,
         initiated_here,
         function_owner,
+        intact,
     )) = row
     else {
-        return Ok(());
+        return Ok(false);
     };
     let info = describe(relid)?;
     let table = info.display();
+    if !intact {
+        // Making the rest anew would fail on what is missing, and with it an update of the
+        // extension: the link stays as it is, for sync_status to report and its owner to remove.
+        crate::pg::error::warning(
+            &format!(
+                "the link of {table} with peer \"{peer_name}\" was not made anew: its version table or row type is missing"
+            ),
+            &format!(
+                "SELECT sync_unlink_table('{table}', '{peer_name}', discard_queued => true) removes what is left of it; link the table again afterwards."
+            ),
+        );
+        return Ok(false);
+    }
     Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
     crate::control::removal::removing(|| -> Result<()> {
         for t in &old_triggers {
@@ -238,25 +255,33 @@ pub fn refresh(link_id: i32) -> Result<()> {
         node: &crate::catalog::node::local_name()?,
         version_table: &version_table,
     };
-    let triggers = make_code(&spec, &table, &peer_node, relid)?;
     // Owned as sync_link_table makes them: on the node that linked the table, by the role that
-    // linked it (kept from the function made before); on the other, by the extension's owner,
-    // as the peer's request makes them there.
-    let owner = match function_owner.filter(|_| initiated_here) {
-        Some(owner) => owner,
-        None => crate::pg::privilege::extension_owner()?,
+    // linked it (kept from the function made before, else the table's owner, never the caller,
+    // who may be a superuser running the update: the function is SECURITY DEFINER); on the
+    // other, by the extension's owner, as the peer's request makes them there.
+    let owner = match (initiated_here, function_owner) {
+        (true, Some(owner)) => owner,
+        (true, None) => crate::pg::privilege::table_owner(relid),
+        (false, _) => crate::pg::privilege::extension_owner()?,
     };
     let owner = ident(&crate::pg::privilege::role_name(owner));
-    Spi::run(&format!("ALTER FUNCTION {function}() OWNER TO {owner}"))?;
-    if !initiated_here {
-        Spi::run(&format!("ALTER TABLE {version_table} OWNER TO {owner}"))?;
-        Spi::run(&format!("ALTER TYPE {row_type} OWNER TO {owner}"))?;
-    }
+    // Made during ALTER EXTENSION synclink UPDATE too, but they are the link's: not members of
+    // the extension (sync_unlink_table must be able to drop them) and their privileges not the
+    // extension's initial ones.
+    let triggers = crate::pg::ffi::outside_extension_script(|| -> Result<Vec<String>> {
+        let triggers = make_code(&spec, &table, &peer_node, relid)?;
+        Spi::run(&format!("ALTER FUNCTION {function}() OWNER TO {owner}"))?;
+        if !initiated_here {
+            Spi::run(&format!("ALTER TABLE {version_table} OWNER TO {owner}"))?;
+            Spi::run(&format!("ALTER TYPE {row_type} OWNER TO {owner}"))?;
+        }
+        Ok(triggers)
+    })?;
     Spi::run_with_args(
         "UPDATE synclink.link SET triggers = $2, generator = $3 WHERE link_id = $1",
         &[link_id.into(), triggers.into(), GENERATOR.into()],
     )?;
-    Ok(())
+    Ok(true)
 }
 
 /// sync_refresh_link: the links of `relid` (with `peer`, or with every peer) made anew.
@@ -277,10 +302,11 @@ pub fn refresh_table(relid: pg_sys::Oid, peer: Option<&str>) -> Result<i32> {
         }
         .into());
     }
-    for id in &ids {
-        refresh(*id)?;
+    let mut refreshed = 0;
+    for id in ids {
+        refreshed += i32::from(refresh(id)?);
     }
-    Ok(ids.len() as i32)
+    Ok(refreshed)
 }
 
 /// Row-level security on a link's version table: open to whoever holds the rights of the

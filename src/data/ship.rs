@@ -122,7 +122,13 @@ fn route(link_id: i32) -> Result<Rc<Route>> {
         text,
         text,
     ];
-    let usable = peer.check_foreign("inbox").is_ok();
+    // A missing foreign table queues every change (the peer is reported damaged); a failed
+    // look-up is an error like any other, not a reason to queue for the rest of the session.
+    let usable = match peer.check_foreign("inbox") {
+        Ok(()) => true,
+        Err(crate::catalog::peer::PeerError::Damaged { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
     let (insert, situation) = Spi::connect(|c| {
         let insert = match usable {
             true => Some(c.prepare_mut(sql.as_str(), &types)?.keep()),

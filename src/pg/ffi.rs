@@ -11,11 +11,42 @@ pub fn local_xact() -> u32 {
     unsafe { (*pg_sys::MyProc).lxid }
 }
 
-/// Is an extension script (CREATE or ALTER EXTENSION) running in this backend?
-pub fn in_extension_script() -> bool {
-    // SAFETY: creating_extension is a plain bool PostgreSQL sets around an extension script in
-    // this backend and reads nowhere else concurrently.
-    unsafe { pg_sys::creating_extension }
+/// Is synclink's own extension script (CREATE or ALTER EXTENSION synclink) running in this
+/// backend? (Another extension's script is not: its drops are anyone's.)
+pub fn in_synclink_script() -> bool {
+    // SAFETY: creating_extension and CurrentExtensionObject are plain globals PostgreSQL sets
+    // around an extension script in this backend; get_extension_oid with missing_ok reads the
+    // catalog and returns InvalidOid when there is no such extension.
+    unsafe {
+        pg_sys::creating_extension
+            && pg_sys::CurrentExtensionObject
+                == pg_sys::get_extension_oid(c"synclink".as_ptr(), true)
+    }
+}
+
+/// Run `f` as if no extension script were running: objects it makes are not recorded as
+/// members of the extension, nor their privileges as its initial ones. A link's generated
+/// objects belong to the link (sync_unlink_table drops them), also when an update remakes them.
+pub fn outside_extension_script<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool, pg_sys::Oid);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: as below; put back on the way out, also when `f` raises an ERROR.
+            unsafe {
+                pg_sys::creating_extension = self.0;
+                pg_sys::CurrentExtensionObject = self.1;
+            }
+        }
+    }
+    // SAFETY: the two globals are this backend's own, read by the catalog code `f` runs in this
+    // same thread; the guard restores them before anything else of the script runs.
+    let _restore = unsafe {
+        let saved = Restore(pg_sys::creating_extension, pg_sys::CurrentExtensionObject);
+        pg_sys::creating_extension = false;
+        pg_sys::CurrentExtensionObject = pg_sys::InvalidOid;
+        saved
+    };
+    f()
 }
 
 /// This backend's slot number in the proc array (for per-backend shared memory).

@@ -38,10 +38,10 @@ impl SqlError for RpcError {
     fn hint(&self) -> Option<String> {
         Some(match self {
             RpcError::UnknownAction(_) => {
-                "The peer runs a newer synclink: update this node (ALTER EXTENSION synclink UPDATE).".into()
+                "The node that received the request runs an older synclink than the node that sent it: update the older one (ALTER EXTENSION synclink UPDATE).".into()
             }
             RpcError::BadRequest(_) | RpcError::BadReply(_) => {
-                "The nodes run incompatible synclink versions; update both.".into()
+                "The two nodes run different synclink versions: update the older one (ALTER EXTENSION synclink UPDATE).".into()
             }
         })
     }

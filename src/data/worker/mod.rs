@@ -226,8 +226,14 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                 ),
                 &[],
                 &[],
-                |t| t.first().get_one::<bool>().ok().flatten(),
+                // No row: synclink is not installed here. A failed read ends the worker (the
+                // launcher starts another), as any error in its transaction does.
+                |t| match t.first().get_one::<bool>() {
+                    Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
+                    other => other,
+                },
             )
+            .and_then(|read| read)
             .or_raise();
             installed.map(|current| {
                 current.then(|| {
