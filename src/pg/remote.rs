@@ -27,6 +27,20 @@ impl RemoteFailure {
         class.starts_with("08") || class.starts_with("28") || class == "57P01"
     }
 
+    /// The peer's server turned the connection away at once: nothing listening (its server
+    /// is down or restarting) or it is starting up or shutting down. Read from libpq's text in
+    /// DETAIL; a message in another language is simply not recognised (and the failure treated
+    /// like any other).
+    pub fn is_refused(&self) -> bool {
+        self.detail.as_deref().is_some_and(|d| {
+            d.contains("Connection refused")
+                || (d.contains("on socket") && d.contains("No such file or directory"))
+                || d.contains("the database system is starting up")
+                || d.contains("the database system is shutting down")
+                || d.contains("the database system is in recovery mode")
+        })
+    }
+
     pub fn is_undefined_table(&self) -> bool {
         self.sqlstate == PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE
     }
@@ -255,6 +269,31 @@ mod tests {
         };
         for s in ["08001", "42P01", "28P01", "57P01"] {
             assert_eq!(super::sqlstate_text(pack(s)), s);
+        }
+    }
+
+    #[test]
+    fn only_a_server_turning_connections_away_is_refused() {
+        let failure = |detail: &str| super::RemoteFailure {
+            sqlstate: pgrx::PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            message: "could not connect to server \"synclink_b\"".into(),
+            detail: Some(detail.into()),
+            hint: None,
+        };
+        for refused in [
+            "connection to server at \"127.0.0.1\", port 5433 failed: Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?",
+            "connection to server on socket \"/tmp/.s.PGSQL.5433\" failed: No such file or directory",
+            "connection to server at \"127.0.0.1\", port 5433 failed: FATAL:  the database system is starting up",
+            "connection to server at \"127.0.0.1\", port 5433 failed: FATAL:  the database system is shutting down",
+        ] {
+            assert!(failure(refused).is_refused(), "{refused}");
+        }
+        for other in [
+            "connection to server at \"127.0.0.1\", port 5433 failed: FATAL:  password authentication failed for user \"sync\"",
+            "connection to server at \"10.0.0.9\", port 5432 failed: timeout expired",
+            "could not translate host name \"nowhere\" to address: Name or service not known",
+        ] {
+            assert!(!failure(other).is_refused(), "{other}");
         }
     }
 }
