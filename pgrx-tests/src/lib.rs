@@ -52,12 +52,31 @@ fn run_pg(bin: &Path, args: &[&str]) -> std::process::Output {
     cmd.args(args).output().expect("server binary runs")
 }
 
+/// A port for a new server, free when chosen. It lies below the kernel's range of ephemeral
+/// ports: a port the kernel handed out for `127.0.0.1:0` could, by the time the server binds
+/// it (or binds it again after a restart), be the local port of one of the many client
+/// connections the tests, postgres_fdw and pgbench make. Servers started at once in one
+/// process get different ports.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            r.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+        })
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOWEST).max(1_000);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOWEST + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port between {LOWEST} and {ephemeral}")
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
