@@ -46,23 +46,19 @@ q $PA -c "SELECT sync_add_peer('b', 'host=127.0.0.1 port=$PB dbname=shop user=sy
 q $PB -c "SELECT sync_add_peer('a', 'host=127.0.0.1 port=$PA dbname=shop user=sync password=$PW')"
 q $PA -c "SELECT sync_link_table('t_async', mode => 'async')" -c "SELECT sync_link_table('t_sync')"
 N=${N:-100000}
-for t in t_plain t_async t_sync; do
-  q $PA -c "CHECKPOINT" >/dev/null
-  echo "=== $t INSERT $N"
-  q $PA -c "EXPLAIN (ANALYZE, BUFFERS, WAL, COSTS OFF) INSERT INTO $t (name, price, created_at, updated_at) SELECT 'item ' || g, g, now(), now() FROM generate_series(1, $N) g" | grep -E "Execution|Planning|Trigger|WAL|Insert on"
-done
-sleep 5  # the worker delivers the async table
-for t in t_plain t_async t_sync; do
-  q $PA -c "CHECKPOINT" >/dev/null
-  echo "=== $t UPDATE $N"
-  q $PA -c "EXPLAIN (ANALYZE, BUFFERS, WAL, COSTS OFF) UPDATE $t SET price = price + 1" | grep -E "Execution|Trigger|WAL|Update on"
-done
-sleep 5
-for t in t_plain t_async t_sync; do
-  q $PA -c "CHECKPOINT" >/dev/null
-  echo "=== $t DELETE $N"
-  q $PA -c "EXPLAIN (ANALYZE, BUFFERS, WAL, COSTS OFF) DELETE FROM $t" | grep -E "Execution|Trigger|WAL|Delete on"
-done
+# Each statement on each table, from a checkpoint, with its plan, time, trigger time and WAL.
+measure() { # label, statement with TABLE for the table
+  for t in t_plain t_async t_sync; do
+    q $PA -c "CHECKPOINT" >/dev/null
+    echo "=== $t $1 $N"
+    q $PA -c "EXPLAIN (ANALYZE, BUFFERS, WAL, COSTS OFF) ${2//TABLE/$t}" \
+      | grep -E "Execution|Planning|Trigger|WAL|(Insert|Update|Delete) on"
+  done
+  sleep 5  # the worker delivers the async table's changes before the next statement
+}
+measure INSERT "INSERT INTO TABLE (name, price, created_at, updated_at) SELECT 'item ' || g, g, now(), now() FROM generate_series(1, $N) g"
+measure UPDATE "UPDATE TABLE SET price = price + 1"
+measure DELETE "DELETE FROM TABLE"
 sleep 8
 q $PB -c "SELECT (SELECT count(*) FROM t_async) AS async_rows_on_b, (SELECT count(*) FROM t_sync) AS sync_rows_on_b"
 cp "$BASE/a.log" /tmp/profile-a.log; cp "$BASE/b.log" /tmp/profile-b.log

@@ -178,7 +178,7 @@ pub fn drop(name: &str, cascade: bool) -> Result<bool> {
         }
         .into());
     }
-    let count = crate::pg::error::OrRaise::or_raise(crate::data::queue::queued(name));
+    let count = crate::data::queue::queued(name)?;
     if count > 0 {
         return Err(PeerError::HasQueued {
             peer: name.into(),

@@ -65,13 +65,7 @@ impl From<Error> for ErrorReport {
 
 impl<T> OrRaise<T> for Result<T, Error> {
     fn or_raise(self) -> T {
-        match self {
-            Ok(v) => v,
-            Err(e) => {
-                ErrorReport::from(e).report(PgLogLevel::ERROR);
-                unreachable!("ERROR report returned")
-            }
-        }
+        self.unwrap_or_else(|e| raise(e))
     }
 }
 
@@ -110,8 +104,8 @@ pub fn report<E: SqlError + ?Sized>(err: &E) -> ErrorReport {
 }
 
 /// Raise `err` (a module's error, or an [`Error`] carrying one) as an ERROR. Never returns.
-/// Only for code that has no caller to return an error to: callbacks PostgreSQL calls
-/// directly, and functions not yet returning a `Result`.
+/// Only where there is no caller to return an error to (`OrRaise` at the edges: callbacks and
+/// entry points PostgreSQL calls directly).
 pub fn raise(err: impl Into<Error>) -> ! {
     ErrorReport::from(err.into()).report(PgLogLevel::ERROR);
     unreachable!("ERROR report returned")
@@ -134,15 +128,9 @@ pub trait OrRaise<T> {
     fn or_raise(self) -> T;
 }
 
-impl<T, E: SqlError> OrRaise<T> for Result<T, E> {
+impl<T, E: SqlError + 'static> OrRaise<T> for Result<T, E> {
     fn or_raise(self) -> T {
-        match self {
-            Ok(v) => v,
-            Err(e) => {
-                report(&e).report(PgLogLevel::ERROR);
-                unreachable!("ERROR report returned")
-            }
-        }
+        self.unwrap_or_else(|e| raise(e))
     }
 }
 

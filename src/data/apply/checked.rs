@@ -10,7 +10,6 @@
 
 use crate::catalog::policy::Policy;
 use crate::data::apply::{compared, ApplySpec};
-use crate::pg::error::raise;
 use crate::pg::sql::{ident, join, literal};
 
 /// What the checked apply statement needs beyond the plain upsert's spec.
@@ -437,12 +436,6 @@ fn non_key_columns<'a>(spec: &'a ApplySpec) -> Vec<&'a String> {
         .iter()
         .filter(|x| !spec.key.contains(x))
         .collect()
-}
-
-pub fn concurrent_insert(table: &str) -> ! {
-    raise(super::ApplyError::ConcurrentInsert {
-        table: table.into(),
-    })
 }
 
 #[cfg(test)]

@@ -465,7 +465,12 @@ fn apply_checked(
         })
     })??;
     if raced > 0 {
-        checked::concurrent_insert(&plans.table);
+        // Nothing of the run stays: the error rolls the statement back, and the record is
+        // delivered again.
+        return Err(ApplyError::ConcurrentInsert {
+            table: plans.table.clone(),
+        }
+        .into());
     }
     Ok(())
 }

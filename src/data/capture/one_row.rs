@@ -81,14 +81,14 @@ struct HeapPath {
 impl CapturePath for HeapPath {
     // SAFETY: `row` was read from the current call's transition tables (the trait's contract):
     // values of the table's row type, fetched whole, with their descriptor, as Writer::queue
-    // requires. XactIsoLevel is a plain int of this backend's, only read.
+    // requires.
     unsafe fn capture(
         &self,
         _data: *mut pg_sys::TriggerData,
         row: Option<&OneRow>,
     ) -> Result<bool> {
         let Some(row) = row else { return Ok(false) };
-        if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        if !read_committed() {
             return Ok(false);
         }
         crate::pg::privilege::as_role_without_sql(self.owner, || {
@@ -101,6 +101,13 @@ impl CapturePath for HeapPath {
             Ok(queued)
         })
     }
+}
+
+/// The heap path's isolation level: its steps take no snapshot checks, which the higher
+/// levels' statements make.
+fn read_committed() -> bool {
+    // SAFETY: XactIsoLevel is a plain int of this backend's, set by the transaction; only read.
+    unsafe { pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32 }
 }
 
 /// The same writes as one prepared statement per operation (capture::single_row_sql), for
@@ -126,7 +133,7 @@ impl CapturePath for StatementPath {
         row: Option<&OneRow>,
     ) -> Result<bool> {
         let Some(row) = row else { return Ok(false) };
-        if self.after_heap && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32 {
+        if self.after_heap && read_committed() {
             return Ok(false);
         }
         let index = match row.op {
