@@ -120,6 +120,22 @@ CREATE TABLE synclink.outbox (
     -- pays for each index the outbox has.
     PRIMARY KEY (peer_name, seq)
 );
+-- Change records are large texts, compressed as they are stored: lz4 compresses them several
+-- times faster than the default pglz, for a little more space. A server built without lz4
+-- keeps pglz.
+DO $$
+BEGIN
+    ALTER TABLE synclink.outbox ALTER new_rows SET COMPRESSION lz4,
+                                ALTER old_rows SET COMPRESSION lz4,
+                                ALTER stamps SET COMPRESSION lz4;
+    ALTER TABLE synclink.inbox ALTER new_rows SET COMPRESSION lz4,
+                               ALTER old_rows SET COMPRESSION lz4,
+                               ALTER stamps SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    NULL;
+END
+$$;
+
 -- A peer remembers which of this node's seqs it applied, and skips a seq it has seen. So that
 -- a node whose extension is dropped and created again never reuses one, seqs start from the
 -- clock: milliseconds since 1970, times 1000 (more than a million changes a second, kept up,

@@ -13,6 +13,11 @@ pub const CHUNK_ROWS: usize = 5000;
 /// message may have, on both nodes and through postgres_fdw.
 pub const CHUNK_BYTES: usize = 32 << 20;
 
+/// The capture function's work_mem: the sorts that pair a bulk statement's rows with their
+/// versions stay in memory up to here, and the memory a statement's capture takes is bounded
+/// by a few times this, however many rows it changed.
+const CAPTURE_WORK_MEM: &str = "32MB";
+
 /// Each row counts as at least this many bytes, so that CHUNK_ROWS small rows fill a record.
 const MIN_ROW_WEIGHT: usize = CHUNK_BYTES.div_ceil(CHUNK_ROWS);
 
@@ -71,41 +76,95 @@ fn stamp_expr(alias: &str, op: char) -> String {
     )
 }
 
-/// The statement that stamps `source` rows with new versions and turns them into chunked
-/// text arrays (`rows`, `stamps`), handed to `ship` (sync) or queued in the outbox (async).
+/// The version write for the keys of `source` rows that pass `filter`, as CTEs ending in `v`:
+/// each key's row of the version table with the version it replaced kept in the base columns.
+/// The new version ($1) is the capture time, bumped past the version the row had, so a node
+/// whose clock runs behind still orders its change after the one it overwrote.
 ///
-/// Each row's new version is the capture time, bumped past the version the row had, so a
-/// node whose clock runs behind still orders its change after the one it overwrote. The
-/// previous version travels as the row's base.
-fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
-    let s_keys = join(spec.key, ", ", |k| format!("s.{}", ident(k)));
+/// The keys of an update or a delete have versions already: one UPDATE writes them (a plain
+/// update, HOT where the page has room, where speculative insertion would lock and check each
+/// row first), and the upsert covers the keys it did not find (first changes, and a key a
+/// concurrent transaction gave a version since this statement's snapshot). An insert's keys
+/// are mostly new: the upsert alone.
+fn version_write(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: char) -> String {
+    let keys = join(spec.key, ", ", |k| format!("s.{}", ident(k)));
     let matches = |alias: &str| {
         join(spec.key, " AND ", |k| {
             format!("{alias}.{k} = s.{k}", k = ident(k))
         })
     };
-    // The previous version comes back from the upsert itself (kept in the base columns), so
-    // the version table is only ever reached through its primary key: a join would scan it
-    // whole, since nested loops are off in this function. Each row's text is made once; a
-    // row starts a new chunk when the rows before it (each weighing at least MIN_ROW_WEIGHT)
-    // fill CHUNK_BYTES, a running sum in input order. Both arrays are aggregated from the
-    // same input in one pass, so they line up element for element; the input comes sorted by
-    // chunk so that grouping never hashes (and spills) whole arrays. An array of the rows'
-    // texts reads as an array of the rows: array_out quotes each element alike. (OFFSET 0
-    // keeps the planner from copying the text's expression into each place that reads it.)
+    let condition = |first: &str| match (first, filter) {
+        ("", None) => String::new(),
+        ("", Some(f)) => format!(" WHERE {f}"),
+        (c, None) => format!(" WHERE {c}"),
+        (c, Some(f)) => format!(" WHERE {c} AND {f}"),
+    };
+    if op == 'I' {
+        return format!(
+            "WITH v AS ({})",
+            version_upsert(
+                spec,
+                &format!("SELECT {keys}, $1, $2 FROM {source} s{}", condition(""))
+            )
+        );
+    }
+    format!(
+        "WITH u AS (UPDATE {vt} AS v\n\
+         \x20              SET \"synclink$at\" = greatest($1, v.\"synclink$at\" + 1),\n\
+         \x20                  \"synclink$node\" = $2,\n\
+         \x20                  \"synclink$base_at\" = v.\"synclink$at\",\n\
+         \x20                  \"synclink$base_node\" = v.\"synclink$node\"\n\
+         \x20             FROM {source} s{found}\n\
+         \x20           RETURNING v.*),\n\
+         \x20    i AS ({upsert}),\n\
+         \x20    v AS (SELECT * FROM u UNION ALL SELECT * FROM i)",
+        vt = spec.version_table,
+        found = condition(&matches("v")),
+        upsert = version_upsert(
+            spec,
+            &format!(
+                "SELECT {keys}, $1, $2 FROM {source} s{}",
+                condition(&format!(
+                    "NOT EXISTS (SELECT FROM u WHERE {})",
+                    matches("u")
+                ))
+            )
+        ),
+    )
+}
+
+/// The statement that stamps `source` rows with new versions and turns them into chunked
+/// text arrays (`rows`, `stamps`), handed to `ship` (sync) or queued in the outbox (async).
+/// The previous version travels as the row's base.
+///
+/// It runs through EXECUTE, planned for each statement with the transition table's real
+/// size: a plan kept from a one-row statement (index lookups in nested loops) would be
+/// quadratic for 100,000 rows, and one made for 100,000 (hash joins) would read the whole
+/// version table for each single row.
+fn stamped(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: char) -> String {
+    let matches = |alias: &str| {
+        join(spec.key, " AND ", |k| {
+            format!("{alias}.{k} = s.{k}", k = ident(k))
+        })
+    };
+    // The previous version comes back from the version write itself (kept in the base
+    // columns). Each row's text is made once; a row starts a new chunk when the rows before
+    // it (each weighing at least MIN_ROW_WEIGHT) fill CHUNK_BYTES, a running sum in input
+    // order. Both arrays are aggregated from the same input in one pass, so they line up
+    // element for element; the input comes sorted by chunk so that grouping never hashes (and
+    // spills) whole arrays. An array of the rows' texts reads as an array of the rows:
+    // array_out quotes each element alike. (OFFSET 0 keeps the planner from copying the
+    // text's expression into each place that reads it.)
     let ctes = format!(
-        "WITH v AS ({upsert}),\n\
+        "{versions},\n\
          \x20    s AS (SELECT q.*, (sum(w.weight) OVER (ROWS UNBOUNDED PRECEDING) - w.weight) / {CHUNK_BYTES}\n\
          \x20                      AS \"synclink$chunk\"\n\
          \x20            FROM (SELECT s.*, v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\",\n\
          \x20                         {row}::text AS \"synclink$text\"\n\
          \x20                    FROM {source} s JOIN v ON {v_match} OFFSET 0) q\n\
          \x20           CROSS JOIN LATERAL (SELECT greatest(octet_length(q.\"synclink$text\"), {MIN_ROW_WEIGHT})) w(weight))",
+        versions = version_write(spec, source, filter, op),
         row = row_expr(spec, "s"),
-        upsert = version_upsert(
-            spec,
-            &format!("SELECT {s_keys}, synclink$now, synclink$origin FROM {source} s{filter}")
-        ),
         v_match = matches("v"),
     );
     let select = format!(
@@ -122,10 +181,12 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
             ("NULL", "chunk.rows")
         };
         return format!(
-            "        {ctes},\n\
+            "        EXECUTE $statement$\n\
+             \x20       {ctes},\n\
              \x20    chunk AS ({select})\n\
              \x20       INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
-             \x20       SELECT {peer}, {id}, synclink$origin, '{op}', {new}, {old}, chunk.stamps FROM chunk;\n",
+             \x20       SELECT {peer}, {id}, $2, '{op}', {new}, {old}, chunk.stamps FROM chunk\n\
+             \x20       $statement$ USING synclink$now, synclink$origin;\n",
             peer = literal(spec.peer_name),
             id = spec.link_id,
         );
@@ -136,7 +197,8 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: &str, op: char) -> String {
         "NULL, part.rows"
     };
     format!(
-        "        FOR part IN\n        {ctes}\n        {select}\n        LOOP\n            \
+        "        FOR part IN EXECUTE $statement$\n        {ctes}\n        {select}\n        \
+         $statement$ USING synclink$now, synclink$origin\n        LOOP\n            \
          PERFORM synclink.ship({}, '{op}', {args}, part.stamps);\n        END LOOP;\n",
         spec.link_id
     )
@@ -191,19 +253,22 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
     )
 }
 
-/// The re-key pairs: old and new rows of an UPDATE that changed the match key.
+/// The re-key pairs: old and new rows of an UPDATE that changed the match key (planned for
+/// each statement, as `stamped`).
 fn rekey_loop(spec: &CaptureSpec, query: &str) -> String {
     if spec.queue_only {
         return format!(
-            "        INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows)\n\
-             \x20       SELECT {peer}, {id}, synclink$origin, 'R', chunk.new_rows, chunk.old_rows\n\
-             \x20         FROM ({query}) chunk;\n",
+            "        EXECUTE $statement$\n\
+             \x20       INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows)\n\
+             \x20       SELECT {peer}, {id}, $1, 'R', chunk.new_rows, chunk.old_rows\n\
+             \x20         FROM ({query}) chunk\n\
+             \x20       $statement$ USING synclink$origin;\n",
             peer = literal(spec.peer_name),
             id = spec.link_id,
         );
     }
     format!(
-        "        FOR part IN\n            {query}\n        LOOP\n            \
+        "        FOR part IN EXECUTE $statement$\n            {query}\n        $statement$\n        LOOP\n            \
          PERFORM synclink.ship({}, 'R', part.new_rows, part.old_rows, NULL);\n        END LOOP;\n",
         spec.link_id
     )
@@ -239,12 +304,10 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
     let vanished = match &paired {
         // a row whose own key stayed is re-keyed below, not removed
         Some((pk_match, _, _)) => format!(
-            "\n                     WHERE NOT EXISTS (SELECT FROM new_rows n WHERE {key_match})\n\
+            "NOT EXISTS (SELECT FROM new_rows n WHERE {key_match})\n\
              \x20                      AND NOT EXISTS (SELECT FROM new_rows n WHERE {pk_match})"
         ),
-        None => format!(
-            "\n                     WHERE NOT EXISTS (SELECT FROM new_rows n WHERE {key_match})"
-        ),
+        None => format!("NOT EXISTS (SELECT FROM new_rows n WHERE {key_match})"),
     };
     let rekey = match &paired {
         Some((pk_match, old_key, new_key)) => format!(
@@ -268,7 +331,7 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
         r#"CREATE FUNCTION {function}() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-{wire}    SET enable_nestloop = off
+{wire}    SET work_mem = '{CAPTURE_WORK_MEM}'
     SET jit = off
 AS $synclink$
 -- Captures changes to {table} for peer {peer} (synclink link {id}).
@@ -277,10 +340,9 @@ AS $synclink$
 -- each with a synclink.stamp: its new version and the one it replaced, kept per key in
 -- {version_table}. The session settings above make the text mean the same on the receiving side.
 {echo}
--- enable_nestloop is off because PL/pgSQL keeps the plans made for the first statement's
--- transition tables: a nested loop chosen for 1 row would be quadratic for 100,000.
--- jit is off because a plan first made for a large statement would compile every later
--- single-row one afresh.
+-- work_mem is raised so that joining the rows to their versions and cutting them into
+-- records sorts in memory for statements of tens of thousands of rows; larger ones spill.
+-- jit is off: compiling a large statement's plan costs more than it saves here.
 DECLARE
     part record;
     -- The origin of the change: this node, or the node a change being applied came from.
@@ -305,12 +367,12 @@ $synclink$"#,
         row_type = spec.row_type,
         version_table = spec.version_table,
         node = literal(spec.node),
-        insert = stamped(spec, "new_rows", "", 'I'),
+        insert = stamped(spec, "new_rows", None, 'I'),
         rekey = rekey,
         truncate = truncate_sql(spec),
-        vanish = stamped(spec, "old_rows", &vanished, 'K'),
-        update = stamped(spec, "new_rows", "", 'U'),
-        delete = stamped(spec, "old_rows", "", 'D'),
+        vanish = stamped(spec, "old_rows", Some(&vanished), 'K'),
+        update = stamped(spec, "new_rows", None, 'U'),
+        delete = stamped(spec, "old_rows", None, 'D'),
         echo = if spec.queue_only {
             "-- The triggers call synclink.capture_one(), which skips the changes synclink applies from\n\
              -- this peer (they are not sent back), queues a statement that changed one row itself,\n\
@@ -448,7 +510,7 @@ mod tests {
             "'D', NULL, chunk.rows, chunk.stamps",
         ] {
             assert!(
-                sql.contains(&format!("SELECT 'b', 7, synclink$origin, {op} FROM chunk")),
+                sql.contains(&format!("SELECT 'b', 7, $2, {op} FROM chunk")),
                 "{op} in\n{sql}"
             );
         }
@@ -476,6 +538,51 @@ mod tests {
         assert!(
             sql.contains("ROW(s.\"synclink$at\", s.\"synclink$node\", s.\"synclink$base_at\", s.\"synclink$base_node\", 'U')::synclink.stamp"),
             "{sql}"
+        );
+    }
+
+    #[test]
+    fn versions_of_existing_keys_are_updated_and_new_ones_upserted() {
+        let cols = vec!["id".to_string(), "v".to_string()];
+        let key = vec!["id".to_string()];
+        let s = spec(&cols, &key);
+        let delete = version_write(&s, "old_rows", None, 'D');
+        assert!(
+            delete.starts_with("WITH u AS (UPDATE synclink.\"products_b_version\" AS v"),
+            "{delete}"
+        );
+        assert!(
+            delete.contains("FROM old_rows s WHERE v.\"id\" = s.\"id\"\n"),
+            "{delete}"
+        );
+        assert!(
+            delete.contains(
+                "SELECT s.\"id\", $1, $2 FROM old_rows s WHERE NOT EXISTS (SELECT FROM u WHERE u.\"id\" = s.\"id\")"
+            ),
+            "{delete}"
+        );
+        assert!(delete.contains("v AS (SELECT * FROM u UNION ALL SELECT * FROM i)"));
+        // a filter applies to both the update and the upsert
+        let vanished = version_write(&s, "old_rows", Some("NOT EXISTS (x)"), 'K');
+        assert_eq!(
+            vanished.matches("AND NOT EXISTS (x)").count(),
+            2,
+            "{vanished}"
+        );
+        // an insert's keys are new: the upsert alone
+        let insert = version_write(&s, "new_rows", None, 'I');
+        assert!(!insert.contains("UPDATE synclink"), "{insert}");
+        assert!(
+            insert.contains("SELECT s.\"id\", $1, $2 FROM new_rows s\n"),
+            "{insert}"
+        );
+        // every statement is planned for its own transition tables
+        let function = function_sql(&s);
+        assert!(!function.contains("enable_nestloop"), "{function}");
+        assert_eq!(
+            function.matches("FOR part IN EXECUTE $statement$").count(),
+            4,
+            "{function}"
         );
     }
 
