@@ -9,17 +9,22 @@
 //!   drain:  how fast the background worker delivers a backlog of queued changes
 //!   sequences: insert cost per row with an own, a shared and an interleaved sequence
 //!   diff:   sync_diff and sync_reconcile of a 1,000,000-row table with 100 differences
+//!   peers:  the alternatives, pglogical 2 and Bucardo 5, two-way on clusters of their own:
+//!           bulk INSERT/UPDATE/DELETE, single-row tps, a stopped peer's backlog (bench/peers.rs)
 //!
 //! Variants run in rotating order within each round and every ratio is taken against the
 //! unlinked figure of the same round (for single, of the run right next to it), so machine
 //! noise hits all of them alike.
 //! Run with `make bench` (installs the release build first). BENCH_ONLY, BENCH_ROUNDS,
 //! BENCH_SECONDS, BENCH_SINGLE_PAIRS, BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATES,
-//! BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS and BENCH_DIFF_ROWS tune it.
+//! BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS, BENCH_DIFF_ROWS and BENCH_PEERS_BACKLOG tune it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 use synclink_e2e::{count, wait_until, Nodes};
+
+#[path = "bench/peers.rs"]
+mod peers;
 
 const TABLE: &str = "(id bigserial PRIMARY KEY, name varchar(255), price integer,
     created_at timestamp NOT NULL, updated_at timestamp NOT NULL)";
@@ -60,15 +65,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn pgbench_tps(pair: &Nodes, table: &str, seconds: u64) -> f64 {
+    pgbench_tps_on(pair.a.cluster(), &pair.a.db, table, seconds)
+}
+
+/// Single-row INSERT transactions per second into `table` of `db` on `a`, 4 clients.
+fn pgbench_tps_on(a: &synclink_e2e::Cluster, db: &str, table: &str, seconds: u64) -> f64 {
     let script = std::env::temp_dir().join(format!("synclink-bench-{table}.sql"));
     std::fs::write(&script, format!("INSERT INTO {table} (name, price, created_at, updated_at) VALUES ('item', 1, now(), now());\n")).unwrap();
-    let a = pair.a.cluster();
     let out = Command::new(a.bindir().join("pgbench"))
         .args(["-n", "-c", "4", "-j", "2", "-T", &seconds.to_string(), "-f"])
         .arg(&script)
         .args(["-h"])
         .arg(a.socket_dir())
-        .args(["-p", &a.port.to_string(), "-U", "postgres", &pair.a.db])
+        .args(["-p", &a.port.to_string(), "-U", "postgres", db])
         .output()
         .expect("pgbench runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -111,7 +120,8 @@ fn main() {
     let seconds = env_or("BENCH_SECONDS", 5);
     let rows = env_or("BENCH_ROWS", 100_000) as i64;
     let backlog = env_or("BENCH_BACKLOG", 100_000) as i64;
-    // BENCH_ONLY=single,lag runs those parts only (bulk, single, lag, drain, sequences, diff)
+    // BENCH_ONLY=single,lag runs those parts only (bulk, single, lag, drain, sequences, diff,
+    // peers)
     let only = std::env::var("BENCH_ONLY").ok();
     let wants = |part: &str| {
         only.as_deref()
@@ -414,6 +424,9 @@ fn main() {
     }
     if wants("diff") {
         diff(&mut a, &mut b);
+    }
+    if wants("peers") {
+        peers::run(rounds, seconds, rows);
     }
 }
 
