@@ -1,14 +1,16 @@
 //! synclink benchmarks, measured side by side in one run on two local clusters.
 //!
-//!   bulk:   100,000-row INSERT … SELECT into the same table unlinked, linked with synclink
-//!           (sync and async mode), and with hand-written row-level triggers that send each
-//!           row through postgres_fdw
+//!   bulk:   100,000-row INSERT … SELECT into the same table, then an UPDATE and a DELETE of
+//!           every row, unlinked, linked with synclink (sync and async mode), and with
+//!           hand-written row-level triggers that send each row through postgres_fdw
 //!   single: single-row INSERT transactions per second from 4 pgbench clients (async mode
 //!           also with the peer stopped, to show the writers' own share)
 //!   lag:    async mode, commit on one node to visible on the other, at steady rates
 //!   drain:  how fast the background worker delivers a backlog of queued changes
 //!   sequences: insert cost per row with an own, a shared and an interleaved sequence
 //!   diff:   sync_diff and sync_reconcile of a 1,000,000-row table with 100 differences
+//!   million: one UPDATE of every row of a 1,000,000-row table present on both nodes, unlinked
+//!           and linked (sync and async mode), with the peak memory of the backends doing it
 //!   peers:  the alternatives, pglogical 2 and Bucardo 5, two-way on clusters of their own:
 //!           bulk INSERT/UPDATE/DELETE, single-row tps, a stopped peer's backlog (bench/peers.rs)
 //!
@@ -17,11 +19,12 @@
 //! noise hits all of them alike.
 //! Run with `make bench` (installs the release build first). BENCH_ONLY, BENCH_ROUNDS,
 //! BENCH_SECONDS, BENCH_SINGLE_PAIRS, BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATES,
-//! BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS, BENCH_DIFF_ROWS and BENCH_PEERS_BACKLOG tune it.
+//! BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS, BENCH_DIFF_ROWS, BENCH_MILLION_ROWS and
+//! BENCH_PEERS_BACKLOG tune it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use synclink_e2e::{count, wait_until, Nodes};
+use synclink_e2e::{count, queued, same, wait_until, Nodes};
 
 #[path = "bench/peers.rs"]
 mod peers;
@@ -29,7 +32,8 @@ mod peers;
 const TABLE: &str = "(id bigserial PRIMARY KEY, name varchar(255), price integer,
     created_at timestamp NOT NULL, updated_at timestamp NOT NULL)";
 
-/// Hand-written row-level triggers over postgres_fdw: one remote INSERT per row.
+/// Hand-written row-level triggers over postgres_fdw: one remote INSERT, UPDATE or DELETE per
+/// row, the UPDATE and DELETE finding the peer's row by id.
 const ROW_TRIGGER: &str = "
 CREATE FOREIGN TABLE legacy_bench_rowtrig (id bigint, name varchar(255), price integer,
     created_at timestamp NOT NULL, updated_at timestamp NOT NULL)
@@ -45,7 +49,72 @@ EXCEPTION
 END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER after_products_insert AFTER INSERT ON bench_rowtrig
-    FOR EACH ROW EXECUTE PROCEDURE insert_legacy_products();";
+    FOR EACH ROW EXECUTE PROCEDURE insert_legacy_products();
+CREATE FUNCTION update_legacy_products() RETURNS trigger AS $$
+BEGIN
+  UPDATE legacy_bench_rowtrig
+     SET id = NEW.id, name = NEW.name, price = NEW.price,
+         created_at = NEW.created_at, updated_at = NEW.updated_at
+   WHERE id = OLD.id;
+  RETURN NEW;
+EXCEPTION
+  WHEN undefined_table THEN
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER after_products_update AFTER UPDATE ON bench_rowtrig
+    FOR EACH ROW EXECUTE PROCEDURE update_legacy_products();
+CREATE FUNCTION delete_legacy_products() RETURNS trigger AS $$
+BEGIN
+  DELETE FROM legacy_bench_rowtrig WHERE id = OLD.id;
+  RETURN OLD;
+EXCEPTION
+  WHEN undefined_table THEN
+    RETURN OLD;
+END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER after_products_delete AFTER DELETE ON bench_rowtrig
+    FOR EACH ROW EXECUTE PROCEDURE delete_legacy_products();";
+
+/// The bulk part's statements, in the order each round runs them on a variant's table: the
+/// UPDATE and the DELETE work on the rows the statement before left.
+#[derive(Clone, Copy)]
+enum Bulk {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Bulk {
+    const ALL: [Bulk; 3] = [Bulk::Insert, Bulk::Update, Bulk::Delete];
+
+    fn label(self) -> &'static str {
+        match self {
+            Bulk::Insert => "INSERT … SELECT",
+            Bulk::Update => "UPDATE of every row",
+            Bulk::Delete => "DELETE of every row",
+        }
+    }
+
+    fn sql(self, table: &str, rows: i64) -> String {
+        match self {
+            Bulk::Insert => format!(
+                "INSERT INTO {table} (id, name, price, created_at, updated_at) \
+                 SELECT g, 'item ' || g, g % 1000, now(), now() FROM generate_series(1, {rows}) g"
+            ),
+            Bulk::Update => format!("UPDATE {table} SET price = price + 1, updated_at = now()"),
+            Bulk::Delete => format!("DELETE FROM {table}"),
+        }
+    }
+
+    /// The rows the table holds after the statement.
+    fn leaves(self, rows: i64) -> i64 {
+        match self {
+            Bulk::Insert | Bulk::Update => rows,
+            Bulk::Delete => 0,
+        }
+    }
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -115,13 +184,52 @@ fn reset(a: &mut postgres::Client, b: &mut postgres::Client, table: &str, linked
     }
 }
 
+/// Before a timed statement on rows the one before left: VACUUM ANALYZE of the table and of
+/// its links' version tables, and a checkpoint, on both nodes. Autovacuum, woken by the
+/// previous statement's new or dead rows, would otherwise land in whichever run it happens to
+/// fall, and the planner sees the tables' sizes as it would once the rows had been there a
+/// while. Only these tables: another variant's tables analyzed while empty would have their
+/// next statement planned for empty tables.
+fn settle(a: &mut postgres::Client, b: &mut postgres::Client, table: &str) {
+    for c in [a, b] {
+        let mut tables = vec![table.to_string()];
+        for row in c
+            .query(
+                "SELECT version_table FROM synclink.link WHERE relid = $1::text::regclass",
+                &[&table],
+            )
+            .unwrap()
+        {
+            tables.push(row.get(0));
+        }
+        c.batch_execute(&format!("VACUUM ANALYZE {}", tables.join(", ")))
+            .unwrap();
+        c.batch_execute("CHECKPOINT").unwrap();
+    }
+}
+
+/// After a timed statement: the writer holds `rows` rows of `table` and, where a peer receives
+/// them, the peer holds the very same rows; so no figure comes from a path that lost changes.
+fn check(a: &mut postgres::Client, b: &mut postgres::Client, table: &str, peer: bool, rows: i64) {
+    let on_a = if peer {
+        same(a, b, table)
+    } else {
+        count(a, &format!("SELECT count(*) FROM {table}"))
+    };
+    assert_eq!(on_a, rows, "{table} holds {on_a} rows, expected {rows}");
+}
+
+fn ms_since(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
 fn main() {
     let rounds = env_or("BENCH_ROUNDS", 3) as usize;
     let seconds = env_or("BENCH_SECONDS", 5);
     let rows = env_or("BENCH_ROWS", 100_000) as i64;
     let backlog = env_or("BENCH_BACKLOG", 100_000) as i64;
     // BENCH_ONLY=single,lag runs those parts only (bulk, single, lag, drain, sequences, diff,
-    // peers)
+    // million, peers)
     let only = std::env::var("BENCH_ONLY").ok();
     let wants = |part: &str| {
         only.as_deref()
@@ -172,53 +280,134 @@ fn main() {
     );
     println!();
     if wants("bulk") {
-        let mut times: Vec<Vec<f64>> = vec![Vec::new(); n];
-        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); n];
+        let (sync, asynchronous, rowtrig) = (1, 2, 3);
+        let ops = Bulk::ALL;
+        // [statement][variant], one figure per round; on_peer: async mode's time from the start
+        // of the statement until the peer has applied all of it
+        let mut times = vec![vec![Vec::new(); n]; ops.len()];
+        let mut ratios = vec![vec![Vec::new(); n]; ops.len()];
+        let mut on_peer = vec![Vec::new(); ops.len()];
+        let mut on_peer_ratios = vec![Vec::new(); ops.len()];
         for round in 0..rounds {
-            let mut this = vec![0.0f64; n];
+            let mut this = vec![vec![0.0f64; n]; ops.len()];
+            let mut peer_has = vec![0.0f64; ops.len()];
             for k in 0..n {
                 let v = (round + k) % n;
                 let t = variants[v];
+                // The peer applies a TRUNCATE as a DELETE, which keeps the statistics
+                // autovacuum may have taken of its copy since the previous round's DELETE
+                // emptied it; planning the INSERT's first record for a table those call empty,
+                // its apply would keep that plan for all the records after it. Truncated on
+                // both nodes, both copies start out as new tables, as in the first round.
+                if linked[v] {
+                    b.batch_execute(&format!("TRUNCATE {t}")).unwrap();
+                }
                 reset(&mut a, &mut b, t, linked[v]);
                 a.batch_execute("CHECKPOINT").unwrap();
-                let started = Instant::now();
-                a.execute(
-                    &format!(
-                        "INSERT INTO {t} (id, name, price, created_at, updated_at) \
-                         SELECT g, 'item ' || g, g % 1000, now(), now() FROM generate_series(1, {rows}) g"
-                    ),
-                    &[],
-                )
-                .unwrap();
-                this[v] = started.elapsed().as_secs_f64() * 1000.0;
-                if v > 0 {
-                    let sql = format!("SELECT count(*) FROM {t}");
-                    wait_until(Duration::from_secs(120), || count(&mut b, &sql) == rows);
+                for (o, op) in ops.iter().enumerate() {
+                    if o > 0 {
+                        settle(&mut a, &mut b, t);
+                    }
+                    let started = Instant::now();
+                    a.execute(&op.sql(t, rows), &[]).unwrap();
+                    this[o][v] = ms_since(started);
+                    // Sync mode must have sent everything within the statement: a change
+                    // queued instead would make its figure an async one.
+                    if v == sync {
+                        assert_eq!(queued(&mut a), 0, "sync mode queued changes");
+                    }
+                    if v == asynchronous {
+                        wait_until(Duration::from_secs(900), || queued(&mut a) == 0);
+                        peer_has[o] = ms_since(started);
+                    }
+                    check(&mut a, &mut b, t, v > 0, op.leaves(rows));
                 }
             }
-            for v in 0..n {
-                times[v].push(this[v]);
-                ratios[v].push(this[v] / this[0]);
+            for o in 0..ops.len() {
+                for v in 0..n {
+                    times[o][v].push(this[o][v]);
+                    ratios[o][v].push(this[o][v] / this[o][0]);
+                }
+                on_peer[o].push(peer_has[o]);
+                on_peer_ratios[o].push(peer_has[o] / this[o][0]);
+                let line: Vec<String> = (0..n)
+                    .map(|v| {
+                        let peer = if v == asynchronous {
+                            format!(" (on the peer {:.0} ms)", peer_has[o])
+                        } else {
+                            String::new()
+                        };
+                        format!("{} {:.0} ms{peer}", names[v], this[o][v])
+                    })
+                    .collect();
+                println!(
+                    "  round {}, {}: {}",
+                    round + 1,
+                    ops[o].label(),
+                    line.join(", ")
+                );
             }
-            let line: Vec<String> = (0..n)
-                .map(|v| format!("{} {:.0} ms", names[v], this[v]))
-                .collect();
-            println!("  round {}: {}", round + 1, line.join(", "));
         }
         println!();
-        println!("bulk {rows}-row INSERT … SELECT, the writer's time to commit (median of {rounds}; every row checked on the peer)");
-        println!("  {:<32} {:>10} {:>12}", "variant", "ms", "x unlinked");
-        for v in 0..n {
+        println!(
+            "bulk {rows}-row statements on one table, the writer's time to commit (median of {rounds}; \
+             after every statement the peer's rows checked against the writer's)"
+        );
+        // columns: unlinked, then per variant its time and ratio; async mode's time until the
+        // peer has the statement's changes goes next to its writer's time
+        let groups: Vec<&str> = (1..n)
+            .flat_map(|v| {
+                if v == asynchronous {
+                    vec![names[v], "async, on the peer"]
+                } else {
+                    vec![names[v]]
+                }
+            })
+            .collect();
+        let header: String = groups.iter().map(|g| format!(" {g:>21}")).collect();
+        println!("  {:<19} {:>9}{header}", "statement", names[0]);
+        let sub: String = groups
+            .iter()
+            .map(|_| format!(" {:>9} {:>11}", "ms", "x unlinked"))
+            .collect();
+        println!("  {:<19} {:>9}{sub}", "", "ms");
+        for (o, op) in ops.iter().enumerate() {
+            let cell = |ms: &[f64], x: &[f64]| {
+                format!(
+                    " {:>9.0} {:>10.2}x",
+                    median(ms.to_vec()),
+                    median(x.to_vec())
+                )
+            };
+            let cells: String = (1..n)
+                .map(|v| {
+                    let mut c = cell(&times[o][v], &ratios[o][v]);
+                    if v == asynchronous {
+                        c += &cell(&on_peer[o], &on_peer_ratios[o]);
+                    }
+                    c
+                })
+                .collect();
             println!(
-                "  {:<32} {:>10.0} {:>11.2}x",
-                names[v],
-                median(times[v].clone()),
-                median(ratios[v].clone())
+                "  {:<19} {:>9.0}{cells}",
+                op.label(),
+                median(times[o][0].clone())
             );
         }
+        let faster: Vec<String> = ops
+            .iter()
+            .enumerate()
+            .map(|(o, op)| {
+                format!(
+                    "{:.1}x for {}",
+                    median(ratios[o][rowtrig].clone()) / median(ratios[o][sync].clone()),
+                    op.label()
+                )
+            })
+            .collect();
         println!(
-            "  synclink sync mode is {:.1}x faster than the row-level triggers",
-            median(ratios[3].clone()) / median(ratios[1].clone())
+            "  synclink sync mode is faster than the row-level triggers: {}",
+            faster.join(", ")
         );
     }
 
@@ -425,6 +614,9 @@ fn main() {
     if wants("diff") {
         diff(&mut a, &mut b);
     }
+    if wants("million") {
+        million(&pair, &mut a, &mut b);
+    }
     if wants("peers") {
         peers::run(rounds, seconds, rows);
     }
@@ -518,4 +710,221 @@ fn sequences(a: &mut postgres::Client, b: &mut postgres::Client, rounds: usize) 
         let m = median(per_row[i].clone());
         println!("  {:<32} {:>10.1} {:>11.2}x", name, m, m / base);
     }
+}
+
+/// A field of /proc/<pid>/status, in kB: VmHWM is the process's peak resident set, RssAnon the
+/// private memory resident now. None once the process is gone.
+fn proc_kb(pid: i32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Start the process's VmHWM afresh from its resident set now, so that a long-lived backend's
+/// peak shows what the next statement takes rather than all it did before. A backend that has
+/// just ended needs none.
+fn reset_peak(pid: i32) {
+    match std::fs::write(format!("/proc/{pid}/clear_refs"), "5") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            panic!("cannot reset the peak RSS of backend {pid}: {e}")
+        }
+        _ => {}
+    }
+}
+
+/// The peer's backends serving connections from the writer's node (which reaches it as the
+/// sync role, see Cluster::conninfo); with `busy`, only those running or in a transaction.
+fn peer_backends(b: &mut postgres::Client, busy: bool) -> Vec<i32> {
+    b.query(
+        "SELECT pid FROM pg_stat_activity WHERE usename = 'sync' AND (NOT $1 OR state <> 'idle')",
+        &[&busy],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// What [`Sampler`] saw: the highest private memory of the writer and of the peer's busy
+/// backends (kB), and those backends.
+struct Sampled {
+    writer_private: u64,
+    peer_private: u64,
+    peer_pids: Vec<i32>,
+}
+
+/// Samples private memory while a statement runs and its changes are applied: VmHWM has the
+/// true peak but counts every page of shared buffers the backend touched, so the private part
+/// is read apart, as often as the sampling allows.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Sampled>,
+}
+
+impl Sampler {
+    const EVERY: Duration = Duration::from_millis(50);
+
+    fn start(writer: i32, peer_conninfo: String) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut b = postgres::Client::connect(&peer_conninfo, postgres::NoTls).unwrap();
+            let mut seen = Sampled {
+                writer_private: 0,
+                peer_private: 0,
+                peer_pids: Vec::new(),
+            };
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                let private = proc_kb(writer, "RssAnon").unwrap_or(0);
+                seen.writer_private = seen.writer_private.max(private);
+                for pid in peer_backends(&mut b, true) {
+                    if !seen.peer_pids.contains(&pid) {
+                        seen.peer_pids.push(pid);
+                    }
+                    let private = proc_kb(pid, "RssAnon").unwrap_or(0);
+                    seen.peer_private = seen.peer_private.max(private);
+                }
+                std::thread::sleep(Sampler::EVERY);
+            }
+            seen
+        });
+        Sampler { stop, thread }
+    }
+
+    fn finish(self) -> Sampled {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// One UPDATE of every row of a large table, unlinked and linked in both modes: the writer's
+/// time, the time until the peer has applied it, and the peak memory of the writer's backend
+/// and of the peer's backend that applied it.
+fn million(pair: &Nodes, a: &mut postgres::Client, b: &mut postgres::Client) {
+    let rows = env_or("BENCH_MILLION_ROWS", 1_000_000) as i64;
+    let tables = ["million_unlinked", "million_sync", "million_async"];
+    let names = ["unlinked", "synclink, sync mode", "synclink, async mode"];
+    let (sync, asynchronous) = (1, 2);
+    // The same rows on both nodes before the link, as when tables that already agree are
+    // linked: loaded at the speed of a plain INSERT, and the UPDATE is the rows' first change
+    // since. Fixed timestamps, so that both nodes' rows are equal.
+    for (v, t) in tables.iter().enumerate() {
+        let ddl = format!("CREATE TABLE {t} {TABLE}");
+        a.batch_execute(&ddl).unwrap();
+        b.batch_execute(&ddl).unwrap();
+        let fill = format!(
+            "INSERT INTO {t} (id, name, price, created_at, updated_at) \
+             SELECT g, 'item ' || g, g % 1000, at, at FROM generate_series(1, {rows}) g, \
+                    LATERAL (SELECT timestamp '2026-01-01 00:00:00' + g * interval '1 second') s(at)"
+        );
+        a.batch_execute(&fill).unwrap();
+        if v != 0 {
+            b.batch_execute(&fill).unwrap();
+        }
+    }
+    a.execute("SELECT sync_link_table('million_sync')", &[])
+        .unwrap();
+    a.execute(
+        "SELECT sync_link_table('million_async', mode => 'async')",
+        &[],
+    )
+    .unwrap();
+    for t in &tables[1..] {
+        assert_eq!(same(a, b, t), rows);
+    }
+    let mut line = Vec::new();
+    let mut writer_s = [0.0f64; 3];
+    for (v, t) in tables.iter().enumerate() {
+        // Hint bits set and statistics taken, for every variant alike. The version tables are
+        // left as linking made them: empty until this UPDATE, and analyzed empty they would
+        // have the peer plan its apply of every record for empty tables.
+        for c in [&mut *a, &mut *b] {
+            c.batch_execute(&format!("VACUUM ANALYZE {t}")).unwrap();
+            c.batch_execute("CHECKPOINT").unwrap();
+        }
+        // A session of its own: its backend's peak is this statement's alone.
+        let mut writer = pair.a.connect();
+        let pid: i32 = writer
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        for p in peer_backends(b, false) {
+            reset_peak(p);
+        }
+        let sampler = Sampler::start(pid, pair.b.socket_conninfo());
+        let started = Instant::now();
+        writer.execute(&Bulk::Update.sql(t, rows), &[]).unwrap();
+        writer_s[v] = started.elapsed().as_secs_f64();
+        let peer_s = if v == asynchronous {
+            wait_until(Duration::from_secs(3600), || queued(a) == 0);
+            Some(started.elapsed().as_secs_f64())
+        } else if v == sync {
+            assert_eq!(queued(a), 0, "sync mode queued changes");
+            Some(writer_s[v])
+        } else {
+            None
+        };
+        let sampled = sampler.finish();
+        // Read while the backends live: the peer's, in sync mode, is the writer's connection.
+        let writer_peak = proc_kb(pid, "VmHWM").unwrap();
+        let peer_peak = sampled
+            .peer_pids
+            .iter()
+            .filter_map(|&p| proc_kb(p, "VmHWM"))
+            .max();
+        drop(writer);
+        check(a, b, t, v != 0, rows);
+        let mb = |kb: u64| kb as f64 / 1024.0;
+        let times = match peer_s {
+            Some(s) => format!(
+                "{:>9.1} {:>10.2}x {:>15.1} {:>10.2}x",
+                writer_s[v],
+                writer_s[v] / writer_s[0],
+                s,
+                s / writer_s[0]
+            ),
+            None => format!("{:>9.1} {:>10.2}x {:>15} {:>11}", writer_s[v], 1.0, "", ""),
+        };
+        let writer_mem = format!(
+            "{:.0} MB ({:.0} MB)",
+            mb(writer_peak),
+            mb(sampled.writer_private)
+        );
+        let peer_mem = match (v, peer_peak) {
+            (0, _) => String::new(),
+            (_, Some(kb)) => format!("{:.0} MB ({:.0} MB)", mb(kb), mb(sampled.peer_private)),
+            (_, None) => "not found".into(),
+        };
+        line.push(format!(
+            "  {:<22} {times} {writer_mem:>20} {peer_mem:>20}",
+            names[v]
+        ));
+    }
+    println!();
+    println!(
+        "UPDATE of all {rows} rows of a table both nodes hold (loaded before linking), one run \
+         each; the peer's rows checked against the writer's"
+    );
+    println!(
+        "  {:<22} {:>9} {:>11} {:>15} {:>11} {:>20} {:>20}",
+        "variant",
+        "writer s",
+        "x unlinked",
+        "on the peer s",
+        "x unlinked",
+        "writer peak RSS",
+        "peer's peak RSS"
+    );
+    for l in line {
+        println!("{l}");
+    }
+    let shared: String = a.query_one("SHOW shared_buffers", &[]).unwrap().get(0);
+    println!(
+        "  peak RSS: the backend's VmHWM, which counts the shared buffers it touched \
+         (shared_buffers = {shared}); in brackets its private memory (RssAnon) at the highest \
+         of samples every {} ms",
+        Sampler::EVERY.as_millis()
+    );
 }
