@@ -23,10 +23,11 @@ pub struct CheckedSpec<'a> {
 
 /// Lock the rows a run of records touches before the checked statement reads them: a local
 /// writer holding one finishes first, and the statement (with a new snapshot) sees its row
-/// and its version together.
+/// and its version together. Each key is looked up by itself, as in [`current_cte`].
 pub fn lock_sql(spec: &ApplySpec) -> String {
     format!(
-        "SELECT FROM {table} t JOIN unnest($1::{row}[]) r ON {cond} FOR UPDATE OF t",
+        "SELECT FROM unnest($1::{row}[]) r\n\
+         \x20 CROSS JOIN LATERAL (SELECT FROM {table} t WHERE {cond} OFFSET 0 FOR UPDATE OF t) l",
         table = spec.table,
         row = spec.row_type,
         cond = join(spec.key, " AND ", |k| format!(
@@ -129,6 +130,13 @@ fn records_source(spec: &ApplySpec) -> String {
 /// still meets the deletion. `seen`: the version here is the one sent, so this is the same
 /// change delivered again. `conflict`: the version here is neither the one the sender's first
 /// change started from nor the one it sends, so both nodes changed the row.
+///
+/// The table and its version table are read through `LATERAL (… OFFSET 0)`, so each key is
+/// looked up by itself through the key's index whatever the statistics say. With a plain join
+/// the planner, for a table analyzed while empty, may scan the whole index once per key and
+/// filter (for one row that costs the same), and the plan kept for the session
+/// (crate::pg::plan) would go on doing so as the table fills: quadratic. OFFSET 0 keeps the
+/// subquery from being pulled up into a plain join again.
 fn current_cte(c: &CheckedSpec) -> String {
     let spec = c.apply;
     format!(
@@ -144,8 +152,8 @@ fn current_cte(c: &CheckedSpec) -> String {
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
-    LEFT JOIN {table} t ON {row_match}
-    LEFT JOIN {versions} v ON {version_match}"#,
+    LEFT JOIN LATERAL (SELECT * FROM {table} t WHERE {row_match} OFFSET 0) t ON true
+    LEFT JOIN LATERAL (SELECT * FROM {versions} v WHERE {version_match} OFFSET 0) v ON true"#,
         first_key = ident(&spec.key[0]),
         row_here = join(spec.columns, ", ", |x| format!("t.{}", ident(x))),
         row = spec.row_type,

@@ -517,8 +517,11 @@ thread_local! {
     static PENDING: RefCell<PendingBuffer> = RefCell::new(PendingBuffer::default());
 }
 
-/// Held records are applied early once they reach this size.
-const PENDING_BYTES: usize = 32 << 20;
+/// Held records are applied early once they reach this size: a run's rows are parsed into
+/// memory whole, as arrays of the rows and of their stamps, and sorted and joined from there,
+/// so the run's size bounds the receiving backend's memory; past some tens of thousands of
+/// rows a larger run saves nothing more.
+const PENDING_BYTES: usize = 8 << 20;
 
 fn current_owner() -> (u32, pg_sys::SubTransactionId) {
     // SAFETY: GetCurrentSubTransactionId reads the id of the transaction state this backend
@@ -844,7 +847,7 @@ mod tests {
         let (cols, key) = (strings(&["a", "b", "v"]), strings(&["a", "b"]));
         assert_eq!(
             checked::lock_sql(&spec(&cols, &key, &[])),
-            "SELECT FROM t t JOIN unnest($1::r[]) r ON t.\"a\" = r.\"a\" AND t.\"b\" = r.\"b\" FOR UPDATE OF t"
+            "SELECT FROM unnest($1::r[]) r\n  CROSS JOIN LATERAL (SELECT FROM t t WHERE t.\"a\" = r.\"a\" AND t.\"b\" = r.\"b\" OFFSET 0 FOR UPDATE OF t) l"
         );
     }
 }

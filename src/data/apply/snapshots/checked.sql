@@ -28,8 +28,8 @@ WITH m AS (
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
-    LEFT JOIN "public"."p" t ON t."id" = m."id"
-    LEFT JOIN synclink."p_b_version" v ON v."id" = m."id"
+    LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
+    LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce(CASE
@@ -127,8 +127,8 @@ WITH m AS (
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
-    LEFT JOIN "public"."p" t ON t."id" = m."id"
-    LEFT JOIN synclink."p_b_version" v ON v."id" = m."id"
+    LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
+    LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce((c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", '')), false) AS "synclink$wins"
@@ -221,8 +221,8 @@ WITH m AS (
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
-    LEFT JOIN "public"."p" t ON t."id" = m."id"
-    LEFT JOIN synclink."p_b_version" v ON v."id" = m."id"
+    LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
+    LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce(c."synclink$node" = 'shop_a', false) AS "synclink$wins"
@@ -315,8 +315,8 @@ WITH m AS (
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
-    LEFT JOIN "public"."p" t ON t."id" = m."id"
-    LEFT JOIN synclink."p_b_version" v ON v."id" = m."id"
+    LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
+    LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce(false, false) AS "synclink$wins"
@@ -409,8 +409,8 @@ WITH m AS (
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
-    LEFT JOIN "public"."p" t ON t."id" = m."id"
-    LEFT JOIN synclink."p_b_version" v ON v."id" = m."id"
+    LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
+    LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce((c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", '')), false) AS "synclink$wins"
@@ -502,8 +502,8 @@ WITH m AS (
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
-    LEFT JOIN "public"."p" t ON t."id" = m."id"
-    LEFT JOIN synclink."p_b_version" v ON v."id" = m."id"
+    LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
+    LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce(c."synclink$node" = 'shop_a', false) AS "synclink$wins"
@@ -590,8 +590,8 @@ WITH m AS (
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
-    LEFT JOIN "public"."p" t ON t."id" = m."id"
-    LEFT JOIN synclink."p_b_version" v ON v."id" = m."id"
+    LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
+    LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce(false, false) AS "synclink$wins"
@@ -675,8 +675,8 @@ WITH m AS (
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
-    LEFT JOIN "public"."p" t ON t."id" = m."id"
-    LEFT JOIN synclink."p_b_version" v ON v."id" = m."id"
+    LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
+    LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce(CASE
@@ -771,8 +771,8 @@ WITH m AS (
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
-    LEFT JOIN "public"."p" t ON t."id" = m."id"
-    LEFT JOIN synclink."p_b_version" v ON v."id" = m."id"
+    LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
+    LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce((c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", '')), false) AS "synclink$wins"
