@@ -188,8 +188,7 @@ fn reset(a: &mut postgres::Client, b: &mut postgres::Client, table: &str, linked
 /// its links' version tables, and a checkpoint, on both nodes. Autovacuum, woken by the
 /// previous statement's new or dead rows, would otherwise land in whichever run it happens to
 /// fall, and the planner sees the tables' sizes as it would once the rows had been there a
-/// while. Only these tables: another variant's tables analyzed while empty would have their
-/// next statement planned for empty tables.
+/// while.
 fn settle(a: &mut postgres::Client, b: &mut postgres::Client, table: &str) {
     for c in [a, b] {
         let mut tables = vec![table.to_string()];
@@ -294,14 +293,6 @@ fn main() {
             for k in 0..n {
                 let v = (round + k) % n;
                 let t = variants[v];
-                // The peer applies a TRUNCATE as a DELETE, which keeps the statistics
-                // autovacuum may have taken of its copy since the previous round's DELETE
-                // emptied it; planning the INSERT's first record for a table those call empty,
-                // its apply would keep that plan for all the records after it. Truncated on
-                // both nodes, both copies start out as new tables, as in the first round.
-                if linked[v] {
-                    b.batch_execute(&format!("TRUNCATE {t}")).unwrap();
-                }
                 reset(&mut a, &mut b, t, linked[v]);
                 a.batch_execute("CHECKPOINT").unwrap();
                 for (o, op) in ops.iter().enumerate() {

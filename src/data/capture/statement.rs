@@ -78,7 +78,7 @@ fn stamp_expr(alias: &str, op: char) -> String {
 
 /// The version write for the keys of `source` rows that pass `filter`, as CTEs ending in `v`:
 /// each key's row of the version table with the version it replaced kept in the base columns.
-/// The new version ($1) is the capture time, bumped past the version the row had, so a node
+/// The new version (`values.now`) is the capture time, bumped past the version the row had, so a node
 /// whose clock runs behind still orders its change after the one it overwrote.
 ///
 /// The keys of an update or a delete have versions already: one UPDATE writes them (a plain
@@ -86,7 +86,14 @@ fn stamp_expr(alias: &str, op: char) -> String {
 /// row first), and the upsert covers the keys it did not find (first changes, and a key a
 /// concurrent transaction gave a version since this statement's snapshot). An insert's keys
 /// are mostly new: the upsert alone.
-fn version_write(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: char) -> String {
+fn version_write(
+    spec: &CaptureSpec,
+    source: &str,
+    filter: Option<&str>,
+    op: char,
+    values: &Values,
+) -> String {
+    let (now, origin) = (values.now, values.origin);
     let keys = join(spec.key, ", ", |k| format!("s.{}", ident(k)));
     let matches = |alias: &str| {
         join(spec.key, " AND ", |k| {
@@ -104,14 +111,17 @@ fn version_write(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: cha
             "WITH v AS ({})",
             version_upsert(
                 spec,
-                &format!("SELECT {keys}, $1, $2 FROM {source} s{}", condition(""))
+                &format!(
+                    "SELECT {keys}, {now}, {origin} FROM {source} s{}",
+                    condition("")
+                )
             )
         );
     }
     format!(
         "WITH u AS (UPDATE {vt} AS v\n\
-         \x20              SET \"synclink$at\" = greatest($1, v.\"synclink$at\" + 1),\n\
-         \x20                  \"synclink$node\" = $2,\n\
+         \x20              SET \"synclink$at\" = greatest({now}, v.\"synclink$at\" + 1),\n\
+         \x20                  \"synclink$node\" = {origin},\n\
          \x20                  \"synclink$base_at\" = v.\"synclink$at\",\n\
          \x20                  \"synclink$base_node\" = v.\"synclink$node\"\n\
          \x20             FROM {source} s{found}\n\
@@ -123,7 +133,7 @@ fn version_write(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: cha
         upsert = version_upsert(
             spec,
             &format!(
-                "SELECT {keys}, $1, $2 FROM {source} s{}",
+                "SELECT {keys}, {now}, {origin} FROM {source} s{}",
                 condition(&format!(
                     "NOT EXISTS (SELECT FROM u WHERE {})",
                     matches("u")
@@ -133,15 +143,79 @@ fn version_write(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: cha
     )
 }
 
+/// How a capture statement names the new version and the origin: the function's variables
+/// where it runs as written, parameters where it runs through EXECUTE.
+struct Values {
+    now: &'static str,
+    origin: &'static str,
+}
+
+const IN_PLACE: Values = Values {
+    now: "synclink$now",
+    origin: "synclink$origin",
+};
+
+const EXECUTED: Values = Values {
+    now: "$1",
+    origin: "$2",
+};
+
+/// Statements that changed fewer rows than this run as written, with the plan PL/pgSQL keeps
+/// for them; larger ones through EXECUTE, planned for their own size. Planning the statement
+/// costs about what capturing a few hundred rows does, so a single-row statement must not
+/// pay it every time; a plan kept from a small statement (index lookups in nested loops)
+/// would be quadratic for a large one, and one made for a large one (hash joins) would read
+/// the whole version table for each small one.
+const FEW_ROWS: usize = 100;
+
 /// The statement that stamps `source` rows with new versions and turns them into chunked
 /// text arrays (`rows`, `stamps`), handed to `ship` (sync) or queued in the outbox (async).
-/// The previous version travels as the row's base.
-///
-/// It runs through EXECUTE, planned for each statement with the transition table's real
-/// size: a plan kept from a one-row statement (index lookups in nested loops) would be
-/// quadratic for 100,000 rows, and one made for 100,000 (hash joins) would read the whole
-/// version table for each single row.
+/// The previous version travels as the row's base. The same statement is written twice:
+/// as is for statements of fewer than FEW_ROWS rows, through EXECUTE for the others.
 fn stamped(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: char) -> String {
+    let few =
+        format!("(SELECT count(*) FROM (SELECT FROM {source} LIMIT {FEW_ROWS}) f) < {FEW_ROWS}");
+    let small = stamped_as(spec, source, filter, op, &IN_PLACE);
+    let large = stamped_as(spec, source, filter, op, &EXECUTED);
+    let using = format!("USING {}, {}", IN_PLACE.now, IN_PLACE.origin);
+    if spec.queue_only {
+        return format!(
+            "        IF {few} THEN\n\
+             \x20       {small};\n\
+             \x20       ELSE\n\
+             \x20       EXECUTE $statement$\n\
+             \x20       {large}\n\
+             \x20       $statement$ {using};\n\
+             \x20       END IF;\n"
+        );
+    }
+    let args = if matches!(op, 'I' | 'U') {
+        "part.rows, NULL"
+    } else {
+        "NULL, part.rows"
+    };
+    let ship = format!(
+        "LOOP\n            PERFORM synclink.ship({}, '{op}', {args}, part.stamps);\n        END LOOP;",
+        spec.link_id
+    );
+    format!(
+        "        IF {few} THEN\n\
+         \x20       FOR part IN\n        {small}\n        {ship}\n\
+         \x20       ELSE\n\
+         \x20       FOR part IN EXECUTE $statement$\n        {large}\n        $statement$ {using}\n        {ship}\n\
+         \x20       END IF;\n"
+    )
+}
+
+/// `stamped`'s statement, naming the new version and origin as `values` says: for async
+/// links it inserts the records into the outbox, for sync links it yields them.
+fn stamped_as(
+    spec: &CaptureSpec,
+    source: &str,
+    filter: Option<&str>,
+    op: char,
+    values: &Values,
+) -> String {
     let matches = |alias: &str| {
         join(spec.key, " AND ", |k| {
             format!("{alias}.{k} = s.{k}", k = ident(k))
@@ -163,7 +237,7 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: char) -> 
          \x20                         {row}::text AS \"synclink$text\"\n\
          \x20                    FROM {source} s JOIN v ON {v_match} OFFSET 0) q\n\
          \x20           CROSS JOIN LATERAL (SELECT greatest(octet_length(q.\"synclink$text\"), {MIN_ROW_WEIGHT})) w(weight))",
-        versions = version_write(spec, source, filter, op),
+        versions = version_write(spec, source, filter, op, values),
         row = row_expr(spec, "s"),
         v_match = matches("v"),
     );
@@ -174,33 +248,22 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: char) -> 
          \x20GROUP BY s.\"synclink$chunk\"",
         stamp = stamp_expr("s", op),
     );
-    if spec.queue_only {
-        let (new, old) = if matches!(op, 'I' | 'U') {
-            ("chunk.rows", "NULL")
-        } else {
-            ("NULL", "chunk.rows")
-        };
-        return format!(
-            "        EXECUTE $statement$\n\
-             \x20       {ctes},\n\
-             \x20    chunk AS ({select})\n\
-             \x20       INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
-             \x20       SELECT {peer}, {id}, $2, '{op}', {new}, {old}, chunk.stamps FROM chunk\n\
-             \x20       $statement$ USING synclink$now, synclink$origin;\n",
-            peer = literal(spec.peer_name),
-            id = spec.link_id,
-        );
+    if !spec.queue_only {
+        return format!("{ctes}\n        {select}");
     }
-    let args = if matches!(op, 'I' | 'U') {
-        "part.rows, NULL"
+    let (new, old) = if matches!(op, 'I' | 'U') {
+        ("chunk.rows", "NULL")
     } else {
-        "NULL, part.rows"
+        ("NULL", "chunk.rows")
     };
     format!(
-        "        FOR part IN EXECUTE $statement$\n        {ctes}\n        {select}\n        \
-         $statement$ USING synclink$now, synclink$origin\n        LOOP\n            \
-         PERFORM synclink.ship({}, '{op}', {args}, part.stamps);\n        END LOOP;\n",
-        spec.link_id
+        "{ctes},\n\
+         \x20    chunk AS ({select})\n\
+         \x20       INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
+         \x20       SELECT {peer}, {id}, {origin}, '{op}', {new}, {old}, chunk.stamps FROM chunk",
+        peer = literal(spec.peer_name),
+        id = spec.link_id,
+        origin = values.origin,
     )
 }
 
@@ -343,6 +406,8 @@ AS $synclink$
 -- work_mem is raised so that joining the rows to their versions and cutting them into
 -- records sorts in memory for statements of tens of thousands of rows; larger ones spill.
 -- jit is off: compiling a large statement's plan costs more than it saves here.
+-- A statement of fewer than {FEW_ROWS} rows runs each capture statement as written, with the plan
+-- PL/pgSQL keeps; a larger one runs it through EXECUTE, planned for its own size.
 DECLARE
     part record;
     -- The origin of the change: this node, or the node a change being applied came from.
@@ -510,7 +575,8 @@ mod tests {
             "'D', NULL, chunk.rows, chunk.stamps",
         ] {
             assert!(
-                sql.contains(&format!("SELECT 'b', 7, $2, {op} FROM chunk")),
+                sql.contains(&format!("SELECT 'b', 7, $2, {op} FROM chunk"))
+                    && sql.contains(&format!("SELECT 'b', 7, synclink$origin, {op} FROM chunk")),
                 "{op} in\n{sql}"
             );
         }
@@ -546,7 +612,7 @@ mod tests {
         let cols = vec!["id".to_string(), "v".to_string()];
         let key = vec!["id".to_string()];
         let s = spec(&cols, &key);
-        let delete = version_write(&s, "old_rows", None, 'D');
+        let delete = version_write(&s, "old_rows", None, 'D', &EXECUTED);
         assert!(
             delete.starts_with("WITH u AS (UPDATE synclink.\"products_b_version\" AS v"),
             "{delete}"
@@ -563,20 +629,20 @@ mod tests {
         );
         assert!(delete.contains("v AS (SELECT * FROM u UNION ALL SELECT * FROM i)"));
         // a filter applies to both the update and the upsert
-        let vanished = version_write(&s, "old_rows", Some("NOT EXISTS (x)"), 'K');
+        let vanished = version_write(&s, "old_rows", Some("NOT EXISTS (x)"), 'K', &EXECUTED);
         assert_eq!(
             vanished.matches("AND NOT EXISTS (x)").count(),
             2,
             "{vanished}"
         );
         // an insert's keys are new: the upsert alone
-        let insert = version_write(&s, "new_rows", None, 'I');
+        let insert = version_write(&s, "new_rows", None, 'I', &EXECUTED);
         assert!(!insert.contains("UPDATE synclink"), "{insert}");
         assert!(
             insert.contains("SELECT s.\"id\", $1, $2 FROM new_rows s\n"),
             "{insert}"
         );
-        // every statement is planned for its own transition tables
+        // a large statement is planned for its own transition tables, a small one keeps its plan
         let function = function_sql(&s);
         assert!(!function.contains("enable_nestloop"), "{function}");
         assert_eq!(
@@ -584,6 +650,29 @@ mod tests {
             4,
             "{function}"
         );
+        assert_eq!(function.matches("FOR part IN\n").count(), 4, "{function}");
+        assert!(function
+            .contains("IF (SELECT count(*) FROM (SELECT FROM new_rows LIMIT 100) f) < 100 THEN"));
+        assert!(function.contains("greatest(synclink$now, v.\"synclink$at\" + 1)"));
+        // outside EXECUTE, the statements name the function's variables only
+        for (n, part) in function.split("$statement$").enumerate() {
+            let executed = n % 2 == 1;
+            assert!(
+                executed || !(part.contains("$1") || part.contains("$2")),
+                "a parameter outside EXECUTE in\n{part}"
+            );
+        }
+        let async_function = function_sql(&CaptureSpec {
+            queue_only: true,
+            ..spec(&cols, &key)
+        });
+        for (n, part) in async_function.split("$statement$").enumerate() {
+            assert!(
+                n % 2 == 1 || !(part.contains("$1") || part.contains("$2")),
+                "a parameter outside EXECUTE in\n{part}"
+            );
+        }
+        assert!(function.contains("greatest($1, v.\"synclink$at\" + 1)"));
     }
 
     #[test]
