@@ -28,9 +28,9 @@ BEGIN
 END
 $$;
 
--- 0.3.0's capture functions write the versions of an update's or a delete's keys with a
--- plain UPDATE and plan each statement for its own size; each link's code is made anew in
--- place, keeping its versions and queued changes.
+-- 0.3.0's capture functions plan a statement of 100 rows or more for its own size and write
+-- the versions of its keys, when it is an update or a delete, with a plain UPDATE; each link's
+-- code is made anew in place, keeping its versions and queued changes.
 SELECT @extschema@.sync_refresh_link(l.relid::pg_catalog.regclass, l.peer_name)
   FROM synclink.link l
  ORDER BY l.link_id;

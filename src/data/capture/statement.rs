@@ -68,6 +68,13 @@ fn version_upsert(spec: &CaptureSpec, select: &str) -> String {
     )
 }
 
+/// `alias.k = s.k` for each match key column `k`: rows of `alias` that are the source row's.
+fn matching(spec: &CaptureSpec, alias: &str) -> String {
+    join(spec.key, " AND ", |k| {
+        format!("{alias}.{k} = s.{k}", k = ident(k))
+    })
+}
+
 /// A row's stamp (synclink.stamp), from the version columns the upsert returned under `alias`.
 fn stamp_expr(alias: &str, op: char) -> String {
     format!(
@@ -81,11 +88,14 @@ fn stamp_expr(alias: &str, op: char) -> String {
 /// The new version (`values.now`) is the capture time, bumped past the version the row had, so a node
 /// whose clock runs behind still orders its change after the one it overwrote.
 ///
-/// The keys of an update or a delete have versions already: one UPDATE writes them (a plain
-/// update, HOT where the page has room, where speculative insertion would lock and check each
-/// row first), and the upsert covers the keys it did not find (first changes, and a key a
-/// concurrent transaction gave a version since this statement's snapshot). An insert's keys
-/// are mostly new: the upsert alone.
+/// The keys of an update or a delete have versions already: in a statement planned for its own
+/// size, one UPDATE writes them (a plain update, HOT where the page has room, where speculative
+/// insertion would lock and check each row first), and the upsert covers the keys it did not
+/// find (first changes, and a key a concurrent transaction gave a version since this
+/// statement's snapshot). An insert's keys are mostly new: the upsert alone. So is a small
+/// statement's, whose plan is kept: a join with the version table in a plan made while that
+/// table was empty would read all of it for every statement after, where the upsert reaches
+/// each key through the index whatever the plan.
 fn version_write(
     spec: &CaptureSpec,
     source: &str,
@@ -95,18 +105,13 @@ fn version_write(
 ) -> String {
     let (now, origin) = (values.now, values.origin);
     let keys = join(spec.key, ", ", |k| format!("s.{}", ident(k)));
-    let matches = |alias: &str| {
-        join(spec.key, " AND ", |k| {
-            format!("{alias}.{k} = s.{k}", k = ident(k))
-        })
-    };
     let condition = |first: &str| match (first, filter) {
         ("", None) => String::new(),
         ("", Some(f)) => format!(" WHERE {f}"),
         (c, None) => format!(" WHERE {c}"),
         (c, Some(f)) => format!(" WHERE {c} AND {f}"),
     };
-    if op == 'I' {
+    if op == 'I' || !values.planned_for_size {
         return format!(
             "WITH v AS ({})",
             version_upsert(
@@ -129,14 +134,14 @@ fn version_write(
          \x20    i AS ({upsert}),\n\
          \x20    v AS (SELECT * FROM u UNION ALL SELECT * FROM i)",
         vt = spec.version_table,
-        found = condition(&matches("v")),
+        found = condition(&matching(spec, "v")),
         upsert = version_upsert(
             spec,
             &format!(
                 "SELECT {keys}, {now}, {origin} FROM {source} s{}",
                 condition(&format!(
                     "NOT EXISTS (SELECT FROM u WHERE {})",
-                    matches("u")
+                    matching(spec, "u")
                 ))
             )
         ),
@@ -148,16 +153,20 @@ fn version_write(
 struct Values {
     now: &'static str,
     origin: &'static str,
+    /// planned for each statement with its transition tables' real size
+    planned_for_size: bool,
 }
 
 const IN_PLACE: Values = Values {
     now: "synclink$now",
     origin: "synclink$origin",
+    planned_for_size: false,
 };
 
 const EXECUTED: Values = Values {
     now: "$1",
     origin: "$2",
+    planned_for_size: true,
 };
 
 /// Statements that changed fewer rows than this run as written, with the plan PL/pgSQL keeps
@@ -216,11 +225,6 @@ fn stamped_as(
     op: char,
     values: &Values,
 ) -> String {
-    let matches = |alias: &str| {
-        join(spec.key, " AND ", |k| {
-            format!("{alias}.{k} = s.{k}", k = ident(k))
-        })
-    };
     // The previous version comes back from the version write itself (kept in the base
     // columns). Each row's text is made once; a row starts a new chunk when the rows before
     // it (each weighing at least MIN_ROW_WEIGHT) fill CHUNK_BYTES, a running sum in input
@@ -239,7 +243,7 @@ fn stamped_as(
          \x20           CROSS JOIN LATERAL (SELECT greatest(octet_length(q.\"synclink$text\"), {MIN_ROW_WEIGHT})) w(weight))",
         versions = version_write(spec, source, filter, op, values),
         row = row_expr(spec, "s"),
-        v_match = matches("v"),
+        v_match = matching(spec, "v"),
     );
     let select = format!(
         "SELECT array_agg(s.\"synclink$text\")::text AS rows,\n\
@@ -354,9 +358,7 @@ fn truncate_sql(spec: &CaptureSpec) -> String {
 }
 
 pub fn function_sql(spec: &CaptureSpec) -> String {
-    let key_match = join(spec.key, " AND ", |k| {
-        format!("n.{k} = s.{k}", k = ident(k))
-    });
+    let key_match = matching(spec, "n");
     let paired = spec.pair_by.map(|pk| {
         (
             join(pk, " AND ", |k| format!("n.{k} = s.{k}", k = ident(k))),
@@ -653,7 +655,16 @@ mod tests {
         assert_eq!(function.matches("FOR part IN\n").count(), 4, "{function}");
         assert!(function
             .contains("IF (SELECT count(*) FROM (SELECT FROM new_rows LIMIT 100) f) < 100 THEN"));
-        assert!(function.contains("greatest(synclink$now, v.\"synclink$at\" + 1)"));
+        assert!(
+            function.contains("SELECT s.\"id\", synclink$now, synclink$origin FROM old_rows s\n")
+        );
+        // a statement with a kept plan reaches versions through the upsert only
+        let small = version_write(&s, "old_rows", None, 'D', &IN_PLACE);
+        assert!(!small.contains("UPDATE synclink"), "{small}");
+        assert!(
+            small.contains("SELECT s.\"id\", synclink$now, synclink$origin FROM old_rows s\n"),
+            "{small}"
+        );
         // outside EXECUTE, the statements name the function's variables only
         for (n, part) in function.split("$statement$").enumerate() {
             let executed = n % 2 == 1;
