@@ -130,13 +130,13 @@ fn create_local(
     Ok(id)
 }
 
-/// The version of the code that generates a link's objects, recorded with each link so that
-/// a DBA (and an upgrade) can tell which links sync_refresh_link should make anew.
 /// Version tables leave half of each page free, so that a statement that changes every row
 /// of a page can update their versions on the same page (HOT: no new index entry, far less
 /// WAL), the space the versions of the changes before it took being pruned first.
 pub const VERSION_FILLFACTOR: u32 = 50;
 
+/// The version of the code that generates a link's objects, recorded with each link so that
+/// a DBA (and an upgrade) can tell which links sync_refresh_link should make anew.
 pub const GENERATOR: &str = env!("CARGO_PKG_VERSION");
 
 /// A link's generated code: its version table's access rules, its capture function and its

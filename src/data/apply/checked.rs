@@ -30,10 +30,7 @@ pub fn lock_sql(spec: &ApplySpec) -> String {
          \x20 CROSS JOIN LATERAL (SELECT FROM {table} t WHERE {cond} OFFSET 0 FOR UPDATE OF t) l",
         table = spec.table,
         row = spec.row_type,
-        cond = join(spec.key, " AND ", |k| format!(
-            "t.{k} = r.{k}",
-            k = ident(k)
-        )),
+        cond = key_match(spec, "t", "r"),
     )
 }
 
