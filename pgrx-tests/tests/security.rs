@@ -409,6 +409,34 @@ fn changes_arrive_as_the_table_owner_never_as_a_superuser() {
     assert_eq!(owner_log(&mut b), vec!["shopkeeper:false"]);
 }
 
+/// The receiving node remembers which deferred checks run an owner's code until the catalog
+/// changes: a constraint trigger added while the delivering session stays open is made
+/// immediate (and so runs as the owner) from the next change on.
+#[test]
+fn a_constraint_trigger_added_between_deliveries_still_runs_as_the_owner() {
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    both(&mut a, &mut b, OWNED_TABLES);
+    b.batch_execute(OWNED).unwrap();
+    b.batch_execute("ALTER TABLE products OWNER TO shopkeeper")
+        .unwrap();
+    a.execute("SELECT sync_link_table('products')", &[])
+        .unwrap();
+    // sync mode: B applies in the session A's backend keeps open to it
+    a.batch_execute("INSERT INTO products VALUES (1, 'one')")
+        .unwrap();
+    b.batch_execute(
+        "SET ROLE shopkeeper;
+         CREATE CONSTRAINT TRIGGER audit_at_commit AFTER INSERT OR UPDATE ON products
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.audit();
+         RESET ROLE;",
+    )
+    .unwrap();
+    a.batch_execute("INSERT INTO products VALUES (2, 'two')")
+        .unwrap();
+    assert_eq!(count(&mut b, "SELECT count(*) FROM products"), 2);
+    assert_eq!(owner_log(&mut b), vec!["shopkeeper:false"]);
+}
+
 #[test]
 fn a_table_owner_cannot_forge_conflicts_or_reach_synclinks_tables() {
     let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();

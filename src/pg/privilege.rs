@@ -93,9 +93,25 @@ pub fn as_owner_of<T>(relid: pg_sys::Oid, f: impl FnOnce() -> T) -> Result<T, Sp
 }
 
 thread_local! {
-    /// deferred_code_checks' answer, for the transaction (local id) it was read in.
-    static DEFERRED: std::cell::RefCell<(u32, Option<String>)> =
-        const { std::cell::RefCell::new((0, None)) };
+    /// deferred_code_checks' answer while no constraint or schema has changed since it was
+    /// read (None: read it again).
+    static DEFERRED: std::cell::RefCell<Option<Option<String>>> =
+        const { std::cell::RefCell::new(None) };
+    static WATCHING_CONSTRAINTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Any change to pg_constraint or pg_namespace (by this backend, or by another once it is
+/// committed and this backend takes in invalidations) makes the next check read the catalog
+/// again: a constraint that became deferrable, a new constraint trigger, a renamed schema.
+/// Runs while invalidations are processed, so it only notes it.
+// SAFETY: PostgreSQL calls this with the cache id and a hash value, neither of them a
+// pointer; it touches only this backend's thread-local and raises no error.
+unsafe extern "C-unwind" fn constraints_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    DEFERRED.with(|d| {
+        if let Ok(mut d) = d.try_borrow_mut() {
+            *d = None;
+        }
+    });
 }
 
 /// The deferrable constraints whose check runs code a table's owner wrote: constraint
@@ -103,13 +119,28 @@ thread_local! {
 /// predicate. Deferred, they would run at COMMIT as whoever commits — not as the owner whose
 /// statement queued them. as_owner_of makes them immediate, so they run inside it. (Foreign
 /// keys stay deferrable: PostgreSQL runs their checks as the table's owner itself.) Read
-/// once per transaction; None when there are none, as in most databases.
+/// again only after the catalog changed: a receiving node asks for every delivery, and in
+/// sync mode a delivery is one transaction per write. None when there are none, as in most
+/// databases.
 fn deferred_code_checks() -> Result<Option<String>, SpiError> {
-    let xact = crate::pg::ffi::local_xact();
-    if let Some(names) = DEFERRED.with(|d| {
-        let d = d.borrow();
-        (d.0 == xact).then(|| d.1.clone())
-    }) {
+    if !WATCHING_CONSTRAINTS.with(|w| w.replace(true)) {
+        for cache in [
+            pg_sys::SysCacheIdentifier::CONSTROID,
+            pg_sys::SysCacheIdentifier::NAMESPACEOID,
+        ] {
+            // SAFETY: registers, once per backend, a function that stays valid for the
+            // backend's life (the library is never unloaded) and whose argument is a plain
+            // Datum.
+            unsafe {
+                pg_sys::CacheRegisterSyscacheCallback(
+                    cache as i32,
+                    Some(constraints_changed),
+                    0.into(),
+                )
+            };
+        }
+    }
+    if let Some(names) = DEFERRED.with(|d| d.borrow().clone()) {
         return Ok(names);
     }
     let names = pinned(|| {
@@ -128,7 +159,7 @@ fn deferred_code_checks() -> Result<Option<String>, SpiError> {
             crate::pg::spi::first_of::<String>,
         )
     })??;
-    DEFERRED.with(|d| *d.borrow_mut() = (xact, names.clone()));
+    DEFERRED.with(|d| *d.borrow_mut() = Some(names.clone()));
     Ok(names)
 }
 

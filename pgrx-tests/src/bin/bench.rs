@@ -20,7 +20,7 @@
 //! Run with `make bench` (installs the release build first). BENCH_ONLY, BENCH_ROUNDS,
 //! BENCH_SECONDS, BENCH_SINGLE_PAIRS, BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATES,
 //! BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS, BENCH_DIFF_ROWS, BENCH_MILLION_ROWS and
-//! BENCH_PEERS_BACKLOG tune it.
+//! BENCH_PEERS_BACKLOG tune it; BENCH_CONF adds settings to both servers.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -234,12 +234,16 @@ fn main() {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|p| p == part))
     };
-    let pair = Nodes::two_clusters(&[
+    // BENCH_CONF="synclink.worker_max_linger = 0; …" adds settings to both servers, to try one.
+    let extra = std::env::var("BENCH_CONF").unwrap_or_default();
+    let mut conf = vec![
         "fsync = on",
         "shared_buffers = 256MB",
         "max_wal_size = 2GB",
         "shared_preload_libraries = 'synclink'",
-    ]);
+    ];
+    conf.extend(extra.split(';').map(str::trim).filter(|l| !l.is_empty()));
+    let pair = Nodes::two_clusters(&conf);
     let mut a = pair.a.connect();
     let mut b = pair.b.connect();
     let variants = [

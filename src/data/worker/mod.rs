@@ -45,8 +45,9 @@ pub fn init() {
     pgrx::GucRegistry::define_int_guc(
         c"synclink.worker_max_linger",
         c"Longest the delivery worker waits between rounds to gather a stream of changes.",
-        c"Under a steady stream it waits 0.5 ms per change the last round delivered, up to \
-          this: larger rounds cost the writers' server less per change, at the price of lag.",
+        c"Under a stream of more than about 2,000 changes a second it waits 0.5 ms per change \
+          the last round delivered beyond 8, up to this: larger rounds cost the writers' server \
+          less per change, at the price of lag.",
         &MAX_LINGER_MS,
         0,
         1000,
@@ -164,14 +165,17 @@ const QUICK_FAILURE: Duration = Duration::from_millis(100);
 /// queue::flush_after) instead of from the last seq it delivered.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// After a round that delivered n records, the worker lets n × LINGER_PER_RECORD pass (up to
-/// synclink.worker_max_linger) before it starts the next. Every commit that queues a change
-/// wakes it; under a steady stream of commits, rounds then gather many commits' changes into
-/// one remote transaction, whose fixed cost (a commit and a WAL flush on each side, the
-/// peer's per-statement work) would otherwise be paid per change. A change after a quiet
-/// spell still goes out at once. Below 2,000 changes a second rounds shrink towards one
-/// commit each and the cap is not reached; above, they grow to the cap, and the lag with them.
+/// After a round that delivered n records, the worker lets (n − LINGER_FREE) ×
+/// LINGER_PER_RECORD pass (up to synclink.worker_max_linger) before it starts the next. Every
+/// commit that queues a change wakes it; under a heavy stream of commits, rounds then gather
+/// many commits' changes into one remote transaction, whose fixed cost (a commit and a WAL
+/// flush on each side, the peer's per-statement work) would otherwise be paid per change, and
+/// leave the writers' server more of its time. A stream below 1 / LINGER_PER_RECORD (2,000
+/// changes a second) is never held back while a round takes less than LINGER_FREE ×
+/// LINGER_PER_RECORD: each change goes out as soon as the round before it is done. Above that
+/// rate, rounds grow to the cap, and the lag with them.
 const LINGER_PER_RECORD: Duration = Duration::from_micros(500);
+const LINGER_FREE: i64 = 8;
 static MAX_LINGER_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 
 #[pg_guard]
@@ -330,7 +334,10 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                 }
             }
         }
-        let linger = (LINGER_PER_RECORD * delivered.min(u32::MAX as i64) as u32)
+        let linger = (LINGER_PER_RECORD
+            * delivered
+                .saturating_sub(LINGER_FREE)
+                .clamp(0, u32::MAX as i64) as u32)
             .min(Duration::from_millis(MAX_LINGER_MS.get() as u64));
         if !nap.is_zero() {
             if let Some(rest) = linger.checked_sub(round.elapsed()) {
