@@ -66,6 +66,10 @@ CREATE TABLE synclink.link (
     -- version table; sync_refresh_link makes them anew with the code installed now. Set by
     -- whoever writes the row (links made before 0.2.0 say '0.1.0').
     generator        text,
+    -- Which way changes travel, seen from this node: both, push (this node's changes go to
+    -- the peer, the peer's do not come here) or pull (the reverse). The peer's row says the
+    -- opposite of a one-way link's.
+    direction        text NOT NULL DEFAULT 'both' CHECK (direction IN ('both', 'push', 'pull')),
     UNIQUE (relid, peer_name)
 );
 

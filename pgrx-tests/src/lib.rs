@@ -548,6 +548,7 @@ pub fn node_name(c: &mut Client) -> String {
 #[derive(Debug)]
 pub struct Status {
     pub mode: String,
+    pub direction: String,
     pub peer_reachable: bool,
     pub queued: i64,
     pub delivered: Option<i64>,
@@ -561,7 +562,8 @@ pub struct Status {
 pub fn status(c: &mut Client, table: &str) -> Status {
     let r = c
         .query_one(
-            "SELECT mode, peer_reachable, queued, delivered, last_error, problem, key, excluded \
+            "SELECT mode, peer_reachable, queued, delivered, last_error, problem, key, excluded, \
+                    direction \
                FROM sync_status WHERE \"table\" = $1::text::regclass",
             &[&table],
         )
@@ -575,6 +577,7 @@ pub fn status(c: &mut Client, table: &str) -> Status {
         problem: r.get(5),
         key: r.get(6),
         excluded: r.get(7),
+        direction: r.get(8),
     }
 }
 

@@ -4,12 +4,13 @@ use crate::pg::args::{names, relation, required, RegClass};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
-/// Mirror a table with a peer, both directions. Returns false when it was already linked.
+/// Mirror a table with a peer. Returns false when it was already linked the same way.
 /// `key`: match rows by these columns instead of the primary key; `exclude`: columns neither
 /// sent nor overwritten, each node keeping its own (a primary key that differs between the
 /// nodes, say); `copy`: bring the rows already there together first; `conflict`: what happens
 /// when both nodes change a row before either change arrives, with `version_column` as the
-/// first thing last_write_wins compares.
+/// first thing last_write_wins compares; `direction`: `both`, `push` (this node's changes go
+/// to the peer, the peer's stay there) or `pull` (the reverse).
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
@@ -22,16 +23,20 @@ fn sync_link_table(
     copy: default!(Option<&str>, "'none'"),
     conflict: default!(Option<&str>, "'last_write_wins'"),
     version_column: default!(Option<&str>, "NULL"),
+    direction: default!(Option<&str>, "'both'"),
 ) -> Result<bool, ErrorReport> {
     const F: &str = "sync_link_table";
     Ok(crate::control::link::link_table(
         relation(tbl, F, "tbl")?,
         peer,
-        required(mode, F, "mode")?,
-        names(key, F, "key")?,
-        names(exclude, F, "exclude")?.unwrap_or_default(),
-        required(copy, F, "copy")?,
-        (required(conflict, F, "conflict")?, version_column),
+        crate::control::link::Options {
+            mode: required(mode, F, "mode")?,
+            direction: required(direction, F, "direction")?,
+            key: names(key, F, "key")?,
+            exclude: names(exclude, F, "exclude")?.unwrap_or_default(),
+            copy: required(copy, F, "copy")?,
+            conflict: (required(conflict, F, "conflict")?, version_column),
+        },
     )?)
 }
 

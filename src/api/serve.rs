@@ -19,10 +19,7 @@ fn handle_request(
         peer::find_by_node(from_node)?.ok_or_else(|| PeerError::UnknownNode(from_node.into()))?;
     from.check_inbound()?;
     let reply = match Request::parse(action, body.0)? {
-        Request::Link(req) => {
-            crate::control::link::handle_link(&from, req)?;
-            None
-        }
+        Request::Link(req) => Some(json(crate::control::link::handle_link(&from, req)?)),
         Request::Unlink(req) => {
             crate::control::link::handle_unlink(&from, req)?;
             None

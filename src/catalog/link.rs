@@ -32,6 +32,16 @@ pub enum LinkError {
     NotLinkedAtAll(String),
     #[error("table {0} is already linked differently on node \"{1}\"")]
     LinkedDifferently(String, String),
+    #[error("table {table} is already linked with peer \"{peer}\" in another way")]
+    LinkedWithOtherOptions {
+        table: String,
+        peer: String,
+        differences: Vec<String>,
+    },
+    #[error("unknown direction {}", crate::pg::args::shown(.0))]
+    BadDirection(String),
+    #[error("peer \"{0}\" runs a synclink that cannot link a table one way")]
+    PeerCannotLinkOneWay(String),
     #[error("unknown request {} from a peer", crate::pg::args::shown(.0))]
     BadRequest(String),
     #[error("column {} of {table} does not exist", crate::pg::args::shown(.column))]
@@ -80,7 +90,11 @@ impl SqlError for LinkError {
             LinkError::MissingTable { .. } => ERRCODE_UNDEFINED_TABLE,
             LinkError::ColumnMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
             LinkError::NotLinked { .. } | LinkError::NotLinkedAtAll(_) => ERRCODE_UNDEFINED_OBJECT,
-            LinkError::LinkedDifferently(..) => ERRCODE_DUPLICATE_OBJECT,
+            LinkError::LinkedDifferently(..) | LinkError::LinkedWithOtherOptions { .. } => {
+                ERRCODE_DUPLICATE_OBJECT
+            }
+            LinkError::BadDirection(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            LinkError::PeerCannotLinkOneWay(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             LinkError::BadRequest(_) => ERRCODE_PROTOCOL_VIOLATION,
             LinkError::HasQueued { .. } => ERRCODE_OBJECT_IN_USE,
             LinkError::NoSuchColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
@@ -95,7 +109,8 @@ impl SqlError for LinkError {
     }
     fn detail(&self) -> Option<String> {
         match self {
-            LinkError::ColumnMismatch { differences, .. } => Some(differences.join("; ")),
+            LinkError::ColumnMismatch { differences, .. }
+            | LinkError::LinkedWithOtherOptions { differences, .. } => Some(differences.join("; ")),
             LinkError::ReservedColumns { reserved, .. } => Some(format!(
                 "Column(s) {} start with \"{RESERVED_PREFIX}\".",
                 reserved.join(", ")
@@ -113,6 +128,9 @@ impl SqlError for LinkError {
                 "sync_status lists the linked tables.".into()
             }
             LinkError::LinkedDifferently(..) => "Run sync_unlink_table() for it first, then link again.".into(),
+            LinkError::LinkedWithOtherOptions { table, peer, .. } => format!("The link as it is keeps working. To change it: SELECT sync_unlink_table('{table}', '{peer}'), then link it again with the options wanted."),
+            LinkError::BadDirection(_) => "direction => 'both' (the default), 'push' (this node's changes go to the peer, the peer's stay there) or 'pull' (the peer's changes come here, this node's stay here).".into(),
+            LinkError::PeerCannotLinkOneWay(_) => "Update synclink on the peer (ALTER EXTENSION synclink UPDATE), or link both ways.".into(),
             LinkError::BadRequest(_) => "Both nodes must run the same synclink version.".into(),
             LinkError::NoSuchColumn { .. } => "key => and exclude => take column names of the table.".into(),
             LinkError::KeyNotUnique { table, key } => format!("Rows are matched by the key, so it must be unique and never NULL on both nodes: CREATE UNIQUE INDEX ON {table} ({key}), and ALTER COLUMN ... SET NOT NULL for each key column."),
@@ -130,6 +148,49 @@ impl SqlError for LinkError {
 }
 
 crate::pg::error::reported_as_sql_error!(LinkError);
+
+/// Which way a link carries changes, seen from this node.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    Both,
+    /// This node's changes go to the peer; the peer's are not sent here.
+    Push,
+    /// The peer's changes come here; this node's are not sent.
+    Pull,
+}
+
+impl Direction {
+    pub fn parse(text: &str) -> Result<Direction, LinkError> {
+        match text {
+            "both" => Ok(Direction::Both),
+            "push" => Ok(Direction::Push),
+            "pull" => Ok(Direction::Pull),
+            other => Err(LinkError::BadDirection(other.into())),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Both => "both",
+            Direction::Push => "push",
+            Direction::Pull => "pull",
+        }
+    }
+
+    /// The same link seen from the peer.
+    pub fn mirrored(self) -> Direction {
+        match self {
+            Direction::Both => Direction::Both,
+            Direction::Push => Direction::Pull,
+            Direction::Pull => Direction::Push,
+        }
+    }
+
+    /// Are this node's changes captured and sent?
+    pub fn sends(self) -> bool {
+        self != Direction::Pull
+    }
+}
 
 /// Names synclink gives its own columns and variables in what it generates; a table column
 /// named so would be ambiguous there.
@@ -483,6 +544,25 @@ mod tests {
             not_null: false,
             has_default: false,
         }
+    }
+
+    #[test]
+    fn a_one_way_link_is_the_other_way_round_on_the_peer() {
+        for (text, sends, receives) in [
+            ("both", true, true),
+            ("push", true, false),
+            ("pull", false, true),
+        ] {
+            let d = Direction::parse(text).unwrap();
+            assert_eq!(d.as_str(), text);
+            // the peer sends what this node receives
+            assert_eq!((d.sends(), d.mirrored().sends()), (sends, receives));
+            assert_eq!(d.mirrored().mirrored(), d);
+        }
+        assert!(matches!(
+            Direction::parse("Push"),
+            Err(LinkError::BadDirection(_))
+        ));
     }
 
     #[test]

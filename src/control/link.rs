@@ -3,7 +3,8 @@
 //! make the peer set up or take down its half, so one call links or unlinks both directions.
 
 use crate::catalog::link::{
-    column_differences, describe, find, lookup, same_set, Column, Link, LinkError, TableInfo,
+    column_differences, describe, find, lookup, same_set, Column, Direction, Link, LinkError,
+    TableInfo,
 };
 use crate::catalog::peer::{self, Peer, PeerError};
 use crate::catalog::policy::Policy;
@@ -11,7 +12,7 @@ use crate::data::capture::statement::{self as capture, CaptureSpec};
 use crate::pg::error::{notice, Result};
 use crate::pg::spi::{need, Missing};
 use crate::pg::sql::{ident, join, object_name, qualified};
-use crate::rpc::{LinkRequest, UnlinkRequest};
+use crate::rpc::{LinkReply, LinkRequest, UnlinkRequest};
 use pgrx::prelude::*;
 
 /// A name in schema synclink not yet taken by a type or function.
@@ -33,12 +34,15 @@ fn free_name(base: &str, suffix: &str, id: i32) -> Result<String> {
 
 /// Make this node's half of a link and record it. Both sides use the same wire column order.
 /// `req` describes the link as the initiating node sent it; `peer_table` is the peer's
-/// (schema, table) as seen from this node.
+/// (schema, table) as seen from this node; `direction` the link seen from this node: a half
+/// that sends nothing gets no capture triggers (its version table and capture function are
+/// made all the same, so that the link's objects are the same whichever way it goes).
 fn create_local(
     info: &TableInfo,
     peer: &Peer,
     req: &LinkRequest,
     peer_table: (&str, &str),
+    direction: Direction,
 ) -> Result<i32> {
     let (wire, key) = (&req.columns, &req.key[..]);
     let (initiator, mode) = (req.initiator.as_str(), req.mode.as_str());
@@ -100,12 +104,12 @@ fn create_local(
         node: &crate::catalog::node::local_name()?,
         version_table: &version_table,
     };
-    let triggers = make_code(&spec, &table, &peer.node_name, info.oid)?;
+    let triggers = make_code(&spec, &table, &peer.node_name, info.oid, direction.sends())?;
     Spi::run_with_args(
         "INSERT INTO synclink.link (link_id, relid, peer_name, peer_schema, peer_table, columns, \
              key_columns, initiator, row_type, capture_function, triggers, mode, excluded, \
-             version_table, conflict, prefer_node, version_column, generator) \
-         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             version_table, conflict, prefer_node, version_column, generator, direction) \
+         VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         &[
             id.into(),
             info.oid.into(),
@@ -125,6 +129,7 @@ fn create_local(
             req.prefer_node.clone().into(),
             req.version_column.clone().into(),
             GENERATOR.into(),
+            direction.as_str().into(),
         ],
     )?;
     Ok(id)
@@ -139,15 +144,16 @@ pub const VERSION_FILLFACTOR: u32 = 50;
 /// a DBA (and an upgrade) can tell which links sync_refresh_link should make anew.
 pub const GENERATOR: &str = env!("CARGO_PKG_VERSION");
 
-/// A link's generated code: its version table's access rules, its capture function and its
-/// triggers (returned by name). Changes from the peer are applied as the table's owner, in
-/// one statement that also writes the versions: the owner may use the versions of this table,
-/// and nobody else.
+/// A link's generated code: its version table's access rules, its capture function and, when
+/// the link sends this node's changes, its triggers (returned by name). Changes from the peer
+/// are applied as the table's owner, in one statement that also writes the versions: the
+/// owner may use the versions of this table, and nobody else.
 fn make_code(
     spec: &CaptureSpec,
     table: &str,
     peer_node: &str,
     relid: pg_sys::Oid,
+    sends: bool,
 ) -> Result<Vec<String>> {
     for stmt in version_table_access(spec.version_table, relid) {
         Spi::run(&stmt)?;
@@ -158,6 +164,9 @@ fn make_code(
         spec.function
     ))?;
     let mut triggers = Vec::new();
+    if !sends {
+        return Ok(triggers);
+    }
     for (name, sql) in capture::trigger_sqls(table, spec, peer_node) {
         Spi::run(&sql)?;
         triggers.push(name);
@@ -177,7 +186,8 @@ pub fn refresh(link_id: i32) -> Result<bool> {
                     l.capture_function, l.triggers, l.version_table, p.node_name, \
                     l.initiator = n.node_name, \
                     (SELECT f.proowner FROM pg_proc f WHERE f.oid = to_regproc(l.capture_function)), \
-                    to_regclass(l.version_table) IS NOT NULL AND to_regtype(l.row_type) IS NOT NULL \
+                    to_regclass(l.version_table) IS NOT NULL AND to_regtype(l.row_type) IS NOT NULL, \
+                    coalesce(to_jsonb(l) ->> 'direction', 'both') \
                FROM synclink.link l JOIN synclink.peer p USING (peer_name) CROSS JOIN synclink.node n \
               WHERE l.link_id = $1",
             None,
@@ -199,6 +209,7 @@ pub fn refresh(link_id: i32) -> Result<bool> {
                 need::<bool>(&r, 11, "link initiator")?,
                 r.get::<pg_sys::Oid>(12)?,
                 need::<bool>(&r, 13, "link objects")?,
+                need::<String>(&r, 14, "link direction")?,
             ))
         })
         .transpose()
@@ -217,10 +228,15 @@ pub fn refresh(link_id: i32) -> Result<bool> {
         initiated_here,
         function_owner,
         intact,
+        direction,
     )) = row
     else {
         return Ok(false);
     };
+    // (Read through to_jsonb: the upgrade scripts of earlier versions make every link anew
+    // with this code before the script that adds the column has run; links made then carried
+    // changes both ways.)
+    let sends = Direction::parse(&direction)?.sends();
     let info = describe(relid)?;
     let table = info.display();
     if !intact {
@@ -274,7 +290,7 @@ pub fn refresh(link_id: i32) -> Result<bool> {
     // the extension (sync_unlink_table must be able to drop them) and their privileges not the
     // extension's initial ones.
     let triggers = crate::pg::ffi::outside_extension_script(|| -> Result<Vec<String>> {
-        let triggers = make_code(&spec, &table, &peer_node, relid)?;
+        let triggers = make_code(&spec, &table, &peer_node, relid, sends)?;
         Spi::run(&format!("ALTER FUNCTION {function}() OWNER TO {owner}"))?;
         if !initiated_here {
             Spi::run(&format!("ALTER TABLE {version_table} OWNER TO {owner}"))?;
@@ -396,16 +412,28 @@ fn check_columns(info: &TableInfo, names: &[String]) -> Result<(), LinkError> {
     }
 }
 
-pub fn link_table(
-    relid: pg_sys::Oid,
-    peer_name: Option<&str>,
-    mode: &str,
-    key: Option<Vec<String>>,
-    exclude: Vec<String>,
-    copy: &str,
-    conflict: (&str, Option<&str>),
-) -> Result<bool> {
+/// How sync_link_table was asked to link a table.
+pub struct Options<'a> {
+    pub mode: &'a str,
+    pub direction: &'a str,
+    pub key: Option<Vec<String>>,
+    pub exclude: Vec<String>,
+    pub copy: &'a str,
+    /// the policy, and the version column last_write_wins compares first
+    pub conflict: (&'a str, Option<&'a str>),
+}
+
+pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options) -> Result<bool> {
+    let Options {
+        mode,
+        direction,
+        key,
+        exclude,
+        copy,
+        conflict,
+    } = options;
     crate::data::queue::check_mode(mode)?;
+    let direction = Direction::parse(direction)?;
     crate::reconcile::diff::check_copy(copy)?;
     let peer = peer::resolve(peer_name)?;
     let info = describe(relid)?;
@@ -428,14 +456,6 @@ pub fn link_table(
         crate::catalog::policy::check_version_column(relid, vc, &sent)?;
     }
     let (conflict, prefer_node, version_column) = policy.stored();
-    if find(relid, &peer.name)?.is_some() {
-        notice(&format!(
-            "table {} is already linked with peer \"{}\", skipping",
-            info.display(),
-            peer.name
-        ));
-        return Ok(false);
-    }
     let body = LinkRequest {
         schema: info.schema.clone(),
         table: info.name.clone(),
@@ -449,7 +469,25 @@ pub fn link_table(
         conflict: conflict.into(),
         prefer_node,
         version_column,
+        direction: direction.as_str().into(),
     };
+    if let Some(existing) = find(relid, &peer.name)? {
+        let differences = differences_from(existing.id, &body)?;
+        if !differences.is_empty() {
+            return Err(LinkError::LinkedWithOtherOptions {
+                table: info.display(),
+                peer: peer.name.clone(),
+                differences,
+            }
+            .into());
+        }
+        notice(&format!(
+            "table {} is already linked with peer \"{}\" this way, skipping",
+            info.display(),
+            peer.name
+        ));
+        return Ok(false);
+    }
     // Existing rows first, while neither side has its triggers yet: none of it is captured.
     crate::reconcile::diff::copy_for_link(
         &peer,
@@ -460,9 +498,63 @@ pub fn link_table(
         copy,
     )?;
     // Links pair tables of the same name, so the peer's table is called as ours.
-    create_local(&info, &peer, &body, (&body.schema, &body.table))?;
-    crate::rpc::call(&peer, &body)?;
+    create_local(&info, &peer, &body, (&body.schema, &body.table), direction)?;
+    let reply = crate::rpc::call(&peer, &body)?;
+    // A peer that does not know directions made a both-ways half: the whole link is undone
+    // with this transaction.
+    let made = serde_json::from_value::<LinkReply>(reply).ok();
+    if direction != Direction::Both
+        && made.map(|r| r.direction) != Some(direction.mirrored().as_str().to_string())
+    {
+        return Err(LinkError::PeerCannotLinkOneWay(peer.name.clone()).into());
+    }
     Ok(true)
+}
+
+/// How the link `link_id` differs from what `req` asks for, one line per option (empty: the
+/// same link). `req` is seen from the node that stores the link.
+fn differences_from(link_id: i32, req: &LinkRequest) -> Result<Vec<String>> {
+    let row = Spi::connect(|c| {
+        let r = c
+            .select(
+                "SELECT mode, direction, key_columns, excluded, conflict, prefer_node, version_column \
+                   FROM synclink.link WHERE link_id = $1",
+                None,
+                &[link_id.into()],
+            )?
+            .next()
+            .ok_or(Missing("link"))?;
+        Ok::<_, crate::pg::error::Error>((
+            need::<String>(&r, 1, "link mode")?,
+            need::<String>(&r, 2, "link direction")?,
+            need::<Vec<String>>(&r, 3, "link key_columns")?,
+            need::<Vec<String>>(&r, 4, "link excluded")?,
+            need::<String>(&r, 5, "link conflict")?,
+            r.get::<String>(6)?,
+            r.get::<String>(7)?,
+        ))
+    })?;
+    let (mode, direction, key, excluded, conflict, prefer_node, version_column) = row;
+    let mut differences = Vec::new();
+    let mut differ = |what: &str, now: String, asked: String| {
+        if now != asked {
+            differences.push(format!("{what} is {now}, not {asked}"));
+        }
+    };
+    let list = |v: &[String]| format!("({})", v.join(", "));
+    let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+    differ("mode", mode, req.mode.clone());
+    differ("direction", direction, req.direction.clone());
+    differ("key", list(&key), list(&req.key));
+    differ("exclude", list(&excluded), list(&req.exclude));
+    differ("conflict", conflict, req.conflict.clone());
+    differ("prefer_node", shown(&prefer_node), shown(&req.prefer_node));
+    differ(
+        "version_column",
+        shown(&version_column),
+        shown(&req.version_column),
+    );
+    Ok(differences)
 }
 
 /// Changes still queued for one link are never dropped quietly: refused, or with `discard`
@@ -547,7 +639,7 @@ pub fn unlink_table(relid: pg_sys::Oid, peer_name: Option<&str>, discard: bool) 
     Ok(true)
 }
 
-pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<()> {
+pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
     let node = crate::catalog::node::local_name()?;
     let display = format!("{}.{}", ident(&req.schema), ident(&req.table));
     let oid = lookup(&req.schema, &req.table)?.ok_or_else(|| LinkError::MissingTable {
@@ -587,19 +679,33 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<()> {
         }
         .into());
     }
+    // The link seen from here: a push from the initiator is a pull here.
+    let direction = Direction::parse(&req.direction)?.mirrored();
+    let reply = LinkReply {
+        direction: direction.as_str().into(),
+    };
     if let Some(existing) = find(oid, &from.name)? {
-        let (cols, key) = Spi::get_two_with_args::<Vec<String>, Vec<String>>(
-            "SELECT columns, key_columns FROM synclink.link WHERE link_id = $1",
+        let (cols, key, stored) = Spi::get_three_with_args::<Vec<String>, Vec<String>, String>(
+            "SELECT columns, key_columns, direction FROM synclink.link WHERE link_id = $1",
             &[existing.id.into()],
         )?;
         let wanted: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
-        if cols.as_deref() == Some(&wanted[..]) && key.as_deref() == Some(&req.key[..]) {
-            return Ok(());
+        if cols.as_deref() == Some(&wanted[..])
+            && key.as_deref() == Some(&req.key[..])
+            && stored.as_deref() == Some(direction.as_str())
+        {
+            return Ok(reply);
         }
         return Err(LinkError::LinkedDifferently(display, node).into());
     }
-    create_local(&info, from, &req, (&req.from_schema, &req.from_table))?;
-    Ok(())
+    create_local(
+        &info,
+        from,
+        &req,
+        (&req.from_schema, &req.from_table),
+        direction,
+    )?;
+    Ok(reply)
 }
 
 pub fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<()> {

@@ -175,7 +175,8 @@ fn send(insert: &OwnedPreparedStatement, r: &Route, origin: &str, change: &Chang
 /// Send one change record of a link to its peer, or queue it. Called by the generated
 /// capture functions.
 ///
-/// async: always queued. sync: sent now when nothing is queued for the peer; otherwise queued
+/// async, or a change being applied from another peer: always queued. sync: sent now when
+/// nothing is queued for the peer; otherwise queued
 /// behind the earlier changes, after trying to deliver those first when the peer may be back.
 /// A peer that cannot be reached gets the change queued (the failed attempt is rolled back in
 /// its subtransaction), and writers leave it alone for synclink.retry_interval.
@@ -209,7 +210,11 @@ fn ship_change(
         stamps,
     };
     let queue = |reason: Option<&str>| queue::enqueue(&r.peer, link_id, &origin, &change, reason);
-    if r.asynchronous {
+    // A change this node is applying from another peer (a hub relaying it) goes out after
+    // this transaction commits, through the queue. Sent from inside the delivering
+    // transaction, it would hold rows on the next node until the first writer commits, and a
+    // node the change reaches by two paths (a mesh) would wait on itself.
+    if r.asynchronous || crate::data::apply::current_origin().is_some() {
         return queue(None);
     }
     let Some(insert) = &r.insert else {

@@ -32,6 +32,21 @@ pub struct LinkRequest {
     pub prefer_node: Option<String>,
     #[serde(default)]
     pub version_column: Option<String>,
+    /// which way changes travel, seen from the initiator (both, push or pull); a node that
+    /// makes a one-way half says so in its [`LinkReply`]
+    #[serde(default = "both_ways")]
+    pub direction: String,
+}
+
+/// The peer's answer to a [`LinkRequest`]: the direction it recorded, seen from the peer. A
+/// node older than one-way links answers nothing, and a one-way link is then refused.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LinkReply {
+    pub direction: String,
+}
+
+pub fn both_ways() -> String {
+    "both".into()
 }
 
 pub fn last_write_wins() -> String {

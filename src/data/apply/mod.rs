@@ -29,6 +29,12 @@ pub enum ApplyError {
         table: String,
         node: String,
     },
+    #[error("table {schema}.{table} takes no changes from node \"{node}\": its link sends only")]
+    NotReceiving {
+        schema: String,
+        table: String,
+        node: String,
+    },
     #[error("unknown change operation {}", crate::pg::args::shown(.0))]
     BadOp(String),
     #[error("change record without row versions")]
@@ -47,6 +53,9 @@ impl SqlError for ApplyError {
             ApplyError::UnknownSender(_) | ApplyError::NotLinked { .. } => {
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT
             }
+            ApplyError::NotReceiving { .. } => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             ApplyError::BadOp(_) | ApplyError::Unstamped => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
             ApplyError::NotTheInbox => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             ApplyError::ConcurrentInsert { .. } => {
@@ -62,6 +71,9 @@ impl SqlError for ApplyError {
             }
             ApplyError::NotLinked { .. } => {
                 "Link the table again with sync_link_table() on either node.".into()
+            }
+            ApplyError::NotReceiving { .. } => {
+                "The two halves of the link disagree on its direction (this node's is push): unlink the table and link it again from either node; the changes stay queued on the sending node meanwhile.".into()
             }
             ApplyError::BadOp(_) | ApplyError::Unstamped => {
                 "The sending node runs an incompatible synclink version.".into()
@@ -265,16 +277,28 @@ fn lookup_link_id(sender: &str, schema: &str, table: &str) -> Result<(i32, pg_sy
     // Planned once per backend: in sync mode every writing transaction on the peer asks.
     let text = pgrx::PgOid::from(pg_sys::TEXTOID);
     let id = crate::pg::spi::prepared_read(
-        "SELECT l.link_id, l.relid::oid FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
-         WHERE p.node_name = $1 AND l.relid = to_regclass(format('%I.%I', $2, $3))",
+        "SELECT l.link_id, l.relid::oid, l.direction <> 'push' \
+           FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
+          WHERE p.node_name = $1 AND l.relid = to_regclass(format('%I.%I', $2, $3))",
         &[text, text, text],
         &[sender.into(), schema.into(), table.into()],
         |t| match t.into_iter().next() {
-            Some(r) => Ok(r.get::<i32>(1)?.zip(r.get::<pg_sys::Oid>(2)?)),
+            Some(r) => Ok(r
+                .get::<i32>(1)?
+                .zip(r.get::<pg_sys::Oid>(2)?)
+                .zip(r.get::<bool>(3)?)),
             None => Ok::<_, pgrx::spi::SpiError>(None),
         },
     )??;
-    let Some(found) = id else {
+    if let Some((_, false)) = id {
+        return Err(ApplyError::NotReceiving {
+            schema: schema.into(),
+            table: table.into(),
+            node: sender.into(),
+        }
+        .into());
+    }
+    let Some((found, _)) = id else {
         return Err(match crate::catalog::peer::find_by_node(sender)? {
             None => ApplyError::UnknownSender(sender.into()),
             Some(_) => ApplyError::NotLinked {

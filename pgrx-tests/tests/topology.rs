@@ -1,0 +1,191 @@
+//! More than two nodes, and links that carry changes one way: a push link from an authority,
+//! a pull link, and a hub relaying between children that do not link each other.
+
+use postgres::Client;
+use synclink_e2e::{count, db_error, flush, links, queued, status, Node, Nodes};
+
+const PRICES: &str = "CREATE TABLE prices (id int PRIMARY KEY, amount int)";
+
+/// The rows of `table`, in key order, as text: two nodes hold the same rows when these match.
+fn rows(c: &mut Client, table: &str) -> Vec<String> {
+    c.query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn conflicts(c: &mut Client) -> i64 {
+    count(c, "SELECT count(*) FROM synclink.conflict")
+}
+
+/// The capture triggers of the link of `table`.
+fn triggers(c: &mut Client, table: &str) -> i64 {
+    count(
+        c,
+        &format!(
+            "SELECT count(*) FROM synclink.link l, unnest(l.triggers) \
+              WHERE l.relid = '{table}'::regclass"
+        ),
+    )
+}
+
+/// Flush every node until nothing is queued anywhere; panics if relayed changes keep
+/// coming back (a loop).
+fn settle(nodes: &mut [&mut Client]) {
+    for _ in 0..10 {
+        for c in nodes.iter_mut() {
+            flush(c);
+        }
+        if nodes.iter_mut().all(|c| queued(c) == 0) {
+            return;
+        }
+    }
+    panic!("changes are still queued after ten rounds of delivery");
+}
+
+#[test]
+fn a_push_link_carries_the_authoritys_changes_and_leaves_the_childs_at_home() {
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    a.batch_execute(PRICES).unwrap();
+    b.batch_execute(PRICES).unwrap();
+    a.execute("SELECT sync_link_table('prices', direction => 'push')", &[])
+        .unwrap();
+    assert_eq!(status(&mut a, "prices").direction, "push");
+    assert_eq!(status(&mut b, "prices").direction, "pull");
+    // nothing is captured on the child
+    assert!(triggers(&mut a, "prices") > 0);
+    assert_eq!(triggers(&mut b, "prices"), 0);
+
+    a.batch_execute("INSERT INTO prices VALUES (1, 10), (2, 20)")
+        .unwrap();
+    assert_eq!(rows(&mut b, "prices"), ["(1,10)", "(2,20)"]);
+
+    // the child's own edits stay on the child
+    b.batch_execute(
+        "UPDATE prices SET amount = 99 WHERE id = 1; INSERT INTO prices VALUES (3, 30)",
+    )
+    .unwrap();
+    assert_eq!(queued(&mut b), 0);
+    assert_eq!(rows(&mut a, "prices"), ["(1,10)", "(2,20)"]);
+
+    // until the authority changes the same row: its change wins, without a conflict
+    a.batch_execute("UPDATE prices SET amount = 11 WHERE id = 1; DELETE FROM prices WHERE id = 2")
+        .unwrap();
+    assert_eq!(rows(&mut b, "prices"), ["(1,11)", "(3,30)"]);
+    assert_eq!(conflicts(&mut b), 0);
+    assert_eq!(conflicts(&mut a), 0);
+}
+
+#[test]
+fn a_pull_link_brings_the_peers_changes_and_sends_none() {
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    a.batch_execute(PRICES).unwrap();
+    b.batch_execute(PRICES).unwrap();
+    a.execute(
+        "SELECT sync_link_table('prices', direction => 'pull', mode => 'async')",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(status(&mut b, "prices").direction, "push");
+    b.batch_execute("INSERT INTO prices VALUES (1, 10)")
+        .unwrap();
+    a.batch_execute("INSERT INTO prices VALUES (2, 20)")
+        .unwrap();
+    assert_eq!(queued(&mut a), 0, "nothing of a's is queued");
+    assert_eq!(flush(&mut b), 1);
+    assert_eq!(rows(&mut a, "prices"), ["(1,10)", "(2,20)"]);
+    assert_eq!(rows(&mut b, "prices"), ["(1,10)"]);
+}
+
+#[test]
+fn a_direction_is_checked_and_a_link_is_never_changed_by_linking_it_again() {
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    a.batch_execute(PRICES).unwrap();
+    b.batch_execute(PRICES).unwrap();
+    let (code, message, _, hint) = db_error(
+        a.batch_execute("SELECT sync_link_table('prices', direction => 'sideways')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "22023");
+    assert!(message.contains("sideways"), "{message}");
+    assert!(hint.contains("'push'") && hint.contains("'pull'"), "{hint}");
+    assert_eq!((links(&mut a), links(&mut b)), (0, 0));
+
+    a.execute("SELECT sync_link_table('prices')", &[]).unwrap();
+    // the same link again: nothing to do
+    let again: bool = a
+        .query_one("SELECT sync_link_table('prices', direction => 'both')", &[])
+        .unwrap()
+        .get(0);
+    assert!(!again);
+    // another way: refused, saying what differs, and the link stays as it was
+    let (code, _, detail, hint) = db_error(
+        a.batch_execute("SELECT sync_link_table('prices', direction => 'push', mode => 'async')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "42710");
+    assert!(
+        detail.contains("mode is sync, not async")
+            && detail.contains("direction is both, not push"),
+        "{detail}"
+    );
+    assert!(hint.contains("sync_unlink_table"), "{hint}");
+    assert_eq!(status(&mut a, "prices").direction, "both");
+    assert_eq!(status(&mut b, "prices").direction, "both");
+
+    // halves that disagree (the peer's changed by hand): a change is refused where it
+    // arrives, and the writer is told
+    b.batch_execute("UPDATE synclink.link SET direction = 'push'")
+        .unwrap();
+    let (code, _, detail, _) = db_error(
+        a.batch_execute("INSERT INTO prices VALUES (1, 1)")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "HV000");
+    assert!(detail.contains("takes no changes"), "{detail}");
+    assert_eq!(count(&mut a, "SELECT count(*) FROM prices"), 0);
+    assert_eq!(count(&mut b, "SELECT count(*) FROM prices"), 0);
+}
+
+/// Three nodes of one cluster, each registered with the other two by their letters.
+fn three() -> (Nodes, Node, Client, Client, Client) {
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    let node_c = nodes.a.sibling("shop_c");
+    let mut c = node_c.connect();
+    a.execute("SELECT sync_add_peer('c', $1)", &[&node_c.conninfo()])
+        .unwrap();
+    b.execute("SELECT sync_add_peer('c', $1)", &[&node_c.conninfo()])
+        .unwrap();
+    c.execute("SELECT sync_add_peer('a', $1)", &[&nodes.a.conninfo()])
+        .unwrap();
+    c.execute("SELECT sync_add_peer('b', $1)", &[&nodes.b.conninfo()])
+        .unwrap();
+    for n in [&mut a, &mut b, &mut c] {
+        n.batch_execute(PRICES).unwrap();
+    }
+    (nodes, node_c, a, b, c)
+}
+
+#[test]
+fn a_hub_relays_between_children_that_do_not_link_each_other() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    // a is the hub; b and c are linked with a only
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b'); SELECT sync_link_table('prices', 'c');",
+    )
+    .unwrap();
+    b.batch_execute("INSERT INTO prices VALUES (1, 10)")
+        .unwrap();
+    // reached the hub inside b's transaction; leaves the hub for c once that committed
+    assert_eq!(rows(&mut a, "prices"), ["(1,10)"]);
+    assert_eq!(queued(&mut a), 1);
+    settle(&mut [&mut a, &mut b, &mut c]);
+    c.batch_execute("UPDATE prices SET amount = 11 WHERE id = 1")
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), ["(1,11)"]);
+        assert_eq!(conflicts(n), 0);
+    }
+}
