@@ -2,7 +2,8 @@
 //! a pull link, and a hub relaying between children that do not link each other.
 
 use postgres::Client;
-use synclink_e2e::{count, db_error, flush, links, queued, status, Node, Nodes};
+use std::time::Duration;
+use synclink_e2e::{count, db_error, flush, links, queued, status, wait_until, Node, Nodes};
 
 const PRICES: &str = "CREATE TABLE prices (id int PRIMARY KEY, amount int)";
 
@@ -188,4 +189,75 @@ fn a_hub_relays_between_children_that_do_not_link_each_other() {
         assert_eq!(rows(n, "prices"), ["(1,11)"]);
         assert_eq!(conflicts(n), 0);
     }
+}
+
+#[test]
+fn a_child_that_is_down_gets_what_the_hub_relayed_meanwhile_and_the_others_keep_going() {
+    let (nodes, mut a, _) =
+        Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();
+    // a is the hub; c a child on a's server, b a child on a server of its own
+    let node_c = nodes.a.sibling("shop_c");
+    let mut c = node_c.connect();
+    a.execute("SELECT sync_add_peer('c', $1)", &[&node_c.conninfo()])
+        .unwrap();
+    c.execute("SELECT sync_add_peer('a', $1)", &[&nodes.a.conninfo()])
+        .unwrap();
+    let mut b = nodes.b.connect();
+    for n in [&mut a, &mut b, &mut c] {
+        n.batch_execute(PRICES).unwrap();
+    }
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async');",
+    )
+    .unwrap();
+    drop(b);
+    nodes.b.stop_immediate();
+    // delivery to c goes on while b is down, and what c sends is relayed towards b
+    c.batch_execute("INSERT INTO prices VALUES (1, 10)")
+        .unwrap();
+    a.batch_execute("INSERT INTO prices VALUES (2, 20)")
+        .unwrap();
+    wait_until(Duration::from_secs(60), || {
+        rows(&mut a, "prices") == ["(1,10)", "(2,20)"]
+            && rows(&mut c, "prices") == ["(1,10)", "(2,20)"]
+    });
+    assert_eq!(queued(&mut a), 2, "c's change and a's own wait for b");
+    nodes.b.start_again();
+    let mut b = nodes.b.connect();
+    wait_until(Duration::from_secs(60), || {
+        rows(&mut b, "prices") == ["(1,10)", "(2,20)"]
+    });
+    wait_until(Duration::from_secs(30), || {
+        queued(&mut a) == 0 && queued(&mut b) == 0 && queued(&mut c) == 0
+    });
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(conflicts(n), 0);
+    }
+}
+
+#[test]
+fn a_sequence_is_shared_with_one_peer_at_a_time() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    for n in [&mut a, &mut b, &mut c] {
+        n.batch_execute("CREATE TABLE items (id serial PRIMARY KEY, name text)")
+            .unwrap();
+    }
+    a.batch_execute(
+        "SELECT sync_link_table('items', 'b'); SELECT sync_link_table('items', 'c'); \
+         SELECT sync_share_sequence('items_id_seq', 'b', strategy => 'interleave');",
+    )
+    .unwrap();
+    let (code, message, _, hint) = db_error(
+        a.batch_execute(
+            "SELECT sync_share_sequence('items_id_seq', 'c', strategy => 'interleave')",
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(code, "55006", "{message}");
+    assert!(!hint.is_empty());
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM synclink.shared_sequence"),
+        0
+    );
 }
