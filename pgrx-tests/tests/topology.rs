@@ -261,3 +261,33 @@ fn a_sequence_is_shared_with_one_peer_at_a_time() {
         0
     );
 }
+
+#[test]
+fn a_ring_of_push_links_carries_a_change_round_once() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    a.execute(
+        "SELECT sync_link_table('prices', 'b', direction => 'push')",
+        &[],
+    )
+    .unwrap();
+    b.execute(
+        "SELECT sync_link_table('prices', 'c', direction => 'push')",
+        &[],
+    )
+    .unwrap();
+    c.execute(
+        "SELECT sync_link_table('prices', 'a', direction => 'push')",
+        &[],
+    )
+    .unwrap();
+    a.batch_execute("INSERT INTO prices VALUES (1, 10)")
+        .unwrap();
+    c.batch_execute("INSERT INTO prices VALUES (2, 20)")
+        .unwrap();
+    // a → b → c, and c → a → b: each change stops before the node it started on
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), ["(1,10)", "(2,20)"]);
+        assert_eq!(conflicts(n), 0);
+    }
+}
