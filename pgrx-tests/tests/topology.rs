@@ -20,13 +20,13 @@ fn conflicts(c: &mut Client) -> i64 {
     count(c, "SELECT count(*) FROM synclink.conflict")
 }
 
-/// The capture triggers of the link of `table`.
+/// The capture triggers on `table` (synclink's triggers, named after it).
 fn triggers(c: &mut Client, table: &str) -> i64 {
     count(
         c,
         &format!(
-            "SELECT count(*) FROM synclink.link l, unnest(l.triggers) \
-              WHERE l.relid = '{table}'::regclass"
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = '{table}'::regclass \
+                AND NOT tgisinternal AND tgname LIKE 'synclink%'"
         ),
     )
 }
@@ -62,6 +62,14 @@ fn a_push_link_carries_the_authoritys_changes_and_leaves_the_childs_at_home() {
         .unwrap();
     assert_eq!(rows(&mut b, "prices"), ["(1,10)", "(2,20)"]);
 
+    // made anew (as ALTER EXTENSION UPDATE does), each half stays as it was
+    a.batch_execute("SELECT sync_refresh_link('prices')")
+        .unwrap();
+    b.batch_execute("SELECT sync_refresh_link('prices')")
+        .unwrap();
+    assert!(triggers(&mut a, "prices") > 0);
+    assert_eq!(triggers(&mut b, "prices"), 0);
+
     // the child's own edits stay on the child
     b.batch_execute(
         "UPDATE prices SET amount = 99 WHERE id = 1; INSERT INTO prices VALUES (3, 30)",
@@ -76,6 +84,19 @@ fn a_push_link_carries_the_authoritys_changes_and_leaves_the_childs_at_home() {
     assert_eq!(rows(&mut b, "prices"), ["(1,11)", "(3,30)"]);
     assert_eq!(conflicts(&mut b), 0);
     assert_eq!(conflicts(&mut a), 0);
+
+    // nor can a repair from the child write the authority's rows
+    let (code, message, _, hint) = db_error(
+        b.batch_execute("SELECT sync_reconcile('prices', prefer => 'local')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "55000", "{message}");
+    assert!(hint.contains("node that sends"), "{hint}");
+    assert_eq!(rows(&mut a, "prices"), ["(1,11)"]);
+    // while the authority may repair the child
+    a.batch_execute("SELECT sync_reconcile('prices', prefer => 'local')")
+        .unwrap();
+    assert_eq!(rows(&mut b, "prices"), ["(1,11)"]);
 }
 
 #[test]
@@ -111,6 +132,14 @@ fn a_direction_is_checked_and_a_link_is_never_changed_by_linking_it_again() {
     assert_eq!(code, "22023");
     assert!(message.contains("sideways"), "{message}");
     assert!(hint.contains("'push'") && hint.contains("'pull'"), "{hint}");
+    let (code, _, _, hint) = db_error(
+        a.batch_execute(
+            "SELECT sync_link_table('prices', direction => 'push', copy => 'from_peer')",
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(code, "22023");
+    assert!(hint.contains("'to_peer'"), "{hint}");
     assert_eq!((links(&mut a), links(&mut b)), (0, 0));
 
     a.execute("SELECT sync_link_table('prices')", &[]).unwrap();
@@ -290,4 +319,37 @@ fn a_ring_of_push_links_carries_a_change_round_once() {
         assert_eq!(rows(n, "prices"), ["(1,10)", "(2,20)"]);
         assert_eq!(conflicts(n), 0);
     }
+}
+
+#[test]
+fn a_half_left_behind_is_not_paired_with_a_link_made_another_way() {
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    a.batch_execute(PRICES).unwrap();
+    b.batch_execute(PRICES).unwrap();
+    a.execute("SELECT sync_link_table('prices')", &[]).unwrap();
+    // a drops its peer while b cannot be reached: b keeps its half
+    a.batch_execute("ALTER SERVER synclink_b OPTIONS (SET port '1')")
+        .unwrap();
+    a.batch_execute("SELECT sync_drop_peer('b', cascade => true)")
+        .unwrap();
+    assert_eq!((links(&mut a), links(&mut b)), (0, 1));
+    a.execute("SELECT sync_add_peer('b', $1)", &[&nodes.b.conninfo()])
+        .unwrap();
+    let (code, message, detail, _) = db_error(
+        a.batch_execute(
+            "SELECT sync_link_table('prices', conflict => 'manual', direction => 'push')",
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(code, "42710", "{message}");
+    assert!(
+        detail.contains("conflict is last_write_wins, not manual")
+            && detail.contains("direction is both, not pull"),
+        "{detail}"
+    );
+    assert_eq!((links(&mut a), links(&mut b)), (0, 1));
+    // the same way as b's half: paired again
+    a.execute("SELECT sync_link_table('prices')", &[]).unwrap();
+    a.batch_execute("INSERT INTO prices VALUES (1, 1)").unwrap();
+    assert_eq!(rows(&mut b, "prices"), ["(1,1)"]);
 }

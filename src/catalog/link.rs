@@ -1,6 +1,6 @@
 //! Linking a table with a peer: validation on both sides, the objects each side makes
 //! (row type, capture function, statement triggers), and the request that makes the peer set
-//! up its half so one call links both directions.
+//! up its half so one call links both nodes.
 
 use crate::pg::error::SqlError;
 use crate::pg::spi::need;
@@ -30,8 +30,12 @@ pub enum LinkError {
     NotLinked { table: String, peer: String },
     #[error("table {0} is not linked")]
     NotLinkedAtAll(String),
-    #[error("table {0} is already linked differently on node \"{1}\"")]
-    LinkedDifferently(String, String),
+    #[error("table {table} is already linked differently on node \"{node}\"")]
+    LinkedDifferently {
+        table: String,
+        node: String,
+        differences: Vec<String>,
+    },
     #[error("table {table} is already linked with peer \"{peer}\" in another way")]
     LinkedWithOtherOptions {
         table: String,
@@ -42,6 +46,11 @@ pub enum LinkError {
     BadDirection(String),
     #[error("peer \"{0}\" runs a synclink that cannot link a table one way")]
     PeerCannotLinkOneWay(String),
+    #[error("copy => '{copy}' would bring rows against the link's direction ({direction})")]
+    CopyAgainstDirection {
+        copy: String,
+        direction: &'static str,
+    },
     #[error("unknown request {} from a peer", crate::pg::args::shown(.0))]
     BadRequest(String),
     #[error("column {} of {table} does not exist", crate::pg::args::shown(.column))]
@@ -90,10 +99,12 @@ impl SqlError for LinkError {
             LinkError::MissingTable { .. } => ERRCODE_UNDEFINED_TABLE,
             LinkError::ColumnMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
             LinkError::NotLinked { .. } | LinkError::NotLinkedAtAll(_) => ERRCODE_UNDEFINED_OBJECT,
-            LinkError::LinkedDifferently(..) | LinkError::LinkedWithOtherOptions { .. } => {
+            LinkError::LinkedDifferently { .. } | LinkError::LinkedWithOtherOptions { .. } => {
                 ERRCODE_DUPLICATE_OBJECT
             }
-            LinkError::BadDirection(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            LinkError::BadDirection(_) | LinkError::CopyAgainstDirection { .. } => {
+                ERRCODE_INVALID_PARAMETER_VALUE
+            }
             LinkError::PeerCannotLinkOneWay(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             LinkError::BadRequest(_) => ERRCODE_PROTOCOL_VIOLATION,
             LinkError::HasQueued { .. } => ERRCODE_OBJECT_IN_USE,
@@ -110,7 +121,8 @@ impl SqlError for LinkError {
     fn detail(&self) -> Option<String> {
         match self {
             LinkError::ColumnMismatch { differences, .. }
-            | LinkError::LinkedWithOtherOptions { differences, .. } => Some(differences.join("; ")),
+            | LinkError::LinkedWithOtherOptions { differences, .. }
+            | LinkError::LinkedDifferently { differences, .. } => Some(differences.join("; ")),
             LinkError::ReservedColumns { reserved, .. } => Some(format!(
                 "Column(s) {} start with \"{RESERVED_PREFIX}\".",
                 reserved.join(", ")
@@ -127,8 +139,13 @@ impl SqlError for LinkError {
             LinkError::NotLinked { .. } | LinkError::NotLinkedAtAll(_) => {
                 "sync_status lists the linked tables.".into()
             }
-            LinkError::LinkedDifferently(..) => "Run sync_unlink_table() for it first, then link again.".into(),
-            LinkError::LinkedWithOtherOptions { table, peer, .. } => format!("The link as it is keeps working. To change it: SELECT sync_unlink_table('{table}', '{peer}'), then link it again with the options wanted."),
+            LinkError::LinkedDifferently { .. } => "Run sync_unlink_table() for it first, then link again.".into(),
+            LinkError::LinkedWithOtherOptions { table, peer, .. } => format!(
+                "The link as it is keeps working. To change it: SELECT sync_unlink_table({}, {}), then link it again with the options wanted.",
+                crate::pg::sql::literal(table),
+                crate::pg::sql::literal(peer)
+            ),
+            LinkError::CopyAgainstDirection { .. } => "A push link copies with copy => 'to_peer', a pull link with copy => 'from_peer' (or 'none').".into(),
             LinkError::BadDirection(_) => "direction => 'both' (the default), 'push' (this node's changes go to the peer, the peer's stay there) or 'pull' (the peer's changes come here, this node's stay here).".into(),
             LinkError::PeerCannotLinkOneWay(_) => "Update synclink on the peer (ALTER EXTENSION synclink UPDATE), or link both ways.".into(),
             LinkError::BadRequest(_) => "Both nodes must run the same synclink version.".into(),
@@ -189,6 +206,31 @@ impl Direction {
     /// Are this node's changes captured and sent?
     pub fn sends(self) -> bool {
         self != Direction::Pull
+    }
+
+    /// Does a copy or a repair that brings rows the way `copy` says (as `sync_link_table`'s
+    /// copy option: none, missing, to_peer, from_peer) go along this link?
+    pub fn allows_copy(self, copy: &str) -> bool {
+        match self {
+            Direction::Both => true,
+            Direction::Push => matches!(copy, "none" | "to_peer"),
+            Direction::Pull => matches!(copy, "none" | "from_peer"),
+        }
+    }
+
+    /// The direction of this node's half of the link of `relid` with peer `peer`, if linked.
+    pub fn of_link(
+        relid: pg_sys::Oid,
+        peer: &str,
+    ) -> Result<Option<Direction>, crate::pg::error::Error> {
+        let text = crate::pg::spi::maybe_one::<String>(
+            "SELECT direction FROM synclink.link WHERE relid = $1::oid::regclass AND peer_name = $2",
+            &[relid.into(), peer.into()],
+        )?;
+        Ok(match text {
+            Some(t) => Some(Direction::parse(&t)?),
+            None => None,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Linking a table with a peer: validation on both sides, the objects each side makes
-//! (row type, capture function, statement triggers, version table), and the requests that
-//! make the peer set up or take down its half, so one call links or unlinks both directions.
+//! (row type, capture function, statement triggers where the half sends, version table), and
+//! the requests that make the peer set up or take down its half, so one call links or unlinks
+//! both nodes.
 
 use crate::catalog::link::{
     column_differences, describe, find, lookup, same_set, Column, Direction, Link, LinkError,
@@ -435,6 +436,13 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
     crate::data::queue::check_mode(mode)?;
     let direction = Direction::parse(direction)?;
     crate::reconcile::diff::check_copy(copy)?;
+    if !direction.allows_copy(copy) {
+        return Err(LinkError::CopyAgainstDirection {
+            copy: copy.into(),
+            direction: direction.as_str(),
+        }
+        .into());
+    }
     let peer = peer::resolve(peer_name)?;
     let info = describe(relid)?;
     info.check_linkable()?;
@@ -500,6 +508,22 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
     // Links pair tables of the same name, so the peer's table is called as ours.
     create_local(&info, &peer, &body, (&body.schema, &body.table), direction)?;
     let reply = crate::rpc::call(&peer, &body)?;
+    // A node linked with several peers passes what it applies from one on to the others
+    // through its queue, which only the background worker delivers unprompted.
+    let links_here = Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM synclink.link WHERE relid = $1::oid::regclass",
+        &[relid.into()],
+    )?
+    .unwrap_or(0);
+    if links_here > 1 && !crate::data::worker::preloaded() {
+        crate::pg::error::warning(
+            &format!(
+                "table {} is now linked with {links_here} peers, and changes this node applies from one are passed on to the others through its queue",
+                info.display()
+            ),
+            "Without synclink in shared_preload_libraries no worker delivers them: they wait for sync_flush() or the next sync-mode write to that peer.",
+        );
+    }
     // A peer that does not know directions made a both-ways half: the whole link is undone
     // with this transaction.
     let made = serde_json::from_value::<LinkReply>(reply).ok();
@@ -541,7 +565,12 @@ fn differences_from(link_id: i32, req: &LinkRequest) -> Result<Vec<String>> {
             differences.push(format!("{what} is {now}, not {asked}"));
         }
     };
-    let list = |v: &[String]| format!("({})", v.join(", "));
+    // Key and excluded columns are sets: the order they were named in does not matter.
+    let list = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        format!("({})", v.join(", "))
+    };
     let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
     differ("mode", mode, req.mode.clone());
     differ("direction", direction, req.direction.clone());
@@ -646,8 +675,11 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
         table: display.clone(),
         node: node.clone(),
     })?;
-    // Linking sends this table's rows to the peer and applies the peer's changes to it.
-    crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "link")?;
+    // The link seen from here: a push from the initiator is a pull here.
+    let direction = Direction::parse(&req.direction)?.mirrored();
+    // Linking sends this table's rows to the peer and, unless this half only sends, applies
+    // the peer's changes to it.
+    crate::catalog::access::peer_may(oid, rights_for(direction), "link")?;
     let info = describe(oid)?;
     info.check_linkable()?;
     info.check_key_travels(&req.key)?;
@@ -679,24 +711,38 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
         }
         .into());
     }
-    // The link seen from here: a push from the initiator is a pull here.
-    let direction = Direction::parse(&req.direction)?.mirrored();
     let reply = LinkReply {
         direction: direction.as_str().into(),
     };
     if let Some(existing) = find(oid, &from.name)? {
-        let (cols, key, stored) = Spi::get_three_with_args::<Vec<String>, Vec<String>, String>(
-            "SELECT columns, key_columns, direction FROM synclink.link WHERE link_id = $1",
+        // Compared as this node would ask for it: the same options, the direction mirrored.
+        let here = LinkRequest {
+            direction: direction.as_str().into(),
+            ..req.clone()
+        };
+        let mut differences = differences_from(existing.id, &here)?;
+        let cols = Spi::get_one_with_args::<Vec<String>>(
+            "SELECT columns FROM synclink.link WHERE link_id = $1",
             &[existing.id.into()],
-        )?;
+        )?
+        .unwrap_or_default();
         let wanted: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
-        if cols.as_deref() == Some(&wanted[..])
-            && key.as_deref() == Some(&req.key[..])
-            && stored.as_deref() == Some(direction.as_str())
-        {
+        if cols != wanted {
+            differences.push(format!(
+                "columns are ({}), not ({})",
+                cols.join(", "),
+                wanted.join(", ")
+            ));
+        }
+        if differences.is_empty() {
             return Ok(reply);
         }
-        return Err(LinkError::LinkedDifferently(display, node).into());
+        return Err(LinkError::LinkedDifferently {
+            table: display,
+            node,
+            differences,
+        }
+        .into());
     }
     create_local(
         &info,
@@ -708,10 +754,25 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
     Ok(reply)
 }
 
+/// What the role a peer connects as needs on a table whose half here goes `direction`: a
+/// half that only sends is only read by the peer (compared, copied from).
+fn rights_for(direction: Direction) -> &'static [(u32, &'static str)] {
+    match direction {
+        Direction::Push => crate::catalog::access::READ,
+        _ => crate::catalog::access::READ_WRITE,
+    }
+}
+
+fn peer_rights(relid: pg_sys::Oid, peer: &str) -> Result<&'static [(u32, &'static str)]> {
+    Ok(rights_for(
+        Direction::of_link(relid, peer)?.unwrap_or(Direction::Both),
+    ))
+}
+
 pub fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<()> {
     if let Some(oid) = lookup(&req.schema, &req.table)? {
         if let Some(link) = find(oid, &from.name)? {
-            crate::catalog::access::peer_may(oid, crate::catalog::access::READ_WRITE, "unlink")?;
+            crate::catalog::access::peer_may(oid, peer_rights(oid, &from.name)?, "unlink")?;
             for seq in crate::control::sequence::shared_for_table(oid, &from.name)? {
                 crate::control::sequence::restore_local_only(seq)?;
             }

@@ -98,6 +98,9 @@ thread_local! {
     static DEFERRED: std::cell::RefCell<Option<Option<String>>> =
         const { std::cell::RefCell::new(None) };
     static WATCHING_CONSTRAINTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Counts the catalog changes heard of: an answer read while one arrived may predate it
+    /// and is not kept.
+    static CONSTRAINT_CHANGES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Any change to pg_constraint or pg_namespace (by this backend, or by another once it is
@@ -107,6 +110,7 @@ thread_local! {
 // SAFETY: PostgreSQL calls this with the cache id and a hash value, neither of them a
 // pointer; it touches only this backend's thread-local and raises no error.
 unsafe extern "C-unwind" fn constraints_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    CONSTRAINT_CHANGES.with(|c| c.set(c.get().wrapping_add(1)));
     DEFERRED.with(|d| {
         if let Ok(mut d) = d.try_borrow_mut() {
             *d = None;
@@ -143,6 +147,7 @@ fn deferred_code_checks() -> Result<Option<String>, SpiError> {
     if let Some(names) = DEFERRED.with(|d| d.borrow().clone()) {
         return Ok(names);
     }
+    let before = CONSTRAINT_CHANGES.with(|c| c.get());
     let names = pinned(|| {
         crate::pg::spi::prepared_read(
             "SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', n.nspname, c.conname), ', ') \
@@ -159,7 +164,12 @@ fn deferred_code_checks() -> Result<Option<String>, SpiError> {
             crate::pg::spi::first_of::<String>,
         )
     })??;
-    DEFERRED.with(|d| *d.borrow_mut() = Some(names.clone()));
+    // A change heard of while the catalog was read (taking its locks takes in invalidations)
+    // may be newer than what the read saw: the answer is not kept, and the next call reads
+    // the catalog again.
+    if CONSTRAINT_CHANGES.with(|c| c.get()) == before {
+        DEFERRED.with(|d| *d.borrow_mut() = Some(names.clone()));
+    }
     Ok(names)
 }
 

@@ -31,6 +31,8 @@ pub enum DiffError {
     BadRequest,
     #[error("prefer => {} names neither this node nor the peer", crate::pg::args::shown(.0))]
     BadPrefer(String),
+    #[error("table {table} on node \"{node}\" takes no rows from this peer: its link only sends")]
+    AgainstDirection { table: String, node: String },
 }
 
 impl SqlError for DiffError {
@@ -42,6 +44,7 @@ impl SqlError for DiffError {
             DiffError::MissingColumns { .. } => ERRCODE_UNDEFINED_COLUMN,
             DiffError::BadRequest => ERRCODE_PROTOCOL_VIOLATION,
             DiffError::BadPrefer(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            DiffError::AgainstDirection { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         }
     }
     fn hint(&self) -> Option<String> {
@@ -51,6 +54,7 @@ impl SqlError for DiffError {
             DiffError::MissingColumns { .. } => "Both tables need the compared columns; sync_diff compares the columns of the table on this node (the link's columns when it is linked).".into(),
             DiffError::BadRequest => "The nodes run incompatible synclink versions.".into(),
             DiffError::BadPrefer(_) => "Use prefer => 'local' (make the peer like this node), prefer => 'peer', or either node's name (sync_node_name()).".into(),
+            DiffError::AgainstDirection { .. } => "A one-way link is repaired the way it carries changes: run sync_reconcile on the node that sends, preferring its own rows.".into(),
         })
     }
 }
@@ -362,6 +366,18 @@ pub fn answer(from: &Peer, req: DiffRequest) -> Result<serde_json::Value> {
         .into());
     }
     if let Some(repair) = req.repair {
+        // Rows written here against a one-way link's direction would send the receiving
+        // node's rows to the node that is their authority.
+        if repair.fetch.is_null()
+            && crate::catalog::link::Direction::of_link(relid, &from.name)?
+                == Some(crate::catalog::link::Direction::Push)
+        {
+            return Err(DiffError::AgainstDirection {
+                table: shape.table_sql(),
+                node,
+            }
+            .into());
+        }
         shape.forget_versions(&from.name, &repair.forget, repair.kept.as_deref())?;
         if !repair.fetch.is_null() {
             return Ok(

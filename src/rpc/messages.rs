@@ -11,7 +11,7 @@
 use crate::catalog::link::WireColumn;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkRequest {
     pub schema: String,
     pub table: String,

@@ -148,6 +148,11 @@ fn databases() -> Result<Vec<(u32, String, bool)>> {
     })
 }
 
+/// Is the library preloaded here, so that a delivery worker serves each database?
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
 struct Backoff {
     until: Instant,
     wait: Duration,
