@@ -26,6 +26,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use synclink_e2e::{count, queued, same, wait_until, Nodes};
 
+#[path = "bench/hub.rs"]
+mod hub;
 #[path = "bench/peers.rs"]
 mod peers;
 
@@ -285,7 +287,7 @@ fn main() {
     let rows = env_or("BENCH_ROWS", 100_000) as i64;
     let backlog = env_or("BENCH_BACKLOG", 100_000) as i64;
     // BENCH_ONLY=single,lag runs those parts only (bulk, single, lag, drain, sequences, diff,
-    // million, peers)
+    // million, peers, hub)
     let only = std::env::var("BENCH_ONLY").ok();
     let wants = |part: &str| {
         only.as_deref()
@@ -298,6 +300,8 @@ fn main() {
         "shared_buffers = 256MB",
         "max_wal_size = 2GB",
         "shared_preload_libraries = 'synclink'",
+        // a delivery worker per database: the hub part makes ten on B's server
+        "max_worker_processes = 24",
     ];
     conf.extend(extra.split(';').map(str::trim).filter(|l| !l.is_empty()));
     let pair = Nodes::two_clusters(&conf);
@@ -640,6 +644,9 @@ fn main() {
     }
     if wants("peers") {
         peers::run(rounds, seconds, rows);
+    }
+    if wants("hub") {
+        hub::run(&pair, rounds, seconds, rows);
     }
 }
 
