@@ -508,6 +508,14 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
     // Links pair tables of the same name, so the peer's table is called as ours.
     create_local(&info, &peer, &body, (&body.schema, &body.table), direction)?;
     let reply = crate::rpc::call(&peer, &body)?;
+    // A peer that does not know directions made a both-ways half: the whole link is undone
+    // with this transaction.
+    let made = serde_json::from_value::<LinkReply>(reply).ok();
+    if direction != Direction::Both
+        && made.map(|r| r.direction) != Some(direction.mirrored().as_str().to_string())
+    {
+        return Err(LinkError::PeerCannotLinkOneWay(peer.name.clone()).into());
+    }
     // A node linked with several peers passes what it applies from one on to the others
     // through its queue, which only the background worker delivers unprompted.
     let links_here = Spi::get_one_with_args::<i64>(
@@ -523,14 +531,6 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
             ),
             "Without synclink in shared_preload_libraries no worker delivers them: they wait for sync_flush() or the next sync-mode write to that peer.",
         );
-    }
-    // A peer that does not know directions made a both-ways half: the whole link is undone
-    // with this transaction.
-    let made = serde_json::from_value::<LinkReply>(reply).ok();
-    if direction != Direction::Both
-        && made.map(|r| r.direction) != Some(direction.mirrored().as_str().to_string())
-    {
-        return Err(LinkError::PeerCannotLinkOneWay(peer.name.clone()).into());
     }
     Ok(true)
 }
