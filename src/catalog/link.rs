@@ -208,8 +208,8 @@ impl Direction {
         self != Direction::Pull
     }
 
-    /// Does a copy or a repair that brings rows the way `copy` says (as `sync_link_table`'s
-    /// copy option: none, missing, to_peer, from_peer) go along this link?
+    /// Does `copy => …` of sync_link_table (none, missing, to_peer, from_peer) bring rows
+    /// only the way this link carries changes?
     pub fn allows_copy(self, copy: &str) -> bool {
         match self {
             Direction::Both => true,
