@@ -353,3 +353,34 @@ fn a_half_left_behind_is_not_paired_with_a_link_made_another_way() {
     a.batch_execute("INSERT INTO prices VALUES (1, 1)").unwrap();
     assert_eq!(rows(&mut b, "prices"), ["(1,1)"]);
 }
+
+#[test]
+fn the_links_of_a_table_match_rows_by_one_key() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    for n in [&mut a, &mut b, &mut c] {
+        n.batch_execute("CREATE TABLE items (id int PRIMARY KEY, code text NOT NULL UNIQUE)")
+            .unwrap();
+    }
+    a.execute("SELECT sync_link_table('items', 'b')", &[])
+        .unwrap();
+    let (code, message, _, hint) = db_error(
+        a.batch_execute("SELECT sync_link_table('items', 'c', key => '{code}')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "0A000", "{message}");
+    assert!(
+        message.contains("peer \"b\"") && message.contains("(id)"),
+        "{message}"
+    );
+    assert!(hint.contains("key =>"), "{hint}");
+    // the same from the other side: c asks a, whose other link has another key
+    let (code, message, _, _) = db_error(
+        c.batch_execute("SELECT sync_link_table('items', 'a', key => '{code}')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "0A000", "{message}");
+    assert_eq!((links(&mut a), links(&mut c)), (1, 0));
+    a.execute("SELECT sync_link_table('items', 'c')", &[])
+        .unwrap();
+    assert_eq!(links(&mut a), 2);
+}

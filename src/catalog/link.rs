@@ -46,6 +46,12 @@ pub enum LinkError {
     BadDirection(String),
     #[error("peer \"{0}\" runs a synclink that cannot link a table one way")]
     PeerCannotLinkOneWay(String),
+    #[error("table {table} is linked with peer \"{peer}\" by another key ({key})")]
+    KeyDiffersFromOtherLinks {
+        table: String,
+        peer: String,
+        key: String,
+    },
     #[error("copy => '{copy}' would bring rows against the link's direction ({direction})")]
     CopyAgainstDirection {
         copy: String,
@@ -105,7 +111,9 @@ impl SqlError for LinkError {
             LinkError::BadDirection(_) | LinkError::CopyAgainstDirection { .. } => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
-            LinkError::PeerCannotLinkOneWay(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            LinkError::PeerCannotLinkOneWay(_) | LinkError::KeyDiffersFromOtherLinks { .. } => {
+                ERRCODE_FEATURE_NOT_SUPPORTED
+            }
             LinkError::BadRequest(_) => ERRCODE_PROTOCOL_VIOLATION,
             LinkError::HasQueued { .. } => ERRCODE_OBJECT_IN_USE,
             LinkError::NoSuchColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
@@ -145,6 +153,7 @@ impl SqlError for LinkError {
                 crate::pg::sql::literal(table),
                 crate::pg::sql::literal(peer)
             ),
+            LinkError::KeyDiffersFromOtherLinks { key, .. } => format!("The links of one table match rows by one key, so that a change passed on from one peer to another names the same row: link it with key => '{{{key}}}' (the default is the primary key)."),
             LinkError::CopyAgainstDirection { .. } => "A push link copies with copy => 'to_peer', a pull link with copy => 'from_peer' (or 'none').".into(),
             LinkError::BadDirection(_) => "direction => 'both' (the default), 'push' (this node's changes go to the peer, the peer's stay there) or 'pull' (the peer's changes come here, this node's stay here).".into(),
             LinkError::PeerCannotLinkOneWay(_) => "Update synclink on the peer (ALTER EXTENSION synclink UPDATE), or link both ways.".into(),

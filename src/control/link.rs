@@ -447,6 +447,7 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
     let info = describe(relid)?;
     info.check_linkable()?;
     let key = choose_key(&info, key)?;
+    same_key_as_other_links(relid, &peer.name, &key, &info.display())?;
     info.check_key_travels(&key)?;
     check_columns(&info, &exclude)?;
     if let Some(k) = exclude.iter().find(|c| key.contains(c)) {
@@ -533,6 +534,40 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
         );
     }
     Ok(true)
+}
+
+/// The links of one table match rows by one key: a change that reaches a node through one
+/// link and goes on through another must name the same row on both.
+fn same_key_as_other_links(
+    relid: pg_sys::Oid,
+    peer: &str,
+    key: &[String],
+    table: &str,
+) -> Result<()> {
+    let others = Spi::connect(|c| {
+        c.select(
+            "SELECT peer_name, key_columns FROM synclink.link \
+              WHERE relid = $1::oid::regclass AND peer_name <> $2 ORDER BY link_id",
+            None,
+            &[relid.into(), peer.into()],
+        )?
+        .map(|r| {
+            Ok((
+                need::<String>(&r, 1, "link peer_name")?,
+                need::<Vec<String>>(&r, 2, "link key_columns")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()
+    })?;
+    match others.into_iter().find(|(_, k)| !same_set(k, key)) {
+        Some((other, their_key)) => Err(LinkError::KeyDiffersFromOtherLinks {
+            table: table.into(),
+            peer: other,
+            key: their_key.join(", "),
+        }
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// How the link `link_id` differs from what `req` asks for, one line per option (empty: the
@@ -711,6 +746,7 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
         }
         .into());
     }
+    same_key_as_other_links(oid, &from.name, &req.key, &display)?;
     let reply = LinkReply {
         direction: direction.as_str().into(),
     };
