@@ -384,3 +384,34 @@ fn the_links_of_a_table_match_rows_by_one_key() {
         .unwrap();
     assert_eq!(links(&mut a), 2);
 }
+
+#[test]
+fn a_star_converges_under_concurrent_writes_to_the_same_rows() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    // a is the hub; b and c write the same rows as a, none delivered in between
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async'); \
+         INSERT INTO prices SELECT g, 0 FROM generate_series(1, 20) g;",
+    )
+    .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for round in 1..=3 {
+        a.batch_execute(&format!(
+            "UPDATE prices SET amount = {round}00 + id WHERE id % 2 = 0"
+        ))
+        .unwrap();
+        b.batch_execute(&format!(
+            "UPDATE prices SET amount = {round}10 + id WHERE id <= 10"
+        ))
+        .unwrap();
+        c.batch_execute(&format!(
+            "UPDATE prices SET amount = {round}20 + id WHERE id > 5; DELETE FROM prices WHERE id = {round}"
+        ))
+        .unwrap();
+        settle(&mut [&mut a, &mut b, &mut c]);
+        let on_a = rows(&mut a, "prices");
+        assert_eq!(rows(&mut b, "prices"), on_a, "round {round}");
+        assert_eq!(rows(&mut c, "prices"), on_a, "round {round}");
+    }
+}
