@@ -573,6 +573,19 @@ fn a_peer_reaches_only_the_tables_its_role_was_granted() {
         count(&mut a, "SELECT count(*) FROM sync_diff('catalogue')"),
         0
     );
+    // enough to take its changes one way: a pull link, whose half there only sends, is made
+    // and unmade with SELECT alone
+    a.execute(
+        "SELECT sync_link_table('catalogue', direction => 'pull')",
+        &[],
+    )
+    .unwrap();
+    b.batch_execute("INSERT INTO catalogue VALUES (1, 'from b')")
+        .unwrap();
+    assert_eq!(count(&mut a, "SELECT count(*) FROM catalogue"), 1);
+    a.execute("SELECT sync_unlink_table('catalogue')", &[])
+        .unwrap();
+    assert_eq!((links(&mut a), links(&mut b)), (1, 1));
 
     // not granted at all: neither compared nor pulled
     for sql in [
