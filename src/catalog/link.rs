@@ -226,21 +226,6 @@ impl Direction {
             Direction::Pull => matches!(copy, "none" | "from_peer"),
         }
     }
-
-    /// The direction of this node's half of the link of `relid` with peer `peer`, if linked.
-    pub fn of_link(
-        relid: pg_sys::Oid,
-        peer: &str,
-    ) -> Result<Option<Direction>, crate::pg::error::Error> {
-        let text = crate::pg::spi::maybe_one::<String>(
-            "SELECT direction FROM synclink.link WHERE relid = $1::oid::regclass AND peer_name = $2",
-            &[relid.into(), peer.into()],
-        )?;
-        Ok(match text {
-            Some(t) => Some(Direction::parse(&t)?),
-            None => None,
-        })
-    }
 }
 
 /// Names synclink gives its own columns and variables in what it generates; a table column
@@ -514,17 +499,23 @@ pub struct Link {
     pub capture_function: String,
     pub triggers: Vec<String>,
     pub version_table: String,
+    pub direction: Direction,
 }
 
 fn load(
     where_sql: &str,
     args: Vec<pgrx::datum::DatumWithOid>,
 ) -> crate::pg::error::Result<Option<Link>> {
+    // direction is read through to_jsonb: this library runs against an older catalog between
+    // its installation and ALTER EXTENSION UPDATE, and links made then carried changes both
+    // ways.
     Spi::connect(|c| {
         c.select(
             &format!(
                 "SELECT link_id, relid::oid, peer_name, peer_schema, peer_table, row_type, \
-                        capture_function, triggers, version_table FROM synclink.link WHERE {where_sql}"
+                        capture_function, triggers, version_table, \
+                        coalesce(to_jsonb(l) ->> 'direction', 'both') \
+                   FROM synclink.link l WHERE {where_sql}"
             ),
             None,
             &args,
@@ -541,6 +532,7 @@ fn load(
                 capture_function: need(&r, 7, "synclink.link.capture_function")?,
                 triggers: need(&r, 8, "synclink.link.triggers")?,
                 version_table: need(&r, 9, "synclink.link.version_table")?,
+                direction: Direction::parse(&need::<String>(&r, 10, "synclink.link.direction")?)?,
             })
         })
         .transpose()

@@ -799,16 +799,10 @@ fn rights_for(direction: Direction) -> &'static [(u32, &'static str)] {
     }
 }
 
-fn peer_rights(relid: pg_sys::Oid, peer: &str) -> Result<&'static [(u32, &'static str)]> {
-    Ok(rights_for(
-        Direction::of_link(relid, peer)?.unwrap_or(Direction::Both),
-    ))
-}
-
 pub fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<()> {
     if let Some(oid) = lookup(&req.schema, &req.table)? {
         if let Some(link) = find(oid, &from.name)? {
-            crate::catalog::access::peer_may(oid, peer_rights(oid, &from.name)?, "unlink")?;
+            crate::catalog::access::peer_may(oid, rights_for(link.direction), "unlink")?;
             for seq in crate::control::sequence::shared_for_table(oid, &from.name)? {
                 crate::control::sequence::restore_local_only(seq)?;
             }

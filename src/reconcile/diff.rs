@@ -369,7 +369,7 @@ pub fn answer(from: &Peer, req: DiffRequest) -> Result<serde_json::Value> {
         // Rows written here against a one-way link's direction would send the receiving
         // node's rows to the node that is their authority.
         if repair.fetch.is_null()
-            && crate::catalog::link::Direction::of_link(relid, &from.name)?
+            && crate::catalog::link::find(relid, &from.name)?.map(|l| l.direction)
                 == Some(crate::catalog::link::Direction::Push)
         {
             return Err(DiffError::AgainstDirection {
