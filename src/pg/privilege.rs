@@ -93,13 +93,12 @@ pub fn as_owner_of<T>(relid: pg_sys::Oid, f: impl FnOnce() -> T) -> Result<T, Sp
 }
 
 thread_local! {
-    /// deferred_code_checks' answer while no constraint or schema has changed since it was
-    /// read (None: read it again).
-    static DEFERRED: std::cell::RefCell<Option<Option<String>>> =
+    /// deferred_code_checks' answer, with the count of catalog changes heard of before it was
+    /// read: it holds while that count has not moved.
+    static DEFERRED: std::cell::RefCell<Option<(u64, Option<String>)>> =
         const { std::cell::RefCell::new(None) };
     static WATCHING_CONSTRAINTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// Counts the catalog changes heard of: an answer read while one arrived may predate it
-    /// and is not kept.
+    /// The catalog changes heard of (constraints_changed).
     static CONSTRAINT_CHANGES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
@@ -111,11 +110,6 @@ thread_local! {
 // pointer; it touches only this backend's thread-local and raises no error.
 unsafe extern "C-unwind" fn constraints_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
     CONSTRAINT_CHANGES.with(|c| c.set(c.get().wrapping_add(1)));
-    DEFERRED.with(|d| {
-        if let Ok(mut d) = d.try_borrow_mut() {
-            *d = None;
-        }
-    });
 }
 
 /// The deferrable constraints whose check runs code a table's owner wrote: constraint
@@ -144,10 +138,16 @@ fn deferred_code_checks() -> Result<Option<String>, SpiError> {
             };
         }
     }
-    if let Some(names) = DEFERRED.with(|d| d.borrow().clone()) {
+    // Counted before the read: a change heard of while the catalog is read (taking its locks
+    // takes in invalidations) may be newer than what the read saw, and then the answer does
+    // not hold past this call.
+    let changes = CONSTRAINT_CHANGES.with(|c| c.get());
+    if let Some((_, names)) = DEFERRED
+        .with(|d| d.borrow().clone())
+        .filter(|(n, _)| *n == changes)
+    {
         return Ok(names);
     }
-    let before = CONSTRAINT_CHANGES.with(|c| c.get());
     let names = pinned(|| {
         crate::pg::spi::prepared_read(
             "SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', n.nspname, c.conname), ', ') \
@@ -164,12 +164,7 @@ fn deferred_code_checks() -> Result<Option<String>, SpiError> {
             crate::pg::spi::first_of::<String>,
         )
     })??;
-    // A change heard of while the catalog was read (taking its locks takes in invalidations)
-    // may be newer than what the read saw: the answer is not kept, and the next call reads
-    // the catalog again.
-    if CONSTRAINT_CHANGES.with(|c| c.get()) == before {
-        DEFERRED.with(|d| *d.borrow_mut() = Some(names.clone()));
-    }
+    DEFERRED.with(|d| *d.borrow_mut() = Some((changes, names.clone())));
     Ok(names)
 }
 
