@@ -224,6 +224,9 @@ CREATE TABLE synclink.conflict (
     kept         text        -- the node whose row was kept by sync_resolve
 );
 CREATE INDEX conflict_open ON synclink.conflict (link_id, key) WHERE outcome = 'open';
+-- A change that reaches a node by several paths (a mesh) meets a conflict there once per path:
+-- it is logged the first time, found here the next.
+CREATE INDEX conflict_key ON synclink.conflict (relid, key);
 
 -- Choices made with sync_resolve, remembered so that the same two rows meeting again on the
 -- same key are not asked about again. Rows are named by a hash of their values.

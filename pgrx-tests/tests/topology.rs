@@ -415,3 +415,141 @@ fn a_star_converges_under_concurrent_writes_to_the_same_rows() {
         assert_eq!(rows(&mut c, "prices"), on_a, "round {round}");
     }
 }
+
+/// Each node's versions of the table's rows (key, version, node that made it): the same on
+/// every node once a change has travelled as it was made, whatever the path.
+fn versions(c: &mut Client, table: &str) -> Vec<String> {
+    let vt: String = c
+        .query_one(
+            "SELECT DISTINCT version_table FROM synclink.link WHERE relid = $1::text::regclass",
+            &[&table],
+        )
+        .unwrap()
+        .get(0);
+    c.query(
+        &format!("SELECT format('%s %s %s', id, \"synclink$at\", \"synclink$node\") FROM {vt} ORDER BY id"),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Three nodes each linked with the other two.
+fn mesh(mode: &str) -> (Nodes, Node, Client, Client, Client) {
+    let (nodes, node_c, mut a, mut b, c) = three();
+    a.batch_execute(&format!(
+        "SELECT sync_link_table('prices', 'b', mode => '{mode}'); \
+         SELECT sync_link_table('prices', 'c', mode => '{mode}');"
+    ))
+    .unwrap();
+    b.batch_execute(&format!(
+        "SELECT sync_link_table('prices', 'c', mode => '{mode}');"
+    ))
+    .unwrap();
+    (nodes, node_c, a, b, c)
+}
+
+#[test]
+fn a_mesh_applies_each_change_once_with_the_version_it_was_made_with() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = mesh("async");
+    // one capture per table: one function and one set of triggers for both links
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(triggers(n, "prices"), 4);
+        assert_eq!(
+            count(
+                n,
+                "SELECT count(DISTINCT capture_function) + count(DISTINCT version_table) \
+                   FROM synclink.link"
+            ),
+            2
+        );
+    }
+    a.batch_execute("INSERT INTO prices SELECT g, g FROM generate_series(1, 10) g")
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    b.batch_execute("UPDATE prices SET amount = 20 WHERE id <= 5")
+        .unwrap();
+    c.batch_execute("DELETE FROM prices WHERE id > 8").unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    let on_a = rows(&mut a, "prices");
+    assert_eq!(on_a.len(), 8);
+    assert_eq!(on_a[0], "(1,20)");
+    let versions_a = versions(&mut a, "prices");
+    for n in [&mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), on_a);
+        // every node holds the version each change was made with, not one of its own
+        assert_eq!(versions(n, "prices"), versions_a);
+    }
+    // a change reaching a node a second time, through the third node, is recognised
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(conflicts(n), 0);
+    }
+    // unlinking one peer leaves the other links of the table working
+    a.batch_execute("SELECT sync_unlink_table('prices', 'c')")
+        .unwrap();
+    assert_eq!(triggers(&mut a, "prices"), 4);
+    a.batch_execute("UPDATE prices SET amount = 30 WHERE id = 1")
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for n in [&mut b, &mut c] {
+        assert_eq!(rows(n, "prices")[0], "(1,30)");
+    }
+}
+
+#[test]
+fn a_mesh_converges_under_concurrent_writes_and_logs_each_conflict_once_where_it_met() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = mesh("async");
+    a.batch_execute("INSERT INTO prices SELECT g, 0 FROM generate_series(1, 20) g")
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for round in 1..=3 {
+        a.batch_execute(&format!(
+            "UPDATE prices SET amount = {round}00 + id WHERE id % 2 = 0"
+        ))
+        .unwrap();
+        b.batch_execute(&format!(
+            "UPDATE prices SET amount = {round}10 + id WHERE id <= 10"
+        ))
+        .unwrap();
+        c.batch_execute(&format!(
+            "UPDATE prices SET amount = {round}20 + id WHERE id > 5; DELETE FROM prices WHERE id = {round}"
+        ))
+        .unwrap();
+        settle(&mut [&mut a, &mut b, &mut c]);
+        let on_a = rows(&mut a, "prices");
+        assert_eq!(rows(&mut b, "prices"), on_a, "round {round}");
+        assert_eq!(rows(&mut c, "prices"), on_a, "round {round}");
+        let versions_a = versions(&mut a, "prices");
+        assert_eq!(versions(&mut b, "prices"), versions_a, "round {round}");
+        assert_eq!(versions(&mut c, "prices"), versions_a, "round {round}");
+    }
+    // rows 2, 4 (a and b), 6, 8, 10 (all three), 12.. (a and c), 7, 9 (b and c) met on
+    // each node that wrote them; a conflict a change met is logged once per node however
+    // many paths brought it there
+    let mut met = 0;
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(
+            count(
+                n,
+                "SELECT count(*) FROM (SELECT FROM synclink.conflict \
+                  GROUP BY key, (local_version).at, (local_version).node, \
+                           (peer_version).at, (peer_version).node HAVING count(*) > 1) d"
+            ),
+            0
+        );
+        met += conflicts(n);
+    }
+    assert!(met > 0);
+    // a row only one node wrote met nothing: b alone wrote id 5 in every round
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(
+            count(
+                n,
+                "SELECT count(*) FROM synclink.conflict WHERE key->>'id' = '5'"
+            ),
+            0
+        );
+    }
+}

@@ -52,6 +52,13 @@ pub enum LinkError {
         peer: String,
         key: String,
     },
+    #[error("table {table} is linked with peer \"{peer}\" with other columns ({columns})")]
+    ColumnsDifferFromOtherLinks {
+        table: String,
+        peer: String,
+        columns: String,
+        excluded: String,
+    },
     #[error("copy => '{copy}' would bring rows against the link's direction ({direction})")]
     CopyAgainstDirection {
         copy: String,
@@ -111,7 +118,9 @@ impl SqlError for LinkError {
             LinkError::BadDirection(_) | LinkError::CopyAgainstDirection { .. } => {
                 ERRCODE_INVALID_PARAMETER_VALUE
             }
-            LinkError::PeerCannotLinkOneWay(_) | LinkError::KeyDiffersFromOtherLinks { .. } => {
+            LinkError::PeerCannotLinkOneWay(_)
+            | LinkError::KeyDiffersFromOtherLinks { .. }
+            | LinkError::ColumnsDifferFromOtherLinks { .. } => {
                 ERRCODE_FEATURE_NOT_SUPPORTED
             }
             LinkError::BadRequest(_) => ERRCODE_PROTOCOL_VIOLATION,
@@ -153,6 +162,7 @@ impl SqlError for LinkError {
                 crate::pg::sql::literal(table),
                 crate::pg::sql::literal(peer)
             ),
+            LinkError::ColumnsDifferFromOtherLinks { excluded, .. } => format!("A table's changes are captured once for all its links, as one set of columns: link it with exclude => '{{{excluded}}}' as its other links."),
             LinkError::KeyDiffersFromOtherLinks { key, .. } => format!("The links of one table match rows by one key, so that a change passed on from one peer to another names the same row: link it with key => '{{{key}}}' (the default is the primary key)."),
             LinkError::CopyAgainstDirection { .. } => "A push link copies with copy => 'to_peer', a pull link with copy => 'from_peer' (or 'none').".into(),
             LinkError::BadDirection(_) => "direction => 'both' (the default), 'push' (this node's changes go to the peer, the peer's stay there) or 'pull' (the peer's changes come here, this node's stay here).".into(),

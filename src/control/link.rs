@@ -9,7 +9,7 @@ use crate::catalog::link::{
 };
 use crate::catalog::peer::{self, Peer, PeerError};
 use crate::catalog::policy::Policy;
-use crate::data::capture::statement::{self as capture, CaptureSpec};
+use crate::data::capture::statement::{self as capture, CaptureSpec, Target};
 use crate::pg::error::{notice, Result};
 use crate::pg::spi::{need, Missing};
 use crate::pg::sql::{ident, join, object_name, qualified};
@@ -52,8 +52,24 @@ fn create_local(
         .ok_or(Missing("next link id"))?;
     let base = format!("{}_{}", info.name, peer.name);
     let row_type = qualified("synclink", &free_name(&base, "row", id)?);
-    let function = qualified("synclink", &free_name(&base, "capture", id)?);
-    let version_table = qualified("synclink", &free_name(&base, "version", id)?);
+    // The table's capture function and version table are its links' together: made with its
+    // first link, named after the table.
+    let shared = Spi::connect(|c| {
+        c.select(
+            "SELECT capture_function, version_table FROM synclink.link \
+              WHERE relid = $1::oid::regclass ORDER BY link_id LIMIT 1",
+            None,
+            &[info.oid.into()],
+        )?
+        .next()
+        .map(|r| {
+            Ok::<_, crate::pg::error::Error>((
+                need::<String>(&r, 1, "link capture_function")?,
+                need::<String>(&r, 2, "link version_table")?,
+            ))
+        })
+        .transpose()
+    })?;
     // Our own type of a column the link sends (validated by the caller to exist here).
     let type_of = |name: &String| -> Result<String, LinkError> {
         match info.columns.iter().find(|c| &c.wire.name == name) {
@@ -71,41 +87,21 @@ fn create_local(
         .collect::<Result<Vec<_>, LinkError>>()?
         .join(", ");
     Spi::run(&format!("CREATE TYPE {row_type} AS ({attrs})"))?;
-    let keys = key
-        .iter()
-        .map(|k| Ok(format!("{} {}", ident(k), type_of(k)?)))
-        .collect::<Result<Vec<_>, LinkError>>()?
-        .join(", ");
-    Spi::run(&format!(
-        "CREATE TABLE {version_table} ({keys}, \"synclink$at\" bigint NOT NULL, \
-         \"synclink$node\" text NOT NULL, \"synclink$base_at\" bigint, \"synclink$base_node\" text, \
-         PRIMARY KEY ({key_list})) WITH (fillfactor = {VERSION_FILLFACTOR})",
-        key_list = join(key, ", ", |k| ident(k)),
-    ))?;
-    Spi::run(&format!(
-        "COMMENT ON TABLE {version_table} IS {}",
-        crate::pg::sql::literal(&format!(
-            "synclink: per key of {}, the version of the row here (microseconds since 1970, node) \
-             and, after a change made here, the version it replaced",
-            info.display()
-        ))
-    ))?;
-    let columns: Vec<String> = wire.iter().map(|w| w.name.clone()).collect();
-    let table = info.display();
-    let spec = CaptureSpec {
-        link_id: id,
-        function: &function,
-        table_display: &format!("{}.{}", info.schema, info.name),
-        peer_name: &peer.name,
-        row_type: &row_type,
-        columns: &columns,
-        key,
-        pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, key)),
-        queue_only: mode == "async",
-        node: &crate::catalog::node::local_name()?,
-        version_table: &version_table,
+    let (function, version_table) = match shared {
+        Some(names) => names,
+        None => {
+            let function = qualified("synclink", &free_name(&info.name, "capture", id)?);
+            let version_table = qualified("synclink", &free_name(&info.name, "version", id)?);
+            let keys = key
+                .iter()
+                .map(|k| Ok(format!("{} {}", ident(k), type_of(k)?)))
+                .collect::<Result<Vec<_>, LinkError>>()?
+                .join(", ");
+            make_version_table(&version_table, &keys, key, info)?;
+            (function, version_table)
+        }
     };
-    let triggers = make_code(&spec, &table, &peer.node_name, info.oid, direction.sends())?;
+    let columns: Vec<String> = wire.iter().map(|w| w.name.clone()).collect();
     Spi::run_with_args(
         "INSERT INTO synclink.link (link_id, relid, peer_name, peer_schema, peer_table, columns, \
              key_columns, initiator, row_type, capture_function, triggers, mode, excluded, \
@@ -122,7 +118,7 @@ fn create_local(
             initiator.into(),
             row_type.as_str().into(),
             function.as_str().into(),
-            triggers.into(),
+            Vec::<String>::new().into(),
             mode.into(),
             req.exclude.clone().into(),
             version_table.as_str().into(),
@@ -133,7 +129,36 @@ fn create_local(
             direction.as_str().into(),
         ],
     )?;
+    remake_capture(info.oid, None)?;
     Ok(id)
+}
+
+/// A table's version table, shared by its links: per key, the version of the row here.
+fn make_version_table(
+    version_table: &str,
+    keys: &str,
+    key: &[String],
+    info: &TableInfo,
+) -> Result<()> {
+    Spi::run(&format!(
+        "CREATE TABLE {version_table} ({keys}, \"synclink$at\" bigint NOT NULL, \
+         \"synclink$node\" text NOT NULL, \"synclink$base_at\" bigint, \"synclink$base_node\" text, \
+         PRIMARY KEY ({key_list})) WITH (fillfactor = {VERSION_FILLFACTOR})",
+        key_list = join(key, ", ", |k| ident(k)),
+    ))?;
+    Spi::run(&format!(
+        "COMMENT ON TABLE {version_table} IS {}",
+        crate::pg::sql::literal(&format!(
+            "synclink: per key of {}, the version of the row here (microseconds since 1970, node) \
+             and, after a change made here or passed on, the version it replaced; shared by the \
+             table's links",
+            info.display()
+        ))
+    ))?;
+    for stmt in version_table_access(version_table, info.oid) {
+        Spi::run(&stmt)?;
+    }
+    Ok(())
 }
 
 /// Version tables leave half of each page free, so that a statement that changes every row
@@ -145,51 +170,185 @@ pub const VERSION_FILLFACTOR: u32 = 50;
 /// a DBA (and an upgrade) can tell which links sync_refresh_link should make anew.
 pub const GENERATOR: &str = env!("CARGO_PKG_VERSION");
 
-/// A link's generated code: its version table's access rules, its capture function and, when
-/// the link sends this node's changes, its triggers (returned by name). Changes from the peer
-/// are applied as the table's owner, in one statement that also writes the versions: the
-/// owner may use the versions of this table, and nobody else.
-fn make_code(
-    spec: &CaptureSpec,
-    table: &str,
-    peer_node: &str,
-    relid: pg_sys::Oid,
-    sends: bool,
-) -> Result<Vec<String>> {
-    for stmt in version_table_access(spec.version_table, relid) {
-        Spi::run(&stmt)?;
+/// A link of a table as the table's capture needs it.
+struct Linked {
+    id: i32,
+    peer_name: String,
+    peer_node: String,
+    mode: String,
+    direction: Direction,
+    columns: Vec<String>,
+    key: Vec<String>,
+    row_type: String,
+    function: String,
+    triggers: Vec<String>,
+    version_table: String,
+}
+
+fn links_of(relid: pg_sys::Oid) -> Result<Vec<Linked>> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT l.link_id, l.peer_name, p.node_name, l.mode, \
+                    coalesce(to_jsonb(l) ->> 'direction', 'both'), l.columns, l.key_columns, \
+                    l.row_type, l.capture_function, l.triggers, l.version_table \
+               FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
+              WHERE l.relid = $1::oid::regclass ORDER BY l.link_id",
+            None,
+            &[relid.into()],
+        )?
+        .map(|r| {
+            Ok(Linked {
+                id: need(&r, 1, "link id")?,
+                peer_name: need(&r, 2, "link peer_name")?,
+                peer_node: need(&r, 3, "peer node_name")?,
+                mode: need(&r, 4, "link mode")?,
+                direction: Direction::parse(&need::<String>(&r, 5, "link direction")?)?,
+                columns: need(&r, 6, "link columns")?,
+                key: need(&r, 7, "link key_columns")?,
+                row_type: need(&r, 8, "link row_type")?,
+                function: need(&r, 9, "link capture_function")?,
+                triggers: need(&r, 10, "link triggers")?,
+                version_table: need(&r, 11, "link version_table")?,
+            })
+        })
+        .collect()
+    })
+}
+
+/// Make a table's capture anew from the links it has now: one function and one set of
+/// statement triggers for all of them, which stamp each change's versions once in the table's
+/// one version table and hand its records to every link that sends (a half that only
+/// receives gets none; a table whose links all only receive gets no triggers). The table is
+/// locked against writes meanwhile, so no statement runs between the old triggers and the
+/// new. The function keeps its owner (`owner`, when given, replaces it). Versions kept in a
+/// version table of one link (made before the links of a table shared one) are merged into
+/// the shared one, the later version of each key kept, and that table dropped.
+pub fn remake_capture(relid: pg_sys::Oid, owner: Option<pg_sys::Oid>) -> Result<()> {
+    let links = links_of(relid)?;
+    let Some(first) = links.first() else {
+        return Ok(());
+    };
+    let info = describe(relid)?;
+    let table = info.display();
+    let (function, version_table) = (first.function.clone(), first.version_table.clone());
+    let owner = match owner {
+        Some(o) => Some(o),
+        None => crate::pg::spi::maybe_one::<pg_sys::Oid>(
+            "SELECT proowner FROM pg_proc WHERE oid = to_regproc($1)",
+            &[function.as_str().into()],
+        )?,
+    };
+    Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
+    let distinct = |of: &dyn Fn(&Linked) -> Vec<String>| {
+        let mut names: Vec<String> = links.iter().flat_map(of).collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    crate::control::removal::removing(|| -> Result<()> {
+        for t in distinct(&|l| l.triggers.clone()) {
+            Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(&t)))?;
+        }
+        for f in distinct(&|l| vec![l.function.clone()]) {
+            Spi::run(&format!("DROP FUNCTION IF EXISTS {f}()"))?;
+        }
+        for other in distinct(&|l| vec![l.version_table.clone()]) {
+            if other != version_table {
+                merge_versions(&other, &version_table, &first.key)?;
+            }
+        }
+        Ok(())
+    })?;
+    let targets: Vec<Target> = links
+        .iter()
+        .filter(|l| l.direction.sends())
+        .map(|l| Target {
+            link_id: l.id,
+            peer_name: l.peer_name.clone(),
+            peer_node: l.peer_node.clone(),
+            queue_only: l.mode == "async",
+        })
+        .collect();
+    let spec = CaptureSpec {
+        function: &function,
+        table_display: &format!("{}.{}", info.schema, info.name),
+        row_type: &first.row_type,
+        columns: &first.columns,
+        key: &first.key,
+        pair_by: info
+            .primary_key
+            .as_deref()
+            .filter(|pk| !same_set(pk, &first.key)),
+        node: &crate::catalog::node::local_name()?,
+        version_table: &version_table,
+        targets: &targets,
+    };
+    // Made during ALTER EXTENSION synclink UPDATE too, but they are the links': not members of
+    // the extension (sync_unlink_table must be able to drop them) and their privileges not the
+    // extension's initial ones.
+    let triggers = crate::pg::ffi::outside_extension_script(|| -> Result<Vec<String>> {
+        Spi::run(&capture::function_sql(&spec))?;
+        Spi::run(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC"))?;
+        if let Some(owner) = owner {
+            Spi::run(&format!(
+                "ALTER FUNCTION {function}() OWNER TO {}",
+                ident(&crate::pg::privilege::role_name(owner))
+            ))?;
+        }
+        let mut triggers = Vec::new();
+        for (name, sql) in capture::trigger_sqls(&table, &spec) {
+            Spi::run(&sql)?;
+            triggers.push(name);
+        }
+        Ok(triggers)
+    })?;
+    Spi::run_with_args(
+        "UPDATE synclink.link SET capture_function = $2, triggers = $3, version_table = $4 \
+          WHERE relid = $1::oid::regclass",
+        &[
+            relid.into(),
+            function.as_str().into(),
+            triggers.into(),
+            version_table.as_str().into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Move the versions of `from` into `into` (the later of the two for a key present in both,
+/// by the order every node compares versions in) and drop `from`.
+fn merge_versions(from: &str, into: &str, key: &[String]) -> Result<()> {
+    if Spi::get_one_with_args::<bool>("SELECT to_regclass($1) IS NULL", &[from.into()])?
+        .unwrap_or(true)
+    {
+        return Ok(());
     }
-    Spi::run(&capture::function_sql(spec))?;
+    let keys = join(key, ", ", |k| ident(k));
     Spi::run(&format!(
-        "REVOKE ALL ON FUNCTION {}() FROM PUBLIC",
-        spec.function
+        "INSERT INTO {into} AS v ({keys}, \"synclink$at\", \"synclink$node\", \"synclink$base_at\", \"synclink$base_node\")\n\
+         SELECT {keys}, \"synclink$at\", \"synclink$node\", \"synclink$base_at\", \"synclink$base_node\" FROM {from}\n\
+         ON CONFLICT ({keys}) DO UPDATE\n\
+            SET \"synclink$at\" = EXCLUDED.\"synclink$at\", \"synclink$node\" = EXCLUDED.\"synclink$node\",\n\
+                \"synclink$base_at\" = EXCLUDED.\"synclink$base_at\", \"synclink$base_node\" = EXCLUDED.\"synclink$base_node\"\n\
+          WHERE (EXCLUDED.\"synclink$at\", EXCLUDED.\"synclink$node\") > (v.\"synclink$at\", v.\"synclink$node\")"
     ))?;
-    let mut triggers = Vec::new();
-    if !sends {
-        return Ok(triggers);
-    }
-    for (name, sql) in capture::trigger_sqls(table, spec, peer_node) {
-        Spi::run(&sql)?;
-        triggers.push(name);
-    }
-    Ok(triggers)
+    Spi::run(&format!("DROP TABLE {from}"))?;
+    Ok(())
 }
 
 /// Make a link's generated code anew with the code installed now (after an upgrade, or after
 /// someone changed it by hand), in place: the table keeps its rows, the version table its
-/// versions and the outbox its queued changes. The table is locked against writes while its
-/// triggers are replaced, so no statement runs between the old triggers and the new. A link
-/// whose version table or row type is gone is left as it is, with a WARNING (false).
+/// versions and the outbox its queued changes. The capture is the table's, so it is made anew
+/// for every link of the table. A link whose version table or row type is gone is left as it
+/// is, with a WARNING (false).
 pub fn refresh(link_id: i32) -> Result<bool> {
     let row = Spi::connect(|c| {
         c.select(
-            "SELECT l.relid::oid, l.peer_name, l.columns, l.key_columns, l.mode, l.row_type, \
-                    l.capture_function, l.triggers, l.version_table, p.node_name, \
+            "SELECT l.relid::oid, l.peer_name, l.row_type, l.version_table, \
                     l.initiator = n.node_name, \
                     (SELECT f.proowner FROM pg_proc f WHERE f.oid = to_regproc(l.capture_function)), \
-                    to_regclass(l.version_table) IS NOT NULL AND to_regtype(l.row_type) IS NOT NULL, \
-                    coalesce(to_jsonb(l) ->> 'direction', 'both') \
-               FROM synclink.link l JOIN synclink.peer p USING (peer_name) CROSS JOIN synclink.node n \
+                    to_regclass(l.version_table) IS NOT NULL AND to_regtype(l.row_type) IS NOT NULL \
+               FROM synclink.link l CROSS JOIN synclink.node n \
               WHERE l.link_id = $1",
             None,
             &[link_id.into()],
@@ -199,47 +358,21 @@ pub fn refresh(link_id: i32) -> Result<bool> {
             Ok((
                 need::<pg_sys::Oid>(&r, 1, "link relid")?,
                 need::<String>(&r, 2, "link peer_name")?,
-                need::<Vec<String>>(&r, 3, "link columns")?,
-                need::<Vec<String>>(&r, 4, "link key_columns")?,
-                need::<String>(&r, 5, "link mode")?,
-                need::<String>(&r, 6, "link row_type")?,
-                need::<String>(&r, 7, "link capture_function")?,
-                need::<Vec<String>>(&r, 8, "link triggers")?,
-                need::<String>(&r, 9, "link version_table")?,
-                need::<String>(&r, 10, "link node_name")?,
-                need::<bool>(&r, 11, "link initiator")?,
-                r.get::<pg_sys::Oid>(12)?,
-                need::<bool>(&r, 13, "link objects")?,
-                need::<String>(&r, 14, "link direction")?,
+                need::<String>(&r, 3, "link row_type")?,
+                need::<String>(&r, 4, "link version_table")?,
+                need::<bool>(&r, 5, "link initiator")?,
+                r.get::<pg_sys::Oid>(6)?,
+                need::<bool>(&r, 7, "link objects")?,
             ))
         })
         .transpose()
     })?;
-    let Some((
-        relid,
-        peer_name,
-        columns,
-        key,
-        mode,
-        row_type,
-        function,
-        old_triggers,
-        version_table,
-        peer_node,
-        initiated_here,
-        function_owner,
-        intact,
-        direction,
-    )) = row
+    let Some((relid, peer_name, row_type, version_table, initiated_here, function_owner, intact)) =
+        row
     else {
         return Ok(false);
     };
-    // (Read through to_jsonb: the upgrade scripts of earlier versions make every link anew
-    // with this code before the script that adds the column has run; links made then carried
-    // changes both ways.)
-    let sends = Direction::parse(&direction)?.sends();
-    let info = describe(relid)?;
-    let table = info.display();
+    let table = describe(relid)?.display();
     if !intact {
         // Making the rest anew would fail on what is missing, and with it an update of the
         // extension: the link stays as it is, for sync_status to report and its owner to remove.
@@ -253,30 +386,6 @@ pub fn refresh(link_id: i32) -> Result<bool> {
         );
         return Ok(false);
     }
-    Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
-    crate::control::removal::removing(|| -> Result<()> {
-        for t in &old_triggers {
-            Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t)))?;
-        }
-        Spi::run(&format!("DROP FUNCTION IF EXISTS {function}()"))?;
-        Spi::run(&format!(
-            "DROP POLICY IF EXISTS owner_of_the_table ON {version_table}"
-        ))?;
-        Ok(())
-    })?;
-    let spec = CaptureSpec {
-        link_id,
-        function: &function,
-        table_display: &format!("{}.{}", info.schema, info.name),
-        peer_name: &peer_name,
-        row_type: &row_type,
-        columns: &columns,
-        key: &key,
-        pair_by: info.primary_key.as_deref().filter(|pk| !same_set(pk, &key)),
-        queue_only: mode == "async",
-        node: &crate::catalog::node::local_name()?,
-        version_table: &version_table,
-    };
     // Owned as sync_link_table makes them: on the node that linked the table, by the role that
     // linked it (kept from the function made before, else the table's owner, never the caller,
     // who may be a superuser running the update: the function is SECURITY DEFINER); on the
@@ -286,22 +395,26 @@ pub fn refresh(link_id: i32) -> Result<bool> {
         (true, None) => crate::pg::privilege::table_owner(relid),
         (false, _) => crate::pg::privilege::extension_owner()?,
     };
-    let owner = ident(&crate::pg::privilege::role_name(owner));
-    // Made during ALTER EXTENSION synclink UPDATE too, but they are the link's: not members of
-    // the extension (sync_unlink_table must be able to drop them) and their privileges not the
-    // extension's initial ones.
-    let triggers = crate::pg::ffi::outside_extension_script(|| -> Result<Vec<String>> {
-        let triggers = make_code(&spec, &table, &peer_node, relid, sends)?;
-        Spi::run(&format!("ALTER FUNCTION {function}() OWNER TO {owner}"))?;
+    crate::control::removal::removing(|| {
+        Spi::run(&format!(
+            "DROP POLICY IF EXISTS owner_of_the_table ON {version_table}"
+        ))
+    })?;
+    crate::pg::ffi::outside_extension_script(|| -> Result<()> {
+        for stmt in version_table_access(&version_table, relid) {
+            Spi::run(&stmt)?;
+        }
         if !initiated_here {
+            let owner = ident(&crate::pg::privilege::role_name(owner));
             Spi::run(&format!("ALTER TABLE {version_table} OWNER TO {owner}"))?;
             Spi::run(&format!("ALTER TYPE {row_type} OWNER TO {owner}"))?;
         }
-        Ok(triggers)
+        Ok(())
     })?;
+    remake_capture(relid, Some(owner))?;
     Spi::run_with_args(
-        "UPDATE synclink.link SET triggers = $2, generator = $3 WHERE link_id = $1",
-        &[link_id.into(), triggers.into(), GENERATOR.into()],
+        "UPDATE synclink.link SET generator = $2 WHERE link_id = $1",
+        &[link_id.into(), GENERATOR.into()],
     )?;
     Ok(true)
 }
@@ -357,17 +470,6 @@ fn drop_objects(link: &Link) -> Result<()> {
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[link.relid.into()],
     )?;
-    if let Some(table) = table {
-        for t in &link.triggers {
-            Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t)))?;
-        }
-    }
-    Spi::run(&format!(
-        "DROP FUNCTION IF EXISTS {}()",
-        link.capture_function
-    ))?;
-    Spi::run(&format!("DROP TYPE IF EXISTS {}", link.row_type))?;
-    Spi::run(&format!("DROP TABLE IF EXISTS {}", link.version_table))?;
     // Open conflicts cannot be settled without the link: closed, not left open for ever.
     Spi::run_with_args(
         "UPDATE synclink.conflict SET outcome = 'unlinked', resolved_at = clock_timestamp() \
@@ -378,6 +480,28 @@ fn drop_objects(link: &Link) -> Result<()> {
         "DELETE FROM synclink.link WHERE link_id = $1",
         &[link.id.into()],
     )?;
+    let others = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM synclink.link WHERE relid = $1::oid::regclass)",
+        &[link.relid.into()],
+    )?
+    .unwrap_or(false);
+    match table {
+        // The table's capture and versions stay with its other links, without this one.
+        Some(_) if others => remake_capture(link.relid, None)?,
+        _ => {
+            if let Some(table) = table {
+                for t in &link.triggers {
+                    Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(t)))?;
+                }
+            }
+            Spi::run(&format!(
+                "DROP FUNCTION IF EXISTS {}()",
+                link.capture_function
+            ))?;
+            Spi::run(&format!("DROP TABLE IF EXISTS {}", link.version_table))?;
+        }
+    }
+    Spi::run(&format!("DROP TYPE IF EXISTS {}", link.row_type))?;
     Ok(())
 }
 
@@ -447,20 +571,20 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
     let info = describe(relid)?;
     info.check_linkable()?;
     let key = choose_key(&info, key)?;
-    same_key_as_other_links(relid, &peer.name, &key, &info.display())?;
     info.check_key_travels(&key)?;
     check_columns(&info, &exclude)?;
     if let Some(k) = exclude.iter().find(|c| key.contains(c)) {
         return Err(LinkError::ExcludedKey(k.clone()).into());
     }
-    let local = crate::catalog::node::local_name()?;
-    info.check_excluded(&exclude, &local)?;
-    let policy = Policy::parse(conflict.0, conflict.1, &local, &peer.node_name)?;
     let sent: Vec<String> = info
         .wire_columns(&exclude)
         .into_iter()
         .map(|c| c.name)
         .collect();
+    same_as_other_links(relid, &peer.name, &key, &sent, &info.display())?;
+    let local = crate::catalog::node::local_name()?;
+    info.check_excluded(&exclude, &local)?;
+    let policy = Policy::parse(conflict.0, conflict.1, &local, &peer.node_name)?;
     if let Some(vc) = conflict.1 {
         crate::catalog::policy::check_version_column(relid, vc, &sent)?;
     }
@@ -536,17 +660,19 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
     Ok(true)
 }
 
-/// The links of one table match rows by one key: a change that reaches a node through one
-/// link and goes on through another must name the same row on both.
-fn same_key_as_other_links(
+/// The links of one table match rows by one key, so that a change that reaches a node through
+/// one link and goes on through another names the same row on both, and send the same columns,
+/// since the table's one capture makes each change's text once for all of them.
+fn same_as_other_links(
     relid: pg_sys::Oid,
     peer: &str,
     key: &[String],
+    columns: &[String],
     table: &str,
 ) -> Result<()> {
     let others = Spi::connect(|c| {
         c.select(
-            "SELECT peer_name, key_columns FROM synclink.link \
+            "SELECT peer_name, key_columns, columns, excluded FROM synclink.link \
               WHERE relid = $1::oid::regclass AND peer_name <> $2 ORDER BY link_id",
             None,
             &[relid.into(), peer.into()],
@@ -555,15 +681,26 @@ fn same_key_as_other_links(
             Ok((
                 need::<String>(&r, 1, "link peer_name")?,
                 need::<Vec<String>>(&r, 2, "link key_columns")?,
+                need::<Vec<String>>(&r, 3, "link columns")?,
+                need::<Vec<String>>(&r, 4, "link excluded")?,
             ))
         })
         .collect::<Result<Vec<_>>>()
     })?;
-    match others.into_iter().find(|(_, k)| !same_set(k, key)) {
-        Some((other, their_key)) => Err(LinkError::KeyDiffersFromOtherLinks {
+    if let Some((other, their_key, _, _)) = others.iter().find(|(_, k, _, _)| !same_set(k, key)) {
+        return Err(LinkError::KeyDiffersFromOtherLinks {
+            table: table.into(),
+            peer: other.clone(),
+            key: their_key.join(", "),
+        }
+        .into());
+    }
+    match others.into_iter().find(|(_, _, c, _)| c != columns) {
+        Some((other, _, their_columns, excluded)) => Err(LinkError::ColumnsDifferFromOtherLinks {
             table: table.into(),
             peer: other,
-            key: their_key.join(", "),
+            columns: their_columns.join(", "),
+            excluded: excluded.join(","),
         }
         .into()),
         None => Ok(()),
@@ -746,7 +883,8 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
         }
         .into());
     }
-    same_key_as_other_links(oid, &from.name, &req.key, &display)?;
+    let wanted: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
+    same_as_other_links(oid, &from.name, &req.key, &wanted, &display)?;
     let reply = LinkReply {
         direction: direction.as_str().into(),
     };
@@ -762,7 +900,6 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
             &[existing.id.into()],
         )?
         .unwrap_or_default();
-        let wanted: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
         if cols != wanted {
             differences.push(format!(
                 "columns are ({}), not ({})",

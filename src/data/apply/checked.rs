@@ -204,7 +204,9 @@ fn policy_wins(policy: &Policy, delete: bool) -> String {
 
 /// `r`: for a conflict, the choice sync_resolve made before for the same two rows on this key,
 /// if any (the hash of the row it kept), so a conflict already settled by hand is not asked
-/// about again. The pair is sorted so that both nodes name it alike.
+/// about again. The pair is sorted so that both nodes name it alike. `met_before`: this node
+/// logged the same two versions of the row meeting already, from another peer: in a mesh a
+/// change arrives by each path it can take, and a conflict is logged once where it met.
 fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
     let spec = c.apply;
     format!(
@@ -216,10 +218,18 @@ fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
                        AND r.key = {key}
                        AND r.rows = ARRAY[least({here}, {incoming}),
                                           greatest({here}, {incoming})])
-              END AS "synclink$remembered"
+              END AS "synclink$remembered",
+         d."synclink$conflict"
+         AND EXISTS (SELECT FROM synclink.conflict o
+                      WHERE o.relid = {relid}::regclass AND o.key = {key}
+                        AND ((o.local_version).at, (o.local_version).node)
+                            = (d."synclink$here_at", d."synclink$here_node")
+                        AND ((o.peer_version).at, (o.peer_version).node)
+                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
     FROM d"#,
         link_id = c.link_id,
         key = key_json(spec),
+        relid = literal(&spec.table),
         here = HERE_HASH,
         incoming = incoming_hash(spec, "d.", delete),
     )
@@ -295,7 +305,9 @@ fn delete_cte(spec: &ApplySpec) -> String {
 
 /// `versions`: the winners' versions become this node's versions of their rows, since the
 /// next record for each key is judged against them; a deleted row's version stays, so a late
-/// change to it is recognised.
+/// change to it is recognised. The version each replaces is kept as its base: a change passed
+/// on to this node's other peers (capture::statement) goes as the change from that version to
+/// the winner's, so a peer that held the same version as this node takes it without a conflict.
 fn stamp_cte(c: &CheckedSpec) -> String {
     let spec = c.apply;
     format!(
@@ -303,7 +315,8 @@ fn stamp_cte(c: &CheckedSpec) -> String {
   INSERT INTO {versions} AS v ({keys}, "synclink$at", "synclink$node")
   SELECT {winners}, w."synclink$at", w."synclink$node" FROM w
   ON CONFLICT ({keys}) DO UPDATE
-     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node""#,
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node""#,
         versions = c.version_table,
         keys = key_list(spec, ""),
         winners = key_list(spec, "w."),
@@ -318,7 +331,7 @@ fn supersede_cte(c: &CheckedSpec) -> String {
         r#"
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
-   WHERE d."synclink$conflict" AND o.outcome = 'open'
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = {link_id} AND o.key = {key}"#,
         link_id = c.link_id,
         key = key_json(c.apply),
@@ -354,7 +367,7 @@ fn log_cte(c: &CheckedSpec, delete: bool) -> String {
               WHEN d."synclink$applies" THEN 'applied'
               ELSE 'kept' END
     FROM e d
-   WHERE d."synclink$conflict""#,
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before""#,
         link_id = c.link_id,
         relid = literal(&spec.table),
         peer = literal(c.peer_name),

@@ -10,7 +10,7 @@
 //! trigger had called it. Its triggers have no WHEN clause: it skips the changes synclink
 //! applies from the peer itself, before anything else.
 
-use crate::data::capture::statement::{self as capture, CaptureSpec};
+use crate::data::capture::statement::{self as capture, CaptureSpec, Target};
 use crate::data::capture::writer::{LinkTables, Writer};
 use crate::data::capture::{CapturePath, OneRow};
 use crate::pg::error::{OrRaise, Result, SqlError};
@@ -316,21 +316,25 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
         })
     })?;
     let Some(row) = row else { return Ok(None) };
-    let spec = CaptureSpec {
+    let target = Target {
         link_id,
+        peer_name: row.peer.clone(),
+        peer_node: row.peer_node.clone(),
+        queue_only: true,
+    };
+    let spec = CaptureSpec {
         function: &row.function_name,
         table_display: "",
-        peer_name: &row.peer,
         row_type: &row.wire_type,
         columns: &row.columns,
         key: &row.key,
         pair_by: None,
-        queue_only: true,
         node: &row.node,
         version_table: &row.version_table,
+        targets: std::slice::from_ref(&target),
     };
     let statements =
-        ['I', 'U', 'D'].map(|op| (capture::single_row_sql(&spec, op), OnceCell::new()));
+        ['I', 'U', 'D'].map(|op| (capture::single_row_sql(&spec, &target, op), OnceCell::new()));
     let mut paths: Vec<Box<dyn CapturePath>> = Vec::new();
     if let Some(writer) = Writer::load(&LinkTables {
         link_id,
@@ -530,8 +534,14 @@ unsafe fn capture_one(fcinfo: pg_sys::FunctionCallInfo) -> Result<()> {
     if crate::data::apply::is_applying_from(&link.peer_node) {
         return Ok(());
     }
-    let origin = crate::data::apply::current_origin().unwrap_or_else(|| link.node.clone());
-    let row = one_row(data, &origin)?;
+    // A change applied from another peer goes on with the version it came with, which only
+    // the generated function passes on: it gets every such statement.
+    let applying = crate::data::apply::current_origin();
+    let origin = applying.clone().unwrap_or_else(|| link.node.clone());
+    let row = match applying {
+        Some(_) => None,
+        None => one_row(data, &origin)?,
+    };
     for path in &link.paths {
         if path.capture(data, row.as_ref())? {
             break;

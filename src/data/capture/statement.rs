@@ -1,6 +1,8 @@
-//! The capture side: one generated PL/pgSQL trigger function per link, fired once per
-//! statement with its transition tables, packing the changed rows into change records of up
-//! to CHUNK_ROWS rows or CHUNK_BYTES bytes each and handing them to `synclink.ship`.
+//! The capture side: one generated PL/pgSQL trigger function per linked table, fired once per
+//! statement with its transition tables. It stamps the changed rows' versions once, in the
+//! table's one version table, packs the rows into change records of up to CHUNK_ROWS rows or
+//! CHUNK_BYTES bytes each and hands each record to every link the change goes to: into the
+//! outbox for async links, to `synclink.ship` for sync ones.
 
 use crate::pg::sql::{ident, join, literal};
 
@@ -21,11 +23,23 @@ const CAPTURE_WORK_MEM: &str = "32MB";
 /// Each row counts as at least this many bytes, so that CHUNK_ROWS small rows fill a record.
 const MIN_ROW_WEIGHT: usize = CHUNK_BYTES.div_ceil(CHUNK_ROWS);
 
-pub struct CaptureSpec<'a> {
+/// A link a table's changes are sent to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
     pub link_id: i32,
+    pub peer_name: String,
+    /// The peer's node: a change being applied from it, or one that began there, is not sent
+    /// back to it.
+    pub peer_node: String,
+    /// async mode: records go straight into the outbox from the capture function; sync mode
+    /// hands them to synclink.ship(), which sends them or queues them
+    pub queue_only: bool,
+}
+
+pub struct CaptureSpec<'a> {
     pub function: &'a str,
     pub table_display: &'a str,
-    pub peer_name: &'a str,
+    /// A row type of the columns the links send, in their order: the rows' text form.
     pub row_type: &'a str,
     pub columns: &'a [String],
     pub key: &'a [String],
@@ -33,16 +47,21 @@ pub struct CaptureSpec<'a> {
     /// changes the key is sent as old/new pairs found through it, so the peer updates its row
     /// in place (keeping its excluded columns) instead of deleting and inserting it.
     pub pair_by: Option<&'a [String]>,
-    /// async mode: records go straight into the outbox from the capture function; sync mode
-    /// hands them to synclink.ship(), which sends them or queues them
-    pub queue_only: bool,
     /// this node's name: the origin of a change unless it is being applied from elsewhere
     pub node: &'a str,
-    /// the link's version table: per key, who changed the row last and when
+    /// the table's version table: per key, who changed the row last and when
     pub version_table: &'a str,
+    /// the links this node's changes to the table go to (every link of the table that sends)
+    pub targets: &'a [Target],
 }
 
-/// `ROW(alias."a", alias."b")::synclink."t_row"` for the link's wire columns.
+impl CaptureSpec<'_> {
+    fn any_sync(&self) -> bool {
+        self.targets.iter().any(|t| !t.queue_only)
+    }
+}
+
+/// `ROW(alias."a", alias."b")::synclink."t_row"` for the links' wire columns.
 fn row_expr(spec: &CaptureSpec, alias: &str) -> String {
     format!(
         "ROW({})::{}",
@@ -52,20 +71,45 @@ fn row_expr(spec: &CaptureSpec, alias: &str) -> String {
 }
 
 /// The version table's upsert for the keys `select` yields (key columns, new version, node),
-/// returning each key's row with the version it replaced kept in the base columns.
-fn version_upsert(spec: &CaptureSpec, select: &str) -> String {
+/// returning each key's row with the version it replaced kept in the base columns. While a
+/// change applied from a peer is passed on (`relay`), a key keeps the version and base the
+/// apply gave it: the change travels on as it was made, not as a new change made here.
+fn version_upsert(spec: &CaptureSpec, select: &str, relay: &str) -> String {
     let keys = join(spec.key, ", ", |k| ident(k));
     format!(
         "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\")\n\
          \x20          {select}\n\
          \x20          ON CONFLICT ({keys}) DO UPDATE\n\
-         \x20             SET \"synclink$at\" = greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1),\n\
-         \x20                 \"synclink$node\" = EXCLUDED.\"synclink$node\",\n\
-         \x20                 \"synclink$base_at\" = v.\"synclink$at\",\n\
-         \x20                 \"synclink$base_node\" = v.\"synclink$node\"\n\
+         \x20             SET {set}\n\
          \x20          RETURNING v.*",
         vt = spec.version_table,
+        set = restamp(
+            relay,
+            "greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1)",
+            "EXCLUDED.\"synclink$node\""
+        ),
     )
+}
+
+/// The SET list that gives a version row the new version `at` from `node`, keeping the one it
+/// replaces as its base; unless `relay` holds, when the row stays as the apply left it.
+fn restamp(relay: &str, at: &str, node: &str) -> String {
+    let kept = |column: &str, new: &str| {
+        if relay == "false" {
+            format!("\"synclink${column}\" = {new}")
+        } else {
+            format!(
+                "\"synclink${column}\" = CASE WHEN {relay} THEN v.\"synclink${column}\" ELSE {new} END"
+            )
+        }
+    };
+    [
+        kept("at", at),
+        kept("node", node),
+        kept("base_at", "v.\"synclink$at\""),
+        kept("base_node", "v.\"synclink$node\""),
+    ]
+    .join(",\n\x20                 ")
 }
 
 /// `alias.k = s.k` for each match key column `k`: rows of `alias` that are the source row's.
@@ -103,7 +147,7 @@ fn version_write(
     op: char,
     values: &Values,
 ) -> String {
-    let (now, origin) = (values.now, values.origin);
+    let (now, origin, relay) = (values.now, values.origin, values.relay);
     let keys = join(spec.key, ", ", |k| format!("s.{}", ident(k)));
     let condition = |first: &str| match (first, filter) {
         ("", None) => String::new(),
@@ -119,21 +163,24 @@ fn version_write(
                 &format!(
                     "SELECT {keys}, {now}, {origin} FROM {source} s{}",
                     condition("")
-                )
+                ),
+                relay,
             )
         );
     }
     format!(
         "WITH u AS (UPDATE {vt} AS v\n\
-         \x20              SET \"synclink$at\" = greatest({now}, v.\"synclink$at\" + 1),\n\
-         \x20                  \"synclink$node\" = {origin},\n\
-         \x20                  \"synclink$base_at\" = v.\"synclink$at\",\n\
-         \x20                  \"synclink$base_node\" = v.\"synclink$node\"\n\
+         \x20              SET {set}\n\
          \x20             FROM {source} s{found}\n\
          \x20           RETURNING v.*),\n\
          \x20    i AS ({upsert}),\n\
          \x20    v AS (SELECT * FROM u UNION ALL SELECT * FROM i)",
         vt = spec.version_table,
+        set = restamp(
+            relay,
+            &format!("greatest({now}, v.\"synclink$at\" + 1)"),
+            origin
+        ),
         found = condition(&matching(spec, "v")),
         upsert = version_upsert(
             spec,
@@ -143,16 +190,20 @@ fn version_write(
                     "NOT EXISTS (SELECT FROM u WHERE {})",
                     matching(spec, "u")
                 ))
-            )
+            ),
+            relay,
         ),
     )
 }
 
-/// How a capture statement names the new version and the origin: the function's variables
-/// where it runs as written, parameters where it runs through EXECUTE.
+/// How a capture statement names the new version, the origin, whether a change applied from a
+/// peer is being passed on, and the links the change goes to: the function's variables where
+/// it runs as written, parameters where it runs through EXECUTE.
 struct Values {
     now: &'static str,
     origin: &'static str,
+    relay: &'static str,
+    to: &'static str,
     /// planned for each statement with its transition tables' real size
     planned_for_size: bool,
 }
@@ -160,14 +211,21 @@ struct Values {
 const IN_PLACE: Values = Values {
     now: "synclink$now",
     origin: "synclink$origin",
+    relay: "synclink$relay",
+    to: "synclink$to",
     planned_for_size: false,
 };
 
 const EXECUTED: Values = Values {
     now: "$1",
     origin: "$2",
+    relay: "$3",
+    to: "$4",
     planned_for_size: true,
 };
+
+/// The EXECUTE … USING list that gives an executed statement the values EXECUTED names.
+const USING: &str = "USING synclink$now, synclink$origin, synclink$relay, synclink$to";
 
 /// Statements that changed fewer rows than this run as written, with the plan PL/pgSQL keeps
 /// for them; larger ones through EXECUTE, planned for their own size. Planning the statement
@@ -177,47 +235,106 @@ const EXECUTED: Values = Values {
 /// the whole version table for each small one.
 const FEW_ROWS: usize = 100;
 
+/// The async links among the targets as a VALUES list `l(peer_name, link_id)`, or None.
+fn queued_links(spec: &CaptureSpec) -> Option<String> {
+    let queued: Vec<&Target> = spec.targets.iter().filter(|t| t.queue_only).collect();
+    if queued.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "(VALUES {}) l(peer_name, link_id)",
+        join(&queued, ", ", |t| format!(
+            "({}, {})",
+            literal(&t.peer_name),
+            t.link_id
+        ))
+    ))
+}
+
+/// The outbox insert of the records `from` yields (with `new`, `old` and `stamps` naming their
+/// parts) for each async link the change goes to.
+fn queue_insert(
+    links: &str,
+    op: char,
+    parts: (&str, &str, &str),
+    from: &str,
+    values: &Values,
+) -> String {
+    let (new, old, stamps) = parts;
+    format!(
+        "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
+         \x20       SELECT l.peer_name, l.link_id, {origin}, '{op}', {new}, {old}, {stamps}\n\
+         \x20         FROM {from}{links}\n\
+         \x20        WHERE l.link_id = ANY ({to})",
+        origin = values.origin,
+        to = values.to,
+    )
+}
+
+/// For each record a loop yields as `part` (with `new`, `old` and `stamps` naming its parts):
+/// synclink.ship() for each sync link the change goes to, one outbox insert for the async ones.
+fn fan_out(spec: &CaptureSpec, op: char, parts: (&str, &str, &str)) -> String {
+    let (new, old, stamps) = parts;
+    let mut body = String::new();
+    for t in spec.targets.iter().filter(|t| !t.queue_only) {
+        body.push_str(&format!(
+            "            IF {id} = ANY (synclink$to) THEN\n\
+             \x20               PERFORM synclink.ship({id}, '{op}', {new}, {old}, {stamps});\n\
+             \x20           END IF;\n",
+            id = t.link_id
+        ));
+    }
+    if let Some(links) = queued_links(spec) {
+        body.push_str(&format!(
+            "            {};\n",
+            queue_insert(&links, op, parts, "", &IN_PLACE)
+        ));
+    }
+    body
+}
+
 /// The statement that stamps `source` rows with new versions and turns them into chunked
-/// text arrays (`rows`, `stamps`), handed to `ship` (sync) or queued in the outbox (async).
-/// The previous version travels as the row's base. The same statement is written twice:
-/// as is for statements of fewer than FEW_ROWS rows, through EXECUTE for the others.
+/// text arrays (`rows`, `stamps`), handed to `ship` (sync links) or queued in the outbox
+/// (async links). The previous version travels as the row's base. The same statement is
+/// written twice: as is for statements of fewer than FEW_ROWS rows, through EXECUTE for the
+/// others.
 fn stamped(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: char) -> String {
     let few =
         format!("(SELECT count(*) FROM (SELECT FROM {source} LIMIT {FEW_ROWS}) f) < {FEW_ROWS}");
     let small = stamped_as(spec, source, filter, op, &IN_PLACE);
     let large = stamped_as(spec, source, filter, op, &EXECUTED);
-    let using = format!("USING {}, {}", IN_PLACE.now, IN_PLACE.origin);
-    if spec.queue_only {
+    if !spec.any_sync() {
         return format!(
             "        IF {few} THEN\n\
              \x20       {small};\n\
              \x20       ELSE\n\
              \x20       EXECUTE $statement$\n\
              \x20       {large}\n\
-             \x20       $statement$ {using};\n\
+             \x20       $statement$ {USING};\n\
              \x20       END IF;\n"
         );
     }
-    let args = if matches!(op, 'I' | 'U') {
-        "part.rows, NULL"
+    let parts = if matches!(op, 'I' | 'U') {
+        ("part.rows", "NULL", "part.stamps")
     } else {
-        "NULL, part.rows"
+        ("NULL", "part.rows", "part.stamps")
     };
     let ship = format!(
-        "LOOP\n            PERFORM synclink.ship({}, '{op}', {args}, part.stamps);\n        END LOOP;",
-        spec.link_id
+        "LOOP\n{}        END LOOP;",
+        fan_out(spec, op, parts)
     );
     format!(
         "        IF {few} THEN\n\
          \x20       FOR part IN\n        {small}\n        {ship}\n\
          \x20       ELSE\n\
-         \x20       FOR part IN EXECUTE $statement$\n        {large}\n        $statement$ {using}\n        {ship}\n\
+         \x20       FOR part IN EXECUTE $statement$\n        {large}\n        $statement$ {USING}\n        {ship}\n\
          \x20       END IF;\n"
     )
 }
 
-/// `stamped`'s statement, naming the new version and origin as `values` says: for async
-/// links it inserts the records into the outbox, for sync links it yields them.
+/// `stamped`'s statement, naming the new version and origin as `values` says: when every
+/// link the table sends to is async it inserts the records into the outbox, otherwise it
+/// yields them.
 fn stamped_as(
     spec: &CaptureSpec,
     source: &str,
@@ -252,32 +369,30 @@ fn stamped_as(
          \x20GROUP BY s.\"synclink$chunk\"",
         stamp = stamp_expr("s", op),
     );
-    if !spec.queue_only {
+    let Some(links) = queued_links(spec).filter(|_| !spec.any_sync()) else {
         return format!("{ctes}\n        {select}");
-    }
-    let (new, old) = if matches!(op, 'I' | 'U') {
-        ("chunk.rows", "NULL")
+    };
+    let parts = if matches!(op, 'I' | 'U') {
+        ("chunk.rows", "NULL", "chunk.stamps")
     } else {
-        ("NULL", "chunk.rows")
+        ("NULL", "chunk.rows", "chunk.stamps")
     };
     format!(
         "{ctes},\n\
          \x20    chunk AS ({select})\n\
-         \x20       INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
-         \x20       SELECT {peer}, {id}, {origin}, '{op}', {new}, {old}, chunk.stamps FROM chunk",
-        peer = literal(spec.peer_name),
-        id = spec.link_id,
-        origin = values.origin,
+         \x20       {}",
+        queue_insert(&links, op, parts, "chunk, ", values),
     )
 }
 
-/// The statement the native capture (capture_one.rs) runs for an async statement that
-/// changed one row: the same version upsert and outbox record as `stamped`, for a row passed
-/// as $1 (the table's row type) with the new version in $2 and the origin in $3, so no
-/// transition table is scanned and nothing is aggregated. For an UPDATE, $4 is the old row and
-/// nothing is written unless the match key stayed the same: a changed key takes the general
-/// path ('K' or 'R' records), which the caller sees as no row inserted.
-pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
+/// The statement the native capture (one_row.rs) runs for an async statement that changed one
+/// row, on a table whose one sending link is `target`: the same version upsert and outbox
+/// record as `stamped`, for a row passed as $1 (the table's row type) with the new version in
+/// $2 and the origin in $3, so no transition table is scanned and nothing is aggregated. For an
+/// UPDATE, $4 is the old row and nothing is written unless the match key stayed the same: a
+/// changed key takes the general path ('K' or 'R' records), which the caller sees as no row
+/// inserted. The native capture never passes on a change applied from a peer.
+pub fn single_row_sql(spec: &CaptureSpec, target: &Target, op: char) -> String {
     let row = |param: &str| {
         format!(
             "ARRAY[ROW({})::{}]::pg_catalog.text",
@@ -312,10 +427,11 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
             &format!(
                 "SELECT {}, $2, $3{same_key}",
                 join(spec.key, ", ", |k| format!("($1).{}", ident(k)))
-            )
+            ),
+            "false",
         ),
-        peer = literal(spec.peer_name),
-        id = spec.link_id,
+        peer = literal(&target.peer_name),
+        id = target.link_id,
         stamp = stamp_expr("v", op),
     )
 }
@@ -323,38 +439,62 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
 /// The re-key pairs: old and new rows of an UPDATE that changed the match key (planned for
 /// each statement, as `stamped`).
 fn rekey_loop(spec: &CaptureSpec, query: &str) -> String {
-    if spec.queue_only {
+    if !spec.any_sync() {
+        let links = queued_links(spec).unwrap_or_default();
         return format!(
             "        EXECUTE $statement$\n\
-             \x20       INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows)\n\
-             \x20       SELECT {peer}, {id}, $1, 'R', chunk.new_rows, chunk.old_rows\n\
-             \x20         FROM ({query}) chunk\n\
-             \x20       $statement$ USING synclink$origin;\n",
-            peer = literal(spec.peer_name),
-            id = spec.link_id,
+             \x20       {}\n\
+             \x20       $statement$ {USING};\n",
+            queue_insert(
+                &links,
+                'R',
+                ("chunk.new_rows", "chunk.old_rows", "NULL"),
+                &format!("({query}) chunk, "),
+                &EXECUTED
+            ),
         );
     }
     format!(
-        "        FOR part IN EXECUTE $statement$\n            {query}\n        $statement$\n        LOOP\n            \
-         PERFORM synclink.ship({}, 'R', part.new_rows, part.old_rows, NULL);\n        END LOOP;\n",
-        spec.link_id
+        "        FOR part IN EXECUTE $statement$\n            {query}\n        $statement$\n        LOOP\n{}        END LOOP;\n",
+        fan_out(spec, 'R', ("part.new_rows", "part.old_rows", "NULL"))
     )
 }
 
 fn truncate_sql(spec: &CaptureSpec) -> String {
-    if spec.queue_only {
-        format!(
-            "        INSERT INTO synclink.outbox (peer_name, link_id, origin, op)\n\
-             \x20       VALUES ({}, {}, synclink$origin, 'T');\n",
-            literal(spec.peer_name),
-            spec.link_id,
-        )
-    } else {
-        format!(
-            "        PERFORM synclink.ship({}, 'T', NULL, NULL, NULL);\n",
-            spec.link_id
-        )
+    let mut out = String::new();
+    for t in spec.targets.iter().filter(|t| !t.queue_only) {
+        out.push_str(&format!(
+            "        IF {id} = ANY (synclink$to) THEN\n\
+             \x20           PERFORM synclink.ship({id}, 'T', NULL, NULL, NULL);\n\
+             \x20       END IF;\n",
+            id = t.link_id
+        ));
     }
+    if let Some(links) = queued_links(spec) {
+        out.push_str(&format!(
+            "        INSERT INTO synclink.outbox (peer_name, link_id, origin, op)\n\
+             \x20       SELECT l.peer_name, l.link_id, synclink$origin, 'T'\n\
+             \x20         FROM {links}\n\
+             \x20        WHERE l.link_id = ANY (synclink$to);\n"
+        ));
+    }
+    out
+}
+
+/// `synclink$to`'s initial value: every target, less those a change being applied came from
+/// or began on.
+fn targets_expr(spec: &CaptureSpec) -> String {
+    if spec.targets.is_empty() {
+        return "'{}'".into();
+    }
+    format!(
+        "pg_catalog.array_remove(ARRAY[{}]::int[], NULL)",
+        join(spec.targets, ",\n        ", |t| format!(
+            "CASE WHEN synclink.applying_from({}) THEN NULL ELSE {} END",
+            literal(&t.peer_node),
+            t.link_id
+        ))
+    )
 }
 
 pub fn function_sql(spec: &CaptureSpec) -> String {
@@ -392,6 +532,18 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
         ),
         None => String::new(),
     };
+    let peers = if spec.targets.is_empty() {
+        "no peer (this node sends none of its changes to the table)".to_string()
+    } else {
+        join(spec.targets, ", ", |t| {
+            format!(
+                "{} (link {}, {})",
+                t.peer_name,
+                t.link_id,
+                if t.queue_only { "async" } else { "sync" }
+            )
+        })
+    };
     format!(
         r#"CREATE FUNCTION {function}() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -399,12 +551,15 @@ pub fn function_sql(spec: &CaptureSpec) -> String {
 {wire}    SET work_mem = '{CAPTURE_WORK_MEM}'
     SET jit = off
 AS $synclink$
--- Captures changes to {table} for peer {peer} (synclink link {id}).
--- Made by sync_link_table(); sync_unlink_table() drops it.
+-- Captures changes to {table} for {peers}.
+-- Made by sync_link_table(), made anew when a link of the table comes or goes;
+-- sync_unlink_table() drops it with the table's last link.
 -- Rows travel as {row_type}[] in text form, {CHUNK_ROWS} rows per change record at most,
 -- each with a synclink.stamp: its new version and the one it replaced, kept per key in
--- {version_table}. The session settings above make the text mean the same on the receiving side.
-{echo}
+-- {version_table}, which every link of the table shares. The session settings above make the
+-- text mean the same on the receiving side.
+-- A change synclink applies from a peer goes on to the table's other peers with the version
+-- it came with, never back to the peer it came from nor to the node where it began.
 -- work_mem is raised so that joining the rows to their versions and cutting them into
 -- records sorts in memory for statements of tens of thousands of rows; larger ones spill.
 -- jit is off: compiling a large statement's plan costs more than it saves here.
@@ -414,8 +569,14 @@ DECLARE
     part record;
     -- The origin of the change: this node, or the node a change being applied came from.
     synclink$origin text := coalesce(synclink.applying_origin(), {node});
+    synclink$relay boolean := synclink.applying_origin() IS NOT NULL;
     synclink$now bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    -- The links this statement's changes go to.
+    synclink$to int[] := {to};
 BEGIN
+    IF pg_catalog.cardinality(synclink$to) = 0 THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'INSERT' THEN
 {insert}    ELSIF TG_OP = 'UPDATE' THEN
         -- Keys that no longer exist after the statement are removed first, across the whole
@@ -429,49 +590,45 @@ $synclink$"#,
         function = spec.function,
         wire = crate::data::wire::set_clauses(),
         table = spec.table_display,
-        peer = literal(spec.peer_name),
-        id = spec.link_id,
         row_type = spec.row_type,
         version_table = spec.version_table,
         node = literal(spec.node),
+        to = targets_expr(spec),
         insert = stamped(spec, "new_rows", None, 'I'),
         rekey = rekey,
         truncate = truncate_sql(spec),
         vanish = stamped(spec, "old_rows", Some(&vanished), 'K'),
         update = stamped(spec, "new_rows", None, 'U'),
         delete = stamped(spec, "old_rows", None, 'D'),
-        echo = if spec.queue_only {
-            "-- The triggers call synclink.capture_one(), which skips the changes synclink applies from\n\
-             -- this peer (they are not sent back), queues a statement that changed one row itself,\n\
-             -- the same way as below, and calls this function for every other statement."
-        } else {
-            "-- The triggers' WHEN clause keeps changes synclink applies from this peer from being sent back."
-        },
     )
 }
 
-/// What the triggers of a link execute. An async link's triggers call the native capture
-/// with the link id; it handles a statement that changed one row itself and hands every
-/// other statement to the generated function. A sync link's triggers call the generated
-/// function directly.
+/// What a table's triggers execute. When the table sends to one async link only, the native
+/// capture with that link's id: it handles a statement that changed one row itself and hands
+/// every other statement to the generated function. Otherwise the generated function.
 pub fn trigger_call(spec: &CaptureSpec) -> String {
-    if spec.queue_only {
-        format!("synclink.capture_one('{}')", spec.link_id)
-    } else {
-        format!("{}()", spec.function)
+    match spec.targets {
+        [only] if only.queue_only => format!("synclink.capture_one('{}')", only.link_id),
+        _ => format!("{}()", spec.function),
     }
 }
 
-/// The statement triggers of a link, one per event. While synclink applies a change from the
-/// peer itself, nothing may be sent back: the generated function is skipped by a WHEN clause;
-/// the native capture makes that check itself, which saves the clause's parse and executor
-/// set-up on every statement (about 6% of a single-row INSERT's time in the backend).
-pub fn trigger_sqls(table: &str, spec: &CaptureSpec, peer_node: &str) -> Vec<(String, String)> {
+/// The statement triggers of a table, one per event; none when it sends to no link. With one
+/// link, a change synclink applies from that peer is skipped before the function starts: by a
+/// WHEN clause for the generated function; the native capture makes that check itself, which
+/// saves the clause's parse and executor set-up on every statement. With several, the function
+/// leaves out each link the change came from.
+pub fn trigger_sqls(table: &str, spec: &CaptureSpec) -> Vec<(String, String)> {
+    if spec.targets.is_empty() {
+        return Vec::new();
+    }
     let call = trigger_call(spec);
-    let when = if spec.queue_only {
-        String::new()
-    } else {
-        format!("WHEN (NOT synclink.applying_from({})) ", literal(peer_node))
+    let when = match spec.targets {
+        [only] if !only.queue_only => format!(
+            "WHEN (NOT synclink.applying_from({})) ",
+            literal(&only.peer_node)
+        ),
+        _ => String::new(),
     };
     let events = [
         ("insert", "INSERT", "REFERENCING NEW TABLE AS new_rows "),
@@ -486,7 +643,7 @@ pub fn trigger_sqls(table: &str, spec: &CaptureSpec, peer_node: &str) -> Vec<(St
     events
         .iter()
         .map(|(suffix, event, referencing)| {
-            let name = format!("synclink_{}_{suffix}", spec.peer_name);
+            let name = format!("synclink_{suffix}");
             let sql = format!(
                 "CREATE TRIGGER {} AFTER {event} ON {table} {referencing}FOR EACH STATEMENT\n    \
                  {when}EXECUTE FUNCTION {call}",
@@ -501,19 +658,26 @@ pub fn trigger_sqls(table: &str, spec: &CaptureSpec, peer_node: &str) -> Vec<(St
 mod tests {
     use super::*;
 
-    fn spec<'a>(cols: &'a [String], key: &'a [String]) -> CaptureSpec<'a> {
+    fn target(id: i32, peer: &str, queue_only: bool) -> Target {
+        Target {
+            link_id: id,
+            peer_name: peer.into(),
+            peer_node: format!("shop_{peer}"),
+            queue_only,
+        }
+    }
+
+    fn spec<'a>(cols: &'a [String], key: &'a [String], targets: &'a [Target]) -> CaptureSpec<'a> {
         CaptureSpec {
-            link_id: 7,
-            function: "synclink.\"products_b_capture\"",
+            function: "synclink.\"products_capture\"",
             table_display: "public.products",
-            peer_name: "b",
             row_type: "synclink.\"products_b_row\"",
             columns: cols,
             key,
             pair_by: None,
-            queue_only: false,
             node: "shop_abc123",
-            version_table: "synclink.\"products_b_version\"",
+            version_table: "synclink.\"products_version\"",
+            targets,
         }
     }
 
@@ -521,7 +685,8 @@ mod tests {
     fn capture_function_ships_every_operation() {
         let cols = vec!["id".to_string(), "Name \"x\"".to_string()];
         let key = vec!["id".to_string()];
-        let sql = function_sql(&spec(&cols, &key));
+        let t = [target(7, "b", false)];
+        let sql = function_sql(&spec(&cols, &key, &t));
         for op in ["'I'", "'U'", "'K'", "'D'", "'T'"] {
             assert!(
                 sql.contains(&format!("synclink.ship(7, {op}")),
@@ -541,7 +706,8 @@ mod tests {
         let cols = vec!["email".to_string(), "name".to_string()];
         let key = vec!["email".to_string()];
         let pk = vec!["id".to_string()];
-        let mut s = spec(&cols, &key);
+        let t = [target(7, "b", false)];
+        let mut s = spec(&cols, &key, &t);
         s.pair_by = Some(&pk);
         let sql = function_sql(&s);
         assert!(
@@ -566,9 +732,8 @@ mod tests {
     fn async_capture_writes_the_outbox_itself() {
         let cols = vec!["id".to_string(), "v".to_string()];
         let key = vec!["id".to_string()];
-        let mut s = spec(&cols, &key);
-        s.queue_only = true;
-        let sql = function_sql(&s);
+        let t = [target(7, "b", true)];
+        let sql = function_sql(&spec(&cols, &key, &t));
         assert!(!sql.contains("synclink.ship("), "{sql}");
         for op in [
             "'I', chunk.rows, NULL, chunk.stamps",
@@ -577,29 +742,95 @@ mod tests {
             "'D', NULL, chunk.rows, chunk.stamps",
         ] {
             assert!(
-                sql.contains(&format!("SELECT 'b', 7, $2, {op} FROM chunk"))
-                    && sql.contains(&format!("SELECT 'b', 7, synclink$origin, {op} FROM chunk")),
+                sql.contains(&format!("SELECT l.peer_name, l.link_id, $2, {op}"))
+                    && sql.contains(&format!(
+                        "SELECT l.peer_name, l.link_id, synclink$origin, {op}"
+                    )),
                 "{op} in\n{sql}"
             );
         }
-        assert!(sql.contains("VALUES ('b', 7, synclink$origin, 'T')"));
+        assert!(sql.contains("FROM chunk, (VALUES ('b', 7)) l(peer_name, link_id)"));
+        assert!(sql.contains("WHERE l.link_id = ANY ($4)"));
+        assert!(sql.contains("WHERE l.link_id = ANY (synclink$to)"));
+        assert!(sql.contains("SELECT l.peer_name, l.link_id, synclink$origin, 'T'"));
         assert!(sql.contains(
             "synclink$origin text := coalesce(synclink.applying_origin(), 'shop_abc123')"
         ));
     }
 
     #[test]
+    fn one_capture_stamps_once_and_fans_out_to_every_link() {
+        let cols = vec!["id".to_string(), "v".to_string()];
+        let key = vec!["id".to_string()];
+        let t = [
+            target(7, "b", true),
+            target(8, "c", false),
+            target(9, "d", true),
+        ];
+        let sql = function_sql(&spec(&cols, &key, &t));
+        // one version write per operation and statement form, whatever the number of links
+        assert_eq!(
+            sql.matches("INSERT INTO synclink.\"products_version\"").count(),
+            // I, U, K, D, each as written and through EXECUTE
+            8,
+            "{sql}"
+        );
+        // and through EXECUTE, an UPDATE first for U, K and D
+        assert_eq!(sql.matches("UPDATE synclink.\"products_version\"").count(), 3);
+        // each link leaves out the peer a change being applied came from or began on
+        assert!(sql.contains(
+            "synclink$to int[] := pg_catalog.array_remove(ARRAY[CASE WHEN synclink.applying_from('shop_b') THEN NULL ELSE 7 END,"
+        ), "{sql}");
+        assert!(sql.contains("IF pg_catalog.cardinality(synclink$to) = 0 THEN"));
+        // the sync link is shipped, the async ones queued together
+        assert!(
+            sql.contains("IF 8 = ANY (synclink$to) THEN\n                PERFORM synclink.ship(8, 'I', part.rows, NULL, part.stamps);"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("FROM (VALUES ('b', 7), ('d', 9)) l(peer_name, link_id)"),
+            "{sql}"
+        );
+        assert!(!sql.contains("('c', 8)"));
+        assert!(sql.contains("PERFORM synclink.ship(8, 'T', NULL, NULL, NULL);"));
+        // triggers call the generated function, with no WHEN clause
+        let triggers = trigger_sqls("\"public\".\"products\"", &spec(&cols, &key, &t));
+        assert!(triggers.iter().all(|(_, sql)| !sql.contains("WHEN")
+            && sql.ends_with("EXECUTE FUNCTION synclink.\"products_capture\"()")));
+    }
+
+    #[test]
+    fn a_change_passed_on_keeps_the_version_the_apply_gave_it() {
+        let cols = vec!["id".to_string(), "v".to_string()];
+        let key = vec!["id".to_string()];
+        let t = [target(7, "b", true)];
+        let s = spec(&cols, &key, &t);
+        let sql = function_sql(&s);
+        assert!(sql.contains("synclink$relay boolean := synclink.applying_origin() IS NOT NULL;"));
+        assert!(sql.contains(
+            "\"synclink$at\" = CASE WHEN synclink$relay THEN v.\"synclink$at\" ELSE greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1) END"
+        ), "{sql}");
+        assert!(sql.contains(
+            "\"synclink$base_at\" = CASE WHEN $3 THEN v.\"synclink$base_at\" ELSE v.\"synclink$at\" END"
+        ), "{sql}");
+        // the native one-row statement never passes a change on: no CASE there
+        let single = single_row_sql(&s, &t[0], 'U');
+        assert!(!single.contains("CASE"), "{single}");
+    }
+
+    #[test]
     fn every_row_is_stamped_past_its_previous_version() {
         let cols = vec!["id".to_string(), "v".to_string()];
         let key = vec!["id".to_string()];
-        let sql = function_sql(&spec(&cols, &key));
+        let t = [target(7, "b", false)];
+        let sql = function_sql(&spec(&cols, &key, &t));
         assert!(
-            sql.contains("\"synclink$base_at\" = v.\"synclink$at\""),
+            sql.contains("ELSE v.\"synclink$at\" END"),
             "{sql}"
         );
         assert!(
             sql.contains(
-                "SET \"synclink$at\" = greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1)"
+                "ELSE greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1) END"
             ),
             "{sql}"
         );
@@ -613,10 +844,11 @@ mod tests {
     fn versions_of_existing_keys_are_updated_and_new_ones_upserted() {
         let cols = vec!["id".to_string(), "v".to_string()];
         let key = vec!["id".to_string()];
-        let s = spec(&cols, &key);
+        let t = [target(7, "b", false)];
+        let s = spec(&cols, &key, &t);
         let delete = version_write(&s, "old_rows", None, 'D', &EXECUTED);
         assert!(
-            delete.starts_with("WITH u AS (UPDATE synclink.\"products_b_version\" AS v"),
+            delete.starts_with("WITH u AS (UPDATE synclink.\"products_version\" AS v"),
             "{delete}"
         );
         assert!(
@@ -673,13 +905,11 @@ mod tests {
                 "a parameter outside EXECUTE in\n{part}"
             );
         }
-        let async_function = function_sql(&CaptureSpec {
-            queue_only: true,
-            ..spec(&cols, &key)
-        });
+        let queued = [target(7, "b", true)];
+        let async_function = function_sql(&spec(&cols, &key, &queued));
         for (n, part) in async_function.split("$statement$").enumerate() {
             assert!(
-                n % 2 == 1 || !(part.contains("$1") || part.contains("$2")),
+                n % 2 == 1 || !(part.contains("$1") || part.contains("$2") || part.contains("$4")),
                 "a parameter outside EXECUTE in\n{part}"
             );
         }
@@ -690,9 +920,9 @@ mod tests {
     fn a_single_row_is_queued_like_a_statement_of_one() {
         let cols = vec!["id".to_string(), "v".to_string()];
         let key = vec!["id".to_string()];
-        let mut s = spec(&cols, &key);
-        s.queue_only = true;
-        let insert = single_row_sql(&s, 'I');
+        let t = [target(7, "b", true)];
+        let s = spec(&cols, &key, &t);
+        let insert = single_row_sql(&s, &t[0], 'I');
         assert!(
             insert.contains("SELECT ($1).\"id\", $2, $3\n"),
             "version from the row: {insert}"
@@ -706,15 +936,17 @@ mod tests {
         assert!(insert.contains(
             "ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", 'I')::synclink.stamp]::pg_catalog.text"
         ));
-        let delete = single_row_sql(&s, 'D');
+        let delete = single_row_sql(&s, &t[0], 'D');
         assert!(
             delete.contains("'D', NULL, ARRAY[ROW(($1)."),
             "old rows for a delete: {delete}"
         );
-        // the version upsert is the one the generated function runs
-        let general = function_sql(&s);
-        let upsert =
-            &insert[insert.find("ON CONFLICT").unwrap()..insert.find("RETURNING").unwrap()];
+        // the version upsert is the one the generated function runs when it passes nothing on
+        let general = function_sql(&s).replace(
+            "CASE WHEN synclink$relay THEN v.\"synclink$at\" ELSE greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1) END",
+            "greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1)",
+        );
+        let upsert = &insert[insert.find("ON CONFLICT").unwrap()..insert.find(",\n").unwrap()];
         assert!(general.contains(upsert), "{upsert}");
     }
 
@@ -722,30 +954,43 @@ mod tests {
     fn a_single_row_update_is_queued_only_when_its_key_stayed() {
         let cols = vec!["a".to_string(), "b".to_string(), "v".to_string()];
         let key = vec!["a".to_string(), "b".to_string()];
-        let sql = single_row_sql(&spec(&cols, &key), 'U');
+        let t = [target(7, "b", true)];
+        let sql = single_row_sql(&spec(&cols, &key, &t), &t[0], 'U');
         assert!(
             sql.contains("SELECT ($1).\"a\", ($1).\"b\", $2, $3 WHERE ($1).\"a\" = ($4).\"a\" AND ($1).\"b\" = ($4).\"b\""),
             "{sql}"
         );
-        assert!(!single_row_sql(&spec(&cols, &key), 'I').contains("$4"));
+        assert!(!single_row_sql(&spec(&cols, &key, &t), &t[0], 'I').contains("$4"));
     }
 
     #[test]
     fn async_triggers_call_the_native_capture() {
         let cols = vec!["id".to_string()];
         let key = vec!["id".to_string()];
-        let mut s = spec(&cols, &key);
-        assert_eq!(trigger_call(&s), "synclink.\"products_b_capture\"()");
-        s.queue_only = true;
-        assert_eq!(trigger_call(&s), "synclink.capture_one('7')");
-        assert!(function_sql(&s).contains("synclink.capture_one()"));
+        let sync = [target(7, "b", false)];
+        assert_eq!(
+            trigger_call(&spec(&cols, &key, &sync)),
+            "synclink.\"products_capture\"()"
+        );
+        let queued = [target(7, "b", true)];
+        assert_eq!(
+            trigger_call(&spec(&cols, &key, &queued)),
+            "synclink.capture_one('7')"
+        );
+        // with two async links, the generated function (which fans out)
+        let two = [target(7, "b", true), target(8, "c", true)];
+        assert_eq!(
+            trigger_call(&spec(&cols, &key, &two)),
+            "synclink.\"products_capture\"()"
+        );
     }
 
     #[test]
     fn composite_key_matches_all_columns() {
         let cols = vec!["a".to_string(), "b".to_string(), "v".to_string()];
         let key = vec!["a".to_string(), "b".to_string()];
-        let sql = function_sql(&spec(&cols, &key));
+        let t = [target(7, "b", false)];
+        let sql = function_sql(&spec(&cols, &key, &t));
         assert!(sql.contains("n.\"a\" = s.\"a\" AND n.\"b\" = s.\"b\""));
     }
 
@@ -753,22 +998,24 @@ mod tests {
     fn triggers_reference_the_right_transition_tables() {
         let cols = vec!["id".to_string()];
         let key = cols.clone();
-        let mut s = spec(&cols, &key);
-        let t = trigger_sqls("\"public\".\"products\"", &s, "shop_def456");
+        let sync = [target(7, "b", false)];
+        let t = trigger_sqls("\"public\".\"products\"", &spec(&cols, &key, &sync));
         assert!(t.iter().all(|(_, sql)| sql.contains(
-            "WHEN (NOT synclink.applying_from('shop_def456')) EXECUTE FUNCTION synclink.\"products_b_capture\"()"
+            "WHEN (NOT synclink.applying_from('shop_b')) EXECUTE FUNCTION synclink.\"products_capture\"()"
         )));
         assert_eq!(t.len(), 4);
-        assert_eq!(t[0].0, "synclink_b_insert");
+        assert_eq!(t[0].0, "synclink_insert");
         assert!(t[1]
             .1
             .contains("OLD TABLE AS old_rows NEW TABLE AS new_rows"));
         assert!(!t[3].1.contains("REFERENCING"));
         // the native capture checks for applied changes itself
-        s.queue_only = true;
-        let t = trigger_sqls("\"public\".\"products\"", &s, "shop_def456");
+        let queued = [target(7, "b", true)];
+        let t = trigger_sqls("\"public\".\"products\"", &spec(&cols, &key, &queued));
         assert!(t.iter().all(|(_, sql)| !sql.contains("WHEN")
             && sql
                 .ends_with("FOR EACH STATEMENT\n    EXECUTE FUNCTION synclink.capture_one('7')")));
+        // a table that sends nothing has no triggers
+        assert!(trigger_sqls("\"public\".\"products\"", &spec(&cols, &key, &[])).is_empty());
     }
 }

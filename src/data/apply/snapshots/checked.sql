@@ -67,7 +67,8 @@ WITH m AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
   ON CONFLICT ("id") DO UPDATE
-     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node"
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
@@ -161,7 +162,8 @@ WITH m AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
   ON CONFLICT ("id") DO UPDATE
-     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node"
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
@@ -255,7 +257,8 @@ WITH m AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
   ON CONFLICT ("id") DO UPDATE
-     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node"
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
@@ -349,7 +352,8 @@ WITH m AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
   ON CONFLICT ("id") DO UPDATE
-     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node"
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
@@ -439,7 +443,8 @@ WITH m AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
   ON CONFLICT ("id") DO UPDATE
-     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node"
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
@@ -532,7 +537,8 @@ WITH m AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
   ON CONFLICT ("id") DO UPDATE
-     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node"
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
@@ -620,7 +626,8 @@ WITH m AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
   ON CONFLICT ("id") DO UPDATE
-     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node"
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
@@ -714,7 +721,8 @@ WITH m AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
   ON CONFLICT ("id") DO UPDATE
-     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node"
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
@@ -801,7 +809,8 @@ WITH m AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
   ON CONFLICT ("id") DO UPDATE
-     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node"
+     SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
