@@ -391,7 +391,7 @@ fn a_record_applied_twice_or_onto_an_existing_row_converges() {
             .query_one(
                 "SELECT array_agg(ROW(p.id, p.name, p.price, p.created_at, p.updated_at)::synclink.products_a_row ORDER BY p.id)::text,
                         array_agg(ROW(v.\"synclink$at\", v.\"synclink$node\", NULL, NULL, 'I')::synclink.stamp ORDER BY p.id)::text
-                   FROM products p JOIN synclink.products_a_version v USING (id)",
+                   FROM products p JOIN synclink.products_version v USING (id)",
                 &[],
             )
             .unwrap();
@@ -408,7 +408,7 @@ fn a_record_applied_twice_or_onto_an_existing_row_converges() {
     // a delete made on A after its insert of row 2, delivered twice
     let at: i64 = b
         .query_one(
-            "SELECT \"synclink$at\" FROM synclink.products_a_version WHERE id = 2",
+            "SELECT \"synclink$at\" FROM synclink.products_version WHERE id = 2",
             &[],
         )
         .unwrap()

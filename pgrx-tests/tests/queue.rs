@@ -663,7 +663,7 @@ fn one_row_statements_are_queued_natively_with_the_same_records() {
         count(
             &mut a,
             "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_user_functions \
-              WHERE schemaname = 'synclink' AND funcname LIKE 't\\_b\\_capture%'",
+              WHERE schemaname = 'synclink' AND funcname LIKE 't\\_capture%'",
         ) == 5
     });
     flush(&mut a);

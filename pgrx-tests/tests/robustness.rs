@@ -574,7 +574,7 @@ fn synclinks_objects_go_the_way_they_came_and_damage_is_reported_and_survived() 
         "DROP SERVER synclink_b CASCADE".to_string(),
         "DROP USER MAPPING FOR PUBLIC SERVER synclink_b".to_string(),
         "DROP FOREIGN TABLE synclink.b_inbox".to_string(),
-        "DROP TRIGGER synclink_b_insert ON app.products".to_string(),
+        "DROP TRIGGER synclink_insert ON app.products".to_string(),
         format!("DROP FUNCTION {function}() CASCADE"),
     ] {
         let (code, message, _, hint) = db_error(a.batch_execute(&sql).unwrap_err());
@@ -591,14 +591,14 @@ fn synclinks_objects_go_the_way_they_came_and_damage_is_reported_and_survived() 
     assert_eq!(status(&mut a, "app.products").problem, None);
 
     // Disabling a capture trigger is the DBA's right, said out loud and kept in sync_status.
-    a.batch_execute("ALTER TABLE app.products DISABLE TRIGGER synclink_b_insert")
+    a.batch_execute("ALTER TABLE app.products DISABLE TRIGGER synclink_insert")
         .unwrap();
     let shown = status(&mut a, "app.products").problem.expect("a problem");
     assert!(
-        shown.contains("synclink_b_insert is disabled") && shown.contains("ENABLE TRIGGER"),
+        shown.contains("synclink_insert is disabled") && shown.contains("ENABLE TRIGGER"),
         "{shown}"
     );
-    a.batch_execute("ALTER TABLE app.products ENABLE TRIGGER synclink_b_insert")
+    a.batch_execute("ALTER TABLE app.products ENABLE TRIGGER synclink_insert")
         .unwrap();
     assert_eq!(status(&mut a, "app.products").problem, None);
 

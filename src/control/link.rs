@@ -178,6 +178,7 @@ struct Linked {
     mode: String,
     direction: Direction,
     columns: Vec<String>,
+    excluded: Vec<String>,
     key: Vec<String>,
     row_type: String,
     function: String,
@@ -190,7 +191,7 @@ fn links_of(relid: pg_sys::Oid) -> Result<Vec<Linked>> {
         c.select(
             "SELECT l.link_id, l.peer_name, p.node_name, l.mode, \
                     coalesce(to_jsonb(l) ->> 'direction', 'both'), l.columns, l.key_columns, \
-                    l.row_type, l.capture_function, l.triggers, l.version_table \
+                    l.row_type, l.capture_function, l.triggers, l.version_table, l.excluded \
                FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
               WHERE l.relid = $1::oid::regclass ORDER BY l.link_id",
             None,
@@ -209,6 +210,7 @@ fn links_of(relid: pg_sys::Oid) -> Result<Vec<Linked>> {
                 function: need(&r, 9, "link capture_function")?,
                 triggers: need(&r, 10, "link triggers")?,
                 version_table: need(&r, 11, "link version_table")?,
+                excluded: need(&r, 12, "link excluded")?,
             })
         })
         .collect()
@@ -230,6 +232,18 @@ pub fn remake_capture(relid: pg_sys::Oid, owner: Option<pg_sys::Oid>) -> Result<
     };
     let info = describe(relid)?;
     let table = info.display();
+    // One capture makes each change's text once for every link (links made before the
+    // capture was shared may differ: refused, so that an update fails whole rather than send
+    // one link's columns to another).
+    if let Some(other) = links.iter().find(|l| l.columns != first.columns) {
+        return Err(LinkError::ColumnsDifferFromOtherLinks {
+            table,
+            peer: other.peer_name.clone(),
+            columns: other.columns.join(", "),
+            excluded: first.excluded.join(","),
+        }
+        .into());
+    }
     let (function, version_table) = (first.function.clone(), first.version_table.clone());
     let owner = match owner {
         Some(o) => Some(o),

@@ -181,8 +181,11 @@ const STAMP_ORDER: &str = r#"(c."synclink$at", c."synclink$node") > (coalesce(c.
 /// The link's policy as a condition that holds when the record in `c` wins its conflict. A
 /// version column says which write is newer in the application's own terms, so it goes first
 /// when both rows have a value; a delete brings no row to compare. prefer_node asks where the
-/// change was made; manual never lets a change win, so the row here stays until sync_resolve.
-/// The later lines of the CASE are indented for their place in `d`.
+/// change was made: the preferred node's change wins, a row here it wrote (or one never
+/// stamped) stays, and between two changes made elsewhere (two children of a hub that prefers
+/// itself) the later stamp wins, so every node decides alike; manual never lets a change win,
+/// so the row here stays until sync_resolve. The later lines of the CASE are indented for
+/// their place in `d`.
 fn policy_wins(policy: &Policy, delete: bool) -> String {
     match policy {
         Policy::LastWriteWins {
@@ -197,7 +200,14 @@ fn policy_wins(policy: &Policy, delete: bool) -> String {
             v = ident(vc)
         ),
         Policy::LastWriteWins { .. } => STAMP_ORDER.to_string(),
-        Policy::PreferNode(node) => format!(r#"c."synclink$node" = {}"#, literal(node)),
+        Policy::PreferNode(node) => format!(
+            r#"CASE
+           WHEN c."synclink$node" = {n} THEN true
+           WHEN c."synclink$here_node" IS NULL OR c."synclink$here_node" = {n} THEN false
+           ELSE {STAMP_ORDER}
+           END"#,
+            n = literal(node)
+        ),
         Policy::Manual => "false".into(),
     }
 }
@@ -543,7 +553,11 @@ mod tests {
     #[test]
     fn prefer_node_asks_where_the_change_was_made() {
         let sql = checked(Policy::PreferNode("shop_a".into()), true);
-        assert!(sql.contains("c.\"synclink$node\" = 'shop_a'"), "{sql}");
+        assert!(sql.contains("WHEN c.\"synclink$node\" = 'shop_a' THEN true"), "{sql}");
+        assert!(
+            sql.contains("WHEN c.\"synclink$here_node\" IS NULL OR c.\"synclink$here_node\" = 'shop_a' THEN false"),
+            "{sql}"
+        );
         assert!(
             sql.contains("DELETE FROM \"public\".\"p\" t USING w WHERE t.\"id\" = w.\"id\""),
             "{sql}"

@@ -56,14 +56,16 @@ impl SqlError for CaptureError {
 
 crate::pg::error::reported_as_sql_error!(CaptureError);
 
-/// What a backend keeps per link, read from synclink.link on its first statement.
+/// What a backend keeps per table whose triggers call the native capture (by the id of one of
+/// its links), read from synclink.link on its first statement.
 struct Link {
     relid: pg_sys::Oid,
     triggers: Vec<String>,
     /// This node: the origin of a change not being applied from elsewhere.
     node: String,
-    /// The peer's node: changes being applied from it are not sent back.
-    peer_node: String,
+    /// The nodes of the peers the table's changes go to: a change being applied from one of
+    /// them, or that began there, is not sent back to it.
+    peer_nodes: Vec<String>,
     /// The ways of queueing a statement, offered it in order; the last takes every one.
     paths: Vec<Box<dyn CapturePath>>,
     /// The relations this is read from: the table, the version table, the outbox.
@@ -174,7 +176,8 @@ impl CapturePath for StatementPath {
                 false,
                 0,
             );
-            let queued = pg_sys::SPI_processed == 1;
+            // one outbox record per link, or none for an UPDATE that changed the key
+            let queued = pg_sys::SPI_processed > 0;
             pg_sys::SPI_finish();
             if rc < 0 {
                 return Err(
@@ -252,7 +255,6 @@ struct Catalog {
     row_type: pg_sys::Oid,
     function: pg_sys::Oid,
     owner: pg_sys::Oid,
-    peer: String,
     columns: Vec<String>,
     key: Vec<String>,
     wire_type: String,
@@ -260,23 +262,23 @@ struct Catalog {
     function_name: String,
     triggers: Vec<String>,
     node: String,
-    peer_node: String,
     version_oid: pg_sys::Oid,
     wire_oid: pg_sys::Oid,
     stamp_oid: pg_sys::Oid,
     outbox_oid: pg_sys::Oid,
 }
 
-/// The link `link_id` if its table is `relid`. Whoever fires the trigger, the catalog is read
-/// as the bootstrap superuser (synclink.peer is not readable by application roles), with the
-/// search path pinned and every operator qualified, so nothing the caller defined runs.
+/// The table `relid` as its link `link_id` and the table's other links that send know it,
+/// if `link_id` is one of its links. Whoever fires the trigger, the catalog is read as the
+/// bootstrap superuser (synclink.peer is not readable by application roles), with the search
+/// path pinned and every operator qualified, so nothing the caller defined runs.
 fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
-    let row = crate::pg::privilege::as_role(pg_sys::BOOTSTRAP_SUPERUSERID.into(), || {
+    let found = crate::pg::privilege::as_role(pg_sys::BOOTSTRAP_SUPERUSERID.into(), || {
         Spi::connect(|c| {
             let found = c.select(
-                "SELECT l.relid::pg_catalog.oid, c.reltype, p.oid, p.proowner, l.peer_name, l.columns, \
+                "SELECT l.relid::pg_catalog.oid, c.reltype, p.oid, p.proowner, l.columns, \
                         l.key_columns, l.row_type, l.version_table, l.capture_function, \
-                        l.triggers, n.node_name, pe.node_name, \
+                        l.triggers, n.node_name, \
                         pg_catalog.to_regclass(l.version_table)::pg_catalog.oid, \
                         pg_catalog.to_regtype(l.row_type)::pg_catalog.oid, \
                         'synclink.stamp'::pg_catalog.regtype::pg_catalog.oid, \
@@ -285,7 +287,6 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
                    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relid::pg_catalog.oid \
                    JOIN pg_catalog.pg_proc p \
                      ON p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regproc(l.capture_function)::pg_catalog.oid \
-                   JOIN synclink.peer pe ON pe.peer_name OPERATOR(pg_catalog.=) l.peer_name \
                   CROSS JOIN synclink.node n \
                   WHERE l.link_id OPERATOR(pg_catalog.=) $1 \
                     AND l.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $2",
@@ -294,33 +295,50 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
             )?
             .next();
             let Some(r) = found else { return Ok(None) };
-            Ok::<_, crate::pg::error::Error>(Some(Catalog {
+            let row = Catalog {
                 relid: need(&r, 1, "table of a link")?,
                 row_type: need(&r, 2, "row type of a linked table")?,
                 function: need(&r, 3, "capture function of a link")?,
                 owner: need(&r, 4, "owner of a link's capture function")?,
-                peer: need(&r, 5, "peer of a link")?,
-                columns: need(&r, 6, "columns of a link")?,
-                key: need(&r, 7, "key columns of a link")?,
-                wire_type: need(&r, 8, "row type of a link")?,
-                version_table: need(&r, 9, "version table of a link")?,
-                function_name: need(&r, 10, "capture function name of a link")?,
-                triggers: need(&r, 11, "triggers of a link")?,
-                node: need(&r, 12, "node name")?,
-                peer_node: need(&r, 13, "node name of a peer")?,
-                version_oid: need(&r, 14, "version table of a link")?,
-                wire_oid: need(&r, 15, "row type of a link")?,
-                stamp_oid: need(&r, 16, "type synclink.stamp")?,
-                outbox_oid: need(&r, 17, "table synclink.outbox")?,
-            }))
+                columns: need(&r, 5, "columns of a link")?,
+                key: need(&r, 6, "key columns of a link")?,
+                wire_type: need(&r, 7, "row type of a link")?,
+                version_table: need(&r, 8, "version table of a link")?,
+                function_name: need(&r, 9, "capture function name of a link")?,
+                triggers: need(&r, 10, "triggers of a link")?,
+                node: need(&r, 11, "node name")?,
+                version_oid: need(&r, 12, "version table of a link")?,
+                wire_oid: need(&r, 13, "row type of a link")?,
+                stamp_oid: need(&r, 14, "type synclink.stamp")?,
+                outbox_oid: need(&r, 15, "table synclink.outbox")?,
+            };
+            // Every link of the table that sends: (peer, link id, peer's node).
+            let targets = c
+                .select(
+                    "SELECT l.peer_name, l.link_id, pe.node_name \
+                       FROM synclink.link l \
+                       JOIN synclink.peer pe ON pe.peer_name OPERATOR(pg_catalog.=) l.peer_name \
+                      WHERE l.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                        AND coalesce(pg_catalog.to_jsonb(l) OPERATOR(pg_catalog.->>) 'direction', 'both') \
+                            OPERATOR(pg_catalog.<>) 'pull' \
+                      ORDER BY l.link_id",
+                    None,
+                    &[relid.into()],
+                )?
+                .map(|r| {
+                    Ok(Target {
+                        peer_name: need(&r, 1, "peer of a link")?,
+                        link_id: need(&r, 2, "id of a link")?,
+                        peer_node: need(&r, 3, "node name of a peer")?,
+                        queue_only: true,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok::<_, crate::pg::error::Error>(Some((row, targets)))
         })
     })?;
-    let Some(row) = row else { return Ok(None) };
-    let target = Target {
-        link_id,
-        peer_name: row.peer.clone(),
-        peer_node: row.peer_node.clone(),
-        queue_only: true,
+    let Some((row, targets)) = found else {
+        return Ok(None);
     };
     let spec = CaptureSpec {
         function: &row.function_name,
@@ -331,19 +349,22 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
         pair_by: None,
         node: &row.node,
         version_table: &row.version_table,
-        targets: std::slice::from_ref(&target),
+        targets: &targets,
     };
     let statements =
-        ['I', 'U', 'D'].map(|op| (capture::single_row_sql(&spec, &target, op), OnceCell::new()));
+        ['I', 'U', 'D'].map(|op| (capture::single_row_sql(&spec, op), OnceCell::new()));
+    let outbox_targets: Vec<(String, i32)> = targets
+        .iter()
+        .map(|t| (t.peer_name.clone(), t.link_id))
+        .collect();
     let mut paths: Vec<Box<dyn CapturePath>> = Vec::new();
     if let Some(writer) = Writer::load(&LinkTables {
-        link_id,
+        targets: &outbox_targets,
         table: row.relid,
         version: row.version_oid,
         wire_type: row.wire_oid,
         stamp_type: row.stamp_oid,
         outbox: row.outbox_oid,
-        peer: &row.peer,
         key: &row.key,
     }) {
         paths.push(Box::new(HeapPath {
@@ -366,7 +387,7 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
         relid: row.relid,
         triggers: row.triggers,
         node: row.node,
-        peer_node: row.peer_node,
+        peer_nodes: targets.into_iter().map(|t| t.peer_node).collect(),
         paths,
         uses: [row.relid, row.version_oid, row.outbox_oid],
     }))
@@ -530,8 +551,13 @@ unsafe fn capture_one(fcinfo: pg_sys::FunctionCallInfo) -> Result<()> {
     {
         return Err(CaptureError::NotThatLink(link_id).into());
     }
-    // What the WHEN clause of a generated function's triggers does (capture::trigger_sqls).
-    if crate::data::apply::is_applying_from(&link.peer_node) {
+    // What the WHEN clause of a generated function's triggers does (capture::trigger_sqls): a
+    // change being applied from the only peers the table sends to is not sent back.
+    if link
+        .peer_nodes
+        .iter()
+        .all(|n| crate::data::apply::is_applying_from(n))
+    {
         return Ok(());
     }
     // A change applied from another peer goes on with the version it came with, which only

@@ -385,14 +385,14 @@ fn stamped_as(
     )
 }
 
-/// The statement the native capture (one_row.rs) runs for an async statement that changed one
-/// row, on a table whose one sending link is `target`: the same version upsert and outbox
-/// record as `stamped`, for a row passed as $1 (the table's row type) with the new version in
-/// $2 and the origin in $3, so no transition table is scanned and nothing is aggregated. For an
-/// UPDATE, $4 is the old row and nothing is written unless the match key stayed the same: a
-/// changed key takes the general path ('K' or 'R' records), which the caller sees as no row
-/// inserted. The native capture never passes on a change applied from a peer.
-pub fn single_row_sql(spec: &CaptureSpec, target: &Target, op: char) -> String {
+/// The statement the native capture (one_row.rs) runs for a statement that changed one row, on
+/// a table whose links that send are all async: the same version upsert and outbox records as
+/// `stamped`, for a row passed as $1 (the table's row type) with the new version in $2 and the
+/// origin in $3, so no transition table is scanned and nothing is aggregated. For an UPDATE, $4
+/// is the old row and nothing is written unless the match key stayed the same: a changed key
+/// takes the general path ('K' or 'R' records), which the caller sees as no row inserted. The
+/// native capture never passes on a change applied from a peer, so every target gets it.
+pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
     let row = |param: &str| {
         format!(
             "ARRAY[ROW({})::{}]::pg_catalog.text",
@@ -419,9 +419,9 @@ pub fn single_row_sql(spec: &CaptureSpec, target: &Target, op: char) -> String {
     format!(
         "WITH v AS ({upsert})\n\
          INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
-         SELECT {peer}, {id}, $3, '{op}', {new}, {old},\n\
+         SELECT l.peer_name, l.link_id, $3, '{op}', {new}, {old},\n\
          \x20      ARRAY[{stamp}]::pg_catalog.text\n\
-         \x20 FROM v",
+         \x20 FROM v, {links}",
         upsert = version_upsert(
             spec,
             &format!(
@@ -430,8 +430,7 @@ pub fn single_row_sql(spec: &CaptureSpec, target: &Target, op: char) -> String {
             ),
             "false",
         ),
-        peer = literal(&target.peer_name),
-        id = target.link_id,
+        links = queued_links(spec).unwrap_or_else(|| "(VALUES (NULL::text, NULL::int)) l(peer_name, link_id) WHERE false".into()),
         stamp = stamp_expr("v", op),
     )
 }
@@ -603,12 +602,13 @@ $synclink$"#,
     )
 }
 
-/// What a table's triggers execute. When the table sends to one async link only, the native
-/// capture with that link's id: it handles a statement that changed one row itself and hands
-/// every other statement to the generated function. Otherwise the generated function.
+/// What a table's triggers execute. When every link the table sends to is async, the native
+/// capture with the first one's id (it reads the others itself): it handles a statement that
+/// changed one row itself and hands every other statement to the generated function.
+/// Otherwise the generated function.
 pub fn trigger_call(spec: &CaptureSpec) -> String {
     match spec.targets {
-        [only] if only.queue_only => format!("synclink.capture_one('{}')", only.link_id),
+        [first, ..] if !spec.any_sync() => format!("synclink.capture_one('{}')", first.link_id),
         _ => format!("{}()", spec.function),
     }
 }
@@ -793,7 +793,7 @@ mod tests {
         );
         assert!(!sql.contains("('c', 8)"));
         assert!(sql.contains("PERFORM synclink.ship(8, 'T', NULL, NULL, NULL);"));
-        // triggers call the generated function, with no WHEN clause
+        // with a sync link among them, triggers call the generated function, with no WHEN
         let triggers = trigger_sqls("\"public\".\"products\"", &spec(&cols, &key, &t));
         assert!(triggers.iter().all(|(_, sql)| !sql.contains("WHEN")
             && sql.ends_with("EXECUTE FUNCTION synclink.\"products_capture\"()")));
@@ -814,7 +814,7 @@ mod tests {
             "\"synclink$base_at\" = CASE WHEN $3 THEN v.\"synclink$base_at\" ELSE v.\"synclink$at\" END"
         ), "{sql}");
         // the native one-row statement never passes a change on: no CASE there
-        let single = single_row_sql(&s, &t[0], 'U');
+        let single = single_row_sql(&s, 'U');
         assert!(!single.contains("CASE"), "{single}");
     }
 
@@ -922,21 +922,21 @@ mod tests {
         let key = vec!["id".to_string()];
         let t = [target(7, "b", true)];
         let s = spec(&cols, &key, &t);
-        let insert = single_row_sql(&s, &t[0], 'I');
+        let insert = single_row_sql(&s, 'I');
         assert!(
             insert.contains("SELECT ($1).\"id\", $2, $3\n"),
             "version from the row: {insert}"
         );
         assert!(
             insert.contains(
-                "SELECT 'b', 7, $3, 'I', ARRAY[ROW(($1).\"id\", ($1).\"v\")::synclink.\"products_b_row\"]::pg_catalog.text, NULL,"
+                "SELECT l.peer_name, l.link_id, $3, 'I', ARRAY[ROW(($1).\"id\", ($1).\"v\")::synclink.\"products_b_row\"]::pg_catalog.text, NULL,"
             ),
             "{insert}"
         );
         assert!(insert.contains(
             "ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", 'I')::synclink.stamp]::pg_catalog.text"
         ));
-        let delete = single_row_sql(&s, &t[0], 'D');
+        let delete = single_row_sql(&s, 'D');
         assert!(
             delete.contains("'D', NULL, ARRAY[ROW(($1)."),
             "old rows for a delete: {delete}"
@@ -955,12 +955,12 @@ mod tests {
         let cols = vec!["a".to_string(), "b".to_string(), "v".to_string()];
         let key = vec!["a".to_string(), "b".to_string()];
         let t = [target(7, "b", true)];
-        let sql = single_row_sql(&spec(&cols, &key, &t), &t[0], 'U');
+        let sql = single_row_sql(&spec(&cols, &key, &t), 'U');
         assert!(
             sql.contains("SELECT ($1).\"a\", ($1).\"b\", $2, $3 WHERE ($1).\"a\" = ($4).\"a\" AND ($1).\"b\" = ($4).\"b\""),
             "{sql}"
         );
-        assert!(!single_row_sql(&spec(&cols, &key, &t), &t[0], 'I').contains("$4"));
+        assert!(!single_row_sql(&spec(&cols, &key, &t), 'I').contains("$4"));
     }
 
     #[test]
@@ -977,10 +977,16 @@ mod tests {
             trigger_call(&spec(&cols, &key, &queued)),
             "synclink.capture_one('7')"
         );
-        // with two async links, the generated function (which fans out)
+        // with two async links, the native capture too; with a sync one among them, the
+        // generated function
         let two = [target(7, "b", true), target(8, "c", true)];
         assert_eq!(
             trigger_call(&spec(&cols, &key, &two)),
+            "synclink.capture_one('7')"
+        );
+        let mixed = [target(7, "b", true), target(8, "c", false)];
+        assert_eq!(
+            trigger_call(&spec(&cols, &key, &mixed)),
             "synclink.\"products_capture\"()"
         );
     }

@@ -90,8 +90,8 @@ pub struct Writer {
     /// A wire column's text form may depend on search_path (a reg* type, or a type this
     /// check cannot see into): the text is then made under the capture function's path.
     needs_search_path: bool,
-    peer: String,
-    link_id: i32,
+    /// the links the change goes to: (peer name, link id), an outbox record for each
+    targets: Vec<(String, i32)>,
 }
 
 impl Drop for Writer {
@@ -193,15 +193,15 @@ unsafe fn copy_in_top(desc: pg_sys::TupleDesc) -> pg_sys::TupleDesc {
     copy
 }
 
-/// What load() needs to know of a link.
+/// What load() needs to know of a table's links.
 pub struct LinkTables<'a> {
-    pub link_id: i32,
+    /// the links the table's changes go to: (peer name, link id)
+    pub targets: &'a [(String, i32)],
     pub table: pg_sys::Oid,
     pub version: pg_sys::Oid,
     pub wire_type: pg_sys::Oid,
     pub stamp_type: pg_sys::Oid,
     pub outbox: pg_sys::Oid,
-    pub peer: &'a str,
     pub key: &'a [String],
 }
 
@@ -376,8 +376,7 @@ impl Writer {
             rows_out: array_out(),
             stamps_out: array_out(),
             needs_search_path,
-            peer: l.peer.to_string(),
-            link_id: l.link_id,
+            targets: l.targets.to_vec(),
         })
     }
 
@@ -427,7 +426,9 @@ impl Writer {
             text()
         };
         let stamps = self.stamp_text(&stamp, op);
-        self.insert_outbox(op, origin_datum, rows, stamps);
+        for (peer, link_id) in &self.targets {
+            self.insert_outbox((peer, *link_id), op, origin_datum, rows, stamps);
+        }
         Ok(true)
     }
 
@@ -646,6 +647,7 @@ impl Writer {
     // table's trigger (a transaction with an active snapshot).
     unsafe fn insert_outbox(
         &self,
+        (peer, link_id): (&str, i32),
         op: u8,
         origin: pg_sys::Datum,
         rows: pg_sys::Datum,
@@ -664,8 +666,8 @@ impl Writer {
             layout.seq,
             crate::data::queue::next_seq(self.outbox_sequence).into(),
         );
-        set(layout.peer_name, crate::pg::ffi::text_datum(&self.peer));
-        set(layout.link_id, self.link_id.into());
+        set(layout.peer_name, crate::pg::ffi::text_datum(peer));
+        set(layout.link_id, link_id.into());
         set(layout.origin, origin);
         set(layout.op, pg_sys::Datum::from(op as i8));
         set(

@@ -47,7 +47,14 @@ WITH m AS (
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text)),
                                           greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))])
-              END AS "synclink$remembered"
+              END AS "synclink$remembered",
+         d."synclink$conflict"
+         AND EXISTS (SELECT FROM synclink.conflict o
+                      WHERE o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id")
+                        AND ((o.local_version).at, (o.local_version).node)
+                            = (d."synclink$here_at", d."synclink$here_node")
+                        AND ((o.peer_version).at, (o.peer_version).node)
+                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -72,7 +79,7 @@ WITH m AS (
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
-   WHERE d."synclink$conflict" AND o.outcome = 'open'
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
@@ -99,7 +106,7 @@ WITH m AS (
               WHEN d."synclink$applies" THEN 'applied'
               ELSE 'kept' END
     FROM e d
-   WHERE d."synclink$conflict"
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
 
@@ -142,7 +149,14 @@ WITH m AS (
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text)),
                                           greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))])
-              END AS "synclink$remembered"
+              END AS "synclink$remembered",
+         d."synclink$conflict"
+         AND EXISTS (SELECT FROM synclink.conflict o
+                      WHERE o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id")
+                        AND ((o.local_version).at, (o.local_version).node)
+                            = (d."synclink$here_at", d."synclink$here_node")
+                        AND ((o.peer_version).at, (o.peer_version).node)
+                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -167,7 +181,7 @@ WITH m AS (
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
-   WHERE d."synclink$conflict" AND o.outcome = 'open'
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
@@ -194,7 +208,7 @@ WITH m AS (
               WHEN d."synclink$applies" THEN 'applied'
               ELSE 'kept' END
     FROM e d
-   WHERE d."synclink$conflict"
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
 
@@ -227,7 +241,11 @@ WITH m AS (
     LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
-         NOT c."synclink$conflict" OR coalesce(c."synclink$node" = 'shop_a', false) AS "synclink$wins"
+         NOT c."synclink$conflict" OR coalesce(CASE
+           WHEN c."synclink$node" = 'shop_a' THEN true
+           WHEN c."synclink$here_node" IS NULL OR c."synclink$here_node" = 'shop_a' THEN false
+           ELSE (c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))
+           END, false) AS "synclink$wins"
     FROM c
 ), r AS (
   SELECT d.*,
@@ -237,7 +255,14 @@ WITH m AS (
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text)),
                                           greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))])
-              END AS "synclink$remembered"
+              END AS "synclink$remembered",
+         d."synclink$conflict"
+         AND EXISTS (SELECT FROM synclink.conflict o
+                      WHERE o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id")
+                        AND ((o.local_version).at, (o.local_version).node)
+                            = (d."synclink$here_at", d."synclink$here_node")
+                        AND ((o.peer_version).at, (o.peer_version).node)
+                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -262,7 +287,7 @@ WITH m AS (
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
-   WHERE d."synclink$conflict" AND o.outcome = 'open'
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
@@ -289,7 +314,7 @@ WITH m AS (
               WHEN d."synclink$applies" THEN 'applied'
               ELSE 'kept' END
     FROM e d
-   WHERE d."synclink$conflict"
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
 
@@ -332,7 +357,14 @@ WITH m AS (
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text)),
                                           greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))])
-              END AS "synclink$remembered"
+              END AS "synclink$remembered",
+         d."synclink$conflict"
+         AND EXISTS (SELECT FROM synclink.conflict o
+                      WHERE o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id")
+                        AND ((o.local_version).at, (o.local_version).node)
+                            = (d."synclink$here_at", d."synclink$here_node")
+                        AND ((o.peer_version).at, (o.peer_version).node)
+                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -357,7 +389,7 @@ WITH m AS (
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
-   WHERE d."synclink$conflict" AND o.outcome = 'open'
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
@@ -384,7 +416,7 @@ WITH m AS (
               WHEN d."synclink$applies" THEN 'applied'
               ELSE 'kept' END
     FROM e d
-   WHERE d."synclink$conflict"
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
 
@@ -427,7 +459,14 @@ WITH m AS (
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent'),
                                           greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')])
-              END AS "synclink$remembered"
+              END AS "synclink$remembered",
+         d."synclink$conflict"
+         AND EXISTS (SELECT FROM synclink.conflict o
+                      WHERE o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id")
+                        AND ((o.local_version).at, (o.local_version).node)
+                            = (d."synclink$here_at", d."synclink$here_node")
+                        AND ((o.peer_version).at, (o.peer_version).node)
+                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -448,7 +487,7 @@ WITH m AS (
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
-   WHERE d."synclink$conflict" AND o.outcome = 'open'
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
@@ -473,7 +512,7 @@ WITH m AS (
               WHEN d."synclink$applies" THEN 'applied'
               ELSE 'kept' END
     FROM e d
-   WHERE d."synclink$conflict"
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
 
@@ -511,7 +550,11 @@ WITH m AS (
     LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
-         NOT c."synclink$conflict" OR coalesce(c."synclink$node" = 'shop_a', false) AS "synclink$wins"
+         NOT c."synclink$conflict" OR coalesce(CASE
+           WHEN c."synclink$node" = 'shop_a' THEN true
+           WHEN c."synclink$here_node" IS NULL OR c."synclink$here_node" = 'shop_a' THEN false
+           ELSE (c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))
+           END, false) AS "synclink$wins"
     FROM c
 ), r AS (
   SELECT d.*,
@@ -521,7 +564,14 @@ WITH m AS (
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent'),
                                           greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')])
-              END AS "synclink$remembered"
+              END AS "synclink$remembered",
+         d."synclink$conflict"
+         AND EXISTS (SELECT FROM synclink.conflict o
+                      WHERE o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id")
+                        AND ((o.local_version).at, (o.local_version).node)
+                            = (d."synclink$here_at", d."synclink$here_node")
+                        AND ((o.peer_version).at, (o.peer_version).node)
+                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -542,7 +592,7 @@ WITH m AS (
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
-   WHERE d."synclink$conflict" AND o.outcome = 'open'
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
@@ -567,7 +617,7 @@ WITH m AS (
               WHEN d."synclink$applies" THEN 'applied'
               ELSE 'kept' END
     FROM e d
-   WHERE d."synclink$conflict"
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
 
@@ -610,7 +660,14 @@ WITH m AS (
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent'),
                                           greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')])
-              END AS "synclink$remembered"
+              END AS "synclink$remembered",
+         d."synclink$conflict"
+         AND EXISTS (SELECT FROM synclink.conflict o
+                      WHERE o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id")
+                        AND ((o.local_version).at, (o.local_version).node)
+                            = (d."synclink$here_at", d."synclink$here_node")
+                        AND ((o.peer_version).at, (o.peer_version).node)
+                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -631,7 +688,7 @@ WITH m AS (
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
-   WHERE d."synclink$conflict" AND o.outcome = 'open'
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
@@ -656,7 +713,7 @@ WITH m AS (
               WHEN d."synclink$applies" THEN 'applied'
               ELSE 'kept' END
     FROM e d
-   WHERE d."synclink$conflict"
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
 
@@ -701,7 +758,14 @@ WITH m AS (
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text)),
                                           greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))])
-              END AS "synclink$remembered"
+              END AS "synclink$remembered",
+         d."synclink$conflict"
+         AND EXISTS (SELECT FROM synclink.conflict o
+                      WHERE o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id")
+                        AND ((o.local_version).at, (o.local_version).node)
+                            = (d."synclink$here_at", d."synclink$here_node")
+                        AND ((o.peer_version).at, (o.peer_version).node)
+                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -726,7 +790,7 @@ WITH m AS (
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
-   WHERE d."synclink$conflict" AND o.outcome = 'open'
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
@@ -753,7 +817,7 @@ WITH m AS (
               WHEN d."synclink$applies" THEN 'applied'
               ELSE 'kept' END
     FROM e d
-   WHERE d."synclink$conflict"
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
 
@@ -793,7 +857,14 @@ WITH m AS (
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent'),
                                           greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')])
-              END AS "synclink$remembered"
+              END AS "synclink$remembered",
+         d."synclink$conflict"
+         AND EXISTS (SELECT FROM synclink.conflict o
+                      WHERE o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id")
+                        AND ((o.local_version).at, (o.local_version).node)
+                            = (d."synclink$here_at", d."synclink$here_node")
+                        AND ((o.peer_version).at, (o.peer_version).node)
+                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -814,7 +885,7 @@ WITH m AS (
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM e d
-   WHERE d."synclink$conflict" AND o.outcome = 'open'
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
@@ -839,6 +910,6 @@ WITH m AS (
               WHEN d."synclink$applies" THEN 'applied'
               ELSE 'kept' END
     FROM e d
-   WHERE d."synclink$conflict"
+   WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
