@@ -553,3 +553,155 @@ fn a_mesh_converges_under_concurrent_writes_and_logs_each_conflict_once_where_it
         );
     }
 }
+
+/// Each writer updates, deletes and puts back rows 1..=40 of prices on its node, `rounds`
+/// statements, each in its own transaction, with values no other writer writes.
+fn write_concurrently(conninfos: &[(usize, String)], rounds: usize) {
+    let writers: Vec<_> = conninfos
+        .iter()
+        .cloned()
+        .map(|(n, conninfo)| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&conninfo, postgres::NoTls).unwrap();
+                let mut x: u64 = 7 + n as u64 * 1_000_003;
+                for i in 0..rounds {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let id = (x >> 33) as i32 % 40 + 1;
+                    let value = (n * 100_000 + i) as i32;
+                    let sql = match i % 15 {
+                        0 => "DELETE FROM prices WHERE id = $1 AND $2::int IS NOT NULL",
+                        1 => "INSERT INTO prices VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        _ => "UPDATE prices SET amount = $2 WHERE id = $1",
+                    };
+                    c.execute(sql, &[&id, &value]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+}
+
+#[test]
+fn a_star_of_three_children_settles_on_the_same_rows_while_a_child_is_down_and_back() {
+    let (nodes, mut a, _) =
+        Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();
+    // a is the hub; b a child on a server of its own, c and d children on a's server
+    let node_c = nodes.a.sibling("shop_c");
+    let node_d = nodes.a.sibling("shop_d");
+    for (name, node) in [("c", &node_c), ("d", &node_d)] {
+        a.execute("SELECT sync_add_peer($1, $2)", &[&name, &node.conninfo()])
+            .unwrap();
+        node.connect()
+            .execute("SELECT sync_add_peer('a', $1)", &[&nodes.a.conninfo()])
+            .unwrap();
+    }
+    let (mut b, mut c, mut d) = (nodes.b.connect(), node_c.connect(), node_d.connect());
+    for n in [&mut a, &mut b, &mut c, &mut d] {
+        n.batch_execute(PRICES).unwrap();
+    }
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async'); \
+         SELECT sync_link_table('prices', 'd'); \
+         INSERT INTO prices SELECT g, 0 FROM generate_series(1, 40) g;",
+    )
+    .unwrap();
+    let everywhere = |a: &mut Client, others: &mut [&mut Client]| {
+        wait_until(Duration::from_secs(90), || {
+            let on_a = rows(a, "prices");
+            queued(a) == 0
+                && others
+                    .iter_mut()
+                    .all(|n| queued(n) == 0 && rows(n, "prices") == on_a)
+        });
+    };
+    everywhere(&mut a, &mut [&mut b, &mut c, &mut d]);
+    let info = |n: usize, node: &Node| (n, node.socket_conninfo());
+    // everyone writes the same rows at once
+    write_concurrently(
+        &[
+            info(0, &nodes.a),
+            info(1, &nodes.b),
+            info(2, &node_c),
+            info(3, &node_d),
+        ],
+        150,
+    );
+    // b goes down; the others go on writing; b comes back and writes too
+    drop(b);
+    nodes.b.stop_immediate();
+    write_concurrently(&[info(0, &nodes.a), info(2, &node_c), info(3, &node_d)], 150);
+    nodes.b.start_again();
+    write_concurrently(
+        &[
+            info(0, &nodes.a),
+            info(1, &nodes.b),
+            info(2, &node_c),
+            info(3, &node_d),
+        ],
+        150,
+    );
+    let mut b = nodes.b.connect();
+    everywhere(&mut a, &mut [&mut b, &mut c, &mut d]);
+    // nothing comes back once everything was delivered: no echo
+    std::thread::sleep(Duration::from_secs(1));
+    let versions_a = versions(&mut a, "prices");
+    for n in [&mut a, &mut b, &mut c, &mut d] {
+        assert_eq!(queued(n), 0);
+        assert_eq!(versions(n, "prices"), versions_a);
+        // each conflict logged once where it met
+        assert_eq!(
+            count(
+                n,
+                "SELECT count(*) FROM (SELECT FROM synclink.conflict \
+                  GROUP BY key, (local_version).at, (local_version).node, \
+                           (peer_version).at, (peer_version).node HAVING count(*) > 1) d"
+            ),
+            0
+        );
+    }
+    assert!(conflicts(&mut a) > 0, "the writers met on the hub");
+}
+
+#[test]
+fn a_hub_that_prefers_itself_wins_everywhere_and_its_children_settle_between_them() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async', conflict => 'prefer_local'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async', conflict => 'prefer_local'); \
+         INSERT INTO prices SELECT g, 0 FROM generate_series(1, 20) g;",
+    )
+    .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for round in 1..=3 {
+        // the hub writes rows 1-10, both children rows 5-20: 5-10 meet the hub's, 11-20 only
+        // the children's
+        a.batch_execute(&format!(
+            "UPDATE prices SET amount = {round}00 + id WHERE id <= 10"
+        ))
+        .unwrap();
+        b.batch_execute(&format!(
+            "UPDATE prices SET amount = {round}10 + id WHERE id >= 5"
+        ))
+        .unwrap();
+        c.batch_execute(&format!(
+            "UPDATE prices SET amount = {round}20 + id WHERE id >= 5"
+        ))
+        .unwrap();
+        settle(&mut [&mut a, &mut b, &mut c]);
+        let on_a = rows(&mut a, "prices");
+        assert_eq!(rows(&mut b, "prices"), on_a, "round {round}");
+        assert_eq!(rows(&mut c, "prices"), on_a, "round {round}");
+        // the hub's rows won wherever it wrote
+        assert_eq!(
+            count(
+                &mut b,
+                &format!("SELECT count(*) FROM prices WHERE id <= 10 AND amount = {round}00 + id")
+            ),
+            10,
+            "round {round}"
+        );
+    }
+}

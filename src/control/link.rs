@@ -146,18 +146,23 @@ fn make_version_table(
          PRIMARY KEY ({key_list})) WITH (fillfactor = {VERSION_FILLFACTOR})",
         key_list = join(key, ", ", |k| ident(k)),
     ))?;
-    Spi::run(&format!(
-        "COMMENT ON TABLE {version_table} IS {}",
-        crate::pg::sql::literal(&format!(
-            "synclink: per key of {}, the version of the row here (microseconds since 1970, node) \
-             and, after a change made here or passed on, the version it replaced; shared by the \
-             table's links",
-            info.display()
-        ))
-    ))?;
+    describe_version_table(version_table, &info.display())?;
     for stmt in version_table_access(version_table, info.oid) {
         Spi::run(&stmt)?;
     }
+    Ok(())
+}
+
+/// What a DBA reads of a version table with `\dt+`.
+fn describe_version_table(version_table: &str, table: &str) -> Result<()> {
+    Spi::run(&format!(
+        "COMMENT ON TABLE {version_table} IS {}",
+        crate::pg::sql::literal(&format!(
+            "synclink: per key of {table}, the version of the row here (microseconds since 1970, \
+             node) and, after a change made here or passed on, the version it replaced; shared by \
+             the table's links"
+        ))
+    ))?;
     Ok(())
 }
 
@@ -418,6 +423,7 @@ pub fn refresh(link_id: i32) -> Result<bool> {
         for stmt in version_table_access(&version_table, relid) {
             Spi::run(&stmt)?;
         }
+        describe_version_table(&version_table, &table)?;
         if !initiated_here {
             let owner = ident(&crate::pg::privilege::role_name(owner));
             Spi::run(&format!("ALTER TABLE {version_table} OWNER TO {owner}"))?;
