@@ -1,5 +1,6 @@
 //! More than two nodes, and links that carry changes one way: a push link from an authority,
-//! a pull link, and a hub relaying between children that do not link each other.
+//! a pull link, a hub relaying between children that do not link each other, and a mesh where
+//! every node links every other; one capture and one version table per table throughout.
 
 use postgres::Client;
 use std::time::Duration;
@@ -355,7 +356,7 @@ fn a_half_left_behind_is_not_paired_with_a_link_made_another_way() {
 }
 
 #[test]
-fn the_links_of_a_table_match_rows_by_one_key() {
+fn the_links_of_a_table_match_rows_by_one_key_and_send_the_same_columns() {
     let (_nodes, _node_c, mut a, mut b, mut c) = three();
     for n in [&mut a, &mut b, &mut c] {
         n.batch_execute("CREATE TABLE items (id int PRIMARY KEY, code text NOT NULL UNIQUE)")
@@ -379,6 +380,18 @@ fn the_links_of_a_table_match_rows_by_one_key() {
             .unwrap_err(),
     );
     assert_eq!(code, "0A000", "{message}");
+    assert_eq!((links(&mut a), links(&mut c)), (1, 0));
+    // and send the same columns: a table's changes are captured once for all its links
+    let (code, message, _, hint) = db_error(
+        a.batch_execute("SELECT sync_link_table('items', 'c', exclude => '{code}')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "0A000", "{message}");
+    assert!(
+        message.contains("peer \"b\"") && message.contains("other columns (id, code)"),
+        "{message}"
+    );
+    assert!(hint.contains("exclude => '{}'"), "{hint}");
     assert_eq!((links(&mut a), links(&mut c)), (1, 0));
     a.execute("SELECT sync_link_table('items', 'c')", &[])
         .unwrap();
@@ -704,4 +717,53 @@ fn a_hub_that_prefers_itself_wins_everywhere_and_its_children_settle_between_the
             "round {round}"
         );
     }
+}
+
+/// Links made before a table's links shared one version table each had their own: making the
+/// table's capture anew (as the update to 0.5.0 does) merges them, the later version of a key
+/// kept, and drops the other.
+#[test]
+fn the_version_tables_of_a_tables_links_are_merged_into_one() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = mesh("async");
+    a.batch_execute("INSERT INTO prices VALUES (1, 1), (2, 2)")
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    let vt: String = a
+        .query_one(
+            "SELECT DISTINCT version_table FROM synclink.link",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // the link with c as it was before 0.5.0: a version table of its own, where key 1 has a
+    // later version than in the shared one and key 3 one the shared table lacks
+    a.batch_execute(&format!(
+        "CREATE TABLE synclink.prices_c_version (LIKE {vt} INCLUDING ALL);
+         INSERT INTO synclink.prices_c_version
+              SELECT id, \"synclink$at\" + 5, \"synclink$node\", NULL, NULL FROM {vt} WHERE id = 1;
+         INSERT INTO synclink.prices_c_version VALUES (3, 42, 'elsewhere', NULL, NULL);
+         UPDATE {vt} SET \"synclink$at\" = \"synclink$at\" + 5 WHERE id = 2;
+         UPDATE synclink.link SET version_table = 'synclink.prices_c_version' WHERE peer_name = 'c';"
+    ))
+    .unwrap();
+    let before = versions(&mut b, "prices");
+    a.batch_execute("SELECT sync_refresh_link('prices', 'c')")
+        .unwrap();
+    assert_eq!(
+        count(&mut a, "SELECT count(DISTINCT version_table) FROM synclink.link"),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut a,
+            "SELECT count(*) FROM pg_class WHERE relname = 'prices_c_version'"
+        ),
+        0
+    );
+    let merged = versions(&mut a, "prices");
+    let at = |v: &str| v.split(' ').nth(1).unwrap().parse::<i64>().unwrap();
+    assert_eq!(merged.len(), 3, "{merged:?}");
+    assert_eq!(at(&merged[0]), at(&before[0]) + 5, "the later version of key 1");
+    assert_eq!(at(&merged[1]), at(&before[1]) + 5, "the later version of key 2");
+    assert_eq!(merged[2], "3 42 elsewhere");
 }
