@@ -20,9 +20,10 @@ $$;
 CREATE TRIGGER receive_done AFTER INSERT ON synclink.inbox
     FOR EACH STATEMENT EXECUTE FUNCTION synclink.receive_done();
 
--- The triggers of an async link call this with the link id (src/data/capture/one_row.rs): a
--- statement that changed one row is queued here, any other goes to the link's generated
--- capture function. It checks that it runs as one of that link's triggers on that table.
+-- The triggers of a table whose links that send are all async call this with the id of one
+-- of them (src/data/capture/one_row.rs): a statement that changed one row is queued here for
+-- every such link, any other goes to the table's generated capture function. It checks that
+-- it runs as one of the triggers synclink made on that link's table.
 CREATE FUNCTION synclink.capture_one() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'synclink_capture_one';
 

@@ -578,7 +578,9 @@ fn write_concurrently(conninfos: &[(usize, String)], rounds: usize) {
                 let mut c = Client::connect(&conninfo, postgres::NoTls).unwrap();
                 let mut x: u64 = 7 + n as u64 * 1_000_003;
                 for i in 0..rounds {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     let id = (x >> 33) as i32 % 40 + 1;
                     let value = (n * 100_000 + i) as i32;
                     let sql = match i % 15 {
@@ -645,7 +647,10 @@ fn a_star_of_three_children_settles_on_the_same_rows_while_a_child_is_down_and_b
     // b goes down; the others go on writing; b comes back and writes too
     drop(b);
     nodes.b.stop_immediate();
-    write_concurrently(&[info(0, &nodes.a), info(2, &node_c), info(3, &node_d)], 150);
+    write_concurrently(
+        &[info(0, &nodes.a), info(2, &node_c), info(3, &node_d)],
+        150,
+    );
     nodes.b.start_again();
     write_concurrently(
         &[
@@ -729,10 +734,7 @@ fn the_version_tables_of_a_tables_links_are_merged_into_one() {
         .unwrap();
     settle(&mut [&mut a, &mut b, &mut c]);
     let vt: String = a
-        .query_one(
-            "SELECT DISTINCT version_table FROM synclink.link",
-            &[],
-        )
+        .query_one("SELECT DISTINCT version_table FROM synclink.link", &[])
         .unwrap()
         .get(0);
     // the link with c as it was before 0.5.0: a version table of its own, where key 1 has a
@@ -750,7 +752,10 @@ fn the_version_tables_of_a_tables_links_are_merged_into_one() {
     a.batch_execute("SELECT sync_refresh_link('prices', 'c')")
         .unwrap();
     assert_eq!(
-        count(&mut a, "SELECT count(DISTINCT version_table) FROM synclink.link"),
+        count(
+            &mut a,
+            "SELECT count(DISTINCT version_table) FROM synclink.link"
+        ),
         1
     );
     assert_eq!(
@@ -763,7 +768,15 @@ fn the_version_tables_of_a_tables_links_are_merged_into_one() {
     let merged = versions(&mut a, "prices");
     let at = |v: &str| v.split(' ').nth(1).unwrap().parse::<i64>().unwrap();
     assert_eq!(merged.len(), 3, "{merged:?}");
-    assert_eq!(at(&merged[0]), at(&before[0]) + 5, "the later version of key 1");
-    assert_eq!(at(&merged[1]), at(&before[1]) + 5, "the later version of key 2");
+    assert_eq!(
+        at(&merged[0]),
+        at(&before[0]) + 5,
+        "the later version of key 1"
+    );
+    assert_eq!(
+        at(&merged[1]),
+        at(&before[1]) + 5,
+        "the later version of key 2"
+    );
     assert_eq!(merged[2], "3 42 elsewhere");
 }

@@ -120,9 +120,7 @@ impl SqlError for LinkError {
             }
             LinkError::PeerCannotLinkOneWay(_)
             | LinkError::KeyDiffersFromOtherLinks { .. }
-            | LinkError::ColumnsDifferFromOtherLinks { .. } => {
-                ERRCODE_FEATURE_NOT_SUPPORTED
-            }
+            | LinkError::ColumnsDifferFromOtherLinks { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             LinkError::BadRequest(_) => ERRCODE_PROTOCOL_VIOLATION,
             LinkError::HasQueued { .. } => ERRCODE_OBJECT_IN_USE,
             LinkError::NoSuchColumn { .. } => ERRCODE_UNDEFINED_COLUMN,

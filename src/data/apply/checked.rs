@@ -553,7 +553,10 @@ mod tests {
     #[test]
     fn prefer_node_asks_where_the_change_was_made() {
         let sql = checked(Policy::PreferNode("shop_a".into()), true);
-        assert!(sql.contains("WHEN c.\"synclink$node\" = 'shop_a' THEN true"), "{sql}");
+        assert!(
+            sql.contains("WHEN c.\"synclink$node\" = 'shop_a' THEN true"),
+            "{sql}"
+        );
         assert!(
             sql.contains("WHEN c.\"synclink$here_node\" IS NULL OR c.\"synclink$here_node\" = 'shop_a' THEN false"),
             "{sql}"

@@ -319,10 +319,7 @@ fn stamped(spec: &CaptureSpec, source: &str, filter: Option<&str>, op: char) -> 
     } else {
         ("NULL", "part.rows", "part.stamps")
     };
-    let ship = format!(
-        "LOOP\n{}        END LOOP;",
-        fan_out(spec, op, parts)
-    );
+    let ship = format!("LOOP\n{}        END LOOP;", fan_out(spec, op, parts));
     format!(
         "        IF {few} THEN\n\
          \x20       FOR part IN\n        {small}\n        {ship}\n\
@@ -430,7 +427,9 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
             ),
             "false",
         ),
-        links = queued_links(spec).unwrap_or_else(|| "(VALUES (NULL::text, NULL::int)) l(peer_name, link_id) WHERE false".into()),
+        links = queued_links(spec).unwrap_or_else(|| {
+            "(VALUES (NULL::text, NULL::int)) l(peer_name, link_id) WHERE false".into()
+        }),
         stamp = stamp_expr("v", op),
     )
 }
@@ -770,13 +769,17 @@ mod tests {
         let sql = function_sql(&spec(&cols, &key, &t));
         // one version write per operation and statement form, whatever the number of links
         assert_eq!(
-            sql.matches("INSERT INTO synclink.\"products_version\"").count(),
+            sql.matches("INSERT INTO synclink.\"products_version\"")
+                .count(),
             // I, U, K, D, each as written and through EXECUTE
             8,
             "{sql}"
         );
         // and through EXECUTE, an UPDATE first for U, K and D
-        assert_eq!(sql.matches("UPDATE synclink.\"products_version\"").count(), 3);
+        assert_eq!(
+            sql.matches("UPDATE synclink.\"products_version\"").count(),
+            3
+        );
         // each link leaves out the peer a change being applied came from or began on
         assert!(sql.contains(
             "synclink$to int[] := pg_catalog.array_remove(ARRAY[CASE WHEN synclink.applying_from('shop_b') THEN NULL ELSE 7 END,"
@@ -824,14 +827,9 @@ mod tests {
         let key = vec!["id".to_string()];
         let t = [target(7, "b", false)];
         let sql = function_sql(&spec(&cols, &key, &t));
+        assert!(sql.contains("ELSE v.\"synclink$at\" END"), "{sql}");
         assert!(
-            sql.contains("ELSE v.\"synclink$at\" END"),
-            "{sql}"
-        );
-        assert!(
-            sql.contains(
-                "ELSE greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1) END"
-            ),
+            sql.contains("ELSE greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1) END"),
             "{sql}"
         );
         assert!(
