@@ -426,9 +426,7 @@ impl Writer {
             text()
         };
         let stamps = self.stamp_text(&stamp, op);
-        for (peer, link_id) in &self.targets {
-            self.insert_outbox((peer, *link_id), op, origin_datum, rows, stamps);
-        }
+        self.insert_outbox(op, origin_datum, rows, stamps);
         Ok(true)
     }
 
@@ -643,11 +641,12 @@ impl Writer {
         }))
     }
 
+    /// One outbox record per link the change goes to, the same text in each, through one
+    /// opening of the outbox and its index.
     // SAFETY: callers pass text datums valid in the current memory context, inside the
     // table's trigger (a transaction with an active snapshot).
     unsafe fn insert_outbox(
         &self,
-        (peer, link_id): (&str, i32),
         op: u8,
         origin: pg_sys::Datum,
         rows: pg_sys::Datum,
@@ -656,34 +655,38 @@ impl Writer {
         let layout = &self.outbox_layout;
         let target = Target::open(self.outbox, false);
         let slot = target.slot();
-        let (v, n) = slot_arrays(slot, layout.natts);
-        n.fill(true);
-        let mut set = |i: usize, d: pg_sys::Datum| {
-            v[i] = d;
-            n[i] = false;
-        };
-        set(
-            layout.seq,
-            crate::data::queue::next_seq(self.outbox_sequence).into(),
-        );
-        set(layout.peer_name, crate::pg::ffi::text_datum(peer));
-        set(layout.link_id, link_id.into());
-        set(layout.origin, origin);
-        set(layout.op, pg_sys::Datum::from(op as i8));
-        set(
-            if op == b'D' {
-                layout.old_rows
-            } else {
-                layout.new_rows
-            },
-            rows,
-        );
-        set(layout.stamps, stamps);
-        // the column's default, clock_timestamp()
-        set(layout.queued_at, crate::pg::ffi::now_timestamptz().into());
-        pg_sys::ExecStoreVirtualTuple(slot);
-        pg_sys::simple_table_tuple_insert(target.rel, slot);
-        target.insert_index_entries(slot, false);
+        let queued_at = crate::pg::ffi::now_timestamptz();
+        for (peer, link_id) in &self.targets {
+            pg_sys::ExecClearTuple(slot);
+            let (v, n) = slot_arrays(slot, layout.natts);
+            n.fill(true);
+            let mut set = |i: usize, d: pg_sys::Datum| {
+                v[i] = d;
+                n[i] = false;
+            };
+            set(
+                layout.seq,
+                crate::data::queue::next_seq(self.outbox_sequence).into(),
+            );
+            set(layout.peer_name, crate::pg::ffi::text_datum(peer));
+            set(layout.link_id, (*link_id).into());
+            set(layout.origin, origin);
+            set(layout.op, pg_sys::Datum::from(op as i8));
+            set(
+                if op == b'D' {
+                    layout.old_rows
+                } else {
+                    layout.new_rows
+                },
+                rows,
+            );
+            set(layout.stamps, stamps);
+            // the column's default, clock_timestamp()
+            set(layout.queued_at, queued_at.into());
+            pg_sys::ExecStoreVirtualTuple(slot);
+            pg_sys::simple_table_tuple_insert(target.rel, slot);
+            target.insert_index_entries(slot, false);
+        }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         target.close();
     }

@@ -109,6 +109,44 @@ pub fn run(pair: &Nodes, rounds: usize, seconds: u64, rows: i64) {
         median(bulk_ratio)
     );
 
+    // The writer's own cost: single-row INSERTs, each a statement captured by itself, in one
+    // transaction, so that nothing is delivered (and no child applies anything on the
+    // machine's CPUs) while they run. The backlog warning's count is off: it reads the queue
+    // every thousand changes, which a transaction that queues 160,000 of its own makes long.
+    let statements = env_or("BENCH_HUB_STATEMENTS", 20_000);
+    let mut own_ratio = Vec::new();
+    for round in 0..rounds {
+        let timed = |t: &str, hub: &mut Client, kids: &mut [Client]| {
+            drained(hub, kids);
+            let started = Instant::now();
+            hub.batch_execute(&format!(
+                "SET synclink.backlog_warning = 0;
+                 DO $$ BEGIN FOR i IN 1..{statements} LOOP
+                     INSERT INTO {t} (name, price, created_at, updated_at) VALUES ('one', i, now(), now());
+                 END LOOP; END $$"
+            ))
+            .unwrap();
+            let took = started.elapsed().as_secs_f64();
+            hub.batch_execute("RESET synclink.backlog_warning").unwrap();
+            drained(hub, kids);
+            hub.batch_execute(&format!("TRUNCATE {t}")).unwrap();
+            drained(hub, kids);
+            took
+        };
+        let (one, all) = if round % 2 == 0 {
+            let one = timed(ONE, &mut hub, &mut kids);
+            (one, timed(ALL, &mut hub, &mut kids))
+        } else {
+            let all = timed(ALL, &mut hub, &mut kids);
+            (timed(ONE, &mut hub, &mut kids), all)
+        };
+        own_ratio.push(all / one);
+    }
+    println!(
+        "  {statements} single-row INSERTs in one transaction (the writer's own cost, nothing delivered meanwhile): with {n} children {:.2}x the time with 1",
+        median(own_ratio)
+    );
+
     // Lag through the hub: commits on child 1, each row awaited on the hub and every other child.
     let rate = env_or("BENCH_HUB_RATE", 100);
     let samples = env_or("BENCH_HUB_SAMPLES", 1000) as i64;
