@@ -10,6 +10,15 @@
 -- it is logged the first time, found here the next.
 CREATE INDEX conflict_key ON synclink.conflict (relid, key);
 
+-- A change applied from a peer and passed on keeps the version the apply gave its row, and
+-- only a row the apply stamped in this transaction keeps it.
+CREATE FUNCTION synclink."written_in_this_transaction"(
+	"xid" xid /* pg_sys :: TransactionId */
+) RETURNS bool /* bool */
+STRICT STABLE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'written_in_this_transaction_wrapper';
+
 -- 0.5.0's code: a table's changes are captured once, by one function and one set of triggers
 -- for all its links, stamping versions in one version table the links share; a change passed
 -- on from one peer to another keeps the version it came with. Each table's capture is made

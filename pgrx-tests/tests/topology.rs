@@ -4,7 +4,9 @@
 
 use postgres::Client;
 use std::time::Duration;
-use synclink_e2e::{count, db_error, flush, links, queued, status, wait_until, Node, Nodes};
+use synclink_e2e::{
+    count, db_error, flush, flush_to, links, queued, status, wait_until, Node, Nodes,
+};
 
 const PRICES: &str = "CREATE TABLE prices (id int PRIMARY KEY, amount int)";
 
@@ -779,4 +781,48 @@ fn the_version_tables_of_a_tables_links_are_merged_into_one() {
         "the later version of key 2"
     );
     assert_eq!(merged[2], "3 42 elsewhere");
+}
+
+/// A TRUNCATE applied from one child is passed on as the deletes it made, with versions of
+/// their own: the other child removes its rows too (with the versions the rows had before, it
+/// would take the deletes for changes it had seen and keep its rows).
+#[test]
+fn a_truncate_passed_on_by_a_hub_empties_the_other_children() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async'); \
+         INSERT INTO prices SELECT g, g FROM generate_series(1, 5) g;",
+    )
+    .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    assert_eq!(rows(&mut c, "prices").len(), 5);
+    b.batch_execute("TRUNCATE prices").unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for n in [&mut a, &mut b, &mut c] {
+        assert!(rows(n, "prices").is_empty());
+        assert_eq!(conflicts(n), 0);
+    }
+}
+
+/// In a triangle, a change that reaches a node by a second path after the node has changed
+/// the row again is one it has seen: skipped, not logged as a conflict.
+#[test]
+fn a_change_arriving_by_a_second_path_after_the_row_moved_on_is_no_conflict() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = mesh("async");
+    a.batch_execute("INSERT INTO prices VALUES (1, 1)").unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    a.batch_execute("UPDATE prices SET amount = 2 WHERE id = 1")
+        .unwrap();
+    flush_to(&mut a, "c");
+    c.batch_execute("UPDATE prices SET amount = 3 WHERE id = 1")
+        .unwrap();
+    // b gets a's change and passes it on to c, which has moved past it
+    flush_to(&mut a, "b");
+    flush_to(&mut b, "c");
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), ["(1,3)"]);
+        assert_eq!(conflicts(n), 0);
+    }
 }

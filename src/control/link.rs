@@ -189,6 +189,8 @@ struct Linked {
     function: String,
     triggers: Vec<String>,
     version_table: String,
+    /// its version table and row type are there
+    intact: bool,
 }
 
 fn links_of(relid: pg_sys::Oid) -> Result<Vec<Linked>> {
@@ -196,7 +198,8 @@ fn links_of(relid: pg_sys::Oid) -> Result<Vec<Linked>> {
         c.select(
             "SELECT l.link_id, l.peer_name, p.node_name, l.mode, \
                     coalesce(to_jsonb(l) ->> 'direction', 'both'), l.columns, l.key_columns, \
-                    l.row_type, l.capture_function, l.triggers, l.version_table, l.excluded \
+                    l.row_type, l.capture_function, l.triggers, l.version_table, l.excluded, \
+                    to_regclass(l.version_table) IS NOT NULL AND to_regtype(l.row_type) IS NOT NULL \
                FROM synclink.link l JOIN synclink.peer p USING (peer_name) \
               WHERE l.relid = $1::oid::regclass ORDER BY l.link_id",
             None,
@@ -216,6 +219,7 @@ fn links_of(relid: pg_sys::Oid) -> Result<Vec<Linked>> {
                 triggers: need(&r, 10, "link triggers")?,
                 version_table: need(&r, 11, "link version_table")?,
                 excluded: need(&r, 12, "link excluded")?,
+                intact: need(&r, 13, "link objects")?,
             })
         })
         .collect()
@@ -231,15 +235,26 @@ fn links_of(relid: pg_sys::Oid) -> Result<Vec<Linked>> {
 /// version table of one link (made before the links of a table shared one) are merged into
 /// the shared one, the later version of each key kept, and that table dropped.
 pub fn remake_capture(relid: pg_sys::Oid, owner: Option<pg_sys::Oid>) -> Result<()> {
+    lock_links_of(relid)?;
     let links = links_of(relid)?;
-    let Some(first) = links.first() else {
+    // The shared objects are the first link's whose version table and row type are there (a
+    // link missing them was reported by refresh and is left for its owner to remove).
+    let Some(first) = links.iter().find(|l| l.intact) else {
         return Ok(());
     };
     let info = describe(relid)?;
     let table = info.display();
-    // One capture makes each change's text once for every link (links made before the
-    // capture was shared may differ: refused, so that an update fails whole rather than send
-    // one link's columns to another).
+    // One capture stamps one version per key and makes each change's text once for every link
+    // (links made before the capture was shared may differ: refused, so that an update fails
+    // whole rather than merge versions of different keys or send one link's columns to another).
+    if let Some(other) = links.iter().find(|l| !same_set(&l.key, &first.key)) {
+        return Err(LinkError::KeyDiffersFromOtherLinks {
+            table,
+            peer: other.peer_name.clone(),
+            key: other.key.join(", "),
+        }
+        .into());
+    }
     if let Some(other) = links.iter().find(|l| l.columns != first.columns) {
         return Err(LinkError::ColumnsDifferFromOtherLinks {
             table,
@@ -257,7 +272,6 @@ pub fn remake_capture(relid: pg_sys::Oid, owner: Option<pg_sys::Oid>) -> Result<
             &[function.as_str().into()],
         )?,
     };
-    Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
     let distinct = |of: &dyn Fn(&Linked) -> Vec<String>| {
         let mut names: Vec<String> = links.iter().flat_map(of).collect();
         names.sort();
@@ -364,9 +378,11 @@ pub fn refresh(link_id: i32) -> Result<bool> {
     let row = Spi::connect(|c| {
         c.select(
             "SELECT l.relid::oid, l.peer_name, l.row_type, l.version_table, \
-                    l.initiator = n.node_name, \
+                    EXISTS (SELECT FROM synclink.link o \
+                             WHERE o.relid = l.relid AND o.initiator = n.node_name), \
                     (SELECT f.proowner FROM pg_proc f WHERE f.oid = to_regproc(l.capture_function)), \
-                    to_regclass(l.version_table) IS NOT NULL AND to_regtype(l.row_type) IS NOT NULL \
+                    to_regclass(l.version_table) IS NOT NULL AND to_regtype(l.row_type) IS NOT NULL, \
+                    l.initiator = n.node_name \
                FROM synclink.link l CROSS JOIN synclink.node n \
               WHERE l.link_id = $1",
             None,
@@ -382,12 +398,21 @@ pub fn refresh(link_id: i32) -> Result<bool> {
                 need::<bool>(&r, 5, "link initiator")?,
                 r.get::<pg_sys::Oid>(6)?,
                 need::<bool>(&r, 7, "link objects")?,
+                need::<bool>(&r, 8, "link initiator")?,
             ))
         })
         .transpose()
     })?;
-    let Some((relid, peer_name, row_type, version_table, initiated_here, function_owner, intact)) =
-        row
+    let Some((
+        relid,
+        peer_name,
+        row_type,
+        version_table,
+        initiated_here,
+        function_owner,
+        intact,
+        link_made_here,
+    )) = row
     else {
         return Ok(false);
     };
@@ -405,10 +430,13 @@ pub fn refresh(link_id: i32) -> Result<bool> {
         );
         return Ok(false);
     }
-    // Owned as sync_link_table makes them: on the node that linked the table, by the role that
-    // linked it (kept from the function made before, else the table's owner, never the caller,
-    // who may be a superuser running the update: the function is SECURITY DEFINER); on the
-    // other, by the extension's owner, as the peer's request makes them there.
+    // Owned as sync_link_table makes them: where a link of the table was made on this node, by
+    // the role that made the capture (kept from the function made before, else the table's
+    // owner, never the caller, who may be a superuser running the update: the function is
+    // SECURITY DEFINER); where every link of it was made from a peer, by the extension's owner,
+    // as the peer's requests make them. Decided for the table, since the capture is its
+    // links' together, so that refreshing one link does not hand the others' capture to
+    // another role.
     let owner = match (initiated_here, function_owner) {
         (true, Some(owner)) => owner,
         (true, None) => crate::pg::privilege::table_owner(relid),
@@ -424,10 +452,17 @@ pub fn refresh(link_id: i32) -> Result<bool> {
             Spi::run(&stmt)?;
         }
         describe_version_table(&version_table, &table)?;
+        let owner = ident(&crate::pg::privilege::role_name(owner));
         if !initiated_here {
-            let owner = ident(&crate::pg::privilege::role_name(owner));
             Spi::run(&format!("ALTER TABLE {version_table} OWNER TO {owner}"))?;
-            Spi::run(&format!("ALTER TYPE {row_type} OWNER TO {owner}"))?;
+        }
+        // The row type is the link's own: made by the peer's request where the peer made it.
+        if !link_made_here {
+            let extension_owner = crate::pg::privilege::extension_owner()?;
+            Spi::run(&format!(
+                "ALTER TYPE {row_type} OWNER TO {}",
+                ident(&crate::pg::privilege::role_name(extension_owner))
+            ))?;
         }
         Ok(())
     })?;
@@ -477,6 +512,22 @@ fn version_table_access(version_table: &str, relid: pg_sys::Oid) -> [String; 3] 
         ),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {version_table} TO PUBLIC"),
     ]
+}
+
+/// Lock `relid` (if it still exists) against writes and against other sessions changing its
+/// links: its capture is made from all its links, so two sessions linking or unlinking two
+/// peers of one table at once would each make it from the links they saw, one without the
+/// other's. Taken before the table's links are read; held to the end of the transaction.
+fn lock_links_of(relid: pg_sys::Oid) -> Result<()> {
+    let table = crate::pg::spi::maybe_one::<String>(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[relid.into()],
+    )?;
+    if let Some(table) = table {
+        Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
+    }
+    Ok(())
 }
 
 /// Remove exactly what create_local made.
@@ -590,6 +641,7 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
     let peer = peer::resolve(peer_name)?;
     let info = describe(relid)?;
     info.check_linkable()?;
+    lock_links_of(relid)?;
     let key = choose_key(&info, key)?;
     info.check_key_travels(&key)?;
     check_columns(&info, &exclude)?;
@@ -817,6 +869,7 @@ fn settle_queue(link: &Link, discard: bool) -> Result<()> {
 /// reached is warned about and only this node's half is removed.
 pub fn unlink_by_id(id: i32, tolerate_unreachable: bool, discard: bool) -> Result<()> {
     let link = crate::catalog::link::by_id(id)?.ok_or(Missing("link"))?;
+    lock_links_of(link.relid)?;
     let peer = peer::find(&link.peer_name)?.ok_or(Missing("peer of a link"))?;
     settle_queue(&link, discard)?;
     let body = UnlinkRequest {
@@ -874,6 +927,7 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
     crate::catalog::access::peer_may(oid, rights_for(direction), "link")?;
     let info = describe(oid)?;
     info.check_linkable()?;
+    lock_links_of(oid)?;
     info.check_key_travels(&req.key)?;
     info.check_excluded(&req.exclude, &node)?;
     let kept: Vec<Column> = info
@@ -960,6 +1014,7 @@ pub fn handle_unlink(from: &Peer, req: UnlinkRequest) -> Result<()> {
     if let Some(oid) = lookup(&req.schema, &req.table)? {
         if let Some(link) = find(oid, &from.name)? {
             crate::catalog::access::peer_may(oid, rights_for(link.direction), "unlink")?;
+            lock_links_of(oid)?;
             for seq in crate::control::sequence::shared_for_table(oid, &from.name)? {
                 crate::control::sequence::restore_local_only(seq)?;
             }

@@ -124,9 +124,10 @@ fn records_source(spec: &ApplySpec) -> String {
 /// `c`: what this node holds for each key, the row and its version, since both are what a
 /// record is judged against. Key columns are never NULL in a row, so a NULL one after the
 /// outer join means there is no row here; a deleted row keeps its version, so a change to it
-/// still meets the deletion. `seen`: the version here is the one sent, so this is the same
-/// change delivered again. `conflict`: the version here is neither the one the sender's first
-/// change started from nor the one it sends, so both nodes changed the row.
+/// still meets the deletion. `seen`: the version here is the one sent, or the one the version
+/// here replaced, so this is a change applied here already, delivered again or (among several
+/// nodes) by another path after the row had moved on. `conflict`: the version here is none of
+/// those nor the one the sender's first change started from, so both nodes changed the row.
 ///
 /// The table and its version table are read through `LATERAL (… OFFSET 0)`, so each key is
 /// looked up by itself through the key's index whatever the statistics say. With a plain join
@@ -144,9 +145,11 @@ fn current_cte(c: &CheckedSpec) -> String {
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+         OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
          (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+         AND (v."synclink$base_at", v."synclink$base_node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
     LEFT JOIN LATERAL (SELECT * FROM {table} t WHERE {row_match} OFFSET 0) t ON true
@@ -215,8 +218,9 @@ fn policy_wins(policy: &Policy, delete: bool) -> String {
 /// `r`: for a conflict, the choice sync_resolve made before for the same two rows on this key,
 /// if any (the hash of the row it kept), so a conflict already settled by hand is not asked
 /// about again. The pair is sorted so that both nodes name it alike. `met_before`: this node
-/// logged the same two versions of the row meeting already, from another peer: in a mesh a
-/// change arrives by each path it can take, and a conflict is logged once where it met.
+/// logged the same two versions of the row meeting already, under the same policy, from
+/// another peer: in a mesh a change arrives by each path it can take, and a conflict is
+/// logged once where it met.
 fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
     let spec = c.apply;
     format!(
@@ -235,11 +239,13 @@ fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
                         AND ((o.local_version).at, (o.local_version).node)
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
-                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
+                            = (d."synclink$at", d."synclink$node")
+                        AND o.policy = {policy}) AS "synclink$met_before"
     FROM d"#,
         link_id = c.link_id,
         key = key_json(spec),
         relid = literal(&spec.table),
+        policy = literal(&c.policy.label()),
         here = HERE_HASH,
         incoming = incoming_hash(spec, "d.", delete),
     )

@@ -114,6 +114,18 @@ fn applying_origin() -> Option<String> {
     current_origin()
 }
 
+/// Whether the row version whose xmin is `xid` was written by this transaction (or one of its
+/// subtransactions). A change applied from a peer and passed on keeps the version the apply
+/// gave its row; a row the apply changed without stamping it (a cascade, a trigger of the
+/// table's owner, a TRUNCATE applied as a DELETE) is stamped anew instead, or it would travel
+/// with a version the next node already holds and be skipped there.
+#[pg_extern(stable, parallel_restricted, schema = "synclink")]
+fn written_in_this_transaction(xid: pg_sys::TransactionId) -> bool {
+    // SAFETY: reads this backend's own transaction state, which exists whenever SQL runs;
+    // any xid value is a valid argument.
+    unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xid) }
+}
+
 /// True while synclink applies a change that came from, or started on, `node`.
 #[pg_extern(stable, parallel_restricted, schema = "synclink")]
 fn applying_from(node: &str) -> bool {

@@ -92,14 +92,16 @@ fn version_upsert(spec: &CaptureSpec, select: &str, relay: &str) -> String {
 }
 
 /// The SET list that gives a version row the new version `at` from `node`, keeping the one it
-/// replaces as its base; unless `relay` holds, when the row stays as the apply left it.
+/// replaces as its base; unless `relay` holds and the apply of this transaction stamped the row,
+/// when it stays as the apply left it.
 fn restamp(relay: &str, at: &str, node: &str) -> String {
     let kept = |column: &str, new: &str| {
         if relay == "false" {
             format!("\"synclink${column}\" = {new}")
         } else {
             format!(
-                "\"synclink${column}\" = CASE WHEN {relay} THEN v.\"synclink${column}\" ELSE {new} END"
+                "\"synclink${column}\" = CASE WHEN {relay} AND synclink.written_in_this_transaction(v.xmin) \
+                 THEN v.\"synclink${column}\" ELSE {new} END"
             )
         }
     };
@@ -811,10 +813,10 @@ mod tests {
         let sql = function_sql(&s);
         assert!(sql.contains("synclink$relay boolean := synclink.applying_origin() IS NOT NULL;"));
         assert!(sql.contains(
-            "\"synclink$at\" = CASE WHEN synclink$relay THEN v.\"synclink$at\" ELSE greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1) END"
+            "\"synclink$at\" = CASE WHEN synclink$relay AND synclink.written_in_this_transaction(v.xmin) THEN v.\"synclink$at\" ELSE greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1) END"
         ), "{sql}");
         assert!(sql.contains(
-            "\"synclink$base_at\" = CASE WHEN $3 THEN v.\"synclink$base_at\" ELSE v.\"synclink$at\" END"
+            "\"synclink$base_at\" = CASE WHEN $3 AND synclink.written_in_this_transaction(v.xmin) THEN v.\"synclink$base_at\" ELSE v.\"synclink$at\" END"
         ), "{sql}");
         // the native one-row statement never passes a change on: no CASE there
         let single = single_row_sql(&s, 'U');
@@ -941,7 +943,7 @@ mod tests {
         );
         // the version upsert is the one the generated function runs when it passes nothing on
         let general = function_sql(&s).replace(
-            "CASE WHEN synclink$relay THEN v.\"synclink$at\" ELSE greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1) END",
+            "CASE WHEN synclink$relay AND synclink.written_in_this_transaction(v.xmin) THEN v.\"synclink$at\" ELSE greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1) END",
             "greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1)",
         );
         let upsert = &insert[insert.find("ON CONFLICT").unwrap()..insert.find(",\n").unwrap()];

@@ -23,9 +23,11 @@ WITH m AS (
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+         OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
          (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+         AND (v."synclink$base_at", v."synclink$base_node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
     LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
@@ -54,7 +56,8 @@ WITH m AS (
                         AND ((o.local_version).at, (o.local_version).node)
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
-                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
+                            = (d."synclink$at", d."synclink$node")
+                        AND o.policy = 'last_write_wins') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -130,9 +133,11 @@ WITH m AS (
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+         OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
          (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+         AND (v."synclink$base_at", v."synclink$base_node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
     LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
@@ -156,7 +161,8 @@ WITH m AS (
                         AND ((o.local_version).at, (o.local_version).node)
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
-                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
+                            = (d."synclink$at", d."synclink$node")
+                        AND o.policy = 'last_write_wins') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -232,9 +238,11 @@ WITH m AS (
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+         OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
          (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+         AND (v."synclink$base_at", v."synclink$base_node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
     LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
@@ -262,7 +270,8 @@ WITH m AS (
                         AND ((o.local_version).at, (o.local_version).node)
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
-                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
+                            = (d."synclink$at", d."synclink$node")
+                        AND o.policy = 'prefer_node:shop_a') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -338,9 +347,11 @@ WITH m AS (
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+         OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
          (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+         AND (v."synclink$base_at", v."synclink$base_node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
     LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
@@ -364,7 +375,8 @@ WITH m AS (
                         AND ((o.local_version).at, (o.local_version).node)
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
-                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
+                            = (d."synclink$at", d."synclink$node")
+                        AND o.policy = 'manual') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -440,9 +452,11 @@ WITH m AS (
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+         OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
          (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+         AND (v."synclink$base_at", v."synclink$base_node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
     LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
@@ -466,7 +480,8 @@ WITH m AS (
                         AND ((o.local_version).at, (o.local_version).node)
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
-                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
+                            = (d."synclink$at", d."synclink$node")
+                        AND o.policy = 'last_write_wins') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -541,9 +556,11 @@ WITH m AS (
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+         OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
          (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+         AND (v."synclink$base_at", v."synclink$base_node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
     LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
@@ -571,7 +588,8 @@ WITH m AS (
                         AND ((o.local_version).at, (o.local_version).node)
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
-                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
+                            = (d."synclink$at", d."synclink$node")
+                        AND o.policy = 'prefer_node:shop_a') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -641,9 +659,11 @@ WITH m AS (
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+         OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
          (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+         AND (v."synclink$base_at", v."synclink$base_node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
     LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
@@ -667,7 +687,8 @@ WITH m AS (
                         AND ((o.local_version).at, (o.local_version).node)
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
-                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
+                            = (d."synclink$at", d."synclink$node")
+                        AND o.policy = 'manual') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -734,9 +755,11 @@ WITH m AS (
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+         OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
          (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+         AND (v."synclink$base_at", v."synclink$base_node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
     LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
@@ -765,7 +788,8 @@ WITH m AS (
                         AND ((o.local_version).at, (o.local_version).node)
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
-                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
+                            = (d."synclink$at", d."synclink$node")
+                        AND o.policy = 'last_write_wins') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -838,9 +862,11 @@ WITH m AS (
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
+         OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
          (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$first_at", m."synclink$first_node")
          AND (v."synclink$at", v."synclink$node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
+         AND (v."synclink$base_at", v."synclink$base_node") IS DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$conflict"
     FROM m
     LEFT JOIN LATERAL (SELECT * FROM "public"."p" t WHERE t."id" = m."id" OFFSET 0) t ON true
@@ -864,7 +890,8 @@ WITH m AS (
                         AND ((o.local_version).at, (o.local_version).node)
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
-                            = (d."synclink$at", d."synclink$node")) AS "synclink$met_before"
+                            = (d."synclink$at", d."synclink$node")
+                        AND o.policy = 'last_write_wins') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
