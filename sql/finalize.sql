@@ -31,9 +31,12 @@ CREATE FUNCTION synclink.capture_one() RETURNS trigger
 -- its peer), the delivery worker is woken when the transaction commits.
 CREATE TRIGGER queued AFTER INSERT ON synclink.outbox
     FOR EACH STATEMENT EXECUTE FUNCTION synclink.queued();
+CREATE TRIGGER queued AFTER INSERT ON synclink.fanout
+    FOR EACH STATEMENT EXECUTE FUNCTION synclink.queued();
 -- The seq default notes every 1000th change, so that the trigger above looks at the backlog
--- then and only then.
+-- then and only then. A record for several peers draws its seq from the same sequence.
 ALTER TABLE synclink.outbox ALTER COLUMN seq SET DEFAULT synclink.next_outbox_seq();
+ALTER TABLE synclink.fanout ALTER COLUMN seq SET DEFAULT synclink.next_outbox_seq();
 
 -- A peer asking this node to set up or remove its half of a link, compare rows or settle a
 -- conflict. The peer's role needs INSERT (from_node, action, body) and SELECT (reply) on
@@ -149,7 +152,9 @@ SELECT l.relid            AS "table",
         SELECT count(*) AS queued, min(o.queued_at) AS oldest_queued_at,
                max(o.queued_at) AS last_queued_at,
                (array_agg(o.reason ORDER BY o.seq DESC) FILTER (WHERE o.reason IS NOT NULL))[1] AS last_reason
-          FROM synclink.outbox o WHERE o.link_id = l.link_id) q ON true
+          FROM (SELECT o.seq, o.queued_at, o.reason FROM synclink.outbox o WHERE o.link_id = l.link_id
+                UNION ALL
+                SELECT f.seq, f.queued_at, NULL FROM synclink.fanout f WHERE l.link_id = ANY (f.link_ids)) o) q ON true
  ORDER BY l.relid::text, l.peer_name;
 REVOKE ALL ON @extschema@.sync_status FROM PUBLIC;
 GRANT SELECT ON @extschema@.sync_status TO pg_monitor;

@@ -124,6 +124,20 @@ CREATE TABLE synclink.outbox (
     -- pays for each index the outbox has.
     PRIMARY KEY (peer_name, seq)
 );
+-- A change record for several peers (a table linked async with more than one), stored once:
+-- the writer pays for one record however many peers it goes to. The delivery worker (and
+-- sync_flush) hands each on as a record per peer in the outbox, with the same seq, so that
+-- delivery keeps its order; until then delivery to those peers stops short of its seq.
+CREATE TABLE synclink.fanout (
+    seq       bigint PRIMARY KEY,
+    link_ids  int[] NOT NULL,  -- the links it goes to
+    origin    text NOT NULL,
+    op        "char" NOT NULL,
+    new_rows  text,
+    old_rows  text,
+    stamps    text,
+    queued_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 -- Change records are large texts, compressed as they are stored: lz4 compresses them several
 -- times faster than the default pglz, for a little more space. A server built without lz4
 -- keeps pglz.
@@ -135,6 +149,9 @@ BEGIN
     ALTER TABLE synclink.inbox ALTER new_rows SET COMPRESSION lz4,
                                ALTER old_rows SET COMPRESSION lz4,
                                ALTER stamps SET COMPRESSION lz4;
+    ALTER TABLE synclink.fanout ALTER new_rows SET COMPRESSION lz4,
+                                ALTER old_rows SET COMPRESSION lz4,
+                                ALTER stamps SET COMPRESSION lz4;
 EXCEPTION WHEN feature_not_supported THEN
     NULL;
 END

@@ -516,9 +516,13 @@ pub fn count(c: &mut Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap().get(0)
 }
 
-/// Changes waiting in this node's outbox, for every peer.
+/// Changes waiting in this node's outbox, for every peer, and records for several peers not
+/// handed on to their queues yet.
 pub fn queued(c: &mut Client) -> i64 {
-    count(c, "SELECT count(*) FROM synclink.outbox")
+    count(
+        c,
+        "SELECT (SELECT count(*) FROM synclink.outbox) + (SELECT count(*) FROM synclink.fanout)",
+    )
 }
 
 /// Tables this node has linked (each link with one peer counts once).

@@ -826,3 +826,54 @@ fn a_change_arriving_by_a_second_path_after_the_row_moved_on_is_no_conflict() {
         assert_eq!(conflicts(n), 0);
     }
 }
+
+/// A write to a table linked async with several peers is stored once, whatever their number;
+/// it takes its place in each peer's queue when handed on, and until then holds back what
+/// comes after it for those peers: a sync-mode write to one of them queues behind it.
+#[test]
+fn a_record_for_several_peers_is_stored_once_and_keeps_its_place_in_each_queue() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    for n in [&mut a, &mut b, &mut c] {
+        n.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            .unwrap();
+    }
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async'); \
+         SELECT sync_link_table('notes', 'b');",
+    )
+    .unwrap();
+    a.batch_execute("INSERT INTO prices VALUES (1, 10)")
+        .unwrap();
+    a.batch_execute("INSERT INTO prices SELECT g, g FROM generate_series(2, 300) g")
+        .unwrap();
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.fanout"), 2);
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 0);
+    // each link shows them queued
+    for peer in ["b", "c"] {
+        assert_eq!(
+            count(
+                &mut a,
+                &format!("SELECT queued FROM sync_status WHERE peer = '{peer}' AND \"table\"::text LIKE '%prices'")
+            ),
+            2
+        );
+    }
+    // a sync-mode write to b queues behind them
+    a.batch_execute("INSERT INTO notes VALUES (1, 'after the prices')")
+        .unwrap();
+    assert_eq!(count(&mut b, "SELECT count(*) FROM notes"), 0);
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 1);
+    // unlinking c while they wait for it is refused, as for any queued change
+    let (code, _, _, _) = db_error(
+        a.batch_execute("SELECT sync_unlink_table('prices', 'c')")
+            .unwrap_err(),
+    );
+    assert_eq!(code, "55006");
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for n in [&mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), rows(&mut a, "prices"));
+    }
+    assert_eq!(rows(&mut b, "notes"), ["(1,\"after the prices\")"]);
+    assert_eq!(queued(&mut a), 0);
+}

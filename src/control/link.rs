@@ -833,6 +833,7 @@ fn differences_from(link_id: i32, req: &LinkRequest) -> Result<Vec<String>> {
 /// Changes still queued for one link are never dropped quietly: refused, or with `discard`
 /// removed and reported.
 fn settle_queue(link: &Link, discard: bool) -> Result<()> {
+    crate::data::queue::hand_on()?;
     let count = Spi::get_one_with_args::<i64>(
         "SELECT count(*) FROM synclink.outbox WHERE link_id = $1",
         &[link.id.into()],

@@ -266,6 +266,9 @@ struct Catalog {
     wire_oid: pg_sys::Oid,
     stamp_oid: pg_sys::Oid,
     outbox_oid: pg_sys::Oid,
+    /// synclink.fanout, where a record for several links goes (InvalidOid before the catalog
+    /// has it)
+    fanout_oid: pg_sys::Oid,
 }
 
 /// The table `relid` as its link `link_id` and the table's other links that send know it,
@@ -282,7 +285,8 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
                         pg_catalog.to_regclass(l.version_table)::pg_catalog.oid, \
                         pg_catalog.to_regtype(l.row_type)::pg_catalog.oid, \
                         'synclink.stamp'::pg_catalog.regtype::pg_catalog.oid, \
-                        'synclink.outbox'::pg_catalog.regclass::pg_catalog.oid \
+                        'synclink.outbox'::pg_catalog.regclass::pg_catalog.oid, \
+                        pg_catalog.to_regclass('synclink.fanout')::pg_catalog.oid \
                    FROM synclink.link l \
                    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relid::pg_catalog.oid \
                    JOIN pg_catalog.pg_proc p \
@@ -311,19 +315,22 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
                 wire_oid: need(&r, 13, "row type of a link")?,
                 stamp_oid: need(&r, 14, "type synclink.stamp")?,
                 outbox_oid: need(&r, 15, "table synclink.outbox")?,
+                fanout_oid: r.get(16)?.unwrap_or(pg_sys::InvalidOid),
             };
-            // Every link of the table that sends: (peer, link id, peer's node).
+            // Every link of the table that sends through these triggers: (peer, link id,
+            // peer's node).
             let targets = c
                 .select(
                     "SELECT l.peer_name, l.link_id, pe.node_name \
                        FROM synclink.link l \
                        JOIN synclink.peer pe ON pe.peer_name OPERATOR(pg_catalog.=) l.peer_name \
                       WHERE l.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                        AND l.triggers OPERATOR(pg_catalog.=) $2 \
                         AND coalesce(pg_catalog.to_jsonb(l) OPERATOR(pg_catalog.->>) 'direction', 'both') \
                             OPERATOR(pg_catalog.<>) 'pull' \
                       ORDER BY l.link_id",
                     None,
-                    &[relid.into()],
+                    &[relid.into(), row.triggers.clone().into()],
                 )?
                 .map(|r| {
                     Ok(Target {
@@ -358,15 +365,26 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
         .map(|t| (t.peer_name.clone(), t.link_id))
         .collect();
     let mut paths: Vec<Box<dyn CapturePath>> = Vec::new();
-    if let Some(writer) = Writer::load(&LinkTables {
-        targets: &outbox_targets,
-        table: row.relid,
-        version: row.version_oid,
-        wire_type: row.wire_oid,
-        stamp_type: row.stamp_oid,
-        outbox: row.outbox_oid,
-        key: &row.key,
-    }) {
+    // A record for several links is stored once, in synclink.fanout.
+    let queue = if targets.len() > 1 {
+        row.fanout_oid
+    } else {
+        row.outbox_oid
+    };
+    let writer = (queue != pg_sys::InvalidOid)
+        .then(|| {
+            Writer::load(&LinkTables {
+                targets: &outbox_targets,
+                table: row.relid,
+                version: row.version_oid,
+                wire_type: row.wire_oid,
+                stamp_type: row.stamp_oid,
+                outbox: queue,
+                key: &row.key,
+            })
+        })
+        .flatten();
+    if let Some(writer) = writer {
         paths.push(Box::new(HeapPath {
             writer,
             owner: row.owner,
@@ -389,7 +407,7 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
         node: row.node,
         peer_nodes: targets.into_iter().map(|t| t.peer_node).collect(),
         paths,
-        uses: [row.relid, row.version_oid, row.outbox_oid],
+        uses: [row.relid, row.version_oid, queue],
     }))
 }
 

@@ -237,40 +237,58 @@ const USING: &str = "USING synclink$now, synclink$origin, synclink$relay, syncli
 /// the whole version table for each small one.
 const FEW_ROWS: usize = 100;
 
-/// The async links among the targets as a VALUES list `l(peer_name, link_id)`, or None.
-fn queued_links(spec: &CaptureSpec) -> Option<String> {
-    let queued: Vec<&Target> = spec.targets.iter().filter(|t| t.queue_only).collect();
-    if queued.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "(VALUES {}) l(peer_name, link_id)",
-        join(&queued, ", ", |t| format!(
-            "({}, {})",
-            literal(&t.peer_name),
-            t.link_id
-        ))
-    ))
+/// The async links among the targets.
+fn queued<'a>(spec: &CaptureSpec<'a>) -> Vec<&'a Target> {
+    spec.targets.iter().filter(|t| t.queue_only).collect()
 }
 
-/// The outbox insert of the records `from` yields (with `new`, `old` and `stamps` naming their
-/// parts) for each async link the change goes to.
+/// The queueing of the records `from` yields (with `new`, `old` and `stamps` naming their parts)
+/// for the async links among `to` (an int[] of link ids), or None when no link is async. With
+/// one async link, a record in the outbox; with several, one record in synclink.fanout for all
+/// of them, whatever their number (the worker hands it on to each peer's queue).
 fn queue_insert(
-    links: &str,
+    spec: &CaptureSpec,
     op: char,
     parts: (&str, &str, &str),
     from: &str,
-    values: &Values,
-) -> String {
+    (origin, to): (&str, &str),
+) -> Option<String> {
     let (new, old, stamps) = parts;
-    format!(
-        "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
-         \x20       SELECT l.peer_name, l.link_id, {origin}, '{op}', {new}, {old}, {stamps}\n\
-         \x20         FROM {from}{links}\n\
-         \x20        WHERE l.link_id = ANY ({to})",
-        origin = values.origin,
-        to = values.to,
-    )
+    match queued(spec)[..] {
+        [] => None,
+        [only] => {
+            let from = from.trim_end_matches(", ");
+            let from = if from.is_empty() {
+                String::new()
+            } else {
+                format!("\n\x20         FROM {from}")
+            };
+            Some(format!(
+                "INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
+                 \x20       SELECT {peer}, {id}, {origin}, '{op}', {new}, {old}, {stamps}{from}\n\
+                 \x20        WHERE {id} = ANY ({to})",
+                peer = literal(&only.peer_name),
+                id = only.link_id,
+            ))
+        }
+        ref several => {
+            // every link the change goes to is async: the list itself; else its async part
+            let ids = if spec.any_sync() {
+                format!(
+                    "ARRAY(SELECT t FROM pg_catalog.unnest({to}) t WHERE t = ANY ('{{{}}}'::int[]))",
+                    join(several, ",", |t| t.link_id.to_string())
+                )
+            } else {
+                to.to_string()
+            };
+            Some(format!(
+                "INSERT INTO synclink.fanout (link_ids, origin, op, new_rows, old_rows, stamps)\n\
+                 \x20       SELECT l.link_ids, {origin}, '{op}', {new}, {old}, {stamps}\n\
+                 \x20         FROM {from}(SELECT {ids} AS link_ids) l\n\
+                 \x20        WHERE pg_catalog.cardinality(l.link_ids) > 0"
+            ))
+        }
+    }
 }
 
 /// For each record a loop yields as `part` (with `new`, `old` and `stamps` naming its parts):
@@ -286,11 +304,8 @@ fn fan_out(spec: &CaptureSpec, op: char, parts: (&str, &str, &str)) -> String {
             id = t.link_id
         ));
     }
-    if let Some(links) = queued_links(spec) {
-        body.push_str(&format!(
-            "            {};\n",
-            queue_insert(&links, op, parts, "", &IN_PLACE)
-        ));
+    if let Some(insert) = queue_insert(spec, op, parts, "", (IN_PLACE.origin, IN_PLACE.to)) {
+        body.push_str(&format!("            {insert};\n"));
     }
     body
 }
@@ -368,19 +383,22 @@ fn stamped_as(
          \x20GROUP BY s.\"synclink$chunk\"",
         stamp = stamp_expr("s", op),
     );
-    let Some(links) = queued_links(spec).filter(|_| !spec.any_sync()) else {
-        return format!("{ctes}\n        {select}");
+    let queue = |parts| {
+        queue_insert(spec, op, parts, "chunk, ", (values.origin, values.to))
+            .filter(|_| !spec.any_sync())
     };
     let parts = if matches!(op, 'I' | 'U') {
         ("chunk.rows", "NULL", "chunk.stamps")
     } else {
         ("NULL", "chunk.rows", "chunk.stamps")
     };
+    let Some(insert) = queue(parts) else {
+        return format!("{ctes}\n        {select}");
+    };
     format!(
         "{ctes},\n\
          \x20    chunk AS ({select})\n\
-         \x20       {}",
-        queue_insert(&links, op, parts, "chunk, ", values),
+         \x20       {insert}"
     )
 }
 
@@ -415,12 +433,13 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
     } else {
         (row("$1"), "NULL".to_string())
     };
+    let every = format!(
+        "'{{{}}}'::int[]",
+        join(&queued(spec), ",", |t| t.link_id.to_string())
+    );
+    let stamps = format!("ARRAY[{}]::pg_catalog.text", stamp_expr("v", op));
     format!(
-        "WITH v AS ({upsert})\n\
-         INSERT INTO synclink.outbox (peer_name, link_id, origin, op, new_rows, old_rows, stamps)\n\
-         SELECT l.peer_name, l.link_id, $3, '{op}', {new}, {old},\n\
-         \x20      ARRAY[{stamp}]::pg_catalog.text\n\
-         \x20 FROM v, {links}",
+        "WITH v AS ({upsert})\n{insert}",
         upsert = version_upsert(
             spec,
             &format!(
@@ -429,10 +448,8 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
             ),
             "false",
         ),
-        links = queued_links(spec).unwrap_or_else(|| {
-            "(VALUES (NULL::text, NULL::int)) l(peer_name, link_id) WHERE false".into()
-        }),
-        stamp = stamp_expr("v", op),
+        insert = queue_insert(spec, op, (&new, &old, &stamps), "v, ", ("$3", &every))
+            .unwrap_or_else(|| "SELECT FROM v WHERE false".into()),
     )
 }
 
@@ -440,19 +457,19 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
 /// each statement, as `stamped`).
 fn rekey_loop(spec: &CaptureSpec, query: &str) -> String {
     if !spec.any_sync() {
-        let links = queued_links(spec).unwrap_or_default();
-        return format!(
-            "        EXECUTE $statement$\n\
-             \x20       {}\n\
-             \x20       $statement$ {USING};\n",
-            queue_insert(
-                &links,
-                'R',
-                ("chunk.new_rows", "chunk.old_rows", "NULL"),
-                &format!("({query}) chunk, "),
-                &EXECUTED
-            ),
-        );
+        if let Some(insert) = queue_insert(
+            spec,
+            'R',
+            ("chunk.new_rows", "chunk.old_rows", "NULL"),
+            &format!("({query}) chunk, "),
+            (EXECUTED.origin, EXECUTED.to),
+        ) {
+            return format!(
+                "        EXECUTE $statement$\n\
+                 \x20       {insert}\n\
+                 \x20       $statement$ {USING};\n"
+            );
+        }
     }
     format!(
         "        FOR part IN EXECUTE $statement$\n            {query}\n        $statement$\n        LOOP\n{}        END LOOP;\n",
@@ -470,13 +487,14 @@ fn truncate_sql(spec: &CaptureSpec) -> String {
             id = t.link_id
         ));
     }
-    if let Some(links) = queued_links(spec) {
-        out.push_str(&format!(
-            "        INSERT INTO synclink.outbox (peer_name, link_id, origin, op)\n\
-             \x20       SELECT l.peer_name, l.link_id, synclink$origin, 'T'\n\
-             \x20         FROM {links}\n\
-             \x20        WHERE l.link_id = ANY (synclink$to);\n"
-        ));
+    if let Some(insert) = queue_insert(
+        spec,
+        'T',
+        ("NULL", "NULL", "NULL"),
+        "",
+        (IN_PLACE.origin, IN_PLACE.to),
+    ) {
+        out.push_str(&format!("        {insert};\n"));
     }
     out
 }
@@ -743,17 +761,21 @@ mod tests {
             "'D', NULL, chunk.rows, chunk.stamps",
         ] {
             assert!(
-                sql.contains(&format!("SELECT l.peer_name, l.link_id, $2, {op}"))
-                    && sql.contains(&format!(
-                        "SELECT l.peer_name, l.link_id, synclink$origin, {op}"
-                    )),
+                sql.contains(&format!("SELECT 'b', 7, $2, {op}"))
+                    && sql.contains(&format!("SELECT 'b', 7, synclink$origin, {op}")),
                 "{op} in\n{sql}"
             );
         }
-        assert!(sql.contains("FROM chunk, (VALUES ('b', 7)) l(peer_name, link_id)"));
-        assert!(sql.contains("WHERE l.link_id = ANY ($4)"));
-        assert!(sql.contains("WHERE l.link_id = ANY (synclink$to)"));
-        assert!(sql.contains("SELECT l.peer_name, l.link_id, synclink$origin, 'T'"));
+        assert!(
+            sql.contains("FROM chunk\n         WHERE 7 = ANY ($4)"),
+            "{sql}"
+        );
+        assert!(sql.contains("FROM chunk\n         WHERE 7 = ANY (synclink$to)"));
+        assert!(
+            sql.contains("SELECT 'b', 7, synclink$origin, 'T', NULL, NULL, NULL\n         WHERE 7 = ANY (synclink$to);"),
+            "{sql}"
+        );
+        assert!(!sql.contains("synclink.fanout"));
         assert!(sql.contains(
             "synclink$origin text := coalesce(synclink.applying_origin(), 'shop_abc123')"
         ));
@@ -792,11 +814,12 @@ mod tests {
             sql.contains("IF 8 = ANY (synclink$to) THEN\n                PERFORM synclink.ship(8, 'I', part.rows, NULL, part.stamps);"),
             "{sql}"
         );
+        // the async ones get one record for both, stored once
         assert!(
-            sql.contains("FROM (VALUES ('b', 7), ('d', 9)) l(peer_name, link_id)"),
+            sql.contains("SELECT l.link_ids, synclink$origin, 'I', part.rows, NULL, part.stamps\n          FROM (SELECT ARRAY(SELECT t FROM pg_catalog.unnest(synclink$to) t WHERE t = ANY ('{7,9}'::int[])) AS link_ids) l"),
             "{sql}"
         );
-        assert!(!sql.contains("('c', 8)"));
+        assert!(!sql.contains("INSERT INTO synclink.outbox"), "{sql}");
         assert!(sql.contains("PERFORM synclink.ship(8, 'T', NULL, NULL, NULL);"));
         // with a sync link among them, triggers call the generated function, with no WHEN
         let triggers = trigger_sqls("\"public\".\"products\"", &spec(&cols, &key, &t));
@@ -929,9 +952,17 @@ mod tests {
         );
         assert!(
             insert.contains(
-                "SELECT l.peer_name, l.link_id, $3, 'I', ARRAY[ROW(($1).\"id\", ($1).\"v\")::synclink.\"products_b_row\"]::pg_catalog.text, NULL,"
+                "SELECT 'b', 7, $3, 'I', ARRAY[ROW(($1).\"id\", ($1).\"v\")::synclink.\"products_b_row\"]::pg_catalog.text, NULL,"
             ),
             "{insert}"
+        );
+        // for several async links, one record for all
+        let two = [target(7, "b", true), target(9, "d", true)];
+        let shared = single_row_sql(&spec(&cols, &key, &two), 'I');
+        assert!(
+            shared.contains("INSERT INTO synclink.fanout")
+                && shared.contains("FROM v, (SELECT '{7,9}'::int[] AS link_ids) l"),
+            "{shared}"
         );
         assert!(insert.contains(
             "ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", 'I')::synclink.stamp]::pg_catalog.text"

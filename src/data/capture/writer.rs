@@ -41,11 +41,14 @@ struct VersionLayout {
     base_node: usize,
 }
 
+/// Where a record's values go in the outbox (a record per link: `peer_name`, `link_id`) or in
+/// synclink.fanout (one record for several links: `link_ids`).
 struct OutboxLayout {
     natts: usize,
     seq: usize,
-    peer_name: usize,
-    link_id: usize,
+    peer_name: Option<usize>,
+    link_id: Option<usize>,
+    link_ids: Option<usize>,
     origin: usize,
     op: usize,
     new_rows: usize,
@@ -283,22 +286,37 @@ impl Writer {
             base_node: position(version_desc, version_columns[3])?,
         };
 
-        // the outbox: exactly its columns, no row triggers, no checks
+        // the outbox (or, for several links, synclink.fanout): exactly its columns, no row
+        // triggers, no checks
         let outbox_desc = (*outbox).rd_att;
-        let columns = [
-            "seq",
-            "peer_name",
-            "link_id",
-            "origin",
-            "op",
-            "new_rows",
-            "old_rows",
-            "stamps",
-            "queued_at",
-            "reason",
-        ];
+        let shared = l.targets.len() > 1;
+        let columns: &[&str] = if shared {
+            &[
+                "seq",
+                "link_ids",
+                "origin",
+                "op",
+                "new_rows",
+                "old_rows",
+                "stamps",
+                "queued_at",
+            ]
+        } else {
+            &[
+                "seq",
+                "peer_name",
+                "link_id",
+                "origin",
+                "op",
+                "new_rows",
+                "old_rows",
+                "stamps",
+                "queued_at",
+                "reason",
+            ]
+        };
         let triggers = (*outbox).trigdesc;
-        if !has_exactly(outbox_desc, &columns)
+        if !has_exactly(outbox_desc, columns)
             || has_checks(outbox)
             || (!triggers.is_null()
                 && ((*triggers).trig_insert_before_row || (*triggers).trig_insert_after_row))
@@ -309,8 +327,9 @@ impl Writer {
         let outbox_layout = OutboxLayout {
             natts: (*outbox_desc).natts as usize,
             seq: at("seq")?,
-            peer_name: at("peer_name")?,
-            link_id: at("link_id")?,
+            peer_name: at("peer_name"),
+            link_id: at("link_id"),
+            link_ids: at("link_ids"),
             origin: at("origin")?,
             op: at("op")?,
             new_rows: at("new_rows")?,
@@ -641,8 +660,9 @@ impl Writer {
         }))
     }
 
-    /// One outbox record per link the change goes to, the same text in each, through one
-    /// opening of the outbox and its index.
+    /// The change's record: in the outbox for one link, or once in synclink.fanout for several
+    /// (the worker hands it on to each peer's queue), through one opening of the table and its
+    /// index.
     // SAFETY: callers pass text datums valid in the current memory context, inside the
     // table's trigger (a transaction with an active snapshot).
     unsafe fn insert_outbox(
@@ -655,40 +675,64 @@ impl Writer {
         let layout = &self.outbox_layout;
         let target = Target::open(self.outbox, false);
         let slot = target.slot();
-        let queued_at = crate::pg::ffi::now_timestamptz();
-        for (peer, link_id) in &self.targets {
-            pg_sys::ExecClearTuple(slot);
-            let (v, n) = slot_arrays(slot, layout.natts);
-            n.fill(true);
-            let mut set = |i: usize, d: pg_sys::Datum| {
-                v[i] = d;
-                n[i] = false;
-            };
-            set(
-                layout.seq,
-                crate::data::queue::next_seq(self.outbox_sequence).into(),
-            );
-            set(layout.peer_name, crate::pg::ffi::text_datum(peer));
-            set(layout.link_id, (*link_id).into());
-            set(layout.origin, origin);
-            set(layout.op, pg_sys::Datum::from(op as i8));
-            set(
-                if op == b'D' {
-                    layout.old_rows
-                } else {
-                    layout.new_rows
-                },
-                rows,
-            );
-            set(layout.stamps, stamps);
-            // the column's default, clock_timestamp()
-            set(layout.queued_at, queued_at.into());
-            pg_sys::ExecStoreVirtualTuple(slot);
-            pg_sys::simple_table_tuple_insert(target.rel, slot);
-            target.insert_index_entries(slot, false);
+        let (v, n) = slot_arrays(slot, layout.natts);
+        n.fill(true);
+        let mut set = |i: usize, d: pg_sys::Datum| {
+            v[i] = d;
+            n[i] = false;
+        };
+        set(
+            layout.seq,
+            crate::data::queue::next_seq(self.outbox_sequence).into(),
+        );
+        match (layout.link_ids, layout.peer_name, layout.link_id) {
+            (Some(link_ids), _, _) => set(link_ids, self.link_ids()),
+            (None, Some(peer_name), Some(link_id)) => {
+                let (peer, id) = &self.targets[0];
+                set(peer_name, crate::pg::ffi::text_datum(peer));
+                set(link_id, (*id).into());
+            }
+            // inspect() makes a layout with one or the other
+            _ => {}
         }
+        set(layout.origin, origin);
+        set(layout.op, pg_sys::Datum::from(op as i8));
+        set(
+            if op == b'D' {
+                layout.old_rows
+            } else {
+                layout.new_rows
+            },
+            rows,
+        );
+        set(layout.stamps, stamps);
+        // the column's default, clock_timestamp()
+        set(layout.queued_at, crate::pg::ffi::now_timestamptz().into());
+        pg_sys::ExecStoreVirtualTuple(slot);
+        pg_sys::simple_table_tuple_insert(target.rel, slot);
+        target.insert_index_entries(slot, false);
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         target.close();
+    }
+
+    /// The ids of the links a record for several goes to, as an int[] in the current memory
+    /// context.
+    // SAFETY: callers run in a transaction, where construct_array may allocate.
+    unsafe fn link_ids(&self) -> pg_sys::Datum {
+        let mut ids: Vec<pg_sys::Datum> = self
+            .targets
+            .iter()
+            .map(|(_, id)| pg_sys::Datum::from(*id))
+            .collect();
+        let array = pg_sys::construct_array(
+            ids.as_mut_ptr(),
+            ids.len() as i32,
+            pg_sys::INT4OID,
+            4,
+            true,
+            b'i' as std::ffi::c_char,
+        );
+        pg_sys::Datum::from(array)
     }
 }
 

@@ -157,13 +157,40 @@ fn down_sql(peer: &str) -> String {
 }
 
 /// What a sync-mode writer needs to know before trying the peer, in one query: is anything
-/// queued for it, and is it inside its retry interval after a failure.
+/// queued for it (in its queue, or in a record for several peers not yet handed on), and is it
+/// inside its retry interval after a failure.
 pub fn peer_situation_sql(peer: &str) -> String {
+    let peer_literal = crate::pg::sql::literal(peer);
     format!(
-        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = {}), {}",
-        crate::pg::sql::literal(peer),
+        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = {peer_literal}) \
+             OR EXISTS (SELECT 1 FROM synclink.fanout f JOIN synclink.link l ON l.link_id = ANY (f.link_ids) \
+                         WHERE l.peer_name = {peer_literal}), {}",
         down_sql(peer)
     )
+}
+
+/// Hand on the records for several peers (synclink.fanout) as a record per peer in the outbox,
+/// each with its seq, so that every peer's queue holds them in order. Rows another session is
+/// handing on are skipped (delivery to their peers stops short of them until it commits);
+/// a link gone since is left out. Returns how many records were handed on.
+pub fn hand_on() -> Result<i64> {
+    let moved = crate::pg::spi::prepared(
+        "WITH f AS (\n\
+         \x20   DELETE FROM synclink.fanout f\n\
+         \x20    WHERE f.seq IN (SELECT seq FROM synclink.fanout ORDER BY seq FOR UPDATE SKIP LOCKED)\n\
+         \x20   RETURNING f.*\n\
+         ), moved AS (\n\
+         \x20   INSERT INTO synclink.outbox (seq, peer_name, link_id, origin, op, new_rows, old_rows, stamps, queued_at)\n\
+         \x20   SELECT f.seq, l.peer_name, l.link_id, f.origin, f.op, f.new_rows, f.old_rows, f.stamps, f.queued_at\n\
+         \x20     FROM f JOIN synclink.link l ON l.link_id = ANY (f.link_ids)\n\
+         \x20    ORDER BY f.seq\n\
+         )\n\
+         SELECT count(*) FROM f",
+        &[],
+        &[],
+        |t| t.first().get_one::<i64>(),
+    )??;
+    Ok(moved.unwrap_or(0))
 }
 
 pub fn known_down(peer: &str) -> Result<bool> {
@@ -452,7 +479,8 @@ const BATCH: i64 = 1000;
 const BATCH_BYTES: i64 = 64 << 20;
 
 /// Like `flush`, for records above seq `after` only, and moves `after` to the last seq
-/// delivered. The first batch of a transaction starting from 0 begins at the lowest seq
+/// delivered. Never past a record for several peers that goes to this one and is not handed
+/// on yet (`hand_on`): it takes its place in this queue with its own seq. The first batch of a transaction starting from 0 begins at the lowest seq
 /// visible now: seqs commit out of order, so a change may become visible after a higher
 /// one. The two are changes to different rows (a change to the same row waits for the
 /// earlier one's row lock, so its seq is drawn after that one commits), so delivering the
@@ -489,7 +517,11 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> R
          \x20     FROM synclink.outbox\n\
          \x20    CROSS JOIN LATERAL (SELECT coalesce(octet_length(new_rows), 0) + coalesce(octet_length(old_rows), 0)\n\
          \x20                               + coalesce(octet_length(stamps), 0)) b(bytes)\n\
-         \x20    WHERE peer_name = $1 AND seq > $2 ORDER BY seq LIMIT $3\n\
+         \x20    WHERE peer_name = $1 AND seq > $2\n\
+         \x20      AND seq < coalesce((SELECT min(f.seq) FROM synclink.fanout f\n\
+         \x20                            JOIN synclink.link l ON l.link_id = ANY (f.link_ids)\n\
+         \x20                           WHERE l.peer_name = $1), 9223372036854775807)\n\
+         \x20    ORDER BY seq LIMIT $3\n\
          ), batch AS (\n\
          \x20   DELETE FROM synclink.outbox o\n\
          \x20    WHERE o.peer_name = $1 AND o.seq > $2\n\
@@ -620,6 +652,8 @@ fn peer_known_down(peer: &str) -> Result<bool, ErrorReport> {
 
 /// Deliver what is queued for a peer (or for every peer) now; see sync_flush.
 pub fn flush_now(peer: Option<&str>) -> crate::pg::error::Result<i64> {
+    // Without the worker, records for several peers are handed on here.
+    hand_on()?;
     let peers: Vec<Peer> = match peer {
         Some(name) => {
             vec![peer::resolve(Some(name))?]
