@@ -174,6 +174,15 @@ pub fn peer_situation_sql(peer: &str) -> String {
 /// handing on are skipped (delivery to their peers stops short of them until it commits);
 /// a link gone since is left out. Returns how many records were handed on.
 pub fn hand_on() -> Result<i64> {
+    // The three tables are locked in the order they were made, the order DROP EXTENSION takes
+    // them in: the other way round, a worker handing on while the extension is dropped would
+    // hold one the drop waits for while waiting for one the drop holds.
+    crate::pg::spi::prepared_read(
+        "SELECT FROM synclink.link, synclink.outbox, synclink.fanout LIMIT 0",
+        &[],
+        &[],
+        |_| (),
+    )?;
     let moved = crate::pg::spi::prepared(
         "WITH f AS (\n\
          \x20   DELETE FROM synclink.fanout f\n\
@@ -233,6 +242,31 @@ fn queued_after(peer: &str, after: i64) -> Result<bool> {
         |t| t.first().get_one::<bool>(),
     )??;
     Ok(queued.unwrap_or(false))
+}
+
+/// Is a record for several peers that goes to `peer` waiting to be handed on (`hand_on`)?
+/// Until it is, nothing after it may go to the peer.
+fn waiting_to_be_handed_on(peer: &str) -> Result<bool> {
+    let waiting = crate::pg::spi::prepared_read(
+        "SELECT EXISTS (SELECT 1 FROM synclink.fanout f JOIN synclink.link l ON l.link_id = ANY (f.link_ids) \
+                         WHERE l.peer_name = $1)",
+        &[PgOid::from(pg_sys::TEXTOID)],
+        &[peer.into()],
+        |t| t.first().get_one::<bool>(),
+    )??;
+    Ok(waiting.unwrap_or(false))
+}
+
+/// What a flush that delivered `delivered` and found no more in the peer's queue reports: done,
+/// unless a record for several peers still waits to be handed on to it (another session is
+/// handing it on, or no one has yet): then not everything went, and a sync-mode write must
+/// queue behind it.
+fn finished(peer: &str, delivered: i64) -> Result<Flushed> {
+    Ok(match (waiting_to_be_handed_on(peer)?, delivered) {
+        (false, _) => Flushed::Done(delivered),
+        (true, 0) => Flushed::Busy,
+        (true, n) => Flushed::Partial(n),
+    })
 }
 
 pub fn queued(peer: &str) -> Result<i64> {
@@ -496,7 +530,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> R
     let bigint = PgOid::from(pg_sys::INT8OID);
     // Nothing to send, nothing to lock, and no remote transaction opened for it.
     if !queued_after(&peer.name, *after)? {
-        return Ok(Flushed::Done(0));
+        return finished(&peer.name, 0);
     }
     let locked = crate::pg::spi::prepared_read(
         "SELECT pg_try_advisory_xact_lock(hashtext($1))",
@@ -546,11 +580,11 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> R
         };
         if batch_size <= 0 {
             mark_up(&peer.name)?;
-            return Ok(if queued_after(&peer.name, 0)? {
-                Flushed::Partial(delivered)
+            return if queued_after(&peer.name, 0)? {
+                Ok(Flushed::Partial(delivered))
             } else {
-                Flushed::Done(delivered)
-            });
+                finished(&peer.name, delivered)
+            };
         }
         let from = *after;
         // How far this batch may move the start of the next one (crate::data::queue::horizon): the highest
@@ -605,7 +639,7 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> R
                     if delivered > 0 {
                         mark_up(&peer.name)?;
                     }
-                    return Ok(Flushed::Done(delivered));
+                    return finished(&peer.name, delivered);
                 }
             }
             Err(f) => {

@@ -255,10 +255,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
             .or_raise();
             installed.map(|current| {
                 current.then(|| {
-                    // Records for several peers become each peer's, in a transaction of their
-                    // own, so that no peer's delivery holds them locked for the others'.
-                    crate::data::queue::hand_on().or_raise();
-                    crate::pg::spi::prepared_read(
+                    let peers = crate::pg::spi::prepared_read(
                         "SELECT peer_name FROM synclink.peer",
                         &[],
                         &[],
@@ -267,7 +264,11 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                                 .collect()
                         },
                     )
-                    .or_raise()
+                    .or_raise();
+                    // Records for several peers become each peer's, in a transaction of their
+                    // own, so that no peer's delivery holds them locked for the others'.
+                    crate::data::queue::hand_on().or_raise();
+                    peers
                 })
             })
         });
