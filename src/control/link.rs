@@ -833,9 +833,18 @@ fn differences_from(link_id: i32, req: &LinkRequest) -> Result<Vec<String>> {
 /// Changes still queued for one link are never dropped quietly: refused, or with `discard`
 /// removed and reported.
 fn settle_queue(link: &Link, discard: bool) -> Result<()> {
-    crate::data::queue::hand_on()?;
+    // In the link's queue, or in a record for several peers not handed on yet (read as it is,
+    // not handed on: a worker handing it on meanwhile holds it, and it counts all the same).
+    let fanout = crate::data::queue::fanout_exists();
     let count = Spi::get_one_with_args::<i64>(
-        "SELECT count(*) FROM synclink.outbox WHERE link_id = $1",
+        &format!(
+            "SELECT (SELECT count(*) FROM synclink.outbox WHERE link_id = $1){}",
+            if fanout {
+                " + (SELECT count(*) FROM synclink.fanout WHERE $1 = ANY (link_ids))"
+            } else {
+                ""
+            }
+        ),
         &[link.id.into()],
     )?
     .unwrap_or(0);
@@ -851,6 +860,15 @@ fn settle_queue(link: &Link, discard: bool) -> Result<()> {
             count,
         }
         .into());
+    }
+    // Records for several peers first: one being handed on meanwhile is waited for, and
+    // then found in the outbox.
+    if fanout {
+        Spi::run_with_args(
+            "UPDATE synclink.fanout SET link_ids = array_remove(link_ids, $1) WHERE $1 = ANY (link_ids)",
+            &[link.id.into()],
+        )?;
+        Spi::run("DELETE FROM synclink.fanout WHERE cardinality(link_ids) = 0")?;
     }
     Spi::run_with_args(
         "DELETE FROM synclink.outbox WHERE link_id = $1",

@@ -178,7 +178,6 @@ pub fn drop(name: &str, cascade: bool) -> Result<bool> {
         }
         .into());
     }
-    crate::data::queue::hand_on()?;
     let count = crate::data::queue::queued(name)?;
     if count > 0 {
         return Err(PeerError::HasQueued {

@@ -37,6 +37,15 @@ unsafe fn drops_synclink(parsetree: *mut pg_sys::Node) -> bool {
 }
 
 fn remove_everything() -> Result<()> {
+    // Taken before anything is dropped, in the order delivery takes them: a delivery worker
+    // busy with a round finishes it first, and one that starts after waits for the drop,
+    // instead of each holding a table the other waits for.
+    if crate::data::queue::fanout_exists() {
+        Spi::run(&format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+            crate::data::queue::LOCK_ORDER
+        ))?;
+    }
     for seq in spi::column::<pg_sys::Oid>("SELECT seq FROM synclink.shared_sequence", &[])? {
         crate::control::sequence::unshare_by_seq(seq, true)?;
     }

@@ -161,12 +161,29 @@ fn down_sql(peer: &str) -> String {
 /// inside its retry interval after a failure.
 pub fn peer_situation_sql(peer: &str) -> String {
     let peer_literal = crate::pg::sql::literal(peer);
+    let fanout = if fanout_exists() {
+        format!(
+            " OR EXISTS (SELECT 1 FROM synclink.fanout f JOIN synclink.link l ON l.link_id = ANY (f.link_ids) \
+                          WHERE l.peer_name = {peer_literal})"
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = {peer_literal}) \
-             OR EXISTS (SELECT 1 FROM synclink.fanout f JOIN synclink.link l ON l.link_id = ANY (f.link_ids) \
-                         WHERE l.peer_name = {peer_literal}), {}",
+        "SELECT EXISTS (SELECT 1 FROM synclink.outbox WHERE peer_name = {peer_literal}){fanout}, {}",
         down_sql(peer)
     )
+}
+
+/// The order in which synclink's queue tables are locked wherever more than one is: delivery
+/// reads a peer, then its queue, the records for several peers, the links. DROP EXTENSION
+/// takes them in this order before it drops anything (control/teardown.rs).
+pub const LOCK_ORDER: &str = "synclink.peer, synclink.outbox, synclink.fanout, synclink.link";
+
+/// Whether this database's catalog has synclink.fanout (a catalog of 0.4.0, before ALTER
+/// EXTENSION synclink UPDATE, has not).
+pub fn fanout_exists() -> bool {
+    synclink_relation(c"fanout") != pg_sys::InvalidOid
 }
 
 /// Hand on the records for several peers (synclink.fanout) as a record per peer in the outbox,
@@ -174,11 +191,24 @@ pub fn peer_situation_sql(peer: &str) -> String {
 /// handing on are skipped (delivery to their peers stops short of them until it commits);
 /// a link gone since is left out. Returns how many records were handed on.
 pub fn hand_on() -> Result<i64> {
-    // The three tables are locked in the order they were made, the order DROP EXTENSION takes
-    // them in: the other way round, a worker handing on while the extension is dropped would
-    // hold one the drop waits for while waiting for one the drop holds.
+    // Nothing to hand on (or a catalog not updated to have the table yet): nothing written,
+    // so no statement trigger wakes the worker for nothing.
+    if !fanout_exists() {
+        return Ok(0);
+    }
+    let waiting = crate::pg::spi::prepared_read(
+        "SELECT EXISTS (SELECT 1 FROM synclink.fanout)",
+        &[],
+        &[],
+        |t| t.first().get_one::<bool>(),
+    )??;
+    if !waiting.unwrap_or(false) {
+        return Ok(0);
+    }
+    // The tables are locked in one order everywhere (crate::data::queue::LOCK_ORDER), so
+    // that handing on beside a DROP EXTENSION never deadlocks.
     crate::pg::spi::prepared_read(
-        "SELECT FROM synclink.link, synclink.outbox, synclink.fanout LIMIT 0",
+        "SELECT FROM synclink.outbox, synclink.fanout, synclink.link LIMIT 0",
         &[],
         &[],
         |_| (),
@@ -247,6 +277,9 @@ fn queued_after(peer: &str, after: i64) -> Result<bool> {
 /// Is a record for several peers that goes to `peer` waiting to be handed on (`hand_on`)?
 /// Until it is, nothing after it may go to the peer.
 fn waiting_to_be_handed_on(peer: &str) -> Result<bool> {
+    if !fanout_exists() {
+        return Ok(false);
+    }
     let waiting = crate::pg::spi::prepared_read(
         "SELECT EXISTS (SELECT 1 FROM synclink.fanout f JOIN synclink.link l ON l.link_id = ANY (f.link_ids) \
                          WHERE l.peer_name = $1)",
@@ -269,9 +302,16 @@ fn finished(peer: &str, delivered: i64) -> Result<Flushed> {
     })
 }
 
+/// Changes queued for `peer`: in its queue, and in records for several peers not handed on.
 pub fn queued(peer: &str) -> Result<i64> {
+    let fanout = if fanout_exists() {
+        " + (SELECT count(*) FROM synclink.fanout f JOIN synclink.link l ON l.link_id = ANY (f.link_ids) \
+              WHERE l.peer_name = $1)"
+    } else {
+        ""
+    };
     let count = Spi::get_one_with_args::<i64>(
-        "SELECT count(*) FROM synclink.outbox WHERE peer_name = $1",
+        &format!("SELECT (SELECT count(*) FROM synclink.outbox WHERE peer_name = $1){fanout}"),
         &[peer.into()],
     )?;
     Ok(count.unwrap_or(0))
@@ -501,6 +541,9 @@ pub fn flush(peer: &Peer, limit: i64) -> Result<Flushed> {
 /// Like `flush`, each batch given at most `bound_ms` (crate::pg::remote::within): for a writer,
 /// which must not wait on the peer without a bound.
 pub fn flush_within(peer: &Peer, limit: i64, bound_ms: i32) -> Result<Flushed> {
+    // A writer hands on what it finds for several peers, as the worker does: without the
+    // worker, nothing else would before sync_flush().
+    hand_on()?;
     flush_after(peer, limit, &mut 0, bound_ms)
 }
 
@@ -545,16 +588,20 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> R
     // the delete is undone if the peer does not take them. A record is taken while the ones
     // before it in the batch hold less than BATCH_BYTES (octet_length reads a stored value's
     // size without fetching it).
+    let fence = if fanout_exists() {
+        "\n\x20      AND seq < coalesce((SELECT min(f.seq) FROM synclink.fanout f\n\
+         \x20                            JOIN synclink.link l ON l.link_id = ANY (f.link_ids)\n\
+         \x20                           WHERE l.peer_name = $1), 9223372036854775807)"
+    } else {
+        ""
+    };
     let sql = format!(
         "WITH candidates AS (\n\
          \x20   SELECT seq, sum(b.bytes) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - b.bytes AS before\n\
          \x20     FROM synclink.outbox\n\
          \x20    CROSS JOIN LATERAL (SELECT coalesce(octet_length(new_rows), 0) + coalesce(octet_length(old_rows), 0)\n\
          \x20                               + coalesce(octet_length(stamps), 0)) b(bytes)\n\
-         \x20    WHERE peer_name = $1 AND seq > $2\n\
-         \x20      AND seq < coalesce((SELECT min(f.seq) FROM synclink.fanout f\n\
-         \x20                            JOIN synclink.link l ON l.link_id = ANY (f.link_ids)\n\
-         \x20                           WHERE l.peer_name = $1), 9223372036854775807)\n\
+         \x20    WHERE peer_name = $1 AND seq > $2{fence}\n\
          \x20    ORDER BY seq LIMIT $3\n\
          ), batch AS (\n\
          \x20   DELETE FROM synclink.outbox o\n\
@@ -709,7 +756,8 @@ pub fn flush_now(peer: Option<&str>) -> crate::pg::error::Result<i64> {
             Flushed::Done(n) | Flushed::Partial(n) => total += n,
             Flushed::Busy => warning(
                 &format!("peer \"{}\" is being flushed by another session", p.name),
-                "Its queue is being delivered; try again when that session has committed.",
+                "Its queue is being delivered, or changes for it are being handed on to its queue; \
+                 try again when that session has committed.",
             ),
             Flushed::Failed(n, f) => {
                 total += n;
