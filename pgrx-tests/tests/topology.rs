@@ -844,7 +844,8 @@ fn a_change_arriving_by_a_second_path_after_the_row_moved_on_is_no_conflict() {
 
 /// A write to a table linked async with several peers is stored once, whatever their number;
 /// it takes its place in each peer's queue when handed on, and until then holds back what
-/// comes after it for those peers: a sync-mode write to one of them queues behind it.
+/// comes after it for those peers: a sync-mode write to one of them first hands it on and
+/// delivers it, then its own change.
 #[test]
 fn a_record_for_several_peers_is_stored_once_and_keeps_its_place_in_each_queue() {
     let (_nodes, _node_c, mut a, mut b, mut c) = three();
@@ -874,11 +875,21 @@ fn a_record_for_several_peers_is_stored_once_and_keeps_its_place_in_each_queue()
             2
         );
     }
-    // a sync-mode write to b queues behind them
+    // a sync-mode write to b delivers them to b first, then its own change; c's wait in its
+    // queue
     a.batch_execute("INSERT INTO notes VALUES (1, 'after the prices')")
         .unwrap();
-    assert_eq!(count(&mut b, "SELECT count(*) FROM notes"), 0);
-    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.outbox"), 1);
+    assert_eq!(count(&mut b, "SELECT count(*) FROM prices"), 300);
+    assert_eq!(count(&mut b, "SELECT count(*) FROM notes"), 1);
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.fanout"), 0);
+    assert_eq!(
+        count(
+            &mut a,
+            "SELECT count(*) FROM synclink.outbox WHERE peer_name = 'c'"
+        ),
+        2
+    );
+    assert_eq!(queued(&mut a), 2);
     // unlinking c while they wait for it is refused, as for any queued change
     let (code, _, _, _) = db_error(
         a.batch_execute("SELECT sync_unlink_table('prices', 'c')")
@@ -891,4 +902,48 @@ fn a_record_for_several_peers_is_stored_once_and_keeps_its_place_in_each_queue()
     }
     assert_eq!(rows(&mut b, "notes"), ["(1,\"after the prices\")"]);
     assert_eq!(queued(&mut a), 0);
+}
+
+/// While another session hands a record for several peers on (its transaction still open),
+/// delivery to those peers stops short of it: a sync-mode write to one of them queues behind
+/// it instead of overtaking it.
+#[test]
+fn nothing_overtakes_a_record_being_handed_on_by_another_session() {
+    let (nodes, _node_c, mut a, mut b, mut c) = three();
+    for n in [&mut a, &mut b, &mut c] {
+        n.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            .unwrap();
+    }
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async'); \
+         SELECT sync_link_table('notes', 'b'); \
+         INSERT INTO prices VALUES (1, 10);",
+    )
+    .unwrap();
+    // another session hands it on (to b's queue and c's) and delivers c's, uncommitted
+    let mut other = nodes.a.connect();
+    other
+        .batch_execute("BEGIN; SELECT sync_flush('c');")
+        .unwrap();
+    a.batch_execute("INSERT INTO notes VALUES (1, 'after the price')")
+        .unwrap();
+    assert_eq!(count(&mut b, "SELECT count(*) FROM notes"), 0);
+    assert_eq!(count(&mut b, "SELECT count(*) FROM prices"), 0);
+    assert_eq!(
+        count(
+            &mut a,
+            "SELECT count(*) FROM synclink.outbox WHERE peer_name = 'b'"
+        ),
+        1,
+        "the note waits in b's queue"
+    );
+    // nor does delivering b's queue send it ahead of the price
+    flush_to(&mut a, "b");
+    assert_eq!(count(&mut b, "SELECT count(*) FROM notes"), 0);
+    other.batch_execute("COMMIT").unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    assert_eq!(rows(&mut b, "prices"), ["(1,10)"]);
+    assert_eq!(rows(&mut c, "prices"), ["(1,10)"]);
+    assert_eq!(rows(&mut b, "notes"), ["(1,\"after the price\")"]);
 }
