@@ -48,6 +48,29 @@ fn settle(nodes: &mut [&mut Client]) {
     panic!("changes are still queued after ten rounds of delivery");
 }
 
+/// Three rounds in which a, b and c each run their statement (`{round}` standing for the
+/// round's number) with nothing delivered in between; then delivery settles, and all three
+/// must hold the same rows, which `check` may look at further.
+fn write_rounds(
+    nodes: [&mut Client; 3],
+    statements: [&str; 3],
+    mut check: impl FnMut(&mut [&mut Client; 3], i32),
+) {
+    let mut nodes = nodes;
+    for round in 1..=3 {
+        for (n, sql) in nodes.iter_mut().zip(statements) {
+            n.batch_execute(&sql.replace("{round}", &round.to_string()))
+                .unwrap();
+        }
+        settle(&mut nodes);
+        let [a, b, c] = &mut nodes;
+        let on_a = rows(a, "prices");
+        assert_eq!(rows(b, "prices"), on_a, "round {round}");
+        assert_eq!(rows(c, "prices"), on_a, "round {round}");
+        check(&mut nodes, round);
+    }
+}
+
 #[test]
 fn a_push_link_carries_the_authoritys_changes_and_leaves_the_childs_at_home() {
     let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
@@ -411,25 +434,16 @@ fn a_star_converges_under_concurrent_writes_to_the_same_rows() {
     )
     .unwrap();
     settle(&mut [&mut a, &mut b, &mut c]);
-    for round in 1..=3 {
-        a.batch_execute(&format!(
-            "UPDATE prices SET amount = {round}00 + id WHERE id % 2 = 0"
-        ))
-        .unwrap();
-        b.batch_execute(&format!(
-            "UPDATE prices SET amount = {round}10 + id WHERE id <= 10"
-        ))
-        .unwrap();
-        c.batch_execute(&format!(
-            "UPDATE prices SET amount = {round}20 + id WHERE id > 5; DELETE FROM prices WHERE id = {round}"
-        ))
-        .unwrap();
-        settle(&mut [&mut a, &mut b, &mut c]);
-        let on_a = rows(&mut a, "prices");
-        assert_eq!(rows(&mut b, "prices"), on_a, "round {round}");
-        assert_eq!(rows(&mut c, "prices"), on_a, "round {round}");
-    }
+    write_rounds([&mut a, &mut b, &mut c], CONCURRENT, |_, _| {});
 }
+
+/// What a, b and c write in each round of the convergence tests: rows 2, 4, … (a), 1-10 (b),
+/// 6-20 and one delete (c).
+const CONCURRENT: [&str; 3] = [
+    "UPDATE prices SET amount = {round}00 + id WHERE id % 2 = 0",
+    "UPDATE prices SET amount = {round}10 + id WHERE id <= 10",
+    "UPDATE prices SET amount = {round}20 + id WHERE id > 5; DELETE FROM prices WHERE id = {round}",
+];
 
 /// Each node's versions of the table's rows (key, version, node that made it): the same on
 /// every node once a change has travelled as it was made, whatever the path.
@@ -533,27 +547,11 @@ fn a_mesh_converges_under_concurrent_writes_and_logs_each_conflict_once_where_it
     a.batch_execute("INSERT INTO prices SELECT g, 0 FROM generate_series(1, 20) g")
         .unwrap();
     settle(&mut [&mut a, &mut b, &mut c]);
-    for round in 1..=3 {
-        a.batch_execute(&format!(
-            "UPDATE prices SET amount = {round}00 + id WHERE id % 2 = 0"
-        ))
-        .unwrap();
-        b.batch_execute(&format!(
-            "UPDATE prices SET amount = {round}10 + id WHERE id <= 10"
-        ))
-        .unwrap();
-        c.batch_execute(&format!(
-            "UPDATE prices SET amount = {round}20 + id WHERE id > 5; DELETE FROM prices WHERE id = {round}"
-        ))
-        .unwrap();
-        settle(&mut [&mut a, &mut b, &mut c]);
-        let on_a = rows(&mut a, "prices");
-        assert_eq!(rows(&mut b, "prices"), on_a, "round {round}");
-        assert_eq!(rows(&mut c, "prices"), on_a, "round {round}");
-        let versions_a = live_versions(&mut a);
-        assert_eq!(live_versions(&mut b), versions_a, "round {round}");
-        assert_eq!(live_versions(&mut c), versions_a, "round {round}");
-    }
+    write_rounds([&mut a, &mut b, &mut c], CONCURRENT, |[a, b, c], round| {
+        let versions_a = live_versions(a);
+        assert_eq!(live_versions(b), versions_a, "round {round}");
+        assert_eq!(live_versions(c), versions_a, "round {round}");
+    });
     // rows 2, 4 (a and b), 6, 8, 10 (all three), 12.. (a and c), 7, 9 (b and c) met on
     // each node that wrote them; a conflict a change met is logged once per node however
     // many paths brought it there
@@ -710,35 +708,24 @@ fn a_hub_that_prefers_itself_wins_everywhere_and_its_children_settle_between_the
     )
     .unwrap();
     settle(&mut [&mut a, &mut b, &mut c]);
-    for round in 1..=3 {
-        // the hub writes rows 1-10, both children rows 5-20: 5-10 meet the hub's, 11-20 only
-        // the children's
-        a.batch_execute(&format!(
-            "UPDATE prices SET amount = {round}00 + id WHERE id <= 10"
-        ))
-        .unwrap();
-        b.batch_execute(&format!(
-            "UPDATE prices SET amount = {round}10 + id WHERE id >= 5"
-        ))
-        .unwrap();
-        c.batch_execute(&format!(
-            "UPDATE prices SET amount = {round}20 + id WHERE id >= 5"
-        ))
-        .unwrap();
-        settle(&mut [&mut a, &mut b, &mut c]);
-        let on_a = rows(&mut a, "prices");
-        assert_eq!(rows(&mut b, "prices"), on_a, "round {round}");
-        assert_eq!(rows(&mut c, "prices"), on_a, "round {round}");
+    // the hub writes rows 1-10, both children rows 5-20: 5-10 meet the hub's, 11-20 only the
+    // children's
+    let statements = [
+        "UPDATE prices SET amount = {round}00 + id WHERE id <= 10",
+        "UPDATE prices SET amount = {round}10 + id WHERE id >= 5",
+        "UPDATE prices SET amount = {round}20 + id WHERE id >= 5",
+    ];
+    write_rounds([&mut a, &mut b, &mut c], statements, |[_, b, _], round| {
         // the hub's rows won wherever it wrote
         assert_eq!(
             count(
-                &mut b,
+                b,
                 &format!("SELECT count(*) FROM prices WHERE id <= 10 AND amount = {round}00 + id")
             ),
             10,
             "round {round}"
         );
-    }
+    });
 }
 
 /// Links made before a table's links shared one version table each had their own: making the
