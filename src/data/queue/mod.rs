@@ -162,10 +162,7 @@ fn down_sql(peer: &str) -> String {
 pub fn peer_situation_sql(peer: &str) -> String {
     let peer_literal = crate::pg::sql::literal(peer);
     let fanout = if fanout_exists() {
-        format!(
-            " OR EXISTS (SELECT 1 FROM synclink.fanout f JOIN synclink.link l ON l.link_id = ANY (f.link_ids) \
-                          WHERE l.peer_name = {peer_literal})"
-        )
+        format!(" OR EXISTS (SELECT 1 {})", fanout_for(&peer_literal))
     } else {
         String::new()
     };
@@ -179,6 +176,15 @@ pub fn peer_situation_sql(peer: &str) -> String {
 /// reads a peer, then its queue, the records for several peers, the links. DROP EXTENSION
 /// takes them in this order before it drops anything (control/teardown.rs).
 pub const LOCK_ORDER: &str = "synclink.peer, synclink.outbox, synclink.fanout, synclink.link";
+
+/// The records for several peers that go to the peer `peer` (an SQL expression) names, as a
+/// FROM … WHERE clause with `f` for synclink.fanout.
+fn fanout_for(peer: &str) -> String {
+    format!(
+        "FROM synclink.fanout f JOIN synclink.link l ON l.link_id = ANY (f.link_ids) \
+         WHERE l.peer_name = {peer}"
+    )
+}
 
 /// Whether this database's catalog has synclink.fanout (a catalog of 0.4.0, before ALTER
 /// EXTENSION synclink UPDATE, has not).
@@ -281,8 +287,7 @@ fn waiting_to_be_handed_on(peer: &str) -> Result<bool> {
         return Ok(false);
     }
     let waiting = crate::pg::spi::prepared_read(
-        "SELECT EXISTS (SELECT 1 FROM synclink.fanout f JOIN synclink.link l ON l.link_id = ANY (f.link_ids) \
-                         WHERE l.peer_name = $1)",
+        &format!("SELECT EXISTS (SELECT 1 {})", fanout_for("$1")),
         &[PgOid::from(pg_sys::TEXTOID)],
         &[peer.into()],
         |t| t.first().get_one::<bool>(),
@@ -305,10 +310,9 @@ fn finished(peer: &str, delivered: i64) -> Result<Flushed> {
 /// Changes queued for `peer`: in its queue, and in records for several peers not handed on.
 pub fn queued(peer: &str) -> Result<i64> {
     let fanout = if fanout_exists() {
-        " + (SELECT count(*) FROM synclink.fanout f JOIN synclink.link l ON l.link_id = ANY (f.link_ids) \
-              WHERE l.peer_name = $1)"
+        format!(" + (SELECT count(*) {})", fanout_for("$1"))
     } else {
-        ""
+        String::new()
     };
     let count = Spi::get_one_with_args::<i64>(
         &format!("SELECT (SELECT count(*) FROM synclink.outbox WHERE peer_name = $1){fanout}"),
@@ -589,11 +593,12 @@ pub fn flush_after(peer: &Peer, limit: i64, after: &mut i64, bound_ms: i32) -> R
     // before it in the batch hold less than BATCH_BYTES (octet_length reads a stored value's
     // size without fetching it).
     let fence = if fanout_exists() {
-        "\n\x20      AND seq < coalesce((SELECT min(f.seq) FROM synclink.fanout f\n\
-         \x20                            JOIN synclink.link l ON l.link_id = ANY (f.link_ids)\n\
-         \x20                           WHERE l.peer_name = $1), 9223372036854775807)"
+        format!(
+            "\n\x20      AND seq < coalesce((SELECT min(f.seq) {}), 9223372036854775807)",
+            fanout_for("$1")
+        )
     } else {
-        ""
+        String::new()
     };
     let sql = format!(
         "WITH candidates AS (\n\
