@@ -934,3 +934,37 @@ fn nothing_overtakes_a_record_being_handed_on_by_another_session() {
     assert_eq!(rows(&mut c, "prices"), ["(1,10)"]);
     assert_eq!(rows(&mut b, "notes"), ["(1,\"after the price\")"]);
 }
+
+/// An authority pushing to two children: each child's own edits stay on it (nothing is sent
+/// from a child, so nothing reaches the authority or the other child) until the authority
+/// changes the same row, which then wins there without a conflict.
+#[test]
+fn a_push_only_hub_feeds_two_children_whose_own_edits_stay_local() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async', direction => 'push'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async', direction => 'push'); \
+         INSERT INTO prices SELECT g, g FROM generate_series(1, 3) g;",
+    )
+    .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for n in [&mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), ["(1,1)", "(2,2)", "(3,3)"]);
+        assert_eq!(triggers(n, "prices"), 0);
+    }
+    b.batch_execute("UPDATE prices SET amount = 20 WHERE id = 2")
+        .unwrap();
+    c.batch_execute("DELETE FROM prices WHERE id = 3").unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    assert_eq!(rows(&mut a, "prices"), ["(1,1)", "(2,2)", "(3,3)"]);
+    assert_eq!(rows(&mut b, "prices"), ["(1,1)", "(2,20)", "(3,3)"]);
+    assert_eq!(rows(&mut c, "prices"), ["(1,1)", "(2,2)"]);
+    // the authority changes those rows: its values win on both children
+    a.batch_execute("UPDATE prices SET amount = amount * 100 WHERE id IN (2, 3)")
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), ["(1,1)", "(2,200)", "(3,300)"]);
+        assert_eq!(conflicts(n), 0);
+    }
+}
