@@ -204,6 +204,7 @@ pub struct LinkTables<'a> {
     pub version: pg_sys::Oid,
     pub wire_type: pg_sys::Oid,
     pub stamp_type: pg_sys::Oid,
+    /// where the record goes: synclink.outbox for one link, synclink.fanout for several
     pub outbox: pg_sys::Oid,
     pub key: &'a [String],
 }
