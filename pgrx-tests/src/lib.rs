@@ -306,6 +306,16 @@ impl Drop for Cluster {
                 self.name,
                 self.log_tail(60)
             );
+            // SYNCLINK_E2E_LOGS=<dir> keeps a failed test's whole server logs there.
+            if let Some(dir) = std::env::var_os("SYNCLINK_E2E_LOGS") {
+                let kept = Path::new(&dir).join(format!(
+                    "{}-{}.log",
+                    self.dir.file_name().unwrap_or_default().to_string_lossy(),
+                    self.name
+                ));
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::copy(self.log_path(), &kept);
+            }
         }
         if self.running.load(Ordering::SeqCst) {
             self.stop_immediate();

@@ -246,6 +246,56 @@ fn a_hub_relays_between_children_that_do_not_link_each_other() {
     }
 }
 
+/// The node each version of the rows of prices was made on (key, node).
+fn made_on(c: &mut Client) -> Vec<String> {
+    versions(c, "prices")
+        .iter()
+        .map(|v| {
+            let parts: Vec<&str> = v.split(' ').collect();
+            format!("{} {}", parts[0], parts[2])
+        })
+        .collect()
+}
+
+#[test]
+fn a_hub_passes_on_a_change_that_changed_nothing_here_with_its_version() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async'); \
+         INSERT INTO prices VALUES (1, 10), (2, 20);",
+    )
+    .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    // an update that leaves the row as it was still makes a new version
+    b.batch_execute("UPDATE prices SET amount = amount WHERE id = 1")
+        .unwrap();
+    // the hub and c both delete row 2, c later: c's delete wins on the hub, whose row is
+    // gone already, and must still reach b
+    a.batch_execute("DELETE FROM prices WHERE id = 2").unwrap();
+    c.batch_execute("DELETE FROM prices WHERE id = 2").unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    let on_a = versions(&mut a, "prices");
+    let node = |n: &mut Client| -> String {
+        n.query_one("SELECT node_name FROM synclink.node", &[])
+            .unwrap()
+            .get(0)
+    };
+    let (node_b, node_c) = (node(&mut b), node(&mut c));
+    assert_eq!(
+        made_on(&mut a),
+        [format!("1 {node_b}"), format!("2 {node_c}")]
+    );
+    for n in [&mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), ["(1,10)"]);
+        assert_eq!(versions(n, "prices"), on_a);
+    }
+    // the two deletes met on the hub and on c, each logged once there
+    assert_eq!(conflicts(&mut a), 1);
+    assert_eq!(conflicts(&mut b), 0);
+    assert_eq!(conflicts(&mut c), 1);
+}
+
 #[test]
 fn a_child_that_is_down_gets_what_the_hub_relayed_meanwhile_and_the_others_keep_going() {
     let (nodes, mut a, _) =

@@ -71,6 +71,50 @@ impl Statement {
     /// Run the statement for a record of `bytes` bytes; the first column of its first row,
     /// if it returns one. Must run inside an SPI connection.
     pub fn run(&self, bytes: usize, args: &[pg_sys::Datum]) -> Result<Option<i64>, SpiError> {
+        self.execute(bytes, args)?;
+        // SAFETY: after a successful run SPI_tuptable is this statement's result or NULL
+        // (checked), valid until the next SPI call; with a row and a column, its first tuple
+        // may be read at column 1. As an i64 the datum's bits are taken as they are: nothing
+        // is dereferenced, whatever the column's type.
+        unsafe {
+            let table = pg_sys::SPI_tuptable;
+            if table.is_null() || pg_sys::SPI_processed == 0 || (*(*table).tupdesc).natts < 1 {
+                return Ok(None);
+            }
+            let mut isnull = false;
+            let datum = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, 1, &mut isnull);
+            Ok(i64::from_datum(datum, isnull))
+        }
+    }
+
+    /// Run the statement as `run` does; every column of its first row in text form (none
+    /// when it returns no row).
+    pub fn run_texts(
+        &self,
+        bytes: usize,
+        args: &[pg_sys::Datum],
+    ) -> Result<Vec<Option<String>>, SpiError> {
+        self.execute(bytes, args)?;
+        // SAFETY: as in `run`, SPI_tuptable is this statement's result or NULL (checked);
+        // SPI_getvalue reads column n (1..=natts) of its first tuple through the column's
+        // output function and returns NULL or a palloc'd C string, copied here at once.
+        unsafe {
+            let table = pg_sys::SPI_tuptable;
+            if table.is_null() || pg_sys::SPI_processed == 0 {
+                return Ok(Vec::new());
+            }
+            let natts = (*(*table).tupdesc).natts;
+            Ok((1..=natts)
+                .map(|n| {
+                    let text = pg_sys::SPI_getvalue(*(*table).vals, (*table).tupdesc, n);
+                    (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().into_owned())
+                })
+                .collect())
+        }
+    }
+
+    /// Execute with the plan that suits a record of `bytes` bytes.
+    fn execute(&self, bytes: usize, args: &[pg_sys::Datum]) -> Result<(), SpiError> {
         self.check_arguments(args)?;
         let small = bytes <= SMALL_BYTES;
         let plan = if small {
@@ -93,19 +137,7 @@ impl Statement {
         if rc < 0 {
             return Err(failed(rc));
         }
-        // SAFETY: after a successful run SPI_tuptable is this statement's result or NULL
-        // (checked), valid until the next SPI call; with a row and a column, its first tuple
-        // may be read at column 1. As an i64 the datum's bits are taken as they are: nothing
-        // is dereferenced, whatever the column's type.
-        unsafe {
-            let table = pg_sys::SPI_tuptable;
-            if table.is_null() || pg_sys::SPI_processed == 0 || (*(*table).tupdesc).natts < 1 {
-                return Ok(None);
-            }
-            let mut isnull = false;
-            let datum = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, 1, &mut isnull);
-            Ok(i64::from_datum(datum, isnull))
-        }
+        Ok(())
     }
 
     /// Run the statement, which only reads, with the latest snapshot rather than the

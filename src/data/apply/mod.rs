@@ -485,19 +485,42 @@ fn apply_checked(
     stamps: &str,
 ) -> Result<()> {
     let bytes = rows.len() + stamps.len();
-    let raced = crate::pg::privilege::as_owner_of(plans.relid, || {
+    let (raced, absent) = crate::pg::privilege::as_owner_of(plans.relid, || {
         Spi::connect_mut(|_| {
             // Parsed once for both statements: for a large record parsing is most of the work.
             let rows = crate::pg::plan::parse(plans.rows_type, rows);
             let stamps = crate::pg::plan::parse(plans.stamps_type, stamps);
             plans.lock.run(bytes, &[rows])?;
-            let stmt = match (delete, single) {
-                (false, true) => &plans.upsert_one,
-                (true, true) => &plans.delete_one,
-                (false, false) => &plans.upsert_run,
-                (true, false) => &plans.delete_run,
+            if !delete {
+                let stmt = if single {
+                    &plans.upsert_one
+                } else {
+                    &plans.upsert_run
+                };
+                return Ok::<_, pgrx::spi::SpiError>((
+                    stmt.run(bytes, &[rows, stamps])?.unwrap_or(0),
+                    None,
+                ));
+            }
+            let stmt = if single {
+                &plans.delete_one
+            } else {
+                &plans.delete_run
             };
-            Ok::<_, pgrx::spi::SpiError>(stmt.run(bytes, &[rows, stamps])?.unwrap_or(0))
+            // The deletes that found no row come back as text to be sent on: written in
+            // the wire's text form, as the capture function writes rows (the incoming rows
+            // were parsed already, under the session's own settings).
+            let run = || stmt.run_texts(bytes, &[rows, stamps]);
+            let result = if crate::data::wire::session_writes_wire_text() {
+                run()?
+            } else {
+                crate::pg::plan::with_settings(&crate::data::wire::SETTINGS, run)?
+            };
+            let absent = match &result[..] {
+                [Some(rows), Some(stamps)] => Some((rows.clone(), stamps.clone())),
+                _ => None,
+            };
+            Ok((0, absent))
         })
     })??;
     if raced > 0 {
@@ -507,6 +530,40 @@ fn apply_checked(
             table: plans.table.clone(),
         }
         .into());
+    }
+    if let Some((rows, stamps)) = absent {
+        pass_on_deletes(plans.relid, &rows, &stamps)?;
+    }
+    Ok(())
+}
+
+/// Pass on deletes that won here but found the row gone already (deleted here, or never
+/// here), to this node's other peers of the table that it sends to, as the capture would have
+/// passed them on had there been a row: each of those peers takes the version the delete
+/// made and decides later conflicts on the key as this node does. Through the queue, as every
+/// change being passed on goes, never back to the node it came from or began on.
+fn pass_on_deletes(relid: pg_sys::Oid, rows: &str, stamps: &str) -> Result<()> {
+    let links: Vec<(i32, String)> = Spi::connect(|c| {
+        c.select(
+            "SELECT l.link_id, p.node_name FROM synclink.link l \
+               JOIN synclink.peer p USING (peer_name) \
+              WHERE l.relid = $1::oid::regclass AND l.direction <> 'pull' \
+              ORDER BY l.link_id",
+            None,
+            &[relid.into()],
+        )?
+        .map(|r| {
+            Ok((
+                need(&r, 1, "id of a link")?,
+                need(&r, 2, "node of a link's peer")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()
+    })?;
+    for (link_id, node) in links {
+        if !is_applying_from(&node) {
+            crate::data::ship::ship_change(link_id, b'D' as i8, None, Some(rows), Some(stamps))?;
+        }
     }
     Ok(())
 }

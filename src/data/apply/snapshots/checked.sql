@@ -71,7 +71,6 @@ WITH m AS (
   SELECT w."id", w."name", w."updated_at" FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
-          WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
@@ -176,7 +175,6 @@ WITH m AS (
   SELECT w."id", w."name", w."updated_at" FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
-          WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
@@ -285,7 +283,6 @@ WITH m AS (
   SELECT w."id", w."name", w."updated_at" FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
-          WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
@@ -390,7 +387,6 @@ WITH m AS (
   SELECT w."id", w."name", w."updated_at" FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
-          WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
@@ -529,7 +525,10 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
-SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
+-- the deletes that found no row here, to be passed on
+SELECT array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row")::text,
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)::text
+  FROM w WHERE NOT w."synclink$exists";
 
 -- ==========================================================================================
 -- delete, run of records, last_write_wins, no version column
@@ -637,7 +636,10 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
-SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
+-- the deletes that found no row here, to be passed on
+SELECT array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row")::text,
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)::text
+  FROM w WHERE NOT w."synclink$exists";
 
 -- ==========================================================================================
 -- delete, run of records, manual
@@ -736,7 +738,10 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
-SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
+-- the deletes that found no row here, to be passed on
+SELECT array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row")::text,
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)::text
+  FROM w WHERE NOT w."synclink$exists";
 
 -- ==========================================================================================
 -- upsert, single record, last_write_wins, version column updated_at
@@ -803,7 +808,6 @@ WITH m AS (
   SELECT w."id", w."name", w."updated_at" FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
-          WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
@@ -939,4 +943,7 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
-SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
+-- the deletes that found no row here, to be passed on
+SELECT array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row")::text,
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)::text
+  FROM w WHERE NOT w."synclink$exists";
