@@ -296,6 +296,67 @@ fn a_hub_passes_on_a_change_that_changed_nothing_here_with_its_version() {
     assert_eq!(conflicts(&mut c), 1);
 }
 
+/// The open conflicts of a node, by key: (conflict id, id of the row).
+fn open_conflicts(c: &mut Client) -> Vec<(i64, String)> {
+    c.query(
+        "SELECT conflict_id, key ->> 'id' FROM synclink.conflict WHERE outcome = 'open' \
+          ORDER BY key ->> 'id'",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+#[test]
+fn a_conflict_settled_by_hand_on_the_hub_or_on_a_child_is_settled_on_every_node() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async', conflict => 'manual'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async', conflict => 'manual'); \
+         INSERT INTO prices VALUES (1, 10), (2, 20);",
+    )
+    .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    // b and c change the same rows at once (c deletes row 2)
+    b.batch_execute("UPDATE prices SET amount = amount + 1")
+        .unwrap();
+    c.batch_execute("UPDATE prices SET amount = 12 WHERE id = 1; DELETE FROM prices WHERE id = 2")
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    // b's changes reached the hub first and went on to c: the conflicts met on the hub (with
+    // c's changes) and on c (with b's, passed on), and wait there; b met none
+    let on_a = open_conflicts(&mut a);
+    assert_eq!(on_a.iter().map(|k| &k.1).collect::<Vec<_>>(), ["1", "2"]);
+    assert_eq!(open_conflicts(&mut c).len(), 2);
+    assert_eq!(conflicts(&mut b), 0);
+    assert_eq!(rows(&mut a, "prices"), ["(1,11)", "(2,21)"]);
+    assert_eq!(rows(&mut b, "prices"), ["(1,11)", "(2,21)"]);
+    assert_eq!(rows(&mut c, "prices"), ["(1,12)"]);
+    // row 1 settled on the hub, keeping c's row; row 2 on c, keeping c's delete
+    a.execute("SELECT sync_resolve($1, keep => 'peer')", &[&on_a[0].0])
+        .unwrap();
+    // (which closed row 1's conflict on c too)
+    let on_c = open_conflicts(&mut c);
+    assert_eq!(on_c.iter().map(|k| &k.1).collect::<Vec<_>>(), ["2"]);
+    c.execute("SELECT sync_resolve($1, keep => 'local')", &[&on_c[0].0])
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    // every node holds the rows kept, with the versions the choices made; nothing waits
+    let versions_a = versions(&mut a, "prices");
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), ["(1,12)"]);
+        assert_eq!(versions(n, "prices"), versions_a);
+        assert!(open_conflicts(n).is_empty());
+    }
+    assert_eq!(
+        conflicts(&mut b),
+        0,
+        "b took the choices without a conflict"
+    );
+}
+
 #[test]
 fn a_child_that_is_down_gets_what_the_hub_relayed_meanwhile_and_the_others_keep_going() {
     let (nodes, mut a, _) =

@@ -128,14 +128,18 @@ impl RowTarget {
     }
 
     /// Make the row with `key` be `row` (None: no row), with version (at, node), as if the
-    /// change came from `from`: no capture sends it back there.
+    /// change came from `from`: no capture sends it back there, and this node's capture passes
+    /// it on to its other peers of the table with that version (the version is written first,
+    /// the one it replaces kept as base, and the row is written even where it is the same
+    /// already; a delete that finds no row is passed on by itself), so that every node the
+    /// table reaches through this one settles on the row kept.
     fn settle(
         &self,
         key: &serde_json::Value,
         row: Option<&serde_json::Value>,
         version: (i64, &str),
         from: &str,
-    ) -> Result<(), SpiError> {
+    ) -> Result<()> {
         let spec = ApplySpec {
             table: self.table.clone(),
             row_type: &self.row_type,
@@ -143,35 +147,35 @@ impl RowTarget {
             key: &self.key,
             text_compare: &[],
         };
-        let write = match row {
-            Some(_) => crate::data::apply::upsert_from(
-                &spec,
-                &format!("jsonb_populate_record(NULL::{}, $1) r", self.row_type),
-            ),
-            None => format!(
-                "DELETE FROM {} t USING jsonb_populate_record(NULL::{}, $1) r WHERE {}",
-                self.table,
-                self.row_type,
-                self.key_match("t", "r")
-            ),
-        };
-        let value = pgrx::JsonB(row.unwrap_or(key).clone());
+        let record = format!("jsonb_populate_record(NULL::{}, $1) r", self.row_type);
         let keys = join(&self.key, ", ", |k| ident(k));
         let version_sql = format!(
             "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\") \
-             SELECT {r_keys}, $2, $3 FROM jsonb_populate_record(NULL::{row}, $1) r \
+             SELECT {r_keys}, $2, $3 FROM {record} \
              ON CONFLICT ({keys}) DO UPDATE SET \"synclink$at\" = EXCLUDED.\"synclink$at\", \
-                 \"synclink$node\" = EXCLUDED.\"synclink$node\"",
+                 \"synclink$node\" = EXCLUDED.\"synclink$node\", \
+                 \"synclink$base_at\" = v.\"synclink$at\", \"synclink$base_node\" = v.\"synclink$node\"",
             vt = self.version_table,
             r_keys = join(&self.key, ", ", |k| format!("r.{}", ident(k))),
-            row = self.row_type,
         );
-        // Both as the owner: the row is the owner's table's, and the key is read as its row
-        // type (its domains' checks).
-        crate::pg::privilege::as_owner_of(self.relid, || {
-            crate::data::apply::marked(from, from, || {
-                crate::data::wire::compared(|| Spi::run_with_args(&write, &[value.into()]))
-            })?;
+        // A delete that found no row: the record to pass on (the key as the row type, and its
+        // stamp), as the capture would have written it.
+        let delete_sql = format!(
+            "WITH d AS (DELETE FROM {table} t USING {record} WHERE {matched} RETURNING 1) \
+             SELECT ARRAY[r]::text, \
+                    ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", \
+                              v.\"synclink$base_node\", 'D')::synclink.stamp]::text \
+               FROM {record} JOIN {vt} v ON {versioned} \
+              WHERE NOT EXISTS (SELECT FROM d)",
+            table = self.table,
+            matched = self.key_match("t", "r"),
+            vt = self.version_table,
+            versioned = self.key_match("v", "r"),
+        );
+        let value = pgrx::JsonB(row.unwrap_or(key).clone());
+        // As the owner: the row is the owner's table's, and the key is read as its row type
+        // (its domains' checks).
+        let absent = crate::pg::privilege::as_owner_of(self.relid, || {
             Spi::run_with_args(
                 &version_sql,
                 &[
@@ -179,8 +183,32 @@ impl RowTarget {
                     version.0.into(),
                     version.1.into(),
                 ],
-            )
-        })?
+            )?;
+            crate::data::apply::marked(from, from, || {
+                crate::data::wire::compared(|| match row {
+                    Some(_) => Spi::run_with_args(
+                        &crate::data::apply::upsert_every_row_from(&spec, &record),
+                        &[value.into()],
+                    )
+                    .map(|_| None),
+                    None => Spi::connect_mut(|c| {
+                        let found = c.update(&delete_sql, None, &[value.into()])?.next();
+                        found
+                            .map(|r| -> Result<_, SpiError> {
+                                Ok((r.get::<String>(1)?, r.get::<String>(2)?))
+                            })
+                            .transpose()
+                            .map(|r| r.and_then(|(a, b)| Some((a?, b?))))
+                    }),
+                })
+            })
+        })??;
+        if let Some((rows, stamps)) = absent {
+            crate::data::apply::marked(from, from, || {
+                crate::data::apply::pass_on_deletes(self.relid, &rows, &stamps)
+            })?;
+        }
+        Ok(())
     }
 
     /// Close the open conflicts on this key and remember the choice.

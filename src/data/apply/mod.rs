@@ -157,8 +157,19 @@ pub fn compared(spec: &ApplySpec, alias: &str, col: &str) -> String {
     }
 }
 
-/// The upsert of rows read from `source` (aliased r).
+/// The upsert of rows read from `source` (aliased r); a row that would not change is left
+/// alone.
 pub fn upsert_from(spec: &ApplySpec, source: &str) -> String {
+    upsert_sql(spec, source, true)
+}
+
+/// The upsert of rows read from `source` (aliased r), every row written even where it has its
+/// values already: the write is what this node's capture passes on to its other peers.
+pub fn upsert_every_row_from(spec: &ApplySpec, source: &str) -> String {
+    upsert_sql(spec, source, false)
+}
+
+fn upsert_sql(spec: &ApplySpec, source: &str, skip_unchanged: bool) -> String {
     let cols = join(spec.columns, ", ", |c| ident(c));
     let select = join(spec.columns, ", ", |c| format!("r.{}", ident(c)));
     let keys = join(spec.key, ", ", |c| ident(c));
@@ -171,12 +182,16 @@ pub fn upsert_from(spec: &ApplySpec, source: &str) -> String {
     let action = if rest.is_empty() {
         "DO NOTHING".to_string()
     } else {
-        format!(
-            "DO UPDATE SET {}\n WHERE ({}) IS DISTINCT FROM ({})",
-            join(&rest, ", ", |c| format!("{c} = EXCLUDED.{c}", c = ident(c))),
-            join(&rest, ", ", |c| compared(spec, "t", c)),
-            join(&rest, ", ", |c| compared(spec, "EXCLUDED", c)),
-        )
+        let set = join(&rest, ", ", |c| format!("{c} = EXCLUDED.{c}", c = ident(c)));
+        if skip_unchanged {
+            format!(
+                "DO UPDATE SET {set}\n WHERE ({}) IS DISTINCT FROM ({})",
+                join(&rest, ", ", |c| compared(spec, "t", c)),
+                join(&rest, ", ", |c| compared(spec, "EXCLUDED", c)),
+            )
+        } else {
+            format!("DO UPDATE SET {set}")
+        }
     };
     format!(
         "INSERT INTO {table} AS t ({cols}) OVERRIDING SYSTEM VALUE\n\
@@ -542,7 +557,7 @@ fn apply_checked(
 /// passed them on had there been a row: each of those peers takes the version the delete
 /// made and decides later conflicts on the key as this node does. Through the queue, as every
 /// change being passed on goes, never back to the node it came from or began on.
-fn pass_on_deletes(relid: pg_sys::Oid, rows: &str, stamps: &str) -> Result<()> {
+pub(crate) fn pass_on_deletes(relid: pg_sys::Oid, rows: &str, stamps: &str) -> Result<()> {
     let links: Vec<(i32, String)> = Spi::connect(|c| {
         c.select(
             "SELECT l.link_id, p.node_name FROM synclink.link l \
