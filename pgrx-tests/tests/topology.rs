@@ -871,6 +871,11 @@ fn a_hub_stopped_at_once_while_relaying_loses_nothing_either_way() {
          INSERT INTO prices SELECT g, 0 FROM generate_series(1, 40) g;",
     )
     .unwrap();
+    // records for both children, more than the worker hands on to each at a time
+    a.batch_execute(
+        "DO $$ BEGIN FOR i IN 41..2540 LOOP INSERT INTO prices VALUES (i, i); END LOOP; END $$",
+    )
+    .unwrap();
     converged(&mut [&mut a, &mut b, &mut e]);
     let info = |n: usize, node: &Node| (n, node.socket_conninfo());
     // everyone writes; then the children go on writing, and the hub stops at once meanwhile,
@@ -1104,6 +1109,41 @@ fn a_record_for_several_peers_is_stored_once_and_keeps_its_place_in_each_queue()
 /// While another session hands a record for several peers on (its transaction still open),
 /// delivery to those peers stops short of it: a sync-mode write to one of them queues behind
 /// it instead of overtaking it.
+/// Records for several peers that nobody hands on (no worker runs here) do not pile up
+/// silently either.
+#[test]
+fn records_waiting_to_be_handed_on_raise_the_backlog_warning() {
+    let (nodes, _node_c, mut a, _b, _c) = three();
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async');",
+    )
+    .unwrap();
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = warnings.clone();
+    let mut w = nodes
+        .a
+        .socket_conninfo()
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
+    w.batch_execute(
+        "SET synclink.backlog_warning = 100;
+         DO $$ BEGIN FOR i IN 1..2000 LOOP INSERT INTO prices VALUES (i, i); END LOOP; END $$",
+    )
+    .unwrap();
+    assert_eq!(count(&mut a, "SELECT count(*) FROM synclink.fanout"), 2000);
+    let said = warnings.lock().unwrap().clone();
+    assert!(!said.is_empty(), "no warning");
+    assert!(
+        said.iter()
+            .all(|m| m == "more than 100 changes for several peers wait to be handed on to each"),
+        "{said:?}"
+    );
+}
+
 #[test]
 fn nothing_overtakes_a_record_being_handed_on_by_another_session() {
     let (nodes, _node_c, mut a, mut b, mut c) = three();

@@ -195,8 +195,9 @@ pub fn fanout_exists() -> bool {
 /// Hand on the records for several peers (synclink.fanout) as a record per peer in the outbox,
 /// each with its seq, so that every peer's queue holds them in order. Rows another session is
 /// handing on are skipped (delivery to their peers stops short of them until it commits);
-/// a link gone since is left out. Returns how many records were handed on.
-pub fn hand_on() -> Result<i64> {
+/// a link gone since is left out. At most `limit` records, oldest first (None: all). Returns
+/// how many records were handed on.
+pub fn hand_on(limit: Option<i64>) -> Result<i64> {
     // Nothing to hand on (or a catalog not updated to have the table yet): nothing written,
     // so no statement trigger wakes the worker for nothing.
     if !fanout_exists() {
@@ -222,7 +223,7 @@ pub fn hand_on() -> Result<i64> {
     let moved = crate::pg::spi::prepared(
         "WITH f AS (\n\
          \x20   DELETE FROM synclink.fanout f\n\
-         \x20    WHERE f.seq IN (SELECT seq FROM synclink.fanout ORDER BY seq FOR UPDATE SKIP LOCKED)\n\
+         \x20    WHERE f.seq IN (SELECT seq FROM synclink.fanout ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)\n\
          \x20   RETURNING f.*\n\
          ), moved AS (\n\
          \x20   INSERT INTO synclink.outbox (seq, peer_name, link_id, origin, op, new_rows, old_rows, stamps, queued_at)\n\
@@ -231,8 +232,8 @@ pub fn hand_on() -> Result<i64> {
          \x20    ORDER BY f.seq\n\
          )\n\
          SELECT count(*) FROM f",
-        &[],
-        &[],
+        &[PgOid::from(pg_sys::INT8OID)],
+        &[limit.into()],
         |t| t.first().get_one::<i64>(),
     )??;
     Ok(moved.unwrap_or(0))
@@ -439,15 +440,30 @@ pub fn after_queueing() -> Result<()> {
     }
     // Whoever queued the change, the count runs with the search path pinned: the statement
     // that drew the seq may run as a link's owner on an application role's behalf.
-    for peer in crate::pg::privilege::pinned(|| over_backlog(limit))? {
+    for queue in crate::pg::privilege::pinned(|| over_backlog(limit))? {
+        if queue == SHARED {
+            warning(
+                &format!(
+                    "more than {limit} changes for several peers wait to be handed on to each"
+                ),
+                "The delivery worker hands them on: check that synclink is in \
+                 shared_preload_libraries and its worker runs, or call sync_flush(). \
+                 synclink.backlog_warning sets this threshold.",
+            );
+            continue;
+        }
         warning(
-            &format!("more than {limit} changes are queued for peer \"{peer}\""),
+            &format!("more than {limit} changes are queued for peer \"{queue}\""),
             "Check sync_status for the peer's last error; the queue drains once it is reachable. \
              synclink.backlog_warning sets this threshold.",
         );
     }
     Ok(())
 }
+
+/// How [`over_backlog`] names synclink.fanout, the records not yet handed on to each peer's
+/// queue: no peer name has a space.
+const SHARED: &str = "several peers";
 
 thread_local! {
     /// Per peer: the oldest seq queued when its queue was last counted over a limit, that
@@ -461,7 +477,8 @@ thread_local! {
 
 const BACKLOG_RECOUNT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The peers with more than `limit` records queued. A peer's seq range (two index probes)
+/// The peers with more than `limit` records queued, and [`SHARED`] when synclink.fanout holds
+/// more than `limit` records waiting to be handed on. A queue's seq range (two index probes)
 /// bounds its count from above, so a queue that cannot be over the limit is not counted; one
 /// that may be is counted up to limit + 1 records, and once found over, not again while its
 /// oldest record stays (see OVER_SINCE). A long outage queues millions: counting a hundred
@@ -493,6 +510,22 @@ fn over_backlog(limit: i64) -> Result<Vec<String>> {
             Ok::<_, pgrx::spi::SpiError>(candidates)
         },
     )??;
+    let mut candidates = candidates;
+    if fanout_exists() {
+        let shared = crate::pg::spi::prepared_read(
+            "SELECT q.oldest FROM \
+                    (SELECT (SELECT f.seq FROM synclink.fanout f ORDER BY f.seq LIMIT 1) AS oldest, \
+                            (SELECT f.seq FROM synclink.fanout f ORDER BY f.seq DESC LIMIT 1) AS newest) q \
+              WHERE q.newest OPERATOR(pg_catalog.-) q.oldest OPERATOR(pg_catalog.>=) $1",
+            &[bigint],
+            &[limit.into()],
+            // no row while the shared queue is within the limit
+            |mut t| t.next().map(|r| r.get::<i64>(1)).transpose(),
+        )??;
+        if let Some(Some(oldest)) = shared {
+            candidates.push((SHARED.to_string(), oldest));
+        }
+    }
     OVER_SINCE.with(|memo| {
         let mut memo = memo.borrow_mut();
         memo.retain(|peer, _| candidates.iter().any(|(p, _)| p == peer));
@@ -504,13 +537,22 @@ fn over_backlog(limit: i64) -> Result<Vec<String>> {
                 over_limit.push(peer);
                 continue;
             }
-            let count = crate::pg::spi::prepared_read(
-                "SELECT pg_catalog.count(*) FROM (SELECT FROM synclink.outbox \
-                  WHERE peer_name OPERATOR(pg_catalog.=) $1 LIMIT $2) q",
-                &[PgOid::from(pg_sys::TEXTOID), bigint],
-                &[peer.as_str().into(), (limit + 1).into()],
-                |t| t.first().get_one::<i64>(),
-            )??;
+            let count = if peer == SHARED {
+                crate::pg::spi::prepared_read(
+                    "SELECT pg_catalog.count(*) FROM (SELECT FROM synclink.fanout LIMIT $1) q",
+                    &[bigint],
+                    &[(limit + 1).into()],
+                    |t| t.first().get_one::<i64>(),
+                )??
+            } else {
+                crate::pg::spi::prepared_read(
+                    "SELECT pg_catalog.count(*) FROM (SELECT FROM synclink.outbox \
+                      WHERE peer_name OPERATOR(pg_catalog.=) $1 LIMIT $2) q",
+                    &[PgOid::from(pg_sys::TEXTOID), bigint],
+                    &[peer.as_str().into(), (limit + 1).into()],
+                    |t| t.first().get_one::<i64>(),
+                )??
+            };
             if count.unwrap_or(0) > limit {
                 memo.insert(peer.clone(), (oldest, limit, std::time::Instant::now()));
                 over_limit.push(peer);
@@ -545,11 +587,15 @@ pub fn flush(peer: &Peer, limit: i64) -> Result<Flushed> {
 /// Like `flush`, each batch given at most `bound_ms` (crate::pg::remote::within): for a writer,
 /// which must not wait on the peer without a bound.
 pub fn flush_within(peer: &Peer, limit: i64, bound_ms: i32) -> Result<Flushed> {
-    // A writer hands on what it finds for several peers, as the worker does: without the
-    // worker, nothing else would before sync_flush().
-    hand_on()?;
+    // A writer hands on what it finds for several peers, as the worker does (a batch at a
+    // time): without the worker, nothing else would before sync_flush().
+    hand_on(Some(HAND_ON_BATCH))?;
     flush_after(peer, limit, &mut 0, bound_ms)
 }
+
+/// Records handed on from synclink.fanout per transaction by the worker and by a writer: the
+/// rows stay locked until it commits, and each peer's delivery waits behind them.
+pub const HAND_ON_BATCH: i64 = 1000;
 
 /// Records a delivery takes per statement (postgres_fdw sends them 100 to a round trip).
 const BATCH: i64 = 1000;
@@ -738,8 +784,9 @@ fn peer_known_down(peer: &str) -> Result<bool, ErrorReport> {
 
 /// Deliver what is queued for a peer (or for every peer) now; see sync_flush.
 pub fn flush_now(peer: Option<&str>) -> crate::pg::error::Result<i64> {
-    // Without the worker, records for several peers are handed on here.
-    hand_on()?;
+    // Without the worker, records for several peers are handed on here, all of them, as
+    // sync_flush delivers all.
+    hand_on(None)?;
     let peers: Vec<Peer> = match peer {
         Some(name) => {
             vec![peer::resolve(Some(name))?]

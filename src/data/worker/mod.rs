@@ -233,7 +233,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
         }
         arm(slot);
         listed_at = round;
-        let peers: Option<Option<Vec<String>>> = BackgroundWorker::transaction(|| {
+        let peers: Option<Option<(Vec<String>, bool)>> = BackgroundWorker::transaction(|| {
             // This library reads the catalog of its own version only: after the library was
             // upgraded, the worker waits for ALTER EXTENSION synclink UPDATE.
             let installed = crate::pg::spi::prepared_read(
@@ -267,13 +267,20 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                     .or_raise();
                     // Records for several peers become each peer's, in a transaction of their
                     // own, so that no peer's delivery holds them locked for the others'.
-                    crate::data::queue::hand_on().or_raise();
-                    peers
+                    let batch = crate::data::queue::HAND_ON_BATCH;
+                    let more = crate::data::queue::hand_on(Some(batch)).or_raise() >= batch;
+                    (peers, more)
                 })
             })
         });
         let peers = match peers {
-            Some(Some(peers)) => peers,
+            Some(Some((peers, more))) => {
+                // a full batch handed on: more may wait, so the next round comes at once
+                if more {
+                    nap = Duration::ZERO;
+                }
+                peers
+            }
             Some(None) => {
                 if !waiting_for_update {
                     waiting_for_update = true;
