@@ -1,7 +1,8 @@
 //! Settling a logged conflict by hand: `sync_resolve` keeps one node's current row on both
 //! nodes, gives it one new version on both, closes the conflict on both and remembers the
 //! choice for these two rows, so that the same pair meeting again is settled the same way.
-//! The peer's half arrives as a `ResolveRequest` ([`answer`]).
+//! Each node passes the kept row on to its other peers of the table, as it passes on any
+//! change it applies. The peer's half arrives as a `ResolveRequest` ([`answer`]).
 
 use crate::data::apply::ApplySpec;
 use crate::pg::error::{Result, SqlError};
