@@ -260,15 +260,30 @@ fn made_on(c: &mut Client) -> Vec<String> {
 #[test]
 fn a_hub_passes_on_a_change_that_changed_nothing_here_with_its_version() {
     let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    for n in [&mut a, &mut b, &mut c] {
+        n.batch_execute("CREATE TABLE tags (a int, b int, PRIMARY KEY (a, b))")
+            .unwrap();
+    }
     a.batch_execute(
         "SELECT sync_link_table('prices', 'b', mode => 'async'); \
          SELECT sync_link_table('prices', 'c', mode => 'async'); \
-         INSERT INTO prices VALUES (1, 10), (2, 20);",
+         SELECT sync_link_table('tags', 'b', mode => 'async'); \
+         SELECT sync_link_table('tags', 'c', mode => 'async'); \
+         INSERT INTO prices VALUES (1, 10), (2, 20); INSERT INTO tags VALUES (1, 2);",
     )
     .unwrap();
     settle(&mut [&mut a, &mut b, &mut c]);
-    // an update that leaves the row as it was still makes a new version
-    b.batch_execute("UPDATE prices SET amount = amount WHERE id = 1")
+    // the hub's own row trigger, which a row left as it was does not fire
+    a.batch_execute(
+        "CREATE TABLE fired (n int); INSERT INTO fired VALUES (0); \
+         CREATE FUNCTION count_it() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN UPDATE fired SET n = n + 1; RETURN NEW; END $$; \
+         CREATE TRIGGER count_it BEFORE UPDATE ON prices FOR EACH ROW EXECUTE FUNCTION count_it();",
+    )
+    .unwrap();
+    // updates that leave the rows as they were still make new versions (a table of key
+    // columns only, too)
+    b.batch_execute("UPDATE prices SET amount = amount WHERE id = 1; UPDATE tags SET a = a")
         .unwrap();
     // the hub and c both delete row 2, c later: c's delete wins on the hub, whose row is
     // gone already, and must still reach b
@@ -290,6 +305,21 @@ fn a_hub_passes_on_a_change_that_changed_nothing_here_with_its_version() {
         assert_eq!(rows(n, "prices"), ["(1,10)"]);
         assert_eq!(versions(n, "prices"), on_a);
     }
+    for n in [&mut a, &mut b, &mut c] {
+        let vt: String = n
+            .query_one(
+                "SELECT DISTINCT version_table FROM synclink.link WHERE relid = 'tags'::regclass",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        let made_on: String = n
+            .query_one(&format!("SELECT \"synclink$node\" FROM {vt}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(made_on, node_b);
+    }
+    assert_eq!(count(&mut a, "SELECT n::bigint FROM fired"), 0);
     // the two deletes met on the hub and on c, each logged once there
     assert_eq!(conflicts(&mut a), 1);
     assert_eq!(conflicts(&mut b), 0);

@@ -88,29 +88,44 @@ impl Statement {
     }
 
     /// Run the statement as `run` does; every column of its first row in text form (none
-    /// when it returns no row).
+    /// when it returns no row), written under `settings` (the statement itself runs under the
+    /// session's own).
     pub fn run_texts(
         &self,
         bytes: usize,
         args: &[pg_sys::Datum],
+        settings: &[(&CStr, &CStr)],
     ) -> Result<Vec<Option<String>>, SpiError> {
         self.execute(bytes, args)?;
         // SAFETY: as in `run`, SPI_tuptable is this statement's result or NULL (checked);
         // SPI_getvalue reads column n (1..=natts) of its first tuple through the column's
         // output function and returns NULL or a palloc'd C string, copied here at once.
-        unsafe {
+        let texts = with_settings(settings, || unsafe {
             let table = pg_sys::SPI_tuptable;
             if table.is_null() || pg_sys::SPI_processed == 0 {
-                return Ok(Vec::new());
+                return Vec::new();
             }
             let natts = (*(*table).tupdesc).natts;
-            Ok((1..=natts)
+            (1..=natts)
                 .map(|n| {
                     let text = pg_sys::SPI_getvalue(*(*table).vals, (*table).tupdesc, n);
-                    (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().into_owned())
+                    (!text.is_null()).then(|| CStr::from_ptr(text).to_bytes().to_vec())
                 })
-                .collect())
-        }
+                .collect::<Vec<_>>()
+        });
+        texts
+            .into_iter()
+            .map(|t| t.map(String::from_utf8).transpose())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                // Text a String cannot hold: refused with the SQLSTATE for it, never mangled.
+                pgrx::ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+                    "a row to pass on is not valid UTF-8 text",
+                    "synclink passes rows on as UTF-8 text: use a UTF-8 database."
+                );
+            })
     }
 
     /// Execute with the plan that suits a record of `bytes` bytes.

@@ -129,11 +129,11 @@ impl RowTarget {
     }
 
     /// Make the row with `key` be `row` (None: no row), with version (at, node), as if the
-    /// change came from `from`: no capture sends it back there, and this node's capture passes
-    /// it on to its other peers of the table with that version (the version is written first,
-    /// the one it replaces kept as base, and the row is written even where it is the same
-    /// already; a delete that finds no row is passed on by itself), so that every node the
-    /// table reaches through this one settles on the row kept.
+    /// change came from `from`: no capture sends it back there, and this node passes it on to
+    /// its other peers of the table with that version (written first, the one it replaces kept
+    /// as base, so the capture keeps it), so that every node the table reaches through this
+    /// one settles on the row kept. A row that has the kept values already is not written (no
+    /// trigger of the table's fires for it) and is passed on by itself, as the apply does.
     fn settle(
         &self,
         key: &serde_json::Value,
@@ -159,24 +159,33 @@ impl RowTarget {
             vt = self.version_table,
             r_keys = join(&self.key, ", ", |k| format!("r.{}", ident(k))),
         );
-        // A delete that found no row: the record to pass on (the key as the row type, and its
-        // stamp), as the capture would have written it.
-        let delete_sql = format!(
-            "WITH d AS (DELETE FROM {table} t USING {record} WHERE {matched} RETURNING 1) \
+        let (write, op) = match row {
+            Some(_) => (crate::data::apply::upsert_from(&spec, &record), 'U'),
+            None => (
+                format!(
+                    "DELETE FROM {} t USING {record} WHERE {}",
+                    self.table,
+                    self.key_match("t", "r")
+                ),
+                'D',
+            ),
+        };
+        // The write, and when it wrote nothing the record to pass on instead (the row as the
+        // row type, and its stamp), as the capture would have written it.
+        let settle_sql = format!(
+            "WITH u AS ({write} RETURNING 1) \
              SELECT ARRAY[r]::text, \
                     ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", \
-                              v.\"synclink$base_node\", 'D')::synclink.stamp]::text \
+                              v.\"synclink$base_node\", '{op}')::synclink.stamp]::text \
                FROM {record} JOIN {vt} v ON {versioned} \
-              WHERE NOT EXISTS (SELECT FROM d)",
-            table = self.table,
-            matched = self.key_match("t", "r"),
+              WHERE NOT EXISTS (SELECT FROM u)",
             vt = self.version_table,
             versioned = self.key_match("v", "r"),
         );
         let value = pgrx::JsonB(row.unwrap_or(key).clone());
         // As the owner: the row is the owner's table's, and the key is read as its row type
         // (its domains' checks).
-        let absent = crate::pg::privilege::as_owner_of(self.relid, || {
+        let unchanged = crate::pg::privilege::as_owner_of(self.relid, || {
             Spi::run_with_args(
                 &version_sql,
                 &[
@@ -186,27 +195,22 @@ impl RowTarget {
                 ],
             )?;
             crate::data::apply::marked(from, from, || {
-                crate::data::wire::compared(|| match row {
-                    Some(_) => Spi::run_with_args(
-                        &crate::data::apply::upsert_every_row_from(&spec, &record),
-                        &[value.into()],
-                    )
-                    .map(|_| None),
-                    None => Spi::connect_mut(|c| {
-                        let found = c.update(&delete_sql, None, &[value.into()])?.next();
+                crate::data::wire::compared(|| {
+                    Spi::connect_mut(|c| {
+                        let found = c.update(&settle_sql, None, &[value.into()])?.next();
                         found
                             .map(|r| -> Result<_, SpiError> {
                                 Ok((r.get::<String>(1)?, r.get::<String>(2)?))
                             })
                             .transpose()
                             .map(|r| r.and_then(|(a, b)| Some((a?, b?))))
-                    }),
+                    })
                 })
             })
         })??;
-        if let Some((rows, stamps)) = absent {
+        if let Some((rows, stamps)) = unchanged {
             crate::data::apply::marked(from, from, || {
-                crate::data::apply::pass_on_deletes(self.relid, &rows, &stamps)
+                crate::data::apply::pass_on(self.relid, row.is_none(), &rows, &stamps)
             })?;
         }
         Ok(())

@@ -38,9 +38,9 @@ pub fn lock_sql(spec: &ApplySpec) -> String {
 /// last version sent is compared with the row here and the policy decides; winners are
 /// upserted (or deleted, for a delete run) and take the incoming version, conflicts are
 /// logged. A version this node holds already is the same change delivered again and is
-/// skipped. An upsert run returns how many rows it expected to insert but found inserted
-/// meanwhile by someone else (the caller refuses the run then, so it is delivered again); a
-/// delete run, the deletes that found no row ([`deletes_result`]).
+/// skipped. It returns how many rows it expected to insert but found inserted meanwhile by
+/// someone else (the caller refuses the run then, so it is delivered again), and the winners
+/// it stamped without writing, to be passed on ([`passed_on`]).
 pub fn checked_apply_sql(c: &CheckedSpec, delete: bool, single: bool) -> String {
     // Each part reads only the parts above it. The parts that write run whether or not
     // anything reads them, all on the snapshot the statement began with: none sees what
@@ -74,31 +74,45 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool, single: bool) -> String 
         stamp = stamp_cte(c),
         supersede = supersede_cte(c),
         log = log_cte(c, delete),
-        result = if delete {
-            deletes_result(c.apply)
-        } else {
-            RACED.to_string()
-        },
+        result = passed_on(c.apply, delete),
     )
 }
 
 /// What the statement returns: how many rows it expected to insert but found inserted
-/// meanwhile by someone else.
-const RACED: &str = r#"SELECT count(*) FILTER (WHERE "synclink$raced") FROM written"#;
-
-/// What a delete run returns instead (a delete never races): a winning delete whose row is
-/// gone here already deletes nothing, so this node's capture cannot see it. It comes back
-/// (the rows as sent, and their stamps with the version here as base, as text arrays) for the
-/// caller to pass on to this node's other peers, which would otherwise keep the version it
-/// replaced and decide a later conflict on the key otherwise than this node.
-fn deletes_result(spec: &ApplySpec) -> String {
+/// meanwhile by someone else, and the winners that change nothing here: an upsert of the
+/// values the row has already, a delete of a row that is gone. Their versions are stamped,
+/// but no row is written, so this node's capture cannot see them; they come back (the rows as
+/// sent, and their stamps with the version here as base) for the caller to pass on to this
+/// node's other peers, which would otherwise keep the version they replaced and decide a
+/// later conflict on the key otherwise than this node.
+fn passed_on(spec: &ApplySpec, delete: bool) -> String {
+    let (unchanged, op) = if delete {
+        (r#"NOT w."synclink$exists""#.to_string(), 'D')
+    } else {
+        let rest = non_key_columns(spec);
+        let same = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\n         AND ({here}) IS NOT DISTINCT FROM ({incoming})",
+                here = join(&rest, ", ", |x| compared(spec, r#"(w."synclink$here")"#, x)),
+                incoming = join(&rest, ", ", |x| compared(spec, "w", x)),
+            )
+        };
+        (format!(r#"w."synclink$exists"{same}"#), 'U')
+    };
     format!(
-        r#"-- the deletes that found no row here, to be passed on
-SELECT array_agg({row})::text,
-       array_agg({stamp})::text
-  FROM w WHERE NOT w."synclink$exists""#,
+        r#"-- {said}
+SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+       array_agg({row}),
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", '{op}')::synclink.stamp)
+  FROM w WHERE {unchanged}"#,
         row = incoming_row(spec, "w."),
-        stamp = r#"ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp"#,
+        said = if delete {
+            "the deletes that found no row here, to pass on"
+        } else {
+            "inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on"
+        },
     )
 }
 
@@ -297,24 +311,25 @@ const WINNERS_CTE: &str = r#"
   SELECT * FROM e WHERE e."synclink$applies" AND NOT e."synclink$seen""#;
 
 /// `written`, for an upsert run: the winners over the rows here, in the order the sender made
-/// them, with the sender's values even for identity columns. A winner is written even when the
-/// row here has its values already: its new version is stamped either way, and the write is
-/// what this node's capture passes on to its other peers, which would otherwise keep the
-/// version it replaced. A row the insert met though the record found none (`exists` false) was
-/// inserted by another transaction after this statement's snapshot, where the row locks
-/// taken first could not reach it: it comes back as raced (a row found and updated has a
-/// non-zero xmax), so the caller refuses the run, which is delivered again and then meets
+/// them, with the sender's values even for identity columns; a row that would not change is
+/// left alone (no trigger of the table's fires for it) and comes back from the statement
+/// instead ([`passed_on`]). A row the insert met though the record found none (`exists`
+/// false) was inserted by another transaction after this statement's snapshot, where the row
+/// locks taken first could not reach it: it comes back as raced (a row found and updated has
+/// a non-zero xmax), so the caller refuses the run, which is delivered again and then meets
 /// that row as a conflict.
 fn upsert_cte(spec: &ApplySpec) -> String {
     let rest = non_key_columns(spec);
-    // A table of key columns only has nothing to update (its row, present, is the same
-    // everywhere; only its version is not passed on).
+    // A table of key columns only has nothing to update.
     let action = if rest.is_empty() {
         "DO NOTHING".to_string()
     } else {
         format!(
-            "DO UPDATE SET {}",
-            join(&rest, ", ", |x| format!("{x} = EXCLUDED.{x}", x = ident(x)))
+            r#"DO UPDATE SET {set}
+          WHERE ({here}) IS DISTINCT FROM ({incoming})"#,
+            set = join(&rest, ", ", |x| format!("{x} = EXCLUDED.{x}", x = ident(x))),
+            here = join(&rest, ", ", |x| compared(spec, "t", x)),
+            incoming = join(&rest, ", ", |x| compared(spec, "EXCLUDED", x)),
         )
     };
     format!(

@@ -160,16 +160,6 @@ pub fn compared(spec: &ApplySpec, alias: &str, col: &str) -> String {
 /// The upsert of rows read from `source` (aliased r); a row that would not change is left
 /// alone.
 pub fn upsert_from(spec: &ApplySpec, source: &str) -> String {
-    upsert_sql(spec, source, true)
-}
-
-/// The upsert of rows read from `source` (aliased r), every row written even where it has its
-/// values already: the write is what this node's capture passes on to its other peers.
-pub fn upsert_every_row_from(spec: &ApplySpec, source: &str) -> String {
-    upsert_sql(spec, source, false)
-}
-
-fn upsert_sql(spec: &ApplySpec, source: &str, skip_unchanged: bool) -> String {
     let cols = join(spec.columns, ", ", |c| ident(c));
     let select = join(spec.columns, ", ", |c| format!("r.{}", ident(c)));
     let keys = join(spec.key, ", ", |c| ident(c));
@@ -182,16 +172,12 @@ fn upsert_sql(spec: &ApplySpec, source: &str, skip_unchanged: bool) -> String {
     let action = if rest.is_empty() {
         "DO NOTHING".to_string()
     } else {
-        let set = join(&rest, ", ", |c| format!("{c} = EXCLUDED.{c}", c = ident(c)));
-        if skip_unchanged {
-            format!(
-                "DO UPDATE SET {set}\n WHERE ({}) IS DISTINCT FROM ({})",
-                join(&rest, ", ", |c| compared(spec, "t", c)),
-                join(&rest, ", ", |c| compared(spec, "EXCLUDED", c)),
-            )
-        } else {
-            format!("DO UPDATE SET {set}")
-        }
+        format!(
+            "DO UPDATE SET {}\n WHERE ({}) IS DISTINCT FROM ({})",
+            join(&rest, ", ", |c| format!("{c} = EXCLUDED.{c}", c = ident(c))),
+            join(&rest, ", ", |c| compared(spec, "t", c)),
+            join(&rest, ", ", |c| compared(spec, "EXCLUDED", c)),
+        )
     };
     format!(
         "INSERT INTO {table} AS t ({cols}) OVERRIDING SYSTEM VALUE\n\
@@ -500,45 +486,37 @@ fn apply_checked(
     stamps: &str,
 ) -> Result<()> {
     let bytes = rows.len() + stamps.len();
-    let (raced, absent) = crate::pg::privilege::as_owner_of(plans.relid, || {
+    let (raced, unchanged) = crate::pg::privilege::as_owner_of(plans.relid, || {
         Spi::connect_mut(|_| {
             // Parsed once for both statements: for a large record parsing is most of the work.
             let rows = crate::pg::plan::parse(plans.rows_type, rows);
             let stamps = crate::pg::plan::parse(plans.stamps_type, stamps);
             plans.lock.run(bytes, &[rows])?;
-            if !delete {
-                let stmt = if single {
-                    &plans.upsert_one
-                } else {
-                    &plans.upsert_run
-                };
-                return Ok::<_, pgrx::spi::SpiError>((
-                    stmt.run(bytes, &[rows, stamps])?.unwrap_or(0),
-                    None,
-                ));
-            }
-            let stmt = if single {
-                &plans.delete_one
+            let stmt = match (delete, single) {
+                (false, true) => &plans.upsert_one,
+                (true, true) => &plans.delete_one,
+                (false, false) => &plans.upsert_run,
+                (true, false) => &plans.delete_run,
+            };
+            // The rows to pass on are written in the wire's text form, as the capture
+            // function writes rows.
+            let settings: &[_] = if crate::data::wire::session_writes_wire_text() {
+                &[]
             } else {
-                &plans.delete_run
+                &crate::data::wire::SETTINGS
             };
-            // The deletes that found no row come back as text to be sent on: written in
-            // the wire's text form, as the capture function writes rows (the incoming rows
-            // were parsed already, under the session's own settings).
-            let run = || stmt.run_texts(bytes, &[rows, stamps]);
-            let result = if crate::data::wire::session_writes_wire_text() {
-                run()?
-            } else {
-                crate::pg::plan::with_settings(&crate::data::wire::SETTINGS, run)?
-            };
-            let absent = match &result[..] {
-                [Some(rows), Some(stamps)] => Some((rows.clone(), stamps.clone())),
-                _ => None,
-            };
-            Ok((0, absent))
+            Ok::<_, pgrx::spi::SpiError>(
+                match &stmt.run_texts(bytes, &[rows, stamps], settings)?[..] {
+                    [raced, Some(rows), Some(stamps)] => {
+                        (raced.clone(), Some((rows.clone(), stamps.clone())))
+                    }
+                    [raced, ..] => (raced.clone(), None),
+                    [] => (None, None),
+                },
+            )
         })
     })??;
-    if raced > 0 {
+    if raced.is_some_and(|n| n != "0") {
         // Nothing of the run stays: the error rolls the statement back, and the record is
         // delivered again.
         return Err(ApplyError::ConcurrentInsert {
@@ -546,18 +524,19 @@ fn apply_checked(
         }
         .into());
     }
-    if let Some((rows, stamps)) = absent {
-        pass_on_deletes(plans.relid, &rows, &stamps)?;
+    if let Some((rows, stamps)) = unchanged {
+        pass_on(plans.relid, delete, &rows, &stamps)?;
     }
     Ok(())
 }
 
-/// Pass on deletes that won here but found the row gone already (deleted here, or never
-/// here), to this node's other peers of the table that it sends to, as the capture would have
-/// passed them on had there been a row: each of those peers takes the version the delete
+/// Pass on changes that won here but changed nothing (an upsert of the values the row has, a
+/// delete of a row that is gone) to this node's other peers of the table that it sends to, as
+/// the capture passes on what the apply wrote: each of those peers takes the version the change
 /// made and decides later conflicts on the key as this node does. Through the queue, as every
-/// change being passed on goes, never back to the node it came from or began on.
-pub(crate) fn pass_on_deletes(relid: pg_sys::Oid, rows: &str, stamps: &str) -> Result<()> {
+/// change being passed on goes, never back to the node it came from or began on. `rows` and
+/// `stamps` are the record's text arrays.
+pub(crate) fn pass_on(relid: pg_sys::Oid, delete: bool, rows: &str, stamps: &str) -> Result<()> {
     let links: Vec<(i32, String)> = Spi::connect(|c| {
         c.select(
             "SELECT l.link_id, p.node_name FROM synclink.link l \
@@ -577,7 +556,12 @@ pub(crate) fn pass_on_deletes(relid: pg_sys::Oid, rows: &str, stamps: &str) -> R
     })?;
     for (link_id, node) in links {
         if !is_applying_from(&node) {
-            crate::data::ship::ship_change(link_id, b'D' as i8, None, Some(rows), Some(stamps))?;
+            let (op, new, old) = if delete {
+                (b'D', None, Some(rows))
+            } else {
+                (b'U', Some(rows), None)
+            };
+            crate::data::ship::ship_change(link_id, op as i8, new, old, Some(stamps))?;
         }
     }
     Ok(())

@@ -71,6 +71,7 @@ WITH m AS (
   SELECT w."id", w."name", w."updated_at" FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
+          WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
@@ -110,7 +111,12 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
-SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
+-- inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+       array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
+  FROM w WHERE w."synclink$exists"
+         AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS NOT DISTINCT FROM (w."name", w."updated_at");
 
 -- ==========================================================================================
 -- upsert, run of records, last_write_wins, no version column
@@ -175,6 +181,7 @@ WITH m AS (
   SELECT w."id", w."name", w."updated_at" FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
+          WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
@@ -214,7 +221,12 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
-SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
+-- inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+       array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
+  FROM w WHERE w."synclink$exists"
+         AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS NOT DISTINCT FROM (w."name", w."updated_at");
 
 -- ==========================================================================================
 -- upsert, run of records, prefer_node:shop_a
@@ -283,6 +295,7 @@ WITH m AS (
   SELECT w."id", w."name", w."updated_at" FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
+          WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
@@ -322,7 +335,12 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
-SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
+-- inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+       array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
+  FROM w WHERE w."synclink$exists"
+         AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS NOT DISTINCT FROM (w."name", w."updated_at");
 
 -- ==========================================================================================
 -- upsert, run of records, manual
@@ -387,6 +405,7 @@ WITH m AS (
   SELECT w."id", w."name", w."updated_at" FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
+          WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
@@ -426,7 +445,12 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
-SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
+-- inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+       array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
+  FROM w WHERE w."synclink$exists"
+         AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS NOT DISTINCT FROM (w."name", w."updated_at");
 
 -- ==========================================================================================
 -- delete, run of records, last_write_wins, version column updated_at
@@ -525,9 +549,10 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- the deletes that found no row here, to be passed on
-SELECT array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row")::text,
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)::text
+-- the deletes that found no row here, to pass on
+SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+       array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
 
 -- ==========================================================================================
@@ -636,9 +661,10 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- the deletes that found no row here, to be passed on
-SELECT array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row")::text,
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)::text
+-- the deletes that found no row here, to pass on
+SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+       array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
 
 -- ==========================================================================================
@@ -738,9 +764,10 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- the deletes that found no row here, to be passed on
-SELECT array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row")::text,
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)::text
+-- the deletes that found no row here, to pass on
+SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+       array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
 
 -- ==========================================================================================
@@ -808,6 +835,7 @@ WITH m AS (
   SELECT w."id", w."name", w."updated_at" FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
+          WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
@@ -847,7 +875,12 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
-SELECT count(*) FILTER (WHERE "synclink$raced") FROM written;
+-- inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+       array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
+  FROM w WHERE w."synclink$exists"
+         AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS NOT DISTINCT FROM (w."name", w."updated_at");
 
 -- ==========================================================================================
 -- delete, single record, last_write_wins, no version column
@@ -943,7 +976,8 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- the deletes that found no row here, to be passed on
-SELECT array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row")::text,
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)::text
+-- the deletes that found no row here, to pass on
+SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+       array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
