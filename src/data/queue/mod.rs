@@ -187,9 +187,12 @@ fn fanout_for(peer: &str) -> String {
 }
 
 /// Whether this database's catalog has synclink.fanout (a catalog of 0.4.0, before ALTER
-/// EXTENSION synclink UPDATE, has not).
+/// EXTENSION synclink UPDATE, has not; nor has a database without synclink).
 pub fn fanout_exists() -> bool {
-    synclink_relation(c"fanout") != pg_sys::InvalidOid
+    // SAFETY: a syscache lookup by a NUL-terminated name; missing_ok: a database where
+    // synclink was dropped meanwhile (the worker may look before it notices) has no schema.
+    let schema = unsafe { pg_sys::get_namespace_oid(c"synclink".as_ptr(), true) };
+    schema != pg_sys::InvalidOid && synclink_relation(c"fanout") != pg_sys::InvalidOid
 }
 
 /// Hand on the records for several peers (synclink.fanout) as a record per peer in the outbox,

@@ -183,6 +183,22 @@ const LINGER_PER_RECORD: Duration = Duration::from_micros(500);
 const LINGER_FREE: i64 = 8;
 static MAX_LINGER_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(100);
 
+/// Hand on records for several peers (synclink.fanout) to each peer's queue, as many as a
+/// round delivers to a peer, a batch per transaction of its own, so that no peer's delivery
+/// holds them locked for the others' and no transaction holds many. True when the last batch
+/// was full: more may wait, and the next round should come at once.
+fn hand_on_batches() -> bool {
+    let batch = crate::data::queue::HAND_ON_BATCH;
+    for _ in 0..(WORKER_BATCH / batch).max(1) {
+        let moved =
+            BackgroundWorker::transaction(|| crate::data::queue::hand_on(Some(batch)).or_raise());
+        if moved < batch {
+            return false;
+        }
+    }
+    true
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
@@ -229,11 +245,16 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                 .iter()
                 .all(|p| backoff.get(p).is_some_and(|b| b.until > round));
         if all_backed_off && listed_at.elapsed() < SWEEP_EVERY {
+            // Records for several peers are handed on all the same, so that they neither pile
+            // up unseen nor keep the first peer back that returns.
+            if hand_on_batches() {
+                nap = Duration::ZERO;
+            }
             continue;
         }
         arm(slot);
         listed_at = round;
-        let peers: Option<Option<(Vec<String>, bool)>> = BackgroundWorker::transaction(|| {
+        let peers: Option<Option<Vec<String>>> = BackgroundWorker::transaction(|| {
             // This library reads the catalog of its own version only: after the library was
             // upgraded, the worker waits for ALTER EXTENSION synclink UPDATE.
             let installed = crate::pg::spi::prepared_read(
@@ -265,18 +286,13 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                         },
                     )
                     .or_raise();
-                    // Records for several peers become each peer's, in a transaction of their
-                    // own, so that no peer's delivery holds them locked for the others'.
-                    let batch = crate::data::queue::HAND_ON_BATCH;
-                    let more = crate::data::queue::hand_on(Some(batch)).or_raise() >= batch;
-                    (peers, more)
+                    peers
                 })
             })
         });
         let peers = match peers {
-            Some(Some((peers, more))) => {
-                // a full batch handed on: more may wait, so the next round comes at once
-                if more {
+            Some(Some(peers)) => {
+                if hand_on_batches() {
                     nap = Duration::ZERO;
                 }
                 peers
