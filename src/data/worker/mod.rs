@@ -276,7 +276,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
             .or_raise();
             installed.map(|current| {
                 current.then(|| {
-                    let peers = crate::pg::spi::prepared_read(
+                    crate::pg::spi::prepared_read(
                         "SELECT peer_name FROM synclink.peer",
                         &[],
                         &[],
@@ -285,8 +285,7 @@ pub extern "C-unwind" fn synclink_delivery_main(arg: pg_sys::Datum) {
                                 .collect()
                         },
                     )
-                    .or_raise();
-                    peers
+                    .or_raise()
                 })
             })
         });
