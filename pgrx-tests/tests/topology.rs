@@ -388,6 +388,58 @@ fn a_conflict_settled_by_hand_on_the_hub_or_on_a_child_is_settled_on_every_node(
 }
 
 #[test]
+fn in_a_mesh_of_manual_links_one_choice_settles_the_conflict_on_every_node() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async', conflict => 'manual'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async', conflict => 'manual'); \
+         INSERT INTO prices VALUES (1, 10);",
+    )
+    .unwrap();
+    b.batch_execute("SELECT sync_link_table('prices', 'c', mode => 'async', conflict => 'manual')")
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    a.batch_execute("UPDATE prices SET amount = 11").unwrap();
+    b.batch_execute("UPDATE prices SET amount = 12").unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    // a and b each keep their row; c took the first to arrive and met the other
+    assert_eq!(rows(&mut a, "prices"), ["(1,11)"]);
+    assert_eq!(rows(&mut b, "prices"), ["(1,12)"]);
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(open_conflicts(n).len(), 1);
+    }
+    // settled on a, keeping b's row: a and b settle it, and pass it on to c, whose own
+    // conflict on the row is about rows that are gone now
+    let on_a = open_conflicts(&mut a);
+    a.execute("SELECT sync_resolve($1, keep => 'peer')", &[&on_a[0].0])
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    let versions_a = versions(&mut a, "prices");
+    for (i, n) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
+        assert_eq!(rows(n, "prices"), ["(1,12)"]);
+        assert_eq!(versions(n, "prices"), versions_a);
+        let log: Vec<String> = n
+            .query(
+                "SELECT format('%s %s %s %s %s', peer_name, kind, local_version, peer_version, outcome) \
+                   FROM synclink.conflict ORDER BY conflict_id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(open_conflicts(n).is_empty(), "node {i}: {log:?}");
+    }
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM synclink.conflict WHERE outcome = 'superseded'"
+        ),
+        1
+    );
+}
+
+#[test]
 fn a_child_that_is_down_gets_what_the_hub_relayed_meanwhile_and_the_others_keep_going() {
     let (nodes, mut a, _) =
         Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();

@@ -57,6 +57,7 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool, single: bool) -> String 
 ), written AS ({write}
 ), versions AS ({stamp}
 ), superseded AS ({supersede}
+), moved_on AS ({moved_on}
 ), logged AS ({log}
 )
 {result}"#,
@@ -73,6 +74,7 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool, single: bool) -> String 
         },
         stamp = stamp_cte(c),
         supersede = supersede_cte(c),
+        moved_on = moved_on_cte(c),
         log = log_cte(c, delete),
         result = passed_on(c.apply, delete),
     )
@@ -391,6 +393,26 @@ fn supersede_cte(c: &CheckedSpec) -> String {
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = {link_id} AND o.key = {key}"#,
         link_id = c.link_id,
+        key = key_json(c.apply),
+    )
+}
+
+/// `moved_on`: a conflict still open on a key that a change now reaches without a conflict (on
+/// any link of the table) is about rows that are gone too: among several nodes, the row a
+/// conflict was settled with elsewhere (sync_resolve) arrives here as a change made on top of
+/// the row here. Keys other than `superseded`'s, so no conflict is updated twice. Whether the
+/// table has an open conflict at all is asked first, once per statement, through the index of
+/// open conflicts (by link): the log of a busy table holds many settled ones.
+fn moved_on_cte(c: &CheckedSpec) -> String {
+    format!(
+        r#"
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM w d
+   WHERE NOT d."synclink$conflict"
+     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
+                  WHERE l.relid = {relid}::regclass AND x.outcome = 'open')
+     AND o.relid = {relid}::regclass AND o.key = {key} AND o.outcome = 'open'"#,
+        relid = literal(&c.apply.table),
         key = key_json(c.apply),
     )
 }

@@ -84,6 +84,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
+), moved_on AS (
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM w d
+   WHERE NOT d."synclink$conflict"
+     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
+                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -194,6 +201,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
+), moved_on AS (
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM w d
+   WHERE NOT d."synclink$conflict"
+     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
+                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -308,6 +322,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
+), moved_on AS (
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM w d
+   WHERE NOT d."synclink$conflict"
+     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
+                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -418,6 +439,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
+), moved_on AS (
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM w d
+   WHERE NOT d."synclink$conflict"
+     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
+                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -524,6 +552,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
+), moved_on AS (
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM w d
+   WHERE NOT d."synclink$conflict"
+     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
+                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -636,6 +671,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
+), moved_on AS (
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM w d
+   WHERE NOT d."synclink$conflict"
+     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
+                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -739,6 +781,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
+), moved_on AS (
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM w d
+   WHERE NOT d."synclink$conflict"
+     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
+                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -848,6 +897,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
+), moved_on AS (
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM w d
+   WHERE NOT d."synclink$conflict"
+     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
+                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -951,6 +1007,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before" AND o.outcome = 'open'
      AND o.link_id = 3 AND o.key = jsonb_build_object('id', d."id")
+), moved_on AS (
+  UPDATE synclink.conflict o SET outcome = 'superseded'
+    FROM w d
+   WHERE NOT d."synclink$conflict"
+     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
+                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
