@@ -401,15 +401,32 @@ fn in_a_mesh_of_manual_links_one_choice_settles_the_conflict_on_every_node() {
     settle(&mut [&mut a, &mut b, &mut c]);
     a.batch_execute("UPDATE prices SET amount = 11").unwrap();
     b.batch_execute("UPDATE prices SET amount = 12").unwrap();
+    // a's change reaches b first through c: b logs the conflict on its link with c, and the
+    // same change arriving from a later is not logged again
+    flush_to(&mut a, "c");
+    flush_to(&mut c, "b");
     settle(&mut [&mut a, &mut b, &mut c]);
-    // a and b each keep their row; c took the first to arrive and met the other
+    let peers = |n: &mut Client| -> Vec<String> {
+        n.query(
+            "SELECT peer_name FROM synclink.conflict WHERE outcome = 'open'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    assert_eq!(peers(&mut a), ["b"]);
+    assert_eq!(peers(&mut b), ["c"]);
+    assert_eq!(peers(&mut c), ["b"]);
+    // a and b each keep their row; c took a's, the first to arrive, and met b's
     assert_eq!(rows(&mut a, "prices"), ["(1,11)"]);
     assert_eq!(rows(&mut b, "prices"), ["(1,12)"]);
     for n in [&mut a, &mut b, &mut c] {
         assert_eq!(open_conflicts(n).len(), 1);
     }
-    // settled on a, keeping b's row: a and b settle it, and pass it on to c, whose own
-    // conflict on the row is about rows that are gone now
+    // settled on a, keeping b's row: a and b settle it (b closing its conflict, logged by
+    // another link) and pass it on to c, whose own conflict is about rows that are gone now
     let on_a = open_conflicts(&mut a);
     a.execute("SELECT sync_resolve($1, keep => 'peer')", &[&on_a[0].0])
         .unwrap();

@@ -80,13 +80,20 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool, single: bool) -> String 
     )
 }
 
-/// What the statement returns: how many rows it expected to insert but found inserted
-/// meanwhile by someone else, and the winners that change nothing here: an upsert of the
+/// What the statement returns: how many rows it expected to insert afresh but did not (raced),
+/// and the winners that change nothing here: an upsert of the
 /// values the row has already, a delete of a row that is gone. Their versions are stamped,
 /// but no row is written, so this node's capture cannot see them; they come back (the rows as
 /// sent, and their stamps with the version here as base) for the caller to pass on to this
 /// node's other peers, which would otherwise keep the version they replaced and decide a
 /// later conflict on the key otherwise than this node.
+///
+/// A record that found no row here expects its insert to be fresh. One that is not met a row
+/// another transaction inserted after this statement's snapshot, where the row locks taken
+/// first could not reach it (or a trigger of the table's skipped the insert): the caller then
+/// refuses the run, which is delivered again and then meets that row as a conflict. Counted,
+/// not matched key by key, so that the check reads each part once whatever the run's size. A
+/// delete never expects to create a row.
 fn passed_on(spec: &ApplySpec, delete: bool) -> String {
     let (unchanged, op) = if delete {
         (r#"NOT w."synclink$exists""#.to_string(), 'D')
@@ -105,15 +112,21 @@ fn passed_on(spec: &ApplySpec, delete: bool) -> String {
     };
     format!(
         r#"-- {said}
-SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+SELECT {raced},
        array_agg({row}),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", '{op}')::synclink.stamp)
   FROM w WHERE {unchanged}"#,
         row = incoming_row(spec, "w."),
+        raced = if delete {
+            "0"
+        } else {
+            r#"(SELECT count(*) FROM w WHERE NOT w."synclink$exists")
+         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written)"#
+        },
         said = if delete {
             "the deletes that found no row here, to pass on"
         } else {
-            "inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on"
+            "inserts that were not fresh; the rows that already were as sent, to pass on"
         },
     )
 }
@@ -315,11 +328,9 @@ const WINNERS_CTE: &str = r#"
 /// `written`, for an upsert run: the winners over the rows here, in the order the sender made
 /// them, with the sender's values even for identity columns; a row that would not change is
 /// left alone (no trigger of the table's fires for it) and comes back from the statement
-/// instead ([`passed_on`]). A row the insert met though the record found none (`exists`
-/// false) was inserted by another transaction after this statement's snapshot, where the row
-/// locks taken first could not reach it: it comes back as raced (a row found and updated has
-/// a non-zero xmax), so the caller refuses the run, which is delivered again and then meets
-/// that row as a conflict.
+/// instead ([`passed_on`]). Each row written says whether it was inserted afresh (a row found
+/// and updated has a non-zero xmax), which [`passed_on`] counts against the records that
+/// found no row here.
 fn upsert_cte(spec: &ApplySpec) -> String {
     let rest = non_key_columns(spec);
     // A table of key columns only has nothing to update.
@@ -340,23 +351,19 @@ fn upsert_cte(spec: &ApplySpec) -> String {
   SELECT {values} FROM w ORDER BY w."synclink$ord"
   ON CONFLICT ({keys})
   {action}
-  RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE {key_match} AND w."synclink$exists") AS "synclink$raced""#,
+  RETURNING t.xmax::text = '0' AS "synclink$fresh""#,
         table = spec.table,
         columns = join(spec.columns, ", ", |x| ident(x)),
         values = join(spec.columns, ", ", |x| format!("w.{}", ident(x))),
         keys = key_list(spec, ""),
-        key_match = key_match(spec, "w", "t"),
     )
 }
 
-/// `written`, for a delete run: the winners' rows removed here. It returns the column the
-/// upsert returns, so the statement ends alike; a delete never expects to create a row, so
-/// none is raced.
+/// `written`, for a delete run: the winners' rows removed here.
 fn delete_cte(spec: &ApplySpec) -> String {
     format!(
         r#"
-  DELETE FROM {table} t USING w WHERE {key_match}
-  RETURNING false AS "synclink$raced""#,
+  DELETE FROM {table} t USING w WHERE {key_match}"#,
         table = spec.table,
         key_match = key_match(spec, "t", "w"),
     )
@@ -401,8 +408,10 @@ fn supersede_cte(c: &CheckedSpec) -> String {
 /// any link of the table) is about rows that are gone too: among several nodes, the row a
 /// conflict was settled with elsewhere (sync_resolve) arrives here as a change made on top of
 /// the row here. Keys other than `superseded`'s, so no conflict is updated twice. Whether the
-/// table has an open conflict at all is asked first, once per statement, through the index of
-/// open conflicts (by link): the log of a busy table holds many settled ones.
+/// table has an open conflict at all is asked first, once per statement, and the conflicts are
+/// found by link through the index of open conflicts: the log of a busy table holds many
+/// settled ones, and a table owner's reads of it pass its row security policies, which let no
+/// index search by the jsonb key.
 fn moved_on_cte(c: &CheckedSpec) -> String {
     format!(
         r#"
@@ -411,7 +420,8 @@ fn moved_on_cte(c: &CheckedSpec) -> String {
    WHERE NOT d."synclink$conflict"
      AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
                   WHERE l.relid = {relid}::regclass AND x.outcome = 'open')
-     AND o.relid = {relid}::regclass AND o.key = {key} AND o.outcome = 'open'"#,
+     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = {relid}::regclass)
+     AND o.outcome = 'open' AND o.key = {key}"#,
         relid = literal(&c.apply.table),
         key = key_json(c.apply),
     )

@@ -80,7 +80,7 @@ impl SqlError for ApplyError {
             }
             ApplyError::NotTheInbox => "Drop this trigger.".into(),
             ApplyError::ConcurrentInsert { .. } => {
-                "Nothing was applied; the change is delivered again and then meets the new row as a conflict.".into()
+                "Nothing was applied; the change is delivered again and then meets the new row as a conflict. If it keeps coming back, a BEFORE INSERT trigger on the table is skipping rows synclink writes: it must let them through.".into()
             }
             ApplyError::InboxAltered(_) => {
                 "synclink.inbox was changed by hand: it must keep the columns and types the extension made it with.".into()

@@ -72,7 +72,7 @@ WITH m AS (
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
           WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
-  RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
+  RETURNING t.xmax::text = '0' AS "synclink$fresh"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
@@ -90,7 +90,8 @@ WITH m AS (
    WHERE NOT d."synclink$conflict"
      AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
                   WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
-     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
+     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
+     AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -118,8 +119,9 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on
-SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+-- inserts that were not fresh; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FROM w WHERE NOT w."synclink$exists")
+         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
   FROM w WHERE w."synclink$exists"
@@ -189,7 +191,7 @@ WITH m AS (
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
           WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
-  RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
+  RETURNING t.xmax::text = '0' AS "synclink$fresh"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
@@ -207,7 +209,8 @@ WITH m AS (
    WHERE NOT d."synclink$conflict"
      AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
                   WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
-     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
+     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
+     AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -235,8 +238,9 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on
-SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+-- inserts that were not fresh; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FROM w WHERE NOT w."synclink$exists")
+         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
   FROM w WHERE w."synclink$exists"
@@ -310,7 +314,7 @@ WITH m AS (
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
           WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
-  RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
+  RETURNING t.xmax::text = '0' AS "synclink$fresh"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
@@ -328,7 +332,8 @@ WITH m AS (
    WHERE NOT d."synclink$conflict"
      AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
                   WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
-     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
+     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
+     AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -356,8 +361,9 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on
-SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+-- inserts that were not fresh; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FROM w WHERE NOT w."synclink$exists")
+         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
   FROM w WHERE w."synclink$exists"
@@ -427,7 +433,7 @@ WITH m AS (
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
           WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
-  RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
+  RETURNING t.xmax::text = '0' AS "synclink$fresh"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
@@ -445,7 +451,8 @@ WITH m AS (
    WHERE NOT d."synclink$conflict"
      AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
                   WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
-     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
+     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
+     AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -473,8 +480,9 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on
-SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+-- inserts that were not fresh; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FROM w WHERE NOT w."synclink$exists")
+         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
   FROM w WHERE w."synclink$exists"
@@ -540,7 +548,6 @@ WITH m AS (
   SELECT * FROM e WHERE e."synclink$applies" AND NOT e."synclink$seen"
 ), written AS (
   DELETE FROM "public"."p" t USING w WHERE t."id" = w."id"
-  RETURNING false AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
@@ -558,7 +565,8 @@ WITH m AS (
    WHERE NOT d."synclink$conflict"
      AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
                   WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
-     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
+     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
+     AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -585,7 +593,7 @@ WITH m AS (
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 -- the deletes that found no row here, to pass on
-SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+SELECT 0,
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
@@ -659,7 +667,6 @@ WITH m AS (
   SELECT * FROM e WHERE e."synclink$applies" AND NOT e."synclink$seen"
 ), written AS (
   DELETE FROM "public"."p" t USING w WHERE t."id" = w."id"
-  RETURNING false AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
@@ -677,7 +684,8 @@ WITH m AS (
    WHERE NOT d."synclink$conflict"
      AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
                   WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
-     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
+     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
+     AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -704,7 +712,7 @@ WITH m AS (
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 -- the deletes that found no row here, to pass on
-SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+SELECT 0,
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
@@ -769,7 +777,6 @@ WITH m AS (
   SELECT * FROM e WHERE e."synclink$applies" AND NOT e."synclink$seen"
 ), written AS (
   DELETE FROM "public"."p" t USING w WHERE t."id" = w."id"
-  RETURNING false AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
@@ -787,7 +794,8 @@ WITH m AS (
    WHERE NOT d."synclink$conflict"
      AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
                   WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
-     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
+     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
+     AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -814,7 +822,7 @@ WITH m AS (
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 -- the deletes that found no row here, to pass on
-SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+SELECT 0,
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
@@ -885,7 +893,7 @@ WITH m AS (
   ON CONFLICT ("id")
   DO UPDATE SET "name" = EXCLUDED."name", "updated_at" = EXCLUDED."updated_at"
           WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
-  RETURNING t.xmax::text <> '0' AND NOT EXISTS (SELECT FROM w WHERE w."id" = t."id" AND w."synclink$exists") AS "synclink$raced"
+  RETURNING t.xmax::text = '0' AS "synclink$fresh"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
@@ -903,7 +911,8 @@ WITH m AS (
    WHERE NOT d."synclink$conflict"
      AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
                   WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
-     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
+     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
+     AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -931,8 +940,9 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- inserts that met a row inserted meanwhile; the rows that already were as sent, to pass on
-SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+-- inserts that were not fresh; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FROM w WHERE NOT w."synclink$exists")
+         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
   FROM w WHERE w."synclink$exists"
@@ -995,7 +1005,6 @@ WITH m AS (
   SELECT * FROM e WHERE e."synclink$applies" AND NOT e."synclink$seen"
 ), written AS (
   DELETE FROM "public"."p" t USING w WHERE t."id" = w."id"
-  RETURNING false AS "synclink$raced"
 ), versions AS (
   INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
   SELECT w."id", w."synclink$at", w."synclink$node" FROM w
@@ -1013,7 +1022,8 @@ WITH m AS (
    WHERE NOT d."synclink$conflict"
      AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
                   WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
-     AND o.relid = '"public"."p"'::regclass AND o.key = jsonb_build_object('id', d."id") AND o.outcome = 'open'
+     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
+     AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
   INSERT INTO synclink.conflict (link_id, relid, peer_name, key, kind, policy, local_row, peer_row,
                                  columns, local_version, peer_version, outcome)
@@ -1040,7 +1050,7 @@ WITH m AS (
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
 -- the deletes that found no row here, to pass on
-SELECT (SELECT count(*) FILTER (WHERE "synclink$raced") FROM written),
+SELECT 0,
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
