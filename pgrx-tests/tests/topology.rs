@@ -403,8 +403,8 @@ fn in_a_mesh_of_manual_links_one_choice_settles_the_conflict_on_every_node() {
     b.batch_execute("UPDATE prices SET amount = 12").unwrap();
     // a's change reaches b first through c: b logs the conflict on its link with c, and the
     // same change arriving from a later is not logged again
-    flush_to(&mut a, "c");
-    flush_to(&mut c, "b");
+    assert_eq!(flush_to(&mut a, "c"), 1);
+    assert_eq!(flush_to(&mut c, "b"), 1);
     settle(&mut [&mut a, &mut b, &mut c]);
     let peers = |n: &mut Client| -> Vec<String> {
         n.query(
@@ -427,6 +427,7 @@ fn in_a_mesh_of_manual_links_one_choice_settles_the_conflict_on_every_node() {
     }
     // settled on a, keeping b's row: a and b settle it (b closing its conflict, logged by
     // another link) and pass it on to c, whose own conflict is about rows that are gone now
+    // (settle delivers a's copy first, which c takes; b's is then one c holds already)
     let on_a = open_conflicts(&mut a);
     a.execute("SELECT sync_resolve($1, keep => 'peer')", &[&on_a[0].0])
         .unwrap();

@@ -194,7 +194,7 @@ fn ship(
     Ok(ship_change(link_id, op, new_rows, old_rows, stamps)?)
 }
 
-pub(crate) fn ship_change(
+fn ship_change(
     link_id: i32,
     op: i8,
     new_rows: Option<&str>,

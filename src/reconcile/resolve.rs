@@ -63,6 +63,7 @@ crate::pg::error::reported_as_sql_error!(ConflictError);
 /// What both nodes need to settle one row by hand: the link's table as this node names it,
 /// and as the peer does.
 struct RowTarget {
+    link_id: i32,
     relid: pg_sys::Oid,
     table: String,
     peer_schema: String,
@@ -88,6 +89,7 @@ impl RowTarget {
                 .next()
                 .ok_or(crate::pg::spi::Missing("link of the conflict"))?;
             Ok(RowTarget {
+                link_id,
                 table: need(&r, 1, "name of the link's table")?,
                 row_type: need(&r, 2, "synclink.link.row_type")?,
                 columns: need(&r, 3, "synclink.link.columns")?,
@@ -214,9 +216,11 @@ impl RowTarget {
         Ok(())
     }
 
-    /// Close the open conflicts on this key and remember the choice, on every link of the
-    /// table: among several nodes the same two changes may have met here by another link (a
-    /// change is logged once, by the first path that brings it), and may meet again by any.
+    /// Close the open conflicts on this key and remember the choice. Among several nodes the
+    /// same two rows may have met here by another link of the table (a change is logged once,
+    /// by the first path that brings it): such a conflict, about the same two rows, is closed
+    /// too; one about other rows stays open. The choice is remembered for the link, and found
+    /// by every link of the table (apply::checked).
     fn close(
         &self,
         key: &serde_json::Value,
@@ -225,23 +229,29 @@ impl RowTarget {
     ) -> Result<(), SpiError> {
         let json = || pgrx::JsonB(key.clone());
         Spi::run_with_args(
-            "UPDATE synclink.conflict SET outcome = 'resolved', resolved_at = clock_timestamp(), \
+            "UPDATE synclink.conflict c SET outcome = 'resolved', resolved_at = clock_timestamp(), \
                     resolved_by = $3, kept = $4 \
-              WHERE link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = $1::regclass) \
-                AND key = $2 AND outcome = 'open'",
+              WHERE c.key = $2 AND c.outcome = 'open' \
+                AND (c.link_id = $1 \
+                     OR c.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = $5::regclass) \
+                        AND ARRAY[least(coalesce(md5(c.local_row::text), 'absent'), \
+                                        coalesce(md5(c.peer_row::text), 'absent')), \
+                                  greatest(coalesce(md5(c.local_row::text), 'absent'), \
+                                           coalesce(md5(c.peer_row::text), 'absent'))] = $6)",
             &[
-                self.relid.into(),
+                self.link_id.into(),
                 json().into(),
                 by.into(),
                 decision.node.as_str().into(),
+                self.relid.into(),
+                decision.rows.to_vec().into(),
             ],
         )?;
         Spi::run_with_args(
-            "INSERT INTO synclink.resolution (link_id, key, rows, kept) \
-             SELECT l.link_id, $2, $3, $4 FROM synclink.link l WHERE l.relid = $1::regclass \
+            "INSERT INTO synclink.resolution (link_id, key, rows, kept) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (link_id, key, rows) DO UPDATE SET kept = EXCLUDED.kept, resolved_at = now()",
             &[
-                self.relid.into(),
+                self.link_id.into(),
                 json().into(),
                 decision.rows.to_vec().into(),
                 decision.kept.as_str().into(),

@@ -80,33 +80,48 @@ pub fn checked_apply_sql(c: &CheckedSpec, delete: bool, single: bool) -> String 
     )
 }
 
-/// What the statement returns: how many rows it expected to insert afresh but did not (raced),
-/// and the winners that change nothing here: an upsert of the
+/// What the statement returns: how many rows it found inserted meanwhile by someone else
+/// (raced), and the winners that change nothing here: an upsert of the
 /// values the row has already, a delete of a row that is gone. Their versions are stamped,
 /// but no row is written, so this node's capture cannot see them; they come back (the rows as
 /// sent, and their stamps with the version here as base) for the caller to pass on to this
 /// node's other peers, which would otherwise keep the version they replaced and decide a
 /// later conflict on the key otherwise than this node.
 ///
-/// A record that found no row here expects its insert to be fresh. One that is not met a row
-/// another transaction inserted after this statement's snapshot, where the row locks taken
-/// first could not reach it (or a trigger of the table's skipped the insert): the caller then
-/// refuses the run, which is delivered again and then meets that row as a conflict. Counted,
-/// not matched key by key, so that the check reads each part once whatever the run's size. A
-/// delete never expects to create a row.
+/// A row the upsert updated though its record found none here (`exists` false) was inserted
+/// by another transaction after this statement's snapshot, where the row locks taken first
+/// could not reach it: it counts as raced, and the caller refuses the run, which is delivered
+/// again and then meets that row as a conflict. (A delivery's REPEATABLE READ transaction
+/// fails on such a row before this, 40001; a row inserted meanwhile with the very values sent
+/// is caught only there.) Counted rather than matched key by key, so that each part is read
+/// once whatever the run's size: rows updated, less the records that found a row and change
+/// it. A delete never expects to create a row.
 fn passed_on(spec: &ApplySpec, delete: bool) -> String {
+    let rest = non_key_columns(spec);
+    let differ = || {
+        format!(
+            "({here}) IS DISTINCT FROM ({incoming})",
+            here = join(&rest, ", ", |x| compared(spec, r#"(w."synclink$here")"#, x)),
+            incoming = join(&rest, ", ", |x| compared(spec, "w", x)),
+        )
+    };
+    // A table of key columns only updates nothing.
+    let changed_count = if rest.is_empty() {
+        "0".to_string()
+    } else {
+        format!(
+            r#"(SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
+         - (SELECT count(*) FROM w WHERE w."synclink$exists" AND {})"#,
+            differ()
+        )
+    };
     let (unchanged, op) = if delete {
         (r#"NOT w."synclink$exists""#.to_string(), 'D')
     } else {
-        let rest = non_key_columns(spec);
         let same = if rest.is_empty() {
             String::new()
         } else {
-            format!(
-                "\n         AND ({here}) IS NOT DISTINCT FROM ({incoming})",
-                here = join(&rest, ", ", |x| compared(spec, r#"(w."synclink$here")"#, x)),
-                incoming = join(&rest, ", ", |x| compared(spec, "w", x)),
-            )
+            format!("\n         AND NOT {}", differ())
         };
         (format!(r#"w."synclink$exists"{same}"#), 'U')
     };
@@ -117,16 +132,11 @@ SELECT {raced},
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", '{op}')::synclink.stamp)
   FROM w WHERE {unchanged}"#,
         row = incoming_row(spec, "w."),
-        raced = if delete {
-            "0"
-        } else {
-            r#"(SELECT count(*) FROM w WHERE NOT w."synclink$exists")
-         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written)"#
-        },
+        raced = if delete { "0" } else { &changed_count },
         said = if delete {
             "the deletes that found no row here, to pass on"
         } else {
-            "inserts that were not fresh; the rows that already were as sent, to pass on"
+            "rows found inserted meanwhile; the rows that already were as sent, to pass on"
         },
     )
 }
@@ -271,8 +281,9 @@ fn policy_wins(policy: &Policy, delete: bool) -> String {
 }
 
 /// `r`: for a conflict, the choice sync_resolve made before for the same two rows on this key,
-/// if any (the hash of the row it kept), so a conflict already settled by hand is not asked
-/// about again. The pair is sorted so that both nodes name it alike. `met_before`: this node
+/// by any link of the table (the latest), if any (the hash of the row it kept), so a conflict
+/// already settled by hand is not asked about again, whichever path brings it. The pair is
+/// sorted so that both nodes name it alike. `met_before`: this node
 /// logged the same two versions of the row meeting already, under the same policy, from
 /// another peer: in a mesh a change arrives by each path it can take, and a conflict is
 /// logged once where it met.
@@ -283,10 +294,11 @@ fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id = {link_id}
+                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = {relid}::regclass)
                        AND r.key = {key}
                        AND r.rows = ARRAY[least({here}, {incoming}),
-                                          greatest({here}, {incoming})])
+                                          greatest({here}, {incoming})]
+                     ORDER BY r.resolved_at DESC LIMIT 1)
               END AS "synclink$remembered",
          d."synclink$conflict"
          AND EXISTS (SELECT FROM synclink.conflict o
@@ -297,7 +309,6 @@ fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
                             = (d."synclink$at", d."synclink$node")
                         AND o.policy = {policy}) AS "synclink$met_before"
     FROM d"#,
-        link_id = c.link_id,
         key = key_json(spec),
         relid = literal(&spec.table),
         policy = literal(&c.policy.label()),
@@ -329,8 +340,7 @@ const WINNERS_CTE: &str = r#"
 /// them, with the sender's values even for identity columns; a row that would not change is
 /// left alone (no trigger of the table's fires for it) and comes back from the statement
 /// instead ([`passed_on`]). Each row written says whether it was inserted afresh (a row found
-/// and updated has a non-zero xmax), which [`passed_on`] counts against the records that
-/// found no row here.
+/// and updated has a non-zero xmax), which [`passed_on`] counts.
 fn upsert_cte(spec: &ApplySpec) -> String {
     let rest = non_key_columns(spec);
     // A table of key columns only has nothing to update.

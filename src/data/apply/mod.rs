@@ -80,7 +80,7 @@ impl SqlError for ApplyError {
             }
             ApplyError::NotTheInbox => "Drop this trigger.".into(),
             ApplyError::ConcurrentInsert { .. } => {
-                "Nothing was applied; the change is delivered again and then meets the new row as a conflict. If it keeps coming back, a BEFORE INSERT trigger on the table is skipping rows synclink writes: it must let them through.".into()
+                "Nothing was applied; the change is delivered again and then meets the new row as a conflict.".into()
             }
             ApplyError::InboxAltered(_) => {
                 "synclink.inbox was changed by hand: it must keep the columns and types the extension made it with.".into()
@@ -516,7 +516,12 @@ fn apply_checked(
             )
         })
     })??;
-    if raced.is_some_and(|n| n != "0") {
+    // Positive when a row was found inserted meanwhile; a table's BEFORE UPDATE trigger that
+    // skips a row can only lower the count.
+    if raced
+        .and_then(|n| n.parse::<i64>().ok())
+        .is_some_and(|n| n > 0)
+    {
         // Nothing of the run stays: the error rolls the statement back, and the record is
         // delivered again.
         return Err(ApplyError::ConcurrentInsert {
@@ -537,9 +542,9 @@ fn apply_checked(
 /// change being passed on goes, never back to the node it came from or began on. `rows` and
 /// `stamps` are the record's text arrays.
 pub(crate) fn pass_on(relid: pg_sys::Oid, delete: bool, rows: &str, stamps: &str) -> Result<()> {
-    let links: Vec<(i32, String)> = Spi::connect(|c| {
+    let links: Vec<(i32, String, String)> = Spi::connect(|c| {
         c.select(
-            "SELECT l.link_id, p.node_name FROM synclink.link l \
+            "SELECT l.link_id, l.peer_name, p.node_name FROM synclink.link l \
                JOIN synclink.peer p USING (peer_name) \
               WHERE l.relid = $1::oid::regclass AND l.direction <> 'pull' \
               ORDER BY l.link_id",
@@ -549,19 +554,22 @@ pub(crate) fn pass_on(relid: pg_sys::Oid, delete: bool, rows: &str, stamps: &str
         .map(|r| {
             Ok((
                 need(&r, 1, "id of a link")?,
-                need(&r, 2, "node of a link's peer")?,
+                need(&r, 2, "peer of a link")?,
+                need(&r, 3, "node of a link's peer")?,
             ))
         })
         .collect::<Result<Vec<_>>>()
     })?;
-    for (link_id, node) in links {
+    let origin = current_origin().ok_or(Missing("origin of the change being applied"))?;
+    let change = crate::data::queue::Change {
+        op: if delete { b'D' } else { b'U' } as i8,
+        new_rows: (!delete).then_some(rows),
+        old_rows: delete.then_some(rows),
+        stamps: Some(stamps),
+    };
+    for (link_id, peer, node) in links {
         if !is_applying_from(&node) {
-            let (op, new, old) = if delete {
-                (b'D', None, Some(rows))
-            } else {
-                (b'U', Some(rows), None)
-            };
-            crate::data::ship::ship_change(link_id, op as i8, new, old, Some(stamps))?;
+            crate::data::queue::enqueue(&peer, link_id, &origin, &change, None)?;
         }
     }
     Ok(())

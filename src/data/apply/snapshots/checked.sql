@@ -45,10 +45,11 @@ WITH m AS (
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id = 3
+                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text)),
-                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))])
+                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))]
+                     ORDER BY r.resolved_at DESC LIMIT 1)
               END AS "synclink$remembered",
          d."synclink$conflict"
          AND EXISTS (SELECT FROM synclink.conflict o
@@ -119,13 +120,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- inserts that were not fresh; the rows that already were as sent, to pass on
-SELECT (SELECT count(*) FROM w WHERE NOT w."synclink$exists")
-         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written),
+-- rows found inserted meanwhile; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
+         - (SELECT count(*) FROM w WHERE w."synclink$exists" AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at")),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
   FROM w WHERE w."synclink$exists"
-         AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS NOT DISTINCT FROM (w."name", w."updated_at");
+         AND NOT ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at");
 
 -- ==========================================================================================
 -- upsert, run of records, last_write_wins, no version column
@@ -164,10 +165,11 @@ WITH m AS (
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id = 3
+                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text)),
-                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))])
+                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))]
+                     ORDER BY r.resolved_at DESC LIMIT 1)
               END AS "synclink$remembered",
          d."synclink$conflict"
          AND EXISTS (SELECT FROM synclink.conflict o
@@ -238,13 +240,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- inserts that were not fresh; the rows that already were as sent, to pass on
-SELECT (SELECT count(*) FROM w WHERE NOT w."synclink$exists")
-         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written),
+-- rows found inserted meanwhile; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
+         - (SELECT count(*) FROM w WHERE w."synclink$exists" AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at")),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
   FROM w WHERE w."synclink$exists"
-         AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS NOT DISTINCT FROM (w."name", w."updated_at");
+         AND NOT ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at");
 
 -- ==========================================================================================
 -- upsert, run of records, prefer_node:shop_a
@@ -287,10 +289,11 @@ WITH m AS (
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id = 3
+                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text)),
-                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))])
+                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))]
+                     ORDER BY r.resolved_at DESC LIMIT 1)
               END AS "synclink$remembered",
          d."synclink$conflict"
          AND EXISTS (SELECT FROM synclink.conflict o
@@ -361,13 +364,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- inserts that were not fresh; the rows that already were as sent, to pass on
-SELECT (SELECT count(*) FROM w WHERE NOT w."synclink$exists")
-         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written),
+-- rows found inserted meanwhile; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
+         - (SELECT count(*) FROM w WHERE w."synclink$exists" AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at")),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
   FROM w WHERE w."synclink$exists"
-         AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS NOT DISTINCT FROM (w."name", w."updated_at");
+         AND NOT ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at");
 
 -- ==========================================================================================
 -- upsert, run of records, manual
@@ -406,10 +409,11 @@ WITH m AS (
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id = 3
+                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text)),
-                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))])
+                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))]
+                     ORDER BY r.resolved_at DESC LIMIT 1)
               END AS "synclink$remembered",
          d."synclink$conflict"
          AND EXISTS (SELECT FROM synclink.conflict o
@@ -480,13 +484,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- inserts that were not fresh; the rows that already were as sent, to pass on
-SELECT (SELECT count(*) FROM w WHERE NOT w."synclink$exists")
-         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written),
+-- rows found inserted meanwhile; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
+         - (SELECT count(*) FROM w WHERE w."synclink$exists" AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at")),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
   FROM w WHERE w."synclink$exists"
-         AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS NOT DISTINCT FROM (w."name", w."updated_at");
+         AND NOT ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at");
 
 -- ==========================================================================================
 -- delete, run of records, last_write_wins, version column updated_at
@@ -525,10 +529,11 @@ WITH m AS (
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id = 3
+                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent'),
-                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')])
+                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')]
+                     ORDER BY r.resolved_at DESC LIMIT 1)
               END AS "synclink$remembered",
          d."synclink$conflict"
          AND EXISTS (SELECT FROM synclink.conflict o
@@ -644,10 +649,11 @@ WITH m AS (
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id = 3
+                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent'),
-                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')])
+                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')]
+                     ORDER BY r.resolved_at DESC LIMIT 1)
               END AS "synclink$remembered",
          d."synclink$conflict"
          AND EXISTS (SELECT FROM synclink.conflict o
@@ -754,10 +760,11 @@ WITH m AS (
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id = 3
+                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent'),
-                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')])
+                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')]
+                     ORDER BY r.resolved_at DESC LIMIT 1)
               END AS "synclink$remembered",
          d."synclink$conflict"
          AND EXISTS (SELECT FROM synclink.conflict o
@@ -866,10 +873,11 @@ WITH m AS (
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id = 3
+                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text)),
-                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))])
+                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), md5(to_jsonb(ROW(d."id", d."name", d."updated_at")::synclink."p_b_row")::text))]
+                     ORDER BY r.resolved_at DESC LIMIT 1)
               END AS "synclink$remembered",
          d."synclink$conflict"
          AND EXISTS (SELECT FROM synclink.conflict o
@@ -940,13 +948,13 @@ WITH m AS (
     FROM e d
    WHERE d."synclink$conflict" AND NOT d."synclink$met_before"
 )
--- inserts that were not fresh; the rows that already were as sent, to pass on
-SELECT (SELECT count(*) FROM w WHERE NOT w."synclink$exists")
-         - (SELECT count(*) FILTER (WHERE "synclink$fresh") FROM written),
+-- rows found inserted meanwhile; the rows that already were as sent, to pass on
+SELECT (SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
+         - (SELECT count(*) FROM w WHERE w."synclink$exists" AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at")),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
        array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
   FROM w WHERE w."synclink$exists"
-         AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS NOT DISTINCT FROM (w."name", w."updated_at");
+         AND NOT ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at");
 
 -- ==========================================================================================
 -- delete, single record, last_write_wins, no version column
@@ -982,10 +990,11 @@ WITH m AS (
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id = 3
+                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
                        AND r.key = jsonb_build_object('id', d."id")
                        AND r.rows = ARRAY[least(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent'),
-                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')])
+                                          greatest(coalesce(md5(to_jsonb(d."synclink$here")::text), 'absent'), 'absent')]
+                     ORDER BY r.resolved_at DESC LIMIT 1)
               END AS "synclink$remembered",
          d."synclink$conflict"
          AND EXISTS (SELECT FROM synclink.conflict o
