@@ -458,6 +458,55 @@ fn in_a_mesh_of_manual_links_one_choice_settles_the_conflict_on_every_node() {
 }
 
 #[test]
+fn closing_a_mesh_of_a_table_whose_links_prefer_a_node_warns() {
+    let (nodes, _node_c, mut a, _b, mut c) = three();
+    for n in [&mut a, &mut c] {
+        n.batch_execute("CREATE TABLE tags (id int PRIMARY KEY)")
+            .unwrap();
+    }
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = warnings.clone();
+    let mut b = nodes
+        .b
+        .socket_conninfo()
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
+    b.batch_execute("CREATE TABLE tags (id int PRIMARY KEY)")
+        .unwrap();
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', conflict => 'prefer_local'); \
+         SELECT sync_link_table('prices', 'c', conflict => 'prefer_local'); \
+         SELECT sync_link_table('tags', 'b'); SELECT sync_link_table('tags', 'c');",
+    )
+    .unwrap();
+    // (no worker runs here, which linking a table with a second peer says too)
+    let about_meshes = || -> Vec<String> {
+        let said = warnings.lock().unwrap().clone();
+        said.into_iter().filter(|m| m.contains("mesh")).collect()
+    };
+    // a mesh of last_write_wins links: nothing to say
+    b.batch_execute("SELECT sync_link_table('tags', 'c')")
+        .unwrap();
+    assert_eq!(about_meshes(), Vec::<String>::new());
+    // b's link with c closes a mesh through a, whose links prefer a
+    b.batch_execute("SELECT sync_link_table('prices', 'c')")
+        .unwrap();
+    let said = about_meshes();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].starts_with(
+            "table \"public\".\"prices\" is now linked in a mesh (this node and peer \"c\" both link it with shop_a"
+        ),
+        "{said:?}"
+    );
+    // a warning, not a refusal: both tables are linked with both peers
+    assert_eq!(links(&mut b), 4);
+}
+
+#[test]
 fn a_child_that_is_down_gets_what_the_hub_relayed_meanwhile_and_the_others_keep_going() {
     let (nodes, mut a, _) =
         Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();

@@ -661,6 +661,7 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
         crate::catalog::policy::check_version_column(relid, vc, &sent)?;
     }
     let (conflict, prefer_node, version_column) = policy.stored();
+    let (neighbours, prefers) = neighbours_of(relid, &peer.name)?;
     let body = LinkRequest {
         schema: info.schema.clone(),
         table: info.name.clone(),
@@ -675,6 +676,8 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
         prefer_node,
         version_column,
         direction: direction.as_str().into(),
+        neighbours,
+        prefers,
     };
     if let Some(existing) = find(relid, &peer.name)? {
         let differences = differences_from(existing.id, &body)?;
@@ -709,9 +712,22 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
     // with this transaction.
     let made = serde_json::from_value::<LinkReply>(reply).ok();
     if direction != Direction::Both
-        && made.map(|r| r.direction) != Some(direction.mirrored().as_str().to_string())
+        && made.as_ref().map(|r| r.direction.as_str()) != Some(direction.mirrored().as_str())
     {
         return Err(LinkError::PeerCannotLinkOneWay(peer.name.clone()).into());
+    }
+    if let Some(made) = made.filter(|r| !r.mesh_with.is_empty()) {
+        if matches!(policy, Policy::PreferNode(_)) || body.prefers || made.prefers {
+            crate::pg::error::warning(
+                &format!(
+                    "table {} is now linked in a mesh (this node and peer \"{}\" both link it with {}), and a link of it prefers a node in conflicts",
+                    info.display(),
+                    peer.name,
+                    made.mesh_with.join(", ")
+                ),
+                "In a mesh a change also arrives late by a second path; with prefer_local or prefer_peer such a change from the preferred node can win over rows that moved on since, and the copies may differ. Link the table in a mesh with conflict => 'last_write_wins' (the default) on every link.",
+            );
+        }
     }
     // A node linked with several peers passes what it applies from one on to the others
     // through its queue, which only the background worker delivers unprompted.
@@ -730,6 +746,30 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
         );
     }
     Ok(true)
+}
+
+/// The nodes this node links the table with besides `peer`, and whether one of its links of
+/// the table prefers a node in conflicts: what two nodes compare when linking, to see that the
+/// new link closes a cycle of links through a third node.
+fn neighbours_of(relid: pg_sys::Oid, peer: &str) -> Result<(Vec<String>, bool)> {
+    let found = Spi::connect(|c| {
+        c.select(
+            "SELECT p.node_name, l.conflict = 'prefer_node' FROM synclink.link l \
+               JOIN synclink.peer p USING (peer_name) \
+              WHERE l.relid = $1::oid::regclass AND l.peer_name <> $2 ORDER BY 1",
+            None,
+            &[relid.into(), peer.into()],
+        )?
+        .map(|r| {
+            Ok((
+                need::<String>(&r, 1, "node of a link's peer")?,
+                need::<bool>(&r, 2, "policy of a link")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()
+    })?;
+    let prefers = found.iter().any(|(_, p)| *p);
+    Ok((found.into_iter().map(|(n, _)| n).collect(), prefers))
 }
 
 /// The links of one table match rows by one key, so that a change that reaches a node through
@@ -978,8 +1018,14 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
     }
     let wanted: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
     same_as_other_links(oid, &from.name, &req.key, &wanted, &display)?;
+    let (neighbours, prefers) = neighbours_of(oid, &from.name)?;
     let reply = LinkReply {
         direction: direction.as_str().into(),
+        mesh_with: neighbours
+            .into_iter()
+            .filter(|n| req.neighbours.contains(n))
+            .collect(),
+        prefers,
     };
     if let Some(existing) = find(oid, &from.name)? {
         // Compared as this node would ask for it: the same options, the direction mirrored.

@@ -36,6 +36,12 @@ pub struct LinkRequest {
     /// makes a one-way half says so in its [`LinkReply`]
     #[serde(default = "both_ways")]
     pub direction: String,
+    /// the nodes the initiator links the table with besides this peer
+    #[serde(default)]
+    pub neighbours: Vec<String>,
+    /// whether one of the initiator's links of the table prefers a node in conflicts
+    #[serde(default)]
+    pub prefers: bool,
 }
 
 /// The peer's answer to a [`LinkRequest`]: the direction it recorded, seen from the peer. A
@@ -43,6 +49,13 @@ pub struct LinkRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LinkReply {
     pub direction: String,
+    /// the initiator's neighbours that the peer links the table with too: the link closes a
+    /// cycle of links (a mesh)
+    #[serde(default)]
+    pub mesh_with: Vec<String>,
+    /// whether one of the peer's links of the table prefers a node in conflicts
+    #[serde(default)]
+    pub prefers: bool,
 }
 
 pub fn both_ways() -> String {
