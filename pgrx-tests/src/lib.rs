@@ -528,6 +528,23 @@ pub fn count(c: &mut Client, sql: &str) -> i64 {
 
 /// Changes waiting in this node's outbox, for every peer, and records for several peers not
 /// handed on to their queues yet.
+/// What the server said to a session: its NOTICE and WARNING messages, in order.
+pub type Said = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A session on `node` that keeps every notice and warning the server sends it.
+pub fn listening(node: &Node) -> (Client, Said) {
+    let said: Said = Arc::default();
+    let kept = said.clone();
+    let c = node
+        .socket_conninfo()
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| kept.lock().unwrap().push(n.message().to_string()))
+        .connect(NoTls)
+        .unwrap();
+    (c, said)
+}
+
 pub fn queued(c: &mut Client) -> i64 {
     count(
         c,

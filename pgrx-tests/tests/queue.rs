@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 use synclink_e2e::{
-    both, count, db_error, flush, flush_to, links, queued, same, status, table_hash, wait_until,
-    Nodes,
+    both, count, db_error, flush, flush_to, links, listening, queued, same, status, table_hash,
+    wait_until, Nodes,
 };
 
 const T: &str = "CREATE TABLE t (id int PRIMARY KEY, v text)";
@@ -503,16 +503,7 @@ fn a_growing_backlog_raises_a_warning() {
     both(&mut a, &mut b, T);
     a.execute("SELECT sync_link_table('t', mode => 'async')", &[])
         .unwrap();
-    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = warnings.clone();
-    let mut c = nodes
-        .a
-        .socket_conninfo()
-        .parse::<postgres::Config>()
-        .unwrap()
-        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
-        .connect(postgres::NoTls)
-        .unwrap();
+    let (mut c, warnings) = listening(&nodes.a);
     c.batch_execute(
         "SET synclink.backlog_warning = 100;
          DO $$ BEGIN FOR i IN 1..999 LOOP INSERT INTO t VALUES (i, 'queued'); END LOOP; END $$",

@@ -5,7 +5,7 @@
 use postgres::Client;
 use std::time::Duration;
 use synclink_e2e::{
-    count, db_error, flush, flush_to, links, queued, status, wait_until, Node, Nodes,
+    count, db_error, flush, flush_to, links, listening, queued, status, wait_until, Node, Nodes,
 };
 
 const PRICES: &str = "CREATE TABLE prices (id int PRIMARY KEY, amount int)";
@@ -464,16 +464,7 @@ fn closing_a_mesh_of_a_table_whose_links_prefer_a_node_warns() {
         n.batch_execute("CREATE TABLE tags (id int PRIMARY KEY)")
             .unwrap();
     }
-    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = warnings.clone();
-    let mut b = nodes
-        .b
-        .socket_conninfo()
-        .parse::<postgres::Config>()
-        .unwrap()
-        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
-        .connect(postgres::NoTls)
-        .unwrap();
+    let (mut b, warnings) = listening(&nodes.b);
     b.batch_execute("CREATE TABLE tags (id int PRIMARY KEY)")
         .unwrap();
     a.batch_execute(
@@ -1268,16 +1259,7 @@ fn records_waiting_to_be_handed_on_raise_the_backlog_warning() {
          SELECT sync_link_table('prices', 'c', mode => 'async');",
     )
     .unwrap();
-    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = warnings.clone();
-    let mut w = nodes
-        .a
-        .socket_conninfo()
-        .parse::<postgres::Config>()
-        .unwrap()
-        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
-        .connect(postgres::NoTls)
-        .unwrap();
+    let (mut w, warnings) = listening(&nodes.a);
     w.batch_execute(
         "SET synclink.backlog_warning = 100;
          DO $$ BEGIN FOR i IN 1..2000 LOOP INSERT INTO prices VALUES (i, i); END LOOP; END $$",
