@@ -930,16 +930,7 @@ fn a_star_of_three_children_settles_on_the_same_rows_while_a_child_is_down_and_b
          INSERT INTO prices SELECT g, 0 FROM generate_series(1, 40) g;",
     )
     .unwrap();
-    let everywhere = |a: &mut Client, others: &mut [&mut Client]| {
-        wait_until(Duration::from_secs(90), || {
-            let on_a = rows(a, "prices");
-            queued(a) == 0
-                && others
-                    .iter_mut()
-                    .all(|n| queued(n) == 0 && rows(n, "prices") == on_a)
-        });
-    };
-    everywhere(&mut a, &mut [&mut b, &mut c, &mut d]);
+    converged(&mut [&mut a, &mut b, &mut c, &mut d]);
     let info = |n: usize, node: &Node| (n, node.socket_conninfo());
     // everyone writes the same rows at once
     write_concurrently(
@@ -969,7 +960,7 @@ fn a_star_of_three_children_settles_on_the_same_rows_while_a_child_is_down_and_b
         150,
     );
     let mut b = nodes.b.connect();
-    everywhere(&mut a, &mut [&mut b, &mut c, &mut d]);
+    converged(&mut [&mut a, &mut b, &mut c, &mut d]);
     // nothing comes back once everything was delivered: no echo
     std::thread::sleep(Duration::from_secs(1));
     same_versions(&mut [&mut a, &mut b, &mut c, &mut d]);
