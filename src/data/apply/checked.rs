@@ -294,7 +294,7 @@ fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
   SELECT d.*,
          CASE WHEN d."synclink$conflict"
               THEN (SELECT r.kept FROM synclink.resolution r
-                     WHERE r.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = {relid}::regclass)
+                     WHERE r.link_id IN ({links})
                        AND r.key = {key}
                        AND r.rows = ARRAY[least({here}, {incoming}),
                                           greatest({here}, {incoming})]
@@ -309,6 +309,7 @@ fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
                             = (d."synclink$at", d."synclink$node")
                         AND o.policy = {policy}) AS "synclink$met_before"
     FROM d"#,
+        links = table_links(spec),
         key = key_json(spec),
         relid = literal(&spec.table),
         policy = literal(&c.policy.label()),
@@ -428,12 +429,20 @@ fn moved_on_cte(c: &CheckedSpec) -> String {
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM w d
    WHERE NOT d."synclink$conflict"
-     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
-                  WHERE l.relid = {relid}::regclass AND x.outcome = 'open')
-     AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = {relid}::regclass)
+     AND EXISTS (SELECT FROM synclink.conflict x WHERE x.link_id IN ({links}) AND x.outcome = 'open')
+     AND o.link_id IN ({links})
      AND o.outcome = 'open' AND o.key = {key}"#,
-        relid = literal(&c.apply.table),
+        links = table_links(c.apply),
         key = key_json(c.apply),
+    )
+}
+
+/// The ids of every link of the table, each node's links of it being where a change, a
+/// conflict or a choice about one of its rows may have come by.
+fn table_links(spec: &ApplySpec) -> String {
+    format!(
+        "SELECT l.link_id FROM synclink.link l WHERE l.relid = {}::regclass",
+        literal(&spec.table)
     )
 }
 

@@ -89,8 +89,7 @@ WITH m AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM w d
    WHERE NOT d."synclink$conflict"
-     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
-                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND EXISTS (SELECT FROM synclink.conflict x WHERE x.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass) AND x.outcome = 'open')
      AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
      AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
@@ -209,8 +208,7 @@ WITH m AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM w d
    WHERE NOT d."synclink$conflict"
-     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
-                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND EXISTS (SELECT FROM synclink.conflict x WHERE x.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass) AND x.outcome = 'open')
      AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
      AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
@@ -333,8 +331,7 @@ WITH m AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM w d
    WHERE NOT d."synclink$conflict"
-     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
-                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND EXISTS (SELECT FROM synclink.conflict x WHERE x.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass) AND x.outcome = 'open')
      AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
      AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
@@ -453,8 +450,7 @@ WITH m AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM w d
    WHERE NOT d."synclink$conflict"
-     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
-                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND EXISTS (SELECT FROM synclink.conflict x WHERE x.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass) AND x.outcome = 'open')
      AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
      AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
@@ -568,8 +564,7 @@ WITH m AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM w d
    WHERE NOT d."synclink$conflict"
-     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
-                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND EXISTS (SELECT FROM synclink.conflict x WHERE x.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass) AND x.outcome = 'open')
      AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
      AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
@@ -688,8 +683,7 @@ WITH m AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM w d
    WHERE NOT d."synclink$conflict"
-     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
-                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND EXISTS (SELECT FROM synclink.conflict x WHERE x.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass) AND x.outcome = 'open')
      AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
      AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
@@ -799,8 +793,7 @@ WITH m AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM w d
    WHERE NOT d."synclink$conflict"
-     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
-                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND EXISTS (SELECT FROM synclink.conflict x WHERE x.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass) AND x.outcome = 'open')
      AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
      AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
@@ -917,8 +910,7 @@ WITH m AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM w d
    WHERE NOT d."synclink$conflict"
-     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
-                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND EXISTS (SELECT FROM synclink.conflict x WHERE x.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass) AND x.outcome = 'open')
      AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
      AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
@@ -1029,8 +1021,7 @@ WITH m AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
     FROM w d
    WHERE NOT d."synclink$conflict"
-     AND EXISTS (SELECT FROM synclink.link l JOIN synclink.conflict x ON x.link_id = l.link_id
-                  WHERE l.relid = '"public"."p"'::regclass AND x.outcome = 'open')
+     AND EXISTS (SELECT FROM synclink.conflict x WHERE x.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass) AND x.outcome = 'open')
      AND o.link_id IN (SELECT l.link_id FROM synclink.link l WHERE l.relid = '"public"."p"'::regclass)
      AND o.outcome = 'open' AND o.key = jsonb_build_object('id', d."id")
 ), logged AS (
