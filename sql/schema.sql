@@ -76,14 +76,19 @@ CREATE TABLE synclink.link (
 -- Each row a change record carries has a stamp at the same position: the version the change
 -- gives the row and the version the row had before it on the sending node. A receiver whose
 -- own version of the row is not that base has changed the row meanwhile: a conflict.
--- Versions are (microseconds since 1970, node), bumped past the previous version of the row,
--- so they only grow per key and both nodes order any two of them alike.
+-- Versions are (generation, microseconds since 1970, node), bumped past the previous version
+-- of the row, so they only grow per key and every node orders any two of them alike. The
+-- generation counts the changes made on a preferred node (a link's prefer_node) that the
+-- version descends from: only that node raises it, every other change keeps the one it
+-- replaced, so the preferred node's change wins over any change made without it, and a
+-- change made after it, anywhere, wins over it. Without a preferred node it stays 0.
 CREATE TYPE synclink.stamp AS (
     at        bigint,
     node      text,
     base_at   bigint,
     base_node text,
-    op        "char"
+    op        "char",
+    gen       bigint  -- the version's generation; a stamp written before 0.6.0 has none (0)
 );
 
 -- Where peers deliver changes. Rows are applied by a BEFORE trigger and never stored,

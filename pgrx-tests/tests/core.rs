@@ -390,7 +390,7 @@ fn a_record_applied_twice_or_onto_an_existing_row_converges() {
         let r = b
             .query_one(
                 "SELECT array_agg(ROW(p.id, p.name, p.price, p.created_at, p.updated_at)::synclink.products_a_row ORDER BY p.id)::text,
-                        array_agg(ROW(v.\"synclink$at\", v.\"synclink$node\", NULL, NULL, 'I')::synclink.stamp ORDER BY p.id)::text
+                        array_agg(ROW(v.\"synclink$at\", v.\"synclink$node\", NULL, NULL, 'I', v.\"synclink$gen\")::synclink.stamp ORDER BY p.id)::text
                    FROM products p JOIN synclink.products_version v USING (id)",
                 &[],
             )

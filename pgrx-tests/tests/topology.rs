@@ -458,46 +458,6 @@ fn in_a_mesh_of_manual_links_one_choice_settles_the_conflict_on_every_node() {
 }
 
 #[test]
-fn closing_a_mesh_of_a_table_whose_links_prefer_a_node_warns() {
-    let (nodes, _node_c, mut a, _b, mut c) = three();
-    for n in [&mut a, &mut c] {
-        n.batch_execute("CREATE TABLE tags (id int PRIMARY KEY)")
-            .unwrap();
-    }
-    let (mut b, warnings) = listening(&nodes.b);
-    b.batch_execute("CREATE TABLE tags (id int PRIMARY KEY)")
-        .unwrap();
-    a.batch_execute(
-        "SELECT sync_link_table('prices', 'b', conflict => 'prefer_local'); \
-         SELECT sync_link_table('prices', 'c', conflict => 'prefer_local'); \
-         SELECT sync_link_table('tags', 'b'); SELECT sync_link_table('tags', 'c');",
-    )
-    .unwrap();
-    // (no worker runs here, which linking a table with a second peer says too)
-    let about_meshes = || -> Vec<String> {
-        let said = warnings.lock().unwrap().clone();
-        said.into_iter().filter(|m| m.contains("mesh")).collect()
-    };
-    // a mesh of last_write_wins links: nothing to say
-    b.batch_execute("SELECT sync_link_table('tags', 'c')")
-        .unwrap();
-    assert_eq!(about_meshes(), Vec::<String>::new());
-    // b's link with c closes a mesh through a, whose links prefer a
-    b.batch_execute("SELECT sync_link_table('prices', 'c')")
-        .unwrap();
-    let said = about_meshes();
-    assert_eq!(said.len(), 1, "{said:?}");
-    assert!(
-        said[0].starts_with(
-            "table \"public\".\"prices\" is now linked in a mesh (this node and peer \"c\" both link it with shop_a"
-        ),
-        "{said:?}"
-    );
-    // a warning, not a refusal: both tables are linked with both peers
-    assert_eq!(links(&mut b), 4);
-}
-
-#[test]
 fn a_child_that_is_down_gets_what_the_hub_relayed_meanwhile_and_the_others_keep_going() {
     let (nodes, mut a, _) =
         Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();
@@ -707,7 +667,7 @@ fn versions(c: &mut Client, table: &str) -> Vec<String> {
         .unwrap()
         .get(0);
     c.query(
-        &format!("SELECT format('%s %s %s', id, \"synclink$at\", \"synclink$node\") FROM {vt} ORDER BY id"),
+        &format!("SELECT format('%s %s %s %s', id, \"synclink$at\", \"synclink$node\", \"synclink$gen\") FROM {vt} ORDER BY id"),
         &[],
     )
     .unwrap()
@@ -1074,6 +1034,119 @@ fn a_hub_that_prefers_itself_wins_everywhere_and_its_children_settle_between_the
     });
 }
 
+/// In a mesh whose links prefer a, a's change wins over any made without it, and one made
+/// after it, anywhere, wins over it, whichever path each takes: every node settles on the same
+/// rows and versions, also when a's change reaches a node late, after the row moved on twice
+/// there (which "a's change wins" alone would undo on that node only). b and c link with
+/// last_write_wins, and order the versions alike.
+#[test]
+fn a_mesh_that_prefers_a_node_converges_when_its_change_arrives_late() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async', conflict => 'prefer_local'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async', conflict => 'prefer_local'); \
+         INSERT INTO prices VALUES (1, 1), (2, 1);",
+    )
+    .unwrap();
+    b.batch_execute("SELECT sync_link_table('prices', 'c', mode => 'async')")
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    // row 2: b writes after a, before a's change reached it; a's wins
+    a.batch_execute("UPDATE prices SET amount = 6 WHERE id = 2")
+        .unwrap();
+    b.batch_execute("UPDATE prices SET amount = 5 WHERE id = 2")
+        .unwrap();
+    // row 1: a's change reaches b, b changes the row, c gets both from b and changes it again;
+    // only then does a's change reach c by its own link
+    a.batch_execute("UPDATE prices SET amount = 2 WHERE id = 1")
+        .unwrap();
+    flush_to(&mut a, "b");
+    assert_eq!(rows(&mut b, "prices"), ["(1,2)", "(2,6)"]);
+    b.batch_execute("UPDATE prices SET amount = 3 WHERE id = 1")
+        .unwrap();
+    flush_to(&mut b, "c");
+    c.batch_execute("UPDATE prices SET amount = 4 WHERE id = 1")
+        .unwrap();
+    flush_to(&mut a, "c");
+    assert_eq!(rows(&mut c, "prices"), ["(1,4)", "(2,6)"]);
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), ["(1,4)", "(2,6)"]);
+        assert!(open_conflicts(n).is_empty());
+    }
+    same_versions(&mut [&mut a, &mut b, &mut c]);
+    // a raised each row's generation with its insert and its update; the versions made after
+    // it kept it
+    let generations: Vec<String> = versions(&mut a, "prices")
+        .iter()
+        .map(|v| v.rsplit(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(generations, ["2", "2"]);
+}
+
+/// A mesh whose links with a prefer a (and whose link between b and c is last_write_wins),
+/// with writers on all three nodes at once and the workers delivering in whatever order the
+/// paths make: every node ends with the same rows and versions, and each conflict is logged
+/// once where it met.
+#[test]
+fn a_mesh_that_prefers_a_node_converges_under_concurrent_writers() {
+    let (nodes, mut a, mut b) =
+        Nodes::two_clusters(&["shared_preload_libraries = 'synclink'"]).peered();
+    let node_c = nodes.a.sibling("shop_c");
+    let mut c = node_c.connect();
+    for (n, other) in [(&mut a, "b"), (&mut b, "a")] {
+        n.execute("SELECT sync_add_peer('c', $1)", &[&node_c.conninfo()])
+            .unwrap();
+        c.execute(
+            "SELECT sync_add_peer($1, $2)",
+            &[
+                &other,
+                &match other {
+                    "a" => nodes.a.conninfo(),
+                    _ => nodes.b.conninfo(),
+                },
+            ],
+        )
+        .unwrap();
+    }
+    for n in [&mut a, &mut b, &mut c] {
+        n.batch_execute(PRICES).unwrap();
+    }
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async', conflict => 'prefer_local'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async', conflict => 'prefer_local'); \
+         INSERT INTO prices SELECT g, 0 FROM generate_series(1, 40) g;",
+    )
+    .unwrap();
+    b.batch_execute("SELECT sync_link_table('prices', 'c', mode => 'async')")
+        .unwrap();
+    converged(&mut [&mut a, &mut b, &mut c]);
+    let info = |n: usize, node: &Node| (n, node.socket_conninfo());
+    write_concurrently(
+        &[info(0, &nodes.a), info(1, &nodes.b), info(2, &node_c)],
+        200,
+    );
+    converged(&mut [&mut a, &mut b, &mut c]);
+    std::thread::sleep(Duration::from_secs(1));
+    same_versions(&mut [&mut a, &mut b, &mut c]);
+    let mut met = 0;
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(queued(n), 0);
+        assert!(open_conflicts(n).is_empty());
+        assert_eq!(
+            count(
+                n,
+                "SELECT count(*) FROM (SELECT FROM synclink.conflict \
+                  GROUP BY key, (local_version).at, (local_version).node, \
+                           (peer_version).at, (peer_version).node HAVING count(*) > 1) d"
+            ),
+            0
+        );
+        met += conflicts(n);
+    }
+    assert!(met > 0, "the writers met");
+}
+
 /// Links made before a table's links shared one version table each had their own: making the
 /// table's capture anew (as the update to 0.5.0 does) merges them, the later version of a key
 /// kept, and drops the other.
@@ -1087,10 +1160,12 @@ fn the_version_tables_of_a_tables_links_are_merged_into_one() {
         .query_one("SELECT DISTINCT version_table FROM synclink.link", &[])
         .unwrap()
         .get(0);
-    // the link with c as it was before 0.5.0: a version table of its own, where key 1 has a
-    // later version than in the shared one and key 3 one the shared table lacks
+    // the link with c as it was before 0.5.0: a version table of its own (without the
+    // generations of 0.6.0), where key 1 has a later version than in the shared one and key 3
+    // one the shared table lacks
     a.batch_execute(&format!(
         "CREATE TABLE synclink.prices_c_version (LIKE {vt} INCLUDING ALL);
+         ALTER TABLE synclink.prices_c_version DROP COLUMN \"synclink$gen\";
          INSERT INTO synclink.prices_c_version
               SELECT id, \"synclink$at\" + 5, \"synclink$node\", NULL, NULL FROM {vt} WHERE id = 1;
          INSERT INTO synclink.prices_c_version VALUES (3, 42, 'elsewhere', NULL, NULL);
@@ -1128,7 +1203,7 @@ fn the_version_tables_of_a_tables_links_are_merged_into_one() {
         at(&before[1]) + 5,
         "the later version of key 2"
     );
-    assert_eq!(merged[2], "3 42 elsewhere");
+    assert_eq!(merged[2], "3 42 elsewhere 0");
 }
 
 /// A TRUNCATE applied from one child is passed on as the deletes it made, with versions of

@@ -5,8 +5,10 @@
 //! versions, so both reach the same row:
 //!
 //! - last_write_wins: the higher version wins (version column first when both rows exist,
-//!   then the stamp: capture time bumped past the previous version, then node name);
-//! - prefer_node: the named node's row wins;
+//!   then the stamp: generation, capture time bumped past the previous version, node name);
+//! - prefer_node: the named node's change wins over any made without it, and a change made
+//!   after it wins over it: the node raises the generation of each row it changes, which
+//!   every link of the table compares first (synclink.stamp), so a mesh converges too;
 //! - manual: each node keeps its row and logs the conflict as open for sync_resolve.
 //!
 //! Both nodes store the same policy (with node names, not "local"/"peer"). The statement that

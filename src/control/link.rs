@@ -143,7 +143,7 @@ fn make_version_table(
     Spi::run(&format!(
         "CREATE TABLE {version_table} ({keys}, \"synclink$at\" bigint NOT NULL, \
          \"synclink$node\" text NOT NULL, \"synclink$base_at\" bigint, \"synclink$base_node\" text, \
-         PRIMARY KEY ({key_list})) WITH (fillfactor = {VERSION_FILLFACTOR})",
+         \"synclink$gen\" bigint NOT NULL DEFAULT 0, PRIMARY KEY ({key_list})) WITH (fillfactor = {VERSION_FILLFACTOR})",
         key_list = join(key, ", ", |k| ident(k)),
     ))?;
     describe_version_table(version_table, &info.display())?;
@@ -159,8 +159,8 @@ fn describe_version_table(version_table: &str, table: &str) -> Result<()> {
         "COMMENT ON TABLE {version_table} IS {}",
         crate::pg::sql::literal(&format!(
             "synclink: per key of {table}, the version of the row here (microseconds since 1970, \
-             node) and, after a change made here or passed on, the version it replaced; shared by \
-             the table's links"
+             node, generation) and, after a change made here or passed on, the version it \
+             replaced; shared by the table's links"
         ))
     ))?;
     Ok(())
@@ -286,6 +286,7 @@ pub fn remake_capture(relid: pg_sys::Oid, owner: Option<pg_sys::Oid>) -> Result<
             Spi::run(&format!("DROP FUNCTION IF EXISTS {f}()"))?;
         }
         for other in distinct(&|l| vec![l.version_table.clone()]) {
+            with_generations(&other)?;
             if other != version_table {
                 merge_versions(&other, &version_table, &first.key)?;
             }
@@ -315,6 +316,7 @@ pub fn remake_capture(relid: pg_sys::Oid, owner: Option<pg_sys::Oid>) -> Result<
         node: &crate::catalog::node::local_name()?,
         version_table: &version_table,
         targets: &targets,
+        preferred: preferred_here(relid)?,
     };
     // Made during ALTER EXTENSION synclink UPDATE too, but they are the links': not members of
     // the extension (sync_unlink_table must be able to drop them) and their privileges not the
@@ -348,6 +350,37 @@ pub fn remake_capture(relid: pg_sys::Oid, owner: Option<pg_sys::Oid>) -> Result<
     Ok(())
 }
 
+/// Does a link of the table prefer this node? Its changes then raise their rows' generation
+/// (synclink.stamp), which every link of the table compares first, whatever its policy: a
+/// node preferred by one link wins wherever the table travels, or the nodes would not agree.
+fn preferred_here(relid: pg_sys::Oid) -> Result<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM synclink.link l CROSS JOIN synclink.node n \
+                         WHERE l.relid = $1::oid::regclass AND l.conflict = 'prefer_node' \
+                           AND l.prefer_node = n.node_name)",
+        &[relid.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// Give a version table made before 0.6.0 its generation column (every version it holds was
+/// made without a preferred node: 0). The update to 0.6.0 adds it; an update from an older
+/// version makes capture anew with this code before that, on the tables as they were.
+fn with_generations(version_table: &str) -> Result<()> {
+    let missing = Spi::get_one_with_args::<bool>(
+        "SELECT to_regclass($1) IS NOT NULL AND NOT EXISTS (SELECT FROM pg_attribute \
+          WHERE attrelid = to_regclass($1) AND attname = 'synclink$gen' AND NOT attisdropped)",
+        &[version_table.into()],
+    )?
+    .unwrap_or(false);
+    if missing {
+        Spi::run(&format!(
+            "ALTER TABLE {version_table} ADD COLUMN \"synclink$gen\" bigint NOT NULL DEFAULT 0"
+        ))?;
+    }
+    Ok(())
+}
+
 /// Move the versions of `from` into `into` (the later of the two for a key present in both,
 /// by the order every node compares versions in) and drop `from`.
 fn merge_versions(from: &str, into: &str, key: &[String]) -> Result<()> {
@@ -358,12 +391,14 @@ fn merge_versions(from: &str, into: &str, key: &[String]) -> Result<()> {
     }
     let keys = join(key, ", ", |k| ident(k));
     Spi::run(&format!(
-        "INSERT INTO {into} AS v ({keys}, \"synclink$at\", \"synclink$node\", \"synclink$base_at\", \"synclink$base_node\")\n\
-         SELECT {keys}, \"synclink$at\", \"synclink$node\", \"synclink$base_at\", \"synclink$base_node\" FROM {from}\n\
+        "INSERT INTO {into} AS v ({keys}, \"synclink$at\", \"synclink$node\", \"synclink$base_at\", \"synclink$base_node\", \"synclink$gen\")\n\
+         SELECT {keys}, \"synclink$at\", \"synclink$node\", \"synclink$base_at\", \"synclink$base_node\", \"synclink$gen\" FROM {from}\n\
          ON CONFLICT ({keys}) DO UPDATE\n\
             SET \"synclink$at\" = EXCLUDED.\"synclink$at\", \"synclink$node\" = EXCLUDED.\"synclink$node\",\n\
-                \"synclink$base_at\" = EXCLUDED.\"synclink$base_at\", \"synclink$base_node\" = EXCLUDED.\"synclink$base_node\"\n\
-          WHERE (EXCLUDED.\"synclink$at\", EXCLUDED.\"synclink$node\") > (v.\"synclink$at\", v.\"synclink$node\")"
+                \"synclink$base_at\" = EXCLUDED.\"synclink$base_at\", \"synclink$base_node\" = EXCLUDED.\"synclink$base_node\",\n\
+                \"synclink$gen\" = EXCLUDED.\"synclink$gen\"\n\
+          WHERE (EXCLUDED.\"synclink$gen\", EXCLUDED.\"synclink$at\", EXCLUDED.\"synclink$node\")\n\
+                > (v.\"synclink$gen\", v.\"synclink$at\", v.\"synclink$node\")"
     ))?;
     Spi::run(&format!("DROP TABLE {from}"))?;
     Ok(())
@@ -517,7 +552,10 @@ fn version_table_access(version_table: &str, relid: pg_sys::Oid) -> [String; 3] 
 /// Lock `relid` (if it still exists) against writes and against other sessions changing its
 /// links: its capture is made from all its links, so two sessions linking or unlinking two
 /// peers of one table at once would each make it from the links they saw, one without the
-/// other's. Taken before the table's links are read; held to the end of the transaction.
+/// other's. Taken before the table's links are read; held to the end of the transaction. The
+/// lock is the one replacing the triggers takes anyway (DROP TRIGGER): taking a weaker one
+/// first and that one later would deadlock with a session that read the table and then
+/// writes it (the delivery worker applying a change from another peer).
 fn lock_links_of(relid: pg_sys::Oid) -> Result<()> {
     let table = crate::pg::spi::maybe_one::<String>(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
@@ -525,7 +563,7 @@ fn lock_links_of(relid: pg_sys::Oid) -> Result<()> {
         &[relid.into()],
     )?;
     if let Some(table) = table {
-        Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
+        Spi::run(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))?;
     }
     Ok(())
 }
@@ -661,7 +699,6 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
         crate::catalog::policy::check_version_column(relid, vc, &sent)?;
     }
     let (conflict, prefer_node, version_column) = policy.stored();
-    let (neighbours, prefers) = neighbours_of(relid, &peer.name)?;
     let body = LinkRequest {
         schema: info.schema.clone(),
         table: info.name.clone(),
@@ -676,8 +713,6 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
         prefer_node,
         version_column,
         direction: direction.as_str().into(),
-        neighbours,
-        prefers,
     };
     if let Some(existing) = find(relid, &peer.name)? {
         let differences = differences_from(existing.id, &body)?;
@@ -716,19 +751,6 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
     {
         return Err(LinkError::PeerCannotLinkOneWay(peer.name.clone()).into());
     }
-    if let Some(made) = made.filter(|r| !r.mesh_with.is_empty()) {
-        if matches!(policy, Policy::PreferNode(_)) || body.prefers || made.prefers {
-            crate::pg::error::warning(
-                &format!(
-                    "table {} is now linked in a mesh (this node and peer \"{}\" both link it with {}), and a link of it prefers a node in conflicts",
-                    info.display(),
-                    peer.name,
-                    made.mesh_with.join(", ")
-                ),
-                "In a mesh a change also arrives late by a second path; with prefer_local or prefer_peer such a change from the preferred node can win over rows that moved on since, and the copies may differ. Link the table in a mesh with conflict => 'last_write_wins' (the default) on every link.",
-            );
-        }
-    }
     // A node linked with several peers passes what it applies from one on to the others
     // through its queue, which only the background worker delivers unprompted.
     let links_here = Spi::get_one_with_args::<i64>(
@@ -746,30 +768,6 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
         );
     }
     Ok(true)
-}
-
-/// The nodes this node links the table with besides `peer`, and whether one of its links of
-/// the table prefers a node in conflicts: what two nodes compare when linking, to see that the
-/// new link closes a cycle of links through a third node.
-fn neighbours_of(relid: pg_sys::Oid, peer: &str) -> Result<(Vec<String>, bool)> {
-    let found = Spi::connect(|c| {
-        c.select(
-            "SELECT p.node_name, l.conflict = 'prefer_node' FROM synclink.link l \
-               JOIN synclink.peer p USING (peer_name) \
-              WHERE l.relid = $1::oid::regclass AND l.peer_name <> $2 ORDER BY 1",
-            None,
-            &[relid.into(), peer.into()],
-        )?
-        .map(|r| {
-            Ok((
-                need::<String>(&r, 1, "node of a link's peer")?,
-                need::<bool>(&r, 2, "policy of a link")?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()
-    })?;
-    let prefers = found.iter().any(|(_, p)| *p);
-    Ok((found.into_iter().map(|(n, _)| n).collect(), prefers))
 }
 
 /// The links of one table match rows by one key, so that a change that reaches a node through
@@ -1018,14 +1016,8 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
     }
     let wanted: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
     same_as_other_links(oid, &from.name, &req.key, &wanted, &display)?;
-    let (neighbours, prefers) = neighbours_of(oid, &from.name)?;
     let reply = LinkReply {
         direction: direction.as_str().into(),
-        mesh_with: neighbours
-            .into_iter()
-            .filter(|n| req.neighbours.contains(n))
-            .collect(),
-        prefers,
     };
     if let Some(existing) = find(oid, &from.name)? {
         // Compared as this node would ask for it: the same options, the direction mirrored.

@@ -82,8 +82,105 @@ pub fn session_writes_wire_text() -> bool {
     }
 }
 
+/// The fields of a synclink.stamp before 0.6.0 gave it a generation.
+const FIELDS_BEFORE_GENERATIONS: usize = 5;
+
+/// A record's stamps (the text of a synclink.stamp[]) as this version reads them: a stamp
+/// written before 0.6.0 (queued then, or sent by a node not yet updated) has no generation
+/// field, which PostgreSQL's record input refuses, and gets generation 0, which is what every
+/// version made then had. Stamps that have it come back as they are, without a copy.
+pub fn with_generations(stamps: &str) -> std::borrow::Cow<'_, str> {
+    // Each element of the array is a quoted composite: `"(at,node,base_at,base_node,op)"`.
+    // Inside the element's quotes a backslash escapes the next character; inside the
+    // composite, a field may be quoted (`"` … `"`, a quote in it doubled) and a backslash
+    // escapes the next character. A comma outside both separates fields.
+    let bytes = stamps.as_bytes();
+    let mut short = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        // an element: find its end, counting the composite's separators
+        let (mut commas, mut quoted, mut escaped, mut last) = (0, false, false, None);
+        i += 1;
+        while i < bytes.len() && bytes[i] != b'"' {
+            let mut c = bytes[i];
+            if c == b'\\' && i + 1 < bytes.len() {
+                i += 1;
+                c = bytes[i];
+            }
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                quoted = !quoted;
+            } else if c == b',' && !quoted {
+                commas += 1;
+            }
+            last = Some(i);
+            i += 1;
+        }
+        if commas + 1 == FIELDS_BEFORE_GENERATIONS {
+            if let Some(close) = last.filter(|&l| bytes[l] == b')') {
+                short.push(close);
+            }
+        }
+        i += 1;
+    }
+    if short.is_empty() {
+        return std::borrow::Cow::Borrowed(stamps);
+    }
+    let mut out = String::with_capacity(stamps.len() + 2 * short.len());
+    let mut from = 0;
+    for close in short {
+        out.push_str(&stamps[from..close]);
+        out.push_str(",0");
+        from = close;
+    }
+    out.push_str(&stamps[from..]);
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::with_generations;
+
+    #[test]
+    fn stamps_without_a_generation_get_generation_0() {
+        assert_eq!(
+            with_generations(r#"{"(1,a,,,I)","(3,b,2,a,U)"}"#),
+            r#"{"(1,a,,,I,0)","(3,b,2,a,U,0)"}"#
+        );
+        // a node name with a comma, a quote, a parenthesis and a backslash, quoted in the
+        // composite and escaped in the array
+        let odd = r#"{"(5,\"x,\"\"y)\\\\\",4,\"x,\"\"y)\\\\\",D)"}"#;
+        assert_eq!(
+            with_generations(odd),
+            r#"{"(5,\"x,\"\"y)\\\\\",4,\"x,\"\"y)\\\\\",D,0)"}"#
+        );
+        // a run of records queued before and after the update
+        assert_eq!(
+            with_generations(r#"{"(1,a,,,I)","(3,b,2,a,U,4)"}"#),
+            r#"{"(1,a,,,I,0)","(3,b,2,a,U,4)"}"#
+        );
+    }
+
+    #[test]
+    fn stamps_with_a_generation_are_not_copied() {
+        let text = r#"{"(1,a,,,I,0)","(3,\"b,c\",2,a,U,7)"}"#;
+        assert!(matches!(
+            with_generations(text),
+            std::borrow::Cow::Borrowed(t) if t == text
+        ));
+        assert!(matches!(
+            with_generations("{}"),
+            std::borrow::Cow::Borrowed("{}")
+        ));
+    }
+
     #[test]
     fn set_clauses_quote_mixed_case_names() {
         assert_eq!(

@@ -108,6 +108,27 @@ impl RowTarget {
         })
     }
 
+    /// The generation a decision on this key gives the kept row: the highest of the two
+    /// versions that met in the conflict and the version here now.
+    fn generation(&self, key: &serde_json::Value, conflict_id: i64) -> Result<i64, SpiError> {
+        let met = crate::pg::spi::maybe_one::<i64>(
+            "SELECT greatest(coalesce((local_version).gen, 0), coalesce((peer_version).gen, 0)) \
+               FROM synclink.conflict WHERE conflict_id = $1",
+            &[conflict_id.into()],
+        )?;
+        let sql = format!(
+            "SELECT v.\"synclink$gen\" FROM {vt} v, jsonb_populate_record(NULL::{row}, $1) k WHERE {cond}",
+            vt = self.version_table,
+            row = self.row_type,
+            cond = self.key_match("v", "k"),
+        );
+        // As the owner: the key is read as the row type (its domains' checks).
+        let here = crate::pg::privilege::as_owner_of(self.relid, || {
+            crate::pg::spi::maybe_one::<i64>(&sql, &[pgrx::JsonB(key.clone()).into()])
+        })??;
+        Ok(met.unwrap_or(0).max(here.unwrap_or(0)))
+    }
+
     /// The row with this key here now, as jsonb (None: no such row).
     fn current(&self, key: &serde_json::Value) -> Result<Option<serde_json::Value>, SpiError> {
         let sql = format!(
@@ -128,7 +149,7 @@ impl RowTarget {
         Ok(row.map(|j| j.0))
     }
 
-    /// Make the row with `key` be `row` (None: no row), with version (at, node), as if the
+    /// Make the row with `key` be `row` (None: no row), with version (at, node, gen), as if the
     /// change came from `from`: no capture sends it back there, and this node passes it on to
     /// its other peers of the table with that version (written first, the one it replaces kept
     /// as base, so the capture keeps it), so that every node the table reaches through this
@@ -138,7 +159,7 @@ impl RowTarget {
         &self,
         key: &serde_json::Value,
         row: Option<&serde_json::Value>,
-        version: (i64, &str),
+        version: (i64, &str, i64),
         from: &str,
     ) -> Result<()> {
         let spec = ApplySpec {
@@ -151,10 +172,10 @@ impl RowTarget {
         let record = format!("jsonb_populate_record(NULL::{}, $1) r", self.row_type);
         let keys = join(&self.key, ", ", |k| ident(k));
         let version_sql = format!(
-            "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\") \
-             SELECT {r_keys}, $2, $3 FROM {record} \
+            "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\", \"synclink$gen\") \
+             SELECT {r_keys}, $2, $3, $4 FROM {record} \
              ON CONFLICT ({keys}) DO UPDATE SET \"synclink$at\" = EXCLUDED.\"synclink$at\", \
-                 \"synclink$node\" = EXCLUDED.\"synclink$node\", \
+                 \"synclink$node\" = EXCLUDED.\"synclink$node\", \"synclink$gen\" = EXCLUDED.\"synclink$gen\", \
                  \"synclink$base_at\" = v.\"synclink$at\", \"synclink$base_node\" = v.\"synclink$node\"",
             vt = self.version_table,
             r_keys = join(&self.key, ", ", |k| format!("r.{}", ident(k))),
@@ -176,7 +197,7 @@ impl RowTarget {
             "WITH u AS ({write} RETURNING 1) \
              SELECT ARRAY[r]::text, \
                     ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", \
-                              v.\"synclink$base_node\", '{op}')::synclink.stamp]::text \
+                              v.\"synclink$base_node\", '{op}', v.\"synclink$gen\")::synclink.stamp]::text \
                FROM {record} JOIN {vt} v ON {versioned} \
               WHERE NOT EXISTS (SELECT FROM u)",
             vt = self.version_table,
@@ -192,6 +213,7 @@ impl RowTarget {
                     pgrx::JsonB(key.clone()).into(),
                     version.0.into(),
                     version.1.into(),
+                    version.2.into(),
                 ],
             )?;
             crate::data::apply::marked(from, from, || {
@@ -333,6 +355,7 @@ pub fn resolve(conflict_id: i64, keep: &str) -> Result<bool> {
             "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
         )?
         .ok_or(crate::pg::spi::Missing("clock reading"))?,
+        gen: target.generation(&key, conflict_id)?,
         rows,
         kept: if keep_local { local_hash } else { peer_hash },
     };
@@ -347,7 +370,7 @@ pub fn resolve(conflict_id: i64, keep: &str) -> Result<bool> {
     };
     let reply = crate::rpc::call(&peer, &body)?;
     let decision = body.decision;
-    let version = (decision.at, decision.node.as_str());
+    let version = (decision.at, decision.node.as_str(), decision.gen);
     if keep_local {
         target.settle(&key, mine.as_ref(), version, &peer.node_name)?;
     } else {
@@ -371,7 +394,11 @@ pub fn answer(from: &crate::catalog::peer::Peer, req: ResolveRequest) -> Result<
     crate::catalog::access::peer_may(link.relid, crate::catalog::access::READ_WRITE, "write")?;
     let target = RowTarget::load(link.id)?;
     let mine = target.current(&req.key)?;
-    let version = (req.decision.at, req.decision.node.as_str());
+    let version = (
+        req.decision.at,
+        req.decision.node.as_str(),
+        req.decision.gen,
+    );
     let row = if req.take {
         req.row.as_ref()
     } else {

@@ -36,12 +36,6 @@ pub struct LinkRequest {
     /// makes a one-way half says so in its [`LinkReply`]
     #[serde(default = "both_ways")]
     pub direction: String,
-    /// the nodes the initiator links the table with besides this peer
-    #[serde(default)]
-    pub neighbours: Vec<String>,
-    /// whether one of the initiator's links of the table prefers a node in conflicts
-    #[serde(default)]
-    pub prefers: bool,
 }
 
 /// The peer's answer to a [`LinkRequest`]: the direction it recorded, seen from the peer. A
@@ -49,13 +43,6 @@ pub struct LinkRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LinkReply {
     pub direction: String,
-    /// the initiator's neighbours that the peer links the table with too: the link closes a
-    /// cycle of links (a mesh)
-    #[serde(default)]
-    pub mesh_with: Vec<String>,
-    /// whether one of the peer's links of the table prefers a node in conflicts
-    #[serde(default)]
-    pub prefers: bool,
 }
 
 pub fn both_ways() -> String {
@@ -122,6 +109,10 @@ pub struct Decision {
     pub node: String,
     /// the version the kept row gets on both nodes
     pub at: i64,
+    /// and its generation (synclink.stamp): the higher of the two rows', so that the kept row
+    /// is later than both wherever it travels (0 from a node before 0.6.0)
+    #[serde(default)]
+    pub gen: i64,
     /// hashes of the two rows in conflict (sorted) and of the kept one
     pub rows: [String; 2],
     pub kept: String,

@@ -129,7 +129,7 @@ fn passed_on(spec: &ApplySpec, delete: bool) -> String {
         r#"-- {said}
 SELECT {raced},
        array_agg({row}),
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", '{op}')::synclink.stamp)
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", '{op}', w."synclink$gen")::synclink.stamp)
   FROM w WHERE {unchanged}"#,
         row = incoming_row(spec, "w."),
         raced = if delete { "0" } else { &changed_count },
@@ -180,7 +180,7 @@ fn records_cte(spec: &ApplySpec, single: bool) -> String {
 fn records_source(spec: &ApplySpec) -> String {
     format!(
         r#"unnest($1::{row}[], $2::synclink.stamp[])
-         WITH ORDINALITY AS x({columns}, "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")"#,
+         WITH ORDINALITY AS x({columns}, "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$gen", "synclink$ord")"#,
         row = spec.row_type,
         columns = join(spec.columns, ", ", |x| ident(x)),
     )
@@ -209,6 +209,7 @@ fn current_cte(c: &CheckedSpec) -> String {
          CASE WHEN t.{first_key} IS NOT NULL THEN ROW({row_here})::{row} END AS "synclink$here",
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
+         v."synclink$gen" AS "synclink$here_gen",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
          OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
@@ -242,18 +243,20 @@ fn decision_cte(policy: &Policy, delete: bool) -> String {
     )
 }
 
-/// The later stamp wins and the node name settles a tie, so the order is total and the same
-/// on both nodes; a row never stamped here counts as older than any change.
-const STAMP_ORDER: &str = r#"(c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))"#;
+/// The later version wins: the higher generation (a change made on a preferred node, or
+/// after one), then the later stamp, and the node name settles a tie, so the order is total
+/// and the same on every node; a row never stamped here counts as older than any change.
+const STAMP_ORDER: &str = r#"(coalesce(c."synclink$gen", 0), c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_gen", -1), coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))"#;
 
 /// The link's policy as a condition that holds when the record in `c` wins its conflict. A
 /// version column says which write is newer in the application's own terms, so it goes first
-/// when both rows have a value; a delete brings no row to compare. prefer_node asks where the
-/// change was made: the preferred node's change wins, a row here it wrote (or one never
-/// stamped) stays, and between two changes made elsewhere (two children of a hub that prefers
-/// itself) the later stamp wins, so every node decides alike; manual never lets a change win,
-/// so the row here stays until sync_resolve. The later lines of the CASE are indented for
-/// their place in `d`.
+/// when both rows have a value; a delete brings no row to compare. prefer_node needs no rule
+/// of its own: the preferred node raises the generation of every row it changes, so its
+/// change is later than any made without it and earlier than any made after it, by whichever
+/// path each arrives (a mesh), and every link of the table orders them alike; a row never
+/// stamped here stays unless the preferred node's change meets it. manual never lets a
+/// change win, so the row here stays until sync_resolve. The later lines of the CASE are
+/// indented for their place in `d`.
 fn policy_wins(policy: &Policy, delete: bool) -> String {
     match policy {
         Policy::LastWriteWins {
@@ -270,8 +273,7 @@ fn policy_wins(policy: &Policy, delete: bool) -> String {
         Policy::LastWriteWins { .. } => STAMP_ORDER.to_string(),
         Policy::PreferNode(node) => format!(
             r#"CASE
-           WHEN c."synclink$node" = {n} THEN true
-           WHEN c."synclink$here_node" IS NULL OR c."synclink$here_node" = {n} THEN false
+           WHEN c."synclink$here_node" IS NULL THEN c."synclink$node" = {n}
            ELSE {STAMP_ORDER}
            END"#,
             n = literal(node)
@@ -284,9 +286,10 @@ fn policy_wins(policy: &Policy, delete: bool) -> String {
 /// by any link of the table (the latest), if any (the hash of the row it kept), so a conflict
 /// already settled by hand is not asked about again, whichever path brings it. The pair is
 /// sorted so that both nodes name it alike. `met_before`: this node
-/// logged the same two versions of the row meeting already, under the same policy, from
-/// another peer: in a mesh a change arrives by each path it can take, and a conflict is
-/// logged once where it met.
+/// logged the same two versions of the row meeting already, from another peer, under a policy
+/// that decides them alike (every policy but manual orders two versions the same way, the
+/// generation first; manual leaves them open): in a mesh a change arrives by each path it can
+/// take, and a conflict is logged once where it met.
 fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
     let spec = c.apply;
     format!(
@@ -307,12 +310,16 @@ fn remembered_cte(c: &CheckedSpec, delete: bool) -> String {
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
                             = (d."synclink$at", d."synclink$node")
-                        AND o.policy = {policy}) AS "synclink$met_before"
+                        AND o.policy {same_kind}) AS "synclink$met_before"
     FROM d"#,
         links = table_links(spec),
         key = key_json(spec),
         relid = literal(&spec.table),
-        policy = literal(&c.policy.label()),
+        same_kind = if matches!(c.policy, Policy::Manual) {
+            "= 'manual'"
+        } else {
+            "<> 'manual'"
+        },
         here = HERE_HASH,
         incoming = incoming_hash(spec, "d.", delete),
     )
@@ -389,10 +396,11 @@ fn stamp_cte(c: &CheckedSpec) -> String {
     let spec = c.apply;
     format!(
         r#"
-  INSERT INTO {versions} AS v ({keys}, "synclink$at", "synclink$node")
-  SELECT {winners}, w."synclink$at", w."synclink$node" FROM w
+  INSERT INTO {versions} AS v ({keys}, "synclink$at", "synclink$node", "synclink$gen")
+  SELECT {winners}, w."synclink$at", w."synclink$node", w."synclink$gen" FROM w
   ON CONFLICT ({keys}) DO UPDATE
      SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$gen" = EXCLUDED."synclink$gen",
          "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node""#,
         versions = c.version_table,
         keys = key_list(spec, ""),
@@ -468,8 +476,8 @@ fn log_cte(c: &CheckedSpec, delete: bool) -> String {
          to_jsonb(d."synclink$here"),
          {peer_row},
          {differing},
-         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
-         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL, d."synclink$here_gen")::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op", d."synclink$gen")::synclink.stamp,
          CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
               WHEN {manual} THEN 'open'
               WHEN d."synclink$applies" THEN 'applied'
@@ -645,18 +653,20 @@ mod tests {
             sql.contains("THEN c.\"updated_at\" > (c.\"synclink$here\").\"updated_at\""),
             "{sql}"
         );
-        assert!(sql.contains("ELSE (c.\"synclink$at\", c.\"synclink$node\") > (coalesce(c.\"synclink$here_at\", -1), coalesce(c.\"synclink$here_node\", ''))"), "{sql}");
+        assert!(sql.contains("ELSE (coalesce(c.\"synclink$gen\", 0), c.\"synclink$at\", c.\"synclink$node\") > (coalesce(c.\"synclink$here_gen\", -1), coalesce(c.\"synclink$here_at\", -1), coalesce(c.\"synclink$here_node\", ''))"), "{sql}");
     }
 
     #[test]
-    fn prefer_node_asks_where_the_change_was_made() {
+    fn prefer_node_orders_by_generation_and_asks_only_about_rows_never_stamped() {
         let sql = checked(Policy::PreferNode("shop_a".into()), true);
         assert!(
-            sql.contains("WHEN c.\"synclink$node\" = 'shop_a' THEN true"),
+            sql.contains(
+                "WHEN c.\"synclink$here_node\" IS NULL THEN c.\"synclink$node\" = 'shop_a'"
+            ),
             "{sql}"
         );
         assert!(
-            sql.contains("WHEN c.\"synclink$here_node\" IS NULL OR c.\"synclink$here_node\" = 'shop_a' THEN false"),
+            sql.contains("ELSE (coalesce(c.\"synclink$gen\", 0), c.\"synclink$at\""),
             "{sql}"
         );
         assert!(

@@ -490,7 +490,10 @@ fn apply_checked(
         Spi::connect_mut(|_| {
             // Parsed once for both statements: for a large record parsing is most of the work.
             let rows = crate::pg::plan::parse(plans.rows_type, rows);
-            let stamps = crate::pg::plan::parse(plans.stamps_type, stamps);
+            let stamps = crate::pg::plan::parse(
+                plans.stamps_type,
+                &crate::data::wire::with_generations(stamps),
+            );
             plans.lock.run(bytes, &[rows])?;
             let stmt = match (delete, single) {
                 (false, true) => &plans.upsert_one,

@@ -269,6 +269,8 @@ struct Catalog {
     /// synclink.fanout, where a record for several links goes (InvalidOid before the catalog
     /// has it)
     fanout_oid: pg_sys::Oid,
+    /// a link of the table prefers this node (its changes raise their rows' generation)
+    preferred: bool,
 }
 
 /// The table `relid` as its link `link_id` and the table's other links that send know it,
@@ -286,7 +288,11 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
                         pg_catalog.to_regtype(l.row_type)::pg_catalog.oid, \
                         'synclink.stamp'::pg_catalog.regtype::pg_catalog.oid, \
                         'synclink.outbox'::pg_catalog.regclass::pg_catalog.oid, \
-                        pg_catalog.to_regclass('synclink.fanout')::pg_catalog.oid \
+                        pg_catalog.to_regclass('synclink.fanout')::pg_catalog.oid, \
+                        EXISTS (SELECT FROM synclink.link x \
+                                 WHERE x.relid::pg_catalog.oid OPERATOR(pg_catalog.=) l.relid::pg_catalog.oid \
+                                   AND x.conflict OPERATOR(pg_catalog.=) 'prefer_node' \
+                                   AND x.prefer_node OPERATOR(pg_catalog.=) n.node_name) \
                    FROM synclink.link l \
                    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relid::pg_catalog.oid \
                    JOIN pg_catalog.pg_proc p \
@@ -316,6 +322,7 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
                 stamp_oid: need(&r, 14, "type synclink.stamp")?,
                 outbox_oid: need(&r, 15, "table synclink.outbox")?,
                 fanout_oid: r.get(16)?.unwrap_or(pg_sys::InvalidOid),
+                preferred: need(&r, 17, "preferred node of a link")?,
             };
             // Every link of the table that sends through these triggers: (peer, link id,
             // peer's node).
@@ -357,6 +364,7 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
         node: &row.node,
         version_table: &row.version_table,
         targets: &targets,
+        preferred: row.preferred,
     };
     let statements =
         ['I', 'U', 'D'].map(|op| (capture::single_row_sql(&spec, op), OnceCell::new()));
@@ -381,6 +389,7 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
                 stamp_type: row.stamp_oid,
                 outbox: queue,
                 key: &row.key,
+                preferred: row.preferred,
             })
         })
         .flatten();

@@ -53,6 +53,8 @@ pub struct CaptureSpec<'a> {
     pub version_table: &'a str,
     /// the links this node's changes to the table go to (every link of the table that sends)
     pub targets: &'a [Target],
+    /// a link of the table prefers this node: a change made here raises its row's generation
+    pub preferred: bool,
 }
 
 impl CaptureSpec<'_> {
@@ -77,13 +79,19 @@ fn row_expr(spec: &CaptureSpec, alias: &str) -> String {
 fn version_upsert(spec: &CaptureSpec, select: &str, relay: &str) -> String {
     let keys = join(spec.key, ", ", |k| ident(k));
     format!(
-        "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\")\n\
+        "INSERT INTO {vt} AS v ({keys}, \"synclink$at\", \"synclink$node\"{gen})\n\
          \x20          {select}\n\
          \x20          ON CONFLICT ({keys}) DO UPDATE\n\
          \x20             SET {set}\n\
          \x20          RETURNING v.*",
         vt = spec.version_table,
+        gen = if spec.preferred {
+            ", \"synclink$gen\""
+        } else {
+            ""
+        },
         set = restamp(
+            spec,
             relay,
             "greatest(EXCLUDED.\"synclink$at\", v.\"synclink$at\" + 1)",
             "EXCLUDED.\"synclink$node\""
@@ -91,10 +99,21 @@ fn version_upsert(spec: &CaptureSpec, select: &str, relay: &str) -> String {
     )
 }
 
+/// What a version upsert's SELECT gives a key it has no version for yet, after the key, the
+/// new version and the origin: on a node a link of the table prefers, the first generation
+/// (the column's default, 0, otherwise).
+fn first_generation(spec: &CaptureSpec) -> &'static str {
+    if spec.preferred {
+        ", 1"
+    } else {
+        ""
+    }
+}
+
 /// The SET list that gives a version row the new version `at` from `node`, keeping the one it
-/// replaces as its base; unless `relay` holds and the apply of this transaction stamped the row,
-/// when it stays as the apply left it.
-fn restamp(relay: &str, at: &str, node: &str) -> String {
+/// replaces as its base and its generation (raised on a node a link prefers); unless `relay`
+/// holds and the apply of this transaction stamped the row, when it stays as the apply left it.
+fn restamp(spec: &CaptureSpec, relay: &str, at: &str, node: &str) -> String {
     let kept = |column: &str, new: &str| {
         if relay == "false" {
             format!("\"synclink${column}\" = {new}")
@@ -105,13 +124,16 @@ fn restamp(relay: &str, at: &str, node: &str) -> String {
             )
         }
     };
-    [
+    let mut set = vec![
         kept("at", at),
         kept("node", node),
         kept("base_at", "v.\"synclink$at\""),
         kept("base_node", "v.\"synclink$node\""),
-    ]
-    .join(",\n\x20                 ")
+    ];
+    if spec.preferred {
+        set.push(kept("gen", "v.\"synclink$gen\" + 1"));
+    }
+    set.join(",\n\x20                 ")
 }
 
 /// `alias.k = s.k` for each match key column `k`: rows of `alias` that are the source row's.
@@ -125,7 +147,7 @@ fn matching(spec: &CaptureSpec, alias: &str) -> String {
 fn stamp_expr(alias: &str, op: char) -> String {
     format!(
         "ROW({alias}.\"synclink$at\", {alias}.\"synclink$node\", {alias}.\"synclink$base_at\", \
-         {alias}.\"synclink$base_node\", '{op}')::synclink.stamp"
+         {alias}.\"synclink$base_node\", '{op}', {alias}.\"synclink$gen\")::synclink.stamp"
     )
 }
 
@@ -163,7 +185,8 @@ fn version_write(
             version_upsert(
                 spec,
                 &format!(
-                    "SELECT {keys}, {now}, {origin} FROM {source} s{}",
+                    "SELECT {keys}, {now}, {origin}{} FROM {source} s{}",
+                    first_generation(spec),
                     condition("")
                 ),
                 relay,
@@ -179,6 +202,7 @@ fn version_write(
          \x20    v AS (SELECT * FROM u UNION ALL SELECT * FROM i)",
         vt = spec.version_table,
         set = restamp(
+            spec,
             relay,
             &format!("greatest({now}, v.\"synclink$at\" + 1)"),
             origin
@@ -187,7 +211,8 @@ fn version_write(
         upsert = version_upsert(
             spec,
             &format!(
-                "SELECT {keys}, {now}, {origin} FROM {source} s{}",
+                "SELECT {keys}, {now}, {origin}{} FROM {source} s{}",
+                first_generation(spec),
                 condition(&format!(
                     "NOT EXISTS (SELECT FROM u WHERE {})",
                     matching(spec, "u")
@@ -369,7 +394,7 @@ fn stamped_as(
          \x20    s AS (SELECT q.*, (sum(w.weight) OVER (ROWS UNBOUNDED PRECEDING) - w.weight) / {CHUNK_BYTES}\n\
          \x20                      AS \"synclink$chunk\"\n\
          \x20            FROM (SELECT s.*, v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\",\n\
-         \x20                         {row}::text AS \"synclink$text\"\n\
+         \x20                         v.\"synclink$gen\", {row}::text AS \"synclink$text\"\n\
          \x20                    FROM {source} s JOIN v ON {v_match} OFFSET 0) q\n\
          \x20           CROSS JOIN LATERAL (SELECT greatest(octet_length(q.\"synclink$text\"), {MIN_ROW_WEIGHT})) w(weight))",
         versions = version_write(spec, source, filter, op, values),
@@ -443,8 +468,9 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
         upsert = version_upsert(
             spec,
             &format!(
-                "SELECT {}, $2, $3{same_key}",
-                join(spec.key, ", ", |k| format!("($1).{}", ident(k)))
+                "SELECT {}, $2, $3{}{same_key}",
+                join(spec.key, ", ", |k| format!("($1).{}", ident(k))),
+                first_generation(spec)
             ),
             "false",
         ),
@@ -697,6 +723,7 @@ mod tests {
             node: "shop_abc123",
             version_table: "synclink.\"products_version\"",
             targets,
+            preferred: false,
         }
     }
 
@@ -858,8 +885,39 @@ mod tests {
             "{sql}"
         );
         assert!(
-            sql.contains("ROW(s.\"synclink$at\", s.\"synclink$node\", s.\"synclink$base_at\", s.\"synclink$base_node\", 'U')::synclink.stamp"),
+            sql.contains("ROW(s.\"synclink$at\", s.\"synclink$node\", s.\"synclink$base_at\", s.\"synclink$base_node\", 'U', s.\"synclink$gen\")::synclink.stamp"),
             "{sql}"
+        );
+        // a node no link prefers keeps each row's generation
+        assert!(!sql.contains("\"synclink$gen\" ="), "{sql}");
+    }
+
+    #[test]
+    fn a_preferred_node_raises_each_rows_generation() {
+        let cols = vec!["id".to_string(), "v".to_string()];
+        let key = vec!["id".to_string()];
+        let t = [target(7, "b", true), target(9, "d", true)];
+        let preferred = CaptureSpec {
+            preferred: true,
+            ..spec(&cols, &key, &t)
+        };
+        let sql = function_sql(&preferred);
+        // a new key starts at generation 1, a known one goes one up, a change being passed on
+        // keeps the generation it came with
+        assert!(
+            sql.contains("INSERT INTO synclink.\"products_version\" AS v (\"id\", \"synclink$at\", \"synclink$node\", \"synclink$gen\")")
+                && sql.contains("SELECT s.\"id\", synclink$now, synclink$origin, 1 FROM new_rows s"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("\"synclink$gen\" = CASE WHEN synclink$relay AND synclink.written_in_this_transaction(v.xmin) THEN v.\"synclink$gen\" ELSE v.\"synclink$gen\" + 1 END"),
+            "{sql}"
+        );
+        let single = single_row_sql(&preferred, 'U');
+        assert!(
+            single.contains("\"synclink$gen\" = v.\"synclink$gen\" + 1")
+                && single.contains("SELECT ($1).\"id\", $2, $3, 1 WHERE"),
+            "{single}"
         );
     }
 
@@ -965,7 +1023,7 @@ mod tests {
             "{shared}"
         );
         assert!(insert.contains(
-            "ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", 'I')::synclink.stamp]::pg_catalog.text"
+            "ARRAY[ROW(v.\"synclink$at\", v.\"synclink$node\", v.\"synclink$base_at\", v.\"synclink$base_node\", 'I', v.\"synclink$gen\")::synclink.stamp]::pg_catalog.text"
         ));
         let delete = single_row_sql(&s, 'D');
         assert!(

@@ -39,6 +39,7 @@ struct VersionLayout {
     node: usize,
     base_at: usize,
     base_node: usize,
+    gen: usize,
 }
 
 /// Where a record's values go in the outbox (a record per link: `peer_name`, `link_id`) or in
@@ -81,9 +82,11 @@ pub struct Writer {
     /// row position it takes its value from
     wire: pg_sys::TupleDesc,
     wire_from: Vec<usize>,
-    /// synclink.stamp (a copy) and the positions of at, node, base_at, base_node, op
+    /// synclink.stamp (a copy) and the positions of at, node, base_at, base_node, op, gen
     stamp: pg_sys::TupleDesc,
-    stamp_layout: [usize; 5],
+    stamp_layout: [usize; 6],
+    /// a link of the table prefers this node: each change raises its row's generation
+    preferred: bool,
     /// array_out, one per element type (it keeps the element's I/O data in fn_extra), and
     /// what construct_md_array needs to know of the element type
     rows_out: Box<pg_sys::FmgrInfo>,
@@ -207,6 +210,8 @@ pub struct LinkTables<'a> {
     /// where the record goes: synclink.outbox for one link, synclink.fanout for several
     pub outbox: pg_sys::Oid,
     pub key: &'a [String],
+    /// a link of the table prefers this node
+    pub preferred: bool,
 }
 
 impl Writer {
@@ -237,13 +242,14 @@ impl Writer {
         let table_desc = (*table).rd_att;
         let version_desc = (*version).rd_att;
 
-        // the version table: the key columns, of the table's types, and the four version
+        // the version table: the key columns, of the table's types, and the five version
         // columns; its primary key its only index; no triggers or checks
         let version_columns = [
             "synclink$at",
             "synclink$node",
             "synclink$base_at",
             "synclink$base_node",
+            "synclink$gen",
         ];
         let mut expected: Vec<&str> = l.key.iter().map(String::as_str).collect();
         expected.extend(version_columns);
@@ -285,6 +291,7 @@ impl Writer {
             node: position(version_desc, version_columns[1])?,
             base_at: position(version_desc, version_columns[2])?,
             base_node: position(version_desc, version_columns[3])?,
+            gen: position(version_desc, version_columns[4])?,
         };
 
         // the outbox (or, for several links, synclink.fanout): exactly its columns, no row
@@ -366,15 +373,16 @@ impl Writer {
         let wire = wire_copy?;
 
         let looked_up = pg_sys::lookup_rowtype_tupdesc(l.stamp_type, -1);
-        let layout =
-            match ["at", "node", "base_at", "base_node", "op"].map(|n| position(looked_up, n)) {
-                [Some(at), Some(node), Some(base_at), Some(base_node), Some(op)]
-                    if (*looked_up).natts == 5 =>
-                {
-                    Some([at, node, base_at, base_node, op])
-                }
-                _ => None,
-            };
+        let layout = match ["at", "node", "base_at", "base_node", "op", "gen"]
+            .map(|n| position(looked_up, n))
+        {
+            [Some(at), Some(node), Some(base_at), Some(base_node), Some(op), Some(gen)]
+                if (*looked_up).natts == 6 =>
+            {
+                Some([at, node, base_at, base_node, op, gen])
+            }
+            _ => None,
+        };
         let stamp = layout.map(|layout| (copy_in_top(looked_up), layout));
         pg_sys::DecrTupleDescRefCount(looked_up);
         let (stamp, stamp_layout) = stamp?;
@@ -393,6 +401,7 @@ impl Writer {
             wire_from,
             stamp,
             stamp_layout,
+            preferred: l.preferred,
             rows_out: array_out(),
             stamps_out: array_out(),
             needs_search_path,
@@ -465,15 +474,16 @@ impl Writer {
         )
     }
 
-    /// `ARRAY[ROW(at, node, base_at, base_node, op)::synclink.stamp]::text`.
+    /// `ARRAY[ROW(at, node, base_at, base_node, op, gen)::synclink.stamp]::text`.
     // SAFETY: callers pass a version upsert_version returned, its node datums still valid.
     unsafe fn stamp_text(&self, v: &Version, op: u8) -> pg_sys::Datum {
         let n = (*self.stamp).natts as usize;
         let mut values = vec![pg_sys::Datum::from(0); n];
         let mut nulls = vec![false; n];
-        let [at, node, base_at, base_node, op_at] = self.stamp_layout;
+        let [at, node, base_at, base_node, op_at, gen] = self.stamp_layout;
         values[at] = v.at.into();
         values[node] = v.node;
+        values[gen] = v.gen.into();
         match v.base {
             Some((a, n)) => {
                 values[base_at] = a.into();
@@ -491,6 +501,11 @@ impl Writer {
             &self.stamps_element,
             &self.stamps_out,
         )
+    }
+
+    /// The generation of a key's first version: 1 on a node a link of the table prefers.
+    fn first_generation(&self) -> i64 {
+        i64::from(self.preferred)
     }
 
     /// The version upsert: a new version for the row's key, its previous one kept as the base.
@@ -518,6 +533,8 @@ impl Writer {
             n[layout.at] = false;
             v[layout.node] = node;
             n[layout.node] = false;
+            v[layout.gen] = self.first_generation().into();
+            n[layout.gen] = false;
             pg_sys::ExecStoreVirtualTuple(slot);
 
             let arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), self.version_key_index);
@@ -570,6 +587,7 @@ impl Writer {
                     at,
                     node,
                     base: None,
+                    gen: self.first_generation(),
                 };
             }
         };
@@ -623,6 +641,8 @@ impl Writer {
             return Err(Missing("version of a row (synclink$at)").into());
         };
         let old_node = old_values[layout.node];
+        let gen = i64::from_datum(old_values[layout.gen], old_nulls[layout.gen]).unwrap_or(0)
+            + i64::from(self.preferred);
 
         let slot = target.slot();
         let (v, n) = slot_arrays(slot, layout.natts);
@@ -636,6 +656,8 @@ impl Writer {
         n[layout.base_at] = false;
         v[layout.base_node] = old_node;
         n[layout.base_node] = false;
+        v[layout.gen] = gen.into();
+        n[layout.gen] = false;
         pg_sys::ExecStoreVirtualTuple(slot);
         // the new version is formed (copied out of the old row's page) before the update
         pg_sys::ExecMaterializeSlot(slot);
@@ -658,6 +680,7 @@ impl Writer {
             at: new_at,
             node,
             base: Some((old_at, old_node)),
+            gen,
         }))
     }
 
@@ -742,6 +765,7 @@ struct Version {
     at: i64,
     node: pg_sys::Datum,
     base: Option<(i64, pg_sys::Datum)>,
+    gen: i64,
 }
 
 /// A relation opened for writing, with its indexes and the executor state index inserts

@@ -13,7 +13,7 @@ WITH m AS (
          first_value(x."synclink$base_node") OVER w AS "synclink$first_node",
          first_value(x."synclink$op") OVER w AS "synclink$first_op"
     FROM unnest($1::synclink."p_b_row"[], $2::synclink.stamp[])
-         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")
+         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$gen", "synclink$ord")
   WINDOW w AS (PARTITION BY x."id" ORDER BY x."synclink$ord")
    ORDER BY x."id", x."synclink$ord" DESC
 ), c AS (
@@ -22,6 +22,7 @@ WITH m AS (
          CASE WHEN t."id" IS NOT NULL THEN ROW(t."id", t."name", t."updated_at")::synclink."p_b_row" END AS "synclink$here",
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
+         v."synclink$gen" AS "synclink$here_gen",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
          OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
@@ -38,7 +39,7 @@ WITH m AS (
            WHEN c."synclink$exists" AND c."updated_at" IS NOT NULL AND (c."synclink$here")."updated_at" IS NOT NULL
                 AND c."updated_at" <> (c."synclink$here")."updated_at"
            THEN c."updated_at" > (c."synclink$here")."updated_at"
-           ELSE (c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))
+           ELSE (coalesce(c."synclink$gen", 0), c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_gen", -1), coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))
            END, false) AS "synclink$wins"
     FROM c
 ), r AS (
@@ -58,7 +59,7 @@ WITH m AS (
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
                             = (d."synclink$at", d."synclink$node")
-                        AND o.policy = 'last_write_wins') AS "synclink$met_before"
+                        AND o.policy <> 'manual') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -75,10 +76,11 @@ WITH m AS (
           WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text = '0' AS "synclink$fresh"
 ), versions AS (
-  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
-  SELECT w."id", w."synclink$at", w."synclink$node" FROM w
+  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node", "synclink$gen")
+  SELECT w."id", w."synclink$at", w."synclink$node", w."synclink$gen" FROM w
   ON CONFLICT ("id") DO UPDATE
      SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$gen" = EXCLUDED."synclink$gen",
          "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
@@ -110,8 +112,8 @@ WITH m AS (
          CASE WHEN NOT d."synclink$exists" THEN ARRAY['id', 'name', 'updated_at']::text[]
               ELSE array_remove(ARRAY[CASE WHEN (d."synclink$here")."name" IS DISTINCT FROM d."name" THEN 'name' END,
                                       CASE WHEN (d."synclink$here")."updated_at" IS DISTINCT FROM d."updated_at" THEN 'updated_at' END]::text[], NULL) END,
-         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
-         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL, d."synclink$here_gen")::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op", d."synclink$gen")::synclink.stamp,
          CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
               WHEN false THEN 'open'
               WHEN d."synclink$applies" THEN 'applied'
@@ -123,7 +125,7 @@ WITH m AS (
 SELECT (SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
          - (SELECT count(*) FROM w WHERE w."synclink$exists" AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at")),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U', w."synclink$gen")::synclink.stamp)
   FROM w WHERE w."synclink$exists"
          AND NOT ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at");
 
@@ -137,7 +139,7 @@ WITH m AS (
          first_value(x."synclink$base_node") OVER w AS "synclink$first_node",
          first_value(x."synclink$op") OVER w AS "synclink$first_op"
     FROM unnest($1::synclink."p_b_row"[], $2::synclink.stamp[])
-         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")
+         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$gen", "synclink$ord")
   WINDOW w AS (PARTITION BY x."id" ORDER BY x."synclink$ord")
    ORDER BY x."id", x."synclink$ord" DESC
 ), c AS (
@@ -146,6 +148,7 @@ WITH m AS (
          CASE WHEN t."id" IS NOT NULL THEN ROW(t."id", t."name", t."updated_at")::synclink."p_b_row" END AS "synclink$here",
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
+         v."synclink$gen" AS "synclink$here_gen",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
          OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
@@ -158,7 +161,7 @@ WITH m AS (
     LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
-         NOT c."synclink$conflict" OR coalesce((c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", '')), false) AS "synclink$wins"
+         NOT c."synclink$conflict" OR coalesce((coalesce(c."synclink$gen", 0), c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_gen", -1), coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", '')), false) AS "synclink$wins"
     FROM c
 ), r AS (
   SELECT d.*,
@@ -177,7 +180,7 @@ WITH m AS (
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
                             = (d."synclink$at", d."synclink$node")
-                        AND o.policy = 'last_write_wins') AS "synclink$met_before"
+                        AND o.policy <> 'manual') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -194,10 +197,11 @@ WITH m AS (
           WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text = '0' AS "synclink$fresh"
 ), versions AS (
-  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
-  SELECT w."id", w."synclink$at", w."synclink$node" FROM w
+  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node", "synclink$gen")
+  SELECT w."id", w."synclink$at", w."synclink$node", w."synclink$gen" FROM w
   ON CONFLICT ("id") DO UPDATE
      SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$gen" = EXCLUDED."synclink$gen",
          "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
@@ -229,8 +233,8 @@ WITH m AS (
          CASE WHEN NOT d."synclink$exists" THEN ARRAY['id', 'name', 'updated_at']::text[]
               ELSE array_remove(ARRAY[CASE WHEN (d."synclink$here")."name" IS DISTINCT FROM d."name" THEN 'name' END,
                                       CASE WHEN (d."synclink$here")."updated_at" IS DISTINCT FROM d."updated_at" THEN 'updated_at' END]::text[], NULL) END,
-         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
-         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL, d."synclink$here_gen")::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op", d."synclink$gen")::synclink.stamp,
          CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
               WHEN false THEN 'open'
               WHEN d."synclink$applies" THEN 'applied'
@@ -242,7 +246,7 @@ WITH m AS (
 SELECT (SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
          - (SELECT count(*) FROM w WHERE w."synclink$exists" AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at")),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U', w."synclink$gen")::synclink.stamp)
   FROM w WHERE w."synclink$exists"
          AND NOT ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at");
 
@@ -256,7 +260,7 @@ WITH m AS (
          first_value(x."synclink$base_node") OVER w AS "synclink$first_node",
          first_value(x."synclink$op") OVER w AS "synclink$first_op"
     FROM unnest($1::synclink."p_b_row"[], $2::synclink.stamp[])
-         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")
+         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$gen", "synclink$ord")
   WINDOW w AS (PARTITION BY x."id" ORDER BY x."synclink$ord")
    ORDER BY x."id", x."synclink$ord" DESC
 ), c AS (
@@ -265,6 +269,7 @@ WITH m AS (
          CASE WHEN t."id" IS NOT NULL THEN ROW(t."id", t."name", t."updated_at")::synclink."p_b_row" END AS "synclink$here",
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
+         v."synclink$gen" AS "synclink$here_gen",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
          OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
@@ -278,9 +283,8 @@ WITH m AS (
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce(CASE
-           WHEN c."synclink$node" = 'shop_a' THEN true
-           WHEN c."synclink$here_node" IS NULL OR c."synclink$here_node" = 'shop_a' THEN false
-           ELSE (c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))
+           WHEN c."synclink$here_node" IS NULL THEN c."synclink$node" = 'shop_a'
+           ELSE (coalesce(c."synclink$gen", 0), c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_gen", -1), coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))
            END, false) AS "synclink$wins"
     FROM c
 ), r AS (
@@ -300,7 +304,7 @@ WITH m AS (
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
                             = (d."synclink$at", d."synclink$node")
-                        AND o.policy = 'prefer_node:shop_a') AS "synclink$met_before"
+                        AND o.policy <> 'manual') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -317,10 +321,11 @@ WITH m AS (
           WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text = '0' AS "synclink$fresh"
 ), versions AS (
-  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
-  SELECT w."id", w."synclink$at", w."synclink$node" FROM w
+  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node", "synclink$gen")
+  SELECT w."id", w."synclink$at", w."synclink$node", w."synclink$gen" FROM w
   ON CONFLICT ("id") DO UPDATE
      SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$gen" = EXCLUDED."synclink$gen",
          "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
@@ -352,8 +357,8 @@ WITH m AS (
          CASE WHEN NOT d."synclink$exists" THEN ARRAY['id', 'name', 'updated_at']::text[]
               ELSE array_remove(ARRAY[CASE WHEN (d."synclink$here")."name" IS DISTINCT FROM d."name" THEN 'name' END,
                                       CASE WHEN (d."synclink$here")."updated_at" IS DISTINCT FROM d."updated_at" THEN 'updated_at' END]::text[], NULL) END,
-         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
-         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL, d."synclink$here_gen")::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op", d."synclink$gen")::synclink.stamp,
          CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
               WHEN false THEN 'open'
               WHEN d."synclink$applies" THEN 'applied'
@@ -365,7 +370,7 @@ WITH m AS (
 SELECT (SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
          - (SELECT count(*) FROM w WHERE w."synclink$exists" AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at")),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U', w."synclink$gen")::synclink.stamp)
   FROM w WHERE w."synclink$exists"
          AND NOT ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at");
 
@@ -379,7 +384,7 @@ WITH m AS (
          first_value(x."synclink$base_node") OVER w AS "synclink$first_node",
          first_value(x."synclink$op") OVER w AS "synclink$first_op"
     FROM unnest($1::synclink."p_b_row"[], $2::synclink.stamp[])
-         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")
+         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$gen", "synclink$ord")
   WINDOW w AS (PARTITION BY x."id" ORDER BY x."synclink$ord")
    ORDER BY x."id", x."synclink$ord" DESC
 ), c AS (
@@ -388,6 +393,7 @@ WITH m AS (
          CASE WHEN t."id" IS NOT NULL THEN ROW(t."id", t."name", t."updated_at")::synclink."p_b_row" END AS "synclink$here",
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
+         v."synclink$gen" AS "synclink$here_gen",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
          OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
@@ -436,10 +442,11 @@ WITH m AS (
           WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text = '0' AS "synclink$fresh"
 ), versions AS (
-  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
-  SELECT w."id", w."synclink$at", w."synclink$node" FROM w
+  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node", "synclink$gen")
+  SELECT w."id", w."synclink$at", w."synclink$node", w."synclink$gen" FROM w
   ON CONFLICT ("id") DO UPDATE
      SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$gen" = EXCLUDED."synclink$gen",
          "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
@@ -471,8 +478,8 @@ WITH m AS (
          CASE WHEN NOT d."synclink$exists" THEN ARRAY['id', 'name', 'updated_at']::text[]
               ELSE array_remove(ARRAY[CASE WHEN (d."synclink$here")."name" IS DISTINCT FROM d."name" THEN 'name' END,
                                       CASE WHEN (d."synclink$here")."updated_at" IS DISTINCT FROM d."updated_at" THEN 'updated_at' END]::text[], NULL) END,
-         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
-         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL, d."synclink$here_gen")::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op", d."synclink$gen")::synclink.stamp,
          CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
               WHEN true THEN 'open'
               WHEN d."synclink$applies" THEN 'applied'
@@ -484,7 +491,7 @@ WITH m AS (
 SELECT (SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
          - (SELECT count(*) FROM w WHERE w."synclink$exists" AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at")),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U', w."synclink$gen")::synclink.stamp)
   FROM w WHERE w."synclink$exists"
          AND NOT ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at");
 
@@ -498,7 +505,7 @@ WITH m AS (
          first_value(x."synclink$base_node") OVER w AS "synclink$first_node",
          first_value(x."synclink$op") OVER w AS "synclink$first_op"
     FROM unnest($1::synclink."p_b_row"[], $2::synclink.stamp[])
-         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")
+         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$gen", "synclink$ord")
   WINDOW w AS (PARTITION BY x."id" ORDER BY x."synclink$ord")
    ORDER BY x."id", x."synclink$ord" DESC
 ), c AS (
@@ -507,6 +514,7 @@ WITH m AS (
          CASE WHEN t."id" IS NOT NULL THEN ROW(t."id", t."name", t."updated_at")::synclink."p_b_row" END AS "synclink$here",
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
+         v."synclink$gen" AS "synclink$here_gen",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
          OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
@@ -519,7 +527,7 @@ WITH m AS (
     LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
-         NOT c."synclink$conflict" OR coalesce((c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", '')), false) AS "synclink$wins"
+         NOT c."synclink$conflict" OR coalesce((coalesce(c."synclink$gen", 0), c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_gen", -1), coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", '')), false) AS "synclink$wins"
     FROM c
 ), r AS (
   SELECT d.*,
@@ -538,7 +546,7 @@ WITH m AS (
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
                             = (d."synclink$at", d."synclink$node")
-                        AND o.policy = 'last_write_wins') AS "synclink$met_before"
+                        AND o.policy <> 'manual') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -550,10 +558,11 @@ WITH m AS (
 ), written AS (
   DELETE FROM "public"."p" t USING w WHERE t."id" = w."id"
 ), versions AS (
-  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
-  SELECT w."id", w."synclink$at", w."synclink$node" FROM w
+  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node", "synclink$gen")
+  SELECT w."id", w."synclink$at", w."synclink$node", w."synclink$gen" FROM w
   ON CONFLICT ("id") DO UPDATE
      SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$gen" = EXCLUDED."synclink$gen",
          "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
@@ -583,8 +592,8 @@ WITH m AS (
          to_jsonb(d."synclink$here"),
          NULL::jsonb,
          ARRAY['id', 'name', 'updated_at'],
-         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
-         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL, d."synclink$here_gen")::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op", d."synclink$gen")::synclink.stamp,
          CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
               WHEN false THEN 'open'
               WHEN d."synclink$applies" THEN 'applied'
@@ -595,7 +604,7 @@ WITH m AS (
 -- the deletes that found no row here, to pass on
 SELECT 0,
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D', w."synclink$gen")::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
 
 -- ==========================================================================================
@@ -613,7 +622,7 @@ WITH m AS (
          first_value(x."synclink$base_node") OVER w AS "synclink$first_node",
          first_value(x."synclink$op") OVER w AS "synclink$first_op"
     FROM unnest($1::synclink."p_b_row"[], $2::synclink.stamp[])
-         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")
+         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$gen", "synclink$ord")
   WINDOW w AS (PARTITION BY x."id" ORDER BY x."synclink$ord")
    ORDER BY x."id", x."synclink$ord" DESC
 ), c AS (
@@ -622,6 +631,7 @@ WITH m AS (
          CASE WHEN t."id" IS NOT NULL THEN ROW(t."id", t."name", t."updated_at")::synclink."p_b_row" END AS "synclink$here",
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
+         v."synclink$gen" AS "synclink$here_gen",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
          OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
@@ -635,9 +645,8 @@ WITH m AS (
 ), d AS (
   SELECT c.*,
          NOT c."synclink$conflict" OR coalesce(CASE
-           WHEN c."synclink$node" = 'shop_a' THEN true
-           WHEN c."synclink$here_node" IS NULL OR c."synclink$here_node" = 'shop_a' THEN false
-           ELSE (c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))
+           WHEN c."synclink$here_node" IS NULL THEN c."synclink$node" = 'shop_a'
+           ELSE (coalesce(c."synclink$gen", 0), c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_gen", -1), coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))
            END, false) AS "synclink$wins"
     FROM c
 ), r AS (
@@ -657,7 +666,7 @@ WITH m AS (
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
                             = (d."synclink$at", d."synclink$node")
-                        AND o.policy = 'prefer_node:shop_a') AS "synclink$met_before"
+                        AND o.policy <> 'manual') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -669,10 +678,11 @@ WITH m AS (
 ), written AS (
   DELETE FROM "public"."p" t USING w WHERE t."id" = w."id"
 ), versions AS (
-  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
-  SELECT w."id", w."synclink$at", w."synclink$node" FROM w
+  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node", "synclink$gen")
+  SELECT w."id", w."synclink$at", w."synclink$node", w."synclink$gen" FROM w
   ON CONFLICT ("id") DO UPDATE
      SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$gen" = EXCLUDED."synclink$gen",
          "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
@@ -702,8 +712,8 @@ WITH m AS (
          to_jsonb(d."synclink$here"),
          NULL::jsonb,
          ARRAY['id', 'name', 'updated_at'],
-         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
-         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL, d."synclink$here_gen")::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op", d."synclink$gen")::synclink.stamp,
          CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
               WHEN false THEN 'open'
               WHEN d."synclink$applies" THEN 'applied'
@@ -714,7 +724,7 @@ WITH m AS (
 -- the deletes that found no row here, to pass on
 SELECT 0,
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D', w."synclink$gen")::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
 
 -- ==========================================================================================
@@ -727,7 +737,7 @@ WITH m AS (
          first_value(x."synclink$base_node") OVER w AS "synclink$first_node",
          first_value(x."synclink$op") OVER w AS "synclink$first_op"
     FROM unnest($1::synclink."p_b_row"[], $2::synclink.stamp[])
-         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")
+         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$gen", "synclink$ord")
   WINDOW w AS (PARTITION BY x."id" ORDER BY x."synclink$ord")
    ORDER BY x."id", x."synclink$ord" DESC
 ), c AS (
@@ -736,6 +746,7 @@ WITH m AS (
          CASE WHEN t."id" IS NOT NULL THEN ROW(t."id", t."name", t."updated_at")::synclink."p_b_row" END AS "synclink$here",
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
+         v."synclink$gen" AS "synclink$here_gen",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
          OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
@@ -779,10 +790,11 @@ WITH m AS (
 ), written AS (
   DELETE FROM "public"."p" t USING w WHERE t."id" = w."id"
 ), versions AS (
-  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
-  SELECT w."id", w."synclink$at", w."synclink$node" FROM w
+  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node", "synclink$gen")
+  SELECT w."id", w."synclink$at", w."synclink$node", w."synclink$gen" FROM w
   ON CONFLICT ("id") DO UPDATE
      SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$gen" = EXCLUDED."synclink$gen",
          "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
@@ -812,8 +824,8 @@ WITH m AS (
          to_jsonb(d."synclink$here"),
          NULL::jsonb,
          ARRAY['id', 'name', 'updated_at'],
-         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
-         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL, d."synclink$here_gen")::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op", d."synclink$gen")::synclink.stamp,
          CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
               WHEN true THEN 'open'
               WHEN d."synclink$applies" THEN 'applied'
@@ -824,7 +836,7 @@ WITH m AS (
 -- the deletes that found no row here, to pass on
 SELECT 0,
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D', w."synclink$gen")::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";
 
 -- ==========================================================================================
@@ -836,13 +848,14 @@ WITH m AS (
          x."synclink$base_node" AS "synclink$first_node",
          x."synclink$op" AS "synclink$first_op"
     FROM unnest($1::synclink."p_b_row"[], $2::synclink.stamp[])
-         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")
+         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$gen", "synclink$ord")
 ), c AS (
   SELECT m.*,
          t."id" IS NOT NULL AS "synclink$exists",
          CASE WHEN t."id" IS NOT NULL THEN ROW(t."id", t."name", t."updated_at")::synclink."p_b_row" END AS "synclink$here",
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
+         v."synclink$gen" AS "synclink$here_gen",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
          OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
@@ -859,7 +872,7 @@ WITH m AS (
            WHEN c."synclink$exists" AND c."updated_at" IS NOT NULL AND (c."synclink$here")."updated_at" IS NOT NULL
                 AND c."updated_at" <> (c."synclink$here")."updated_at"
            THEN c."updated_at" > (c."synclink$here")."updated_at"
-           ELSE (c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))
+           ELSE (coalesce(c."synclink$gen", 0), c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_gen", -1), coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", ''))
            END, false) AS "synclink$wins"
     FROM c
 ), r AS (
@@ -879,7 +892,7 @@ WITH m AS (
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
                             = (d."synclink$at", d."synclink$node")
-                        AND o.policy = 'last_write_wins') AS "synclink$met_before"
+                        AND o.policy <> 'manual') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -896,10 +909,11 @@ WITH m AS (
           WHERE (t."name", t."updated_at") IS DISTINCT FROM (EXCLUDED."name", EXCLUDED."updated_at")
   RETURNING t.xmax::text = '0' AS "synclink$fresh"
 ), versions AS (
-  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
-  SELECT w."id", w."synclink$at", w."synclink$node" FROM w
+  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node", "synclink$gen")
+  SELECT w."id", w."synclink$at", w."synclink$node", w."synclink$gen" FROM w
   ON CONFLICT ("id") DO UPDATE
      SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$gen" = EXCLUDED."synclink$gen",
          "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
@@ -931,8 +945,8 @@ WITH m AS (
          CASE WHEN NOT d."synclink$exists" THEN ARRAY['id', 'name', 'updated_at']::text[]
               ELSE array_remove(ARRAY[CASE WHEN (d."synclink$here")."name" IS DISTINCT FROM d."name" THEN 'name' END,
                                       CASE WHEN (d."synclink$here")."updated_at" IS DISTINCT FROM d."updated_at" THEN 'updated_at' END]::text[], NULL) END,
-         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
-         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL, d."synclink$here_gen")::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op", d."synclink$gen")::synclink.stamp,
          CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
               WHEN false THEN 'open'
               WHEN d."synclink$applies" THEN 'applied'
@@ -944,7 +958,7 @@ WITH m AS (
 SELECT (SELECT count(*) FILTER (WHERE NOT "synclink$fresh") FROM written)
          - (SELECT count(*) FROM w WHERE w."synclink$exists" AND ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at")),
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U')::synclink.stamp)
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'U', w."synclink$gen")::synclink.stamp)
   FROM w WHERE w."synclink$exists"
          AND NOT ((w."synclink$here")."name", (w."synclink$here")."updated_at") IS DISTINCT FROM (w."name", w."updated_at");
 
@@ -957,13 +971,14 @@ WITH m AS (
          x."synclink$base_node" AS "synclink$first_node",
          x."synclink$op" AS "synclink$first_op"
     FROM unnest($1::synclink."p_b_row"[], $2::synclink.stamp[])
-         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$ord")
+         WITH ORDINALITY AS x("id", "name", "updated_at", "synclink$at", "synclink$node", "synclink$base_at", "synclink$base_node", "synclink$op", "synclink$gen", "synclink$ord")
 ), c AS (
   SELECT m.*,
          t."id" IS NOT NULL AS "synclink$exists",
          CASE WHEN t."id" IS NOT NULL THEN ROW(t."id", t."name", t."updated_at")::synclink."p_b_row" END AS "synclink$here",
          v."synclink$at" AS "synclink$here_at",
          v."synclink$node" AS "synclink$here_node",
+         v."synclink$gen" AS "synclink$here_gen",
          (v."synclink$at", v."synclink$node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
          OR (v."synclink$base_at", v."synclink$base_node") IS NOT DISTINCT FROM (m."synclink$at", m."synclink$node")
              AS "synclink$seen",
@@ -976,7 +991,7 @@ WITH m AS (
     LEFT JOIN LATERAL (SELECT * FROM synclink."p_b_version" v WHERE v."id" = m."id" OFFSET 0) v ON true
 ), d AS (
   SELECT c.*,
-         NOT c."synclink$conflict" OR coalesce((c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", '')), false) AS "synclink$wins"
+         NOT c."synclink$conflict" OR coalesce((coalesce(c."synclink$gen", 0), c."synclink$at", c."synclink$node") > (coalesce(c."synclink$here_gen", -1), coalesce(c."synclink$here_at", -1), coalesce(c."synclink$here_node", '')), false) AS "synclink$wins"
     FROM c
 ), r AS (
   SELECT d.*,
@@ -995,7 +1010,7 @@ WITH m AS (
                             = (d."synclink$here_at", d."synclink$here_node")
                         AND ((o.peer_version).at, (o.peer_version).node)
                             = (d."synclink$at", d."synclink$node")
-                        AND o.policy = 'last_write_wins') AS "synclink$met_before"
+                        AND o.policy <> 'manual') AS "synclink$met_before"
     FROM d
 ), e AS (
   SELECT r.*,
@@ -1007,10 +1022,11 @@ WITH m AS (
 ), written AS (
   DELETE FROM "public"."p" t USING w WHERE t."id" = w."id"
 ), versions AS (
-  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node")
-  SELECT w."id", w."synclink$at", w."synclink$node" FROM w
+  INSERT INTO synclink."p_b_version" AS v ("id", "synclink$at", "synclink$node", "synclink$gen")
+  SELECT w."id", w."synclink$at", w."synclink$node", w."synclink$gen" FROM w
   ON CONFLICT ("id") DO UPDATE
      SET "synclink$at" = EXCLUDED."synclink$at", "synclink$node" = EXCLUDED."synclink$node",
+         "synclink$gen" = EXCLUDED."synclink$gen",
          "synclink$base_at" = v."synclink$at", "synclink$base_node" = v."synclink$node"
 ), superseded AS (
   UPDATE synclink.conflict o SET outcome = 'superseded'
@@ -1040,8 +1056,8 @@ WITH m AS (
          to_jsonb(d."synclink$here"),
          NULL::jsonb,
          ARRAY['id', 'name', 'updated_at'],
-         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL)::synclink.stamp,
-         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op")::synclink.stamp,
+         ROW(d."synclink$here_at", d."synclink$here_node", NULL, NULL, NULL, d."synclink$here_gen")::synclink.stamp,
+         ROW(d."synclink$at", d."synclink$node", d."synclink$first_at", d."synclink$first_node", d."synclink$first_op", d."synclink$gen")::synclink.stamp,
          CASE WHEN d."synclink$remembered" IS NOT NULL THEN 'remembered'
               WHEN false THEN 'open'
               WHEN d."synclink$applies" THEN 'applied'
@@ -1052,5 +1068,5 @@ WITH m AS (
 -- the deletes that found no row here, to pass on
 SELECT 0,
        array_agg(ROW(w."id", w."name", w."updated_at")::synclink."p_b_row"),
-       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D')::synclink.stamp)
+       array_agg(ROW(w."synclink$at", w."synclink$node", w."synclink$here_at", w."synclink$here_node", 'D', w."synclink$gen")::synclink.stamp)
   FROM w WHERE NOT w."synclink$exists";

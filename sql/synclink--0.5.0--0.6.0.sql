@@ -1,0 +1,34 @@
+-- synclink 0.5.0 -> 0.6.0, run by ALTER EXTENSION synclink UPDATE.
+--
+-- 0.6.0 gives every row version a generation: the count of changes made on a preferred node
+-- (a link's prefer_node) that the version descends from, compared before the time, so that a
+-- table whose links prefer a node converges on every node of a mesh. This script brings a
+-- 0.5.0 catalog to exactly what CREATE EXTENSION synclink makes in 0.6.0 (a test compares the
+-- two), keeping every row.
+
+\echo Use "ALTER EXTENSION synclink UPDATE TO '0.6.0'" to load this file. \quit
+
+-- Stamps kept before (the conflict log's versions) read with no generation: 0. Change records
+-- queued before the update carry stamps of five fields, which the apply reads as generation 0.
+ALTER TYPE synclink.stamp ADD ATTRIBUTE gen bigint;
+
+-- Every version there is was made without a preferred node's generation: 0. A constant
+-- default does not rewrite the table.
+DO $$
+DECLARE
+    vt text;
+BEGIN
+    FOR vt IN SELECT DISTINCT l.version_table FROM synclink.link l
+               WHERE pg_catalog.to_regclass(l.version_table) IS NOT NULL
+    LOOP
+        EXECUTE pg_catalog.format(
+            'ALTER TABLE %s ADD COLUMN IF NOT EXISTS "synclink$gen" bigint NOT NULL DEFAULT 0', vt);
+    END LOOP;
+END
+$$;
+
+-- 0.6.0's code: the capture stamps each version with its generation (raised where a link of
+-- the table prefers this node), the apply and sync_resolve compare and keep it.
+SELECT @extschema@.sync_refresh_link(l.relid::pg_catalog.regclass, l.peer_name)
+  FROM synclink.link l
+ ORDER BY l.link_id;
