@@ -27,6 +27,17 @@ BEGIN
 END
 $$;
 
+-- sync_link_table takes create_missing, after the options it had: make the table on the peer
+-- first when the peer has none. Privileges granted on it by hand are to be granted again.
+DROP FUNCTION @extschema@.sync_link_table(regclass, text, text, text[], text[], text, text, text, text);
+CREATE FUNCTION @extschema@.sync_link_table(
+    tbl regclass, peer text DEFAULT NULL, mode text DEFAULT 'sync', key text[] DEFAULT NULL,
+    exclude text[] DEFAULT NULL, copy text DEFAULT 'none', conflict text DEFAULT 'last_write_wins',
+    version_column text DEFAULT NULL, direction text DEFAULT 'both', create_missing boolean DEFAULT false)
+    RETURNS boolean
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c AS 'MODULE_PATHNAME', 'sync_link_table_wrapper';
+
 -- 0.6.0's code: the capture stamps each version with its generation (raised where a link of
 -- the table prefers this node), the apply and sync_resolve compare and keep it.
 SELECT @extschema@.sync_refresh_link(l.relid::pg_catalog.regclass, l.peer_name)

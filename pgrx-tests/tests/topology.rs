@@ -1160,12 +1160,13 @@ fn the_version_tables_of_a_tables_links_are_merged_into_one() {
         .query_one("SELECT DISTINCT version_table FROM synclink.link", &[])
         .unwrap()
         .get(0);
-    // the link with c as it was before 0.5.0: a version table of its own (without the
-    // generations of 0.6.0), where key 1 has a later version than in the shared one and key 3
-    // one the shared table lacks
+    // the link with c as it was before 0.5.0: a version table of its own, where key 1 has a
+    // later version than in the shared one and key 3 one the shared table lacks; neither has
+    // the generations of 0.6.0 (and the one merged from sorts first)
     a.batch_execute(&format!(
         "CREATE TABLE synclink.prices_c_version (LIKE {vt} INCLUDING ALL);
          ALTER TABLE synclink.prices_c_version DROP COLUMN \"synclink$gen\";
+         ALTER TABLE {vt} DROP COLUMN \"synclink$gen\";
          INSERT INTO synclink.prices_c_version
               SELECT id, \"synclink$at\" + 5, \"synclink$node\", NULL, NULL FROM {vt} WHERE id = 1;
          INSERT INTO synclink.prices_c_version VALUES (3, 42, 'elsewhere', NULL, NULL);
@@ -1226,6 +1227,71 @@ fn a_truncate_passed_on_by_a_hub_empties_the_other_children() {
         assert!(rows(n, "prices").is_empty());
         assert_eq!(conflicts(n), 0);
     }
+}
+
+/// A hub that prefers itself passes on a child's TRUNCATE as deletes of its own making, with
+/// the generation the rows had: the child's next changes to those rows are not beaten by them
+/// (they would be, had the hub counted them as its own changes).
+#[test]
+fn a_truncate_passed_on_by_a_hub_that_prefers_itself_does_not_outrank_the_child() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    a.batch_execute(
+        "SELECT sync_link_table('prices', 'b', mode => 'async', conflict => 'prefer_local'); \
+         SELECT sync_link_table('prices', 'c', mode => 'async', conflict => 'prefer_local'); \
+         INSERT INTO prices SELECT g, g FROM generate_series(1, 5) g;",
+    )
+    .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    b.batch_execute("TRUNCATE prices").unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    b.batch_execute("INSERT INTO prices VALUES (1, 100), (6, 600)")
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c]);
+    for n in [&mut a, &mut b, &mut c] {
+        assert_eq!(rows(n, "prices"), ["(1,100)", "(6,600)"]);
+    }
+    same_versions(&mut [&mut a, &mut b, &mut c]);
+}
+
+/// A table has one preferred node wherever it travels: a link that would prefer another one,
+/// on this node or on the peer, is refused, and nothing is made.
+#[test]
+fn a_second_preferred_node_for_a_table_is_refused() {
+    let (_nodes, _node_c, mut a, mut b, mut c) = three();
+    a.batch_execute("SELECT sync_link_table('prices', 'b', conflict => 'prefer_local')")
+        .unwrap();
+    // on b, whose link with a prefers a
+    let err = b
+        .execute(
+            "SELECT sync_link_table('prices', 'c', conflict => 'prefer_local')",
+            &[],
+        )
+        .unwrap_err();
+    let (code, message, _, hint) = db_error(err);
+    assert_eq!(code, "0A000", "{message}");
+    assert!(
+        message.starts_with("table \"public\".\"prices\" prefers node \"shop_a")
+            && message.contains("not \"shop_b"),
+        "{message}"
+    );
+    assert!(hint.contains("last_write_wins"), "{hint}");
+    // asked from c, whose own links prefer no node: b refuses
+    let err = c
+        .execute(
+            "SELECT sync_link_table('prices', 'b', conflict => 'prefer_local')",
+            &[],
+        )
+        .unwrap_err();
+    let (code, message, _, _) = db_error(err);
+    assert_eq!(code, "0A000", "{message}");
+    assert_eq!(links(&mut b), 1);
+    assert_eq!(links(&mut c), 0);
+    // last_write_wins, or the same preferred node, is linked
+    c.batch_execute("SELECT sync_link_table('prices', 'b')")
+        .unwrap();
+    c.batch_execute("SELECT sync_link_table('prices', 'a', conflict => 'prefer_peer')")
+        .unwrap();
+    assert_eq!(links(&mut c), 2);
 }
 
 /// In a triangle, a change that reaches a node by a second path after the node has changed

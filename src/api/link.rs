@@ -10,7 +10,9 @@ use pgrx::prelude::*;
 /// nodes, say); `copy`: bring the rows already there together first; `conflict`: what happens
 /// when both nodes change a row before either change arrives, with `version_column` as the
 /// first thing last_write_wins compares; `direction`: `both`, `push` (this node's changes go
-/// to the peer, the peer's stay there) or `pull` (the reverse).
+/// to the peer, the peer's stay there) or `pull` (the reverse); `create_missing`: make the
+/// table on the peer first when it has none of that name (`create` itself is a reserved word
+/// in SQL, which a call could not name without quotes).
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
@@ -24,6 +26,7 @@ fn sync_link_table(
     conflict: default!(Option<&str>, "'last_write_wins'"),
     version_column: default!(Option<&str>, "NULL"),
     direction: default!(Option<&str>, "'both'"),
+    create_missing: default!(Option<bool>, false),
 ) -> Result<bool, ErrorReport> {
     const F: &str = "sync_link_table";
     Ok(crate::control::link::link_table(
@@ -36,6 +39,7 @@ fn sync_link_table(
             exclude: names(exclude, F, "exclude")?.unwrap_or_default(),
             copy: required(copy, F, "copy")?,
             conflict: (required(conflict, F, "conflict")?, version_column),
+            create_missing: required(create_missing, F, "create_missing")?,
         },
     )?)
 }

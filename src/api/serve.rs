@@ -32,6 +32,7 @@ fn handle_request(
         Request::UnshareSequence(req) => {
             Some(json(crate::control::sequence::handle_unshare(&from, req)?))
         }
+        Request::CreateTable(req) => Some(json(crate::control::create::handle(req)?)),
     };
     Ok(reply.map(pgrx::JsonB))
 }

@@ -46,6 +46,13 @@ pub enum LinkError {
     BadDirection(String),
     #[error("peer \"{0}\" runs a synclink that cannot link a table one way")]
     PeerCannotLinkOneWay(String),
+    #[error("table {table} prefers node \"{preferred}\" on node \"{node}\", not \"{asked}\"")]
+    OtherPreferredNode {
+        table: String,
+        node: String,
+        preferred: String,
+        asked: String,
+    },
     #[error("table {table} is linked with peer \"{peer}\" by another key ({key})")]
     KeyDiffersFromOtherLinks {
         table: String,
@@ -120,6 +127,7 @@ impl SqlError for LinkError {
             }
             LinkError::PeerCannotLinkOneWay(_)
             | LinkError::KeyDiffersFromOtherLinks { .. }
+            | LinkError::OtherPreferredNode { .. }
             | LinkError::ColumnsDifferFromOtherLinks { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
             LinkError::BadRequest(_) => ERRCODE_PROTOCOL_VIOLATION,
             LinkError::HasQueued { .. } => ERRCODE_OBJECT_IN_USE,
@@ -161,6 +169,7 @@ impl SqlError for LinkError {
                 crate::pg::sql::literal(peer)
             ),
             LinkError::ColumnsDifferFromOtherLinks { excluded, .. } => format!("A table's changes are captured once for all its links, as one set of columns: link it with exclude => '{{{excluded}}}' as its other links."),
+            LinkError::OtherPreferredNode { preferred, .. } => format!("Wherever a table travels, one node can be the one whose changes win: link it with the policy that prefers \"{preferred}\" (prefer_local or prefer_peer, whichever names it) or with last_write_wins, whose links follow that node's preference too."),
             LinkError::KeyDiffersFromOtherLinks { key, .. } => format!("The links of one table match rows by one key, so that a change passed on from one peer to another names the same row: link it with key => '{{{key}}}' (the default is the primary key)."),
             LinkError::CopyAgainstDirection { .. } => "A push link copies with copy => 'to_peer', a pull link with copy => 'from_peer' (or 'none').".into(),
             LinkError::BadDirection(_) => "direction => 'both' (the default), 'push' (this node's changes go to the peer, the peer's stay there) or 'pull' (the peer's changes come here, this node's stay here).".into(),

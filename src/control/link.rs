@@ -282,9 +282,19 @@ pub fn remake_capture(relid: pg_sys::Oid, owner: Option<pg_sys::Oid>) -> Result<
         for t in distinct(&|l| l.triggers.clone()) {
             Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {table}", ident(&t)))?;
         }
+        // A new table's function is not there yet: only what is there is dropped, so that
+        // linking says nothing about a function it did not find.
         for f in distinct(&|l| vec![l.function.clone()]) {
-            Spi::run(&format!("DROP FUNCTION IF EXISTS {f}()"))?;
+            let there = crate::pg::spi::maybe_one::<bool>(
+                "SELECT to_regprocedure($1 || '()') IS NOT NULL",
+                &[f.as_str().into()],
+            )?
+            .unwrap_or(false);
+            if there {
+                Spi::run(&format!("DROP FUNCTION {f}()"))?;
+            }
         }
+        with_generations(&version_table)?;
         for other in distinct(&|l| vec![l.version_table.clone()]) {
             with_generations(&other)?;
             if other != version_table {
@@ -361,6 +371,35 @@ fn preferred_here(relid: pg_sys::Oid) -> Result<bool> {
         &[relid.into()],
     )?
     .unwrap_or(false))
+}
+
+/// The node the table's links with peers other than `peer` prefer (linking keeps it to one).
+fn preferred_by_other_links(relid: pg_sys::Oid, peer: &str) -> Result<Option<String>> {
+    Ok(crate::pg::spi::maybe_one::<String>(
+        "SELECT min(prefer_node) FROM synclink.link \
+          WHERE relid = $1::oid::regclass AND peer_name <> $2 AND conflict = 'prefer_node'",
+        &[relid.into(), peer.into()],
+    )?)
+}
+
+/// The one node the table prefers once the link asking for `asked` is made, where the table's
+/// other links prefer `here`: a second preferred node is refused, since both would raise the
+/// rows' generations and neither would win as its links say. None: no node is preferred.
+fn one_preferred_node(
+    table: &str,
+    here: Option<String>,
+    asked: Option<&str>,
+) -> Result<Option<String>> {
+    match (here, asked) {
+        (Some(here), Some(asked)) if here != asked => Err(LinkError::OtherPreferredNode {
+            table: table.into(),
+            node: crate::catalog::node::local_name()?,
+            preferred: here,
+            asked: asked.into(),
+        }
+        .into()),
+        (here, asked) => Ok(here.or(asked.map(str::to_string))),
+    }
 }
 
 /// Give a version table made before 0.6.0 its generation column (every version it holds was
@@ -552,10 +591,10 @@ fn version_table_access(version_table: &str, relid: pg_sys::Oid) -> [String; 3] 
 /// Lock `relid` (if it still exists) against writes and against other sessions changing its
 /// links: its capture is made from all its links, so two sessions linking or unlinking two
 /// peers of one table at once would each make it from the links they saw, one without the
-/// other's. Taken before the table's links are read; held to the end of the transaction. The
-/// lock is the one replacing the triggers takes anyway (DROP TRIGGER): taking a weaker one
-/// first and that one later would deadlock with a session that read the table and then
-/// writes it (the delivery worker applying a change from another peer).
+/// other's. Taken before the table's links are read; held to the end of the transaction.
+/// Reads go on meanwhile (a link's copy may take a while) until the triggers are replaced; the
+/// apply of changes from another peer takes its write lock on the table before it reads it, so
+/// that it waits here instead of holding a lock the trigger replacement would wait for.
 fn lock_links_of(relid: pg_sys::Oid) -> Result<()> {
     let table = crate::pg::spi::maybe_one::<String>(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
@@ -563,7 +602,7 @@ fn lock_links_of(relid: pg_sys::Oid) -> Result<()> {
         &[relid.into()],
     )?;
     if let Some(table) = table {
-        Spi::run(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))?;
+        Spi::run(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
     }
     Ok(())
 }
@@ -655,6 +694,8 @@ pub struct Options<'a> {
     pub copy: &'a str,
     /// the policy, and the version column last_write_wins compares first
     pub conflict: (&'a str, Option<&'a str>),
+    /// make the table on the peer when it has none
+    pub create_missing: bool,
 }
 
 pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options) -> Result<bool> {
@@ -665,6 +706,7 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
         exclude,
         copy,
         conflict,
+        create_missing,
     } = options;
     crate::data::queue::check_mode(mode)?;
     let direction = Direction::parse(direction)?;
@@ -699,6 +741,11 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
         crate::catalog::policy::check_version_column(relid, vc, &sent)?;
     }
     let (conflict, prefer_node, version_column) = policy.stored();
+    let preferred = one_preferred_node(
+        &info.display(),
+        preferred_by_other_links(relid, &peer.name)?,
+        prefer_node.as_deref(),
+    )?;
     let body = LinkRequest {
         schema: info.schema.clone(),
         table: info.name.clone(),
@@ -713,6 +760,7 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
         prefer_node,
         version_column,
         direction: direction.as_str().into(),
+        preferred,
     };
     if let Some(existing) = find(relid, &peer.name)? {
         let differences = differences_from(existing.id, &body)?;
@@ -730,6 +778,9 @@ pub fn link_table(relid: pg_sys::Oid, peer_name: Option<&str>, options: Options)
             peer.name
         ));
         return Ok(false);
+    }
+    if create_missing {
+        crate::control::create::on_peer(&peer, relid, &body.schema, &body.table)?;
     }
     // Existing rows first, while neither side has its triggers yet: none of it is captured.
     crate::reconcile::diff::copy_for_link(
@@ -1006,6 +1057,8 @@ pub fn handle_link(from: &Peer, req: LinkRequest) -> Result<LinkReply> {
         let sent: Vec<String> = req.columns.iter().map(|c| c.name.clone()).collect();
         crate::catalog::policy::check_version_column(oid, vc, &sent)?;
     }
+    let asked = req.preferred.as_deref().or(req.prefer_node.as_deref());
+    one_preferred_node(&display, preferred_by_other_links(oid, &from.name)?, asked)?;
     if !info.unique_keys.iter().any(|k| same_set(k, &req.key)) {
         return Err(LinkError::KeyMismatch {
             table: display,

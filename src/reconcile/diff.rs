@@ -142,6 +142,20 @@ impl Shape {
             matched = self.key_match("k"),
         )
     }
+    /// Forget the history of the rows with the keys in $1 in the version table `versions`: each
+    /// keeps its row, with the version no change is made on (time 0, no node) and no base, so
+    /// that the next change to it, made on either node, is made on that version and is no
+    /// conflict on the other. The generation stays: a node a link prefers still wins with its
+    /// next change wherever a newer generation was seen, and a change made elsewhere does not
+    /// start below it.
+    fn forget_keys_sql(&self, versions: &str, row_type: &str) -> String {
+        format!(
+            "UPDATE {versions} t SET \"synclink$at\" = 0, \"synclink$node\" = '', \
+                    \"synclink$base_at\" = NULL, \"synclink$base_node\" = NULL \
+               FROM jsonb_populate_recordset(NULL::{row_type}, $1) k WHERE {matched}",
+            matched = self.key_match("k"),
+        )
+    }
     /// Write `upsert` rows and delete `delete` keys here, marked as coming from `from` so a
     /// link's capture does not send them back. Returns the rows touched.
     fn repair_here(
@@ -166,9 +180,10 @@ impl Shape {
         })?
     }
 
-    /// On a linked table, drop the row versions of these keys (a jsonb array of key objects):
+    /// On a linked table, forget the row versions of these keys (a jsonb array of key objects):
     /// a repaired row was written without a change record, so both nodes start its history
-    /// afresh, and the next change to it is not taken for a conflict.
+    /// afresh ([`Self::forget_keys_sql`]), and the next change to it is not taken for a
+    /// conflict.
     /// Open conflicts on those keys are closed as resolved in favour of `kept`.
     fn forget_versions(
         &self,
@@ -189,7 +204,7 @@ impl Shape {
         // The keys are read as the table's row type (its domains' checks): as the owner.
         self.as_owner(|| {
             Spi::run_with_args(
-                &self.delete_keys_sql(&link.version_table, &link.row_type),
+                &self.forget_keys_sql(&link.version_table, &link.row_type),
                 &[JsonB(keys.clone()).into()],
             )
         })??;

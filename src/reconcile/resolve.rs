@@ -108,25 +108,42 @@ impl RowTarget {
         })
     }
 
-    /// The generation a decision on this key gives the kept row: the highest of the two
-    /// versions that met in the conflict and the version here now.
-    fn generation(&self, key: &serde_json::Value, conflict_id: i64) -> Result<i64, SpiError> {
-        let met = crate::pg::spi::maybe_one::<i64>(
-            "SELECT greatest(coalesce((local_version).gen, 0), coalesce((peer_version).gen, 0)) \
-               FROM synclink.conflict WHERE conflict_id = $1",
-            &[conflict_id.into()],
-        )?;
+    /// The version a decision on this key gives the kept row, at least `decided` (at, gen):
+    /// past the version here (a clock behind still orders it after), and of the highest
+    /// generation among it, the version here and, on the node that decides, the two versions
+    /// that met in the conflict (`conflict_id`), so that the kept row is later than each of them
+    /// wherever it travels.
+    fn version_after(
+        &self,
+        key: &serde_json::Value,
+        decided: (i64, i64),
+        conflict_id: Option<i64>,
+    ) -> Result<(i64, i64), SpiError> {
+        let met = match conflict_id {
+            Some(id) => crate::pg::spi::maybe_one::<i64>(
+                "SELECT greatest(coalesce((local_version).gen, 0), coalesce((peer_version).gen, 0)) \
+                   FROM synclink.conflict WHERE conflict_id = $1",
+                &[id.into()],
+            )?
+            .unwrap_or(0),
+            None => 0,
+        };
         let sql = format!(
-            "SELECT v.\"synclink$gen\" FROM {vt} v, jsonb_populate_record(NULL::{row}, $1) k WHERE {cond}",
+            "SELECT ARRAY[v.\"synclink$at\" + 1, v.\"synclink$gen\"] \
+               FROM {vt} v, jsonb_populate_record(NULL::{row}, $1) k WHERE {cond}",
             vt = self.version_table,
             row = self.row_type,
             cond = self.key_match("v", "k"),
         );
         // As the owner: the key is read as the row type (its domains' checks).
         let here = crate::pg::privilege::as_owner_of(self.relid, || {
-            crate::pg::spi::maybe_one::<i64>(&sql, &[pgrx::JsonB(key.clone()).into()])
+            crate::pg::spi::maybe_one::<Vec<i64>>(&sql, &[pgrx::JsonB(key.clone()).into()])
         })??;
-        Ok(met.unwrap_or(0).max(here.unwrap_or(0)))
+        let (after, gen) = match here.as_deref() {
+            Some([after, gen]) => (*after, *gen),
+            _ => (0, 0),
+        };
+        Ok((decided.0.max(after), decided.1.max(met).max(gen)))
     }
 
     /// The row with this key here now, as jsonb (None: no such row).
@@ -345,7 +362,7 @@ pub fn resolve(conflict_id: i64, keep: &str) -> Result<bool> {
     let target = RowTarget::load(link_id)?;
     let mut rows = [local_hash.clone(), peer_hash.clone()];
     rows.sort();
-    let decision = Decision {
+    let mut decision = Decision {
         node: if keep_local {
             local.clone()
         } else {
@@ -355,10 +372,12 @@ pub fn resolve(conflict_id: i64, keep: &str) -> Result<bool> {
             "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
         )?
         .ok_or(crate::pg::spi::Missing("clock reading"))?,
-        gen: target.generation(&key, conflict_id)?,
+        gen: 0,
         rows,
         kept: if keep_local { local_hash } else { peer_hash },
     };
+    (decision.at, decision.gen) =
+        target.version_after(&key, (decision.at, decision.gen), Some(conflict_id))?;
     let mine = target.current(&key)?;
     let body = ResolveRequest {
         schema: target.peer_schema.clone(),
@@ -369,7 +388,11 @@ pub fn resolve(conflict_id: i64, keep: &str) -> Result<bool> {
         decision,
     };
     let reply = crate::rpc::call(&peer, &body)?;
-    let decision = body.decision;
+    let mut decision = body.decision;
+    // The peer may have moved the version on past its own (a node before 0.6.0 says nothing).
+    let said = |field: &str| reply.get(field).and_then(serde_json::Value::as_i64);
+    decision.at = said("at").unwrap_or(decision.at);
+    decision.gen = said("gen").unwrap_or(decision.gen);
     let version = (decision.at, decision.node.as_str(), decision.gen);
     if keep_local {
         target.settle(&key, mine.as_ref(), version, &peer.node_name)?;
@@ -394,11 +417,8 @@ pub fn answer(from: &crate::catalog::peer::Peer, req: ResolveRequest) -> Result<
     crate::catalog::access::peer_may(link.relid, crate::catalog::access::READ_WRITE, "write")?;
     let target = RowTarget::load(link.id)?;
     let mine = target.current(&req.key)?;
-    let version = (
-        req.decision.at,
-        req.decision.node.as_str(),
-        req.decision.gen,
-    );
+    let (at, gen) = target.version_after(&req.key, (req.decision.at, req.decision.gen), None)?;
+    let version = (at, req.decision.node.as_str(), gen);
     let row = if req.take {
         req.row.as_ref()
     } else {
@@ -406,5 +426,5 @@ pub fn answer(from: &crate::catalog::peer::Peer, req: ResolveRequest) -> Result<
     };
     target.settle(&req.key, row, version, &from.node_name)?;
     target.close(&req.key, &req.decision, &from.node_name)?;
-    Ok(serde_json::json!({ "row": mine }))
+    Ok(serde_json::json!({ "row": mine, "at": at, "gen": gen }))
 }

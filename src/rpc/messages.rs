@@ -8,6 +8,7 @@
 //! ignore gets a new action name; a node that meets an action it does not know refuses it with
 //! [`super::RpcError::UnknownAction`], whose hint says to upgrade.
 
+use crate::catalog::definition::Ddl;
 use crate::catalog::link::WireColumn;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,10 @@ pub struct LinkRequest {
     /// makes a one-way half says so in its [`LinkReply`]
     #[serde(default = "both_ways")]
     pub direction: String,
+    /// the node the initiator's links of the table prefer, this one included (a table has one
+    /// preferred node wherever it travels)
+    #[serde(default)]
+    pub preferred: Option<String>,
 }
 
 /// The peer's answer to a [`LinkRequest`]: the direction it recorded, seen from the peer. A
@@ -94,7 +99,8 @@ pub struct Repair {
     pub upsert: serde_json::Value,
     pub delete: serde_json::Value,
     pub fetch: serde_json::Value,
-    /// every key the repair touches on either node: their row versions are dropped on both
+    /// every key the repair touches on either node: their row versions are forgotten on both
+    /// (a version no change is made on; the generation kept)
     #[serde(default)]
     pub forget: serde_json::Value,
     /// the node whose rows win, for closing open conflicts on those keys
@@ -154,6 +160,27 @@ pub struct UnshareRequest {
     pub high: i64,
 }
 
+/// Make a table the peer does not have (sync_link_table(…, create => true)): the statements of
+/// the table's definition, in order. The peer runs them as the role the request arrives as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub schema: String,
+    pub table: String,
+    pub objects: Vec<Ddl>,
+}
+
+/// What the peer made of a [`CreateRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateReply {
+    /// it had a table of that name already, and made nothing
+    pub existed: bool,
+    /// the objects it made, as "kind name"
+    pub made: Vec<String>,
+}
+
+impl super::Body for CreateRequest {
+    const ACTION: &'static str = "create_table";
+}
 impl super::Body for LinkRequest {
     const ACTION: &'static str = "link";
 }

@@ -64,15 +64,17 @@ pub enum Request {
     Resolve(ResolveRequest),
     ShareSequence(ShareRequest),
     UnshareSequence(UnshareRequest),
+    CreateTable(CreateRequest),
 }
 
-const ACTIONS: [&str; 6] = [
+const ACTIONS: [&str; 7] = [
     LinkRequest::ACTION,
     UnlinkRequest::ACTION,
     DiffRequest::ACTION,
     ResolveRequest::ACTION,
     ShareRequest::ACTION,
     UnshareRequest::ACTION,
+    CreateRequest::ACTION,
 ];
 
 impl Request {

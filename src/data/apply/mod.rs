@@ -486,6 +486,16 @@ fn apply_checked(
     stamps: &str,
 ) -> Result<()> {
     let bytes = rows.len() + stamps.len();
+    // The lock the writes take, before the rows are read and locked (which takes a weaker
+    // one): a session linking the table with another peer holds a lock that lets reads
+    // through and waits for writers before it replaces the table's triggers; a run that held
+    // the weaker lock while it waited for the stronger would deadlock with it.
+    // SAFETY: the table exists (its link was just compiled, under its lock as of then), the
+    // lock is released at the end of the transaction by the lock manager, and taking a lock
+    // checks no privilege and runs no code of the table's.
+    unsafe {
+        pg_sys::LockRelationOid(plans.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    }
     let (raced, unchanged) = crate::pg::privilege::as_owner_of(plans.relid, || {
         Spi::connect_mut(|_| {
             // Parsed once for both statements: for a large record parsing is most of the work.

@@ -271,6 +271,10 @@ struct Catalog {
     fanout_oid: pg_sys::Oid,
     /// a link of the table prefers this node (its changes raise their rows' generation)
     preferred: bool,
+    /// the catalog has the version generations this code writes: false between installing a
+    /// new library and ALTER EXTENSION synclink UPDATE, when only the generated function (made
+    /// by the code before, for the catalog as it is) may capture
+    current: bool,
 }
 
 /// The table `relid` as its link `link_id` and the table's other links that send know it,
@@ -292,7 +296,13 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
                         EXISTS (SELECT FROM synclink.link x \
                                  WHERE x.relid::pg_catalog.oid OPERATOR(pg_catalog.=) l.relid::pg_catalog.oid \
                                    AND x.conflict OPERATOR(pg_catalog.=) 'prefer_node' \
-                                   AND x.prefer_node OPERATOR(pg_catalog.=) n.node_name) \
+                                   AND x.prefer_node OPERATOR(pg_catalog.=) n.node_name), \
+                        EXISTS (SELECT FROM pg_catalog.pg_attribute a \
+                                 WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(l.version_table)::pg_catalog.oid \
+                                   AND a.attname OPERATOR(pg_catalog.=) 'synclink$gen' AND NOT a.attisdropped) \
+                        AND EXISTS (SELECT FROM pg_catalog.pg_attribute a \
+                                     WHERE a.attrelid OPERATOR(pg_catalog.=) 'synclink.stamp'::pg_catalog.regclass::pg_catalog.oid \
+                                       AND a.attname OPERATOR(pg_catalog.=) 'gen' AND NOT a.attisdropped) \
                    FROM synclink.link l \
                    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relid::pg_catalog.oid \
                    JOIN pg_catalog.pg_proc p \
@@ -323,6 +333,7 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
                 outbox_oid: need(&r, 15, "table synclink.outbox")?,
                 fanout_oid: r.get(16)?.unwrap_or(pg_sys::InvalidOid),
                 preferred: need(&r, 17, "preferred node of a link")?,
+                current: need(&r, 18, "generations of a link's versions")?,
             };
             // Every link of the table that sends through these triggers: (peer, link id,
             // peer's node).
@@ -379,7 +390,7 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
     } else {
         row.outbox_oid
     };
-    let writer = (queue != pg_sys::InvalidOid)
+    let writer = (row.current && queue != pg_sys::InvalidOid)
         .then(|| {
             Writer::load(&LinkTables {
                 targets: &outbox_targets,
@@ -399,12 +410,14 @@ fn load(link_id: i32, relid: pg_sys::Oid) -> Result<Option<Link>> {
             owner: row.owner,
         }));
     }
-    paths.push(Box::new(StatementPath {
-        statements,
-        row_type: row.row_type,
-        owner: row.owner,
-        after_heap: !paths.is_empty(),
-    }));
+    if row.current {
+        paths.push(Box::new(StatementPath {
+            statements,
+            row_type: row.row_type,
+            owner: row.owner,
+            after_heap: !paths.is_empty(),
+        }));
+    }
     // SAFETY: a zeroed FmgrInfo is what fmgr_info_cxt fills in; the function's OID was read
     // from pg_proc above, and TopMemoryContext outlives the cached link.
     let mut function: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });

@@ -100,13 +100,24 @@ fn version_upsert(spec: &CaptureSpec, select: &str, relay: &str) -> String {
 }
 
 /// What a version upsert's SELECT gives a key it has no version for yet, after the key, the
-/// new version and the origin: on a node a link of the table prefers, the first generation
-/// (the column's default, 0, otherwise).
-fn first_generation(spec: &CaptureSpec) -> &'static str {
-    if spec.preferred {
-        ", 1"
-    } else {
-        ""
+/// new version and the origin: on a node a link of the table prefers, the first generation for
+/// a change made here (the column's default, 0, otherwise).
+fn first_generation(spec: &CaptureSpec, relay: &str) -> String {
+    match (spec.preferred, relay) {
+        (false, _) => String::new(),
+        (true, "false") => ", 1".into(),
+        (true, relay) => format!(", CASE WHEN {relay} THEN 0 ELSE 1 END"),
+    }
+}
+
+/// The generation a preferred node gives a key's new version: one up for a change made here.
+/// A change applied from a peer and passed on that the apply did not stamp (a TRUNCATE applied
+/// as deletes, a key change, what a trigger or a cascade wrote) was not made here: it keeps
+/// the generation, or it would win over the changes its own node makes after it.
+fn raised(relay: &str) -> String {
+    match relay {
+        "false" => "v.\"synclink$gen\" + 1".into(),
+        relay => format!("v.\"synclink$gen\" + CASE WHEN {relay} THEN 0 ELSE 1 END"),
     }
 }
 
@@ -131,7 +142,7 @@ fn restamp(spec: &CaptureSpec, relay: &str, at: &str, node: &str) -> String {
         kept("base_node", "v.\"synclink$node\""),
     ];
     if spec.preferred {
-        set.push(kept("gen", "v.\"synclink$gen\" + 1"));
+        set.push(kept("gen", &raised(relay)));
     }
     set.join(",\n\x20                 ")
 }
@@ -186,7 +197,7 @@ fn version_write(
                 spec,
                 &format!(
                     "SELECT {keys}, {now}, {origin}{} FROM {source} s{}",
-                    first_generation(spec),
+                    first_generation(spec, relay),
                     condition("")
                 ),
                 relay,
@@ -212,7 +223,7 @@ fn version_write(
             spec,
             &format!(
                 "SELECT {keys}, {now}, {origin}{} FROM {source} s{}",
-                first_generation(spec),
+                first_generation(spec, relay),
                 condition(&format!(
                     "NOT EXISTS (SELECT FROM u WHERE {})",
                     matching(spec, "u")
@@ -470,7 +481,7 @@ pub fn single_row_sql(spec: &CaptureSpec, op: char) -> String {
             &format!(
                 "SELECT {}, $2, $3{}{same_key}",
                 join(spec.key, ", ", |k| format!("($1).{}", ident(k))),
-                first_generation(spec)
+                first_generation(spec, "false")
             ),
             "false",
         ),
@@ -902,15 +913,16 @@ mod tests {
             ..spec(&cols, &key, &t)
         };
         let sql = function_sql(&preferred);
-        // a new key starts at generation 1, a known one goes one up, a change being passed on
-        // keeps the generation it came with
+        // a new key starts at generation 1, a known one goes one up; a change being passed on
+        // keeps the generation it came with, and one the apply did not stamp (a truncate, a
+        // key change, a cascade) the generation the row had: it was not made here
         assert!(
             sql.contains("INSERT INTO synclink.\"products_version\" AS v (\"id\", \"synclink$at\", \"synclink$node\", \"synclink$gen\")")
-                && sql.contains("SELECT s.\"id\", synclink$now, synclink$origin, 1 FROM new_rows s"),
+                && sql.contains("SELECT s.\"id\", synclink$now, synclink$origin, CASE WHEN synclink$relay THEN 0 ELSE 1 END FROM new_rows s"),
             "{sql}"
         );
         assert!(
-            sql.contains("\"synclink$gen\" = CASE WHEN synclink$relay AND synclink.written_in_this_transaction(v.xmin) THEN v.\"synclink$gen\" ELSE v.\"synclink$gen\" + 1 END"),
+            sql.contains("\"synclink$gen\" = CASE WHEN synclink$relay AND synclink.written_in_this_transaction(v.xmin) THEN v.\"synclink$gen\" ELSE v.\"synclink$gen\" + CASE WHEN synclink$relay THEN 0 ELSE 1 END END"),
             "{sql}"
         );
         let single = single_row_sql(&preferred, 'U');
