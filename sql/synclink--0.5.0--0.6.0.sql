@@ -2,7 +2,8 @@
 --
 -- 0.6.0 gives every row version a generation: the count of changes made on a preferred node
 -- (a link's prefer_node) that the version descends from, compared before the time, so that a
--- table whose links prefer a node converges on every node of a mesh. This script brings a
+-- table whose links prefer a node converges on every node of a mesh; sync_link_table can make
+-- the peer's table, and sync_clone a whole schema with its rows. This script brings a
 -- 0.5.0 catalog to exactly what CREATE EXTENSION synclink makes in 0.6.0 (a test compares the
 -- two), keeping every row.
 
@@ -37,6 +38,14 @@ CREATE FUNCTION @extschema@.sync_link_table(
     RETURNS boolean
     SET search_path TO pg_catalog, pg_temp
     LANGUAGE c AS 'MODULE_PATHNAME', 'sync_link_table_wrapper';
+
+-- sync_clone: this database's schema and rows made again in a peer's.
+CREATE FUNCTION @extschema@.sync_clone(
+    peer text, tables text[] DEFAULT NULL, objects text[] DEFAULT NULL,
+    max_rows bigint DEFAULT NULL, direction text DEFAULT 'to_peer')
+    RETURNS TABLE (object_kind text, object_name text, action text, "rows" bigint, detail text)
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c AS 'MODULE_PATHNAME', 'sync_clone_wrapper';
 
 -- 0.6.0's code: the capture stamps each version with its generation (raised where a link of
 -- the table prefers this node), the apply and sync_resolve compare and keep it.

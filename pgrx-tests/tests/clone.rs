@@ -90,7 +90,8 @@ fn a_link_makes_the_peers_table_with_its_types_keys_and_indexes() {
     assert_eq!(
         said,
         ["peer \"b\" made type public.address, type public.positive, sequence public.items_id_seq, \
-          table public.items, index public.items_cheap, index public.items_lower_name"]
+          table public.items, key public.items.items_pkey, key public.items.items_code_key, \
+          index public.items_cheap, index public.items_lower_name"]
     );
     assert_eq!(definition(&mut b, "items"), definition(&mut a, "items"));
     // and it is linked: rows travel both ways, the generated column computed on each side
@@ -255,4 +256,317 @@ fn the_peers_table_is_made_as_the_role_this_node_connects_as() {
     a.batch_execute("INSERT INTO parts VALUES (1, 'bolt')")
         .unwrap();
     assert_eq!(count(&mut b, "SELECT count(*) FROM parts"), 1);
+}
+
+/// A schema with every kind sync_clone brings, and rows whose foreign keys reach past the
+/// first ten of each table: a tree whose parents have higher ids, a multi-column key, two
+/// tables that reference each other, and a table another database will not take every row of.
+const SHOP: &str = r#"
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+CREATE TYPE address AS (street text, zip text);
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, home address, feeling mood DEFAULT 'ok');
+CREATE TABLE categories (id int PRIMARY KEY, parent int REFERENCES categories (id), name text);
+CREATE TABLE products (
+    id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    category int REFERENCES categories, name text NOT NULL, price numeric(10,2), qty positive,
+    total numeric GENERATED ALWAYS AS (price * qty) STORED);
+CREATE INDEX products_cheap ON products (price) WHERE price < 10;
+CREATE INDEX products_lower_name ON products (lower(name));
+CREATE TABLE orders (region int, id int, customer int REFERENCES customers, PRIMARY KEY (region, id));
+CREATE TABLE order_lines (
+    region int, order_id int, line int, product int REFERENCES products,
+    PRIMARY KEY (region, order_id, line), FOREIGN KEY (region, order_id) REFERENCES orders);
+CREATE TABLE departments (id int PRIMARY KEY, head int);
+CREATE TABLE employees (id int PRIMARY KEY, dept int REFERENCES departments);
+ALTER TABLE departments ADD CONSTRAINT departments_head_fkey FOREIGN KEY (head) REFERENCES employees;
+CREATE TABLE ratings (id int PRIMARY KEY, score int CHECK (score <= 10));
+CREATE TABLE notes (id int PRIMARY KEY, body text);
+CREATE VIEW order_sizes AS
+    SELECT o.region, o.id, count(l.line) AS lines FROM orders o LEFT JOIN order_lines l
+        ON l.region = o.region AND l.order_id = o.id GROUP BY o.region, o.id;
+CREATE VIEW big_orders AS SELECT * FROM order_sizes WHERE lines > 1;
+CREATE FUNCTION line_count(r int, o int) RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM order_lines WHERE region = r AND order_id = o);
+END
+$$;
+CREATE PROCEDURE rename_customer(c int, n text) LANGUAGE sql AS $$
+    UPDATE customers SET name = n WHERE id = c
+$$;
+CREATE FUNCTION tidy_name() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.name := btrim(NEW.name);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER customers_tidy BEFORE INSERT OR UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION tidy_name();
+-- needs the row type of a table that is not cloned
+CREATE FUNCTION note_text(n notes) RETURNS text LANGUAGE sql AS 'SELECT n.body';
+
+INSERT INTO customers (name, home, feeling)
+    SELECT 'customer ' || g, ROW('street ' || g, '1' || g)::address, (ARRAY['sad', 'ok', 'happy'])[g % 3 + 1]::mood
+      FROM generate_series(1, 50) g;
+INSERT INTO categories SELECT g, NULL, 'category ' || g FROM generate_series(1, 100) g;
+UPDATE categories SET parent = id + 10 WHERE id <= 90;
+INSERT INTO products (category, name, price, qty)
+    SELECT 101 - g, 'product ' || g, g * 1.5, g % 7 + 1 FROM generate_series(1, 100) g;
+INSERT INTO orders SELECT g % 2, g, 50 - g % 50 FROM generate_series(1, 100) g;
+INSERT INTO order_lines SELECT g % 2, g, 1, 101 - g FROM generate_series(1, 100) g;
+INSERT INTO order_lines SELECT g % 2, g, 2, g FROM generate_series(1, 100, 3) g;
+INSERT INTO departments SELECT g, NULL FROM generate_series(1, 20) g;
+INSERT INTO employees SELECT g, 21 - g FROM generate_series(1, 20) g;
+UPDATE departments SET head = 21 - id;
+INSERT INTO ratings SELECT g, g % 11 FROM generate_series(1, 20) g;
+INSERT INTO notes VALUES (1, 'not cloned');
+"#;
+
+/// Everything that makes up the objects of schema public that are not an extension's, one
+/// line each: two databases that print the same hold the same objects.
+fn objects(c: &mut Client) -> Vec<String> {
+    c.query(
+        r#"SELECT d FROM (
+             SELECT 'function ' || pg_get_functiondef(p.oid) FROM pg_proc p
+              WHERE p.pronamespace = 'public'::regnamespace AND p.prokind IN ('f', 'p')
+                AND NOT EXISTS (SELECT FROM pg_depend x WHERE x.objid = p.oid AND x.deptype = 'e')
+             UNION ALL
+             SELECT 'view ' || c.oid::regclass || pg_get_viewdef(c.oid) FROM pg_class c
+              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'v'
+                AND NOT EXISTS (SELECT FROM pg_depend x WHERE x.objid = c.oid AND x.deptype = 'e')
+             UNION ALL
+             SELECT 'trigger ' || pg_get_triggerdef(t.oid) FROM pg_trigger t
+              JOIN pg_class c ON c.oid = t.tgrelid
+              WHERE c.relnamespace = 'public'::regnamespace AND NOT t.tgisinternal AND t.tgname NOT LIKE 'synclink%'
+             UNION ALL
+             SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i
+              JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'public'::regnamespace
+             UNION ALL
+             SELECT format('constraint %s %s %s validated %s', conrelid::regclass, conname, pg_get_constraintdef(oid), convalidated)
+               FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND conrelid <> 0
+             UNION ALL
+             SELECT format('column %s %s %s default %s identity %s generated %s not null %s', a.attrelid::regclass,
+                           a.attname, format_type(a.atttypid, a.atttypmod), pg_get_expr(d.adbin, d.adrelid),
+                           a.attidentity, a.attgenerated, a.attnotnull)
+               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'v') AND a.attnum > 0
+                AND NOT a.attisdropped
+                AND NOT EXISTS (SELECT FROM pg_depend x WHERE x.objid = c.oid AND x.deptype = 'e')
+             UNION ALL
+             SELECT format('type %s %s %s %s %s', t.oid::regtype, t.typtype, format_type(t.typbasetype, t.typtypmod),
+                           (SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid),
+                           (SELECT string_agg(pg_get_constraintdef(k.oid), ',') FROM pg_constraint k WHERE k.contypid = t.oid))
+               FROM pg_type t WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('e', 'd')
+             UNION ALL
+             SELECT format('sequence %s', pg_get_serial_sequence(a.attrelid::regclass::text, a.attname))
+               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+              WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0
+                AND pg_get_serial_sequence(a.attrelid::regclass::text, a.attname) IS NOT NULL
+           ) x(d)
+          WHERE d NOT LIKE '%notes%' AND d NOT LIKE '%note_text%' AND d NOT LIKE '%ratings%'
+          ORDER BY 1"#,
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// One line of sync_clone's report: kind, name, action, rows, detail.
+type Reported = (String, String, String, Option<i64>, Option<String>);
+
+/// sync_clone's report, one line per object.
+fn clone_report(c: &mut Client, sql: &str) -> Vec<Reported> {
+    c.query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
+
+#[test]
+fn a_clone_of_ten_rows_a_table_brings_every_row_they_reference_and_every_object() {
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    a.batch_execute(SHOP).unwrap();
+    // the peer has ratings already, with a stricter check than here
+    b.batch_execute("CREATE TABLE ratings (id int PRIMARY KEY, score int CHECK (score <= 5))")
+        .unwrap();
+    let (mut a2, said) = listening(&nodes.a);
+    let report = clone_report(
+        &mut a2,
+        "SELECT * FROM sync_clone('b', tables => '{customers, categories, products, orders, \
+         order_lines, departments, employees, ratings}', max_rows => 10)",
+    );
+    let find = |kind: &str, name: &str| {
+        report
+            .iter()
+            .find(|(k, n, ..)| k == kind && n == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in {report:#?}"))
+            .clone()
+    };
+    // every table made, with its first ten rows and every row they reference
+    let (_, _, action, rows, detail) = find("table", "public.categories");
+    assert_eq!(
+        (action.as_str(), rows),
+        ("created", Some(100)),
+        "{report:#?}"
+    );
+    assert_eq!(
+        detail.as_deref(),
+        Some("+90 rows referenced by other copied rows")
+    );
+    let (_, _, _, rows, _) = find("table", "public.customers");
+    assert!(rows.unwrap() > 10, "{report:#?}");
+    for (kind, name) in [
+        ("type", "public.mood"),
+        ("type", "public.positive"),
+        ("type", "public.address"),
+        ("sequence", "public.customers_id_seq"),
+        ("key", "public.order_lines.order_lines_pkey"),
+        ("index", "public.products_cheap"),
+        ("index", "public.products_lower_name"),
+        (
+            "foreign key",
+            "public.order_lines.order_lines_region_order_id_fkey",
+        ),
+        ("foreign key", "public.departments.departments_head_fkey"),
+        ("foreign key", "public.employees.employees_dept_fkey"),
+        ("foreign key", "public.categories.categories_parent_fkey"),
+        ("function", "public.line_count(integer,integer)"),
+        ("function", "public.rename_customer(integer,text)"),
+        ("view", "public.order_sizes"),
+        ("view", "public.big_orders"),
+        ("trigger", "public.customers.customers_tidy"),
+    ] {
+        assert_eq!(find(kind, name).2, "created", "{kind} {name}: {report:#?}");
+    }
+    // a function the peer cannot make, and rows its table refuses, reported; the rest made
+    let (_, _, action, _, detail) = find("function", "public.note_text(public.notes)");
+    assert_eq!(action, "failed");
+    assert!(detail
+        .unwrap()
+        .contains("ERROR 42704: type public.notes does not exist"));
+    // ratings is there with another check: left as it is, its rows copied but those it refuses
+    let (_, _, action, rows, detail) = find("table", "public.ratings");
+    assert_eq!((action.as_str(), rows), ("differs", Some(5)), "{report:#?}");
+    assert!(detail.unwrap().contains("score <= 5"), "{report:#?}");
+    let refused: Vec<&String> = report
+        .iter()
+        .filter(|(k, ..)| k == "row")
+        .map(|(_, n, ..)| n)
+        .collect();
+    assert_eq!(
+        refused,
+        (6..=10)
+            .map(|i| format!("public.ratings {{\"id\": {i}}}"))
+            .collect::<Vec<_>>()
+            .iter()
+            .collect::<Vec<_>>(),
+        "{report:#?}"
+    );
+    assert!(report
+        .iter()
+        .filter(|(k, ..)| k == "row")
+        .all(|(.., d)| d.as_deref().unwrap().contains("ERROR 23514")));
+    // a NOTICE per table with its rows and time
+    let said = said.lock().unwrap().clone();
+    assert!(
+        said.iter()
+            .any(|m| m
+                .starts_with("sync_clone: 100 rows of public.categories copied to peer \"b\" in ")),
+        "{said:?}"
+    );
+
+    // the objects are the source's, and every foreign key holds on the peer
+    assert_eq!(objects(&mut b), objects(&mut a));
+    b.batch_execute(
+        "ALTER TABLE order_lines VALIDATE CONSTRAINT order_lines_region_order_id_fkey;
+         ALTER TABLE categories VALIDATE CONSTRAINT categories_parent_fkey;
+         ALTER TABLE departments VALIDATE CONSTRAINT departments_head_fkey;",
+    )
+    .unwrap();
+    let orphans = count(
+        &mut b,
+        "SELECT (SELECT count(*) FROM order_lines l WHERE NOT EXISTS (SELECT FROM orders o WHERE (o.region, o.id) = (l.region, l.order_id)))
+              + (SELECT count(*) FROM categories c WHERE c.parent IS NOT NULL AND NOT EXISTS (SELECT FROM categories p WHERE p.id = c.parent))",
+    );
+    assert_eq!(orphans, 0);
+    // the rows copied are the source's, generated values computed there
+    let same = "SELECT string_agg(format('%s %s %s %s', id, category, name, total), ';' ORDER BY id) FROM products";
+    let on_b: String = b.query_one(same, &[]).unwrap().get(0);
+    let on_a: String = a
+        .query_one(
+            &format!(
+                "{same} WHERE id IN ({})",
+                b.query_one("SELECT string_agg(id::text, ',') FROM products", &[])
+                    .unwrap()
+                    .get::<_, String>(0)
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(on_b, on_a);
+    // sequences end past the highest id copied, and the trigger runs
+    b.batch_execute(
+        "INSERT INTO customers (name) VALUES ('  new  ');
+         INSERT INTO products (category, name, price, qty) VALUES (100, 'new', 1, 1);",
+    )
+    .unwrap();
+    assert_eq!(
+        count(&mut b, "SELECT count(*) FROM customers WHERE name = 'new'"),
+        1
+    );
+
+    // again: nothing made twice, no row copied twice
+    let again = clone_report(
+        &mut a,
+        "SELECT * FROM sync_clone('b', tables => '{customers, categories, products, orders, \
+         order_lines, departments, employees}', max_rows => 10)",
+    );
+    for (kind, name, action, rows, detail) in &again {
+        assert!(
+            action == "exists" || kind == "function" && name == "public.note_text(public.notes)",
+            "{kind} {name} {action} {detail:?}"
+        );
+        assert!(rows.unwrap_or(0) == 0, "{kind} {name} {rows:?}");
+    }
+}
+
+#[test]
+fn sync_clone_checks_its_arguments() {
+    let (_nodes, mut a, _b) = Nodes::one_cluster().peered();
+    for (sql, code, hint) in [
+        (
+            "SELECT * FROM sync_clone('b', objects => '{tables, wombats}')",
+            "22023",
+            "objects => takes any of",
+        ),
+        (
+            "SELECT * FROM sync_clone('b', direction => 'sideways')",
+            "22023",
+            "to_peer",
+        ),
+        (
+            "SELECT * FROM sync_clone('b', max_rows => -1)",
+            "22023",
+            "max_rows => NULL",
+        ),
+        ("SELECT * FROM sync_clone('nobody')", "42704", ""),
+    ] {
+        let (c, message, _, h) = db_error(a.query(sql, &[]).unwrap_err());
+        assert_eq!(c, code, "{sql}: {message}");
+        assert!(h.contains(hint), "{sql}: {h}");
+    }
+    // a pattern that names nothing: a NOTICE, not an error
+    a.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .unwrap();
+    let report = clone_report(
+        &mut a,
+        "SELECT * FROM sync_clone('b', tables => '{nothing_here, t}')",
+    );
+    assert!(report
+        .iter()
+        .any(|(k, n, a, ..)| k == "table" && n == "public.t" && a == "created"));
 }

@@ -6,6 +6,7 @@
 //! schema of someone else's first in the path). May use every other folder; nothing uses this
 //! one.
 
+mod clone;
 mod link;
 mod node;
 mod peer;

@@ -33,6 +33,10 @@ fn handle_request(
             Some(json(crate::control::sequence::handle_unshare(&from, req)?))
         }
         Request::CreateTable(req) => Some(json(crate::control::create::handle(req)?)),
+        Request::CloneObjects(req) => Some(json(crate::control::clone::target::make_objects(
+            req.objects,
+        )?)),
+        Request::CloneRows(req) => Some(json(crate::control::clone::target::take_rows(req)?)),
     };
     Ok(reply.map(pgrx::JsonB))
 }

@@ -1,13 +1,14 @@
-//! A table's definition as the statements that make it again in another database: the types
-//! its columns need (enums, domains, composites, in the order they depend on each other), the
-//! sequences its columns own, the table with its columns, defaults, generated and identity
-//! columns, NOT NULL, CHECK, primary, unique and exclusion constraints, then its other
-//! indexes. Foreign keys are listed apart: they name other tables, which the other database
-//! may not have.
+//! Objects as the statements that make them again in another database: types (enums, domains,
+//! composites), sequences, tables with their columns, defaults, generated and identity
+//! columns, NOT NULL and CHECK, their primary, unique and exclusion keys, indexes, foreign
+//! keys, functions and procedures, views and triggers.
 //!
 //! The text comes from PostgreSQL's own deparsers (format_type, pg_get_expr,
-//! pg_get_constraintdef, pg_get_indexdef) read under search_path pg_catalog, so every name
-//! outside pg_catalog is written schema-qualified, as pg_dump writes them.
+//! pg_get_constraintdef, pg_get_indexdef, pg_get_viewdef, pg_get_functiondef,
+//! pg_get_triggerdef), read under search_path pg_catalog, so every name outside pg_catalog is
+//! written schema-qualified, as pg_dump writes them. The same query makes an object's
+//! statement on the node that has it and, for the object of that name on the other node,
+//! the statement that would make it: equal texts mean the same object.
 
 use crate::pg::spi::need;
 use pgrx::prelude::*;
@@ -17,13 +18,26 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ddl {
     pub kind: Kind,
-    /// the object's schema-qualified name, as `to_regtype` / `to_regclass` find it
+    /// the object's name as a report shows it: schema-qualified; a function with its argument
+    /// types; a key, foreign key or trigger after its table's name
     pub name: String,
     pub sql: String,
+    /// a key, foreign key or trigger: its table, and its own name there
+    #[serde(default)]
+    pub table: Option<String>,
+    #[serde(default)]
+    pub member: Option<String>,
+    /// a SECURITY DEFINER function: the role it runs as here (made elsewhere by another role,
+    /// it would run as that one)
+    #[serde(default)]
+    pub runs_as: Option<String>,
 }
 
-/// What a statement makes, in the order a definition lists them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a statement makes, in the order objects are made: a table's keys and indexes after its
+/// rows (loading into a table without indexes is faster), foreign keys once every table has
+/// its rows, functions before the views that may call them, triggers last so that loading rows
+/// fires none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Type,
@@ -31,8 +45,14 @@ pub enum Kind {
     Table,
     /// a sequence made for a column (serial) becoming the column's: after the table
     SequenceOwner,
+    Key,
     Index,
     ForeignKey,
+    /// a sequence moved past the highest value its column holds once rows are in
+    SequenceValue,
+    Function,
+    View,
+    Trigger,
 }
 
 impl Kind {
@@ -42,20 +62,29 @@ impl Kind {
             Kind::Sequence => "sequence",
             Kind::Table => "table",
             Kind::SequenceOwner => "sequence owner",
+            Kind::Key => "key",
             Kind::Index => "index",
             Kind::ForeignKey => "foreign key",
+            Kind::SequenceValue => "sequence",
+            Kind::Function => "function",
+            Kind::View => "view",
+            Kind::Trigger => "trigger",
         }
     }
 }
 
-/// The user-defined types the columns of `$1` need, each once, those they need first: an
-/// element type before its array, a domain's base type before the domain, a composite's
-/// attribute types before it. Types of extensions come with their extension and are left out.
+/// The user-defined types that the columns of the tables `$1` and the types `$2` need, each
+/// once, those they need first: an element type before its array, a domain's base type before
+/// the domain, a composite's attribute types before it. Types of extensions come with their
+/// extension and are left out.
 const NEEDED_TYPES: &str = r#"
 WITH RECURSIVE needed(oid, depth) AS (
-    SELECT a.atttypid, 0
-      FROM pg_catalog.pg_attribute a
-     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+    SELECT s.oid, 0
+      FROM (SELECT a.atttypid
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = ANY ($1) AND a.attnum > 0 AND NOT a.attisdropped
+            UNION ALL
+            SELECT pg_catalog.unnest($2::pg_catalog.oid[])) s(oid)
     UNION ALL
     SELECT d.oid, n.depth + 1
       FROM needed n
@@ -72,6 +101,19 @@ WITH RECURSIVE needed(oid, depth) AS (
          ) d(oid)
      WHERE n.depth < 32
 )
+SELECT t.oid
+  FROM (SELECT n.oid, pg_catalog.max(n.depth) AS depth FROM needed n GROUP BY n.oid) n
+  JOIN pg_catalog.pg_type t ON t.oid = n.oid
+  LEFT JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
+ WHERE t.typnamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace)
+   AND (t.typtype IN ('e', 'd') OR t.typtype = 'c' AND c.relkind = 'c')
+   AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend x
+                    WHERE x.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND x.objid = t.oid
+                      AND x.deptype = 'e')
+ ORDER BY n.depth DESC, t.oid::pg_catalog.regtype::text"#;
+
+/// CREATE TYPE / CREATE DOMAIN for the types `$1`, in that order.
+const TYPES: &str = r#"
 SELECT t.oid::pg_catalog.regtype::text,
        CASE t.typtype
        WHEN 'e' THEN pg_catalog.format('CREATE TYPE %s AS ENUM (%s)', t.oid::pg_catalog.regtype,
@@ -93,41 +135,43 @@ SELECT t.oid::pg_catalog.regtype::text,
                         ', ' ORDER BY a.attnum)
                    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type at ON at.oid = a.atttypid
                   WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped))
-       END
-  FROM (SELECT n.oid, pg_catalog.max(n.depth) AS depth FROM needed n GROUP BY n.oid) n
-  JOIN pg_catalog.pg_type t ON t.oid = n.oid
+       END,
+       NULL::text, NULL::text
+  FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, n)
+  JOIN pg_catalog.pg_type t ON t.oid = u.oid
   LEFT JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype
-  LEFT JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
- WHERE t.typnamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace)
-   AND (t.typtype IN ('e', 'd') OR t.typtype = 'c' AND c.relkind = 'c')
-   AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend x
-                    WHERE x.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND x.objid = t.oid
-                      AND x.deptype = 'e')
- ORDER BY n.depth DESC, 1"#;
+ ORDER BY u.n"#;
 
-/// The sequences the columns of `$1` own (serial columns; an identity column's sequence comes
-/// with the column): each made with its options, and owned by its column once the table is
-/// there.
-const OWNED_SEQUENCES: &str = r#"
+/// CREATE SEQUENCE for the sequences `$1`, with their options.
+const SEQUENCES: &str = r#"
 SELECT s.oid::pg_catalog.regclass::text,
        pg_catalog.format('CREATE SEQUENCE %s AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s CACHE %s%s',
                          s.oid::pg_catalog.regclass, pg_catalog.format_type(q.seqtypid, NULL),
                          q.seqincrement, q.seqmin, q.seqmax, q.seqstart, q.seqcache,
                          CASE WHEN q.seqcycle THEN ' CYCLE' ELSE ' NO CYCLE' END),
+       NULL::text, NULL::text
+  FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, n)
+  JOIN pg_catalog.pg_class s ON s.oid = u.oid
+  JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid
+ ORDER BY u.n"#;
+
+/// The sequences the columns of the tables `$1` own (serial columns; an identity column's
+/// sequence comes with the column), and the statement that makes each its column's.
+const OWNED_SEQUENCES: &str = r#"
+SELECT s.oid,
        pg_catalog.format('ALTER SEQUENCE %s OWNED BY %s.%I', s.oid::pg_catalog.regclass,
                          d.refobjid::pg_catalog.regclass, a.attname)
   FROM pg_catalog.pg_depend d
   JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-  JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid
   JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
  WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
    AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-   AND d.refobjid = $1 AND d.deptype = 'a'
- ORDER BY 1"#;
+   AND d.refobjid = ANY ($1) AND d.deptype = 'a'
+ ORDER BY s.oid::pg_catalog.regclass::text"#;
 
-/// CREATE TABLE for `$1`: its columns in order, then its primary key, unique and exclusion
-/// constraints and its CHECK constraints (those inherited from a parent are left out).
-const CREATE_TABLE: &str = r#"
+/// CREATE TABLE for the tables `$1`: their columns in order and their CHECK constraints
+/// (those inherited from a parent left out); keys and indexes come apart.
+const TABLES: &str = r#"
 SELECT c.oid::pg_catalog.regclass::text,
        pg_catalog.format('CREATE %sTABLE %s (%s)%s',
          CASE c.relpersistence WHEN 'u' THEN 'UNLOGGED ' ELSE '' END,
@@ -150,75 +194,232 @@ SELECT c.oid::pg_catalog.regclass::text,
               LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
            (SELECT pg_catalog.string_agg(pg_catalog.format('CONSTRAINT %I %s', k.conname, pg_catalog.pg_get_constraintdef(k.oid)),
-                                         ', ' ORDER BY pg_catalog.strpos('pux', k.contype::text) = 0, pg_catalog.strpos('pux', k.contype::text), k.conname)
+                                         ', ' ORDER BY k.conname)
               FROM pg_catalog.pg_constraint k
-             WHERE k.conrelid = c.oid AND k.contype IN ('p', 'u', 'x', 'c') AND k.conislocal)),
-         coalesce(' WITH (' || pg_catalog.array_to_string(c.reloptions, ', ') || ')', ''))
-  FROM pg_catalog.pg_class c WHERE c.oid = $1"#;
+             WHERE k.conrelid = c.oid AND k.contype = 'c' AND k.conislocal)),
+         coalesce(' WITH (' || pg_catalog.array_to_string(c.reloptions, ', ') || ')', '')),
+       NULL::text, NULL::text
+  FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, n)
+  JOIN pg_catalog.pg_class c ON c.oid = u.oid
+ ORDER BY u.n"#;
 
-/// The indexes of `$1` that no constraint made.
-const INDEXES: &str = r#"
-SELECT i.indexrelid::pg_catalog.regclass::text, pg_catalog.pg_get_indexdef(i.indexrelid)
-  FROM pg_catalog.pg_index i
- WHERE i.indrelid = $1
+/// The primary, unique and exclusion keys (`$2` = 'pux') or the foreign keys (`$2` = 'f') of
+/// the tables `$1`, primary keys first.
+const CONSTRAINTS_OF: &str = r#"
+SELECT k.oid FROM pg_catalog.pg_constraint k
+ WHERE k.conrelid = ANY ($1) AND pg_catalog.strpos($2, k.contype::text) > 0
+ ORDER BY k.conrelid::pg_catalog.regclass::text, k.contype <> 'p', k.conname"#;
+
+/// ALTER TABLE … ADD CONSTRAINT for the constraints `$1`.
+const CONSTRAINTS: &str = r#"
+SELECT pg_catalog.format('%s.%I', k.conrelid::pg_catalog.regclass, k.conname),
+       pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', k.conrelid::pg_catalog.regclass,
+                         k.conname, pg_catalog.pg_get_constraintdef(k.oid)),
+       k.conrelid::pg_catalog.regclass::text, k.conname::text
+  FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, n)
+  JOIN pg_catalog.pg_constraint k ON k.oid = u.oid
+ ORDER BY u.n"#;
+
+/// The indexes of the tables `$1` that no constraint made.
+const INDEXES_OF: &str = r#"
+SELECT i.indexrelid FROM pg_catalog.pg_index i
+ WHERE i.indrelid = ANY ($1)
    AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
                     WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid
                       AND k.contype IN ('p', 'u', 'x'))
- ORDER BY 1"#;
+ ORDER BY i.indexrelid::pg_catalog.regclass::text"#;
 
-/// The foreign keys of `$1`, as ALTER TABLE … ADD CONSTRAINT.
-const FOREIGN_KEYS: &str = r#"
-SELECT pg_catalog.format('%s.%I', k.conrelid::pg_catalog.regclass, k.conname),
-       pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', k.conrelid::pg_catalog.regclass,
-                         k.conname, pg_catalog.pg_get_constraintdef(k.oid))
-  FROM pg_catalog.pg_constraint k
- WHERE k.conrelid = $1 AND k.contype = 'f'
- ORDER BY k.conname"#;
+/// CREATE INDEX for the indexes `$1`.
+const INDEXES: &str = r#"
+SELECT u.oid::pg_catalog.regclass::text, pg_catalog.pg_get_indexdef(u.oid), NULL::text, NULL::text
+  FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, n)
+ ORDER BY u.n"#;
 
-/// The statements that make `relid` again, in the order they must run, with its foreign keys
-/// last.
-pub fn of_table(relid: pg_sys::Oid) -> Result<Vec<Ddl>, crate::pg::error::Error> {
-    let pairs = |sql: &str, kind: Kind| -> Result<Vec<Ddl>, crate::pg::error::Error> {
-        Spi::connect(|c| {
-            c.select(sql, None, &[relid.into()])?
-                .map(|r| {
-                    Ok(Ddl {
-                        kind,
-                        name: need(&r, 1, "name of an object")?,
-                        sql: need(&r, 2, "definition of an object")?,
-                    })
-                })
-                .collect()
-        })
+/// CREATE FUNCTION / PROCEDURE for the functions `$1` (not aggregates).
+const FUNCTIONS: &str = r#"
+SELECT p.oid::pg_catalog.regprocedure::text, pg_catalog.pg_get_functiondef(p.oid), NULL::text, NULL::text,
+       CASE WHEN p.prosecdef THEN p.proowner::pg_catalog.regrole::text END
+  FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, n)
+  JOIN pg_catalog.pg_proc p ON p.oid = u.oid
+ WHERE p.prokind IN ('f', 'p')
+ ORDER BY u.n"#;
+
+/// CREATE VIEW for the views `$1`, with their options.
+const VIEWS: &str = r#"
+SELECT c.oid::pg_catalog.regclass::text,
+       pg_catalog.format('CREATE VIEW %s%s AS%s', c.oid::pg_catalog.regclass,
+                         coalesce(' WITH (' || pg_catalog.array_to_string(c.reloptions, ', ') || ')', ''),
+                         pg_catalog.rtrim(pg_catalog.pg_get_viewdef(c.oid), ';')),
+       NULL::text, NULL::text
+  FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, n)
+  JOIN pg_catalog.pg_class c ON c.oid = u.oid AND c.relkind = 'v'
+ ORDER BY u.n"#;
+
+/// The triggers of the tables `$1` that a user made (not a constraint's, not synclink's).
+const TRIGGERS_OF: &str = r#"
+SELECT g.oid FROM pg_catalog.pg_trigger g
+  JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid
+ WHERE g.tgrelid = ANY ($1) AND NOT g.tgisinternal
+   AND p.pronamespace <> 'synclink'::pg_catalog.regnamespace
+ ORDER BY g.tgrelid::pg_catalog.regclass::text, g.tgname"#;
+
+/// CREATE TRIGGER for the triggers `$1`.
+const TRIGGERS: &str = r#"
+SELECT pg_catalog.format('%s.%I', g.tgrelid::pg_catalog.regclass, g.tgname),
+       pg_catalog.pg_get_triggerdef(g.oid),
+       g.tgrelid::pg_catalog.regclass::text, g.tgname::text
+  FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, n)
+  JOIN pg_catalog.pg_trigger g ON g.oid = u.oid
+ ORDER BY u.n"#;
+
+/// The statements that make the objects `oids` of `kind` (in that order).
+pub fn statements(kind: Kind, oids: &[pg_sys::Oid]) -> crate::pg::error::Result<Vec<Ddl>> {
+    let sql = match kind {
+        Kind::Type => TYPES,
+        Kind::Sequence => SEQUENCES,
+        Kind::Table => TABLES,
+        Kind::Key | Kind::ForeignKey => CONSTRAINTS,
+        Kind::Index => INDEXES,
+        Kind::Function => FUNCTIONS,
+        Kind::View => VIEWS,
+        Kind::Trigger => TRIGGERS,
+        Kind::SequenceOwner | Kind::SequenceValue => return Ok(Vec::new()),
     };
-    let mut all = pairs(NEEDED_TYPES, Kind::Type)?;
-    let sequences = Spi::connect(|c| {
-        c.select(OWNED_SEQUENCES, None, &[relid.into()])?
+    Spi::connect(|c| {
+        c.select(sql, None, &[oids.to_vec().into()])?
             .map(|r| {
-                Ok::<_, crate::pg::error::Error>((
-                    need::<String>(&r, 1, "name of a sequence")?,
-                    need::<String>(&r, 2, "definition of a sequence")?,
-                    need::<String>(&r, 3, "owner of a sequence")?,
+                Ok(Ddl {
+                    kind,
+                    name: need(&r, 1, "name of an object")?,
+                    sql: need(&r, 2, "definition of an object")?,
+                    table: r.get(3)?,
+                    member: r.get(4)?,
+                    runs_as: if kind == Kind::Function {
+                        r.get(5)?
+                    } else {
+                        None
+                    },
+                })
+            })
+            .collect()
+    })
+}
+
+/// The oids a query over `$1` (and `$2`) yields.
+fn oids(
+    sql: &str,
+    args: Vec<pgrx::datum::DatumWithOid>,
+) -> crate::pg::error::Result<Vec<pg_sys::Oid>> {
+    Ok(crate::pg::spi::column::<pg_sys::Oid>(sql, &args)?)
+}
+
+/// The user-defined types the tables `tables` and the types `types` need, in the order they
+/// can be made.
+pub fn needed_types(
+    tables: &[pg_sys::Oid],
+    types: &[pg_sys::Oid],
+) -> crate::pg::error::Result<Vec<pg_sys::Oid>> {
+    oids(
+        NEEDED_TYPES,
+        vec![tables.to_vec().into(), types.to_vec().into()],
+    )
+}
+
+/// The keys ('pux') or foreign keys ('f') of `tables`.
+pub fn constraints_of(
+    tables: &[pg_sys::Oid],
+    kinds: &str,
+) -> crate::pg::error::Result<Vec<pg_sys::Oid>> {
+    oids(CONSTRAINTS_OF, vec![tables.to_vec().into(), kinds.into()])
+}
+
+pub fn indexes_of(tables: &[pg_sys::Oid]) -> crate::pg::error::Result<Vec<pg_sys::Oid>> {
+    oids(INDEXES_OF, vec![tables.to_vec().into()])
+}
+
+pub fn triggers_of(tables: &[pg_sys::Oid]) -> crate::pg::error::Result<Vec<pg_sys::Oid>> {
+    oids(TRIGGERS_OF, vec![tables.to_vec().into()])
+}
+
+/// The sequences the columns of `tables` own, with the statement that makes each its
+/// column's once the table is there.
+pub fn owned_sequences(
+    tables: &[pg_sys::Oid],
+) -> crate::pg::error::Result<Vec<(pg_sys::Oid, String)>> {
+    Spi::connect(|c| {
+        c.select(OWNED_SEQUENCES, None, &[tables.to_vec().into()])?
+            .map(|r| {
+                Ok((
+                    need(&r, 1, "a sequence")?,
+                    need(&r, 2, "owner of a sequence")?,
                 ))
             })
-            .collect::<Result<Vec<_>, _>>()
-    })?;
-    for (name, make, _) in &sequences {
-        all.push(Ddl {
-            kind: Kind::Sequence,
-            name: name.clone(),
-            sql: make.clone(),
-        });
-    }
-    all.extend(pairs(CREATE_TABLE, Kind::Table)?);
-    for (name, _, own) in sequences {
+            .collect()
+    })
+}
+
+/// The statements that make `relid` again in order: the types it needs, its serial
+/// sequences, the table, the sequences' owner, its keys and indexes, then its foreign keys.
+pub fn of_table(relid: pg_sys::Oid) -> crate::pg::error::Result<Vec<Ddl>> {
+    let table = [relid];
+    let mut all = statements(Kind::Type, &needed_types(&table, &[])?)?;
+    let owned = owned_sequences(&table)?;
+    let sequences: Vec<pg_sys::Oid> = owned.iter().map(|(s, _)| *s).collect();
+    all.extend(statements(Kind::Sequence, &sequences)?);
+    all.extend(statements(Kind::Table, &table)?);
+    for (ddl, (_, own)) in statements(Kind::Sequence, &sequences)?
+        .into_iter()
+        .zip(owned)
+    {
         all.push(Ddl {
             kind: Kind::SequenceOwner,
-            name,
             sql: own,
+            ..ddl
         });
     }
-    all.extend(pairs(INDEXES, Kind::Index)?);
-    all.extend(pairs(FOREIGN_KEYS, Kind::ForeignKey)?);
+    all.extend(statements(Kind::Key, &constraints_of(&table, "pux")?)?);
+    all.extend(statements(Kind::Index, &indexes_of(&table)?)?);
+    all.extend(statements(Kind::ForeignKey, &constraints_of(&table, "f")?)?);
     Ok(all)
+}
+
+/// The statement that would make again the object of `ddl`'s kind and name on this node, if
+/// there is one: what a statement from another node is compared with.
+pub fn existing(ddl: &Ddl) -> crate::pg::error::Result<Option<String>> {
+    let lookup = match ddl.kind {
+        Kind::Type => "SELECT pg_catalog.to_regtype($1)::pg_catalog.oid",
+        Kind::Function => "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid",
+        Kind::Key | Kind::ForeignKey => {
+            "SELECT k.oid FROM pg_catalog.pg_constraint k \
+              WHERE k.conrelid = pg_catalog.to_regclass($2) AND k.conname = $3"
+        }
+        Kind::Trigger => {
+            "SELECT g.oid FROM pg_catalog.pg_trigger g \
+              WHERE g.tgrelid = pg_catalog.to_regclass($2) AND g.tgname = $3"
+        }
+        Kind::SequenceOwner | Kind::SequenceValue => return Ok(None),
+        _ => "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+    };
+    // A name this node cannot read (a function whose argument type is not here) names
+    // nothing here.
+    let found = crate::pg::subxact::run(|| {
+        crate::pg::spi::maybe_one::<pg_sys::Oid>(
+            lookup,
+            &[
+                ddl.name.as_str().into(),
+                ddl.table.as_deref().into(),
+                ddl.member.as_deref().into(),
+            ],
+        )
+    })
+    .ok()
+    .transpose()?
+    .flatten();
+    let Some(oid) = found.filter(|o| *o != pg_sys::InvalidOid) else {
+        return Ok(None);
+    };
+    Ok(statements(ddl.kind, &[oid])?
+        .into_iter()
+        .next()
+        .map(|d| d.sql))
 }

@@ -128,31 +128,24 @@ pub fn handle(req: CreateRequest) -> Result<CreateReply> {
         }
         .into());
     }
-    let role = crate::pg::privilege::session_role();
     let mut made = Vec::new();
     for object in req.objects {
         // Types and sequences may be shared with tables the peer has; the table and what
         // belongs to it are new with it.
         let shared = matches!(object.kind, Kind::Type | Kind::Sequence);
-        if object.kind == Kind::ForeignKey || shared && exists(object.kind, &object.name)? {
+        if matches!(object.kind, Kind::ForeignKey | Kind::SequenceValue)
+            || shared && exists(object.kind, &object.name)?
+        {
             continue;
         }
-        let run = crate::pg::subxact::run(|| {
-            crate::pg::privilege::as_role(role, || Spi::run(&object.sql))
-        });
-        let failure = match run {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some((SqlError::sqlstate(&e), e.to_string())),
-            Err(f) => Some((f.sqlstate, f.message)),
-        };
-        if let Some((sqlstate, message)) = failure {
+        if let Err(refusal) = crate::control::clone::target::run_as_session_role(&object.sql) {
             return Err(CreateError::Refused {
                 node,
                 kind: object.kind.label(),
                 name: object.name,
                 statement: object.sql,
-                sqlstate,
-                message,
+                sqlstate: refusal.sqlstate,
+                message: refusal.message,
             }
             .into());
         }

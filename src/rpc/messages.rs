@@ -178,6 +178,50 @@ pub struct CreateReply {
     pub made: Vec<String>,
 }
 
+/// Make objects for sync_clone: each in its own subtransaction, as the role the request
+/// arrives as; one that is there already is compared, not made again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloneObjectsRequest {
+    pub objects: Vec<Ddl>,
+}
+
+/// What became of each object of a [`CloneObjectsRequest`], in its order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectOutcome {
+    /// created, exists, differs or failed
+    pub action: String,
+    pub detail: Option<String>,
+}
+
+/// Rows for sync_clone: the text of each row of the source table (its row type) and of its
+/// key (jsonb), for a table the peer has with the same columns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloneRowsRequest {
+    pub table: String,
+    /// the source table's columns: name and type, in order
+    pub columns: Vec<(String, String)>,
+    pub rows: Vec<String>,
+    pub keys: Vec<String>,
+}
+
+/// What the peer did with a [`CloneRowsRequest`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CloneRowsReply {
+    pub inserted: i64,
+    /// rows whose key (or another unique value) the table had already
+    pub present: i64,
+    /// rows the table refused: their key and the error
+    pub refused: Vec<(String, String)>,
+    /// why no row was tried (the table is missing or has other columns)
+    pub skipped: Option<String>,
+}
+
+impl super::Body for CloneObjectsRequest {
+    const ACTION: &'static str = "clone_objects";
+}
+impl super::Body for CloneRowsRequest {
+    const ACTION: &'static str = "clone_rows";
+}
 impl super::Body for CreateRequest {
     const ACTION: &'static str = "create_table";
 }

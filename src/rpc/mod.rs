@@ -65,9 +65,11 @@ pub enum Request {
     ShareSequence(ShareRequest),
     UnshareSequence(UnshareRequest),
     CreateTable(CreateRequest),
+    CloneObjects(CloneObjectsRequest),
+    CloneRows(CloneRowsRequest),
 }
 
-const ACTIONS: [&str; 7] = [
+const ACTIONS: [&str; 9] = [
     LinkRequest::ACTION,
     UnlinkRequest::ACTION,
     DiffRequest::ACTION,
@@ -75,6 +77,8 @@ const ACTIONS: [&str; 7] = [
     ShareRequest::ACTION,
     UnshareRequest::ACTION,
     CreateRequest::ACTION,
+    CloneObjectsRequest::ACTION,
+    CloneRowsRequest::ACTION,
 ];
 
 impl Request {

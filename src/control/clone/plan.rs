@@ -1,0 +1,255 @@
+//! What sync_clone brings: the tables asked for (names, `schema.*`, or every table of the
+//! schemas in the search path), and in their schemas the types, sequences, functions and
+//! views, with the tables' keys, indexes, foreign keys and triggers — each as the statement
+//! that makes it ([`crate::catalog::definition`]). synclink's own schema, the system's and
+//! what extensions own stay out.
+
+use crate::catalog::definition::{self, Ddl, Kind};
+use crate::pg::error::{notice, Result};
+use crate::pg::spi::column;
+use pgrx::prelude::*;
+
+/// Everything to make, by kind, each list in the order it can be made.
+pub struct Plan {
+    pub table_oids: Vec<pg_sys::Oid>,
+    pub types: Vec<Ddl>,
+    pub sequences: Vec<Ddl>,
+    pub tables: Vec<Ddl>,
+    pub sequence_owners: Vec<Ddl>,
+    pub keys: Vec<Ddl>,
+    pub indexes: Vec<Ddl>,
+    pub foreign_keys: Vec<Ddl>,
+    pub sequence_values: Vec<Ddl>,
+    pub functions: Vec<Ddl>,
+    pub views: Vec<Ddl>,
+    pub triggers: Vec<Ddl>,
+}
+
+/// The schemas of the search path the caller's session starts from (sync_clone itself runs
+/// with the path pinned), as `$user` and quoted names resolve.
+const PATH_SCHEMAS: &str = r#"
+SELECT n.oid
+  FROM pg_catalog.regexp_split_to_table($1, '\s*,\s*') WITH ORDINALITY p(item, i)
+  JOIN pg_catalog.pg_namespace n
+    ON n.nspname = CASE WHEN pg_catalog.btrim(p.item) IN ('$user', '"$user"') THEN SESSION_USER::text
+                        ELSE (pg_catalog.parse_ident(pg_catalog.btrim(p.item)))[1] END
+ WHERE pg_catalog.btrim(p.item) <> ''
+ ORDER BY p.i"#;
+
+/// Schemas that are never cloned.
+const OUTSIDE: &str =
+    "('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace, \
+                       'pg_toast'::pg_catalog.regnamespace, 'synclink'::pg_catalog.regnamespace)";
+
+/// The ordinary tables of the schemas `$1` (not partitions, not extension members).
+fn tables_in(schemas: &[pg_sys::Oid]) -> Result<Vec<pg_sys::Oid>> {
+    Ok(column::<pg_sys::Oid>(
+        &format!(
+            "SELECT c.oid FROM pg_catalog.pg_class c \
+              WHERE c.relnamespace = ANY ($1) AND c.relnamespace NOT IN {OUTSIDE} \
+                AND c.relkind = 'r' AND NOT c.relispartition \
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend x \
+                                 WHERE x.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                                   AND x.objid = c.oid AND x.deptype = 'e') \
+              ORDER BY c.oid::pg_catalog.regclass::text"
+        ),
+        &[schemas.to_vec().into()],
+    )?)
+}
+
+/// The caller's search path (before sync_clone pinned its own).
+fn path_schemas() -> Result<Vec<pg_sys::Oid>> {
+    // SAFETY: reads the GUC's reset value, a string the GUC machinery owns, copied at once;
+    // the name is a valid C string and missing_ok is not needed for a built-in setting.
+    let path = unsafe {
+        let value = pg_sys::GetConfigOptionResetString(c"search_path".as_ptr());
+        if value.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(value)
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    Ok(column::<pg_sys::Oid>(
+        PATH_SCHEMAS,
+        &[path.as_str().into()],
+    )?)
+}
+
+/// The tables `patterns` name (NULL: every table of the schemas in the search path), each
+/// once, in name order. A pattern that names nothing is said in a NOTICE.
+fn tables(patterns: Option<&[String]>) -> Result<(Vec<pg_sys::Oid>, Vec<pg_sys::Oid>)> {
+    let path = path_schemas()?;
+    let Some(patterns) = patterns else {
+        return Ok((tables_in(&path)?, path));
+    };
+    let mut found: Vec<pg_sys::Oid> = Vec::new();
+    for pattern in patterns {
+        let matched = if let Some(schema) = pattern.strip_suffix(".*") {
+            let oid = crate::pg::spi::maybe_one::<pg_sys::Oid>(
+                "SELECT n.oid FROM pg_catalog.pg_namespace n \
+                  WHERE n.nspname = (pg_catalog.parse_ident($1))[1]",
+                &[schema.into()],
+            )?;
+            match oid {
+                Some(o) => tables_in(&[o])?,
+                None => Vec::new(),
+            }
+        } else {
+            // a name: as given when qualified, else looked up along the search path
+            let oid = crate::pg::spi::maybe_one::<pg_sys::Oid>(
+                "SELECT c.oid FROM pg_catalog.pg_class c \
+                  WHERE c.relkind = 'r' AND c.oid = ANY ( \
+                        SELECT pg_catalog.to_regclass($1)::pg_catalog.oid WHERE pg_catalog.strpos($1, '.') > 0 \
+                        UNION ALL \
+                        SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%s', n.nspname, $1))::pg_catalog.oid \
+                          FROM pg_catalog.unnest($2::pg_catalog.oid[]) WITH ORDINALITY s(oid, i) \
+                          JOIN pg_catalog.pg_namespace n ON n.oid = s.oid \
+                         WHERE pg_catalog.strpos($1, '.') = 0) \
+                  LIMIT 1",
+                &[pattern.as_str().into(), path.clone().into()],
+            )?;
+            oid.into_iter().collect()
+        };
+        if matched.is_empty() {
+            notice(&format!(
+                "sync_clone: {} names no table here",
+                crate::pg::args::shown(pattern)
+            ));
+        }
+        for o in matched {
+            if !found.contains(&o) {
+                found.push(o);
+            }
+        }
+    }
+    let schemas = column::<pg_sys::Oid>(
+        "SELECT DISTINCT c.relnamespace FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1)",
+        &[found.clone().into()],
+    )?;
+    Ok((found, schemas))
+}
+
+/// Objects of the schemas `$1` that no extension owns: `sql` selects their oids, aliased `o`
+/// in a FROM over `catalog`.
+fn own_objects(
+    catalog: &str,
+    namespace: &str,
+    filter: &str,
+    schemas: &[pg_sys::Oid],
+) -> Result<Vec<pg_sys::Oid>> {
+    Ok(column::<pg_sys::Oid>(
+        &format!(
+            "SELECT o.oid FROM {catalog} o \
+              WHERE o.{namespace} = ANY ($1) AND o.{namespace} NOT IN {OUTSIDE} AND {filter} \
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend x \
+                                 WHERE x.classid = '{catalog}'::pg_catalog.regclass \
+                                   AND x.objid = o.oid AND x.deptype IN ('e', 'i', 'a')) \
+              ORDER BY o.oid"
+        ),
+        &[schemas.to_vec().into()],
+    )?)
+}
+
+/// Everything sync_clone brings for `patterns`.
+pub fn plan(patterns: Option<&[String]>) -> Result<Plan> {
+    let (tables, schemas) = tables(patterns)?;
+    let standalone_types = own_objects(
+        "pg_catalog.pg_type",
+        "typnamespace",
+        "(o.typtype IN ('e', 'd') OR o.typtype = 'c' AND EXISTS \
+           (SELECT FROM pg_catalog.pg_class c WHERE c.oid = o.typrelid AND c.relkind = 'c'))",
+        &schemas,
+    )?;
+    let types = definition::needed_types(&tables, &standalone_types)?;
+    let owned = definition::owned_sequences(&tables)?;
+    // The schemas' sequences that no column owns (a serial's is owned: listed with its table),
+    // then those the tables' columns own.
+    let mut sequences = own_objects(
+        "pg_catalog.pg_class",
+        "relnamespace",
+        "o.relkind = 'S'",
+        &schemas,
+    )?;
+    sequences.extend(owned.iter().map(|(s, _)| *s));
+    let sequence_owners = definition::statements(
+        Kind::Sequence,
+        &owned.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+    )?
+    .into_iter()
+    .zip(owned)
+    .map(|(ddl, (_, own))| Ddl {
+        kind: Kind::SequenceOwner,
+        sql: own,
+        ..ddl
+    })
+    .collect();
+    let functions = column::<pg_sys::Oid>(
+        &format!(
+            "SELECT p.oid FROM pg_catalog.pg_proc p \
+              WHERE p.pronamespace = ANY ($1) AND p.pronamespace NOT IN {OUTSIDE} AND p.prokind IN ('f', 'p') \
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend x \
+                                 WHERE x.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                                   AND x.objid = p.oid AND x.deptype = 'e') \
+              ORDER BY p.oid::pg_catalog.regprocedure::text"
+        ),
+        &[schemas.clone().into()],
+    )?;
+    let views = own_objects(
+        "pg_catalog.pg_class",
+        "relnamespace",
+        "o.relkind = 'v'",
+        &schemas,
+    )?;
+    let sequence_values = sequence_values(&tables)?;
+    Ok(Plan {
+        types: definition::statements(Kind::Type, &types)?,
+        sequences: definition::statements(Kind::Sequence, &sequences)?,
+        tables: definition::statements(Kind::Table, &tables)?,
+        sequence_owners,
+        keys: definition::statements(Kind::Key, &definition::constraints_of(&tables, "pux")?)?,
+        indexes: definition::statements(Kind::Index, &definition::indexes_of(&tables)?)?,
+        foreign_keys: definition::statements(
+            Kind::ForeignKey,
+            &definition::constraints_of(&tables, "f")?,
+        )?,
+        sequence_values,
+        functions: definition::statements(Kind::Function, &functions)?,
+        views: definition::statements(Kind::View, &views)?,
+        triggers: definition::statements(Kind::Trigger, &definition::triggers_of(&tables)?)?,
+        table_oids: tables,
+    })
+}
+
+/// For each column of `tables` with a sequence (serial or identity): the statement that moves
+/// the peer's sequence past the highest value the column holds there, never back.
+fn sequence_values(tables: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT pg_catalog.pg_get_serial_sequence(a.attrelid::pg_catalog.regclass::text, a.attname),
+                    pg_catalog.format(
+                      'SELECT pg_catalog.setval(s, m) FROM (SELECT pg_catalog.pg_get_serial_sequence(%L, %L)::pg_catalog.regclass AS s, '
+                      '(SELECT pg_catalog.max(%I) FROM %s) AS m) x '
+                      'WHERE m IS NOT NULL AND m > coalesce(pg_catalog.pg_sequence_last_value(s), 0)',
+                      a.attrelid::pg_catalog.regclass::text, a.attname, a.attname, a.attrelid::pg_catalog.regclass)
+               FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = ANY ($1) AND a.attnum > 0 AND NOT a.attisdropped
+                AND pg_catalog.pg_get_serial_sequence(a.attrelid::pg_catalog.regclass::text, a.attname) IS NOT NULL
+              ORDER BY 1",
+            None,
+            &[tables.to_vec().into()],
+        )?
+        .map(|r| {
+            Ok(Ddl {
+                kind: Kind::SequenceValue,
+                name: crate::pg::spi::need(&r, 1, "a column's sequence")?,
+                sql: crate::pg::spi::need(&r, 2, "a sequence's move")?,
+                table: None,
+                member: None,
+                runs_as: None,
+            })
+        })
+        .collect()
+    })
+}

@@ -1,0 +1,309 @@
+//! The rows sync_clone copies: every row of each table, or up to `max_rows` of each (in key
+//! order) and then every row a chosen row references through a foreign key between the
+//! tables copied, transitively — multi-column keys, a table referencing itself (a tree) and
+//! tables referencing each other (a cycle) alike — until no foreign key of a copied row
+//! points outside the copy, so that every foreign key validates on the peer.
+//!
+//! The rows chosen are copied into temporary tables first (dropped at commit), so that what
+//! is sent is what the closure saw; rows then travel in their row type's text form, in
+//! batches, each with its key for the report.
+
+use crate::catalog::peer::Peer;
+use crate::pg::error::{notice, Result};
+use crate::pg::sql::{ident, join};
+use crate::rpc::{CloneRowsReply, CloneRowsRequest};
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+/// Rows sent in one request at most, and the text they may weigh.
+const BATCH_ROWS: usize = 5_000;
+const BATCH_BYTES: usize = 4 << 20;
+/// How often a long table's copy says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Where one table's rows are read from, and how many of them are there because copied rows
+/// reference them.
+pub struct Choice {
+    pub relid: pg_sys::Oid,
+    pub table: String,
+    source: String,
+    pub by_reference: i64,
+}
+
+/// What copying one table's rows came to.
+pub struct Copied {
+    pub table: String,
+    pub inserted: i64,
+    pub present: i64,
+    pub by_reference: i64,
+    pub refused: Vec<(String, String)>,
+    pub skipped: Option<String>,
+}
+
+fn display(relid: pg_sys::Oid) -> Result<String> {
+    Ok(crate::pg::spi::maybe_one::<String>(
+        "SELECT $1::pg_catalog.regclass::text",
+        &[relid.into()],
+    )?
+    .unwrap_or_default())
+}
+
+/// The temporary table holding the rows of `relid` chosen for the copy.
+fn pick(relid: pg_sys::Oid) -> String {
+    format!(
+        "pg_temp.{}",
+        ident(&format!("synclink$pick_{}", u32::from(relid)))
+    )
+}
+
+/// A table's columns (not dropped), in order: name and type.
+fn columns(relid: pg_sys::Oid) -> Result<Vec<(String, String)>> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
+               FROM pg_catalog.pg_attribute a \
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            None,
+            &[relid.into()],
+        )?
+        .map(|r| {
+            Ok((
+                crate::pg::spi::need(&r, 1, "a column's name")?,
+                crate::pg::spi::need(&r, 2, "a column's type")?,
+            ))
+        })
+        .collect()
+    })
+}
+
+/// The primary key's columns of `relid`, if it has one.
+fn primary_key(relid: pg_sys::Oid) -> Result<Vec<String>> {
+    Ok(crate::pg::spi::column::<String>(
+        "SELECT a.attname::text FROM pg_catalog.pg_constraint k \
+           CROSS JOIN LATERAL pg_catalog.unnest(k.conkey) WITH ORDINALITY u(attnum, i) \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.attnum \
+          WHERE k.conrelid = $1 AND k.contype = 'p' ORDER BY u.i",
+        &[relid.into()],
+    )?)
+}
+
+/// Choose the rows of `tables`: all of them (`max_rows` NULL), or up to `max_rows` of each and
+/// then, until nothing more is found, every row that a chosen row references.
+pub fn choose(tables: &[pg_sys::Oid], max_rows: Option<i64>) -> Result<Vec<Choice>> {
+    let Some(limit) = max_rows else {
+        return tables
+            .iter()
+            .map(|&relid| {
+                let table = display(relid)?;
+                Ok(Choice {
+                    relid,
+                    source: table.clone(),
+                    table,
+                    by_reference: 0,
+                })
+            })
+            .collect();
+    };
+    let mut choices = Vec::new();
+    for &relid in tables {
+        let table = display(relid)?;
+        let order = match primary_key(relid)?.as_slice() {
+            [] => "t.ctid".to_string(),
+            key => join(key, ", ", |k| format!("t.{}", ident(k))),
+        };
+        Spi::run(&format!("DROP TABLE IF EXISTS {}", pick(relid)))?;
+        Spi::run(&format!(
+            "CREATE TEMPORARY TABLE {pick} ON COMMIT DROP AS \
+             SELECT t.ctid AS \"synclink$ctid\", t.* FROM {table} t ORDER BY {order} LIMIT {limit}",
+            pick = pick(relid),
+        ))?;
+        choices.push(Choice {
+            relid,
+            source: pick(relid),
+            table,
+            by_reference: 0,
+        });
+    }
+    // The foreign keys between the tables copied: (child, its columns, parent, its columns).
+    let keys = Spi::connect(|c| {
+        c.select(
+            "SELECT k.conrelid, k.confrelid, \
+                    ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(k.conkey) WITH ORDINALITY u(n, i) \
+                            JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i), \
+                    ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(k.confkey) WITH ORDINALITY u(n, i) \
+                            JOIN pg_catalog.pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i) \
+               FROM pg_catalog.pg_constraint k \
+              WHERE k.contype = 'f' AND k.conrelid = ANY ($1) AND k.confrelid = ANY ($1) \
+              ORDER BY k.oid",
+            None,
+            &[tables.to_vec().into()],
+        )?
+        .map(|r| {
+            Ok::<_, crate::pg::error::Error>((
+                crate::pg::spi::need::<pg_sys::Oid>(&r, 1, "a foreign key's table")?,
+                crate::pg::spi::need::<pg_sys::Oid>(&r, 2, "a foreign key's referenced table")?,
+                crate::pg::spi::need::<Vec<String>>(&r, 3, "a foreign key's columns")?,
+                crate::pg::spi::need::<Vec<String>>(&r, 4, "a foreign key's referenced columns")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()
+    })?;
+    let closing: Vec<(String, i64)> = keys
+        .iter()
+        .map(|(child, parent, from, to)| -> Result<(String, i64)> {
+            let matched = from
+                .iter()
+                .zip(to)
+                .map(|(f, t)| format!("c.{} = p.{}", ident(f), ident(t)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            Ok((
+                format!(
+                    "INSERT INTO {parent_pick} SELECT p.ctid, p.* FROM {parent} p \
+                      WHERE EXISTS (SELECT FROM {child_pick} c WHERE {matched}) \
+                        AND NOT EXISTS (SELECT FROM {parent_pick} x WHERE x.\"synclink$ctid\" = p.ctid)",
+                    parent_pick = pick(*parent),
+                    parent = display(*parent)?,
+                    child_pick = pick(*child),
+                ),
+                choices
+                    .iter()
+                    .position(|c| c.relid == *parent)
+                    .unwrap_or_default() as i64,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    loop {
+        let mut found = 0;
+        for (sql, parent) in &closing {
+            let added = Spi::connect_mut(|c| c.update(sql, None, &[]).map(|t| t.len() as i64))?;
+            choices[*parent as usize].by_reference += added;
+            found += added;
+        }
+        if found == 0 {
+            break;
+        }
+    }
+    Ok(choices)
+}
+
+/// Send the chosen rows of one table to `peer`, in batches; says in a NOTICE how many and how
+/// long it took, and every little while how far a long table got.
+pub fn copy(peer: &Peer, choice: &Choice) -> Result<Copied> {
+    let columns = columns(choice.relid)?;
+    let row = format!(
+        "ROW({})::{}",
+        join(&columns, ", ", |(n, _)| format!("t.{}", ident(n))),
+        choice.table
+    );
+    let key = match primary_key(choice.relid)?.as_slice() {
+        [] => format!("pg_catalog.to_jsonb({row})::text"),
+        key => format!(
+            "pg_catalog.jsonb_build_object({})::text",
+            join(key, ", ", |k| format!(
+                "{}, t.{}",
+                crate::pg::sql::literal(k),
+                ident(k)
+            ))
+        ),
+    };
+    let query = format!("SELECT {row}::text, {key} FROM {} t", choice.source);
+    let started = Instant::now();
+    let mut said = started;
+    let mut copied = Copied {
+        table: choice.table.clone(),
+        inserted: 0,
+        present: 0,
+        by_reference: choice.by_reference,
+        refused: Vec::new(),
+        skipped: None,
+    };
+    // Values are written as they travel between nodes (crate::data::wire), whatever this
+    // session's settings, so that the peer reads back what was here.
+    let cursor = Spi::connect(|c| c.open_cursor(query.as_str(), &[]).detach_into_name());
+    loop {
+        let (rows, keys) = next_batch(&cursor)?;
+        if rows.is_empty() {
+            break;
+        }
+        let reply: CloneRowsReply = crate::rpc::call_for(
+            peer,
+            &CloneRowsRequest {
+                table: choice.table.clone(),
+                columns: columns.clone(),
+                rows,
+                keys,
+            },
+        )?;
+        copied.inserted += reply.inserted;
+        copied.present += reply.present;
+        copied.refused.extend(reply.refused);
+        if let Some(why) = reply.skipped {
+            copied.skipped = Some(why);
+            break;
+        }
+        if said.elapsed() >= PROGRESS_EVERY {
+            said = Instant::now();
+            notice(&format!(
+                "sync_clone: {} rows of {} copied so far ({:.0} s)",
+                copied.inserted,
+                choice.table,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    Spi::connect(|c| -> std::result::Result<(), pgrx::spi::SpiError> {
+        drop(c.find_cursor(&cursor)?);
+        Ok(())
+    })?;
+    notice(&format!(
+        "sync_clone: {} rows of {} copied to peer \"{}\" in {:.2} s{}{}",
+        copied.inserted,
+        choice.table,
+        peer.name,
+        started.elapsed().as_secs_f64(),
+        if copied.present > 0 {
+            format!(", {} there already", copied.present)
+        } else {
+            String::new()
+        },
+        if copied.refused.is_empty() {
+            String::new()
+        } else {
+            format!(", {} refused", copied.refused.len())
+        },
+    ));
+    Ok(copied)
+}
+
+/// The next batch of rows and keys from the open cursor `name`.
+fn next_batch(name: &str) -> Result<(Vec<String>, Vec<String>)> {
+    let (mut rows, mut keys, mut bytes) = (Vec::new(), Vec::new(), 0);
+    while rows.len() < BATCH_ROWS && bytes < BATCH_BYTES {
+        let fetched = crate::data::wire::compared(|| {
+            Spi::connect(|c| -> Result<Vec<(String, String)>> {
+                let mut cursor = c.find_cursor(name)?;
+                let table = cursor.fetch(1_000)?;
+                let got = table
+                    .map(|r| {
+                        Ok((
+                            crate::pg::spi::need::<String>(&r, 1, "a row's text")?,
+                            r.get::<String>(2)?.unwrap_or_default(),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let _ = cursor.detach_into_name();
+                Ok(got)
+            })
+        })?;
+        if fetched.is_empty() {
+            break;
+        }
+        for (row, key) in fetched {
+            bytes += row.len();
+            rows.push(row);
+            keys.push(key);
+        }
+    }
+    Ok((rows, keys))
+}

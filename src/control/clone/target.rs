@@ -1,0 +1,269 @@
+//! The receiving end of sync_clone (and of a link's `create_missing`): objects and rows made
+//! here from another node's definitions, as the role that node connects as, each object and
+//! each batch of rows in a subtransaction of its own so that what this database refuses is
+//! reported and the rest goes on.
+
+use crate::catalog::definition::{self, Ddl, Kind};
+use crate::pg::error::{Result, SqlError};
+use crate::pg::sql::ident;
+use crate::rpc::{CloneRowsReply, CloneRowsRequest, ObjectOutcome};
+use pgrx::prelude::*;
+
+/// Why a statement failed here: its SQLSTATE and message.
+pub struct Refusal {
+    pub sqlstate: PgSqlErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    fn text(&self) -> String {
+        format!(
+            "ERROR {}: {}",
+            crate::pg::remote::sqlstate_text(self.sqlstate as isize),
+            self.message
+        )
+    }
+}
+
+/// Run `sql` as the role this session logged in as (for a peer's request, the role of its
+/// connection string), in a subtransaction: a failure is rolled back and returned.
+pub fn run_as_session_role(sql: &str) -> std::result::Result<(), Refusal> {
+    let role = crate::pg::privilege::session_role();
+    let run = crate::pg::subxact::run(|| crate::pg::privilege::as_role(role, || Spi::run(sql)));
+    match run {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Refusal {
+            sqlstate: SqlError::sqlstate(&e),
+            message: e.to_string(),
+        }),
+        Err(f) => Err(Refusal {
+            sqlstate: f.sqlstate,
+            message: f.message,
+        }),
+    }
+}
+
+fn session_role_name() -> String {
+    crate::pg::privilege::role_name(crate::pg::privilege::session_role())
+}
+
+/// Where two statements part, with a little of what comes before, for a DETAIL.
+fn difference(here: &str, sent: &str) -> String {
+    let start = here
+        .char_indices()
+        .zip(sent.chars())
+        .find(|((_, a), b)| a != b)
+        .map(|((i, _), _)| i)
+        .unwrap_or_else(|| here.len().min(sent.len()));
+    let from = here[..start]
+        .char_indices()
+        .rev()
+        .nth(30)
+        .map_or(0, |(i, _)| i);
+    let excerpt = |s: &str| {
+        let part: String = s.get(from..).unwrap_or("").chars().take(80).collect();
+        format!("\"{}{part}\"", if from > 0 { "…" } else { "" })
+    };
+    format!(
+        "here {} where the source has {}",
+        excerpt(here),
+        excerpt(sent)
+    )
+}
+
+/// Make each object unless an object of its kind and name is here: the same (exists) or not
+/// (differs, left alone). Functions are made without checking their bodies (as a restore
+/// does: what they use may come later); a view that needs an object made after it is tried
+/// again once the others are made.
+pub fn make_objects(objects: Vec<Ddl>) -> Result<Vec<ObjectOutcome>> {
+    let mut outcomes: Vec<Option<ObjectOutcome>> = vec![None; objects.len()];
+    let mut pending: Vec<usize> = (0..objects.len()).collect();
+    loop {
+        let mut retry = Vec::new();
+        for &i in &pending {
+            let object = &objects[i];
+            if let Some(here) = definition::existing(object)? {
+                outcomes[i] = Some(if here == object.sql {
+                    outcome("exists", None)
+                } else {
+                    outcome("differs", Some(difference(&here, &object.sql)))
+                });
+                continue;
+            }
+            if let Some(owner) = object
+                .runs_as
+                .as_deref()
+                .filter(|o| *o != session_role_name())
+            {
+                outcomes[i] = Some(outcome(
+                    "failed",
+                    Some(format!(
+                        "a SECURITY DEFINER function, which runs as its owner: made here by role {} it would run as that role, not as {owner}; make it here by hand as {owner} — {}",
+                        session_role_name(),
+                        object.sql
+                    )),
+                ));
+                continue;
+            }
+            let run = || run_as_session_role(&object.sql);
+            let result = if object.kind == Kind::Function {
+                crate::pg::plan::with_settings(&[(c"check_function_bodies", c"off")], run)
+            } else {
+                run()
+            };
+            match result {
+                Ok(()) => outcomes[i] = Some(outcome("created", None)),
+                Err(r) => {
+                    if object.kind == Kind::View && waits_for_another(&r) {
+                        retry.push(i);
+                    }
+                    outcomes[i] = Some(outcome(
+                        "failed",
+                        Some(format!("{} — {}", r.text(), object.sql)),
+                    ));
+                }
+            }
+        }
+        if retry.is_empty() || retry.len() == pending.len() {
+            break;
+        }
+        pending = retry;
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| outcome("failed", None)))
+        .collect())
+}
+
+fn outcome(action: &str, detail: Option<String>) -> ObjectOutcome {
+    ObjectOutcome {
+        action: action.into(),
+        detail,
+    }
+}
+
+/// A view that failed on an object not there (yet): another view, a function.
+fn waits_for_another(r: &Refusal) -> bool {
+    use PgSqlErrorCode::*;
+    matches!(
+        r.sqlstate,
+        ERRCODE_UNDEFINED_TABLE | ERRCODE_UNDEFINED_FUNCTION | ERRCODE_UNDEFINED_OBJECT
+    )
+}
+
+/// Insert the rows of `req` into the table of that name, which must have the source's columns
+/// in the same order: rows whose key (or another unique value) is here already are left as
+/// they are; a batch that fails is halved until the rows that fail are found, each reported
+/// with its key and the error, the others inserted.
+pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
+    let here = crate::pg::spi::maybe_one::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+        &[req.table.as_str().into()],
+    )?
+    .filter(|o| *o != pg_sys::InvalidOid);
+    let Some(relid) = here else {
+        return Ok(skipped(format!("table {} is not here", req.table)));
+    };
+    let columns = Spi::connect(|c| {
+        c.select(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attgenerated <> '' \
+               FROM pg_catalog.pg_attribute a \
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            None,
+            &[relid.into()],
+        )?
+        .map(|r| {
+            Ok::<_, crate::pg::error::Error>((
+                crate::pg::spi::need::<String>(&r, 1, "a column's name")?,
+                crate::pg::spi::need::<String>(&r, 2, "a column's type")?,
+                crate::pg::spi::need::<bool>(&r, 3, "a column's kind")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()
+    })?;
+    let shape: Vec<(String, String)> = columns
+        .iter()
+        .map(|(n, t, _)| (n.clone(), t.clone()))
+        .collect();
+    if shape != req.columns {
+        return Ok(skipped(format!(
+            "table {} has other columns here: {}",
+            req.table,
+            shape
+                .iter()
+                .map(|(n, t)| format!("{} {t}", ident(n)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let written: Vec<&String> = columns.iter().filter(|c| !c.2).map(|c| &c.0).collect();
+    let list = written
+        .iter()
+        .map(|c| ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert = format!(
+        "INSERT INTO {table} AS t ({list}) OVERRIDING SYSTEM VALUE \
+         SELECT {picked} FROM pg_catalog.unnest((($1::pg_catalog.text[])[$2:$3])::{table}[]) r \
+         ON CONFLICT DO NOTHING",
+        table = req.table,
+        picked = written
+            .iter()
+            .map(|c| format!("r.{}", ident(c)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let mut reply = CloneRowsReply::default();
+    let mut todo = vec![(1i32, req.rows.len() as i32)];
+    while let Some((lo, hi)) = todo.pop() {
+        if lo > hi {
+            continue;
+        }
+        let role = crate::pg::privilege::session_role();
+        let rows = req.rows.clone();
+        let run = crate::pg::subxact::run(|| {
+            crate::pg::privilege::as_role(role, || {
+                Spi::connect_mut(|c| {
+                    c.update(&insert, None, &[rows.into(), lo.into(), hi.into()])
+                        .map(|t| t.len() as i64)
+                })
+            })
+        });
+        match run {
+            Ok(Ok(n)) => {
+                reply.inserted += n;
+                reply.present += i64::from(hi - lo + 1) - n;
+            }
+            failed if lo == hi => {
+                let why = match failed {
+                    Ok(Err(e)) => format!(
+                        "ERROR {}: {e}",
+                        crate::pg::remote::sqlstate_text(SqlError::sqlstate(&e) as isize)
+                    ),
+                    Err(f) => format!(
+                        "ERROR {}: {}",
+                        crate::pg::remote::sqlstate_text(f.sqlstate as isize),
+                        f.message
+                    ),
+                    Ok(Ok(_)) => String::new(),
+                };
+                let key = req.keys.get((lo - 1) as usize).cloned().unwrap_or_default();
+                reply.refused.push((key, why));
+            }
+            _ => {
+                let mid = lo + (hi - lo) / 2;
+                // the upper half first on the stack, so the lower half is tried first
+                todo.push((mid + 1, hi));
+                todo.push((lo, mid));
+            }
+        }
+    }
+    Ok(reply)
+}
+
+fn skipped(why: String) -> CloneRowsReply {
+    CloneRowsReply {
+        skipped: Some(why),
+        ..CloneRowsReply::default()
+    }
+}
