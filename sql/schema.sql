@@ -202,6 +202,15 @@ CREATE TABLE synclink.request (
     reply       jsonb,  -- set by the handler; the requesting node reads it with RETURNING
     received_at timestamptz NOT NULL DEFAULT now()
 );
+-- A request may carry rows by the megabyte (sync_clone): stored, until it is answered, with
+-- the cheaper compression where the server has it.
+DO $$
+BEGIN
+    ALTER TABLE synclink.request ALTER body SET COMPRESSION lz4, ALTER reply SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    NULL;
+END
+$$;
 
 -- Sequences shared with a peer (sync_share_sequence), with what undo puts back.
 -- role: 'owner' on the node where it was called, 'member' on the peer.

@@ -28,6 +28,16 @@ BEGIN
 END
 $$;
 
+-- A request may carry rows by the megabyte (sync_clone): stored, until it is answered, with
+-- the cheaper compression where the server has it.
+DO $$
+BEGIN
+    ALTER TABLE synclink.request ALTER body SET COMPRESSION lz4, ALTER reply SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    NULL;
+END
+$$;
+
 -- sync_link_table takes create_missing, after the options it had: make the table on the peer
 -- first when the peer has none. Privileges granted on it by hand are to be granted again.
 DROP FUNCTION @extschema@.sync_link_table(regclass, text, text, text[], text[], text, text, text, text);
@@ -39,12 +49,12 @@ CREATE FUNCTION @extschema@.sync_link_table(
     SET search_path TO pg_catalog, pg_temp
     LANGUAGE c AS 'MODULE_PATHNAME', 'sync_link_table_wrapper';
 
--- sync_clone: this database's schema and rows made again in a peer's.
+-- sync_clone: this database's schema and rows made again in a peer's. It reads the caller's
+-- search path (the schemas it clones by default), then pins its own.
 CREATE FUNCTION @extschema@.sync_clone(
     peer text, tables text[] DEFAULT NULL, objects text[] DEFAULT NULL,
     max_rows bigint DEFAULT NULL, direction text DEFAULT 'to_peer')
     RETURNS TABLE (object_kind text, object_name text, action text, "rows" bigint, detail text)
-    SET search_path TO pg_catalog, pg_temp
     LANGUAGE c AS 'MODULE_PATHNAME', 'sync_clone_wrapper';
 
 -- 0.6.0's code: the capture stamps each version with its generation (raised where a link of

@@ -265,15 +265,18 @@ const SHOP: &str = r#"
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN positive AS int CHECK (VALUE > 0);
 CREATE TYPE address AS (street text, zip text);
+CREATE FUNCTION default_price() RETURNS numeric LANGUAGE sql AS 'SELECT 1.00';
+CREATE SEQUENCE ticket_seq START 500;
 CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, home address, feeling mood DEFAULT 'ok');
 CREATE TABLE categories (id int PRIMARY KEY, parent int REFERENCES categories (id), name text);
 CREATE TABLE products (
     id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    category int REFERENCES categories, name text NOT NULL, price numeric(10,2), qty positive,
+    category int REFERENCES categories, name text NOT NULL, price numeric(10,2) DEFAULT default_price(), qty positive,
     total numeric GENERATED ALWAYS AS (price * qty) STORED);
 CREATE INDEX products_cheap ON products (price) WHERE price < 10;
 CREATE INDEX products_lower_name ON products (lower(name));
-CREATE TABLE orders (region int, id int, customer int REFERENCES customers, PRIMARY KEY (region, id));
+CREATE TABLE orders (region int, id int, customer int REFERENCES customers,
+    ticket bigint NOT NULL DEFAULT nextval('ticket_seq'), PRIMARY KEY (region, id));
 CREATE TABLE order_lines (
     region int, order_id int, line int, product int REFERENCES products,
     PRIMARY KEY (region, order_id, line), FOREIGN KEY (region, order_id) REFERENCES orders);
@@ -435,6 +438,8 @@ fn a_clone_of_ten_rows_a_table_brings_every_row_they_reference_and_every_object(
         ("foreign key", "public.categories.categories_parent_fkey"),
         ("function", "public.line_count(integer,integer)"),
         ("function", "public.rename_customer(integer,text)"),
+        ("function", "public.default_price()"),
+        ("sequence", "public.ticket_seq"),
         ("view", "public.order_sizes"),
         ("view", "public.big_orders"),
         ("trigger", "public.customers.customers_tidy"),
@@ -459,7 +464,7 @@ fn a_clone_of_ten_rows_a_table_brings_every_row_they_reference_and_every_object(
     assert_eq!(
         refused,
         (6..=10)
-            .map(|i| format!("public.ratings {{\"id\": {i}}}"))
+            .map(|i| format!("public.ratings (id) = ({i})"))
             .collect::<Vec<_>>()
             .iter()
             .collect::<Vec<_>>(),
@@ -508,7 +513,9 @@ fn a_clone_of_ten_rows_a_table_brings_every_row_they_reference_and_every_object(
         .unwrap()
         .get(0);
     assert_eq!(on_b, on_a);
-    // sequences end past the highest id copied, and the trigger runs
+    // sequences end past the highest id copied (a sequence no column owns where it is here),
+    // and the trigger runs
+    assert_eq!(count(&mut b, "SELECT nextval('ticket_seq')"), 600);
     b.batch_execute(
         "INSERT INTO customers (name) VALUES ('  new  ');
          INSERT INTO products (category, name, price, qty) VALUES (100, 'new', 1, 1);",
@@ -536,7 +543,7 @@ fn a_clone_of_ten_rows_a_table_brings_every_row_they_reference_and_every_object(
 
 #[test]
 fn sync_clone_checks_its_arguments() {
-    let (_nodes, mut a, _b) = Nodes::one_cluster().peered();
+    let (nodes, mut a, _b) = Nodes::one_cluster().peered();
     for (sql, code, hint) in [
         (
             "SELECT * FROM sync_clone('b', objects => '{tables, wombats}')",
@@ -553,20 +560,43 @@ fn sync_clone_checks_its_arguments() {
             "22023",
             "max_rows => NULL",
         ),
-        ("SELECT * FROM sync_clone('nobody')", "42704", ""),
+        (
+            "SELECT * FROM sync_clone('nobody')",
+            "42704",
+            "sync_add_peer",
+        ),
     ] {
         let (c, message, _, h) = db_error(a.query(sql, &[]).unwrap_err());
         assert_eq!(c, code, "{sql}: {message}");
         assert!(h.contains(hint), "{sql}: {h}");
     }
-    // a pattern that names nothing: a NOTICE, not an error
-    a.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+    // a pattern that names nothing: a NOTICE, not an error; kinds may be named in the
+    // singular; a name without a schema is looked up along the caller's search path
+    a.batch_execute("CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY)")
         .unwrap();
+    let (mut a2, said) = listening(&nodes.a);
+    a2.batch_execute("SET search_path = app, public").unwrap();
     let report = clone_report(
-        &mut a,
-        "SELECT * FROM sync_clone('b', tables => '{nothing_here, t}')",
+        &mut a2,
+        "SELECT * FROM sync_clone('b', tables => '{nothing_here, t}', objects => '{table, key}')",
     );
-    assert!(report
+    assert!(
+        said.lock()
+            .unwrap()
+            .iter()
+            .any(|m| m == "sync_clone: \"nothing_here\" names no table here"),
+        "{said:?}"
+    );
+    let made: Vec<(&str, &str, &str)> = report
         .iter()
-        .any(|(k, n, a, ..)| k == "table" && n == "public.t" && a == "created"));
+        .map(|(k, n, a, ..)| (k.as_str(), n.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        made,
+        [
+            ("table", "app.t", "failed"),
+            ("key", "app.t.t_pkey", "failed")
+        ],
+        "{report:#?}"
+    );
 }

@@ -9,8 +9,10 @@ use pgrx::prelude::*;
 /// every row those reference; NULL: all) in the peer's database, each object in its own
 /// subtransaction there: one row per object, and per refused row, saying what became of it.
 /// `objects`: which kinds to bring (default all).
+///
+/// The search path is pinned inside, once the caller's has been read (it names the schemas
+/// cloned by default), before anything else is looked up.
 #[pg_extern]
-#[search_path(pg_catalog, pg_temp)]
 // pgrx reads the result columns from the return type as written, so it cannot be an alias.
 #[allow(clippy::type_complexity)]
 fn sync_clone(
@@ -33,16 +35,20 @@ fn sync_clone(
     ErrorReport,
 > {
     const F: &str = "sync_clone";
-    let peer = crate::pg::args::required(peer, F, "peer")?;
-    let lines = crate::control::clone::clone(
-        Some(peer),
-        crate::control::clone::Options {
-            tables: crate::pg::args::names(tables, F, "tables")?,
-            objects: crate::pg::args::names(objects, F, "objects")?,
-            max_rows,
-            direction: crate::pg::args::required(direction, F, "direction")?.to_string(),
-        },
-    )?;
+    let search_path = crate::control::clone::plan::search_path()?;
+    let lines = crate::pg::privilege::pinned(|| -> Result<_, ErrorReport> {
+        let peer = crate::pg::args::required(peer, F, "peer")?;
+        Ok(crate::control::clone::clone(
+            Some(peer),
+            crate::control::clone::Options {
+                search_path,
+                tables: crate::pg::args::names(tables, F, "tables")?,
+                objects: crate::pg::args::names(objects, F, "objects")?,
+                max_rows,
+                direction: crate::pg::args::required(direction, F, "direction")?.to_string(),
+            },
+        )?)
+    })?;
     Ok(TableIterator::new(
         lines
             .into_iter()

@@ -233,12 +233,13 @@ SELECT i.indexrelid FROM pg_catalog.pg_index i
 const INDEXES: &str = r#"
 SELECT u.oid::pg_catalog.regclass::text, pg_catalog.pg_get_indexdef(u.oid), NULL::text, NULL::text
   FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, n)
+  JOIN pg_catalog.pg_index i ON i.indexrelid = u.oid
  ORDER BY u.n"#;
 
 /// CREATE FUNCTION / PROCEDURE for the functions `$1` (not aggregates).
 const FUNCTIONS: &str = r#"
 SELECT p.oid::pg_catalog.regprocedure::text, pg_catalog.pg_get_functiondef(p.oid), NULL::text, NULL::text,
-       CASE WHEN p.prosecdef THEN p.proowner::pg_catalog.regrole::text END
+       CASE WHEN p.prosecdef THEN (SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE r.oid = p.proowner) END
   FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, n)
   JOIN pg_catalog.pg_proc p ON p.oid = u.oid
  WHERE p.prokind IN ('f', 'p')
@@ -391,11 +392,13 @@ pub fn existing(ddl: &Ddl) -> crate::pg::error::Result<Option<String>> {
         Kind::Function => "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid",
         Kind::Key | Kind::ForeignKey => {
             "SELECT k.oid FROM pg_catalog.pg_constraint k \
-              WHERE k.conrelid = pg_catalog.to_regclass($2) AND k.conname = $3"
+              WHERE k.conrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($2)::pg_catalog.oid \
+                AND k.conname OPERATOR(pg_catalog.=) $3::pg_catalog.name"
         }
         Kind::Trigger => {
             "SELECT g.oid FROM pg_catalog.pg_trigger g \
-              WHERE g.tgrelid = pg_catalog.to_regclass($2) AND g.tgname = $3"
+              WHERE g.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($2)::pg_catalog.oid \
+                AND g.tgname OPERATOR(pg_catalog.=) $3::pg_catalog.name"
         }
         Kind::SequenceOwner | Kind::SequenceValue => return Ok(None),
         _ => "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",

@@ -104,7 +104,7 @@ pub fn handle(req: CreateRequest) -> Result<CreateReply> {
             _ => "to_regclass",
         };
         Ok(crate::pg::spi::maybe_one::<bool>(
-            &format!("SELECT {lookup}($1) IS NOT NULL"),
+            &format!("SELECT pg_catalog.{lookup}($1) IS NOT NULL"),
             &[name.into()],
         )?
         .unwrap_or(false))
@@ -117,7 +117,7 @@ pub fn handle(req: CreateRequest) -> Result<CreateReply> {
     }
     let node = crate::catalog::node::local_name()?;
     let schema_here = crate::pg::spi::maybe_one::<bool>(
-        "SELECT true FROM pg_namespace WHERE nspname = $1",
+        "SELECT true FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1::pg_catalog.name",
         &[req.schema.as_str().into()],
     )?
     .is_some();

@@ -60,9 +60,25 @@ pub fn pin_for_session() {
 }
 
 /// Run `f` as `role` with the search path pinned. An error inside is cleaned up by the
-/// (sub)transaction's abort, which restores the user and the settings.
+/// (sub)transaction's abort, which restores the user and the settings; a setting the role's
+/// statements changed is put back when `f` returns too ([`isolated`]).
 pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    pinned(|| switched(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f))
+    pinned(|| isolated(|| switched(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f)))
+}
+
+/// Run `f` so that no setting it changes outlives it, as a SECURITY DEFINER function that ran
+/// another role's statements must: a `SET search_path` (or a trigger's set_config) in that
+/// role's code would otherwise still hold for the statements synclink runs with its own
+/// privileges after it, even where the path had been pinned before.
+pub fn isolated<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: NewGUCNestLevel opens a nesting level; AtEOXact_GUC(false, level) closes it,
+    // putting back every setting made at it or inside it. If `f` raises an ERROR the
+    // (sub)transaction's abort closes the level instead.
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    let result = f();
+    // SAFETY: closes the level opened above, once, on the way out of `f`.
+    unsafe { pg_sys::AtEOXact_GUC(false, level) };
+    result
 }
 
 /// Run `f`, which runs no SQL statement (it writes through the table and index access
@@ -82,12 +98,14 @@ pub fn as_owner_of<T>(relid: pg_sys::Oid, f: impl FnOnce() -> T) -> Result<T, Sp
     let deferred = deferred_code_checks()?;
     let flags = pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION;
     pinned(|| {
-        switched(owner, flags, || {
-            if let Some(names) = deferred {
-                // The names come from the catalog, each quoted by format('%I').
-                Spi::run(&format!("SET CONSTRAINTS {names} IMMEDIATE"))?;
-            }
-            Ok(f())
+        isolated(|| {
+            switched(owner, flags, || {
+                if let Some(names) = deferred {
+                    // The names come from the catalog, each quoted by format('%I').
+                    Spi::run(&format!("SET CONSTRAINTS {names} IMMEDIATE"))?;
+                }
+                Ok(f())
+            })
         })
     })
 }

@@ -193,15 +193,16 @@ pub struct ObjectOutcome {
     pub detail: Option<String>,
 }
 
-/// Rows for sync_clone: the text of each row of the source table (its row type) and of its
-/// key (jsonb), for a table the peer has with the same columns.
+/// Rows for sync_clone, for a table the peer has with the same columns: the text of an array
+/// of the source table's row type, parsed there in one piece.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CloneRowsRequest {
     pub table: String,
     /// the source table's columns: name and type, in order
     pub columns: Vec<(String, String)>,
-    pub rows: Vec<String>,
-    pub keys: Vec<String>,
+    pub rows: String,
+    /// how many rows `rows` holds
+    pub count: i32,
 }
 
 /// What the peer did with a [`CloneRowsRequest`].
@@ -210,8 +211,8 @@ pub struct CloneRowsReply {
     pub inserted: i64,
     /// rows whose key (or another unique value) the table had already
     pub present: i64,
-    /// rows the table refused: their key and the error
-    pub refused: Vec<(String, String)>,
+    /// rows the table refused: their place in the request (from 1) and the error
+    pub refused: Vec<(i32, String)>,
     /// why no row was tried (the table is missing or has other columns)
     pub skipped: Option<String>,
 }

@@ -13,14 +13,16 @@
 //!           and linked (sync and async mode), with the peak memory of the backends doing it
 //!   peers:  the alternatives, pglogical 2 and Bucardo 5, two-way on clusters of their own:
 //!           bulk INSERT/UPDATE/DELETE, single-row tps, a stopped peer's backlog (bench/peers.rs)
+//!   clone:  a 1,000,000-row table copied into an empty database of the other cluster, by
+//!           pg_dump piped into psql and by sync_clone
 //!
 //! Variants run in rotating order within each round and every ratio is taken against the
 //! unlinked figure of the same round (for single, of the run right next to it), so machine
 //! noise hits all of them alike.
 //! Run with `make bench` (installs the release build first). BENCH_ONLY, BENCH_ROUNDS,
 //! BENCH_SECONDS, BENCH_SINGLE_PAIRS, BENCH_ROWS, BENCH_BACKLOG, BENCH_LAG_RATES,
-//! BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS, BENCH_DIFF_ROWS, BENCH_MILLION_ROWS and
-//! BENCH_PEERS_BACKLOG tune it; BENCH_CONF adds settings to both servers.
+//! BENCH_LAG_SAMPLES, BENCH_SEQ_ROWS, BENCH_DIFF_ROWS, BENCH_MILLION_ROWS, BENCH_CLONE_ROWS
+//! and BENCH_PEERS_BACKLOG tune it; BENCH_CONF adds settings to both servers.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -287,7 +289,7 @@ fn main() {
     let rows = env_or("BENCH_ROWS", 100_000) as i64;
     let backlog = env_or("BENCH_BACKLOG", 100_000) as i64;
     // BENCH_ONLY=single,lag runs those parts only (bulk, single, lag, drain, sequences, diff,
-    // million, peers, hub)
+    // million, peers, hub, clone)
     let only = std::env::var("BENCH_ONLY").ok();
     let wants = |part: &str| {
         only.as_deref()
@@ -648,6 +650,74 @@ fn main() {
     if wants("hub") {
         hub::run(&pair, rounds, seconds, rows);
     }
+    if wants("clone") {
+        clone(&pair, &mut a);
+    }
+}
+
+/// A large table copied into an empty database of the other cluster, the way a DBA would
+/// without synclink (pg_dump -t piped into psql: COPY, then the key) and with sync_clone (the
+/// table, its rows in batches, then the key), one after the other on the same machine.
+fn clone(pair: &Nodes, a: &mut postgres::Client) {
+    let rows = env_or("BENCH_CLONE_ROWS", 1_000_000) as i64;
+    a.batch_execute(&format!(
+        "CREATE TABLE cloned {TABLE};
+         INSERT INTO cloned (name, price, created_at, updated_at)
+              SELECT 'product ' || g, g % 1000, now(), now() FROM generate_series(1, {rows}) g;"
+    ))
+    .unwrap();
+    a.batch_execute("VACUUM ANALYZE cloned").unwrap();
+    let (from, to) = (pair.a.cluster(), pair.b.cluster());
+    to.create_db("clone_dump");
+    let mut target = to.create_db("clone_sync");
+    let started = Instant::now();
+    let mut dump = Command::new(from.bindir().join("pg_dump"))
+        .args(["-t", "cloned", "-h"])
+        .arg(from.socket_dir())
+        .args(["-p", &from.port.to_string(), "-U", "postgres", &pair.a.db])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("pg_dump runs");
+    let restored = Command::new(to.bindir().join("psql"))
+        .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(to.socket_dir())
+        .args(["-p", &to.port.to_string(), "-U", "postgres", "clone_dump"])
+        .stdin(dump.stdout.take().expect("pg_dump's output"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("psql runs");
+    assert!(dump.wait().unwrap().success() && restored.success());
+    let dumped = started.elapsed().as_secs_f64();
+
+    a.execute(
+        "SELECT sync_add_peer('clone_sync', $1)",
+        &[&to.conninfo("clone_sync")],
+    )
+    .unwrap();
+    target
+        .execute("SELECT sync_add_peer('a', $1)", &[&pair.a.conninfo()])
+        .unwrap();
+    let started = Instant::now();
+    let report = a
+        .query(
+            "SELECT action FROM sync_clone('clone_sync', tables => '{cloned}', \
+                                           objects => '{sequences, tables, rows, keys, indexes}')",
+            &[],
+        )
+        .unwrap();
+    let cloned = started.elapsed().as_secs_f64();
+    assert!(report.iter().all(|r| r.get::<_, String>(0) == "created"));
+    assert_eq!(count(&mut target, "SELECT count(*) FROM cloned"), rows);
+    assert_eq!(
+        count(&mut to.connect("clone_dump"), "SELECT count(*) FROM cloned"),
+        rows
+    );
+    println!();
+    println!("a {rows}-row table copied into an empty database of the other cluster");
+    println!(
+        "  pg_dump -t | psql: {dumped:.1} s; sync_clone: {cloned:.1} s ({:.2}×)",
+        cloned / dumped
+    );
 }
 
 /// sync_diff over a large table with a few scattered differences, and sync_reconcile of them.

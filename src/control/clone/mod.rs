@@ -10,11 +10,14 @@
 //! fails is reported with the statement or the row's key and the error, and the rest goes on.
 //! An object the peer has already is compared, never made again; rows present by key are left.
 //!
-//! Order: types, sequences, tables, rows, then keys, indexes and foreign keys (loading into a
-//! table without indexes is faster, and foreign keys are checked once every table has its
-//! rows), sequences moved past the highest id copied, functions (bodies unchecked, as a
-//! restore does), views (each tried again once what it needs is there), triggers last so that
-//! loading fired none.
+//! Order: types, functions (bodies unchecked, as a restore does; before the tables, whose
+//! defaults and checks may call them), sequences, tables, rows, then keys, indexes and foreign
+//! keys (loading into a table without indexes is faster, and foreign keys are checked once
+//! every table has its rows), sequences moved past the highest value copied, views (each
+//! tried again once what it needs is there), triggers last so that loading fired none.
+//!
+//! The whole clone is one transaction on each node: a failure that stops it (the peer gone)
+//! leaves nothing on either, and running it again starts over.
 
 pub mod plan;
 pub mod rows;
@@ -87,6 +90,8 @@ pub enum What {
 
 /// How sync_clone was called.
 pub struct Options {
+    /// the schemas of the caller's search path (plan::search_path)
+    pub search_path: Vec<pg_sys::Oid>,
     pub tables: Option<Vec<String>>,
     pub objects: Option<Vec<String>>,
     pub max_rows: Option<i64>,
@@ -110,7 +115,11 @@ fn wanted(objects: &Option<Vec<String>>) -> Result<Vec<What>> {
             .map(|n| {
                 KINDS
                     .iter()
-                    .find(|(k, _)| *k == n.as_str() || k.trim_end_matches('s') == n.as_str())
+                    .find(|(k, _)| {
+                        *k == n.as_str()
+                            || k.strip_suffix("es").is_some_and(|one| one == n)
+                            || k.strip_suffix('s').is_some_and(|one| one == n)
+                    })
                     .map(|(_, w)| *w)
                     .ok_or_else(|| CloneError::UnknownKind(n.clone()).into())
             })
@@ -131,13 +140,16 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
         return Err(CloneError::NegativeMaxRows(n).into());
     }
     let peer = crate::catalog::peer::resolve(peer_name)?;
-    let plan = plan::plan(options.tables.as_deref())?;
+    let plan = plan::plan(options.tables.as_deref(), &options.search_path)?;
     let mut report = Vec::new();
     let has = |w: What| what.contains(&w);
 
     let mut tables_made: Vec<(String, usize)> = Vec::new();
+    // Functions come right after the types, since a table's defaults and checks may call
+    // them; one that needs a table's row type is tried again once the tables are there.
     let first: Vec<Ddl> = [
         (What::Types, &plan.types),
+        (What::Functions, &plan.functions),
         (What::Sequences, &plan.sequences),
         (What::Tables, &plan.tables),
     ]
@@ -152,7 +164,8 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
     )
     .collect();
     for (ddl, outcome) in make(&peer, first)? {
-        if ddl.kind == Kind::SequenceOwner {
+        // a sequence given to its column is said only when that failed
+        if ddl.kind == Kind::SequenceOwner && outcome.action != "failed" {
             continue;
         }
         if ddl.kind == Kind::Table {
@@ -165,21 +178,19 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
         for choice in rows::choose(&plan.table_oids, options.max_rows)? {
             let copied = rows::copy(&peer, &choice)?;
             let name = copied.table.clone();
-            let detail = (copied.by_reference > 0).then(|| {
+            let referenced = (copied.by_reference > 0).then(|| {
                 format!(
                     "+{} rows referenced by other copied rows",
                     copied.by_reference
                 )
             });
             let skipped = copied.skipped.clone();
+            let detail = joined(referenced, skipped.clone());
             match tables_made.iter().find(|(n, _)| *n == name) {
                 Some((_, at)) => {
                     let l: &mut Line = &mut report[*at];
                     l.rows = Some(copied.inserted);
-                    l.detail = match (l.detail.take(), detail.or(skipped)) {
-                        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-                        (a, b) => a.or(b),
-                    };
+                    l.detail = joined(l.detail.take(), detail);
                 }
                 None => report.push(Line {
                     kind: "rows".into(),
@@ -191,7 +202,7 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
                     }
                     .into(),
                     rows: Some(copied.inserted),
-                    detail: detail.or(skipped),
+                    detail,
                 }),
             }
             for (key, error) in copied.refused {
@@ -211,7 +222,6 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
         (What::Indexes, &plan.indexes),
         (What::ForeignKeys, &plan.foreign_keys),
         (What::Rows, &plan.sequence_values),
-        (What::Functions, &plan.functions),
         (What::Views, &plan.views),
         (What::Triggers, &plan.triggers),
     ]
@@ -248,6 +258,14 @@ fn make(peer: &Peer, objects: Vec<Ddl>) -> Result<Vec<(Ddl, ObjectOutcome)>> {
         done.extend(batch.iter().cloned().zip(outcomes));
     }
     Ok(done)
+}
+
+/// Two remarks as one DETAIL.
+fn joined(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    }
 }
 
 fn line(ddl: &Ddl, outcome: ObjectOutcome) -> Line {

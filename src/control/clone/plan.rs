@@ -25,17 +25,6 @@ pub struct Plan {
     pub triggers: Vec<Ddl>,
 }
 
-/// The schemas of the search path the caller's session starts from (sync_clone itself runs
-/// with the path pinned), as `$user` and quoted names resolve.
-const PATH_SCHEMAS: &str = r#"
-SELECT n.oid
-  FROM pg_catalog.regexp_split_to_table($1, '\s*,\s*') WITH ORDINALITY p(item, i)
-  JOIN pg_catalog.pg_namespace n
-    ON n.nspname = CASE WHEN pg_catalog.btrim(p.item) IN ('$user', '"$user"') THEN SESSION_USER::text
-                        ELSE (pg_catalog.parse_ident(pg_catalog.btrim(p.item)))[1] END
- WHERE pg_catalog.btrim(p.item) <> ''
- ORDER BY p.i"#;
-
 /// Schemas that are never cloned.
 const OUTSIDE: &str =
     "('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace, \
@@ -57,32 +46,24 @@ fn tables_in(schemas: &[pg_sys::Oid]) -> Result<Vec<pg_sys::Oid>> {
     )?)
 }
 
-/// The caller's search path (before sync_clone pinned its own).
-fn path_schemas() -> Result<Vec<pg_sys::Oid>> {
-    // SAFETY: reads the GUC's reset value, a string the GUC machinery owns, copied at once;
-    // the name is a valid C string and missing_ok is not needed for a built-in setting.
-    let path = unsafe {
-        let value = pg_sys::GetConfigOptionResetString(c"search_path".as_ptr());
-        if value.is_null() {
-            String::new()
-        } else {
-            std::ffi::CStr::from_ptr(value)
-                .to_string_lossy()
-                .into_owned()
-        }
-    };
+/// The schemas of the caller's search path, in order, read before anything is looked up with
+/// the path pinned.
+pub fn search_path() -> Result<Vec<pg_sys::Oid>> {
     Ok(column::<pg_sys::Oid>(
-        PATH_SCHEMAS,
-        &[path.as_str().into()],
+        "SELECT n.oid FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY s(name, i) \
+           JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) s.name ORDER BY s.i",
+        &[],
     )?)
 }
 
 /// The tables `patterns` name (NULL: every table of the schemas in the search path), each
 /// once, in name order. A pattern that names nothing is said in a NOTICE.
-fn tables(patterns: Option<&[String]>) -> Result<(Vec<pg_sys::Oid>, Vec<pg_sys::Oid>)> {
-    let path = path_schemas()?;
+fn tables(
+    patterns: Option<&[String]>,
+    path: &[pg_sys::Oid],
+) -> Result<(Vec<pg_sys::Oid>, Vec<pg_sys::Oid>)> {
     let Some(patterns) = patterns else {
-        return Ok((tables_in(&path)?, path));
+        return Ok((tables_in(path)?, path.to_vec()));
     };
     let mut found: Vec<pg_sys::Oid> = Vec::new();
     for pattern in patterns {
@@ -107,8 +88,9 @@ fn tables(patterns: Option<&[String]>) -> Result<(Vec<pg_sys::Oid>, Vec<pg_sys::
                           FROM pg_catalog.unnest($2::pg_catalog.oid[]) WITH ORDINALITY s(oid, i) \
                           JOIN pg_catalog.pg_namespace n ON n.oid = s.oid \
                          WHERE pg_catalog.strpos($1, '.') = 0) \
+                  ORDER BY pg_catalog.array_position($2::pg_catalog.oid[], c.relnamespace) NULLS FIRST \
                   LIMIT 1",
-                &[pattern.as_str().into(), path.clone().into()],
+                &[pattern.as_str().into(), path.to_vec().into()],
             )?;
             oid.into_iter().collect()
         };
@@ -134,6 +116,7 @@ fn tables(patterns: Option<&[String]>) -> Result<(Vec<pg_sys::Oid>, Vec<pg_sys::
 /// Objects of the schemas `$1` that no extension owns: `sql` selects their oids, aliased `o`
 /// in a FROM over `catalog`.
 fn own_objects(
+    order: &str,
     catalog: &str,
     namespace: &str,
     filter: &str,
@@ -146,16 +129,17 @@ fn own_objects(
                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend x \
                                  WHERE x.classid = '{catalog}'::pg_catalog.regclass \
                                    AND x.objid = o.oid AND x.deptype IN ('e', 'i', 'a')) \
-              ORDER BY o.oid"
+              ORDER BY {order}"
         ),
         &[schemas.to_vec().into()],
     )?)
 }
 
-/// Everything sync_clone brings for `patterns`.
-pub fn plan(patterns: Option<&[String]>) -> Result<Plan> {
-    let (tables, schemas) = tables(patterns)?;
+/// Everything sync_clone brings for `patterns`, names without a schema looked up along `path`.
+pub fn plan(patterns: Option<&[String]>, path: &[pg_sys::Oid]) -> Result<Plan> {
+    let (tables, schemas) = tables(patterns, path)?;
     let standalone_types = own_objects(
+        "o.oid",
         "pg_catalog.pg_type",
         "typnamespace",
         "(o.typtype IN ('e', 'd') OR o.typtype = 'c' AND EXISTS \
@@ -167,6 +151,7 @@ pub fn plan(patterns: Option<&[String]>) -> Result<Plan> {
     // The schemas' sequences that no column owns (a serial's is owned: listed with its table),
     // then those the tables' columns own.
     let mut sequences = own_objects(
+        "o.oid::pg_catalog.regclass::text",
         "pg_catalog.pg_class",
         "relnamespace",
         "o.relkind = 'S'",
@@ -197,12 +182,13 @@ pub fn plan(patterns: Option<&[String]>) -> Result<Plan> {
         &[schemas.clone().into()],
     )?;
     let views = own_objects(
+        "o.oid::pg_catalog.regclass::text",
         "pg_catalog.pg_class",
         "relnamespace",
         "o.relkind = 'v'",
         &schemas,
     )?;
-    let sequence_values = sequence_values(&tables)?;
+    let sequence_values = sequence_values(&sequences, &tables)?;
     Ok(Plan {
         types: definition::statements(Kind::Type, &types)?,
         sequences: definition::statements(Kind::Sequence, &sequences)?,
@@ -222,9 +208,43 @@ pub fn plan(patterns: Option<&[String]>) -> Result<Plan> {
     })
 }
 
+/// For each sequence cloned (those of the schemas and of the tables' serial columns): the
+/// statement that moves the peer's sequence to where this one is, never back; then, for each
+/// column with a sequence (an identity column's too), past the highest value the column holds
+/// there.
+fn sequence_values(sequences: &[pg_sys::Oid], tables: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
+    let mut moves = Spi::connect(|c| {
+        c.select(
+            "SELECT s.oid::pg_catalog.regclass::text,
+                    pg_catalog.format('SELECT pg_catalog.setval(%L, %s) WHERE %s > coalesce(pg_catalog.pg_sequence_last_value(%L::pg_catalog.regclass), %s - 1)',
+                                      s.oid::pg_catalog.regclass, v.last, v.last, s.oid::pg_catalog.regclass, q.seqstart)
+               FROM pg_catalog.unnest($1::pg_catalog.oid[]) s(oid)
+               JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid
+              CROSS JOIN LATERAL (SELECT pg_catalog.pg_sequence_last_value(s.oid) AS last) v
+              WHERE v.last IS NOT NULL
+              ORDER BY 1",
+            None,
+            &[sequences.to_vec().into()],
+        )?
+        .map(|r| {
+            Ok(Ddl {
+                kind: Kind::SequenceValue,
+                name: crate::pg::spi::need(&r, 1, "a sequence")?,
+                sql: crate::pg::spi::need(&r, 2, "a sequence's move")?,
+                table: None,
+                member: None,
+                runs_as: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+    })?;
+    moves.extend(column_values(tables)?);
+    Ok(moves)
+}
+
 /// For each column of `tables` with a sequence (serial or identity): the statement that moves
 /// the peer's sequence past the highest value the column holds there, never back.
-fn sequence_values(tables: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
+fn column_values(tables: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
     Spi::connect(|c| {
         c.select(
             "SELECT pg_catalog.pg_get_serial_sequence(a.attrelid::pg_catalog.regclass::text, a.attname),

@@ -131,7 +131,11 @@ pub fn choose(tables: &[pg_sys::Oid], max_rows: Option<i64>) -> Result<Vec<Choic
                     ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(k.conkey) WITH ORDINALITY u(n, i) \
                             JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i), \
                     ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(k.confkey) WITH ORDINALITY u(n, i) \
-                            JOIN pg_catalog.pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i) \
+                            JOIN pg_catalog.pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i), \
+                    ARRAY(SELECT pg_catalog.format('OPERATOR(%I.%s)', n.nspname, o.oprname) \
+                            FROM pg_catalog.unnest(k.conpfeqop) WITH ORDINALITY u(op, i) \
+                            JOIN pg_catalog.pg_operator o ON o.oid = u.op \
+                            JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace ORDER BY u.i) \
                FROM pg_catalog.pg_constraint k \
               WHERE k.contype = 'f' AND k.conrelid = ANY ($1) AND k.confrelid = ANY ($1) \
               ORDER BY k.oid",
@@ -144,24 +148,36 @@ pub fn choose(tables: &[pg_sys::Oid], max_rows: Option<i64>) -> Result<Vec<Choic
                 crate::pg::spi::need::<pg_sys::Oid>(&r, 2, "a foreign key's referenced table")?,
                 crate::pg::spi::need::<Vec<String>>(&r, 3, "a foreign key's columns")?,
                 crate::pg::spi::need::<Vec<String>>(&r, 4, "a foreign key's referenced columns")?,
+                crate::pg::spi::need::<Vec<String>>(&r, 5, "a foreign key's operators")?,
             ))
         })
         .collect::<Result<Vec<_>>>()
     })?;
     let closing: Vec<(String, i64)> = keys
         .iter()
-        .map(|(child, parent, from, to)| -> Result<(String, i64)> {
-            let matched = from
+        .map(|(child, parent, from, to, ops)| -> Result<(String, i64)> {
+            // compared by the key's own operators (referenced = referencing), schema-qualified
+            let matched = to
                 .iter()
-                .zip(to)
-                .map(|(f, t)| format!("c.{} = p.{}", ident(f), ident(t)))
+                .zip(from)
+                .zip(ops)
+                .map(|((t, f), op)| format!("p.{} {op} c.{}", ident(t), ident(f)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            // A row is chosen once: by where it lies, and by the unique key the foreign key
+            // names (a row updated since it was chosen lies elsewhere now, with that key).
+            let known = to
+                .iter()
+                .zip(ops)
+                .map(|(t, op)| format!("x.{t} {op} p.{t}", t = ident(t)))
                 .collect::<Vec<_>>()
                 .join(" AND ");
             Ok((
                 format!(
                     "INSERT INTO {parent_pick} SELECT p.ctid, p.* FROM {parent} p \
                       WHERE EXISTS (SELECT FROM {child_pick} c WHERE {matched}) \
-                        AND NOT EXISTS (SELECT FROM {parent_pick} x WHERE x.\"synclink$ctid\" = p.ctid)",
+                        AND NOT EXISTS (SELECT FROM {parent_pick} x \
+                                         WHERE x.\"synclink$ctid\" OPERATOR(pg_catalog.=) p.ctid OR ({known}))",
                     parent_pick = pick(*parent),
                     parent = display(*parent)?,
                     child_pick = pick(*child),
@@ -191,23 +207,26 @@ pub fn choose(tables: &[pg_sys::Oid], max_rows: Option<i64>) -> Result<Vec<Choic
 /// long it took, and every little while how far a long table got.
 pub fn copy(peer: &Peer, choice: &Choice) -> Result<Copied> {
     let columns = columns(choice.relid)?;
+    // Text through the types' output functions (record_out), never through a cast: a cast
+    // from the row type (or a key's type) is code its owner may have written, and this runs
+    // as the caller.
     let row = format!(
-        "ROW({})::{}",
+        "pg_catalog.textin(pg_catalog.record_out(ROW({})::{}))",
         join(&columns, ", ", |(n, _)| format!("t.{}", ident(n))),
         choice.table
     );
     let key = match primary_key(choice.relid)?.as_slice() {
-        [] => format!("pg_catalog.to_jsonb({row})::text"),
+        [] => "NULL::pg_catalog.text".to_string(),
         key => format!(
-            "pg_catalog.jsonb_build_object({})::text",
-            join(key, ", ", |k| format!(
-                "{}, t.{}",
-                crate::pg::sql::literal(k),
-                ident(k)
-            ))
+            "{} || ' = ' || {}",
+            crate::pg::sql::literal(&format!("({})", key.join(", "))),
+            format!(
+                "pg_catalog.textin(pg_catalog.record_out(ROW({})))",
+                join(key, ", ", |k| format!("t.{}", ident(k)))
+            )
         ),
     };
-    let query = format!("SELECT {row}::text, {key} FROM {} t", choice.source);
+    let query = format!("SELECT {row}, {key} FROM {} t", choice.source);
     let started = Instant::now();
     let mut said = started;
     let mut copied = Copied {
@@ -223,7 +242,7 @@ pub fn copy(peer: &Peer, choice: &Choice) -> Result<Copied> {
     let cursor = Spi::connect(|c| c.open_cursor(query.as_str(), &[]).detach_into_name());
     loop {
         let (rows, keys) = next_batch(&cursor)?;
-        if rows.is_empty() {
+        if keys.is_empty() {
             break;
         }
         let reply: CloneRowsReply = crate::rpc::call_for(
@@ -232,12 +251,18 @@ pub fn copy(peer: &Peer, choice: &Choice) -> Result<Copied> {
                 table: choice.table.clone(),
                 columns: columns.clone(),
                 rows,
-                keys,
+                count: keys.len() as i32,
             },
         )?;
         copied.inserted += reply.inserted;
         copied.present += reply.present;
-        copied.refused.extend(reply.refused);
+        for (at, error) in reply.refused {
+            let key = usize::try_from(at - 1)
+                .ok()
+                .and_then(|i| keys.get(i).cloned().flatten())
+                .unwrap_or_else(|| format!("row {at} of a batch"));
+            copied.refused.push((key, error));
+        }
         if let Some(why) = reply.skipped {
             copied.skipped = Some(why);
             break;
@@ -276,19 +301,20 @@ pub fn copy(peer: &Peer, choice: &Choice) -> Result<Copied> {
     Ok(copied)
 }
 
-/// The next batch of rows and keys from the open cursor `name`.
-fn next_batch(name: &str) -> Result<(Vec<String>, Vec<String>)> {
-    let (mut rows, mut keys, mut bytes) = (Vec::new(), Vec::new(), 0);
-    while rows.len() < BATCH_ROWS && bytes < BATCH_BYTES {
+/// The next batch from the open cursor `name`: its rows as the text of one array of the table's
+/// row type (each element quoted as array_out quotes it), and each row's key.
+fn next_batch(name: &str) -> Result<(String, Vec<Option<String>>)> {
+    let (mut rows, mut keys) = (String::from("{"), Vec::new());
+    while keys.len() < BATCH_ROWS && rows.len() < BATCH_BYTES {
         let fetched = crate::data::wire::compared(|| {
-            Spi::connect(|c| -> Result<Vec<(String, String)>> {
+            Spi::connect(|c| -> Result<Vec<(String, Option<String>)>> {
                 let mut cursor = c.find_cursor(name)?;
                 let table = cursor.fetch(1_000)?;
                 let got = table
                     .map(|r| {
                         Ok((
                             crate::pg::spi::need::<String>(&r, 1, "a row's text")?,
-                            r.get::<String>(2)?.unwrap_or_default(),
+                            r.get::<String>(2)?,
                         ))
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -300,10 +326,20 @@ fn next_batch(name: &str) -> Result<(Vec<String>, Vec<String>)> {
             break;
         }
         for (row, key) in fetched {
-            bytes += row.len();
-            rows.push(row);
+            if !keys.is_empty() {
+                rows.push(',');
+            }
+            rows.push('"');
+            for ch in row.chars() {
+                if ch == '"' || ch == '\\' {
+                    rows.push('\\');
+                }
+                rows.push(ch);
+            }
+            rows.push('"');
             keys.push(key);
         }
     }
+    rows.push('}');
     Ok((rows, keys))
 }

@@ -73,16 +73,35 @@ fn difference(here: &str, sent: &str) -> String {
 
 /// Make each object unless an object of its kind and name is here: the same (exists) or not
 /// (differs, left alone). Functions are made without checking their bodies (as a restore
-/// does: what they use may come later); a view that needs an object made after it is tried
-/// again once the others are made.
+/// does: what they use may come later); a function or view that needs an object made after it
+/// (a table's row type, another view) is tried again once the others are made. A sequence is
+/// given to its column only when it was made here now.
 pub fn make_objects(objects: Vec<Ddl>) -> Result<Vec<ObjectOutcome>> {
     let mut outcomes: Vec<Option<ObjectOutcome>> = vec![None; objects.len()];
     let mut pending: Vec<usize> = (0..objects.len()).collect();
+    let mut made_sequences: Vec<String> = Vec::new();
     loop {
         let mut retry = Vec::new();
         for &i in &pending {
             let object = &objects[i];
-            if let Some(here) = definition::existing(object)? {
+            if object.kind == Kind::SequenceOwner && !made_sequences.contains(&object.name) {
+                outcomes[i] = Some(outcome("exists", None));
+                continue;
+            }
+            // An object whose name cannot be read here (a function of a type that is not
+            // here) is not here; one whose definition cannot be read is reported.
+            let here = match crate::pg::subxact::run(|| definition::existing(object)) {
+                Ok(Ok(here)) => here,
+                Ok(Err(e)) => {
+                    outcomes[i] = Some(outcome("failed", Some(e.to_string())));
+                    continue;
+                }
+                Err(f) => {
+                    outcomes[i] = Some(outcome("failed", Some(f.message)));
+                    continue;
+                }
+            };
+            if let Some(here) = here {
                 outcomes[i] = Some(if here == object.sql {
                     outcome("exists", None)
                 } else {
@@ -112,9 +131,14 @@ pub fn make_objects(objects: Vec<Ddl>) -> Result<Vec<ObjectOutcome>> {
                 run()
             };
             match result {
-                Ok(()) => outcomes[i] = Some(outcome("created", None)),
+                Ok(()) => {
+                    if object.kind == Kind::Sequence {
+                        made_sequences.push(object.name.clone());
+                    }
+                    outcomes[i] = Some(outcome("created", None))
+                }
                 Err(r) => {
-                    if object.kind == Kind::View && waits_for_another(&r) {
+                    if matches!(object.kind, Kind::View | Kind::Function) && waits_for_another(&r) {
                         retry.push(i);
                     }
                     outcomes[i] = Some(outcome(
@@ -142,7 +166,8 @@ fn outcome(action: &str, detail: Option<String>) -> ObjectOutcome {
     }
 }
 
-/// A view that failed on an object not there (yet): another view, a function.
+/// A view or function that failed on an object not there (yet): another view, a function, a
+/// table's row type.
 fn waits_for_another(r: &Refusal) -> bool {
     use PgSqlErrorCode::*;
     matches!(
@@ -153,8 +178,9 @@ fn waits_for_another(r: &Refusal) -> bool {
 
 /// Insert the rows of `req` into the table of that name, which must have the source's columns
 /// in the same order: rows whose key (or another unique value) is here already are left as
-/// they are; a batch that fails is halved until the rows that fail are found, each reported
-/// with its key and the error, the others inserted.
+/// they are. The whole batch is parsed and inserted by one statement; a batch that fails is
+/// halved until the rows that fail are found, each reported with its place and the error,
+/// the others inserted.
 pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
     let here = crate::pg::spi::maybe_one::<pg_sys::Oid>(
         "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
@@ -164,6 +190,26 @@ pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
     let Some(relid) = here else {
         return Ok(skipped(format!("table {} is not here", req.table)));
     };
+    // The rows go in as the table's owner (its triggers, defaults and checks run as the
+    // owner, as for changes a link applies), for a peer whose role may insert into it.
+    let role = crate::pg::privilege::session_role();
+    let may = crate::pg::spi::maybe_one::<bool>(
+        "SELECT pg_catalog.has_table_privilege($1, $2, 'INSERT')",
+        &[role.into(), relid.into()],
+    )?
+    .unwrap_or(false);
+    if !may {
+        return Ok(skipped(format!(
+            "role {} may not insert into table {} here",
+            crate::pg::privilege::role_name(role),
+            req.table
+        )));
+    }
+    let table = crate::pg::spi::maybe_one::<String>(
+        "SELECT $1::pg_catalog.regclass::text",
+        &[relid.into()],
+    )?
+    .unwrap_or_default();
     let columns = Spi::connect(|c| {
         c.select(
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attgenerated <> '' \
@@ -202,59 +248,69 @@ pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
         .map(|c| ident(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let insert = format!(
-        "INSERT INTO {table} AS t ({list}) OVERRIDING SYSTEM VALUE \
-         SELECT {picked} FROM pg_catalog.unnest((($1::pg_catalog.text[])[$2:$3])::{table}[]) r \
-         ON CONFLICT DO NOTHING",
-        table = req.table,
-        picked = written
-            .iter()
-            .map(|c| format!("r.{}", ident(c)))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    let insert = |source: &str| {
+        format!(
+            "INSERT INTO {table} AS t ({list}) OVERRIDING SYSTEM VALUE \
+             SELECT {picked} FROM pg_catalog.unnest({source}) r \
+             ON CONFLICT DO NOTHING",
+            table = table,
+            picked = written
+                .iter()
+                .map(|c| format!("r.{}", ident(c)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    };
+    let whole = insert(&format!("$1::{table}[]"));
+    let part = insert(&format!("((($1::pg_catalog.text[])[$2:$3])::{table}[])"));
     let mut reply = CloneRowsReply::default();
-    let mut todo = vec![(1i32, req.rows.len() as i32)];
+    let mut todo = vec![(1i32, req.count)];
     while let Some((lo, hi)) = todo.pop() {
         if lo > hi {
             continue;
         }
-        let role = crate::pg::privilege::session_role();
-        let rows = req.rows.clone();
         let run = crate::pg::subxact::run(|| {
-            crate::pg::privilege::as_role(role, || {
+            crate::pg::privilege::as_owner_of(relid, || {
                 Spi::connect_mut(|c| {
-                    c.update(&insert, None, &[rows.into(), lo.into(), hi.into()])
-                        .map(|t| t.len() as i64)
+                    let rows = req.rows.as_str();
+                    if (lo, hi) == (1, req.count) {
+                        c.update(&whole, None, &[rows.into()])
+                    } else {
+                        c.update(&part, None, &[rows.into(), lo.into(), hi.into()])
+                    }
+                    .map(|t| t.len() as i64)
                 })
             })
         });
+        let run = match run {
+            Ok(Ok(Ok(n))) => Ok(n),
+            Ok(Ok(Err(e))) | Ok(Err(e)) => Err((SqlError::sqlstate(&e), e.to_string())),
+            Err(f) => Err((f.sqlstate, f.message)),
+        };
         match run {
-            Ok(Ok(n)) => {
+            Ok(n) => {
                 reply.inserted += n;
                 reply.present += i64::from(hi - lo + 1) - n;
             }
-            failed if lo == hi => {
-                let why = match failed {
-                    Ok(Err(e)) => format!(
-                        "ERROR {}: {e}",
-                        crate::pg::remote::sqlstate_text(SqlError::sqlstate(&e) as isize)
-                    ),
-                    Err(f) => format!(
-                        "ERROR {}: {}",
-                        crate::pg::remote::sqlstate_text(f.sqlstate as isize),
-                        f.message
-                    ),
-                    Ok(Ok(_)) => String::new(),
-                };
-                let key = req.keys.get((lo - 1) as usize).cloned().unwrap_or_default();
-                reply.refused.push((key, why));
-            }
-            _ => {
-                let mid = lo + (hi - lo) / 2;
-                // the upper half first on the stack, so the lower half is tried first
-                todo.push((mid + 1, hi));
-                todo.push((lo, mid));
+            Err((code, message)) => {
+                let why = format!(
+                    "ERROR {}: {message}",
+                    crate::pg::remote::sqlstate_text(code as isize)
+                );
+                // An error about the table rather than a row (a right, a resource, an
+                // interruption) would be met by every row: said once, nothing more tried.
+                if ["42", "53", "54", "57", "08", "25", "40"].contains(&&why[6..8]) {
+                    reply.skipped = Some(why);
+                    break;
+                }
+                if lo == hi {
+                    reply.refused.push((lo, why));
+                } else {
+                    let mid = lo + (hi - lo) / 2;
+                    // the upper half first on the stack, so the lower half is tried first
+                    todo.push((mid + 1, hi));
+                    todo.push((lo, mid));
+                }
             }
         }
     }
