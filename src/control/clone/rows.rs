@@ -218,12 +218,9 @@ pub fn copy(peer: &Peer, choice: &Choice) -> Result<Copied> {
     let key = match primary_key(choice.relid)?.as_slice() {
         [] => "NULL::pg_catalog.text".to_string(),
         key => format!(
-            "{} || ' = ' || {}",
+            "{} || ' = ' || pg_catalog.textin(pg_catalog.record_out(ROW({})))",
             crate::pg::sql::literal(&format!("({})", key.join(", "))),
-            format!(
-                "pg_catalog.textin(pg_catalog.record_out(ROW({})))",
-                join(key, ", ", |k| format!("t.{}", ident(k)))
-            )
+            join(key, ", ", |k| format!("t.{}", ident(k)))
         ),
     };
     let query = format!("SELECT {row}, {key} FROM {} t", choice.source);
