@@ -147,25 +147,18 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
     let mut tables_made: Vec<(String, usize)> = Vec::new();
     // Functions come right after the types, since a table's defaults and checks may call
     // them; one that needs a table's row type is tried again once the tables are there.
-    let first: Vec<Ddl> = [
-        (What::Types, &plan.types),
-        (What::Functions, &plan.functions),
-        (What::Sequences, &plan.sequences),
-        (What::Tables, &plan.tables),
-    ]
-    .into_iter()
-    .filter(|(w, _)| has(*w))
-    .flat_map(|(_, list)| list.iter().cloned())
-    .chain(
-        has(What::Tables)
-            .then(|| plan.sequence_owners.iter().cloned())
-            .into_iter()
-            .flatten(),
-    )
-    .collect();
+    let first = asked(
+        &has,
+        [
+            (What::Types, &plan.types),
+            (What::Functions, &plan.functions),
+            (What::Sequences, &plan.sequences),
+            (What::Tables, &plan.tables),
+            (What::Tables, &plan.sequence_owners),
+        ],
+    );
     for (ddl, outcome) in make(&peer, first)? {
-        // a sequence given to its column is said only when that failed
-        if ddl.kind == Kind::SequenceOwner && outcome.action != "failed" {
+        if quiet(ddl.kind) && outcome.action != "failed" {
             continue;
         }
         if ddl.kind == Kind::Table {
@@ -217,24 +210,19 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
         }
     }
 
-    let rest: Vec<Ddl> = [
-        (What::Keys, &plan.keys),
-        (What::Indexes, &plan.indexes),
-        (What::ForeignKeys, &plan.foreign_keys),
-        (What::Rows, &plan.sequence_values),
-        (What::Views, &plan.views),
-        (What::Triggers, &plan.triggers),
-    ]
-    .into_iter()
-    .filter(|(w, _)| has(*w))
-    .flat_map(|(_, list)| list.iter().cloned())
-    .collect();
+    let rest = asked(
+        &has,
+        [
+            (What::Keys, &plan.keys),
+            (What::Indexes, &plan.indexes),
+            (What::ForeignKeys, &plan.foreign_keys),
+            (What::Rows, &plan.sequence_values),
+            (What::Views, &plan.views),
+            (What::Triggers, &plan.triggers),
+        ],
+    );
     for (ddl, outcome) in make(&peer, rest)? {
-        if ddl.kind == Kind::SequenceValue {
-            // said only when it failed: a sequence moved on is not an object made
-            if outcome.action == "failed" {
-                report.push(line(&ddl, outcome));
-            }
+        if quiet(ddl.kind) && outcome.action != "failed" {
             continue;
         }
         report.push(line(&ddl, outcome));
@@ -242,22 +230,34 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
     Ok(report)
 }
 
-/// Have the peer make `objects`, in batches a request carries well; each with what became of it.
+/// The statements of the kinds asked for, in the order given.
+fn asked<const N: usize>(has: &dyn Fn(What) -> bool, lists: [(What, &Vec<Ddl>); N]) -> Vec<Ddl> {
+    lists
+        .into_iter()
+        .filter(|(w, _)| has(*w))
+        .flat_map(|(_, list)| list.iter().cloned())
+        .collect()
+}
+
+/// Statements that make no object of their own (a sequence given to its column, moved on):
+/// reported only when they fail.
+fn quiet(kind: Kind) -> bool {
+    matches!(kind, Kind::SequenceOwner | Kind::SequenceValue)
+}
+
+/// Have the peer make `objects`, in one request (a function or view that needs another object
+/// of the request is tried again there); each with what became of it.
 fn make(peer: &Peer, objects: Vec<Ddl>) -> Result<Vec<(Ddl, ObjectOutcome)>> {
-    let mut done = Vec::new();
-    // Views are tried again on the peer once the others of their batch are made: one batch.
-    for batch in
-        objects.chunk_by(|a, b| a.kind == b.kind || a.kind != Kind::View && b.kind != Kind::View)
-    {
-        let outcomes: Vec<ObjectOutcome> = crate::rpc::call_for(
-            peer,
-            &CloneObjectsRequest {
-                objects: batch.to_vec(),
-            },
-        )?;
-        done.extend(batch.iter().cloned().zip(outcomes));
+    if objects.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(done)
+    let outcomes: Vec<ObjectOutcome> = crate::rpc::call_for(
+        peer,
+        &CloneObjectsRequest {
+            objects: objects.clone(),
+        },
+    )?;
+    Ok(objects.into_iter().zip(outcomes).collect())
 }
 
 /// Two remarks as one DETAIL.

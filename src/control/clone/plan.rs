@@ -213,41 +213,26 @@ pub fn plan(patterns: Option<&[String]>, path: &[pg_sys::Oid]) -> Result<Plan> {
 /// column with a sequence (an identity column's too), past the highest value the column holds
 /// there.
 fn sequence_values(sequences: &[pg_sys::Oid], tables: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
-    let mut moves = Spi::connect(|c| {
-        c.select(
-            "SELECT s.oid::pg_catalog.regclass::text,
-                    pg_catalog.format('SELECT pg_catalog.setval(%L, %s) WHERE %s > coalesce(pg_catalog.pg_sequence_last_value(%L::pg_catalog.regclass), %s - 1)',
-                                      s.oid::pg_catalog.regclass, v.last, v.last, s.oid::pg_catalog.regclass, q.seqstart)
-               FROM pg_catalog.unnest($1::pg_catalog.oid[]) s(oid)
-               JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid
-              CROSS JOIN LATERAL (SELECT pg_catalog.pg_sequence_last_value(s.oid) AS last) v
-              WHERE v.last IS NOT NULL
-              ORDER BY 1",
-            None,
-            &[sequences.to_vec().into()],
-        )?
-        .map(|r| {
-            Ok(Ddl {
-                kind: Kind::SequenceValue,
-                name: crate::pg::spi::need(&r, 1, "a sequence")?,
-                sql: crate::pg::spi::need(&r, 2, "a sequence's move")?,
-                table: None,
-                member: None,
-                runs_as: None,
-            })
-        })
-        .collect::<Result<Vec<_>>>()
-    })?;
-    moves.extend(column_values(tables)?);
-    Ok(moves)
+    let mut all = moves(
+        "SELECT s.oid::pg_catalog.regclass::text,
+                pg_catalog.format('SELECT pg_catalog.setval(%L, %s) WHERE %s > coalesce(pg_catalog.pg_sequence_last_value(%L::pg_catalog.regclass), %s - 1)',
+                                  s.oid::pg_catalog.regclass, v.last, v.last, s.oid::pg_catalog.regclass, q.seqstart)
+           FROM pg_catalog.unnest($1::pg_catalog.oid[]) s(oid)
+           JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid
+          CROSS JOIN LATERAL (SELECT pg_catalog.pg_sequence_last_value(s.oid) AS last) v
+          WHERE v.last IS NOT NULL
+          ORDER BY 1",
+        sequences,
+    )?;
+    all.extend(column_values(tables)?);
+    Ok(all)
 }
 
 /// For each column of `tables` with a sequence (serial or identity): the statement that moves
 /// the peer's sequence past the highest value the column holds there, never back.
 fn column_values(tables: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
-    Spi::connect(|c| {
-        c.select(
-            "SELECT pg_catalog.pg_get_serial_sequence(a.attrelid::pg_catalog.regclass::text, a.attname),
+    moves(
+        "SELECT pg_catalog.pg_get_serial_sequence(a.attrelid::pg_catalog.regclass::text, a.attname),
                     pg_catalog.format(
                       'SELECT pg_catalog.setval(s, m) FROM (SELECT pg_catalog.pg_get_serial_sequence(%L, %L)::pg_catalog.regclass AS s, '
                       '(SELECT pg_catalog.max(%I) FROM %s) AS m) x '
@@ -257,19 +242,24 @@ fn column_values(tables: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
               WHERE a.attrelid = ANY ($1) AND a.attnum > 0 AND NOT a.attisdropped
                 AND pg_catalog.pg_get_serial_sequence(a.attrelid::pg_catalog.regclass::text, a.attname) IS NOT NULL
               ORDER BY 1",
-            None,
-            &[tables.to_vec().into()],
-        )?
-        .map(|r| {
-            Ok(Ddl {
-                kind: Kind::SequenceValue,
-                name: crate::pg::spi::need(&r, 1, "a column's sequence")?,
-                sql: crate::pg::spi::need(&r, 2, "a sequence's move")?,
-                table: None,
-                member: None,
-                runs_as: None,
+        tables,
+    )
+}
+
+/// The sequence moves a query over the oids `$1` yields: (sequence, statement).
+fn moves(sql: &str, oids: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
+    Spi::connect(|c| {
+        c.select(sql, None, &[oids.to_vec().into()])?
+            .map(|r| {
+                Ok(Ddl {
+                    kind: Kind::SequenceValue,
+                    name: crate::pg::spi::need(&r, 1, "a sequence")?,
+                    sql: crate::pg::spi::need(&r, 2, "a sequence's move")?,
+                    table: None,
+                    member: None,
+                    runs_as: None,
+                })
             })
-        })
-        .collect()
+            .collect()
     })
 }

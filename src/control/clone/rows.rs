@@ -111,7 +111,16 @@ pub fn choose(tables: &[pg_sys::Oid], max_rows: Option<i64>) -> Result<Vec<Choic
             [] => "t.ctid".to_string(),
             key => join(key, ", ", |k| format!("t.{}", ident(k))),
         };
-        Spi::run(&format!("DROP TABLE IF EXISTS {}", pick(relid)))?;
+        // (a clone earlier in this transaction made it; dropped only when there, so that
+        // nothing is said about one that is not)
+        if crate::pg::spi::maybe_one::<bool>(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[pick(relid).as_str().into()],
+        )?
+        .unwrap_or(false)
+        {
+            Spi::run(&format!("DROP TABLE {}", pick(relid)))?;
+        }
         Spi::run(&format!(
             "CREATE TEMPORARY TABLE {pick} ON COMMIT DROP AS \
              SELECT t.ctid AS \"synclink$ctid\", t.* FROM {table} t ORDER BY {order} LIMIT {limit}",
