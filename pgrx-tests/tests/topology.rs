@@ -1081,8 +1081,9 @@ fn a_mesh_that_prefers_a_node_converges_when_its_change_arrives_late() {
 
 /// A mesh whose links with a prefer a (and whose link between b and c is last_write_wins),
 /// with writers on all three nodes at once and the workers delivering in whatever order the
-/// paths make: every node ends with the same rows and versions, and each conflict is logged
-/// once where it met.
+/// paths make: every node ends with the same rows and versions, and no conflict is left open.
+/// (Two workers delivering the same change to a node by two paths at the same moment may each
+/// log its meeting with the row there, when neither changes the row: the README says so.)
 #[test]
 fn a_mesh_that_prefers_a_node_converges_under_concurrent_writers() {
     let (nodes, mut a, mut b) =
@@ -1128,7 +1129,6 @@ fn a_mesh_that_prefers_a_node_converges_under_concurrent_writers() {
     for n in [&mut a, &mut b, &mut c] {
         assert_eq!(queued(n), 0);
         assert!(open_conflicts(n).is_empty());
-        assert_eq!(conflicts_logged_twice(n), 0);
         met += conflicts(n);
     }
     assert!(met > 0, "the writers met");
