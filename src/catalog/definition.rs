@@ -359,6 +359,41 @@ pub fn owned_sequences(
     })
 }
 
+/// The statements that give each sequence of `owned` (made by `made`, in the same order) to
+/// its column, once the table is there.
+pub fn sequence_owners(made: Vec<Ddl>, owned: Vec<(pg_sys::Oid, String)>) -> Vec<Ddl> {
+    made.into_iter()
+        .zip(owned)
+        .map(|(ddl, (_, own))| Ddl {
+            kind: Kind::SequenceOwner,
+            sql: own,
+            ..ddl
+        })
+        .collect()
+}
+
+/// A table's columns (not dropped), in order: name, type, and whether it is generated — what
+/// another node compares before it takes the table's rows.
+pub fn columns(relid: pg_sys::Oid) -> crate::pg::error::Result<Vec<(String, String, bool)>> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attgenerated <> '' \
+               FROM pg_catalog.pg_attribute a \
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            None,
+            &[relid.into()],
+        )?
+        .map(|r| {
+            Ok((
+                need(&r, 1, "a column's name")?,
+                need(&r, 2, "a column's type")?,
+                need(&r, 3, "a column's kind")?,
+            ))
+        })
+        .collect()
+    })
+}
+
 /// The statements that make `relid` again in order: the types it needs, its serial
 /// sequences, the table, the sequences' owner, its keys and indexes, then its foreign keys.
 pub fn of_table(relid: pg_sys::Oid) -> crate::pg::error::Result<Vec<Ddl>> {
@@ -366,18 +401,10 @@ pub fn of_table(relid: pg_sys::Oid) -> crate::pg::error::Result<Vec<Ddl>> {
     let mut all = statements(Kind::Type, &needed_types(&table, &[])?)?;
     let owned = owned_sequences(&table)?;
     let sequences: Vec<pg_sys::Oid> = owned.iter().map(|(s, _)| *s).collect();
-    all.extend(statements(Kind::Sequence, &sequences)?);
+    let made = statements(Kind::Sequence, &sequences)?;
+    all.extend(made.iter().cloned());
     all.extend(statements(Kind::Table, &table)?);
-    for (ddl, (_, own)) in statements(Kind::Sequence, &sequences)?
-        .into_iter()
-        .zip(owned)
-    {
-        all.push(Ddl {
-            kind: Kind::SequenceOwner,
-            sql: own,
-            ..ddl
-        });
-    }
+    all.extend(sequence_owners(made, owned));
     all.extend(statements(Kind::Key, &constraints_of(&table, "pux")?)?);
     all.extend(statements(Kind::Index, &indexes_of(&table)?)?);
     all.extend(statements(Kind::ForeignKey, &constraints_of(&table, "f")?)?);

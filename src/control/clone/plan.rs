@@ -157,19 +157,10 @@ pub fn plan(patterns: Option<&[String]>, path: &[pg_sys::Oid]) -> Result<Plan> {
         "o.relkind = 'S'",
         &schemas,
     )?;
-    sequences.extend(owned.iter().map(|(s, _)| *s));
-    let sequence_owners = definition::statements(
-        Kind::Sequence,
-        &owned.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-    )?
-    .into_iter()
-    .zip(owned)
-    .map(|(ddl, (_, own))| Ddl {
-        kind: Kind::SequenceOwner,
-        sql: own,
-        ..ddl
-    })
-    .collect();
+    let serial: Vec<pg_sys::Oid> = owned.iter().map(|(s, _)| *s).collect();
+    sequences.extend(&serial);
+    let sequence_owners =
+        definition::sequence_owners(definition::statements(Kind::Sequence, &serial)?, owned);
     let functions = column::<pg_sys::Oid>(
         &format!(
             "SELECT p.oid FROM pg_catalog.pg_proc p \

@@ -56,26 +56,6 @@ fn pick(relid: pg_sys::Oid) -> String {
     )
 }
 
-/// A table's columns (not dropped), in order: name and type.
-fn columns(relid: pg_sys::Oid) -> Result<Vec<(String, String)>> {
-    Spi::connect(|c| {
-        c.select(
-            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
-               FROM pg_catalog.pg_attribute a \
-              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            None,
-            &[relid.into()],
-        )?
-        .map(|r| {
-            Ok((
-                crate::pg::spi::need(&r, 1, "a column's name")?,
-                crate::pg::spi::need(&r, 2, "a column's type")?,
-            ))
-        })
-        .collect()
-    })
-}
-
 /// The primary key's columns of `relid`, if it has one.
 fn primary_key(relid: pg_sys::Oid) -> Result<Vec<String>> {
     Ok(crate::pg::spi::column::<String>(
@@ -215,7 +195,10 @@ pub fn choose(tables: &[pg_sys::Oid], max_rows: Option<i64>) -> Result<Vec<Choic
 /// Send the chosen rows of one table to `peer`, in batches; says in a NOTICE how many and how
 /// long it took, and every little while how far a long table got.
 pub fn copy(peer: &Peer, choice: &Choice) -> Result<Copied> {
-    let columns = columns(choice.relid)?;
+    let columns: Vec<(String, String)> = crate::catalog::definition::columns(choice.relid)?
+        .into_iter()
+        .map(|(name, type_name, _)| (name, type_name))
+        .collect();
     // Text through the types' output functions (record_out), never through a cast: a cast
     // from the row type (or a key's type) is code its owner may have written, and this runs
     // as the caller.

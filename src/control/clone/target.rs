@@ -210,23 +210,7 @@ pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
         &[relid.into()],
     )?
     .unwrap_or_default();
-    let columns = Spi::connect(|c| {
-        c.select(
-            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attgenerated <> '' \
-               FROM pg_catalog.pg_attribute a \
-              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            None,
-            &[relid.into()],
-        )?
-        .map(|r| {
-            Ok::<_, crate::pg::error::Error>((
-                crate::pg::spi::need::<String>(&r, 1, "a column's name")?,
-                crate::pg::spi::need::<String>(&r, 2, "a column's type")?,
-                crate::pg::spi::need::<bool>(&r, 3, "a column's kind")?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()
-    })?;
+    let columns = definition::columns(relid)?;
     let shape: Vec<(String, String)> = columns
         .iter()
         .map(|(n, t, _)| (n.clone(), t.clone()))
