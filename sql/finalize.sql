@@ -47,7 +47,8 @@ CREATE FUNCTION synclink.serve_request() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    NEW.reply := synclink.handle_request(NEW.from_node, NEW.action, NEW.body);
+    SELECT r.reply, r.reply_payload INTO NEW.reply, NEW.payload
+      FROM synclink.handle_request(NEW.from_node, NEW.action, NEW.body, NEW.payload) r;
     RETURN NEW;
 END
 $$;
@@ -74,7 +75,7 @@ REVOKE ALL ON FUNCTION synclink.apply(text, text, text, text, "char", text, text
 REVOKE ALL ON FUNCTION synclink.apply_pending() FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.shared_nextval(oid, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.ship(integer, "char", text, text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.next_outbox_seq() FROM PUBLIC;
 -- Trigger functions are checked for EXECUTE when a trigger is made, not when it fires: closed
 -- to everyone but superusers, none of synclink's can be attached to a table of someone else's

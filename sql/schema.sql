@@ -200,7 +200,9 @@ CREATE TABLE synclink.request (
     action      text NOT NULL,
     body        jsonb NOT NULL,
     reply       jsonb,  -- set by the handler; the requesting node reads it with RETURNING
-    received_at timestamptz NOT NULL DEFAULT now()
+    received_at timestamptz NOT NULL DEFAULT now(),
+    -- rows in bulk (sync_clone), beside the body: read by the handler and never kept
+    payload     bytea
 );
 -- A request may carry rows by the megabyte (sync_clone): stored, until it is answered, with
 -- the cheaper compression where the server has it.
@@ -211,6 +213,8 @@ EXCEPTION WHEN feature_not_supported THEN
     NULL;
 END
 $$;
+-- A reply's rows in bulk are kept only until the requester has read them: not compressed.
+ALTER TABLE synclink.request ALTER payload SET STORAGE EXTERNAL;
 
 -- Sequences shared with a peer (sync_share_sequence), with what undo puts back.
 -- role: 'owner' on the node where it was called, 'member' on the peer.

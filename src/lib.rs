@@ -109,7 +109,7 @@ mod tests {
         drop_unknown_peer: "SELECT sync_drop_peer('nobody')" => "peer \"nobody\" does not exist";
         node_name_with_space: "SELECT sync_set_node_name('a b')" => "invalid node name";
         apply_from_unknown_node: "SELECT synclink.apply('x', 'x', 'public', 'keyed', 'I', '{}', NULL)" => "change from unknown node \"x\"";
-        request_from_unknown_node: "SELECT synclink.handle_request('x', 'link', '{}')" => "node \"x\" is not registered as a peer here";
+        request_from_unknown_node: "SELECT synclink.handle_request('x', 'link', '{}', NULL)" => "node \"x\" is not registered as a peer here";
     }
 
     #[pg_test]
@@ -141,7 +141,7 @@ mod tests {
     fn the_data_path_is_closed_to_public() {
         let open = Spi::get_one::<i64>(
             "SELECT count(*) FROM (VALUES ('synclink.apply(text,text,text,text,\"char\",text,text,bigint,bigint,text)'),
-                    ('synclink.ship(integer,\"char\",text,text,text)'), ('synclink.handle_request(text,text,jsonb)'),
+                    ('synclink.ship(integer,\"char\",text,text,text)'), ('synclink.handle_request(text,text,jsonb,bytea)'),
                     ('synclink.next_outbox_seq()')) f(sig)
               WHERE has_function_privilege('public', sig, 'EXECUTE')",
         )

@@ -7,14 +7,25 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 /// Carry out a peer's request; called by the trigger on synclink.request. The reply (NULL for
-/// requests that have nothing to say) goes back to the requester through RETURNING.
+/// requests that have nothing to say) goes back to the requester through RETURNING, and so
+/// does a reply's rows in bulk (`payload`); a request's own rows in bulk come in `payload`.
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
 fn handle_request(
     from_node: &str,
     action: &str,
     body: pgrx::JsonB,
-) -> Result<Option<pgrx::JsonB>, ErrorReport> {
+    payload: Option<&[u8]>,
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(reply, Option<pgrx::JsonB>),
+            name!(reply_payload, Option<Vec<u8>>),
+        ),
+    >,
+    ErrorReport,
+> {
     let from =
         peer::find_by_node(from_node)?.ok_or_else(|| PeerError::UnknownNode(from_node.into()))?;
     from.check_inbound()?;
@@ -37,8 +48,12 @@ fn handle_request(
             req.objects,
         )?)),
         Request::CloneRows(req) => Some(json(crate::control::clone::target::take_rows(req)?)),
+        Request::CopyRows(req) => Some(json(crate::control::clone::target::take_copy(
+            req,
+            payload.unwrap_or_default(),
+        )?)),
     };
-    Ok(reply.map(pgrx::JsonB))
+    Ok(TableIterator::once((reply.map(pgrx::JsonB), None)))
 }
 
 fn json<T: serde::Serialize>(reply: T) -> serde_json::Value {

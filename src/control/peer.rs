@@ -110,7 +110,7 @@ pub fn add(name: &str, conninfo: &str) -> Result<String> {
         ),
         format!("CREATE SEQUENCE {} MINVALUE 0 START 0", crate::data::queue::retry_register(name)),
         format!(
-            "CREATE FOREIGN TABLE {} (from_node text, action text, body jsonb, reply jsonb) SERVER {srv} \
+            "CREATE FOREIGN TABLE {} (from_node text, action text, body jsonb, reply jsonb, payload bytea) SERVER {srv} \
              OPTIONS (schema_name 'synclink', table_name 'request')",
             peer.foreign("request")
         ),

@@ -9,6 +9,7 @@
 
 pub mod args;
 pub mod conninfo;
+pub mod copy;
 pub mod error;
 pub mod ffi;
 pub mod plan;

@@ -205,7 +205,22 @@ pub struct CloneRowsRequest {
     pub count: i32,
 }
 
-/// What the peer did with a [`CloneRowsRequest`].
+/// Rows for sync_clone into a table this clone made (empty until now): a batch in one of
+/// COPY's formats, travelling as the request's payload beside this body, taken by COPY FROM
+/// in one piece; a batch it refuses is halved until the rows it refuses are found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyRowsRequest {
+    pub table: String,
+    /// the source table's columns that are written (not generated): name and type, in order
+    pub columns: Vec<(String, String)>,
+    pub format: crate::pg::copy::Format,
+    /// the encoding of the batch's text
+    pub encoding: String,
+    /// how many rows the batch holds
+    pub count: i32,
+}
+
+/// What the peer did with a [`CloneRowsRequest`] or a [`CopyRowsRequest`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CloneRowsReply {
     pub inserted: i64,
@@ -222,6 +237,9 @@ impl super::Body for CloneObjectsRequest {
 }
 impl super::Body for CloneRowsRequest {
     const ACTION: &'static str = "clone_rows";
+}
+impl super::Body for CopyRowsRequest {
+    const ACTION: &'static str = "copy_rows";
 }
 impl super::Body for CreateRequest {
     const ACTION: &'static str = "create_table";

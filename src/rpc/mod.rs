@@ -29,6 +29,8 @@ pub enum RpcError {
     BadRequest(String),
     #[error("malformed reply from peer \"{0}\"")]
     BadReply(String),
+    #[error("peer \"{0}\" cannot take rows in bulk")]
+    NoPayload(String),
 }
 
 impl SqlError for RpcError {
@@ -39,6 +41,9 @@ impl SqlError for RpcError {
         Some(match self {
             RpcError::UnknownAction(_) => {
                 "The node that received the request runs an older synclink than the node that sent it: update the older one (ALTER EXTENSION synclink UPDATE).".into()
+            }
+            RpcError::NoPayload(_) => {
+                "The peer runs a synclink older than 0.7.0: update it (ALTER EXTENSION synclink UPDATE) and run sync_clone again.".into()
             }
             RpcError::BadRequest(_) | RpcError::BadReply(_) => {
                 "The two nodes run different synclink versions: update the older one (ALTER EXTENSION synclink UPDATE).".into()
@@ -67,9 +72,10 @@ pub enum Request {
     CreateTable(CreateRequest),
     CloneObjects(CloneObjectsRequest),
     CloneRows(CloneRowsRequest),
+    CopyRows(CopyRowsRequest),
 }
 
-const ACTIONS: [&str; 9] = [
+const ACTIONS: [&str; 10] = [
     LinkRequest::ACTION,
     UnlinkRequest::ACTION,
     DiffRequest::ACTION,
@@ -79,6 +85,7 @@ const ACTIONS: [&str; 9] = [
     CreateRequest::ACTION,
     CloneObjectsRequest::ACTION,
     CloneRowsRequest::ACTION,
+    CopyRowsRequest::ACTION,
 ];
 
 impl Request {
@@ -123,6 +130,49 @@ pub fn call<B: Body>(peer: &Peer, body: &B) -> Result<serde_json::Value, PeerErr
         // The subtransaction is rolled back; the peer's error goes on up as the peer raised it.
         Err(f) => Err(PeerError::Failed(f.into())),
     }
+}
+
+/// [`call`] with rows in bulk beside the body (`payload`, which the peer reads and never
+/// keeps), reading the reply as `R`. A peer older than the payload says so.
+pub fn call_with_payload<B: Body, R: DeserializeOwned>(
+    peer: &Peer,
+    body: &B,
+    payload: &[u8],
+) -> crate::pg::error::Result<R> {
+    peer.check_foreign("request")?;
+    let sql = format!(
+        "INSERT INTO {} (from_node, action, body, payload) VALUES ($1, $2, $3, $4) RETURNING reply",
+        peer.foreign("request")
+    );
+    let local = crate::catalog::node::local_name()?;
+    let body = pgrx::JsonB(serde_json::to_value(body).map_err(|_| peer::malformed(&peer.name))?);
+    let reply = match crate::pg::subxact::run(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                sql.as_str(),
+                None,
+                &[
+                    local.as_str().into(),
+                    B::ACTION.into(),
+                    body.into(),
+                    payload.into(),
+                ],
+            )
+            .and_then(|t| t.first().get::<pgrx::JsonB>(1))
+        })
+    }) {
+        Ok(Ok(reply)) => reply.map_or(serde_json::Value::Null, |j| j.0),
+        Ok(Err(_)) => return Err(peer::malformed(&peer.name).into()),
+        Err(f) if f.is_connection() => return Err(peer::unreachable(&peer.name, f).into()),
+        Err(f)
+            if f.sqlstate == PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN
+                && f.message.contains("payload") =>
+        {
+            return Err(RpcError::NoPayload(peer.name.clone()).into())
+        }
+        Err(f) => return Err(PeerError::Failed(f.into()).into()),
+    };
+    Ok(serde_json::from_value(reply).map_err(|_| peer::malformed(&peer.name))?)
 }
 
 /// [`call`], reading the reply as `R`.

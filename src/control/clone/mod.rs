@@ -145,6 +145,8 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
     let has = |w: What| what.contains(&w);
 
     let mut tables_made: Vec<(String, usize)> = Vec::new();
+    // the tables made now, empty and without keys until the rows are in
+    let mut fresh: Vec<String> = Vec::new();
     // Functions come right after the types, since a table's defaults and checks may call
     // them; one that needs a table's row type is tried again once the tables are there.
     let first = asked(
@@ -163,13 +165,16 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
         }
         if ddl.kind == Kind::Table {
             tables_made.push((ddl.name.clone(), report.len()));
+            if outcome.action == "created" {
+                fresh.push(ddl.name.clone());
+            }
         }
         report.push(line(&ddl, outcome));
     }
 
     if has(What::Rows) {
         for choice in rows::choose(&plan.table_oids, options.max_rows)? {
-            let copied = rows::copy(&peer, &choice)?;
+            let copied = rows::copy(&peer, &choice, fresh.contains(&choice.table))?;
             let name = copied.table.clone();
             let referenced = (copied.by_reference > 0).then(|| {
                 format!(

@@ -11,13 +11,16 @@
 use crate::catalog::peer::Peer;
 use crate::pg::error::{notice, Result};
 use crate::pg::sql::{ident, join};
-use crate::rpc::{CloneRowsReply, CloneRowsRequest};
+use crate::rpc::{CloneRowsReply, CloneRowsRequest, CopyRowsRequest};
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
 /// Rows sent in one request at most, and the text they may weigh.
 const BATCH_ROWS: usize = 5_000;
 const BATCH_BYTES: usize = 4 << 20;
+/// What a batch in COPY's format should weigh: enough that a request's round trip is small
+/// next to the rows it carries.
+const BULK_BYTES: usize = 8 << 20;
 /// How often a long table's copy says how far it got.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -193,8 +196,145 @@ pub fn choose(tables: &[pg_sys::Oid], max_rows: Option<i64>) -> Result<Vec<Choic
 }
 
 /// Send the chosen rows of one table to `peer`, in batches; says in a NOTICE how many and how
-/// long it took, and every little while how far a long table got.
-pub fn copy(peer: &Peer, choice: &Choice) -> Result<Copied> {
+/// long it took, and every little while how far a long table got. A table the peer made in
+/// this clone (`made`: empty, no keys yet) takes them through COPY; one it had already
+/// through an insert that leaves the rows it has.
+pub fn copy(peer: &Peer, choice: &Choice, made: bool) -> Result<Copied> {
+    let started = Instant::now();
+    let copied = if made {
+        copy_in_bulk(peer, choice, started)?
+    } else {
+        insert_missing(peer, choice, started)?
+    };
+    notice(&format!(
+        "sync_clone: {} rows of {} copied to peer \"{}\" in {:.2} s{}{}",
+        copied.inserted,
+        choice.table,
+        peer.name,
+        started.elapsed().as_secs_f64(),
+        if copied.present > 0 {
+            format!(", {} there already", copied.present)
+        } else {
+            String::new()
+        },
+        if copied.refused.is_empty() {
+            String::new()
+        } else {
+            format!(", {} refused", copied.refused.len())
+        },
+    ));
+    Ok(copied)
+}
+
+/// Every little while, how far a long table got.
+fn progress(said: &mut Instant, started: Instant, copied: &Copied) {
+    if said.elapsed() >= PROGRESS_EVERY {
+        *said = Instant::now();
+        notice(&format!(
+            "sync_clone: {} rows of {} copied so far ({:.0} s)",
+            copied.inserted,
+            copied.table,
+            started.elapsed().as_secs_f64()
+        ));
+    }
+}
+
+/// The rows in batches of COPY's format ([`crate::pg::copy`]), each the payload of one
+/// request, sized to weigh about [`BULK_BYTES`].
+fn copy_in_bulk(peer: &Peer, choice: &Choice, started: Instant) -> Result<Copied> {
+    let written: Vec<(String, String)> = crate::catalog::definition::columns(choice.relid)?
+        .into_iter()
+        .filter(|c| !c.2)
+        .map(|(name, type_name, _)| (name, type_name))
+        .collect();
+    let key = primary_key(choice.relid)?;
+    let positions = key
+        .iter()
+        .filter_map(|k| written.iter().position(|(n, _)| n == k))
+        .collect();
+    // Values through the types' send or output functions, never a cast (see `insert_missing`).
+    let query = format!(
+        "SELECT {} FROM {} t",
+        join(&written, ", ", |(n, _)| format!("t.{}", ident(n))),
+        choice.source
+    );
+    let encoding = crate::pg::spi::maybe_one::<String>(
+        "SELECT pg_catalog.getdatabaseencoding()::pg_catalog.text",
+        &[],
+    )?
+    .unwrap_or_default();
+    let client_encoding = std::ffi::CString::new(encoding.as_str()).unwrap_or_default();
+    let mut copied = Copied {
+        table: choice.table.clone(),
+        inserted: 0,
+        present: 0,
+        by_reference: choice.by_reference,
+        refused: Vec::new(),
+        skipped: None,
+    };
+    let cursor = Spi::connect(|c| c.open_cursor(query.as_str(), &[]).detach_into_name());
+    let mut writer = crate::pg::copy::Writer::new(positions);
+    let mut said = started;
+    let mut limit: i64 = 1_000;
+    loop {
+        // Text written as the peer reads it back (crate::data::wire), and a binary value's
+        // text (textsend) in this database's encoding, which the batch names.
+        let sent = crate::pg::plan::with_settings(
+            &[(c"client_encoding", client_encoding.as_c_str())],
+            || {
+                crate::data::wire::compared(|| {
+                    writer.next(&cursor, limit, |batch, key_of| -> Result<_> {
+                        let reply: CloneRowsReply = crate::rpc::call_with_payload(
+                            peer,
+                            &CopyRowsRequest {
+                                table: choice.table.clone(),
+                                columns: written.clone(),
+                                format: batch.format,
+                                encoding: encoding.clone(),
+                                count: batch.rows as i32,
+                            },
+                            &batch.data,
+                        )?;
+                        let refused: Vec<(String, String)> = reply
+                            .refused
+                            .iter()
+                            .map(|(at, error)| {
+                                let shown = usize::try_from(at - 1)
+                                    .ok()
+                                    .and_then(|i| key_of(i))
+                                    .map(|k| format!("({}) = ({k})", key.join(", ")))
+                                    .unwrap_or_else(|| format!("row {at} of a batch"));
+                                (shown, error.clone())
+                            })
+                            .collect();
+                        Ok((batch.rows, batch.data.len(), reply, refused))
+                    })
+                })
+            },
+        )?;
+        let Some(sent) = sent else { break };
+        let (rows, bytes, reply, refused) = sent?;
+        copied.inserted += reply.inserted;
+        copied.present += reply.present;
+        copied.refused.extend(refused);
+        if let Some(why) = reply.skipped {
+            copied.skipped = Some(why);
+            break;
+        }
+        progress(&mut said, started, &copied);
+        let per_row = (bytes / rows.max(1)).max(1);
+        limit = (BULK_BYTES / per_row).clamp(100, 200_000) as i64;
+    }
+    Spi::connect(|c| -> std::result::Result<(), pgrx::spi::SpiError> {
+        drop(c.find_cursor(&cursor)?);
+        Ok(())
+    })?;
+    Ok(copied)
+}
+
+/// The rows as the text of an array of the table's row type per batch, inserted on the peer
+/// by one statement that leaves the rows it has by key.
+fn insert_missing(peer: &Peer, choice: &Choice, started: Instant) -> Result<Copied> {
     let columns: Vec<(String, String)> = crate::catalog::definition::columns(choice.relid)?
         .into_iter()
         .map(|(name, type_name, _)| (name, type_name))
@@ -216,7 +356,6 @@ pub fn copy(peer: &Peer, choice: &Choice) -> Result<Copied> {
         ),
     };
     let query = format!("SELECT {row}, {key} FROM {} t", choice.source);
-    let started = Instant::now();
     let mut said = started;
     let mut copied = Copied {
         table: choice.table.clone(),
@@ -256,37 +395,12 @@ pub fn copy(peer: &Peer, choice: &Choice) -> Result<Copied> {
             copied.skipped = Some(why);
             break;
         }
-        if said.elapsed() >= PROGRESS_EVERY {
-            said = Instant::now();
-            notice(&format!(
-                "sync_clone: {} rows of {} copied so far ({:.0} s)",
-                copied.inserted,
-                choice.table,
-                started.elapsed().as_secs_f64()
-            ));
-        }
+        progress(&mut said, started, &copied);
     }
     Spi::connect(|c| -> std::result::Result<(), pgrx::spi::SpiError> {
         drop(c.find_cursor(&cursor)?);
         Ok(())
     })?;
-    notice(&format!(
-        "sync_clone: {} rows of {} copied to peer \"{}\" in {:.2} s{}{}",
-        copied.inserted,
-        choice.table,
-        peer.name,
-        started.elapsed().as_secs_f64(),
-        if copied.present > 0 {
-            format!(", {} there already", copied.present)
-        } else {
-            String::new()
-        },
-        if copied.refused.is_empty() {
-            String::new()
-        } else {
-            format!(", {} refused", copied.refused.len())
-        },
-    ));
     Ok(copied)
 }
 

@@ -6,7 +6,7 @@
 use crate::catalog::definition::{self, Ddl, Kind};
 use crate::pg::error::{Result, SqlError};
 use crate::pg::sql::ident;
-use crate::rpc::{CloneRowsReply, CloneRowsRequest, ObjectOutcome};
+use crate::rpc::{Body, CloneRowsReply, CloneRowsRequest, CopyRowsRequest, ObjectOutcome};
 use pgrx::prelude::*;
 
 /// Why a statement failed here: its SQLSTATE and message.
@@ -182,50 +182,10 @@ fn waits_for_another(r: &Refusal) -> bool {
 /// halved until the rows that fail are found, each reported with its place and the error,
 /// the others inserted.
 pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
-    let here = crate::pg::spi::maybe_one::<pg_sys::Oid>(
-        "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
-        &[req.table.as_str().into()],
-    )?
-    .filter(|o| *o != pg_sys::InvalidOid);
-    let Some(relid) = here else {
-        return Ok(skipped(format!("table {} is not here", req.table)));
+    let (relid, table, columns) = match receiving(&req.table, &req.columns)? {
+        Ok(found) => found,
+        Err(why) => return Ok(skipped(why)),
     };
-    // The rows go in as the table's owner (its triggers, defaults and checks run as the
-    // owner, as for changes a link applies), for a peer whose role may insert into it.
-    let role = crate::pg::privilege::session_role();
-    let may = crate::pg::spi::maybe_one::<bool>(
-        "SELECT pg_catalog.has_table_privilege($1, $2, 'INSERT')",
-        &[role.into(), relid.into()],
-    )?
-    .unwrap_or(false);
-    if !may {
-        return Ok(skipped(format!(
-            "role {} may not insert into table {} here",
-            crate::pg::privilege::role_name(role),
-            req.table
-        )));
-    }
-    let table = crate::pg::spi::maybe_one::<String>(
-        "SELECT $1::pg_catalog.regclass::text",
-        &[relid.into()],
-    )?
-    .unwrap_or_default();
-    let columns = definition::columns(relid)?;
-    let shape: Vec<(String, String)> = columns
-        .iter()
-        .map(|(n, t, _)| (n.clone(), t.clone()))
-        .collect();
-    if shape != req.columns {
-        return Ok(skipped(format!(
-            "table {} has other columns here: {}",
-            req.table,
-            shape
-                .iter()
-                .map(|(n, t)| format!("{} {t}", ident(n)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
     let written: Vec<&String> = columns.iter().filter(|c| !c.2).map(|c| &c.0).collect();
     let list = written
         .iter()
@@ -247,28 +207,121 @@ pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
     };
     let whole = insert(&format!("$1::{table}[]"));
     let part = insert(&format!("((($1::pg_catalog.text[])[$2:$3])::{table}[])"));
+    Ok(halving(req.count, |lo, hi| {
+        crate::pg::privilege::as_owner_of(relid, || {
+            Spi::connect_mut(|c| {
+                let rows = req.rows.as_str();
+                if (lo, hi) == (1, req.count) {
+                    c.update(&whole, None, &[rows.into()])
+                } else {
+                    c.update(&part, None, &[rows.into(), lo.into(), hi.into()])
+                }
+                .map(|t| t.len() as i64)
+            })
+        })?
+        .map_err(Into::into)
+    }))
+}
+
+/// Take the rows of `req`, a batch in one of COPY's formats (`payload`), into a table this
+/// clone made (see [`crate::pg::copy`]): COPY FROM takes the batch whole, as the table's owner;
+/// a batch it refuses is halved until the rows it refuses are found.
+pub fn take_copy(req: CopyRowsRequest, payload: &[u8]) -> Result<CloneRowsReply> {
+    let (relid, _, columns) = match receiving(&req.table, &req.columns)? {
+        Ok(found) => found,
+        Err(why) => return Ok(skipped(why)),
+    };
+    let written: Vec<String> = columns.into_iter().filter(|c| !c.2).map(|c| c.0).collect();
+    let bounds = crate::pg::copy::rows_of(req.format, payload);
+    if bounds.len() != usize::try_from(req.count).unwrap_or(0) {
+        return Err(crate::rpc::RpcError::BadRequest(CopyRowsRequest::ACTION.into()).into());
+    }
+    Ok(halving(req.count, |lo, hi| {
+        let part;
+        let rows = if (lo, hi) == (1, req.count) {
+            payload
+        } else {
+            part = crate::pg::copy::part(req.format, payload, &bounds, lo as usize, hi as usize);
+            &part
+        };
+        crate::pg::privilege::as_owner_of(relid, || {
+            crate::pg::copy::copy_from(relid, &written, req.format, &req.encoding, rows)
+        })?
+        .map(|n| n as i64)
+        .map_err(Into::into)
+    }))
+}
+
+/// The table named `name` that rows for it go into: its oid, name and columns (name, type,
+/// generated); or why it cannot take them (not here, not the sender's to write, other
+/// columns than the sender's `shape`).
+fn receiving(
+    name: &str,
+    shape: &[(String, String)],
+) -> Result<std::result::Result<(pg_sys::Oid, String, Vec<(String, String, bool)>), String>> {
+    let here = crate::pg::spi::maybe_one::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+        &[name.into()],
+    )?
+    .filter(|o| *o != pg_sys::InvalidOid);
+    let Some(relid) = here else {
+        return Ok(Err(format!("table {name} is not here")));
+    };
+    // The rows go in as the table's owner (its triggers, defaults and checks run as the
+    // owner, as for changes a link applies), for a peer whose role may insert into it.
+    let role = crate::pg::privilege::session_role();
+    let may = crate::pg::spi::maybe_one::<bool>(
+        "SELECT pg_catalog.has_table_privilege($1, $2, 'INSERT')",
+        &[role.into(), relid.into()],
+    )?
+    .unwrap_or(false);
+    if !may {
+        return Ok(Err(format!(
+            "role {} may not insert into table {name} here",
+            crate::pg::privilege::role_name(role),
+        )));
+    }
+    let table = crate::pg::spi::maybe_one::<String>(
+        "SELECT $1::pg_catalog.regclass::text",
+        &[relid.into()],
+    )?
+    .unwrap_or_default();
+    let columns = definition::columns(relid)?;
+    let mine: Vec<(String, String)> = columns
+        .iter()
+        .map(|(n, t, _)| (n.clone(), t.clone()))
+        .collect();
+    // (a batch in COPY's format carries only the columns that are written)
+    let written: Vec<(String, String)> = columns
+        .iter()
+        .filter(|c| !c.2)
+        .map(|(n, t, _)| (n.clone(), t.clone()))
+        .collect();
+    if mine != shape && written != shape {
+        return Ok(Err(format!(
+            "table {name} has other columns here: {}",
+            mine.iter()
+                .map(|(n, t)| format!("{} {t}", ident(n)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(Ok((relid, table, columns)))
+}
+
+/// Insert rows `1..=count` with `attempt(lo, hi)` (how many it inserted), each attempt in a
+/// subtransaction of its own; a range that fails is halved until the rows that fail are found,
+/// each reported with its place and the error, the others inserted.
+fn halving(count: i32, mut attempt: impl FnMut(i32, i32) -> Result<i64>) -> CloneRowsReply {
     let mut reply = CloneRowsReply::default();
-    let mut todo = vec![(1i32, req.count)];
+    let mut todo = vec![(1i32, count)];
     while let Some((lo, hi)) = todo.pop() {
         if lo > hi {
             continue;
         }
-        let run = crate::pg::subxact::run(|| {
-            crate::pg::privilege::as_owner_of(relid, || {
-                Spi::connect_mut(|c| {
-                    let rows = req.rows.as_str();
-                    if (lo, hi) == (1, req.count) {
-                        c.update(&whole, None, &[rows.into()])
-                    } else {
-                        c.update(&part, None, &[rows.into(), lo.into(), hi.into()])
-                    }
-                    .map(|t| t.len() as i64)
-                })
-            })
-        });
-        let run = match run {
-            Ok(Ok(Ok(n))) => Ok(n),
-            Ok(Ok(Err(e))) | Ok(Err(e)) => Err((SqlError::sqlstate(&e), e.to_string())),
+        let run = match crate::pg::subxact::run(|| attempt(lo, hi)) {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err((e.sqlstate(), e.to_string())),
             Err(f) => Err((f.sqlstate, f.message)),
         };
         match run {
@@ -282,8 +335,9 @@ pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
                     crate::pg::remote::sqlstate_text(code as isize)
                 );
                 // An error about the table rather than a row (a right, a resource, an
-                // interruption) would be met by every row: said once, nothing more tried.
-                if ["42", "53", "54", "57", "08", "25", "40"].contains(&&why[6..8]) {
+                // interruption, a feature) would be met by every row: said once, nothing
+                // more tried.
+                if ["42", "53", "54", "57", "08", "25", "40", "0A"].contains(&&why[6..8]) {
                     reply.skipped = Some(why);
                     break;
                 }
@@ -298,7 +352,7 @@ pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
             }
         }
     }
-    Ok(reply)
+    reply
 }
 
 fn skipped(why: String) -> CloneRowsReply {

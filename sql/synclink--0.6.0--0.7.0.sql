@@ -1,0 +1,55 @@
+-- synclink 0.6.0 -> 0.7.0, run by ALTER EXTENSION synclink UPDATE.
+--
+-- 0.7.0 moves sync_clone's rows in COPY's own formats: a request to a peer can carry rows in
+-- bulk beside its body (synclink.request.payload), which the peer reads and never keeps, and
+-- a reply can carry them back. This script brings a 0.6.0 catalog to exactly what CREATE
+-- EXTENSION synclink makes in 0.7.0 (a test compares the two), keeping every row.
+
+\echo Use "ALTER EXTENSION synclink UPDATE TO '0.7.0'" to load this file. \quit
+
+-- rows in bulk (sync_clone), beside the body: read by the handler and never kept
+ALTER TABLE synclink.request ADD COLUMN payload bytea;
+-- A reply's rows in bulk are kept only until the requester has read them: not compressed.
+ALTER TABLE synclink.request ALTER payload SET STORAGE EXTERNAL;
+
+-- Each peer's foreign table onto its synclink.request: a peer not yet updated refuses a
+-- request that names the new column, which only sync_clone's rows do.
+DO $$
+DECLARE
+    ft text;
+BEGIN
+    FOR ft IN SELECT pg_catalog.format('synclink.%I', p.peer_name || '_request')
+                FROM synclink.peer p
+               WHERE pg_catalog.to_regclass(pg_catalog.format('synclink.%I', p.peer_name || '_request')) IS NOT NULL
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FOREIGN TABLE %s ADD COLUMN IF NOT EXISTS payload bytea', ft);
+    END LOOP;
+END
+$$;
+
+DROP FUNCTION synclink.handle_request(text, text, jsonb);
+CREATE  FUNCTION synclink."handle_request"(
+	"from_node" TEXT, /* & str */
+	"action" TEXT, /* & str */
+	"body" jsonb, /* pgrx :: JsonB */
+	"payload" bytea /* Option < & [u8] > */
+) RETURNS TABLE (
+	"reply" jsonb,  /* Option < pgrx :: JsonB > */
+	"reply_payload" bytea  /* :: std :: option :: Option < Vec < u8 > > */
+)
+
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'handle_request_wrapper';
+REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb, bytea) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION synclink.serve_request() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT r.reply, r.reply_payload INTO NEW.reply, NEW.payload
+      FROM synclink.handle_request(NEW.from_node, NEW.action, NEW.body, NEW.payload) r;
+    RETURN NEW;
+END
+$$;

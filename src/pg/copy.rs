@@ -1,0 +1,479 @@
+//! Rows in COPY's own formats, in memory: written from an open cursor, one batch at a time,
+//! and read into a table by COPY FROM itself (its multi-row inserts, its input functions), so
+//! that a bulk copy between nodes costs what COPY costs at each end.
+//!
+//! The binary format carries each value as its type's send function wrote it: no text to
+//! print or parse, but only for types whose binary form means the same in another database
+//! ([`Format::for_types`]); the text format carries what the output functions print. Either
+//! way a batch says which encoding its text is in, and the reading end converts from it.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::Cell;
+use std::ffi::{CStr, CString};
+
+/// How a batch's values are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Binary,
+    Text,
+}
+
+/// The binary format's fixed header: signature, flags (none), header extension (none).
+const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+const TRAILER: &[u8] = &[0xff, 0xff];
+
+impl Format {
+    /// Binary when every type's binary form is read the same by another database: built-in
+    /// types (and arrays of them, ranges of them), enums (sent as their label) and domains over
+    /// those. A composite's or an array's binary form names its members' types by OID, which
+    /// differs between databases for a type made there, so those travel as text.
+    pub fn for_types(types: &[pg_sys::Oid]) -> Format {
+        let portable = |t: pg_sys::Oid| {
+            // SAFETY: getBaseType and get_typtype read the type cache for a type of a
+            // column that exists (an unknown one raises an ERROR); get_element_type returns
+            // InvalidOid for a type that is not an array.
+            unsafe {
+                let base = pg_sys::getBaseType(t);
+                let kind = pg_sys::get_typtype(base) as u8;
+                if kind == b'e' {
+                    return true;
+                }
+                let elem = pg_sys::get_element_type(base);
+                u32::from(base) < pg_sys::FirstNormalObjectId
+                    && matches!(kind, b'b' | b'r' | b'm')
+                    && (elem == pg_sys::InvalidOid || u32::from(elem) < pg_sys::FirstNormalObjectId)
+            }
+        };
+        if types.iter().all(|&t| portable(t)) {
+            Format::Binary
+        } else {
+            Format::Text
+        }
+    }
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum CopyError {
+    #[error("rows cannot be copied into a table whose row-level security applies to its owner")]
+    RowSecurity,
+}
+
+impl crate::pg::error::SqlError for CopyError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED
+    }
+    fn hint(&self) -> Option<String> {
+        Some("Copy its rows by hand, or ALTER TABLE … NO FORCE ROW LEVEL SECURITY while they are copied.".into())
+    }
+}
+
+/// One batch of rows in a [`Format`], ready to send.
+pub struct Batch {
+    pub data: Vec<u8>,
+    pub rows: usize,
+    pub format: Format,
+}
+
+/// Writes the rows of an open cursor, a batch at a time, in one format.
+pub struct Writer {
+    format: Format,
+    /// each column's send (binary) or output (text) function, looked up at the first batch
+    functions: Vec<pg_sys::FmgrInfo>,
+    /// the key's columns (positions in the cursor's rows) and their output functions, to name
+    /// a row in a report
+    key: Vec<(usize, pg_sys::FmgrInfo)>,
+    key_positions: Vec<usize>,
+    /// where the functions keep what they cache: the writer's caller's memory context
+    context: pg_sys::MemoryContext,
+}
+
+impl Writer {
+    /// A writer for rows whose key is at `key_positions` (0-based; none: rows are named by
+    /// their place in the batch), in the format their types allow ([`Format::for_types`]).
+    pub fn new(key_positions: Vec<usize>) -> Writer {
+        Writer {
+            format: Format::Text,
+            functions: Vec::new(),
+            key: Vec::new(),
+            key_positions,
+            // SAFETY: a plain read of this backend's current memory context.
+            context: unsafe { pg_sys::CurrentMemoryContext },
+        }
+    }
+
+    /// Fetch up to `limit` rows from the open cursor `cursor` and write them; `then` gets the
+    /// batch, and a way to name any row of it by its key while the rows are still at hand.
+    /// None when the cursor has no rows left.
+    pub fn next<T>(
+        &mut self,
+        cursor: &str,
+        limit: i64,
+        then: impl FnOnce(&Batch, &dyn Fn(usize) -> Option<String>) -> T,
+    ) -> crate::pg::error::Result<Option<T>> {
+        let name = CString::new(cursor).unwrap_or_default();
+        Spi::connect(|_| {
+            // SAFETY: inside this SPI connection, SPI_cursor_find returns the portal of that
+            // name or NULL (checked); SPI_cursor_fetch leaves the rows in SPI_tuptable, read
+            // at once into locals (the nested SPI use in `then` replaces the global, not the
+            // table, which lives until this connection ends).
+            let (table, count) = unsafe {
+                let portal = pg_sys::SPI_cursor_find(name.as_ptr());
+                if portal.is_null() {
+                    return Ok(None);
+                }
+                pg_sys::SPI_cursor_fetch(portal, true, limit as std::ffi::c_long);
+                (pg_sys::SPI_tuptable, pg_sys::SPI_processed as usize)
+            };
+            if count == 0 || table.is_null() {
+                return Ok(None);
+            }
+            // SAFETY: `table` is the tuple table just fetched, with `count` rows and its
+            // descriptor; it stays valid until this SPI connection ends, after `then`.
+            let desc = unsafe { (*table).tupdesc };
+            let natts = unsafe { (*desc).natts } as usize;
+            if self.functions.is_empty() {
+                self.look_up(desc, natts);
+            }
+            let mut values = vec![pg_sys::Datum::from(0usize); natts];
+            let mut nulls = vec![false; natts];
+            let mut data = Vec::with_capacity(count * 64);
+            if self.format == Format::Binary {
+                data.extend_from_slice(HEADER);
+            }
+            for i in 0..count {
+                // SAFETY: i < count rows of the table; heap_deform_tuple fills exactly natts
+                // values and flags, which the two vectors hold.
+                unsafe {
+                    let tuple = *(*table).vals.add(i);
+                    pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                }
+                self.write_row(&values, &nulls, &mut data);
+            }
+            if self.format == Format::Binary {
+                data.extend_from_slice(TRAILER);
+            }
+            let key_of = |row: usize| -> Option<String> {
+                if row >= count || self.key.is_empty() {
+                    return None;
+                }
+                let mut shown = Vec::new();
+                for (at, f) in &self.key {
+                    // SAFETY: as above for row < count; the output function returns a
+                    // NUL-terminated string in the current memory context.
+                    let text = unsafe {
+                        let tuple = *(*table).vals.add(row);
+                        let mut isnull = false;
+                        let d = pg_sys::SPI_getbinval(tuple, desc, (*at + 1) as i32, &mut isnull);
+                        if isnull {
+                            "NULL".to_string()
+                        } else {
+                            let mut f = *f;
+                            CStr::from_ptr(pg_sys::OutputFunctionCall(&mut f, d))
+                                .to_string_lossy()
+                                .into_owned()
+                        }
+                    };
+                    shown.push(text);
+                }
+                Some(shown.join(", "))
+            };
+            let batch = Batch {
+                data,
+                rows: count,
+                format: self.format,
+            };
+            Ok(Some(then(&batch, &key_of)))
+        })
+    }
+
+    fn look_up(&mut self, desc: pg_sys::TupleDesc, natts: usize) {
+        // SAFETY: i < natts attributes of the descriptor.
+        let types: Vec<pg_sys::Oid> = (0..natts)
+            .map(|i| unsafe { (*(*desc).attrs.as_ptr().add(i)).atttypid })
+            .collect();
+        self.format = Format::for_types(&types);
+        for i in 0..natts {
+            // SAFETY: i < natts attributes of the descriptor; the lookups read the type cache
+            // and fill the two locals; fmgr_info_cxt fills the FmgrInfo, keeping what it
+            // caches in the writer's context, which outlives every batch.
+            unsafe {
+                let typid = types[i];
+                let mut func = pg_sys::InvalidOid;
+                let mut varlena = false;
+                match self.format {
+                    Format::Binary => {
+                        pg_sys::getTypeBinaryOutputInfo(typid, &mut func, &mut varlena)
+                    }
+                    Format::Text => pg_sys::getTypeOutputInfo(typid, &mut func, &mut varlena),
+                }
+                let mut f = pg_sys::FmgrInfo::default();
+                pg_sys::fmgr_info_cxt(func, &mut f, self.context);
+                self.functions.push(f);
+                if self.key_positions.contains(&i) {
+                    pg_sys::getTypeOutputInfo(typid, &mut func, &mut varlena);
+                    let mut out = pg_sys::FmgrInfo::default();
+                    pg_sys::fmgr_info_cxt(func, &mut out, self.context);
+                    self.key.push((i, out));
+                }
+            }
+        }
+    }
+
+    fn write_row(&mut self, values: &[pg_sys::Datum], nulls: &[bool], data: &mut Vec<u8>) {
+        match self.format {
+            Format::Binary => {
+                data.extend_from_slice(&(values.len() as i16).to_be_bytes());
+                for (i, f) in self.functions.iter_mut().enumerate() {
+                    if nulls[i] {
+                        data.extend_from_slice(&(-1i32).to_be_bytes());
+                        continue;
+                    }
+                    // SAFETY: a send function returns a new, untoasted bytea (4-byte header)
+                    // in the current memory context, read at once and freed.
+                    unsafe {
+                        let sent = pg_sys::SendFunctionCall(f, values[i]);
+                        let len = pgrx::varlena::varsize_any_exhdr(sent.cast());
+                        let bytes = std::slice::from_raw_parts(
+                            pgrx::varlena::vardata_any(sent.cast()).cast::<u8>(),
+                            len,
+                        );
+                        data.extend_from_slice(&(len as i32).to_be_bytes());
+                        data.extend_from_slice(bytes);
+                        pg_sys::pfree(sent.cast());
+                    }
+                }
+            }
+            Format::Text => {
+                for (i, f) in self.functions.iter_mut().enumerate() {
+                    if i > 0 {
+                        data.push(b'\t');
+                    }
+                    if nulls[i] {
+                        data.extend_from_slice(b"\\N");
+                        continue;
+                    }
+                    // SAFETY: an output function returns a new NUL-terminated string in the
+                    // current memory context, read at once and freed.
+                    unsafe {
+                        let text = pg_sys::OutputFunctionCall(f, values[i]);
+                        for &b in CStr::from_ptr(text).to_bytes() {
+                            match b {
+                                b'\\' => data.extend_from_slice(b"\\\\"),
+                                b'\n' => data.extend_from_slice(b"\\n"),
+                                b'\r' => data.extend_from_slice(b"\\r"),
+                                b'\t' => data.extend_from_slice(b"\\t"),
+                                _ => data.push(b),
+                            }
+                        }
+                        pg_sys::pfree(text.cast());
+                    }
+                }
+                data.push(b'\n');
+            }
+        }
+    }
+}
+
+/// The byte range of each row of a batch, to send a part of it again.
+pub fn rows_of(format: Format, data: &[u8]) -> Vec<(usize, usize)> {
+    let mut rows = Vec::new();
+    match format {
+        Format::Text => {
+            let mut start = 0;
+            for (i, &b) in data.iter().enumerate() {
+                if b == b'\n' {
+                    rows.push((start, i + 1));
+                    start = i + 1;
+                }
+            }
+        }
+        Format::Binary => {
+            let be16 = |at: usize| {
+                data.get(at..at + 2)
+                    .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            };
+            let be32 = |at: usize| {
+                data.get(at..at + 4)
+                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            };
+            let mut at = HEADER.len();
+            while let Some(fields) = be16(at).filter(|n| *n >= 0) {
+                let start = at;
+                at += 2;
+                for _ in 0..fields {
+                    let Some(len) = be32(at) else { return rows };
+                    at += 4 + usize::try_from(len).unwrap_or(0);
+                }
+                rows.push((start, at));
+            }
+        }
+    }
+    rows
+}
+
+/// The rows `lo..=hi` (from 1) of a batch, as a batch of their own.
+pub fn part(format: Format, data: &[u8], rows: &[(usize, usize)], lo: usize, hi: usize) -> Vec<u8> {
+    let (Some(first), Some(last)) = (rows.get(lo - 1), rows.get(hi - 1)) else {
+        return Vec::new();
+    };
+    let body = &data[first.0..last.1];
+    match format {
+        Format::Text => body.to_vec(),
+        Format::Binary => [HEADER, body, TRAILER].concat(),
+    }
+}
+
+thread_local! {
+    /// What COPY FROM reads next: the batch being copied, and how much of it is left.
+    static FEED: Cell<(*const u8, usize)> = const { Cell::new((std::ptr::null(), 0)) };
+}
+
+/// COPY FROM's source of data: the rest of [`FEED`], as much as fits.
+unsafe extern "C-unwind" fn feed(outbuf: *mut std::ffi::c_void, _min: i32, max: i32) -> i32 {
+    FEED.with(|f| {
+        let (at, left) = f.get();
+        let n = left.min(usize::try_from(max).unwrap_or(0));
+        if n > 0 {
+            // SAFETY: `at` points into the batch that copy_from keeps alive for the whole
+            // COPY, with `left` bytes after it; COPY gives a buffer of at least `max` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(at, outbuf.cast::<u8>(), n) };
+            // SAFETY: n <= left, so this stays within (or just past the end of) the batch.
+            f.set((unsafe { at.add(n) }, left - n));
+        }
+        n as i32
+    })
+}
+
+/// COPY `data` (a batch in `format`, its text in the encoding named `encoding`) into the
+/// `columns` of table `relid`, as the current role, with COPY's own checks of that role's
+/// right to insert. Raises what COPY raises: the first row it cannot take fails the batch.
+pub fn copy_from(
+    relid: pg_sys::Oid,
+    columns: &[String],
+    format: Format,
+    encoding: &str,
+    data: &[u8],
+) -> Result<u64, CopyError> {
+    // SAFETY: check_enable_rls reads the relation's flags and the current role's rights; with
+    // noError false it raises only for a relation that is not there, which the caller has.
+    let rls = unsafe { pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, false) };
+    if rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
+        return Err(CopyError::RowSecurity);
+    }
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            FEED.with(|f| f.set((std::ptr::null(), 0)));
+        }
+    }
+    let _done = Done;
+    FEED.with(|f| f.set((data.as_ptr(), data.len())));
+    let encoding = CString::new(encoding).unwrap_or_default();
+    // A binary value's text (textrecv) is converted from the client encoding: the batch's.
+    crate::pg::plan::with_settings(&[(c"client_encoding", encoding.as_c_str())], || {
+        // SAFETY: the relation is opened and locked as COPY FROM opens it and closed at the
+        // end (the lock kept to the end of the transaction); the parse state holds its one
+        // range table entry, which BeginCopyFrom takes as COPY's own; the option and column
+        // lists are made of nodes palloc'd here. `feed` reads the batch, which outlives the
+        // COPY. An ERROR anywhere unwinds to the caller's (sub)transaction, whose abort
+        // releases the relation and the COPY's memory.
+        unsafe {
+            let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+            let rel = pg_sys::table_open(relid, lock);
+            let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+            let item = pg_sys::addRangeTableEntryForRelation(
+                pstate,
+                rel,
+                lock,
+                std::ptr::null_mut(),
+                false,
+                false,
+            );
+            (*(*item).p_rte).requiredPerms = pg_sys::ACL_INSERT as pg_sys::AclMode;
+            pg_sys::ExecCheckRTPerms((*pstate).p_rtable, true);
+            let option = |name: &CStr, value: &CStr| {
+                pg_sys::makeDefElem(
+                    pg_sys::pstrdup(name.as_ptr()),
+                    pg_sys::makeString(pg_sys::pstrdup(value.as_ptr())).cast(),
+                    -1,
+                )
+                .cast::<std::ffi::c_void>()
+            };
+            let mut options = std::ptr::null_mut();
+            options = pg_sys::lappend(
+                options,
+                option(
+                    c"format",
+                    if format == Format::Binary {
+                        c"binary"
+                    } else {
+                        c"text"
+                    },
+                ),
+            );
+            if format == Format::Text {
+                options = pg_sys::lappend(options, option(c"encoding", encoding.as_c_str()));
+            }
+            let mut names = std::ptr::null_mut();
+            for column in columns {
+                let column = CString::new(column.as_str()).unwrap_or_default();
+                names = pg_sys::lappend(
+                    names,
+                    pg_sys::makeString(pg_sys::pstrdup(column.as_ptr())).cast(),
+                );
+            }
+            let cstate = pg_sys::BeginCopyFrom(
+                pstate,
+                rel,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                false,
+                Some(feed),
+                names,
+                options,
+            );
+            let copied = pg_sys::CopyFrom(cstate);
+            pg_sys::EndCopyFrom(cstate);
+            pg_sys::free_parsestate(pstate);
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            Ok(copied)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_of_a_binary_batch_are_found_by_their_lengths() {
+        let mut data = HEADER.to_vec();
+        // (1, NULL), ("ab", "c")
+        data.extend_from_slice(&[0, 2, 0, 0, 0, 1, b'1', 0xff, 0xff, 0xff, 0xff]);
+        data.extend_from_slice(&[0, 2, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 1, b'c']);
+        data.extend_from_slice(TRAILER);
+        let rows = rows_of(Format::Binary, &data);
+        assert_eq!(rows.len(), 2);
+        let second = part(Format::Binary, &data, &rows, 2, 2);
+        assert_eq!(
+            second,
+            [
+                HEADER,
+                &[0, 2, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 1, b'c'][..],
+                TRAILER
+            ]
+            .concat()
+        );
+        assert_eq!(rows_of(Format::Binary, &second).len(), 1);
+    }
+
+    #[test]
+    fn rows_of_a_text_batch_end_at_unescaped_newlines() {
+        let data = b"1\ta\\nb\n2\t\\N\n";
+        let rows = rows_of(Format::Text, data);
+        assert_eq!(rows, vec![(0, 7), (7, 12)]);
+        assert_eq!(part(Format::Text, data, &rows, 2, 2), b"2\t\\N\n");
+    }
+}
