@@ -2,7 +2,7 @@
 //! peer's table (`sync_link_table(…, create_missing => true)`).
 
 use postgres::Client;
-use synclink_e2e::{count, db_error, listening, Nodes};
+use synclink_e2e::{count, db_error, listening, table_hash, Nodes};
 
 /// Types the table below needs: an enum, a domain with a default and a check, a composite.
 const TYPES: &str = "
@@ -542,6 +542,147 @@ fn a_clone_of_ten_rows_a_table_brings_every_row_they_reference_and_every_object(
 }
 
 #[test]
+fn a_clone_from_the_peer_brings_its_objects_and_rows_here() {
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    a.batch_execute(SHOP).unwrap();
+    // run on b, bringing a's schema and a subset of its rows into b
+    let (mut b2, said) = listening(&nodes.b);
+    let tables = "tables => '{customers, categories, products, orders, order_lines, departments, employees}'";
+    let report = clone_report(
+        &mut b2,
+        &format!(
+            "SELECT * FROM sync_clone('a', {tables}, max_rows => 10, direction => 'from_peer')"
+        ),
+    );
+    let categories = report
+        .iter()
+        .find(|(k, n, ..)| k == "table" && n == "public.categories")
+        .unwrap_or_else(|| panic!("{report:#?}"));
+    assert_eq!(
+        (categories.2.as_str(), categories.3, categories.4.as_deref()),
+        (
+            "created",
+            Some(100),
+            Some("+90 rows referenced by other copied rows")
+        ),
+        "{report:#?}"
+    );
+    assert!(
+        report.iter().all(|(k, n, action, ..)| action == "created"
+            || k == "function" && n == "public.note_text(public.notes)"),
+        "{report:#?}"
+    );
+    assert!(
+        said.lock().unwrap().iter().any(|m| m
+            .starts_with("sync_clone: 100 rows of public.categories copied from peer \"a\" in ")),
+        "{said:?}"
+    );
+    // the same objects as the source, every foreign key holds, the rows are the source's
+    assert_eq!(objects(&mut b), objects(&mut a));
+    b.batch_execute(
+        "ALTER TABLE order_lines VALIDATE CONSTRAINT order_lines_region_order_id_fkey;
+         ALTER TABLE categories VALIDATE CONSTRAINT categories_parent_fkey;
+         ALTER TABLE departments VALIDATE CONSTRAINT departments_head_fkey;",
+    )
+    .unwrap();
+    let customers = "SELECT string_agg(format('%s %s %s %s', id, name, home, feeling), ';' ORDER BY id) FROM customers";
+    let on_b: String = b.query_one(customers, &[]).unwrap().get(0);
+    let ids: String = b
+        .query_one("SELECT string_agg(id::text, ',') FROM customers", &[])
+        .unwrap()
+        .get(0);
+    let on_a: String = a
+        .query_one(&format!("{customers} WHERE id IN ({ids})"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(on_b, on_a);
+    // again, all rows: what is here is left, the rest copied
+    let again = clone_report(
+        &mut b,
+        &format!("SELECT * FROM sync_clone('a', {tables}, direction => 'from_peer')"),
+    );
+    let customers = again
+        .iter()
+        .find(|(k, n, ..)| k == "table" && n == "public.customers")
+        .unwrap();
+    assert_eq!(customers.2, "exists", "{again:#?}");
+    assert_eq!(
+        table_hash(&mut b, "customers"),
+        table_hash(&mut a, "customers")
+    );
+    assert_eq!(
+        table_hash(&mut b, "categories"),
+        table_hash(&mut a, "categories")
+    );
+}
+
+/// Rows that a table the clone made refuses: the batch COPY FROM refuses is halved until they
+/// are found; each is named by its key, the others copied exactly, whichever of COPY's formats
+/// the table's types travel in.
+#[test]
+fn rows_a_table_made_by_the_clone_refuses_are_named_by_key_and_the_rest_copied() {
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    // binary_t travels in COPY's binary format, text_t (an array of an enum) in its text format
+    a.batch_execute(
+        r"CREATE TYPE level AS ENUM ('low', 'mid', 'high');
+          CREATE TABLE binary_t (id int PRIMARY KEY, lvl level, body text, at timestamptz, n numeric);
+          CREATE TABLE text_t (id int PRIMARY KEY, lvls level[], body text);
+          INSERT INTO binary_t SELECT g, CASE WHEN g % 100 = 0 THEN 'high' ELSE 'low' END::level,
+                 CASE WHEN g % 7 = 0 THEN NULL ELSE E'tab\there\nnew line \\ back ' || g || ' é€' END,
+                 timestamptz '2026-01-01 00:00:00.123456+00' + g * interval '1 minute', g / 3.0
+            FROM generate_series(1, 3000) g;
+          INSERT INTO text_t SELECT g, ARRAY[CASE WHEN g % 100 = 0 THEN 'high' ELSE 'mid' END]::level[],
+                 E'a\tb\\c\nd ' || g
+            FROM generate_series(1, 3000) g;",
+    )
+    .unwrap();
+    // the peer's enum lacks a value
+    b.batch_execute("CREATE TYPE level AS ENUM ('low', 'mid')")
+        .unwrap();
+    let report = clone_report(
+        &mut a,
+        "SELECT * FROM sync_clone('b', tables => '{binary_t, text_t}')",
+    );
+    for table in ["public.binary_t", "public.text_t"] {
+        let made = report
+            .iter()
+            .find(|(k, n, ..)| k == "table" && n == table)
+            .unwrap_or_else(|| panic!("{report:#?}"));
+        assert_eq!(
+            (made.2.as_str(), made.3),
+            ("created", Some(2970)),
+            "{report:#?}"
+        );
+        let refused: Vec<&Reported> = report
+            .iter()
+            .filter(|(k, n, ..)| k == "row" && n.starts_with(table))
+            .collect();
+        assert_eq!(
+            refused.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+            (1..=30)
+                .map(|i| format!("{table} (id) = ({})", i * 100))
+                .collect::<Vec<_>>(),
+            "{report:#?}"
+        );
+        assert!(
+            refused.iter().all(|r| r
+                .4
+                .as_deref()
+                .unwrap()
+                .contains("ERROR 22P02: invalid input value for enum public.level: \"high\"")),
+            "{refused:#?}"
+        );
+    }
+    let kept = |c: &mut Client, sql: &str| -> String { c.query_one(sql, &[]).unwrap().get(0) };
+    for sql in [
+        "SELECT md5(string_agg(format('%s|%s|%s|%s|%s', id, lvl, body, at, n), ';' ORDER BY id)) FROM binary_t WHERE id % 100 <> 0",
+        "SELECT md5(string_agg(format('%s|%s|%s', id, lvls, body), ';' ORDER BY id)) FROM text_t WHERE id % 100 <> 0",
+    ] {
+        assert_eq!(kept(&mut b, sql), kept(&mut a, sql), "{sql}");
+    }
+}
+
+#[test]
 fn sync_clone_checks_its_arguments() {
     let (nodes, mut a, _b) = Nodes::one_cluster().peered();
     for (sql, code, hint) in [
@@ -559,6 +700,11 @@ fn sync_clone_checks_its_arguments() {
             "SELECT * FROM sync_clone('b', max_rows => -1)",
             "22023",
             "max_rows => NULL",
+        ),
+        (
+            "SELECT * FROM sync_clone('b', direction => 'from_peer', tables => '{nothing}', objects => '{wombat}')",
+            "22023",
+            "objects => takes any of",
         ),
         (
             "SELECT * FROM sync_clone('nobody')",

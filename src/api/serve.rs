@@ -46,12 +46,23 @@ fn handle_request(
         Request::CreateTable(req) => Some(json(crate::control::create::handle(req)?)),
         Request::CloneObjects(req) => Some(json(crate::control::clone::target::make_objects(
             req.objects,
+            crate::pg::privilege::session_role(),
         )?)),
-        Request::CloneRows(req) => Some(json(crate::control::clone::target::take_rows(req)?)),
+        Request::CloneRows(req) => Some(json(crate::control::clone::target::take_rows(
+            req,
+            crate::pg::privilege::session_role(),
+        )?)),
         Request::CopyRows(req) => Some(json(crate::control::clone::target::take_copy(
             req,
             payload.unwrap_or_default(),
+            crate::pg::privilege::session_role(),
         )?)),
+        Request::ClonePlan(req) => Some(json(crate::control::clone::ends::serve::plan(req)?)),
+        Request::CloneChoose(req) => Some(json(crate::control::clone::ends::serve::choose(req)?)),
+        Request::CloneRead(req) => {
+            let (batch, rows) = crate::control::clone::ends::serve::read(req)?;
+            return Ok(TableIterator::once((Some(pgrx::JsonB(json(batch))), rows)));
+        }
     };
     Ok(TableIterator::once((reply.map(pgrx::JsonB), None)))
 }

@@ -76,61 +76,49 @@ pub struct Batch {
     pub format: Format,
 }
 
-/// Writes the rows of an open cursor, a batch at a time, in one format.
+/// Writes the rows of an open cursor, a batch at a time, in the format their types allow
+/// ([`Format::for_types`]).
 pub struct Writer {
     format: Format,
     /// each column's send (binary) or output (text) function, looked up at the first batch
     functions: Vec<pg_sys::FmgrInfo>,
-    /// the key's columns (positions in the cursor's rows) and their output functions, to name
-    /// a row in a report
-    key: Vec<(usize, pg_sys::FmgrInfo)>,
-    key_positions: Vec<usize>,
     /// where the functions keep what they cache: the writer's caller's memory context
     context: pg_sys::MemoryContext,
 }
 
-impl Writer {
-    /// A writer for rows whose key is at `key_positions` (0-based; none: rows are named by
-    /// their place in the batch), in the format their types allow ([`Format::for_types`]).
-    pub fn new(key_positions: Vec<usize>) -> Writer {
+impl Default for Writer {
+    fn default() -> Self {
         Writer {
             format: Format::Text,
             functions: Vec::new(),
-            key: Vec::new(),
-            key_positions,
             // SAFETY: a plain read of this backend's current memory context.
             context: unsafe { pg_sys::CurrentMemoryContext },
         }
     }
+}
 
-    /// Fetch up to `limit` rows from the open cursor `cursor` and write them; `then` gets the
-    /// batch, and a way to name any row of it by its key while the rows are still at hand.
-    /// None when the cursor has no rows left.
-    pub fn next<T>(
-        &mut self,
-        cursor: &str,
-        limit: i64,
-        then: impl FnOnce(&Batch, &dyn Fn(usize) -> Option<String>) -> T,
-    ) -> crate::pg::error::Result<Option<T>> {
+impl Writer {
+    /// Fetch up to `limit` rows from the open cursor `cursor` and write them; None when it
+    /// has no rows left.
+    pub fn next(&mut self, cursor: &str, limit: i64) -> Option<Batch> {
         let name = CString::new(cursor).unwrap_or_default();
         Spi::connect(|_| {
             // SAFETY: inside this SPI connection, SPI_cursor_find returns the portal of that
             // name or NULL (checked); SPI_cursor_fetch leaves the rows in SPI_tuptable, read
-            // at once into locals (the nested SPI use in `then` replaces the global, not the
-            // table, which lives until this connection ends).
+            // at once into locals, valid until the connection ends.
             let (table, count) = unsafe {
                 let portal = pg_sys::SPI_cursor_find(name.as_ptr());
                 if portal.is_null() {
-                    return Ok(None);
+                    return None;
                 }
                 pg_sys::SPI_cursor_fetch(portal, true, limit as std::ffi::c_long);
                 (pg_sys::SPI_tuptable, pg_sys::SPI_processed as usize)
             };
             if count == 0 || table.is_null() {
-                return Ok(None);
+                return None;
             }
             // SAFETY: `table` is the tuple table just fetched, with `count` rows and its
-            // descriptor; it stays valid until this SPI connection ends, after `then`.
+            // descriptor.
             let desc = unsafe { (*table).tupdesc };
             let natts = unsafe { (*desc).natts } as usize;
             if self.functions.is_empty() {
@@ -154,37 +142,11 @@ impl Writer {
             if self.format == Format::Binary {
                 data.extend_from_slice(TRAILER);
             }
-            let key_of = |row: usize| -> Option<String> {
-                if row >= count || self.key.is_empty() {
-                    return None;
-                }
-                let mut shown = Vec::new();
-                for (at, f) in &self.key {
-                    // SAFETY: as above for row < count; the output function returns a
-                    // NUL-terminated string in the current memory context.
-                    let text = unsafe {
-                        let tuple = *(*table).vals.add(row);
-                        let mut isnull = false;
-                        let d = pg_sys::SPI_getbinval(tuple, desc, (*at + 1) as i32, &mut isnull);
-                        if isnull {
-                            "NULL".to_string()
-                        } else {
-                            let mut f = *f;
-                            CStr::from_ptr(pg_sys::OutputFunctionCall(&mut f, d))
-                                .to_string_lossy()
-                                .into_owned()
-                        }
-                    };
-                    shown.push(text);
-                }
-                Some(shown.join(", "))
-            };
-            let batch = Batch {
+            Some(Batch {
                 data,
                 rows: count,
                 format: self.format,
-            };
-            Ok(Some(then(&batch, &key_of)))
+            })
         })
     }
 
@@ -211,12 +173,6 @@ impl Writer {
                 let mut f = pg_sys::FmgrInfo::default();
                 pg_sys::fmgr_info_cxt(func, &mut f, self.context);
                 self.functions.push(f);
-                if self.key_positions.contains(&i) {
-                    pg_sys::getTypeOutputInfo(typid, &mut func, &mut varlena);
-                    let mut out = pg_sys::FmgrInfo::default();
-                    pg_sys::fmgr_info_cxt(func, &mut out, self.context);
-                    self.key.push((i, out));
-                }
             }
         }
     }
@@ -322,6 +278,79 @@ pub fn part(format: Format, data: &[u8], rows: &[(usize, usize)], lo: usize, hi:
     match format {
         Format::Text => body.to_vec(),
         Format::Binary => [HEADER, body, TRAILER].concat(),
+    }
+}
+
+/// The text of field `position` (from 0) of `row` (a row's bytes, as [`rows_of`] finds them)
+/// whose column is of type `typid` here: to name a refused row by its key. None for a field
+/// that is not there or a value this database cannot read.
+pub fn field_text(
+    format: Format,
+    row: &[u8],
+    position: usize,
+    typid: pg_sys::Oid,
+) -> Option<String> {
+    match format {
+        Format::Text => {
+            let line = row.strip_suffix(b"\n").unwrap_or(row);
+            let field = line.split(|b| *b == b'\t').nth(position)?;
+            if field == b"\\N" {
+                return Some("NULL".into());
+            }
+            let mut text = Vec::with_capacity(field.len());
+            let mut bytes = field.iter();
+            while let Some(&b) = bytes.next() {
+                if b != b'\\' {
+                    text.push(b);
+                    continue;
+                }
+                match bytes.next() {
+                    Some(b'n') => text.push(b'\n'),
+                    Some(b'r') => text.push(b'\r'),
+                    Some(b't') => text.push(b'\t'),
+                    Some(&other) => text.push(other),
+                    None => {}
+                }
+            }
+            Some(String::from_utf8_lossy(&text).into_owned())
+        }
+        Format::Binary => {
+            let mut at = 2;
+            let mut value = None;
+            for i in 0..=position {
+                let len = i32::from_be_bytes(row.get(at..at + 4)?.try_into().ok()?);
+                at += 4;
+                let len = usize::try_from(len).ok();
+                if i == position {
+                    value = Some(len.map(|n| row.get(at..at + n)).unwrap_or(Some(&[][..])));
+                    if len.is_none() {
+                        return Some("NULL".into());
+                    }
+                }
+                at += len.unwrap_or(0);
+            }
+            let bytes = value??;
+            let shown = crate::pg::subxact::run(|| {
+                // SAFETY: the receive function reads the StringInfo over a copy of the bytes
+                // (NUL-terminated, as StringInfo requires) and returns a value in the current
+                // memory context, which the output function prints as a new string.
+                unsafe {
+                    let mut receive = pg_sys::InvalidOid;
+                    let mut ioparam = pg_sys::InvalidOid;
+                    pg_sys::getTypeBinaryInputInfo(typid, &mut receive, &mut ioparam);
+                    let buf = pg_sys::makeStringInfo();
+                    pg_sys::appendBinaryStringInfo(buf, bytes.as_ptr().cast(), bytes.len() as i32);
+                    let value = pg_sys::OidReceiveFunctionCall(receive, buf, ioparam, -1);
+                    let mut output = pg_sys::InvalidOid;
+                    let mut varlena = false;
+                    pg_sys::getTypeOutputInfo(typid, &mut output, &mut varlena);
+                    CStr::from_ptr(pg_sys::OidOutputFunctionCall(output, value))
+                        .to_string_lossy()
+                        .into_owned()
+                }
+            });
+            shown.ok()
+        }
     }
 }
 

@@ -218,9 +218,61 @@ pub struct CopyRowsRequest {
     pub encoding: String,
     /// how many rows the batch holds
     pub count: i32,
+    /// the primary key's columns (none: rows are named by their place)
+    pub key: Vec<String>,
 }
 
-/// What the peer did with a [`CloneRowsRequest`] or a [`CopyRowsRequest`].
+/// What the receiving node did with a [`CopyRowsRequest`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CopyRowsReply {
+    pub inserted: i64,
+    pub present: i64,
+    /// rows it refused: their key (`(id) = (5)`) and the error
+    pub refused: Vec<(String, String)>,
+    /// why no more rows were tried
+    pub skipped: Option<String>,
+}
+
+/// sync_clone run on the other node (`direction => 'from_peer'`): the objects of the peer's
+/// tables (`tables`: names or patterns; NULL: every table of the peer's schemas of these
+/// names, the caller's search path here).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClonePlanRequest {
+    pub tables: Option<Vec<String>>,
+    pub schemas: Vec<String>,
+}
+
+/// Choose the rows of `tables` to copy to the requester, as sync_clone does here
+/// (`max_rows` of each and every row they reference; NULL: all): each table's name and how
+/// many rows it has by reference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloneChooseRequest {
+    pub tables: Vec<String>,
+    pub max_rows: Option<i64>,
+}
+
+/// The next batch of the rows chosen of `table`, from a cursor the first request opens:
+/// `bulk`, in COPY's format (the reply's payload) of about `limit` rows; else as an array's
+/// text in the reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloneReadRequest {
+    pub table: String,
+    pub limited: bool,
+    pub bulk: bool,
+    pub limit: i64,
+}
+
+/// A batch of rows as it leaves the node that has them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outgoing {
+    /// in COPY's format: the request's (or reply's) payload
+    Copy(CopyRowsRequest),
+    /// as an array's text, with each row's key as a report names it
+    Rows(CloneRowsRequest, Vec<Option<String>>),
+}
+
+/// What the peer did with a [`CloneRowsRequest`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CloneRowsReply {
     pub inserted: i64,
@@ -237,6 +289,15 @@ impl super::Body for CloneObjectsRequest {
 }
 impl super::Body for CloneRowsRequest {
     const ACTION: &'static str = "clone_rows";
+}
+impl super::Body for ClonePlanRequest {
+    const ACTION: &'static str = "clone_plan";
+}
+impl super::Body for CloneChooseRequest {
+    const ACTION: &'static str = "clone_choose";
+}
+impl super::Body for CloneReadRequest {
+    const ACTION: &'static str = "clone_read";
 }
 impl super::Body for CopyRowsRequest {
     const ACTION: &'static str = "copy_rows";

@@ -73,9 +73,12 @@ pub enum Request {
     CloneObjects(CloneObjectsRequest),
     CloneRows(CloneRowsRequest),
     CopyRows(CopyRowsRequest),
+    ClonePlan(ClonePlanRequest),
+    CloneChoose(CloneChooseRequest),
+    CloneRead(CloneReadRequest),
 }
 
-const ACTIONS: [&str; 10] = [
+const ACTIONS: [&str; 13] = [
     LinkRequest::ACTION,
     UnlinkRequest::ACTION,
     DiffRequest::ACTION,
@@ -86,6 +89,9 @@ const ACTIONS: [&str; 10] = [
     CloneObjectsRequest::ACTION,
     CloneRowsRequest::ACTION,
     CopyRowsRequest::ACTION,
+    ClonePlanRequest::ACTION,
+    CloneChooseRequest::ACTION,
+    CloneReadRequest::ACTION,
 ];
 
 impl Request {
@@ -133,22 +139,24 @@ pub fn call<B: Body>(peer: &Peer, body: &B) -> Result<serde_json::Value, PeerErr
 }
 
 /// [`call`] with rows in bulk beside the body (`payload`, which the peer reads and never
-/// keeps), reading the reply as `R`. A peer older than the payload says so.
-pub fn call_with_payload<B: Body, R: DeserializeOwned>(
+/// keeps), reading the reply as `R`, with the rows in bulk that come back beside it. A peer
+/// older than the payload says so.
+pub fn call_bulk<B: Body, R: DeserializeOwned>(
     peer: &Peer,
     body: &B,
-    payload: &[u8],
-) -> crate::pg::error::Result<R> {
+    payload: Option<&[u8]>,
+) -> crate::pg::error::Result<(R, Option<Vec<u8>>)> {
     peer.check_foreign("request")?;
     let sql = format!(
-        "INSERT INTO {} (from_node, action, body, payload) VALUES ($1, $2, $3, $4) RETURNING reply",
+        "INSERT INTO {} (from_node, action, body, payload) VALUES ($1, $2, $3, $4) \
+         RETURNING reply, payload",
         peer.foreign("request")
     );
     let local = crate::catalog::node::local_name()?;
     let body = pgrx::JsonB(serde_json::to_value(body).map_err(|_| peer::malformed(&peer.name))?);
-    let reply = match crate::pg::subxact::run(|| {
+    let (reply, rows) = match crate::pg::subxact::run(|| {
         Spi::connect_mut(|c| {
-            c.update(
+            let t = c.update(
                 sql.as_str(),
                 None,
                 &[
@@ -157,11 +165,12 @@ pub fn call_with_payload<B: Body, R: DeserializeOwned>(
                     body.into(),
                     payload.into(),
                 ],
-            )
-            .and_then(|t| t.first().get::<pgrx::JsonB>(1))
+            )?;
+            let row = t.first();
+            Ok::<_, pgrx::spi::SpiError>((row.get::<pgrx::JsonB>(1)?, row.get::<Vec<u8>>(2)?))
         })
     }) {
-        Ok(Ok(reply)) => reply.map_or(serde_json::Value::Null, |j| j.0),
+        Ok(Ok((reply, rows))) => (reply.map_or(serde_json::Value::Null, |j| j.0), rows),
         Ok(Err(_)) => return Err(peer::malformed(&peer.name).into()),
         Err(f) if f.is_connection() => return Err(peer::unreachable(&peer.name, f).into()),
         Err(f)
@@ -172,7 +181,8 @@ pub fn call_with_payload<B: Body, R: DeserializeOwned>(
         }
         Err(f) => return Err(PeerError::Failed(f.into()).into()),
     };
-    Ok(serde_json::from_value(reply).map_err(|_| peer::malformed(&peer.name))?)
+    let reply = serde_json::from_value(reply).map_err(|_| peer::malformed(&peer.name))?;
+    Ok((reply, rows))
 }
 
 /// [`call`], reading the reply as `R`.

@@ -19,15 +19,17 @@
 //! The whole clone is one transaction on each node: a failure that stops it (the peer gone)
 //! leaves nothing on either, and running it again starts over.
 
+pub mod ends;
 pub mod plan;
 pub mod rows;
 pub mod target;
 
 use crate::catalog::definition::{Ddl, Kind};
-use crate::catalog::peer::Peer;
-use crate::pg::error::{Result, SqlError};
-use crate::rpc::{CloneObjectsRequest, ObjectOutcome};
+use crate::pg::error::{notice, Result, SqlError};
+use crate::rpc::{ObjectOutcome, Outgoing};
+use ends::{Chosen, Ends};
 use pgrx::prelude::*;
+use std::time::{Duration, Instant};
 
 #[derive(thiserror::Error, Debug)]
 pub enum CloneError {
@@ -37,14 +39,14 @@ pub enum CloneError {
     UnknownDirection(String),
     #[error("max_rows must be 0 or more, not {0}")]
     NegativeMaxRows(i64),
-    #[error("sync_clone cannot clone from the peer yet")]
-    FromPeer,
+    #[error("table {} does not exist", crate::pg::args::shown(.0))]
+    NoSuchTable(String),
 }
 
 impl SqlError for CloneError {
     fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
-            CloneError::FromPeer => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            CloneError::NoSuchTable(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
             _ => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         }
     }
@@ -53,7 +55,7 @@ impl SqlError for CloneError {
             CloneError::UnknownKind(_) => format!("objects => takes any of: {}.", KINDS.map(|(n, _)| n).join(", ")),
             CloneError::UnknownDirection(_) => "direction => 'to_peer' (the default: this database is copied into the peer's) or 'from_peer'.".into(),
             CloneError::NegativeMaxRows(_) => "max_rows => NULL copies every row; 0 copies only the rows other copied rows reference (none, when no table is limited).".into(),
-            CloneError::FromPeer => "Run sync_clone on the peer with direction => 'to_peer' (the default), naming this node as its peer.".into(),
+            CloneError::NoSuchTable(_) => "The table was dropped or renamed while it was cloned: run sync_clone again.".into(),
         })
     }
 }
@@ -127,20 +129,23 @@ fn wanted(objects: &Option<Vec<String>>) -> Result<Vec<What>> {
     }
 }
 
-/// sync_clone: bring this database's objects and rows into `peer`'s, and say what became of
-/// each.
+/// sync_clone: bring this database's objects and rows into `peer`'s (`to_peer`), or the
+/// peer's into this one (`from_peer`), and say what became of each.
 pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
     let what = wanted(&options.objects)?;
-    match options.direction.as_str() {
-        "to_peer" => {}
-        "from_peer" => return Err(CloneError::FromPeer.into()),
-        other => return Err(CloneError::UnknownDirection(other.into()).into()),
+    if !["to_peer", "from_peer"].contains(&options.direction.as_str()) {
+        return Err(CloneError::UnknownDirection(options.direction.clone()).into());
     }
     if let Some(n) = options.max_rows.filter(|n| *n < 0) {
         return Err(CloneError::NegativeMaxRows(n).into());
     }
     let peer = crate::catalog::peer::resolve(peer_name)?;
-    let plan = plan::plan(options.tables.as_deref(), &options.search_path)?;
+    let ends = if options.direction == "to_peer" {
+        Ends::ToPeer(&peer)
+    } else {
+        Ends::FromPeer(&peer)
+    };
+    let plan = ends.plan(options.tables.as_deref(), &options.search_path)?;
     let mut report = Vec::new();
     let has = |w: What| what.contains(&w);
 
@@ -159,7 +164,7 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
             (What::Tables, &plan.sequence_owners),
         ],
     );
-    for (ddl, outcome) in make(&peer, first)? {
+    for (ddl, outcome) in ends.make(first)? {
         if quiet(ddl.kind) && outcome.action != "failed" {
             continue;
         }
@@ -173,13 +178,13 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
     }
 
     if has(What::Rows) {
-        for choice in rows::choose(&plan.table_oids, options.max_rows)? {
-            let copied = rows::copy(&peer, &choice, fresh.contains(&choice.table))?;
-            let name = copied.table.clone();
-            let referenced = (copied.by_reference > 0).then(|| {
+        for chosen in ends.choose(&plan.table_names, options.max_rows)? {
+            let copied = copy(&ends, &peer.name, &chosen, fresh.contains(&chosen.table))?;
+            let name = chosen.table.clone();
+            let referenced = (chosen.by_reference > 0).then(|| {
                 format!(
                     "+{} rows referenced by other copied rows",
-                    copied.by_reference
+                    chosen.by_reference
                 )
             });
             let skipped = copied.skipped.clone();
@@ -226,13 +231,90 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
             (What::Triggers, &plan.triggers),
         ],
     );
-    for (ddl, outcome) in make(&peer, rest)? {
+    for (ddl, outcome) in ends.make(rest)? {
         if quiet(ddl.kind) && outcome.action != "failed" {
             continue;
         }
         report.push(line(&ddl, outcome));
     }
     Ok(report)
+}
+
+/// What copying one table's rows came to.
+struct Copied {
+    inserted: i64,
+    present: i64,
+    refused: Vec<(String, String)>,
+    skipped: Option<String>,
+}
+
+/// What a batch in COPY's format should weigh: enough that a request's round trip is small
+/// next to the rows it carries.
+const BULK_BYTES: usize = 8 << 20;
+/// How often a long table's copy says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Copy the chosen rows of one table, batch by batch; says in a NOTICE how many and how long
+/// it took, and every little while how far a long table got. A table the target made in this
+/// clone (`made`: empty, no keys yet) takes them through COPY; one it had already through an
+/// insert that leaves the rows it has.
+fn copy(ends: &Ends, peer: &str, chosen: &Chosen, made: bool) -> Result<Copied> {
+    let started = Instant::now();
+    let mut said = started;
+    let mut copied = Copied {
+        inserted: 0,
+        present: 0,
+        refused: Vec::new(),
+        skipped: None,
+    };
+    let mut limit: i64 = 1_000;
+    while let Some((out, data)) = ends.read(chosen, made, limit)? {
+        let (rows, bytes) = match &out {
+            Outgoing::Copy(req) => (req.count as usize, data.len()),
+            Outgoing::Rows(req, _) => (req.count as usize, req.rows.len()),
+        };
+        let taken = ends.take(out, data)?;
+        copied.inserted += taken.inserted;
+        copied.present += taken.present;
+        copied.refused.extend(taken.refused);
+        if let Some(why) = taken.skipped {
+            copied.skipped = Some(why);
+            break;
+        }
+        if said.elapsed() >= PROGRESS_EVERY {
+            said = Instant::now();
+            notice(&format!(
+                "sync_clone: {} rows of {} copied so far ({:.0} s)",
+                copied.inserted,
+                chosen.table,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        let per_row = (bytes / rows.max(1)).max(1);
+        limit = (BULK_BYTES / per_row).clamp(100, 200_000) as i64;
+    }
+    notice(&format!(
+        "sync_clone: {} rows of {} copied {} peer \"{peer}\" in {:.2} s{}{}",
+        copied.inserted,
+        chosen.table,
+        if matches!(ends, Ends::ToPeer(_)) {
+            "to"
+        } else {
+            "from"
+        },
+        started.elapsed().as_secs_f64(),
+        if copied.present > 0 {
+            format!(", {} there already", copied.present)
+        } else {
+            String::new()
+        },
+        if copied.refused.is_empty() {
+            String::new()
+        } else {
+            format!(", {} refused", copied.refused.len())
+        },
+    ));
+    Ok(copied)
 }
 
 /// The statements of the kinds asked for, in the order given.
@@ -248,21 +330,6 @@ fn asked<const N: usize>(has: &dyn Fn(What) -> bool, lists: [(What, &Vec<Ddl>); 
 /// reported only when they fail.
 fn quiet(kind: Kind) -> bool {
     matches!(kind, Kind::SequenceOwner | Kind::SequenceValue)
-}
-
-/// Have the peer make `objects`, in one request (a function or view that needs another object
-/// of the request is tried again there); each with what became of it.
-fn make(peer: &Peer, objects: Vec<Ddl>) -> Result<Vec<(Ddl, ObjectOutcome)>> {
-    if objects.is_empty() {
-        return Ok(Vec::new());
-    }
-    let outcomes: Vec<ObjectOutcome> = crate::rpc::call_for(
-        peer,
-        &CloneObjectsRequest {
-            objects: objects.clone(),
-        },
-    )?;
-    Ok(objects.into_iter().zip(outcomes).collect())
 }
 
 /// Two remarks as one DETAIL.

@@ -10,8 +10,10 @@ use crate::pg::spi::column;
 use pgrx::prelude::*;
 
 /// Everything to make, by kind, each list in the order it can be made.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Plan {
-    pub table_oids: Vec<pg_sys::Oid>,
+    /// the tables, by their names at the source
+    pub table_names: Vec<String>,
     pub types: Vec<Ddl>,
     pub sequences: Vec<Ddl>,
     pub tables: Vec<Ddl>,
@@ -195,7 +197,10 @@ pub fn plan(patterns: Option<&[String]>, path: &[pg_sys::Oid]) -> Result<Plan> {
         functions: definition::statements(Kind::Function, &functions)?,
         views: definition::statements(Kind::View, &views)?,
         triggers: definition::statements(Kind::Trigger, &definition::triggers_of(&tables)?)?,
-        table_oids: tables,
+        table_names: crate::pg::spi::column::<String>(
+            "SELECT t::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(t, i) ORDER BY u.i",
+            &[tables.into()],
+        )?,
     })
 }
 

@@ -8,39 +8,22 @@
 //! is sent is what the closure saw; rows then travel in their row type's text form, in
 //! batches, each with its key for the report.
 
-use crate::catalog::peer::Peer;
-use crate::pg::error::{notice, Result};
+use crate::pg::error::Result;
 use crate::pg::sql::{ident, join};
-use crate::rpc::{CloneRowsReply, CloneRowsRequest, CopyRowsRequest};
+use crate::rpc::{CloneRowsRequest, CopyRowsRequest, Outgoing};
 use pgrx::prelude::*;
-use std::time::{Duration, Instant};
 
 /// Rows sent in one request at most, and the text they may weigh.
 const BATCH_ROWS: usize = 5_000;
 const BATCH_BYTES: usize = 4 << 20;
-/// What a batch in COPY's format should weigh: enough that a request's round trip is small
-/// next to the rows it carries.
-const BULK_BYTES: usize = 8 << 20;
-/// How often a long table's copy says how far it got.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Where one table's rows are read from, and how many of them are there because copied rows
 /// reference them.
 pub struct Choice {
     pub relid: pg_sys::Oid,
     pub table: String,
-    source: String,
+    pub source: String,
     pub by_reference: i64,
-}
-
-/// What copying one table's rows came to.
-pub struct Copied {
-    pub table: String,
-    pub inserted: i64,
-    pub present: i64,
-    pub by_reference: i64,
-    pub refused: Vec<(String, String)>,
-    pub skipped: Option<String>,
 }
 
 fn display(relid: pg_sys::Oid) -> Result<String> {
@@ -195,159 +178,176 @@ pub fn choose(tables: &[pg_sys::Oid], max_rows: Option<i64>) -> Result<Vec<Choic
     Ok(choices)
 }
 
-/// Send the chosen rows of one table to `peer`, in batches; says in a NOTICE how many and how
-/// long it took, and every little while how far a long table got. A table the peer made in
-/// this clone (`made`: empty, no keys yet) takes them through COPY; one it had already
-/// through an insert that leaves the rows it has.
-pub fn copy(peer: &Peer, choice: &Choice, made: bool) -> Result<Copied> {
-    let started = Instant::now();
-    let copied = if made {
-        copy_in_bulk(peer, choice, started)?
-    } else {
-        insert_missing(peer, choice, started)?
-    };
-    notice(&format!(
-        "sync_clone: {} rows of {} copied to peer \"{}\" in {:.2} s{}{}",
-        copied.inserted,
-        choice.table,
-        peer.name,
-        started.elapsed().as_secs_f64(),
-        if copied.present > 0 {
-            format!(", {} there already", copied.present)
-        } else {
-            String::new()
-        },
-        if copied.refused.is_empty() {
-            String::new()
-        } else {
-            format!(", {} refused", copied.refused.len())
-        },
-    ));
-    Ok(copied)
+/// The cursors [`read`] has open in this transaction, by table.
+struct Open {
+    xact: u32,
+    cursors: Vec<(pg_sys::Oid, String)>,
 }
 
-/// Every little while, how far a long table got.
-fn progress(said: &mut Instant, started: Instant, copied: &Copied) {
-    if said.elapsed() >= PROGRESS_EVERY {
-        *said = Instant::now();
-        notice(&format!(
-            "sync_clone: {} rows of {} copied so far ({:.0} s)",
-            copied.inserted,
-            copied.table,
-            started.elapsed().as_secs_f64()
-        ));
-    }
+thread_local! {
+    static OPEN: std::cell::RefCell<Open> =
+        const { std::cell::RefCell::new(Open { xact: 0, cursors: Vec::new() }) };
 }
 
-/// The rows in batches of COPY's format ([`crate::pg::copy`]), each the payload of one
-/// request, sized to weigh about [`BULK_BYTES`].
-fn copy_in_bulk(peer: &Peer, choice: &Choice, started: Instant) -> Result<Copied> {
-    let written: Vec<(String, String)> = crate::catalog::definition::columns(choice.relid)?
-        .into_iter()
-        .filter(|c| !c.2)
-        .map(|(name, type_name, _)| (name, type_name))
-        .collect();
-    let key = primary_key(choice.relid)?;
-    let positions = key
-        .iter()
-        .filter_map(|k| written.iter().position(|(n, _)| n == k))
-        .collect();
-    // Values through the types' send or output functions, never a cast (see `insert_missing`).
-    let query = format!(
-        "SELECT {} FROM {} t",
-        join(&written, ", ", |(n, _)| format!("t.{}", ident(n))),
-        choice.source
-    );
-    let encoding = crate::pg::spi::maybe_one::<String>(
-        "SELECT pg_catalog.getdatabaseencoding()::pg_catalog.text",
-        &[],
+fn open_cursor(relid: pg_sys::Oid) -> Option<String> {
+    let xact = crate::pg::ffi::local_xact();
+    OPEN.with(|o| {
+        let o = o.borrow();
+        (o.xact == xact)
+            .then(|| {
+                o.cursors
+                    .iter()
+                    .find(|(r, _)| *r == relid)
+                    .map(|(_, c)| c.clone())
+            })
+            .flatten()
+    })
+}
+
+fn remember_cursor(relid: pg_sys::Oid, cursor: Option<String>) {
+    let xact = crate::pg::ffi::local_xact();
+    OPEN.with(|o| {
+        let mut o = o.borrow_mut();
+        if o.xact != xact {
+            *o = Open {
+                xact,
+                cursors: Vec::new(),
+            };
+        }
+        o.cursors.retain(|(r, _)| *r != relid);
+        if let Some(c) = cursor {
+            o.cursors.push((relid, c));
+        }
+    })
+}
+
+/// The table a name means here.
+pub fn named(table: &str) -> Result<pg_sys::Oid> {
+    crate::pg::spi::maybe_one::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+        &[table.into()],
     )?
-    .unwrap_or_default();
-    let client_encoding = std::ffi::CString::new(encoding.as_str()).unwrap_or_default();
-    let mut copied = Copied {
-        table: choice.table.clone(),
-        inserted: 0,
-        present: 0,
-        by_reference: choice.by_reference,
-        refused: Vec::new(),
-        skipped: None,
+    .filter(|o| *o != pg_sys::InvalidOid)
+    .ok_or_else(|| super::CloneError::NoSuchTable(table.into()).into())
+}
+
+/// The next batch of the rows chosen of `table` (`limited`: chosen by [`choose`] into a
+/// temporary table), from a cursor opened at the first call and closed after the last; None
+/// once every row was read. `bulk` (a table the receiving node made now, empty and without
+/// keys): in COPY's format, about `limit` rows; else as the text of an array of the table's
+/// row type, with each row's key.
+pub fn read(
+    table: &str,
+    limited: bool,
+    bulk: bool,
+    limit: i64,
+) -> Result<Option<(Outgoing, Vec<u8>)>> {
+    let relid = named(table)?;
+    let table = display(relid)?;
+    let columns = crate::catalog::definition::columns(relid)?;
+    let key = primary_key(relid)?;
+    let cursor = match open_cursor(relid) {
+        Some(c) => c,
+        None => {
+            let source = if limited { pick(relid) } else { table.clone() };
+            let query = if bulk {
+                // values through the types' send or output functions, never a cast
+                format!(
+                    "SELECT {} FROM {source} t",
+                    join(
+                        &columns.iter().filter(|c| !c.2).collect::<Vec<_>>(),
+                        ", ",
+                        |(n, ..)| format!("t.{}", ident(n))
+                    )
+                )
+            } else {
+                array_query(&columns, &key, &table, &source)
+            };
+            let c = Spi::connect(|c| c.open_cursor(query.as_str(), &[]).detach_into_name());
+            remember_cursor(relid, Some(c.clone()));
+            c
+        }
     };
-    let cursor = Spi::connect(|c| c.open_cursor(query.as_str(), &[]).detach_into_name());
-    let mut writer = crate::pg::copy::Writer::new(positions);
-    let mut said = started;
-    let mut limit: i64 = 1_000;
-    loop {
-        // Text written as the peer reads it back (crate::data::wire), and a binary value's
-        // text (textsend) in this database's encoding, which the batch names.
-        let sent = crate::pg::plan::with_settings(
+    let out = if bulk {
+        let encoding = crate::pg::spi::maybe_one::<String>(
+            "SELECT pg_catalog.getdatabaseencoding()::pg_catalog.text",
+            &[],
+        )?
+        .unwrap_or_default();
+        let client_encoding = std::ffi::CString::new(encoding.as_str()).unwrap_or_default();
+        // Text written as the other node reads it back (crate::data::wire); a binary
+        // value's text (textsend) in this database's encoding, which the batch names.
+        let batch = crate::pg::plan::with_settings(
             &[(c"client_encoding", client_encoding.as_c_str())],
             || {
                 crate::data::wire::compared(|| {
-                    writer.next(&cursor, limit, |batch, key_of| -> Result<_> {
-                        let reply: CloneRowsReply = crate::rpc::call_with_payload(
-                            peer,
-                            &CopyRowsRequest {
-                                table: choice.table.clone(),
-                                columns: written.clone(),
-                                format: batch.format,
-                                encoding: encoding.clone(),
-                                count: batch.rows as i32,
-                            },
-                            &batch.data,
-                        )?;
-                        let refused: Vec<(String, String)> = reply
-                            .refused
-                            .iter()
-                            .map(|(at, error)| {
-                                let shown = usize::try_from(at - 1)
-                                    .ok()
-                                    .and_then(|i| key_of(i))
-                                    .map(|k| format!("({}) = ({k})", key.join(", ")))
-                                    .unwrap_or_else(|| format!("row {at} of a batch"));
-                                (shown, error.clone())
-                            })
-                            .collect();
-                        Ok((batch.rows, batch.data.len(), reply, refused))
-                    })
+                    crate::pg::copy::Writer::default().next(&cursor, limit)
                 })
             },
-        )?;
-        let Some(sent) = sent else { break };
-        let (rows, bytes, reply, refused) = sent?;
-        copied.inserted += reply.inserted;
-        copied.present += reply.present;
-        copied.refused.extend(refused);
-        if let Some(why) = reply.skipped {
-            copied.skipped = Some(why);
-            break;
-        }
-        progress(&mut said, started, &copied);
-        let per_row = (bytes / rows.max(1)).max(1);
-        limit = (BULK_BYTES / per_row).clamp(100, 200_000) as i64;
+        );
+        batch.map(|b| {
+            (
+                Outgoing::Copy(CopyRowsRequest {
+                    table: table.clone(),
+                    columns: columns
+                        .iter()
+                        .filter(|c| !c.2)
+                        .map(|(n, t, _)| (n.clone(), t.clone()))
+                        .collect(),
+                    format: b.format,
+                    encoding,
+                    count: b.rows as i32,
+                    key: key.clone(),
+                }),
+                b.data,
+            )
+        })
+    } else {
+        let (rows, keys) = next_batch(&cursor)?;
+        (!keys.is_empty()).then(|| {
+            let count = keys.len() as i32;
+            (
+                Outgoing::Rows(
+                    CloneRowsRequest {
+                        table: table.clone(),
+                        columns: columns
+                            .iter()
+                            .map(|(n, t, _)| (n.clone(), t.clone()))
+                            .collect(),
+                        rows,
+                        count,
+                    },
+                    keys,
+                ),
+                Vec::new(),
+            )
+        })
+    };
+    if out.is_none() {
+        Spi::connect(|c| -> std::result::Result<(), pgrx::spi::SpiError> {
+            drop(c.find_cursor(&cursor)?);
+            Ok(())
+        })?;
+        remember_cursor(relid, None);
     }
-    Spi::connect(|c| -> std::result::Result<(), pgrx::spi::SpiError> {
-        drop(c.find_cursor(&cursor)?);
-        Ok(())
-    })?;
-    Ok(copied)
+    Ok(out)
 }
 
-/// The rows as the text of an array of the table's row type per batch, inserted on the peer
-/// by one statement that leaves the rows it has by key.
-fn insert_missing(peer: &Peer, choice: &Choice, started: Instant) -> Result<Copied> {
-    let columns: Vec<(String, String)> = crate::catalog::definition::columns(choice.relid)?
-        .into_iter()
-        .map(|(name, type_name, _)| (name, type_name))
-        .collect();
+/// Each row as the text of the table's row type, and its key as a report names it.
+fn array_query(
+    columns: &[(String, String, bool)],
+    key: &[String],
+    table: &str,
+    source: &str,
+) -> String {
     // Text through the types' output functions (record_out), never through a cast: a cast
     // from the row type (or a key's type) is code its owner may have written, and this runs
     // as the caller.
     let row = format!(
-        "pg_catalog.textin(pg_catalog.record_out(ROW({})::{}))",
-        join(&columns, ", ", |(n, _)| format!("t.{}", ident(n))),
-        choice.table
+        "pg_catalog.textin(pg_catalog.record_out(ROW({})::{table}))",
+        join(columns, ", ", |(n, ..)| format!("t.{}", ident(n))),
     );
-    let key = match primary_key(choice.relid)?.as_slice() {
+    let key = match key {
         [] => "NULL::pg_catalog.text".to_string(),
         key => format!(
             "{} || ' = ' || pg_catalog.textin(pg_catalog.record_out(ROW({})))",
@@ -355,53 +355,7 @@ fn insert_missing(peer: &Peer, choice: &Choice, started: Instant) -> Result<Copi
             join(key, ", ", |k| format!("t.{}", ident(k)))
         ),
     };
-    let query = format!("SELECT {row}, {key} FROM {} t", choice.source);
-    let mut said = started;
-    let mut copied = Copied {
-        table: choice.table.clone(),
-        inserted: 0,
-        present: 0,
-        by_reference: choice.by_reference,
-        refused: Vec::new(),
-        skipped: None,
-    };
-    // Values are written as they travel between nodes (crate::data::wire), whatever this
-    // session's settings, so that the peer reads back what was here.
-    let cursor = Spi::connect(|c| c.open_cursor(query.as_str(), &[]).detach_into_name());
-    loop {
-        let (rows, keys) = next_batch(&cursor)?;
-        if keys.is_empty() {
-            break;
-        }
-        let reply: CloneRowsReply = crate::rpc::call_for(
-            peer,
-            &CloneRowsRequest {
-                table: choice.table.clone(),
-                columns: columns.clone(),
-                rows,
-                count: keys.len() as i32,
-            },
-        )?;
-        copied.inserted += reply.inserted;
-        copied.present += reply.present;
-        for (at, error) in reply.refused {
-            let key = usize::try_from(at - 1)
-                .ok()
-                .and_then(|i| keys.get(i).cloned().flatten())
-                .unwrap_or_else(|| format!("row {at} of a batch"));
-            copied.refused.push((key, error));
-        }
-        if let Some(why) = reply.skipped {
-            copied.skipped = Some(why);
-            break;
-        }
-        progress(&mut said, started, &copied);
-    }
-    Spi::connect(|c| -> std::result::Result<(), pgrx::spi::SpiError> {
-        drop(c.find_cursor(&cursor)?);
-        Ok(())
-    })?;
-    Ok(copied)
+    format!("SELECT {row}, {key} FROM {source} t")
 }
 
 /// The next batch from the open cursor `name`: its rows as the text of one array of the table's

@@ -1,12 +1,15 @@
 //! The receiving end of sync_clone (and of a link's `create_missing`): objects and rows made
-//! here from another node's definitions, as the role that node connects as, each object and
-//! each batch of rows in a subtransaction of its own so that what this database refuses is
-//! reported and the rest goes on.
+//! here from another node's definitions, as a given role — the role the other node connects
+//! as, or the caller's when this node clones the other — each object and each batch of rows
+//! in a subtransaction of its own so that what this database refuses is reported and the rest
+//! goes on.
 
 use crate::catalog::definition::{self, Ddl, Kind};
 use crate::pg::error::{Result, SqlError};
 use crate::pg::sql::ident;
-use crate::rpc::{Body, CloneRowsReply, CloneRowsRequest, CopyRowsRequest, ObjectOutcome};
+use crate::rpc::{
+    Body, CloneRowsReply, CloneRowsRequest, CopyRowsReply, CopyRowsRequest, ObjectOutcome,
+};
 use pgrx::prelude::*;
 
 /// Why a statement failed here: its SQLSTATE and message.
@@ -28,7 +31,11 @@ impl Refusal {
 /// Run `sql` as the role this session logged in as (for a peer's request, the role of its
 /// connection string), in a subtransaction: a failure is rolled back and returned.
 pub fn run_as_session_role(sql: &str) -> std::result::Result<(), Refusal> {
-    let role = crate::pg::privilege::session_role();
+    run_as(crate::pg::privilege::session_role(), sql)
+}
+
+/// Run `sql` as `role`, in a subtransaction: a failure is rolled back and returned.
+fn run_as(role: pg_sys::Oid, sql: &str) -> std::result::Result<(), Refusal> {
     let run = crate::pg::subxact::run(|| crate::pg::privilege::as_role(role, || Spi::run(sql)));
     match run {
         Ok(Ok(())) => Ok(()),
@@ -41,10 +48,6 @@ pub fn run_as_session_role(sql: &str) -> std::result::Result<(), Refusal> {
             message: f.message,
         }),
     }
-}
-
-fn session_role_name() -> String {
-    crate::pg::privilege::role_name(crate::pg::privilege::session_role())
 }
 
 /// Where two statements part, with a little of what comes before, for a DETAIL.
@@ -76,7 +79,8 @@ fn difference(here: &str, sent: &str) -> String {
 /// does: what they use may come later); a function or view that needs an object made after it
 /// (a table's row type, another view) is tried again once the others are made. A sequence is
 /// given to its column only when it was made here now.
-pub fn make_objects(objects: Vec<Ddl>) -> Result<Vec<ObjectOutcome>> {
+pub fn make_objects(objects: Vec<Ddl>, role: pg_sys::Oid) -> Result<Vec<ObjectOutcome>> {
+    let role_name = crate::pg::privilege::role_name(role);
     let mut outcomes: Vec<Option<ObjectOutcome>> = vec![None; objects.len()];
     let mut pending: Vec<usize> = (0..objects.len()).collect();
     let mut made_sequences: Vec<String> = Vec::new();
@@ -109,22 +113,18 @@ pub fn make_objects(objects: Vec<Ddl>) -> Result<Vec<ObjectOutcome>> {
                 });
                 continue;
             }
-            if let Some(owner) = object
-                .runs_as
-                .as_deref()
-                .filter(|o| *o != session_role_name())
-            {
+            if let Some(owner) = object.runs_as.as_deref().filter(|o| *o != role_name) {
                 outcomes[i] = Some(outcome(
                     "failed",
                     Some(format!(
                         "a SECURITY DEFINER function, which runs as its owner: made here by role {} it would run as that role, not as {owner}; make it here by hand as {owner} — {}",
-                        session_role_name(),
+                        role_name,
                         object.sql
                     )),
                 ));
                 continue;
             }
-            let run = || run_as_session_role(&object.sql);
+            let run = || run_as(role, &object.sql);
             let result = if object.kind == Kind::Function {
                 crate::pg::plan::with_settings(&[(c"check_function_bodies", c"off")], run)
             } else {
@@ -181,8 +181,8 @@ fn waits_for_another(r: &Refusal) -> bool {
 /// they are. The whole batch is parsed and inserted by one statement; a batch that fails is
 /// halved until the rows that fail are found, each reported with its place and the error,
 /// the others inserted.
-pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
-    let (relid, table, columns) = match receiving(&req.table, &req.columns)? {
+pub fn take_rows(req: CloneRowsRequest, role: pg_sys::Oid) -> Result<CloneRowsReply> {
+    let (relid, table, columns) = match receiving(&req.table, &req.columns, role)? {
         Ok(found) => found,
         Err(why) => return Ok(skipped(why)),
     };
@@ -226,17 +226,27 @@ pub fn take_rows(req: CloneRowsRequest) -> Result<CloneRowsReply> {
 /// Take the rows of `req`, a batch in one of COPY's formats (`payload`), into a table this
 /// clone made (see [`crate::pg::copy`]): COPY FROM takes the batch whole, as the table's owner;
 /// a batch it refuses is halved until the rows it refuses are found.
-pub fn take_copy(req: CopyRowsRequest, payload: &[u8]) -> Result<CloneRowsReply> {
-    let (relid, _, columns) = match receiving(&req.table, &req.columns)? {
+pub fn take_copy(req: CopyRowsRequest, payload: &[u8], role: pg_sys::Oid) -> Result<CopyRowsReply> {
+    let (relid, _, columns) = match receiving(&req.table, &req.columns, role)? {
         Ok(found) => found,
-        Err(why) => return Ok(skipped(why)),
+        Err(why) => {
+            return Ok(CopyRowsReply {
+                skipped: Some(why),
+                ..CopyRowsReply::default()
+            })
+        }
     };
-    let written: Vec<String> = columns.into_iter().filter(|c| !c.2).map(|c| c.0).collect();
+    let written: Vec<String> = columns
+        .iter()
+        .filter(|c| !c.2)
+        .map(|c| c.0.clone())
+        .collect();
+    let types = written_types(relid)?;
     let bounds = crate::pg::copy::rows_of(req.format, payload);
     if bounds.len() != usize::try_from(req.count).unwrap_or(0) {
         return Err(crate::rpc::RpcError::BadRequest(CopyRowsRequest::ACTION.into()).into());
     }
-    Ok(halving(req.count, |lo, hi| {
+    let taken = halving(req.count, |lo, hi| {
         let part;
         let rows = if (lo, hi) == (1, req.count) {
             payload
@@ -249,7 +259,46 @@ pub fn take_copy(req: CopyRowsRequest, payload: &[u8]) -> Result<CloneRowsReply>
         })?
         .map(|n| n as i64)
         .map_err(Into::into)
-    }))
+    });
+    // A refused row is named by its key, read from the batch with this database's types.
+    let key: Vec<(usize, pg_sys::Oid)> = req
+        .key
+        .iter()
+        .filter_map(|k| written.iter().position(|w| w == k))
+        .map(|at| (at, types.get(at).copied().unwrap_or(pg_sys::InvalidOid)))
+        .collect();
+    let refused = taken
+        .refused
+        .into_iter()
+        .map(|(at, error)| {
+            let row = usize::try_from(at - 1).ok().and_then(|i| bounds.get(i));
+            let values: Option<Vec<String>> = row.and_then(|(from, to)| {
+                key.iter()
+                    .map(|(position, typid)| {
+                        crate::pg::copy::field_text(
+                            req.format,
+                            &payload[*from..*to],
+                            *position,
+                            *typid,
+                        )
+                    })
+                    .collect()
+            });
+            let shown = match values {
+                Some(values) if !key.is_empty() => {
+                    format!("({}) = ({})", req.key.join(", "), values.join(", "))
+                }
+                _ => format!("row {at} of a batch"),
+            };
+            (shown, error)
+        })
+        .collect();
+    Ok(CopyRowsReply {
+        inserted: taken.inserted,
+        present: taken.present,
+        refused,
+        skipped: taken.skipped,
+    })
 }
 
 /// The table named `name` that rows for it go into: its oid, name and columns (name, type,
@@ -258,6 +307,7 @@ pub fn take_copy(req: CopyRowsRequest, payload: &[u8]) -> Result<CloneRowsReply>
 fn receiving(
     name: &str,
     shape: &[(String, String)],
+    role: pg_sys::Oid,
 ) -> Result<std::result::Result<(pg_sys::Oid, String, Vec<(String, String, bool)>), String>> {
     let here = crate::pg::spi::maybe_one::<pg_sys::Oid>(
         "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
@@ -268,8 +318,7 @@ fn receiving(
         return Ok(Err(format!("table {name} is not here")));
     };
     // The rows go in as the table's owner (its triggers, defaults and checks run as the
-    // owner, as for changes a link applies), for a peer whose role may insert into it.
-    let role = crate::pg::privilege::session_role();
+    // owner, as for changes a link applies), for a role that may insert into it.
     let may = crate::pg::spi::maybe_one::<bool>(
         "SELECT pg_catalog.has_table_privilege($1, $2, 'INSERT')",
         &[role.into(), relid.into()],
@@ -307,6 +356,16 @@ fn receiving(
         )));
     }
     Ok(Ok((relid, table, columns)))
+}
+
+/// The types of `relid`'s written (not generated) columns, in order.
+fn written_types(relid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
+    Ok(crate::pg::spi::column::<pg_sys::Oid>(
+        "SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+          WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0 \
+            AND NOT a.attisdropped AND a.attgenerated OPERATOR(pg_catalog.=) '' ORDER BY a.attnum",
+        &[relid.into()],
+    )?)
 }
 
 /// Insert rows `1..=count` with `attempt(lo, hi)` (how many it inserted), each attempt in a
