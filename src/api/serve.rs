@@ -11,6 +11,8 @@ use pgrx::prelude::*;
 /// does a reply's rows in bulk (`payload`); a request's own rows in bulk come in `payload`.
 #[pg_extern(schema = "synclink")]
 #[search_path(pg_catalog, pg_temp)]
+// pgrx reads the result columns from the return type as written, so it cannot be an alias.
+#[allow(clippy::type_complexity)]
 fn handle_request(
     from_node: &str,
     action: &str,

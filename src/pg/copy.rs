@@ -156,12 +156,11 @@ impl Writer {
             .map(|i| unsafe { (*(*desc).attrs.as_ptr().add(i)).atttypid })
             .collect();
         self.format = Format::for_types(&types);
-        for i in 0..natts {
-            // SAFETY: i < natts attributes of the descriptor; the lookups read the type cache
-            // and fill the two locals; fmgr_info_cxt fills the FmgrInfo, keeping what it
-            // caches in the writer's context, which outlives every batch.
+        for &typid in &types {
+            // SAFETY: the lookups read the type cache and fill the two locals; fmgr_info_cxt
+            // fills the FmgrInfo, keeping what it caches in the writer's context, which
+            // outlives every batch.
             unsafe {
-                let typid = types[i];
                 let mut func = pg_sys::InvalidOid;
                 let mut varlena = false;
                 match self.format {
@@ -360,6 +359,8 @@ thread_local! {
 }
 
 /// COPY FROM's source of data: the rest of [`FEED`], as much as fits.
+// SAFETY: called only by the COPY that copy_from runs, with a buffer of at least `max` bytes;
+// it reads nothing but FEED.
 unsafe extern "C-unwind" fn feed(outbuf: *mut std::ffi::c_void, _min: i32, max: i32) -> i32 {
     FEED.with(|f| {
         let (at, left) = f.get();
@@ -402,12 +403,12 @@ pub fn copy_from(
     let encoding = CString::new(encoding).unwrap_or_default();
     // A binary value's text (textrecv) is converted from the client encoding: the batch's.
     crate::pg::plan::with_settings(&[(c"client_encoding", encoding.as_c_str())], || {
-        // SAFETY: the relation is opened and locked as COPY FROM opens it and closed at the
-        // end (the lock kept to the end of the transaction); the parse state holds its one
-        // range table entry, which BeginCopyFrom takes as COPY's own; the option and column
-        // lists are made of nodes palloc'd here. `feed` reads the batch, which outlives the
-        // COPY. An ERROR anywhere unwinds to the caller's (sub)transaction, whose abort
-        // releases the relation and the COPY's memory.
+        // The relation is opened and locked as COPY FROM opens it (the lock kept to the end of
+        // the transaction); the parse state's one range table entry is what BeginCopyFrom
+        // takes as COPY's own; an ERROR anywhere unwinds to the caller's (sub)transaction,
+        // whose abort releases the relation and the COPY's memory.
+        // SAFETY: as above; the option and column lists are nodes palloc'd here, and `feed`
+        // reads the batch, which outlives the COPY.
         unsafe {
             let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
             let rel = pg_sys::table_open(relid, lock);

@@ -113,8 +113,7 @@ impl Ends<'_> {
         limit: i64,
     ) -> Result<Option<(Outgoing, Vec<u8>)>> {
         match self {
-            Ends::ToPeer(_) => Ok(rows::read(&chosen.table, chosen.limited, bulk, limit)?
-                .map(|(out, data)| (out, data))),
+            Ends::ToPeer(_) => rows::read(&chosen.table, chosen.limited, bulk, limit),
             Ends::FromPeer(peer) => {
                 let (reply, data): (Option<Outgoing>, Option<Vec<u8>>) = crate::rpc::call_bulk(
                     peer,

@@ -301,6 +301,9 @@ pub fn take_copy(req: CopyRowsRequest, payload: &[u8], role: pg_sys::Oid) -> Res
     })
 }
 
+/// A table that takes rows: its oid, name and columns (name, type, generated).
+type Receiving = (pg_sys::Oid, String, Vec<(String, String, bool)>);
+
 /// The table named `name` that rows for it go into: its oid, name and columns (name, type,
 /// generated); or why it cannot take them (not here, not the sender's to write, other
 /// columns than the sender's `shape`).
@@ -308,7 +311,7 @@ fn receiving(
     name: &str,
     shape: &[(String, String)],
     role: pg_sys::Oid,
-) -> Result<std::result::Result<(pg_sys::Oid, String, Vec<(String, String, bool)>), String>> {
+) -> Result<std::result::Result<Receiving, String>> {
     let here = crate::pg::spi::maybe_one::<pg_sys::Oid>(
         "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
         &[name.into()],
