@@ -682,6 +682,58 @@ fn rows_a_table_made_by_the_clone_refuses_are_named_by_key_and_the_rest_copied()
     }
 }
 
+/// A node that makes another node's definitions (the peer of a clone, or this node cloning
+/// from the peer) runs each only if it is one statement of the kind it is said to make, and a
+/// sequence's move only as it makes it itself from the move's parts.
+#[test]
+fn definitions_from_another_node_run_only_as_what_they_say_they_make() {
+    let (_nodes, _a, mut b) = Nodes::one_cluster().peered();
+    b.batch_execute("CREATE SEQUENCE s; CREATE TABLE counted (id int)")
+        .unwrap();
+    let a_node: String = b
+        .query_one("SELECT node_name FROM synclink.peer WHERE peer_name = 'a'", &[])
+        .unwrap()
+        .get(0);
+    let reply: serde_json::Value = b
+        .query_one(
+            r#"INSERT INTO synclink.request (from_node, action, body) VALUES ($1, 'clone_objects',
+               '{"objects": [
+                  {"kind": "table", "name": "public.x", "sql": "CREATE TABLE x (); INSERT INTO counted VALUES (1)"},
+                  {"kind": "table", "name": "public.y", "sql": "INSERT INTO counted VALUES (2)"},
+                  {"kind": "sequence_value", "name": "public.s", "sql": "INSERT INTO counted VALUES (3)", "member": "41"},
+                  {"kind": "table", "name": "public.z", "sql": "CREATE TABLE public.z (id int)"}
+               ]}') RETURNING reply"#,
+            &[&a_node],
+        )
+        .unwrap()
+        .get(0);
+    let actions: Vec<&str> = reply
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["failed", "failed", "created", "created"],
+        "{reply}"
+    );
+    assert!(reply[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("not one statement of the kind it is said to make"));
+    assert_eq!(count(&mut b, "SELECT count(*) FROM counted"), 0);
+    assert_eq!(
+        count(
+            &mut b,
+            "SELECT count(*) FROM pg_class WHERE relname IN ('x', 'y')"
+        ),
+        0
+    );
+    // the move made from its parts: the sequence is at the value it named
+    assert_eq!(count(&mut b, "SELECT last_value FROM s"), 41);
+}
+
 #[test]
 fn sync_clone_checks_its_arguments() {
     let (nodes, mut a, _b) = Nodes::one_cluster().peered();

@@ -22,7 +22,8 @@ pub struct Ddl {
     /// types; a key, foreign key or trigger after its table's name
     pub name: String,
     pub sql: String,
-    /// a key, foreign key or trigger: its table, and its own name there
+    /// a key, foreign key or trigger: its table, and its own name there; a sequence moved past
+    /// a column's values: the column's table and name; a sequence moved to a value: the value
     #[serde(default)]
     pub table: Option<String>,
     #[serde(default)]
@@ -370,6 +371,72 @@ pub fn sequence_owners(made: Vec<Ddl>, owned: Vec<(pg_sys::Oid, String)>) -> Vec
             ..ddl
         })
         .collect()
+}
+
+/// Is `sql` one statement of the kind `kind` makes? A definition that came from another node
+/// is run only if it is: several statements in one string, or one of another kind, are not a
+/// definition. (A sequence's move is never run as it came: see [`sequence_move`].)
+pub fn fits(kind: Kind, sql: &str) -> bool {
+    use pg_sys::NodeTag::*;
+    let allowed: &[pg_sys::NodeTag] = match kind {
+        Kind::Type => &[
+            T_CreateEnumStmt,
+            T_CompositeTypeStmt,
+            T_CreateDomainStmt,
+            T_CreateRangeStmt,
+        ],
+        Kind::Sequence => &[T_CreateSeqStmt],
+        Kind::Table => &[T_CreateStmt],
+        Kind::SequenceOwner => &[T_AlterSeqStmt],
+        Kind::Key | Kind::ForeignKey => &[T_AlterTableStmt],
+        Kind::Index => &[T_IndexStmt],
+        Kind::SequenceValue => &[],
+        Kind::Function => &[T_CreateFunctionStmt],
+        Kind::View => &[T_ViewStmt],
+        Kind::Trigger => &[T_CreateTrigStmt],
+    };
+    matches!(crate::pg::ffi::statement_tags(sql).as_deref(), Some([tag]) if allowed.contains(tag))
+}
+
+/// The statement that moves a sequence as `ddl` (a [`Kind::SequenceValue`] from another node)
+/// asks, made here from its parts — never its text: to the value it names, or past the
+/// highest value of the column it names; never back.
+pub fn sequence_move(
+    ddl: &Ddl,
+) -> crate::pg::error::Result<Option<(String, Vec<pgrx::datum::DatumWithOid<'static>>)>> {
+    match (&ddl.table, &ddl.member) {
+        (Some(table), Some(column)) => {
+            let Some(table) = crate::pg::spi::maybe_one::<String>(
+                "SELECT pg_catalog.to_regclass($1)::pg_catalog.text",
+                &[table.as_str().into()],
+            )?
+            else {
+                return Ok(None);
+            };
+            Ok(Some((
+                format!(
+                    "SELECT pg_catalog.setval(x.s, x.m) FROM (SELECT pg_catalog.pg_get_serial_sequence($1, $2)::pg_catalog.regclass AS s, \
+                            (SELECT pg_catalog.max(t.{col}) FROM {table} t) AS m) x \
+                      WHERE x.m IS NOT NULL AND x.m OPERATOR(pg_catalog.>) coalesce(pg_catalog.pg_sequence_last_value(x.s), 0)",
+                    col = crate::pg::sql::ident(column),
+                ),
+                vec![table.clone().into(), column.clone().into()],
+            )))
+        }
+        (None, Some(value)) => {
+            let Ok(value) = value.parse::<i64>() else {
+                return Ok(None);
+            };
+            Ok(Some((
+                "SELECT pg_catalog.setval(q.seqrelid, $2) FROM pg_catalog.pg_sequence q \
+                  WHERE q.seqrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)::pg_catalog.oid \
+                    AND $2 OPERATOR(pg_catalog.>) coalesce(pg_catalog.pg_sequence_last_value(q.seqrelid), q.seqstart OPERATOR(pg_catalog.-) 1)"
+                    .to_string(),
+                vec![ddl.name.clone().into(), value.into()],
+            )))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// A table's columns (not dropped), in order: name, type, and whether it is generated — what

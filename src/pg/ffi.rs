@@ -118,3 +118,29 @@ pub fn wake_backend(pid: i32) {
         }
     }
 }
+
+/// The node tags of the statements `sql` holds, as the parser reads them; None when it does not
+/// parse.
+pub fn statement_tags(sql: &str) -> Option<Vec<pg_sys::NodeTag>> {
+    let text = std::ffi::CString::new(sql).ok()?;
+    crate::pg::subxact::run(|| {
+        // SAFETY: raw_parser reads the NUL-terminated text (raising an ERROR, caught above,
+        // when it does not parse) and returns a List of RawStmt nodes in the current memory
+        // context, each read once here.
+        unsafe {
+            let list = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+            if list.is_null() {
+                return Vec::new();
+            }
+            (0..(*list).length as usize)
+                .map(|i| {
+                    let raw = (*(*list).elements.add(i))
+                        .ptr_value
+                        .cast::<pg_sys::RawStmt>();
+                    (*(*raw).stmt).type_
+                })
+                .collect()
+        }
+    })
+    .ok()
+}

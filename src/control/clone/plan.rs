@@ -212,7 +212,8 @@ fn sequence_values(sequences: &[pg_sys::Oid], tables: &[pg_sys::Oid]) -> Result<
     let mut all = moves(
         "SELECT s.oid::pg_catalog.regclass::text,
                 pg_catalog.format('SELECT pg_catalog.setval(%L, %s) WHERE %s > coalesce(pg_catalog.pg_sequence_last_value(%L::pg_catalog.regclass), %s - 1)',
-                                  s.oid::pg_catalog.regclass, v.last, v.last, s.oid::pg_catalog.regclass, q.seqstart)
+                                  s.oid::pg_catalog.regclass, v.last, v.last, s.oid::pg_catalog.regclass, q.seqstart),
+                NULL::pg_catalog.text, v.last::pg_catalog.text
            FROM pg_catalog.unnest($1::pg_catalog.oid[]) s(oid)
            JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid
           CROSS JOIN LATERAL (SELECT pg_catalog.pg_sequence_last_value(s.oid) AS last) v
@@ -233,7 +234,8 @@ fn column_values(tables: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
                       'SELECT pg_catalog.setval(s, m) FROM (SELECT pg_catalog.pg_get_serial_sequence(%L, %L)::pg_catalog.regclass AS s, '
                       '(SELECT pg_catalog.max(%I) FROM %s) AS m) x '
                       'WHERE m IS NOT NULL AND m > coalesce(pg_catalog.pg_sequence_last_value(s), 0)',
-                      a.attrelid::pg_catalog.regclass::text, a.attname, a.attname, a.attrelid::pg_catalog.regclass)
+                      a.attrelid::pg_catalog.regclass::text, a.attname, a.attname, a.attrelid::pg_catalog.regclass),
+                    a.attrelid::pg_catalog.regclass::text, a.attname::pg_catalog.text
                FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = ANY ($1) AND a.attnum > 0 AND NOT a.attisdropped
                 AND pg_catalog.pg_get_serial_sequence(a.attrelid::pg_catalog.regclass::text, a.attname) IS NOT NULL
@@ -242,7 +244,8 @@ fn column_values(tables: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
     )
 }
 
-/// The sequence moves a query over the oids `$1` yields: (sequence, statement).
+/// The sequence moves a query over the oids `$1` yields: (sequence, statement, and what the
+/// receiving node makes the statement from: a column's table and name, or the value).
 fn moves(sql: &str, oids: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
     Spi::connect(|c| {
         c.select(sql, None, &[oids.to_vec().into()])?
@@ -251,8 +254,8 @@ fn moves(sql: &str, oids: &[pg_sys::Oid]) -> Result<Vec<Ddl>> {
                     kind: Kind::SequenceValue,
                     name: crate::pg::spi::need(&r, 1, "a sequence")?,
                     sql: crate::pg::spi::need(&r, 2, "a sequence's move")?,
-                    table: None,
-                    member: None,
+                    table: r.get::<String>(3)?,
+                    member: r.get::<String>(4)?,
                     runs_as: None,
                 })
             })

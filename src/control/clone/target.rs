@@ -36,7 +36,18 @@ pub fn run_as_session_role(sql: &str) -> std::result::Result<(), Refusal> {
 
 /// Run `sql` as `role`, in a subtransaction: a failure is rolled back and returned.
 fn run_as(role: pg_sys::Oid, sql: &str) -> std::result::Result<(), Refusal> {
-    let run = crate::pg::subxact::run(|| crate::pg::privilege::as_role(role, || Spi::run(sql)));
+    run_with(role, sql, Vec::new())
+}
+
+/// [`run_as`] with arguments.
+fn run_with(
+    role: pg_sys::Oid,
+    sql: &str,
+    args: Vec<pgrx::datum::DatumWithOid<'static>>,
+) -> std::result::Result<(), Refusal> {
+    let run = crate::pg::subxact::run(|| {
+        crate::pg::privilege::as_role(role, || Spi::run_with_args(sql, &args))
+    });
     match run {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Refusal {
@@ -124,7 +135,24 @@ pub fn make_objects(objects: Vec<Ddl>, role: pg_sys::Oid) -> Result<Vec<ObjectOu
                 ));
                 continue;
             }
-            let run = || run_as(role, &object.sql);
+            // Only what the statement's kind makes is run: a sequence's move is made here from
+            // its parts, any other statement must be one statement of its kind.
+            let run = || -> std::result::Result<(), Refusal> {
+                if object.kind == Kind::SequenceValue {
+                    return match definition::sequence_move(object) {
+                        Ok(Some((sql, args))) => run_with(role, &sql, args),
+                        Ok(None) => Err(not_a_definition()),
+                        Err(e) => Err(Refusal {
+                            sqlstate: e.sqlstate(),
+                            message: e.to_string(),
+                        }),
+                    };
+                }
+                if !definition::fits(object.kind, &object.sql) {
+                    return Err(not_a_definition());
+                }
+                run_as(role, &object.sql)
+            };
             let result = if object.kind == Kind::Function {
                 crate::pg::plan::with_settings(&[(c"check_function_bodies", c"off")], run)
             } else {
@@ -157,6 +185,14 @@ pub fn make_objects(objects: Vec<Ddl>, role: pg_sys::Oid) -> Result<Vec<ObjectOu
         .into_iter()
         .map(|o| o.unwrap_or_else(|| outcome("failed", None)))
         .collect())
+}
+
+/// A statement that is not what its kind makes: never run.
+fn not_a_definition() -> Refusal {
+    Refusal {
+        sqlstate: PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+        message: "not one statement of the kind it is said to make: not run".into(),
+    }
 }
 
 fn outcome(action: &str, detail: Option<String>) -> ObjectOutcome {
