@@ -33,6 +33,7 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     data::queue::init_gucs();
+    control::clone::init_gucs();
     data::worker::init();
 }
 

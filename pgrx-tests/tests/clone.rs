@@ -621,7 +621,7 @@ fn a_clone_from_the_peer_brings_its_objects_and_rows_here() {
 /// the table's types travel in.
 #[test]
 fn rows_a_table_made_by_the_clone_refuses_are_named_by_key_and_the_rest_copied() {
-    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     // binary_t travels in COPY's binary format, text_t (an array of an enum) in its text format
     a.batch_execute(
         r"CREATE TYPE level AS ENUM ('low', 'mid', 'high');
@@ -639,8 +639,12 @@ fn rows_a_table_made_by_the_clone_refuses_are_named_by_key_and_the_rest_copied()
     // the peer's enum lacks a value
     b.batch_execute("CREATE TYPE level AS ENUM ('low', 'mid')")
         .unwrap();
+    // a progress NOTICE after every batch
+    let (mut a2, said) = listening(&nodes.a);
+    a2.batch_execute("SET synclink.clone_progress_interval = 0")
+        .unwrap();
     let report = clone_report(
-        &mut a,
+        &mut a2,
         "SELECT * FROM sync_clone('b', tables => '{binary_t, text_t}')",
     );
     for table in ["public.binary_t", "public.text_t"] {
@@ -673,6 +677,12 @@ fn rows_a_table_made_by_the_clone_refuses_are_named_by_key_and_the_rest_copied()
             "{refused:#?}"
         );
     }
+    let said = said.lock().unwrap().clone();
+    assert!(
+        said.iter()
+            .any(|m| m.starts_with("sync_clone: 990 rows of public.binary_t copied so far (")),
+        "{said:?}"
+    );
     let kept = |c: &mut Client, sql: &str| -> String { c.query_one(sql, &[]).unwrap().get(0) };
     for sql in [
         "SELECT md5(string_agg(format('%s|%s|%s|%s|%s', id, lvl, body, at, n), ';' ORDER BY id)) FROM binary_t WHERE id % 100 <> 0",
@@ -691,7 +701,10 @@ fn definitions_from_another_node_run_only_as_what_they_say_they_make() {
     b.batch_execute("CREATE SEQUENCE s; CREATE TABLE counted (id int)")
         .unwrap();
     let a_node: String = b
-        .query_one("SELECT node_name FROM synclink.peer WHERE peer_name = 'a'", &[])
+        .query_one(
+            "SELECT node_name FROM synclink.peer WHERE peer_name = 'a'",
+            &[],
+        )
         .unwrap()
         .get(0);
     let reply: serde_json::Value = b

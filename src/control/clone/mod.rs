@@ -251,8 +251,21 @@ struct Copied {
 /// What a batch in COPY's format should weigh: enough that a request's round trip is small
 /// next to the rows it carries.
 const BULK_BYTES: usize = 8 << 20;
-/// How often a long table's copy says how far it got.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// How often a long table's copy says how far it got (synclink.clone_progress_interval).
+static PROGRESS_EVERY_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(10_000);
+
+pub fn init_gucs() {
+    pgrx::GucRegistry::define_int_guc(
+        c"synclink.clone_progress_interval",
+        c"How often sync_clone says how far the copy of a long table got.",
+        c"A NOTICE with the rows copied so far, at the end of the first batch after each interval.",
+        &PROGRESS_EVERY_MS,
+        0,
+        3_600_000,
+        pgrx::GucContext::Userset,
+        pgrx::GucFlags::UNIT_MS,
+    );
+}
 
 /// Copy the chosen rows of one table, batch by batch; says in a NOTICE how many and how long
 /// it took, and every little while how far a long table got. A table the target made in this
@@ -281,7 +294,8 @@ fn copy(ends: &Ends, peer: &str, chosen: &Chosen, made: bool) -> Result<Copied> 
             copied.skipped = Some(why);
             break;
         }
-        if said.elapsed() >= PROGRESS_EVERY {
+        let every = Duration::from_millis(PROGRESS_EVERY_MS.get().max(0) as u64);
+        if said.elapsed() >= every {
             said = Instant::now();
             notice(&format!(
                 "sync_clone: {} rows of {} copied so far ({:.0} s)",
