@@ -526,8 +526,6 @@ pub fn count(c: &mut Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap().get(0)
 }
 
-/// Changes waiting in this node's outbox, for every peer, and records for several peers not
-/// handed on to their queues yet.
 /// What the server said to a session: its NOTICE and WARNING messages, in order.
 pub type Said = Arc<std::sync::Mutex<Vec<String>>>;
 
@@ -545,6 +543,8 @@ pub fn listening(node: &Node) -> (Client, Said) {
     (c, said)
 }
 
+/// Changes waiting in this node's outbox, for every peer, and records for several peers not
+/// handed on to their queues yet.
 pub fn queued(c: &mut Client) -> i64 {
     count(
         c,

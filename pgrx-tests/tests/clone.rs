@@ -2,7 +2,7 @@
 //! peer's table (`sync_link_table(…, create_missing => true)`).
 
 use postgres::Client;
-use synclink_e2e::{count, db_error, listening, table_hash, Nodes};
+use synclink_e2e::{both, count, db_error, listening, table_hash, wait_until, Nodes};
 
 /// Types the table below needs: an enum, a domain with a default and a check, a composite.
 const TYPES: &str = "
@@ -745,6 +745,60 @@ fn definitions_from_another_node_run_only_as_what_they_say_they_make() {
     );
     // the move made from its parts: the sequence is at the value it named
     assert_eq!(count(&mut b, "SELECT last_value FROM s"), 41);
+}
+
+/// The peer going away in the middle of a table's rows stops the clone with an error that
+/// says where, and keeps nothing of the run on either node; running it again copies it all.
+#[test]
+fn a_clone_the_peer_leaves_midway_says_where_it_stopped_and_runs_again() {
+    let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    // the peer has the table already: its rows go in batches of a few thousand
+    both(
+        &mut a,
+        &mut b,
+        "CREATE TABLE big (id int PRIMARY KEY, body text)",
+    );
+    a.batch_execute("INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 300000) g")
+        .unwrap();
+    let (mut a2, said) = listening(&nodes.a);
+    a2.batch_execute("SET synclink.clone_progress_interval = 0")
+        .unwrap();
+    let cloning = std::thread::spawn(move || {
+        a2.query("SELECT * FROM sync_clone('b', tables => '{big}')", &[])
+            .map(|_| ())
+    });
+    // once rows are on their way, every session of the peer's database but this one ends
+    wait_until(std::time::Duration::from_secs(60), || {
+        said.lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("copied so far"))
+    });
+    b.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .unwrap();
+    let (code, message, _, hint) = db_error(cloning.join().unwrap().unwrap_err());
+    assert!(
+        code.starts_with("08") || code == "57P01",
+        "{code} {message}"
+    );
+    assert!(
+        message.starts_with("sync_clone stopped while copying the rows of public.big ("),
+        "{message}"
+    );
+    assert!(hint.contains("nothing of this run is kept"), "{hint}");
+    assert_eq!(count(&mut b, "SELECT count(*) FROM big"), 0);
+    // again: everything
+    let report = clone_report(&mut a, "SELECT * FROM sync_clone('b', tables => '{big}')");
+    assert!(
+        report
+            .iter()
+            .any(|(k, n, _, rows, _)| k == "table" && n == "public.big" && *rows == Some(300000)),
+        "{report:#?}"
+    );
+    assert_eq!(table_hash(&mut b, "big"), table_hash(&mut a, "big"));
 }
 
 #[test]

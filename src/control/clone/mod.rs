@@ -41,17 +41,34 @@ pub enum CloneError {
     NegativeMaxRows(i64),
     #[error("table {} does not exist", crate::pg::args::shown(.0))]
     NoSuchTable(String),
+    #[error("sync_clone stopped while copying the rows of {table} ({rows} copied): {cause}")]
+    Stopped {
+        table: String,
+        rows: i64,
+        cause: crate::pg::error::Error,
+    },
 }
 
 impl SqlError for CloneError {
     fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
             CloneError::NoSuchTable(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            CloneError::Stopped { cause, .. } => cause.sqlstate(),
             _ => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        }
+    }
+    fn detail(&self) -> Option<String> {
+        match self {
+            CloneError::Stopped { cause, .. } => cause.detail(),
+            _ => None,
         }
     }
     fn hint(&self) -> Option<String> {
         Some(match self {
+            CloneError::Stopped { cause, .. } => format!(
+                "{}A clone is one transaction on each node: nothing of this run is kept, and running it again starts over (what the target had before is reported as exists). To keep what each part copied, clone a few tables at a time (tables => …): each call commits on its own.",
+                cause.hint().map(|h| format!("{h} ")).unwrap_or_default()
+            ),
             CloneError::UnknownKind(_) => format!("objects => takes any of: {}.", KINDS.map(|(n, _)| n).join(", ")),
             CloneError::UnknownDirection(_) => "direction => 'to_peer' (the default: this database is copied into the peer's) or 'from_peer'.".into(),
             CloneError::NegativeMaxRows(_) => "max_rows => NULL copies every row; 0 copies only the rows other copied rows reference (none, when no table is limited).".into(),
@@ -281,12 +298,23 @@ fn copy(ends: &Ends, peer: &str, chosen: &Chosen, made: bool) -> Result<Copied> 
         skipped: None,
     };
     let mut limit: i64 = 1_000;
-    while let Some((out, data)) = ends.read(chosen, made, limit)? {
+    let stopped = |copied: &Copied, cause| CloneError::Stopped {
+        table: chosen.table.clone(),
+        rows: copied.inserted,
+        cause,
+    };
+    loop {
+        let Some((out, data)) = ends
+            .read(chosen, made, limit)
+            .map_err(|e| stopped(&copied, e))?
+        else {
+            break;
+        };
         let (rows, bytes) = match &out {
             Outgoing::Copy(req) => (req.count as usize, data.len()),
             Outgoing::Rows(req, _) => (req.count as usize, req.rows.len()),
         };
-        let taken = ends.take(out, data)?;
+        let taken = ends.take(out, data).map_err(|e| stopped(&copied, e))?;
         copied.inserted += taken.inserted;
         copied.present += taken.present;
         copied.refused.extend(taken.refused);
