@@ -76,6 +76,7 @@ REVOKE ALL ON FUNCTION synclink.apply_pending() FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.shared_nextval(oid, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.ship(integer, "char", text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.handle_request(text, text, jsonb, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION synclink.add_bulk_tables() FROM PUBLIC;
 REVOKE ALL ON FUNCTION synclink.next_outbox_seq() FROM PUBLIC;
 -- Trigger functions are checked for EXECUTE when a trigger is made, not when it fires: closed
 -- to everyone but superusers, none of synclink's can be attached to a table of someone else's

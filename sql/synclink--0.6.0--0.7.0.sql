@@ -2,8 +2,9 @@
 --
 -- 0.7.0 moves sync_clone's rows in COPY's own formats: a request to a peer can carry rows in
 -- bulk beside its body (synclink.request.payload), which the peer reads and never keeps, and
--- a reply can carry them back. This script brings a 0.6.0 catalog to exactly what CREATE
--- EXTENSION synclink makes in 0.7.0 (a test compares the two), keeping every row.
+-- a reply can carry them back; sync_clone can clone the peer into this database. This script
+-- brings a 0.6.0 catalog to exactly what CREATE EXTENSION synclink makes in 0.7.0 (a test
+-- compares the two), keeping every row.
 
 \echo Use "ALTER EXTENSION synclink UPDATE TO '0.7.0'" to load this file. \quit
 
@@ -11,21 +12,6 @@
 ALTER TABLE synclink.request ADD COLUMN payload bytea;
 -- A reply's rows in bulk are kept only until the requester has read them: not compressed.
 ALTER TABLE synclink.request ALTER payload SET STORAGE EXTERNAL;
-
--- Each peer's foreign table onto its synclink.request: a peer not yet updated refuses a
--- request that names the new column, which only sync_clone's rows do.
-DO $$
-DECLARE
-    ft text;
-BEGIN
-    FOR ft IN SELECT pg_catalog.format('synclink.%I', p.peer_name || '_request')
-                FROM synclink.peer p
-               WHERE pg_catalog.to_regclass(pg_catalog.format('synclink.%I', p.peer_name || '_request')) IS NOT NULL
-    LOOP
-        EXECUTE pg_catalog.format('ALTER FOREIGN TABLE %s ADD COLUMN IF NOT EXISTS payload bytea', ft);
-    END LOOP;
-END
-$$;
 
 DROP FUNCTION synclink.handle_request(text, text, jsonb);
 CREATE  FUNCTION synclink."handle_request"(
@@ -53,3 +39,14 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- Each peer gets a second foreign table onto its synclink.request, with the payload column,
+-- for the requests that carry rows in bulk; the first one stays as it was, so that a peer not
+-- yet updated takes every other request.
+CREATE  FUNCTION synclink."add_bulk_tables"() RETURNS VOID /* Result < (), ErrorReport > */
+STRICT 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_bulk_tables_wrapper';
+REVOKE ALL ON FUNCTION synclink.add_bulk_tables() FROM PUBLIC;
+SELECT synclink.add_bulk_tables();

@@ -801,6 +801,86 @@ fn a_clone_the_peer_leaves_midway_says_where_it_stopped_and_runs_again() {
     assert_eq!(table_hash(&mut b, "big"), table_hash(&mut a, "big"));
 }
 
+/// A clone reaches on the peer only what the role this node connects as may: it makes and
+/// owns the tables it clones there, and reads back only tables and replies it was granted.
+#[test]
+fn a_clone_reaches_only_what_the_role_this_node_connects_as_may() {
+    let nodes = Nodes::one_cluster();
+    let mut a = nodes.a.connect();
+    let mut b = nodes.b.connect();
+    b.batch_execute(
+        "CREATE ROLE cloner LOGIN PASSWORD 'cl-pw';
+         GRANT INSERT, SELECT (reply) ON synclink.request TO cloner;
+         GRANT CREATE ON SCHEMA public TO cloner;",
+    )
+    .unwrap();
+    a.execute(
+        "SELECT sync_add_peer('b', $1)",
+        &[&format!(
+            "host=127.0.0.1 port={} dbname={} user=cloner password=cl-pw",
+            nodes.b.port(),
+            nodes.b.db
+        )],
+    )
+    .unwrap();
+    b.execute("SELECT sync_add_peer('a', $1)", &[&nodes.a.conninfo()])
+        .unwrap();
+    // to the peer: made and owned there by the peer role, rows and all
+    a.batch_execute(
+        "CREATE TABLE parts (id int PRIMARY KEY, name text);
+         INSERT INTO parts SELECT g, 'part ' || g FROM generate_series(1, 500) g;",
+    )
+    .unwrap();
+    clone_report(&mut a, "SELECT * FROM sync_clone('b', tables => '{parts}')");
+    let owner: String = b
+        .query_one(
+            "SELECT relowner::regrole::text FROM pg_class WHERE oid = 'parts'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "cloner");
+    assert_eq!(table_hash(&mut b, "parts"), table_hash(&mut a, "parts"));
+
+    // from the peer: rows come back only with SELECT on the replies' rows, and only of a table
+    // the peer role may read
+    b.batch_execute(
+        "CREATE TABLE secret (id int PRIMARY KEY, note text);
+         INSERT INTO secret VALUES (1, 'only for b');",
+    )
+    .unwrap();
+    let from = "SELECT * FROM sync_clone('b', tables => '{secret}', direction => 'from_peer')";
+    let (code, message, _, hint) = db_error(a.query(from, &[]).unwrap_err());
+    assert_eq!(code, "42501", "{message}");
+    assert!(
+        message.contains("may not read rows back from peer \"b\""),
+        "{message}"
+    );
+    assert!(
+        hint.contains("GRANT SELECT (reply, payload) ON synclink.request"),
+        "{hint}"
+    );
+    b.batch_execute("GRANT SELECT (reply, payload) ON synclink.request TO cloner")
+        .unwrap();
+    let (code, message, ..) = db_error(a.query(from, &[]).unwrap_err());
+    assert_eq!(code, "42501", "{message}");
+    assert!(
+        message.contains("permission denied for table secret"),
+        "{message}"
+    );
+    // nothing of either attempt stays here
+    assert_eq!(
+        count(
+            &mut a,
+            "SELECT count(*) FROM pg_class WHERE relname = 'secret'"
+        ),
+        0
+    );
+    b.batch_execute("GRANT SELECT ON secret TO cloner").unwrap();
+    clone_report(&mut a, from);
+    assert_eq!(table_hash(&mut a, "secret"), table_hash(&mut b, "secret"));
+}
+
 #[test]
 fn sync_clone_checks_its_arguments() {
     let (nodes, mut a, _b) = Nodes::one_cluster().peered();

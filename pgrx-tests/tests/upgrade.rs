@@ -589,6 +589,28 @@ fn a_linked_pair_updates_with_queues_and_conflicts_kept() {
     assert_eq!(count(&mut ca, "SELECT count(*) FROM items"), 182);
     assert_eq!(table_hash(&mut ca, "items"), table_hash(&mut cb, "items"));
 
+    // A peer registered before the update carries rows in bulk: a clone in each direction.
+    ca.batch_execute(
+        "CREATE TABLE cloned (id int PRIMARY KEY, body text);
+         INSERT INTO cloned SELECT g, 'row ' || g FROM generate_series(1, 1000) g;
+         SELECT count(*) FROM sync_clone('b', tables => '{cloned}');",
+    )
+    .unwrap();
+    assert_eq!(table_hash(&mut cb, "cloned"), table_hash(&mut ca, "cloned"));
+    cb.batch_execute(
+        "CREATE TABLE cloned_back (id int PRIMARY KEY, body text);
+         INSERT INTO cloned_back SELECT g, 'row ' || g FROM generate_series(1, 1000) g;",
+    )
+    .unwrap();
+    ca.batch_execute(
+        "SELECT count(*) FROM sync_clone('b', tables => '{cloned_back}', direction => 'from_peer')",
+    )
+    .unwrap();
+    assert_eq!(
+        table_hash(&mut ca, "cloned_back"),
+        table_hash(&mut cb, "cloned_back")
+    );
+
     for (node, from) in [&a, &b].iter().zip(&log_from) {
         let trouble = troubles(node, *from);
         eprintln!(

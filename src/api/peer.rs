@@ -31,3 +31,11 @@ fn sync_drop_peer(
         required(cascade, F, "cascade")?,
     )?)
 }
+
+/// Make the foreign table through which requests carry rows in bulk for each peer registered
+/// before synclink had one (run by ALTER EXTENSION synclink UPDATE).
+#[pg_extern(schema = "synclink")]
+#[search_path(pg_catalog, pg_temp)]
+fn add_bulk_tables() -> Result<(), ErrorReport> {
+    Ok(crate::control::peer::add_bulk_tables()?)
+}

@@ -110,10 +110,11 @@ pub fn add(name: &str, conninfo: &str) -> Result<String> {
         ),
         format!("CREATE SEQUENCE {} MINVALUE 0 START 0", crate::data::queue::retry_register(name)),
         format!(
-            "CREATE FOREIGN TABLE {} (from_node text, action text, body jsonb, reply jsonb, payload bytea) SERVER {srv} \
+            "CREATE FOREIGN TABLE {} (from_node text, action text, body jsonb, reply jsonb) SERVER {srv} \
              OPTIONS (schema_name 'synclink', table_name 'request')",
             peer.foreign("request")
         ),
+        bulk_table(&peer),
     ];
     if !parsed.mapping.is_empty() {
         ddl.push(format!(
@@ -191,4 +192,36 @@ pub fn drop(name: &str, cascade: bool) -> Result<bool> {
     }
     drop_objects(&peer)?;
     Ok(true)
+}
+
+/// The foreign table through which a request carries rows in bulk (sync_clone): the peer's
+/// synclink.request with its payload column. Apart from `request`, whose INSERTs send every
+/// column it has, so that a peer whose synclink has no payload column yet still takes every
+/// other request.
+fn bulk_table(peer: &Peer) -> String {
+    format!(
+        "CREATE FOREIGN TABLE {} (from_node text, action text, body jsonb, reply jsonb, payload bytea) \
+         SERVER {} OPTIONS (schema_name 'synclink', table_name 'request')",
+        peer.foreign("bulk"),
+        ident(&peer.server)
+    )
+}
+
+/// Make the bulk foreign table of each peer that has none (registered before synclink had
+/// one): run by ALTER EXTENSION synclink UPDATE. Like the peer's other objects it is not the
+/// extension's (sync_drop_peer drops it with the peer's server).
+pub fn add_bulk_tables() -> Result<()> {
+    let names = crate::pg::spi::column::<String>(
+        "SELECT peer_name FROM synclink.peer ORDER BY peer_name",
+        &[],
+    )?;
+    crate::pg::ffi::outside_extension_script(|| -> Result<()> {
+        for name in names {
+            let Some(peer) = find(&name)? else { continue };
+            if peer.check_foreign("bulk").is_err() {
+                Spi::run(&bulk_table(&peer))?;
+            }
+        }
+        Ok(())
+    })
 }

@@ -31,16 +31,24 @@ pub enum RpcError {
     BadReply(String),
     #[error("peer \"{0}\" cannot take rows in bulk")]
     NoPayload(String),
+    #[error("this node may not read rows back from peer \"{0}\"")]
+    NoRowsBack(String),
 }
 
 impl SqlError for RpcError {
     fn sqlstate(&self) -> PgSqlErrorCode {
-        PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION
+        match self {
+            RpcError::NoRowsBack(_) => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            _ => PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+        }
     }
     fn hint(&self) -> Option<String> {
         Some(match self {
             RpcError::UnknownAction(_) => {
                 "The node that received the request runs an older synclink than the node that sent it: update the older one (ALTER EXTENSION synclink UPDATE).".into()
+            }
+            RpcError::NoRowsBack(_) => {
+                "On the peer, let the role this node connects as read them: GRANT SELECT (reply, payload) ON synclink.request TO that role.".into()
             }
             RpcError::NoPayload(_) => {
                 "The peer runs a synclink older than 0.7.0: update it (ALTER EXTENSION synclink UPDATE) and run sync_clone again.".into()
@@ -139,18 +147,25 @@ pub fn call<B: Body>(peer: &Peer, body: &B) -> Result<serde_json::Value, PeerErr
 }
 
 /// [`call`] with rows in bulk beside the body (`payload`, which the peer reads and never
-/// keeps), reading the reply as `R`, with the rows in bulk that come back beside it. A peer
-/// older than the payload says so.
+/// keeps), reading the reply as `R`, and (`rows_back`) the rows in bulk that come back beside
+/// it — which the role this node connects as may read only with `SELECT (payload)` on the
+/// peer's synclink.request. A peer older than the payload says so.
 pub fn call_bulk<B: Body, R: DeserializeOwned>(
     peer: &Peer,
     body: &B,
     payload: Option<&[u8]>,
+    rows_back: bool,
 ) -> crate::pg::error::Result<(R, Option<Vec<u8>>)> {
-    peer.check_foreign("request")?;
+    peer.check_foreign("bulk")?;
     let sql = format!(
         "INSERT INTO {} (from_node, action, body, payload) VALUES ($1, $2, $3, $4) \
-         RETURNING reply, payload",
-        peer.foreign("request")
+         RETURNING reply, {}",
+        peer.foreign("bulk"),
+        if rows_back {
+            "payload"
+        } else {
+            "NULL::pg_catalog.bytea"
+        }
     );
     let local = crate::catalog::node::local_name()?;
     let body = pgrx::JsonB(serde_json::to_value(body).map_err(|_| peer::malformed(&peer.name))?);
@@ -178,6 +193,13 @@ pub fn call_bulk<B: Body, R: DeserializeOwned>(
                 && f.message.contains("payload") =>
         {
             return Err(RpcError::NoPayload(peer.name.clone()).into())
+        }
+        Err(f)
+            if rows_back
+                && f.sqlstate == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+                && f.message.contains("table request") =>
+        {
+            return Err(RpcError::NoRowsBack(peer.name.clone()).into())
         }
         Err(f) => return Err(PeerError::Failed(f.into()).into()),
     };

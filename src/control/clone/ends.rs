@@ -124,6 +124,7 @@ impl Ends<'_> {
                         limit,
                     },
                     None,
+                    true,
                 )?;
                 Ok(reply.map(|out| (out, data.unwrap_or_default())))
             }
@@ -135,7 +136,7 @@ impl Ends<'_> {
         match out {
             Outgoing::Copy(req) => {
                 let reply: CopyRowsReply = match self {
-                    Ends::ToPeer(peer) => crate::rpc::call_bulk(peer, &req, Some(&data))?.0,
+                    Ends::ToPeer(peer) => crate::rpc::call_bulk(peer, &req, Some(&data), false)?.0,
                     Ends::FromPeer(_) => {
                         target::take_copy(req, &data, crate::pg::privilege::current_role())?
                     }
