@@ -260,6 +260,9 @@ pub struct CloneReadRequest {
     pub limited: bool,
     pub bulk: bool,
     pub limit: i64,
+    /// the first batch of this table in this clone: a cursor left open by an earlier clone
+    /// in the same transaction is closed, and the rows read from the start
+    pub first: bool,
 }
 
 /// A batch of rows as it leaves the node that has them.

@@ -105,15 +105,16 @@ impl Ends<'_> {
         }
     }
 
-    /// The next batch of `table`'s chosen rows at the source.
+    /// The next batch of `table`'s chosen rows at the source (`first`: from the start).
     pub fn read(
         &self,
         chosen: &Chosen,
         bulk: bool,
         limit: i64,
+        first: bool,
     ) -> Result<Option<(Outgoing, Vec<u8>)>> {
         match self {
-            Ends::ToPeer(_) => rows::read(&chosen.table, chosen.limited, bulk, limit),
+            Ends::ToPeer(_) => rows::read(&chosen.table, chosen.limited, bulk, limit, first),
             Ends::FromPeer(peer) => {
                 let (reply, data): (Option<Outgoing>, Option<Vec<u8>>) = crate::rpc::call_bulk(
                     peer,
@@ -122,6 +123,7 @@ impl Ends<'_> {
                         limited: chosen.limited,
                         bulk,
                         limit,
+                        first,
                     },
                     None,
                     true,
@@ -219,7 +221,7 @@ pub mod serve {
     pub fn read(req: CloneReadRequest) -> Result<(Option<Outgoing>, Option<Vec<u8>>)> {
         crate::pg::privilege::as_role(crate::pg::privilege::session_role(), || {
             Ok(
-                match rows::read(&req.table, req.limited, req.bulk, req.limit)? {
+                match rows::read(&req.table, req.limited, req.bulk, req.limit, req.first)? {
                     Some((out, data)) => (Some(out), Some(data)),
                     None => (None, None),
                 },

@@ -303,11 +303,11 @@ fn copy(ends: &Ends, peer: &str, chosen: &Chosen, made: bool) -> Result<Copied> 
         rows: copied.inserted,
         cause,
     };
+    let mut first = true;
     loop {
-        let Some((out, data)) = ends
-            .read(chosen, made, limit)
-            .map_err(|e| stopped(&copied, e))?
-        else {
+        let read = ends.read(chosen, made, limit, first);
+        first = false;
+        let Some((out, data)) = read.map_err(|e| stopped(&copied, e))? else {
             break;
         };
         let (rows, bytes) = match &out {

@@ -241,8 +241,12 @@ pub fn read(
     limited: bool,
     bulk: bool,
     limit: i64,
+    first: bool,
 ) -> Result<Option<(Outgoing, Vec<u8>)>> {
     let relid = named(table)?;
+    if first {
+        close_cursor(relid)?;
+    }
     let table = display(relid)?;
     let columns = crate::catalog::definition::columns(relid)?;
     let key = primary_key(relid)?;
@@ -324,13 +328,23 @@ pub fn read(
         })
     };
     if out.is_none() {
-        Spi::connect(|c| -> std::result::Result<(), pgrx::spi::SpiError> {
-            drop(c.find_cursor(&cursor)?);
-            Ok(())
-        })?;
-        remember_cursor(relid, None);
+        close_cursor(relid)?;
     }
     Ok(out)
+}
+
+/// Close the cursor [`read`] has open for `relid` in this transaction, if it is still there
+/// (a subtransaction rolled back since may have closed it).
+fn close_cursor(relid: pg_sys::Oid) -> Result<()> {
+    if let Some(cursor) = open_cursor(relid) {
+        Spi::connect(|c| {
+            if let Ok(open) = c.find_cursor(&cursor) {
+                drop(open);
+            }
+        });
+        remember_cursor(relid, None);
+    }
+    Ok(())
 }
 
 /// Each row as the text of the table's row type, and its key as a report names it.
