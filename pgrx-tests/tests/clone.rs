@@ -379,6 +379,17 @@ fn objects(c: &mut Client) -> Vec<String> {
 /// One line of sync_clone's report: kind, name, action, rows, detail.
 type Reported = (String, String, String, Option<i64>, Option<String>);
 
+/// VALIDATE the foreign keys of SHOP whose rows reach past the first ten of a table: each
+/// holds on `c`.
+fn validate_shop_keys(c: &mut Client) {
+    c.batch_execute(
+        "ALTER TABLE order_lines VALIDATE CONSTRAINT order_lines_region_order_id_fkey;
+         ALTER TABLE categories VALIDATE CONSTRAINT categories_parent_fkey;
+         ALTER TABLE departments VALIDATE CONSTRAINT departments_head_fkey;",
+    )
+    .unwrap();
+}
+
 /// sync_clone's report, one line per object.
 fn clone_report(c: &mut Client, sql: &str) -> Vec<Reported> {
     c.query(sql, &[])
@@ -485,12 +496,7 @@ fn a_clone_of_ten_rows_a_table_brings_every_row_they_reference_and_every_object(
 
     // the objects are the source's, and every foreign key holds on the peer
     assert_eq!(objects(&mut b), objects(&mut a));
-    b.batch_execute(
-        "ALTER TABLE order_lines VALIDATE CONSTRAINT order_lines_region_order_id_fkey;
-         ALTER TABLE categories VALIDATE CONSTRAINT categories_parent_fkey;
-         ALTER TABLE departments VALIDATE CONSTRAINT departments_head_fkey;",
-    )
-    .unwrap();
+    validate_shop_keys(&mut b);
     let orphans = count(
         &mut b,
         "SELECT (SELECT count(*) FROM order_lines l WHERE NOT EXISTS (SELECT FROM orders o WHERE (o.region, o.id) = (l.region, l.order_id)))
@@ -579,12 +585,7 @@ fn a_clone_from_the_peer_brings_its_objects_and_rows_here() {
     );
     // the same objects as the source, every foreign key holds, the rows are the source's
     assert_eq!(objects(&mut b), objects(&mut a));
-    b.batch_execute(
-        "ALTER TABLE order_lines VALIDATE CONSTRAINT order_lines_region_order_id_fkey;
-         ALTER TABLE categories VALIDATE CONSTRAINT categories_parent_fkey;
-         ALTER TABLE departments VALIDATE CONSTRAINT departments_head_fkey;",
-    )
-    .unwrap();
+    validate_shop_keys(&mut b);
     let customers = "SELECT string_agg(format('%s %s %s %s', id, name, home, feeling), ';' ORDER BY id) FROM customers";
     let on_b: String = b.query_one(customers, &[]).unwrap().get(0);
     let ids: String = b
