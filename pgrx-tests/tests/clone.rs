@@ -711,12 +711,17 @@ fn definitions_from_another_node_run_only_as_what_they_say_they_make() {
     let reply: serde_json::Value = b
         .query_one(
             r#"INSERT INTO synclink.request (from_node, action, body) VALUES ($1, 'clone_objects',
-               '{"objects": [
+               $j${"objects": [
                   {"kind": "table", "name": "public.x", "sql": "CREATE TABLE x (); INSERT INTO counted VALUES (1)"},
                   {"kind": "table", "name": "public.y", "sql": "INSERT INTO counted VALUES (2)"},
                   {"kind": "sequence_value", "name": "public.s", "sql": "INSERT INTO counted VALUES (3)", "member": "41"},
-                  {"kind": "table", "name": "public.z", "sql": "CREATE TABLE public.z (id int)"}
-               ]}') RETURNING reply"#,
+                  {"kind": "table", "name": "public.z", "sql": "CREATE TABLE public.z (id int)"},
+                  {"kind": "table", "name": "public.w", "sql": "CREATE TABLE public.counted2 (id int)"},
+                  {"kind": "key", "name": "public.counted.k", "table": "public.counted", "member": "k",
+                   "sql": "ALTER TABLE public.counted DISABLE TRIGGER ALL"},
+                  {"kind": "function", "name": "public.f()",
+                   "sql": "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'"}
+               ]}$j$) RETURNING reply"#,
             &[&a_node],
         )
         .unwrap()
@@ -729,18 +734,35 @@ fn definitions_from_another_node_run_only_as_what_they_say_they_make() {
         .collect();
     assert_eq!(
         actions,
-        ["failed", "failed", "created", "created"],
+        ["failed", "failed", "created", "created", "failed", "failed", "failed"],
         "{reply}"
     );
-    assert!(reply[0]["detail"]
-        .as_str()
-        .unwrap()
-        .contains("not one statement of the kind it is said to make"));
+    let detail = |i: usize| reply[i]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail(0).starts_with("not one statement: not run"),
+        "{reply}"
+    );
+    assert!(
+        detail(1).starts_with("not a statement that makes a table"),
+        "{reply}"
+    );
+    assert!(
+        detail(4).starts_with("not a statement that makes table public.w"),
+        "{reply}"
+    );
+    assert!(
+        detail(5).starts_with("not a statement that makes key public.counted.k"),
+        "{reply}"
+    );
+    assert!(
+        detail(6).starts_with("a SECURITY DEFINER function"),
+        "{reply}"
+    );
     assert_eq!(count(&mut b, "SELECT count(*) FROM counted"), 0);
     assert_eq!(
         count(
             &mut b,
-            "SELECT count(*) FROM pg_class WHERE relname IN ('x', 'y')"
+            "SELECT count(*) FROM pg_class WHERE relname IN ('x', 'y', 'w', 'counted2')"
         ),
         0
     );
@@ -880,6 +902,69 @@ fn a_clone_reaches_only_what_the_role_this_node_connects_as_may() {
     b.batch_execute("GRANT SELECT ON secret TO cloner").unwrap();
     clone_report(&mut a, from);
     assert_eq!(table_hash(&mut a, "secret"), table_hash(&mut b, "secret"));
+}
+
+/// A clone from the peer, made here by the caller, makes only what it says and changes no
+/// table it did not make: no SECURITY DEFINER function (it would run as the caller), no key,
+/// index or trigger on a table that was here before.
+#[test]
+fn a_clone_from_the_peer_changes_nothing_here_that_it_did_not_make() {
+    let (_nodes, mut a, mut b) = Nodes::one_cluster().peered();
+    let schema = "CREATE TABLE kept (id int PRIMARY KEY, note text);
+         CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.note := 'stamped'; RETURN NEW; END $$;
+         CREATE FUNCTION whoami() RETURNS text LANGUAGE sql SECURITY DEFINER AS 'SELECT current_user::text';";
+    b.batch_execute(schema).unwrap();
+    b.batch_execute(
+        "CREATE TRIGGER kept_stamp BEFORE INSERT ON kept FOR EACH ROW EXECUTE FUNCTION stamp();
+         CREATE INDEX kept_note ON kept (note);
+         CREATE TABLE fresh (id int PRIMARY KEY);
+         CREATE INDEX fresh_id ON fresh (id);",
+    )
+    .unwrap();
+    // here: kept, the same table, without its trigger and index
+    a.batch_execute("CREATE TABLE kept (id int PRIMARY KEY, note text)")
+        .unwrap();
+    let report = clone_report(
+        &mut a,
+        "SELECT * FROM sync_clone('b', tables => '{kept, fresh}', direction => 'from_peer')",
+    );
+    let line = |kind: &str, name: &str| {
+        report
+            .iter()
+            .find(|(k, n, ..)| k == kind && n == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}: {report:#?}"))
+            .clone()
+    };
+    let action = |kind: &str, name: &str| line(kind, name).2;
+    assert_eq!(action("table", "public.kept"), "exists");
+    assert_eq!(action("table", "public.fresh"), "created");
+    assert_eq!(action("index", "public.fresh_id"), "created");
+    for (kind, name) in [
+        ("trigger", "public.kept.kept_stamp"),
+        ("index", "public.kept_note"),
+    ] {
+        let (.., done, _, detail) = line(kind, name);
+        assert_eq!(done, "failed", "{kind} {name}");
+        assert!(
+            detail
+                .unwrap()
+                .starts_with("on table public.kept, which this clone did not make: left as it is"),
+            "{report:#?}"
+        );
+    }
+    let (.., done, _, detail) = line("function", "public.whoami()");
+    assert_eq!(done, "failed");
+    assert!(detail
+        .unwrap()
+        .starts_with("a SECURITY DEFINER function from the peer"));
+    assert_eq!(action("function", "public.stamp()"), "created");
+    assert_eq!(
+        count(
+            &mut a,
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'kept_stamp'"
+        ),
+        0
+    );
 }
 
 #[test]

@@ -213,7 +213,8 @@ fn an_application_role_cannot_silence_or_forge_replication() {
         "SELECT synclink.ship(1, 'I', '{}', NULL, NULL)",
         "INSERT INTO synclink.inbox VALUES ('x', 'x', 'public', 'products', 'D', NULL, '{}')",
         "INSERT INTO synclink.b_inbox VALUES ('x', 'x', 'public', 'products', 'D', NULL, '{}')",
-        "SELECT synclink.handle_request('x', 'unlink', '{}')",
+        "SELECT synclink.handle_request('x', 'unlink', '{}', NULL)",
+        "SELECT synclink.add_bulk_tables()",
     ] {
         let err = app.batch_execute(forged).expect_err(forged);
         let code = err

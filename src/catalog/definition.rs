@@ -373,12 +373,14 @@ pub fn sequence_owners(made: Vec<Ddl>, owned: Vec<(pg_sys::Oid, String)>) -> Vec
         .collect()
 }
 
-/// Is `sql` one statement of the kind `kind` makes? A definition that came from another node
-/// is run only if it is: several statements in one string, or one of another kind, are not a
-/// definition. (A sequence's move is never run as it came: see [`sequence_move`].)
-pub fn fits(kind: Kind, sql: &str) -> bool {
+/// The statement of `ddl`, from another node, if it is one statement that makes what `ddl`
+/// says and nothing else: of the kind's own sort, naming the object `ddl` names (a key or a
+/// trigger, on the table it names), not a table derived from another, not a view made over
+/// one that is there. Else why not. (A sequence's move is never run as it came: see
+/// [`sequence_move`].)
+pub fn fits(ddl: &Ddl) -> std::result::Result<crate::pg::ffi::Statement, String> {
     use pg_sys::NodeTag::*;
-    let allowed: &[pg_sys::NodeTag] = match kind {
+    let allowed: &[pg_sys::NodeTag] = match ddl.kind {
         Kind::Type => &[
             T_CreateEnumStmt,
             T_CompositeTypeStmt,
@@ -395,7 +397,58 @@ pub fn fits(kind: Kind, sql: &str) -> bool {
         Kind::View => &[T_ViewStmt],
         Kind::Trigger => &[T_CreateTrigStmt],
     };
-    matches!(crate::pg::ffi::statement_tags(sql).as_deref(), Some([tag]) if allowed.contains(tag))
+    let Some(stmt) = crate::pg::ffi::statement(&ddl.sql) else {
+        return Err("not one statement".into());
+    };
+    if !stmt.tag.is_some_and(|t| allowed.contains(&t)) {
+        return Err(format!("not a statement that makes a {}", ddl.kind.label()));
+    }
+    let table = ddl.table.as_deref().map(name_parts).unwrap_or_default();
+    let fits = match ddl.kind {
+        Kind::Key | Kind::ForeignKey => {
+            stmt.adds_only && stmt.on == table && stmt.member == ddl.member
+        }
+        Kind::Trigger => !stmt.replace && stmt.on == table && stmt.member == ddl.member,
+        Kind::Table => !stmt.derived && stmt.target == name_parts(&ddl.name),
+        Kind::View => !stmt.replace && stmt.target == name_parts(&ddl.name),
+        _ => stmt.target == name_parts(&ddl.name),
+    };
+    if fits {
+        Ok(stmt)
+    } else {
+        Err(format!(
+            "not a statement that makes {} {}",
+            ddl.kind.label(),
+            ddl.name
+        ))
+    }
+}
+
+/// The parts of a qualified name as PostgreSQL prints it (`public."Order"`, a function's
+/// `public.f(integer)` up to its arguments): quotes taken off.
+pub fn name_parts(name: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = name.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                if let Some(p) = parts.last_mut() {
+                    p.push('"')
+                }
+            }
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(String::new()),
+            '(' if !quoted => break,
+            c => {
+                if let Some(p) = parts.last_mut() {
+                    p.push(c)
+                }
+            }
+        }
+    }
+    parts
 }
 
 /// The statement that moves a sequence as `ddl` (a [`Kind::SequenceValue`] from another node)
@@ -519,4 +572,23 @@ pub fn existing(ddl: &Ddl) -> crate::pg::error::Result<Option<String>> {
         .into_iter()
         .next()
         .map(|d| d.sql))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_parts;
+
+    #[test]
+    fn a_printed_name_comes_apart_without_its_quotes() {
+        assert_eq!(name_parts("public.orders"), ["public", "orders"]);
+        assert_eq!(
+            name_parts(r#"public."Odd ""name"".x""#),
+            ["public", r#"Odd "name".x"#]
+        );
+        assert_eq!(
+            name_parts("public.total_of(integer, text)"),
+            ["public", "total_of"]
+        );
+        assert_eq!(name_parts(r#""a(b".c"#), ["a(b", "c"]);
+    }
 }

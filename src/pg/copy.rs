@@ -27,25 +27,10 @@ const TRAILER: &[u8] = &[0xff, 0xff];
 impl Format {
     /// Binary when every type's binary form is read the same by another database: built-in
     /// types (and arrays of them, ranges of them), enums (sent as their label) and domains over
-    /// those. A composite's or an array's binary form names its members' types by OID, which
-    /// differs between databases for a type made there, so those travel as text.
+    /// those, each with a send and a receive function. A composite's or an array's binary form
+    /// names its members' types by OID, which differs between databases for a type made there,
+    /// and so does the value of an OID alias type (regclass, regtype, …): those travel as text.
     pub fn for_types(types: &[pg_sys::Oid]) -> Format {
-        let portable = |t: pg_sys::Oid| {
-            // SAFETY: getBaseType and get_typtype read the type cache for a type of a
-            // column that exists (an unknown one raises an ERROR); get_element_type returns
-            // InvalidOid for a type that is not an array.
-            unsafe {
-                let base = pg_sys::getBaseType(t);
-                let kind = pg_sys::get_typtype(base) as u8;
-                if kind == b'e' {
-                    return true;
-                }
-                let elem = pg_sys::get_element_type(base);
-                u32::from(base) < pg_sys::FirstNormalObjectId
-                    && matches!(kind, b'b' | b'r' | b'm')
-                    && (elem == pg_sys::InvalidOid || u32::from(elem) < pg_sys::FirstNormalObjectId)
-            }
-        };
         if types.iter().all(|&t| portable(t)) {
             Format::Binary
         } else {
@@ -54,18 +39,96 @@ impl Format {
     }
 }
 
+/// The OID alias types: their binary form is the OID itself, their text the object's name.
+const OID_ALIASES: [pg_sys::Oid; 11] = [
+    pg_sys::REGPROCOID,
+    pg_sys::REGPROCEDUREOID,
+    pg_sys::REGOPEROID,
+    pg_sys::REGOPERATOROID,
+    pg_sys::REGCLASSOID,
+    pg_sys::REGTYPEOID,
+    pg_sys::REGCONFIGOID,
+    pg_sys::REGDICTIONARYOID,
+    pg_sys::REGNAMESPACEOID,
+    pg_sys::REGROLEOID,
+    pg_sys::REGCOLLATIONOID,
+];
+
+/// Does a value of type `t` mean the same in binary in another database? (See
+/// [`Format::for_types`].)
+fn portable(t: pg_sys::Oid) -> bool {
+    let has_io = |typid: pg_sys::Oid| {
+        [
+            pg_sys::IOFuncSelector::IOFunc_send,
+            pg_sys::IOFuncSelector::IOFunc_receive,
+        ]
+        .iter()
+        .all(|&which| {
+            let (mut len, mut byval, mut align, mut delim) =
+                (0i16, false, 0 as std::ffi::c_char, 0 as std::ffi::c_char);
+            let (mut ioparam, mut func) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+            // SAFETY: get_type_io_data only fills the locals for an existing type (a column's),
+            // with InvalidOid for a function the type does not have.
+            unsafe {
+                pg_sys::get_type_io_data(
+                    typid,
+                    which,
+                    &mut len,
+                    &mut byval,
+                    &mut align,
+                    &mut delim,
+                    &mut ioparam,
+                    &mut func,
+                )
+            };
+            func != pg_sys::InvalidOid
+        })
+    };
+    // SAFETY: getBaseType and get_typtype read the type cache for an existing type (an
+    // unknown one raises an ERROR); get_element_type returns InvalidOid for a type that is
+    // not an array.
+    let (base, kind, elem) = unsafe {
+        let base = pg_sys::getBaseType(t);
+        (
+            base,
+            pg_sys::get_typtype(base) as u8,
+            pg_sys::get_element_type(base),
+        )
+    };
+    if !has_io(t) || !has_io(base) {
+        return false;
+    }
+    if kind == b'e' {
+        return true;
+    }
+    let built_in = |typid: pg_sys::Oid| {
+        u32::from(typid) < pg_sys::FirstNormalObjectId && !OID_ALIASES.contains(&typid)
+    };
+    built_in(base)
+        && matches!(kind, b'b' | b'r' | b'm')
+        && (elem == pg_sys::InvalidOid || built_in(elem))
+}
+
 #[derive(thiserror::Error, Debug)]
 pub enum CopyError {
     #[error("rows cannot be copied into a table whose row-level security applies to its owner")]
     RowSecurity,
+    #[error("COPY ended before the end of a batch of rows")]
+    Unread,
 }
 
 impl crate::pg::error::SqlError for CopyError {
     fn sqlstate(&self) -> PgSqlErrorCode {
-        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED
+        match self {
+            CopyError::RowSecurity => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            CopyError::Unread => PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+        }
     }
     fn hint(&self) -> Option<String> {
-        Some("Copy its rows by hand, or ALTER TABLE … NO FORCE ROW LEVEL SECURITY while they are copied.".into())
+        Some(match self {
+            CopyError::RowSecurity => "Copy its rows by hand, or ALTER TABLE … NO FORCE ROW LEVEL SECURITY while they are copied.".into(),
+            CopyError::Unread => "The batch is not well formed: the two nodes may run different synclink versions.".into(),
+        })
     }
 }
 
@@ -98,55 +161,74 @@ impl Default for Writer {
 }
 
 impl Writer {
-    /// Fetch up to `limit` rows from the open cursor `cursor` and write them; None when it
-    /// has no rows left.
-    pub fn next(&mut self, cursor: &str, limit: i64) -> Option<Batch> {
+    /// Fetch up to `limit` rows from the open cursor `cursor`, or as many as weigh
+    /// `max_bytes` (at least one), and write them; None when it has no rows left.
+    pub fn next(&mut self, cursor: &str, limit: i64, max_bytes: usize) -> Option<Batch> {
+        const CHUNK: i64 = 1_000;
         let name = CString::new(cursor).unwrap_or_default();
+        let mut data = Vec::new();
+        let mut rows = 0usize;
         Spi::connect(|_| {
             // SAFETY: inside this SPI connection, SPI_cursor_find returns the portal of that
-            // name or NULL (checked); SPI_cursor_fetch leaves the rows in SPI_tuptable, read
-            // at once into locals, valid until the connection ends.
-            let (table, count) = unsafe {
-                let portal = pg_sys::SPI_cursor_find(name.as_ptr());
-                if portal.is_null() {
-                    return None;
+            // name or NULL (checked).
+            let portal = unsafe { pg_sys::SPI_cursor_find(name.as_ptr()) };
+            if portal.is_null() {
+                return;
+            }
+            while (rows as i64) < limit && data.len() < max_bytes {
+                let want = (limit - rows as i64).min(CHUNK);
+                // SAFETY: SPI_cursor_fetch leaves the rows in SPI_tuptable, read at once
+                // into locals; the table is freed below, once its rows are written.
+                let (table, count) = unsafe {
+                    pg_sys::SPI_cursor_fetch(portal, true, want as std::ffi::c_long);
+                    (pg_sys::SPI_tuptable, pg_sys::SPI_processed as usize)
+                };
+                if count == 0 || table.is_null() {
+                    break;
                 }
-                pg_sys::SPI_cursor_fetch(portal, true, limit as std::ffi::c_long);
-                (pg_sys::SPI_tuptable, pg_sys::SPI_processed as usize)
-            };
-            if count == 0 || table.is_null() {
-                return None;
-            }
-            // SAFETY: `table` is the tuple table just fetched, with `count` rows and its
-            // descriptor.
-            let desc = unsafe { (*table).tupdesc };
-            let natts = unsafe { (*desc).natts } as usize;
-            if self.functions.is_empty() {
-                self.look_up(desc, natts);
-            }
-            let mut values = vec![pg_sys::Datum::from(0usize); natts];
-            let mut nulls = vec![false; natts];
-            let mut data = Vec::with_capacity(count * 64);
-            if self.format == Format::Binary {
-                data.extend_from_slice(HEADER);
-            }
-            for i in 0..count {
-                // SAFETY: i < count rows of the table; heap_deform_tuple fills exactly natts
-                // values and flags, which the two vectors hold.
-                unsafe {
-                    let tuple = *(*table).vals.add(i);
-                    pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                // SAFETY: `table` is the tuple table just fetched, with its descriptor.
+                let (desc, natts) =
+                    unsafe { ((*table).tupdesc, (*(*table).tupdesc).natts as usize) };
+                if self.functions.is_empty() {
+                    self.look_up(desc, natts);
+                    if self.format == Format::Binary {
+                        data.extend_from_slice(HEADER);
+                    }
                 }
-                self.write_row(&values, &nulls, &mut data);
+                let mut values = vec![pg_sys::Datum::from(0usize); natts];
+                let mut nulls = vec![false; natts];
+                for i in 0..count {
+                    // SAFETY: i < count rows of the table; heap_deform_tuple fills exactly
+                    // natts values and flags, which the two vectors hold.
+                    unsafe {
+                        let tuple = *(*table).vals.add(i);
+                        pg_sys::heap_deform_tuple(
+                            tuple,
+                            desc,
+                            values.as_mut_ptr(),
+                            nulls.as_mut_ptr(),
+                        );
+                    }
+                    self.write_row(&values, &nulls, &mut data);
+                }
+                rows += count;
+                // SAFETY: the table came from this connection's fetch and is not read again.
+                unsafe { pg_sys::SPI_freetuptable(table) };
+                if (count as i64) < want {
+                    break;
+                }
             }
-            if self.format == Format::Binary {
-                data.extend_from_slice(TRAILER);
-            }
-            Some(Batch {
-                data,
-                rows: count,
-                format: self.format,
-            })
+        });
+        if rows == 0 {
+            return None;
+        }
+        if self.format == Format::Binary {
+            data.extend_from_slice(TRAILER);
+        }
+        Some(Batch {
+            data,
+            rows,
+            format: self.format,
         })
     }
 
@@ -231,8 +313,9 @@ impl Writer {
     }
 }
 
-/// The byte range of each row of a batch, to send a part of it again.
-pub fn rows_of(format: Format, data: &[u8]) -> Vec<(usize, usize)> {
+/// The byte range of each row of a batch, to send a part of it again; None for a batch that
+/// is not well formed (a field running past its end, text not ending a row).
+pub fn rows_of(format: Format, data: &[u8]) -> Option<Vec<(usize, usize)>> {
     let mut rows = Vec::new();
     match format {
         Format::Text => {
@@ -243,8 +326,14 @@ pub fn rows_of(format: Format, data: &[u8]) -> Vec<(usize, usize)> {
                     start = i + 1;
                 }
             }
+            if start != data.len() {
+                return None;
+            }
         }
         Format::Binary => {
+            if !data.starts_with(HEADER) || !data.ends_with(TRAILER) {
+                return None;
+            }
             let be16 = |at: usize| {
                 data.get(at..at + 2)
                     .map(|b| i16::from_be_bytes([b[0], b[1]]))
@@ -254,26 +343,38 @@ pub fn rows_of(format: Format, data: &[u8]) -> Vec<(usize, usize)> {
                     .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
             };
             let mut at = HEADER.len();
-            while let Some(fields) = be16(at).filter(|n| *n >= 0) {
+            loop {
+                let fields = be16(at)?;
+                if fields < 0 {
+                    break;
+                }
                 let start = at;
                 at += 2;
                 for _ in 0..fields {
-                    let Some(len) = be32(at) else { return rows };
+                    let len = be32(at)?;
                     at += 4 + usize::try_from(len).unwrap_or(0);
+                    if at > data.len() {
+                        return None;
+                    }
                 }
                 rows.push((start, at));
             }
+            if at + TRAILER.len() != data.len() {
+                return None;
+            }
         }
     }
-    rows
+    Some(rows)
 }
 
 /// The rows `lo..=hi` (from 1) of a batch, as a batch of their own.
 pub fn part(format: Format, data: &[u8], rows: &[(usize, usize)], lo: usize, hi: usize) -> Vec<u8> {
-    let (Some(first), Some(last)) = (rows.get(lo - 1), rows.get(hi - 1)) else {
-        return Vec::new();
-    };
-    let body = &data[first.0..last.1];
+    let body = lo
+        .checked_sub(1)
+        .and_then(|l| rows.get(l))
+        .zip(hi.checked_sub(1).and_then(|h| rows.get(h)))
+        .and_then(|(first, last)| data.get(first.0..last.1))
+        .unwrap_or_default();
     match format {
         Format::Text => body.to_vec(),
         Format::Binary => [HEADER, body, TRAILER].concat(),
@@ -392,14 +493,15 @@ pub fn copy_from(
     if rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
         return Err(CopyError::RowSecurity);
     }
-    struct Done;
+    // What an outer COPY of this backend was reading (a default or check of the table may
+    // copy too), put back afterwards.
+    struct Done((*const u8, usize));
     impl Drop for Done {
         fn drop(&mut self) {
-            FEED.with(|f| f.set((std::ptr::null(), 0)));
+            FEED.with(|f| f.set(self.0));
         }
     }
-    let _done = Done;
-    FEED.with(|f| f.set((data.as_ptr(), data.len())));
+    let _done = Done(FEED.with(|f| f.replace((data.as_ptr(), data.len()))));
     let encoding = CString::new(encoding).unwrap_or_default();
     // A binary value's text (textrecv) is converted from the client encoding: the batch's.
     crate::pg::plan::with_settings(&[(c"client_encoding", encoding.as_c_str())], || {
@@ -410,6 +512,9 @@ pub fn copy_from(
         // SAFETY: as above; the option and column lists are nodes palloc'd here, and `feed`
         // reads the batch, which outlives the COPY.
         unsafe {
+            // COPY's and its executor's memory go in the (sub)transaction's own context, which
+            // its abort frees: a batch refused and halved does not leave them behind.
+            let caller = pg_sys::MemoryContextSwitchTo(pg_sys::CurTransactionContext);
             let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
             let rel = pg_sys::table_open(relid, lock);
             let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
@@ -468,6 +573,11 @@ pub fn copy_from(
             pg_sys::EndCopyFrom(cstate);
             pg_sys::free_parsestate(pstate);
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::MemoryContextSwitchTo(caller);
+            // COPY stops at the binary trailer, or where the data ends: all of it must be read.
+            if FEED.with(|f| f.get().1) != 0 {
+                return Err(CopyError::Unread);
+            }
             Ok(copied)
         }
     })
@@ -484,7 +594,7 @@ mod tests {
         data.extend_from_slice(&[0, 2, 0, 0, 0, 1, b'1', 0xff, 0xff, 0xff, 0xff]);
         data.extend_from_slice(&[0, 2, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 1, b'c']);
         data.extend_from_slice(TRAILER);
-        let rows = rows_of(Format::Binary, &data);
+        let rows = rows_of(Format::Binary, &data).unwrap();
         assert_eq!(rows.len(), 2);
         let second = part(Format::Binary, &data, &rows, 2, 2);
         assert_eq!(
@@ -496,13 +606,23 @@ mod tests {
             ]
             .concat()
         );
-        assert_eq!(rows_of(Format::Binary, &second).len(), 1);
+        assert_eq!(rows_of(Format::Binary, &second).unwrap().len(), 1);
+        // a field running past the end, a missing trailer, text not ending a row
+        let mut cut = second.clone();
+        cut.truncate(cut.len() - 3);
+        assert_eq!(rows_of(Format::Binary, &cut), None);
+        let mut long = HEADER.to_vec();
+        long.extend_from_slice(&[0, 1, 0x7f, 0xff, 0xff, 0xff, b'x']);
+        long.extend_from_slice(TRAILER);
+        assert_eq!(rows_of(Format::Binary, &long), None);
+        assert_eq!(rows_of(Format::Text, b"1\t2\n3"), None);
+        assert_eq!(part(Format::Text, b"1\n", &[(0, 2)], 2, 3), b"");
     }
 
     #[test]
     fn rows_of_a_text_batch_end_at_unescaped_newlines() {
         let data = b"1\ta\\nb\n2\t\\N\n";
-        let rows = rows_of(Format::Text, data);
+        let rows = rows_of(Format::Text, data).unwrap();
         assert_eq!(rows, vec![(0, 7), (7, 12)]);
         assert_eq!(part(Format::Text, data, &rows, 2, 2), b"2\t\\N\n");
     }

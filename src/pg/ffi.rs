@@ -119,28 +119,203 @@ pub fn wake_backend(pid: i32) {
     }
 }
 
-/// The node tags of the statements `sql` holds, as the parser reads them; None when it does not
-/// parse.
-pub fn statement_tags(sql: &str) -> Option<Vec<pg_sys::NodeTag>> {
+/// What one statement makes or changes, as the parser reads it (names as written, without
+/// looking anything up).
+#[derive(Debug, Default, PartialEq)]
+pub struct Statement {
+    pub tag: Option<pg_sys::NodeTag>,
+    /// the object it makes or changes: its name's parts (schema, name)
+    pub target: Vec<String>,
+    /// the table an index, a trigger or a constraint is on
+    pub on: Vec<String>,
+    /// a constraint's or a trigger's own name
+    pub member: Option<String>,
+    /// CREATE OR REPLACE
+    pub replace: bool,
+    /// a function that runs as its owner (SECURITY DEFINER)
+    pub definer: bool,
+    /// ALTER TABLE that only adds constraints
+    pub adds_only: bool,
+    /// CREATE TABLE … INHERITS, PARTITION OF or OF a type
+    pub derived: bool,
+}
+
+/// The one statement `sql` holds; None when it holds another number of statements or does
+/// not parse.
+pub fn statement(sql: &str) -> Option<Statement> {
     let text = std::ffi::CString::new(sql).ok()?;
     crate::pg::subxact::run(|| {
         // SAFETY: raw_parser reads the NUL-terminated text (raising an ERROR, caught above,
         // when it does not parse) and returns a List of RawStmt nodes in the current memory
-        // context, each read once here.
+        // context; each node is read as the struct its tag says it is.
         unsafe {
             let list = pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
-            if list.is_null() {
-                return Vec::new();
+            if list.is_null() || (*list).length != 1 {
+                return None;
             }
-            (0..(*list).length as usize)
-                .map(|i| {
-                    let raw = (*(*list).elements.add(i))
-                        .ptr_value
-                        .cast::<pg_sys::RawStmt>();
-                    (*(*raw).stmt).type_
-                })
-                .collect()
+            let raw = (*(*list).elements).ptr_value.cast::<pg_sys::RawStmt>();
+            Some(read_statement((*raw).stmt))
         }
     })
     .ok()
+    .flatten()
+}
+
+/// The parts of a RangeVar's name.
+///
+/// # Safety
+/// `rv` is NULL or a RangeVar node.
+// SAFETY: (to call) `rv` is NULL or a RangeVar node.
+unsafe fn range_var(rv: *const pg_sys::RangeVar) -> Vec<String> {
+    if rv.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the caller's promise; the names are NULL or NUL-terminated strings.
+    unsafe {
+        [(*rv).schemaname, (*rv).relname]
+            .iter()
+            .filter(|p| !p.is_null())
+            .map(|p| c_text(*p))
+            .collect()
+    }
+}
+
+/// The strings of a List of String nodes (a qualified name).
+///
+/// # Safety
+/// `list` is NULL or a List of String nodes.
+// SAFETY: (to call) `list` is NULL or a List of String nodes.
+unsafe fn name_list(list: *const pg_sys::List) -> Vec<String> {
+    // SAFETY: the caller's promise.
+    unsafe {
+        nodes(list)
+            .map(|n| c_text((*n.cast::<pg_sys::String>()).sval))
+            .collect()
+    }
+}
+
+/// The nodes of a List.
+///
+/// # Safety
+/// `list` is NULL or a List of pointers.
+// SAFETY: (to call) `list` is NULL or a List of pointers.
+unsafe fn nodes(list: *const pg_sys::List) -> impl Iterator<Item = *mut pg_sys::Node> {
+    // SAFETY: the caller's promise: a List has `length` elements.
+    let n = if list.is_null() {
+        0
+    } else {
+        (unsafe { (*list).length }) as usize
+    };
+    (0..n).map(move |i| {
+        // SAFETY: i < length elements of the caller's List, each a pointer.
+        unsafe { (*(*list).elements.add(i)).ptr_value.cast::<pg_sys::Node>() }
+    })
+}
+
+/// A C string's text.
+///
+/// # Safety
+/// `p` is NULL or NUL-terminated.
+// SAFETY: (to call) `p` is NULL or NUL-terminated.
+unsafe fn c_text(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the caller's promise.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// # Safety
+/// `node` is a parse node whose tag says what struct it is.
+// SAFETY: (to call) `node` is a parse node whose tag says what struct it is.
+unsafe fn read_statement(node: *const pg_sys::Node) -> Statement {
+    use pg_sys::NodeTag::*;
+    // SAFETY: each branch reads the node as the struct of its tag.
+    unsafe {
+        let tag = (*node).type_;
+        let mut s = Statement {
+            tag: Some(tag),
+            ..Statement::default()
+        };
+        match tag {
+            T_CreateStmt => {
+                let n = node.cast::<pg_sys::CreateStmt>();
+                s.target = range_var((*n).relation);
+                s.derived = !(*n).inhRelations.is_null()
+                    || !(*n).partbound.is_null()
+                    || !(*n).ofTypename.is_null();
+            }
+            T_IndexStmt => {
+                let n = node.cast::<pg_sys::IndexStmt>();
+                s.on = range_var((*n).relation);
+                s.target =
+                    s.on.iter()
+                        .take(s.on.len().saturating_sub(1))
+                        .cloned()
+                        .collect();
+                s.target.push(c_text((*n).idxname));
+            }
+            T_CreateTrigStmt => {
+                let n = node.cast::<pg_sys::CreateTrigStmt>();
+                s.on = range_var((*n).relation);
+                s.member = Some(c_text((*n).trigname));
+                s.replace = (*n).replace;
+            }
+            T_AlterTableStmt => {
+                let n = node.cast::<pg_sys::AlterTableStmt>();
+                s.on = range_var((*n).relation);
+                let mut names = Vec::new();
+                s.adds_only = nodes((*n).cmds).all(|c| {
+                    let c = c.cast::<pg_sys::AlterTableCmd>();
+                    let adds = (*c).subtype == pg_sys::AlterTableType::AT_AddConstraint
+                        && !(*c).def.is_null()
+                        && (*(*c).def).type_ == T_Constraint;
+                    if adds {
+                        names.push(c_text((*(*c).def.cast::<pg_sys::Constraint>()).conname));
+                    }
+                    adds
+                });
+                if let [one] = names.as_slice() {
+                    s.member = Some(one.clone());
+                }
+            }
+            T_ViewStmt => {
+                let n = node.cast::<pg_sys::ViewStmt>();
+                s.target = range_var((*n).view);
+                s.replace = (*n).replace;
+            }
+            T_CreateFunctionStmt => {
+                let n = node.cast::<pg_sys::CreateFunctionStmt>();
+                s.target = name_list((*n).funcname);
+                s.replace = (*n).replace;
+                s.definer = nodes((*n).options).any(|o| {
+                    let d = o.cast::<pg_sys::DefElem>();
+                    c_text((*d).defname) == "security"
+                        && !(*d).arg.is_null()
+                        && (*(*d).arg).type_ == T_Boolean
+                        && (*(*d).arg.cast::<pg_sys::Boolean>()).boolval
+                });
+            }
+            T_CreateSeqStmt => {
+                s.target = range_var((*node.cast::<pg_sys::CreateSeqStmt>()).sequence)
+            }
+            T_AlterSeqStmt => s.target = range_var((*node.cast::<pg_sys::AlterSeqStmt>()).sequence),
+            T_CreateEnumStmt => {
+                s.target = name_list((*node.cast::<pg_sys::CreateEnumStmt>()).typeName)
+            }
+            T_CreateRangeStmt => {
+                s.target = name_list((*node.cast::<pg_sys::CreateRangeStmt>()).typeName)
+            }
+            T_CreateDomainStmt => {
+                s.target = name_list((*node.cast::<pg_sys::CreateDomainStmt>()).domainname)
+            }
+            T_CompositeTypeStmt => {
+                s.target = range_var((*node.cast::<pg_sys::CompositeTypeStmt>()).typevar)
+            }
+            _ => {}
+        }
+        s
+    }
 }

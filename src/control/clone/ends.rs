@@ -62,8 +62,14 @@ impl Ends<'_> {
         }
     }
 
-    /// Make `objects` at the target: what became of each.
-    pub fn make(&self, objects: Vec<Ddl>) -> Result<Vec<(Ddl, ObjectOutcome)>> {
+    /// Make `objects` at the target: what became of each. Made here from the peer's
+    /// definitions, a key, index or trigger goes only on a table of `made_here`, the tables
+    /// this clone made.
+    pub fn make(
+        &self,
+        objects: Vec<Ddl>,
+        made_here: &[String],
+    ) -> Result<Vec<(Ddl, ObjectOutcome)>> {
         if objects.is_empty() {
             return Ok(Vec::new());
         }
@@ -74,9 +80,11 @@ impl Ends<'_> {
                     objects: objects.clone(),
                 },
             )?,
-            Ends::FromPeer(_) => {
-                target::make_objects(objects.clone(), crate::pg::privilege::current_role())?
-            }
+            Ends::FromPeer(_) => target::make_objects(
+                objects.clone(),
+                crate::pg::privilege::current_role(),
+                Some(made_here),
+            )?,
         };
         Ok(objects.into_iter().zip(outcomes).collect())
     }
@@ -128,6 +136,15 @@ impl Ends<'_> {
                     None,
                     true,
                 )?;
+                // rows only for the table asked for
+                let table = match &reply {
+                    Some(Outgoing::Copy(req)) => Some(&req.table),
+                    Some(Outgoing::Rows(req, _)) => Some(&req.table),
+                    None => None,
+                };
+                if table.is_some_and(|t| *t != chosen.table) {
+                    return Err(crate::rpc::RpcError::BadReply(peer.name.clone()).into());
+                }
                 Ok(reply.map(|out| (out, data.unwrap_or_default())))
             }
         }

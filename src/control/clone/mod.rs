@@ -181,7 +181,7 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
             (What::Tables, &plan.sequence_owners),
         ],
     );
-    for (ddl, outcome) in ends.make(first)? {
+    for (ddl, outcome) in ends.make(first, &[])? {
         if quiet(ddl.kind) && outcome.action != "failed" {
             continue;
         }
@@ -248,7 +248,7 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
             (What::Triggers, &plan.triggers),
         ],
     );
-    for (ddl, outcome) in ends.make(rest)? {
+    for (ddl, outcome) in ends.make(rest, &fresh)? {
         if quiet(ddl.kind) && outcome.action != "failed" {
             continue;
         }
@@ -265,9 +265,6 @@ struct Copied {
     skipped: Option<String>,
 }
 
-/// What a batch in COPY's format should weigh: enough that a request's round trip is small
-/// next to the rows it carries.
-const BULK_BYTES: usize = 8 << 20;
 /// How often a long table's copy says how far it got (synclink.clone_progress_interval).
 static PROGRESS_EVERY_MS: pgrx::GucSetting<i32> = pgrx::GucSetting::<i32>::new(10_000);
 
@@ -333,7 +330,7 @@ fn copy(ends: &Ends, peer: &str, chosen: &Chosen, made: bool) -> Result<Copied> 
             ));
         }
         let per_row = (bytes / rows.max(1)).max(1);
-        limit = (BULK_BYTES / per_row).clamp(100, 200_000) as i64;
+        limit = (rows::BULK_BYTES / per_row).clamp(100, 200_000) as i64;
     }
     notice(&format!(
         "sync_clone: {} rows of {} copied {} peer \"{peer}\" in {:.2} s{}{}",

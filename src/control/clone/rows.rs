@@ -16,6 +16,9 @@ use pgrx::prelude::*;
 /// Rows sent in one request at most, and the text they may weigh.
 const BATCH_ROWS: usize = 5_000;
 const BATCH_BYTES: usize = 4 << 20;
+/// What a batch in COPY's format weighs at most (but for one row that weighs more): enough
+/// that a request's round trip is small next to the rows it carries.
+pub const BULK_BYTES: usize = 8 << 20;
 
 /// Where one table's rows are read from, and how many of them are there because copied rows
 /// reference them.
@@ -285,7 +288,7 @@ pub fn read(
             &[(c"client_encoding", client_encoding.as_c_str())],
             || {
                 crate::data::wire::compared(|| {
-                    crate::pg::copy::Writer::default().next(&cursor, limit)
+                    crate::pg::copy::Writer::default().next(&cursor, limit, BULK_BYTES)
                 })
             },
         );

@@ -89,8 +89,15 @@ fn difference(here: &str, sent: &str) -> String {
 /// (differs, left alone). Functions are made without checking their bodies (as a restore
 /// does: what they use may come later); a function or view that needs an object made after it
 /// (a table's row type, another view) is tried again once the others are made. A sequence is
-/// given to its column only when it was made here now.
-pub fn make_objects(objects: Vec<Ddl>, role: pg_sys::Oid) -> Result<Vec<ObjectOutcome>> {
+/// given to its column only when it was made here now. A definition is run only if it is one
+/// statement that makes what it says (see `refused_here` for the rest); `made_here` (for a
+/// clone of the peer made by the caller here) the tables made by this clone, the only ones
+/// that get keys, indexes and triggers.
+pub fn make_objects(
+    objects: Vec<Ddl>,
+    role: pg_sys::Oid,
+    made_here: Option<&[String]>,
+) -> Result<Vec<ObjectOutcome>> {
     let role_name = crate::pg::privilege::role_name(role);
     let mut outcomes: Vec<Option<ObjectOutcome>> = vec![None; objects.len()];
     let mut pending: Vec<usize> = (0..objects.len()).collect();
@@ -124,32 +131,42 @@ pub fn make_objects(objects: Vec<Ddl>, role: pg_sys::Oid) -> Result<Vec<ObjectOu
                 });
                 continue;
             }
-            if let Some(owner) = object.runs_as.as_deref().filter(|o| *o != role_name) {
-                outcomes[i] = Some(outcome(
-                    "failed",
-                    Some(format!(
-                        "a SECURITY DEFINER function, which runs as its owner: made here by role {} it would run as that role, not as {owner}; make it here by hand as {owner} — {}",
-                        role_name,
-                        object.sql
-                    )),
-                ));
+            // Only what the statement's kind makes is run (a sequence's move is made here from
+            // its parts): see definition::fits.
+            let statement = if object.kind == Kind::SequenceValue {
+                None
+            } else {
+                match definition::fits(object) {
+                    Ok(stmt) => Some(stmt),
+                    Err(why) => {
+                        outcomes[i] = Some(outcome(
+                            "failed",
+                            Some(format!("{why}: not run — {}", object.sql)),
+                        ));
+                        continue;
+                    }
+                }
+            };
+            if let Some(why) = statement
+                .as_ref()
+                .and_then(|stmt| refused_here(object, stmt, &role_name, made_here))
+            {
+                outcomes[i] = Some(outcome("failed", Some(format!("{why} — {}", object.sql))));
                 continue;
             }
-            // Only what the statement's kind makes is run: a sequence's move is made here from
-            // its parts, any other statement must be one statement of its kind.
             let run = || -> std::result::Result<(), Refusal> {
                 if object.kind == Kind::SequenceValue {
                     return match definition::sequence_move(object) {
                         Ok(Some((sql, args))) => run_with(role, &sql, args),
-                        Ok(None) => Err(not_a_definition()),
+                        Ok(None) => Err(Refusal {
+                            sqlstate: PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+                            message: "a sequence's move that does not say what it is made of (sent by a synclink older than 0.7.0?): not run".into(),
+                        }),
                         Err(e) => Err(Refusal {
                             sqlstate: e.sqlstate(),
                             message: e.to_string(),
                         }),
                     };
-                }
-                if !definition::fits(object.kind, &object.sql) {
-                    return Err(not_a_definition());
                 }
                 run_as(role, &object.sql)
             };
@@ -187,12 +204,44 @@ pub fn make_objects(objects: Vec<Ddl>, role: pg_sys::Oid) -> Result<Vec<ObjectOu
         .collect())
 }
 
-/// A statement that is not what its kind makes: never run.
-fn not_a_definition() -> Refusal {
-    Refusal {
-        sqlstate: PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
-        message: "not one statement of the kind it is said to make: not run".into(),
+/// Why a definition that fits its kind is still not made here, if it is not: a SECURITY
+/// DEFINER function that would run as another role than its owner at the source (or, made by
+/// the caller of a clone from the peer, as the caller); and, in a clone from the peer, a key,
+/// index or trigger on a table this clone did not make (`made_here`: the tables it made).
+fn refused_here(
+    object: &Ddl,
+    stmt: &crate::pg::ffi::Statement,
+    role_name: &str,
+    made_here: Option<&[String]>,
+) -> Option<String> {
+    if stmt.definer {
+        return match (made_here, object.runs_as.as_deref()) {
+            (Some(_), _) => Some(format!(
+                "a SECURITY DEFINER function from the peer, which would run as {role_name}: make it here by hand if it is meant to"
+            )),
+            (None, Some(owner)) if owner == role_name => None,
+            (None, owner) => Some(format!(
+                "a SECURITY DEFINER function, which runs as its owner: made here by role {role_name} it would run as that role, not as {}; make it here by hand as that role",
+                owner.unwrap_or("its owner at the source")
+            )),
+        };
     }
+    let made_here = made_here?;
+    if !matches!(
+        object.kind,
+        Kind::Key | Kind::ForeignKey | Kind::Index | Kind::Trigger
+    ) {
+        return None;
+    }
+    let made = made_here
+        .iter()
+        .any(|t| definition::name_parts(t) == stmt.on);
+    (!made).then(|| {
+        format!(
+            "on table {}, which this clone did not make: left as it is",
+            stmt.on.join(".")
+        )
+    })
 }
 
 fn outcome(action: &str, detail: Option<String>) -> ObjectOutcome {
@@ -218,7 +267,7 @@ fn waits_for_another(r: &Refusal) -> bool {
 /// halved until the rows that fail are found, each reported with its place and the error,
 /// the others inserted.
 pub fn take_rows(req: CloneRowsRequest, role: pg_sys::Oid) -> Result<CloneRowsReply> {
-    let (relid, table, columns) = match receiving(&req.table, &req.columns, role)? {
+    let (relid, table, columns) = match receiving(&req.table, &req.columns, role, false)? {
         Ok(found) => found,
         Err(why) => return Ok(skipped(why)),
     };
@@ -263,7 +312,7 @@ pub fn take_rows(req: CloneRowsRequest, role: pg_sys::Oid) -> Result<CloneRowsRe
 /// clone made (see [`crate::pg::copy`]): COPY FROM takes the batch whole, as the table's owner;
 /// a batch it refuses is halved until the rows it refuses are found.
 pub fn take_copy(req: CopyRowsRequest, payload: &[u8], role: pg_sys::Oid) -> Result<CopyRowsReply> {
-    let (relid, _, columns) = match receiving(&req.table, &req.columns, role)? {
+    let (relid, _, columns) = match receiving(&req.table, &req.columns, role, true)? {
         Ok(found) => found,
         Err(why) => {
             return Ok(CopyRowsReply {
@@ -278,9 +327,23 @@ pub fn take_copy(req: CopyRowsRequest, payload: &[u8], role: pg_sys::Oid) -> Res
         .map(|c| c.0.clone())
         .collect();
     let types = written_types(relid)?;
-    let bounds = crate::pg::copy::rows_of(req.format, payload);
-    if bounds.len() != usize::try_from(req.count).unwrap_or(0) {
-        return Err(crate::rpc::RpcError::BadRequest(CopyRowsRequest::ACTION.into()).into());
+    let bounds = crate::pg::copy::rows_of(req.format, payload)
+        .filter(|b| b.len() == usize::try_from(req.count).unwrap_or(0))
+        .ok_or_else(|| crate::rpc::RpcError::BadRequest(CopyRowsRequest::ACTION.into()))?;
+    // COPY passes by a table's rules (an INSERT would follow them)
+    let rules = crate::pg::spi::maybe_one::<bool>(
+        "SELECT c.relhasrules FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
+        &[relid.into()],
+    )?
+    .unwrap_or(false);
+    if rules {
+        return Ok(CopyRowsReply {
+            skipped: Some(format!(
+                "table {} has rules: its rows are not copied",
+                req.table
+            )),
+            ..CopyRowsReply::default()
+        });
     }
     let taken = halving(req.count, |lo, hi| {
         let part;
@@ -303,22 +366,25 @@ pub fn take_copy(req: CopyRowsRequest, payload: &[u8], role: pg_sys::Oid) -> Res
         .filter_map(|k| written.iter().position(|w| w == k))
         .map(|at| (at, types.get(at).copied().unwrap_or(pg_sys::InvalidOid)))
         .collect();
+    // (read as the table's owner: a domain's receive function runs its checks, the owner's code)
     let refused = taken
         .refused
         .into_iter()
         .map(|(at, error)| {
-            let row = usize::try_from(at - 1).ok().and_then(|i| bounds.get(i));
-            let values: Option<Vec<String>> = row.and_then(|(from, to)| {
-                key.iter()
-                    .map(|(position, typid)| {
-                        crate::pg::copy::field_text(
-                            req.format,
-                            &payload[*from..*to],
-                            *position,
-                            *typid,
-                        )
-                    })
-                    .collect()
+            let row = usize::try_from(at - 1)
+                .ok()
+                .and_then(|i| bounds.get(i))
+                .and_then(|(from, to)| payload.get(*from..*to));
+            let values: Option<Vec<String>> = row.and_then(|row| {
+                crate::pg::privilege::as_owner_of(relid, || {
+                    key.iter()
+                        .map(|(position, typid)| {
+                            crate::pg::copy::field_text(req.format, row, *position, *typid)
+                        })
+                        .collect()
+                })
+                .ok()
+                .flatten()
             });
             let shown = match values {
                 Some(values) if !key.is_empty() => {
@@ -347,6 +413,7 @@ fn receiving(
     name: &str,
     shape: &[(String, String)],
     role: pg_sys::Oid,
+    written_only: bool,
 ) -> Result<std::result::Result<Receiving, String>> {
     let here = crate::pg::spi::maybe_one::<pg_sys::Oid>(
         "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
@@ -369,6 +436,16 @@ fn receiving(
             crate::pg::privilege::role_name(role),
         )));
     }
+    // The rows go in as the owner, past the policies that would hold the role back.
+    // SAFETY: check_enable_rls reads the table's flags and the role's rights; with noError it
+    // raises for nothing.
+    let rls = unsafe { pg_sys::check_enable_rls(relid, role, true) };
+    if rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
+        return Ok(Err(format!(
+            "table {name} has row-level security for role {}: its rows are not copied",
+            crate::pg::privilege::role_name(role),
+        )));
+    }
     let table = crate::pg::spi::maybe_one::<String>(
         "SELECT $1::pg_catalog.regclass::text",
         &[relid.into()],
@@ -385,7 +462,7 @@ fn receiving(
         .filter(|c| !c.2)
         .map(|(n, t, _)| (n.clone(), t.clone()))
         .collect();
-    if mine != shape && written != shape {
+    if (if written_only { written } else { mine.clone() }) != shape {
         return Ok(Err(format!(
             "table {name} has other columns here: {}",
             mine.iter()
