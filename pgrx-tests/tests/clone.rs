@@ -1002,7 +1002,8 @@ fn sync_clone_checks_its_arguments() {
         assert!(h.contains(hint), "{sql}: {h}");
     }
     // a pattern that names nothing: a NOTICE, not an error; kinds may be named in the
-    // singular; a name without a schema is looked up along the caller's search path
+    // singular; a name without a schema is looked up along the caller's search path; a
+    // schema the peer lacks is made there
     a.batch_execute("CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY)")
         .unwrap();
     let (mut a2, said) = listening(&nodes.a);
@@ -1025,8 +1026,9 @@ fn sync_clone_checks_its_arguments() {
     assert_eq!(
         made,
         [
-            ("table", "app.t", "failed"),
-            ("key", "app.t.t_pkey", "failed")
+            ("schema", "app", "created"),
+            ("table", "app.t", "created"),
+            ("key", "app.t.t_pkey", "created")
         ],
         "{report:#?}"
     );

@@ -41,6 +41,7 @@ pub struct Ddl {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
+    Schema,
     Type,
     Sequence,
     Table,
@@ -59,6 +60,7 @@ pub enum Kind {
 impl Kind {
     pub fn label(self) -> &'static str {
         match self {
+            Kind::Schema => "schema",
             Kind::Type => "type",
             Kind::Sequence => "sequence",
             Kind::Table => "table",
@@ -144,6 +146,13 @@ SELECT t.oid::pg_catalog.regtype::text,
  ORDER BY u.n"#;
 
 /// CREATE SEQUENCE for the sequences `$1`, with their options.
+/// CREATE SCHEMA for the schemas `$1` (owned by the role that makes them).
+const SCHEMAS: &str = r#"
+SELECT pg_catalog.quote_ident(n.nspname), pg_catalog.format('CREATE SCHEMA %I', n.nspname), NULL::text, NULL::text
+  FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY u(oid, k)
+  JOIN pg_catalog.pg_namespace n ON n.oid = u.oid
+ ORDER BY u.k"#;
+
 const SEQUENCES: &str = r#"
 SELECT s.oid::pg_catalog.regclass::text,
        pg_catalog.format('CREATE SEQUENCE %s AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s CACHE %s%s',
@@ -277,6 +286,7 @@ SELECT pg_catalog.format('%s.%I', g.tgrelid::pg_catalog.regclass, g.tgname),
 /// The statements that make the objects `oids` of `kind` (in that order).
 pub fn statements(kind: Kind, oids: &[pg_sys::Oid]) -> crate::pg::error::Result<Vec<Ddl>> {
     let sql = match kind {
+        Kind::Schema => SCHEMAS,
         Kind::Type => TYPES,
         Kind::Sequence => SEQUENCES,
         Kind::Table => TABLES,
@@ -381,6 +391,7 @@ pub fn sequence_owners(made: Vec<Ddl>, owned: Vec<(pg_sys::Oid, String)>) -> Vec
 pub fn fits(ddl: &Ddl) -> std::result::Result<crate::pg::ffi::Statement, String> {
     use pg_sys::NodeTag::*;
     let allowed: &[pg_sys::NodeTag] = match ddl.kind {
+        Kind::Schema => &[T_CreateSchemaStmt],
         Kind::Type => &[
             T_CreateEnumStmt,
             T_CompositeTypeStmt,
@@ -409,7 +420,7 @@ pub fn fits(ddl: &Ddl) -> std::result::Result<crate::pg::ffi::Statement, String>
             stmt.adds_only && stmt.on == table && stmt.member == ddl.member
         }
         Kind::Trigger => !stmt.replace && stmt.on == table && stmt.member == ddl.member,
-        Kind::Table => !stmt.derived && stmt.target == name_parts(&ddl.name),
+        Kind::Table | Kind::Schema => !stmt.derived && stmt.target == name_parts(&ddl.name),
         Kind::View => !stmt.replace && stmt.target == name_parts(&ddl.name),
         _ => stmt.target == name_parts(&ddl.name),
     };
@@ -535,6 +546,10 @@ pub fn of_table(relid: pg_sys::Oid) -> crate::pg::error::Result<Vec<Ddl>> {
 /// there is one: what a statement from another node is compared with.
 pub fn existing(ddl: &Ddl) -> crate::pg::error::Result<Option<String>> {
     let lookup = match ddl.kind {
+        Kind::Schema => {
+            "SELECT n.oid FROM pg_catalog.pg_namespace n \
+              WHERE pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.=) $1"
+        }
         Kind::Type => "SELECT pg_catalog.to_regtype($1)::pg_catalog.oid",
         Kind::Function => "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid",
         Kind::Key | Kind::ForeignKey => {

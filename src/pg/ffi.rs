@@ -136,7 +136,8 @@ pub struct Statement {
     pub definer: bool,
     /// ALTER TABLE that only adds constraints
     pub adds_only: bool,
-    /// CREATE TABLE … INHERITS, PARTITION OF or OF a type
+    /// CREATE TABLE … INHERITS, PARTITION OF or OF a type; CREATE SCHEMA with statements of
+    /// its own or another owner
     pub derived: bool,
 }
 
@@ -297,6 +298,11 @@ unsafe fn read_statement(node: *const pg_sys::Node) -> Statement {
                         && (*(*d).arg).type_ == T_Boolean
                         && (*(*d).arg.cast::<pg_sys::Boolean>()).boolval
                 });
+            }
+            T_CreateSchemaStmt => {
+                let n = node.cast::<pg_sys::CreateSchemaStmt>();
+                s.target = vec![c_text((*n).schemaname)];
+                s.derived = !(*n).schemaElts.is_null() || !(*n).authrole.is_null();
             }
             T_CreateSeqStmt => {
                 s.target = range_var((*node.cast::<pg_sys::CreateSeqStmt>()).sequence)

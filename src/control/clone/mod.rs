@@ -174,6 +174,7 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
     let first = asked(
         &has,
         [
+            (What::Tables, &plan.schemas),
             (What::Types, &plan.types),
             (What::Functions, &plan.functions),
             (What::Sequences, &plan.sequences),
@@ -182,7 +183,9 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
         ],
     );
     for (ddl, outcome) in ends.make(first, &[])? {
-        if quiet(ddl.kind) && outcome.action != "failed" {
+        if quiet(ddl.kind) && outcome.action != "failed"
+            || ddl.kind == Kind::Schema && outcome.action == "exists"
+        {
             continue;
         }
         if ddl.kind == Kind::Table {

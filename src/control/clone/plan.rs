@@ -14,6 +14,9 @@ use pgrx::prelude::*;
 pub struct Plan {
     /// the tables, by their names at the source
     pub table_names: Vec<String>,
+    /// the schemas of the tables, types, functions and views (made where missing)
+    #[serde(default)]
+    pub schemas: Vec<Ddl>,
     pub types: Vec<Ddl>,
     pub sequences: Vec<Ddl>,
     pub tables: Vec<Ddl>,
@@ -182,7 +185,18 @@ pub fn plan(patterns: Option<&[String]>, path: &[pg_sys::Oid]) -> Result<Plan> {
         &schemas,
     )?;
     let sequence_values = sequence_values(&sequences, &tables)?;
+    let namespaces = column::<pg_sys::Oid>(
+        &format!(
+            "SELECT n.oid FROM pg_catalog.pg_namespace n \
+              WHERE (n.oid = ANY ($1) OR n.oid IN (SELECT t.typnamespace FROM pg_catalog.pg_type t WHERE t.oid = ANY ($2)) \
+                     OR n.oid IN (SELECT c.relnamespace FROM pg_catalog.pg_class c WHERE c.oid = ANY ($3))) \
+                AND n.oid NOT IN {OUTSIDE} \
+              ORDER BY n.nspname"
+        ),
+        &[schemas.clone().into(), types.clone().into(), tables.clone().into()],
+    )?;
     Ok(Plan {
+        schemas: definition::statements(Kind::Schema, &namespaces)?,
         types: definition::statements(Kind::Type, &types)?,
         sequences: definition::statements(Kind::Sequence, &sequences)?,
         tables: definition::statements(Kind::Table, &tables)?,
