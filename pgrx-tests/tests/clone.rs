@@ -699,8 +699,11 @@ fn rows_a_table_made_by_the_clone_refuses_are_named_by_key_and_the_rest_copied()
 #[test]
 fn definitions_from_another_node_run_only_as_what_they_say_they_make() {
     let (_nodes, _a, mut b) = Nodes::one_cluster().peered();
-    b.batch_execute("CREATE SEQUENCE s; CREATE TABLE counted (id int)")
-        .unwrap();
+    b.batch_execute(
+        "CREATE SEQUENCE s; CREATE TABLE counted (id int);
+         CREATE FUNCTION public.g(text) RETURNS int LANGUAGE sql AS 'SELECT 1';",
+    )
+    .unwrap();
     let a_node: String = b
         .query_one(
             "SELECT node_name FROM synclink.peer WHERE peer_name = 'a'",
@@ -720,7 +723,9 @@ fn definitions_from_another_node_run_only_as_what_they_say_they_make() {
                   {"kind": "key", "name": "public.counted.k", "table": "public.counted", "member": "k",
                    "sql": "ALTER TABLE public.counted DISABLE TRIGGER ALL"},
                   {"kind": "function", "name": "public.f()",
-                   "sql": "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'"}
+                   "sql": "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'"},
+                  {"kind": "function", "name": "public.g(integer)",
+                   "sql": "CREATE OR REPLACE FUNCTION public.g(text) RETURNS int LANGUAGE sql AS 'SELECT 2'"}
                ]}$j$) RETURNING reply"#,
             &[&a_node],
         )
@@ -734,7 +739,7 @@ fn definitions_from_another_node_run_only_as_what_they_say_they_make() {
         .collect();
     assert_eq!(
         actions,
-        ["failed", "failed", "created", "created", "failed", "failed", "failed"],
+        ["failed", "failed", "created", "created", "failed", "failed", "failed", "failed"],
         "{reply}"
     );
     let detail = |i: usize| reply[i]["detail"].as_str().unwrap().to_string();

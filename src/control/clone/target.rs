@@ -168,7 +168,15 @@ pub fn make_objects(
                         }),
                     };
                 }
-                run_as(role, &object.sql)
+                // A function's definition says CREATE OR REPLACE; made without OR REPLACE, it
+                // fails on a function of the same signature here instead of replacing it
+                // (whatever signature the definition's name claimed).
+                match object.sql.strip_prefix("CREATE OR REPLACE ") {
+                    Some(rest) if object.kind == Kind::Function => {
+                        run_as(role, &format!("CREATE {rest}"))
+                    }
+                    _ => run_as(role, &object.sql),
+                }
             };
             let result = if object.kind == Kind::Function {
                 crate::pg::plan::with_settings(&[(c"check_function_bodies", c"off")], run)
