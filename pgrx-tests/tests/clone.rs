@@ -379,6 +379,23 @@ fn objects(c: &mut Client) -> Vec<String> {
 /// One line of sync_clone's report: kind, name, action, rows, detail.
 type Reported = (String, String, String, Option<i64>, Option<String>);
 
+/// On the node `c` is connected to, have peer `peer` act as the role `builder` (not a
+/// superuser, may create in schema public and new schemas): a clone from that peer makes its
+/// objects here as builder.
+fn peer_acts_as_builder(c: &mut Client, peer: &str) {
+    c.batch_execute(&format!(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'builder') THEN
+                 CREATE ROLE builder;
+             END IF;
+         END $$;
+         GRANT CREATE ON SCHEMA public TO builder;
+         DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO builder', current_database()); END $$;
+         UPDATE synclink.peer SET inbound_role = 'builder'::regrole WHERE peer_name = '{peer}';"
+    ))
+    .unwrap();
+}
+
 /// VALIDATE the foreign keys of SHOP whose rows reach past the first ten of a table: each
 /// holds on `c`.
 fn validate_shop_keys(c: &mut Client) {
@@ -551,6 +568,17 @@ fn a_clone_of_ten_rows_a_table_brings_every_row_they_reference_and_every_object(
 fn a_clone_from_the_peer_brings_its_objects_and_rows_here() {
     let (nodes, mut a, mut b) = Nodes::one_cluster().peered();
     a.batch_execute(SHOP).unwrap();
+    // a has never reached b: b does not know which role a's definitions are to be made as
+    let (code, message, _, hint) = db_error(
+        b.query(
+            "SELECT * FROM sync_clone('a', direction => 'from_peer')",
+            &[],
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(code, "55000", "{message}");
+    assert!(hint.contains("SET inbound_role"), "{hint}");
+    peer_acts_as_builder(&mut b, "a");
     // run on b, bringing a's schema and a subset of its rows into b
     let (mut b2, said) = listening(&nodes.b);
     let tables = "tables => '{customers, categories, products, orders, order_lines, departments, employees}'";
@@ -583,8 +611,19 @@ fn a_clone_from_the_peer_brings_its_objects_and_rows_here() {
             .starts_with("sync_clone: 100 rows of public.categories copied from peer \"a\" in ")),
         "{said:?}"
     );
-    // the same objects as the source, every foreign key holds, the rows are the source's
+    // the same objects as the source, made by the role a acts as here; every foreign key
+    // holds, the rows are the source's
     assert_eq!(objects(&mut b), objects(&mut a));
+    let others: Option<String> = b
+        .query_one(
+            "SELECT string_agg(c.relname::text, ', ') FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace \
+              AND c.relkind IN ('r', 'v', 'S') AND c.relowner <> 'builder'::regrole \
+              AND NOT EXISTS (SELECT FROM pg_depend x WHERE x.objid = c.oid AND x.deptype = 'e')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(others, None);
     validate_shop_keys(&mut b);
     let customers = "SELECT string_agg(format('%s %s %s %s', id, name, home, feeling), ';' ORDER BY id) FROM customers";
     let on_b: String = b.query_one(customers, &[]).unwrap().get(0);
@@ -725,7 +764,10 @@ fn definitions_from_another_node_run_only_as_what_they_say_they_make() {
                   {"kind": "function", "name": "public.f()",
                    "sql": "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'"},
                   {"kind": "function", "name": "public.g(integer)",
-                   "sql": "CREATE OR REPLACE FUNCTION public.g(text) RETURNS int LANGUAGE sql AS 'SELECT 2'"}
+                   "sql": "CREATE OR REPLACE FUNCTION public.g(text) RETURNS int LANGUAGE sql AS 'SELECT 2'"},
+                  {"kind": "table", "name": "public.counted(", "sql": "CREATE TABLE IF NOT EXISTS public.counted (id int)"},
+                  {"kind": "function", "name": "pg_catalog.lower(character varying)",
+                   "sql": "CREATE FUNCTION pg_catalog.lower(varchar) RETURNS text LANGUAGE sql AS 'SELECT 1'"}
                ]}$j$) RETURNING reply"#,
             &[&a_node],
         )
@@ -739,7 +781,10 @@ fn definitions_from_another_node_run_only_as_what_they_say_they_make() {
         .collect();
     assert_eq!(
         actions,
-        ["failed", "failed", "created", "created", "failed", "failed", "failed", "failed"],
+        [
+            "failed", "failed", "created", "created", "failed", "failed", "failed", "failed",
+            "failed", "failed"
+        ],
         "{reply}"
     );
     let detail = |i: usize| reply[i]["detail"].as_str().unwrap().to_string();
@@ -877,6 +922,7 @@ fn a_clone_reaches_only_what_the_role_this_node_connects_as_may() {
          INSERT INTO secret VALUES (1, 'only for b');",
     )
     .unwrap();
+    peer_acts_as_builder(&mut a, "b");
     let from = "SELECT * FROM sync_clone('b', tables => '{secret}', direction => 'from_peer')";
     let (code, message, _, hint) = db_error(a.query(from, &[]).unwrap_err());
     assert_eq!(code, "42501", "{message}");
@@ -929,6 +975,7 @@ fn a_clone_from_the_peer_changes_nothing_here_that_it_did_not_make() {
     // here: kept, the same table, without its trigger and index
     a.batch_execute("CREATE TABLE kept (id int PRIMARY KEY, note text)")
         .unwrap();
+    peer_acts_as_builder(&mut a, "b");
     let report = clone_report(
         &mut a,
         "SELECT * FROM sync_clone('b', tables => '{kept, fresh}', direction => 'from_peer')",

@@ -415,15 +415,24 @@ pub fn fits(ddl: &Ddl) -> std::result::Result<crate::pg::ffi::Statement, String>
         return Err(format!("not a statement that makes a {}", ddl.kind.label()));
     }
     let table = ddl.table.as_deref().map(name_parts).unwrap_or_default();
-    let fits = match ddl.kind {
-        Kind::Key | Kind::ForeignKey => {
-            stmt.adds_only && stmt.on == table && stmt.member == ddl.member
-        }
-        Kind::Trigger => !stmt.replace && stmt.on == table && stmt.member == ddl.member,
-        Kind::Table | Kind::Schema => !stmt.derived && stmt.target == name_parts(&ddl.name),
-        Kind::View => !stmt.replace && stmt.target == name_parts(&ddl.name),
-        _ => stmt.target == name_parts(&ddl.name),
+    // what it makes or changes, in a schema of its own: never one of the system's or synclink's
+    let placed = |parts: &[String]| match parts {
+        [schema, _] => !reserved_schema(schema),
+        [schema] if ddl.kind == Kind::Schema => !reserved_schema(schema),
+        _ => false,
     };
+    let named = |parts: &[String]| placed(parts) && *parts == name_parts(&ddl.name)[..];
+    let fits = !stmt.derived
+        && match ddl.kind {
+            Kind::Key | Kind::ForeignKey => {
+                stmt.adds_only && placed(&stmt.on) && stmt.on == table && stmt.member == ddl.member
+            }
+            Kind::Trigger => {
+                !stmt.replace && placed(&stmt.on) && stmt.on == table && stmt.member == ddl.member
+            }
+            Kind::View | Kind::Function => !stmt.replace && named(&stmt.target),
+            _ => named(&stmt.target),
+        };
     if fits {
         Ok(stmt)
     } else {
@@ -433,6 +442,24 @@ pub fn fits(ddl: &Ddl) -> std::result::Result<crate::pg::ffi::Statement, String>
             ddl.name
         ))
     }
+}
+
+/// The schemas no clone makes anything in: the system's and synclink's.
+fn reserved_schema(schema: &str) -> bool {
+    ["pg_catalog", "information_schema", "synclink"].contains(&schema)
+        || schema.starts_with("pg_toast")
+        || schema.starts_with("pg_temp")
+}
+
+/// A function's definition as it is made: without OR REPLACE (pg_get_functiondef writes it),
+/// so that one of the same signature here is reported, never replaced.
+pub fn without_replace(sql: &str) -> std::borrow::Cow<'_, str> {
+    for made in ["FUNCTION ", "PROCEDURE "] {
+        if let Some(rest) = sql.strip_prefix(&format!("CREATE OR REPLACE {made}")) {
+            return format!("CREATE {made}{rest}").into();
+        }
+    }
+    sql.into()
 }
 
 /// The parts of a qualified name as PostgreSQL prints it (`public."Order"`, a function's

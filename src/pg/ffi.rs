@@ -137,7 +137,7 @@ pub struct Statement {
     /// ALTER TABLE that only adds constraints
     pub adds_only: bool,
     /// CREATE TABLE … INHERITS, PARTITION OF or OF a type; CREATE SCHEMA with statements of
-    /// its own or another owner
+    /// its own or another owner; any IF NOT EXISTS (which passes over an object that is there)
     pub derived: bool,
 }
 
@@ -246,11 +246,13 @@ unsafe fn read_statement(node: *const pg_sys::Node) -> Statement {
                 s.target = range_var((*n).relation);
                 s.derived = !(*n).inhRelations.is_null()
                     || !(*n).partbound.is_null()
-                    || !(*n).ofTypename.is_null();
+                    || !(*n).ofTypename.is_null()
+                    || (*n).if_not_exists;
             }
             T_IndexStmt => {
                 let n = node.cast::<pg_sys::IndexStmt>();
                 s.on = range_var((*n).relation);
+                s.derived = (*n).if_not_exists;
                 s.target =
                     s.on.iter()
                         .take(s.on.len().saturating_sub(1))
@@ -302,7 +304,8 @@ unsafe fn read_statement(node: *const pg_sys::Node) -> Statement {
             T_CreateSchemaStmt => {
                 let n = node.cast::<pg_sys::CreateSchemaStmt>();
                 s.target = vec![c_text((*n).schemaname)];
-                s.derived = !(*n).schemaElts.is_null() || !(*n).authrole.is_null();
+                s.derived =
+                    !(*n).schemaElts.is_null() || !(*n).authrole.is_null() || (*n).if_not_exists;
             }
             T_CreateSeqStmt => {
                 s.target = range_var((*node.cast::<pg_sys::CreateSeqStmt>()).sequence)

@@ -239,13 +239,6 @@ pub fn session_role() -> pg_sys::Oid {
     unsafe { pg_sys::GetSessionUserId() }
 }
 
-/// The role the current statement runs as (after SET ROLE or a SECURITY DEFINER function).
-pub fn current_role() -> pg_sys::Oid {
-    // SAFETY: GetUserId reads the current user id the backend keeps; it only asserts that it
-    // is set, which it is in a running backend.
-    unsafe { pg_sys::GetUserId() }
-}
-
 /// Run `f` as `role` with `flags` added to the security context, search path untouched.
 fn switched<T>(role: pg_sys::Oid, flags: u32, f: impl FnOnce() -> T) -> T {
     let (mut saved, mut context) = (pg_sys::InvalidOid, 0);

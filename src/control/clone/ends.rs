@@ -34,10 +34,11 @@ pub struct Chosen {
     pub by_reference: i64,
 }
 
-/// Which end is where.
+/// Which end is where. From the peer, objects and rows are made here as a role: the one the
+/// peer reaches this node as.
 pub enum Ends<'a> {
     ToPeer(&'a Peer),
-    FromPeer(&'a Peer),
+    FromPeer(&'a Peer, pg_sys::Oid),
 }
 
 impl Ends<'_> {
@@ -45,7 +46,7 @@ impl Ends<'_> {
     pub fn plan(&self, tables: Option<&[String]>, schemas: &[pg_sys::Oid]) -> Result<Plan> {
         match self {
             Ends::ToPeer(_) => super::plan::plan(tables, schemas),
-            Ends::FromPeer(peer) => {
+            Ends::FromPeer(peer, _) => {
                 let names = crate::pg::spi::column::<String>(
                     "SELECT n.nspname::pg_catalog.text FROM pg_catalog.unnest($1::pg_catalog.oid[]) WITH ORDINALITY s(oid, i) \
                        JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) s.oid ORDER BY s.i",
@@ -80,11 +81,9 @@ impl Ends<'_> {
                     objects: objects.clone(),
                 },
             )?,
-            Ends::FromPeer(_) => target::make_objects(
-                objects.clone(),
-                crate::pg::privilege::current_role(),
-                Some(made_here),
-            )?,
+            Ends::FromPeer(_, role) => {
+                target::make_objects(objects.clone(), *role, Some(made_here))?
+            }
         };
         Ok(objects.into_iter().zip(outcomes).collect())
     }
@@ -93,7 +92,7 @@ impl Ends<'_> {
     pub fn choose(&self, tables: &[String], max_rows: Option<i64>) -> Result<Vec<Chosen>> {
         match self {
             Ends::ToPeer(_) => Ok(chosen(rows::choose(&oids(tables)?, max_rows)?)),
-            Ends::FromPeer(peer) => {
+            Ends::FromPeer(peer, _) => {
                 let reply: Vec<(String, bool, i64)> = crate::rpc::call_for(
                     peer,
                     &CloneChooseRequest {
@@ -123,7 +122,7 @@ impl Ends<'_> {
     ) -> Result<Option<(Outgoing, Vec<u8>)>> {
         match self {
             Ends::ToPeer(_) => rows::read(&chosen.table, chosen.limited, bulk, limit, first),
-            Ends::FromPeer(peer) => {
+            Ends::FromPeer(peer, _) => {
                 let (reply, data): (Option<Outgoing>, Option<Vec<u8>>) = crate::rpc::call_bulk(
                     peer,
                     &CloneReadRequest {
@@ -150,15 +149,18 @@ impl Ends<'_> {
         }
     }
 
-    /// Have the target take a batch of rows.
-    pub fn take(&self, out: Outgoing, data: Vec<u8>) -> Result<Taken> {
+    /// Have the target take a batch of rows; in bulk only into a table this clone made
+    /// (`made`).
+    pub fn take(&self, out: Outgoing, data: Vec<u8>, made: bool) -> Result<Taken> {
         match out {
+            Outgoing::Copy(_) if !made => Err(crate::rpc::RpcError::BadReply(match self {
+                Ends::ToPeer(p) | Ends::FromPeer(p, _) => p.name.clone(),
+            })
+            .into()),
             Outgoing::Copy(req) => {
                 let reply: CopyRowsReply = match self {
                     Ends::ToPeer(peer) => crate::rpc::call_bulk(peer, &req, Some(&data), false)?.0,
-                    Ends::FromPeer(_) => {
-                        target::take_copy(req, &data, crate::pg::privilege::current_role())?
-                    }
+                    Ends::FromPeer(_, role) => target::take_copy(req, &data, *role)?,
                 };
                 Ok(Taken {
                     inserted: reply.inserted,
@@ -170,9 +172,7 @@ impl Ends<'_> {
             Outgoing::Rows(req, keys) => {
                 let reply: CloneRowsReply = match self {
                     Ends::ToPeer(peer) => crate::rpc::call_for(peer, &req)?,
-                    Ends::FromPeer(_) => {
-                        target::take_rows(req, crate::pg::privilege::current_role())?
-                    }
+                    Ends::FromPeer(_, role) => target::take_rows(req, *role)?,
                 };
                 let refused = reply
                     .refused

@@ -41,6 +41,10 @@ pub enum CloneError {
     NegativeMaxRows(i64),
     #[error("table {} does not exist", crate::pg::args::shown(.0))]
     NoSuchTable(String),
+    #[error("this node does not know which role peer \"{0}\" acts as here")]
+    PeerRoleUnknown(String),
+    #[error("peer \"{0}\" offered table {1}, which this clone did not ask for")]
+    NotAsked(String, String),
     #[error("sync_clone stopped while copying the rows of {table} ({rows} copied): {cause}")]
     Stopped {
         table: String,
@@ -53,6 +57,10 @@ impl SqlError for CloneError {
     fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
             CloneError::NoSuchTable(_) => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            CloneError::PeerRoleUnknown(_) => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            CloneError::NotAsked(..) => PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
             CloneError::Stopped { cause, .. } => cause.sqlstate(),
             _ => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         }
@@ -73,6 +81,8 @@ impl SqlError for CloneError {
             CloneError::UnknownDirection(_) => "direction => 'to_peer' (the default: this database is copied into the peer's) or 'from_peer'.".into(),
             CloneError::NegativeMaxRows(_) => "max_rows => NULL copies every row; 0 copies only the rows other copied rows reference (none, when no table is limited).".into(),
             CloneError::NoSuchTable(_) => "The table was dropped or renamed while it was cloned: run sync_clone again.".into(),
+            CloneError::PeerRoleUnknown(peer) => format!("A clone from the peer makes its objects here as the role the peer connects to this node as, which this node learns when the peer first reaches it (a change or a request), so that the peer's definitions can do here only what that role could do anyway. Let the peer reach this node once, or say which role it acts as: UPDATE synclink.peer SET inbound_role = 'some_role'::regrole WHERE peer_name = '{peer}' (a role that may create in the schemas cloned, best not a superuser)."),
+            CloneError::NotAsked(..) => "The peer runs another synclink version, or is not behaving as a peer should: nothing of the clone is kept.".into(),
         })
     }
 }
@@ -160,14 +170,18 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
     let ends = if options.direction == "to_peer" {
         Ends::ToPeer(&peer)
     } else {
-        Ends::FromPeer(&peer)
+        // made here as the role the peer reaches this node as: no more than it could do
+        let role = peer
+            .inbound_role
+            .ok_or_else(|| CloneError::PeerRoleUnknown(peer.name.clone()))?;
+        Ends::FromPeer(&peer, role)
     };
     let plan = ends.plan(options.tables.as_deref(), &options.search_path)?;
     let mut report = Vec::new();
     let has = |w: What| what.contains(&w);
 
     let mut tables_made: Vec<(String, usize)> = Vec::new();
-    // the tables made now, empty and without keys until the rows are in
+    // the tables made now, empty and without keys until the rows are in, and the sequences
     let mut fresh: Vec<String> = Vec::new();
     // Functions come right after the types, since a table's defaults and checks may call
     // them; one that needs a table's row type is tried again once the tables are there.
@@ -190,15 +204,19 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
         }
         if ddl.kind == Kind::Table {
             tables_made.push((ddl.name.clone(), report.len()));
-            if outcome.action == "created" {
-                fresh.push(ddl.name.clone());
-            }
+        }
+        if matches!(ddl.kind, Kind::Table | Kind::Sequence) && outcome.action == "created" {
+            fresh.push(ddl.name.clone());
         }
         report.push(line(&ddl, outcome));
     }
 
     if has(What::Rows) {
         for chosen in ends.choose(&plan.table_names, options.max_rows)? {
+            // rows only of the tables planned, and in bulk only into those made now
+            if !plan.table_names.contains(&chosen.table) {
+                return Err(CloneError::NotAsked(peer.name.clone(), chosen.table).into());
+            }
             let copied = copy(&ends, &peer.name, &chosen, fresh.contains(&chosen.table))?;
             let name = chosen.table.clone();
             let referenced = (chosen.by_reference > 0).then(|| {
@@ -314,7 +332,9 @@ fn copy(ends: &Ends, peer: &str, chosen: &Chosen, made: bool) -> Result<Copied> 
             Outgoing::Copy(req) => (req.count as usize, data.len()),
             Outgoing::Rows(req, _) => (req.count as usize, req.rows.len()),
         };
-        let taken = ends.take(out, data).map_err(|e| stopped(&copied, e))?;
+        let taken = ends
+            .take(out, data, made)
+            .map_err(|e| stopped(&copied, e))?;
         copied.inserted += taken.inserted;
         copied.present += taken.present;
         copied.refused.extend(taken.refused);

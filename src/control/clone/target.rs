@@ -105,7 +105,18 @@ pub fn make_objects(
     loop {
         let mut retry = Vec::new();
         for &i in &pending {
-            let object = &objects[i];
+            // A function is made without OR REPLACE: one of the same signature here fails
+            // and is reported, whatever signature the definition's name claims.
+            let stripped;
+            let object = if objects[i].kind == Kind::Function {
+                stripped = Ddl {
+                    sql: definition::without_replace(&objects[i].sql).into_owned(),
+                    ..objects[i].clone()
+                };
+                &stripped
+            } else {
+                &objects[i]
+            };
             if object.kind == Kind::SequenceOwner && !made_sequences.contains(&object.name) {
                 outcomes[i] = Some(outcome("exists", None));
                 continue;
@@ -124,10 +135,10 @@ pub fn make_objects(
                 }
             };
             if let Some(here) = here {
-                outcomes[i] = Some(if here == object.sql {
+                outcomes[i] = Some(if here == objects[i].sql {
                     outcome("exists", None)
                 } else {
-                    outcome("differs", Some(difference(&here, &object.sql)))
+                    outcome("differs", Some(difference(&here, &objects[i].sql)))
                 });
                 continue;
             }
@@ -147,10 +158,11 @@ pub fn make_objects(
                     }
                 }
             };
-            if let Some(why) = statement
-                .as_ref()
-                .and_then(|stmt| refused_here(object, stmt, &role_name, made_here))
-            {
+            let why = match &statement {
+                Some(stmt) => refused_here(object, stmt, &role_name, made_here),
+                None => moved_elsewhere(object, made_here),
+            };
+            if let Some(why) = why {
                 outcomes[i] = Some(outcome("failed", Some(format!("{why} — {}", object.sql))));
                 continue;
             }
@@ -168,15 +180,7 @@ pub fn make_objects(
                         }),
                     };
                 }
-                // A function's definition says CREATE OR REPLACE; made without OR REPLACE, it
-                // fails on a function of the same signature here instead of replacing it
-                // (whatever signature the definition's name claimed).
-                match object.sql.strip_prefix("CREATE OR REPLACE ") {
-                    Some(rest) if object.kind == Kind::Function => {
-                        run_as(role, &format!("CREATE {rest}"))
-                    }
-                    _ => run_as(role, &object.sql),
-                }
+                run_as(role, &object.sql)
             };
             let result = if object.kind == Kind::Function {
                 crate::pg::plan::with_settings(&[(c"check_function_bodies", c"off")], run)
@@ -210,6 +214,17 @@ pub fn make_objects(
         .into_iter()
         .map(|o| o.unwrap_or_else(|| outcome("failed", None)))
         .collect())
+}
+
+/// Why a sequence's move is not made here, if it is not: in a clone from the peer, a sequence
+/// or a column of a table this clone did not make (`made_here`).
+fn moved_elsewhere(object: &Ddl, made_here: Option<&[String]>) -> Option<String> {
+    let made_here = made_here?;
+    let moved = object.table.as_deref().unwrap_or(&object.name);
+    let made = made_here
+        .iter()
+        .any(|t| definition::name_parts(t) == definition::name_parts(moved));
+    (!made).then(|| format!("{moved} was not made by this clone: its sequence is left as it is"))
 }
 
 /// Why a definition that fits its kind is still not made here, if it is not: a SECURITY
