@@ -1,23 +1,28 @@
 //! sync_clone: a schema and its data, all of it or a referentially complete subset, made again
-//! in a peer's database.
+//! in another database — the peer's (`to_peer`) or this one from the peer's (`from_peer`):
+//! [`ends`] says which node reads and which makes.
 //!
-//! This node lists what to bring ([`plan`]: types, sequences, tables, their keys and indexes,
-//! foreign keys, functions, views, triggers, from the catalog's own deparsers) and which rows
-//! ([`rows`]: up to `max_rows` per table, then every row a chosen row references, until no
-//! foreign key of the copied rows points outside them). The peer makes each object in a
-//! subtransaction of its own, as the role this node connects as, and takes the rows in
-//! batches, halving a batch it refuses until the refused rows are found ([`target`]): what
-//! fails is reported with the statement or the row's key and the error, and the rest goes on.
-//! An object the peer has already is compared, never made again; rows present by key are left.
+//! The source lists what to bring ([`plan`]: schemas, types, sequences, tables, their keys
+//! and indexes, foreign keys, functions, views, triggers, from the catalog's own deparsers)
+//! and which rows ([`rows`]: up to `max_rows` per table, then every row a chosen row
+//! references, until no foreign key of the copied rows points outside them). The target makes
+//! each object in a subtransaction of its own, as the role the source reaches it as, and
+//! takes the rows in batches, halving a batch it refuses until the refused rows are found
+//! ([`target`]): what fails is reported with the statement or the row's key and the error,
+//! and the rest goes on. An object the target has already is compared, never made again; rows
+//! present by key are left. Rows of a table made now travel in COPY's own format and go in
+//! through COPY FROM (`crate::pg::copy`).
 //!
-//! Order: types, functions (bodies unchecked, as a restore does; before the tables, whose
-//! defaults and checks may call them), sequences, tables, rows, then keys, indexes and foreign
-//! keys (loading into a table without indexes is faster, and foreign keys are checked once
-//! every table has its rows), sequences moved past the highest value copied, views (each
+//! Order: schemas, types, functions (bodies unchecked, as a restore does; before the tables,
+//! whose defaults and checks may call them), sequences, tables, rows, then keys, indexes and
+//! foreign keys (loading into a table without indexes is faster, and foreign keys are checked
+//! once every table has its rows), sequences moved past the highest value copied, views (each
 //! tried again once what it needs is there), triggers last so that loading fired none.
 //!
 //! The whole clone is one transaction on each node: a failure that stops it (the peer gone)
-//! leaves nothing on either, and running it again starts over.
+//! leaves nothing on either — postgres_fdw commits the peer's part only with the caller's
+//! transaction, and a connection lost in the middle makes that commit fail — and running it
+//! again starts over. The error says which table's rows it was copying.
 
 pub mod ends;
 pub mod plan;

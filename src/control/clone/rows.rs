@@ -5,8 +5,9 @@
 //! points outside the copy, so that every foreign key validates on the peer.
 //!
 //! The rows chosen are copied into temporary tables first (dropped at commit), so that what
-//! is sent is what the closure saw; rows then travel in their row type's text form, in
-//! batches, each with its key for the report.
+//! is sent is what the closure saw. They leave in batches ([`read`]): in COPY's format for a
+//! table the target made now, else as the text of an array of the table's row type with each
+//! row's key for the report.
 
 use crate::pg::error::Result;
 use crate::pg::sql::{ident, join};
