@@ -120,29 +120,9 @@ impl Request {
 /// The peer's handler may answer; its reply comes back through RETURNING (NULL when it has
 /// nothing to say).
 pub fn call<B: Body>(peer: &Peer, body: &B) -> Result<serde_json::Value, PeerError> {
-    peer.check_foreign("request")?;
-    let sql = format!(
-        "INSERT INTO {} (from_node, action, body) VALUES ($1, $2, $3) RETURNING reply",
-        peer.foreign("request")
-    );
-    let local = crate::catalog::node::local_name()?;
-    let body = pgrx::JsonB(serde_json::to_value(body).map_err(|_| peer::malformed(&peer.name))?);
-    // In a subtransaction: callers that step over an unreachable peer carry on with SQL.
-    match crate::pg::subxact::run(|| {
-        Spi::connect_mut(|c| {
-            c.update(
-                sql.as_str(),
-                None,
-                &[local.as_str().into(), B::ACTION.into(), body.into()],
-            )
-            .and_then(|t| t.first().get::<pgrx::JsonB>(1))
-        })
-    }) {
-        Ok(Ok(reply)) => Ok(reply.map_or(serde_json::Value::Null, |j| j.0)),
-        Ok(Err(_)) => Err(peer::malformed(&peer.name)),
-        Err(f) if f.is_connection() => Err(peer::unreachable(&peer.name, f)),
-        // The subtransaction is rolled back; the peer's error goes on up as the peer raised it.
-        Err(f) => Err(PeerError::Failed(f.into())),
+    match send(peer, "request", body, None, false)? {
+        Ok((reply, _)) => Ok(reply),
+        Err(_) => Err(peer::malformed(&peer.name)),
     }
 }
 
@@ -156,11 +136,47 @@ pub fn call_bulk<B: Body, R: DeserializeOwned>(
     payload: Option<&[u8]>,
     rows_back: bool,
 ) -> crate::pg::error::Result<(R, Option<Vec<u8>>)> {
-    peer.check_foreign("bulk")?;
+    let sent = match send(peer, "bulk", body, Some(payload), rows_back) {
+        Ok(sent) => sent,
+        Err(PeerError::Failed(f))
+            if f.sqlstate() == PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN
+                && f.to_string().contains("payload") =>
+        {
+            return Err(RpcError::NoPayload(peer.name.clone()).into())
+        }
+        Err(PeerError::Failed(f))
+            if rows_back
+                && f.sqlstate() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+                && f.to_string().contains("table request") =>
+        {
+            return Err(RpcError::NoRowsBack(peer.name.clone()).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (reply, rows) = sent.map_err(|_| peer::malformed(&peer.name))?;
+    let reply = serde_json::from_value(reply).map_err(|_| peer::malformed(&peer.name))?;
+    Ok((reply, rows))
+}
+
+/// Insert `body` as a request into the peer's synclink.request through this node's foreign
+/// table `table` onto it (`payload`: through one with the payload column, carrying these
+/// rows), and read back the reply and (`rows_back`) the rows beside it. In a subtransaction:
+/// callers that step over an unreachable peer carry on with SQL. The inner error is a reply
+/// that cannot be read.
+#[allow(clippy::type_complexity)]
+fn send<B: Body>(
+    peer: &Peer,
+    table: &str,
+    body: &B,
+    payload: Option<Option<&[u8]>>,
+    rows_back: bool,
+) -> Result<Result<(serde_json::Value, Option<Vec<u8>>), pgrx::spi::SpiError>, PeerError> {
+    peer.check_foreign(table)?;
     let sql = format!(
-        "INSERT INTO {} (from_node, action, body, payload) VALUES ($1, $2, $3, $4) \
-         RETURNING reply, {}",
-        peer.foreign("bulk"),
+        "INSERT INTO {} (from_node, action, body{}) VALUES ($1, $2, $3{}) RETURNING reply, {}",
+        peer.foreign(table),
+        if payload.is_some() { ", payload" } else { "" },
+        if payload.is_some() { ", $4" } else { "" },
         if rows_back {
             "payload"
         } else {
@@ -169,42 +185,26 @@ pub fn call_bulk<B: Body, R: DeserializeOwned>(
     );
     let local = crate::catalog::node::local_name()?;
     let body = pgrx::JsonB(serde_json::to_value(body).map_err(|_| peer::malformed(&peer.name))?);
-    let (reply, rows) = match crate::pg::subxact::run(|| {
+    let mut args = vec![local.as_str().into(), B::ACTION.into(), body.into()];
+    if let Some(rows) = payload {
+        args.push(rows.into());
+    }
+    match crate::pg::subxact::run(|| {
         Spi::connect_mut(|c| {
-            let t = c.update(
-                sql.as_str(),
-                None,
-                &[
-                    local.as_str().into(),
-                    B::ACTION.into(),
-                    body.into(),
-                    payload.into(),
-                ],
-            )?;
+            let t = c.update(sql.as_str(), None, &args)?;
             let row = t.first();
-            Ok::<_, pgrx::spi::SpiError>((row.get::<pgrx::JsonB>(1)?, row.get::<Vec<u8>>(2)?))
+            Ok::<_, pgrx::spi::SpiError>((
+                row.get::<pgrx::JsonB>(1)?
+                    .map_or(serde_json::Value::Null, |j| j.0),
+                row.get::<Vec<u8>>(2)?,
+            ))
         })
     }) {
-        Ok(Ok((reply, rows))) => (reply.map_or(serde_json::Value::Null, |j| j.0), rows),
-        Ok(Err(_)) => return Err(peer::malformed(&peer.name).into()),
-        Err(f) if f.is_connection() => return Err(peer::unreachable(&peer.name, f).into()),
-        Err(f)
-            if f.sqlstate == PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN
-                && f.message.contains("payload") =>
-        {
-            return Err(RpcError::NoPayload(peer.name.clone()).into())
-        }
-        Err(f)
-            if rows_back
-                && f.sqlstate == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
-                && f.message.contains("table request") =>
-        {
-            return Err(RpcError::NoRowsBack(peer.name.clone()).into())
-        }
-        Err(f) => return Err(PeerError::Failed(f.into()).into()),
-    };
-    let reply = serde_json::from_value(reply).map_err(|_| peer::malformed(&peer.name))?;
-    Ok((reply, rows))
+        Ok(sent) => Ok(sent),
+        Err(f) if f.is_connection() => Err(peer::unreachable(&peer.name, f)),
+        // The subtransaction is rolled back; the peer's error goes on up as the peer raised it.
+        Err(f) => Err(PeerError::Failed(f.into())),
+    }
 }
 
 /// [`call`], reading the reply as `R`.
