@@ -39,21 +39,6 @@ impl Format {
     }
 }
 
-/// The OID alias types: their binary form is the OID itself, their text the object's name.
-const OID_ALIASES: [pg_sys::Oid; 11] = [
-    pg_sys::REGPROCOID,
-    pg_sys::REGPROCEDUREOID,
-    pg_sys::REGOPEROID,
-    pg_sys::REGOPERATOROID,
-    pg_sys::REGCLASSOID,
-    pg_sys::REGTYPEOID,
-    pg_sys::REGCONFIGOID,
-    pg_sys::REGDICTIONARYOID,
-    pg_sys::REGNAMESPACEOID,
-    pg_sys::REGROLEOID,
-    pg_sys::REGCOLLATIONOID,
-];
-
 /// Does a value of type `t` mean the same in binary in another database? (See
 /// [`Format::for_types`].)
 fn portable(t: pg_sys::Oid) -> bool {
@@ -102,7 +87,8 @@ fn portable(t: pg_sys::Oid) -> bool {
         return true;
     }
     let built_in = |typid: pg_sys::Oid| {
-        u32::from(typid) < pg_sys::FirstNormalObjectId && !OID_ALIASES.contains(&typid)
+        u32::from(typid) < pg_sys::FirstNormalObjectId
+            && !crate::pg::ffi::OID_ALIAS_TYPES.contains(&typid)
     };
     built_in(base)
         && matches!(kind, b'b' | b'r' | b'm')

@@ -4,6 +4,22 @@
 
 use pgrx::pg_sys;
 
+/// The OID alias types (regclass, regtype, …): their value is an object's OID, which differs
+/// between databases, and their text form names the object, which depends on search_path.
+pub const OID_ALIAS_TYPES: [pg_sys::Oid; 11] = [
+    pg_sys::REGPROCOID,
+    pg_sys::REGPROCEDUREOID,
+    pg_sys::REGOPEROID,
+    pg_sys::REGOPERATOROID,
+    pg_sys::REGCLASSOID,
+    pg_sys::REGTYPEOID,
+    pg_sys::REGROLEOID,
+    pg_sys::REGNAMESPACEOID,
+    pg_sys::REGCONFIGOID,
+    pg_sys::REGDICTIONARYOID,
+    pg_sys::REGCOLLATIONOID,
+];
+
 /// This backend's local id of the current transaction: a key for per-transaction caches.
 pub fn local_xact() -> u32 {
     // SAFETY: MyProc is this backend's PGPROC, set before any extension code runs and valid

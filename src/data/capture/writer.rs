@@ -146,21 +146,6 @@ unsafe fn has_checks(rel: pg_sys::Relation) -> bool {
     !constr.is_null() && (*constr).num_check > 0
 }
 
-/// Types whose text form names catalog objects, and so depends on search_path.
-const REG_TYPES: [pg_sys::Oid; 11] = [
-    pg_sys::REGPROCOID,
-    pg_sys::REGPROCEDUREOID,
-    pg_sys::REGOPEROID,
-    pg_sys::REGOPERATOROID,
-    pg_sys::REGCLASSOID,
-    pg_sys::REGTYPEOID,
-    pg_sys::REGROLEOID,
-    pg_sys::REGNAMESPACEOID,
-    pg_sys::REGCONFIGOID,
-    pg_sys::REGDICTIONARYOID,
-    pg_sys::REGCOLLATIONOID,
-];
-
 fn text_depends_on_search_path(typid: pg_sys::Oid) -> bool {
     // SAFETY: both take a type's OID by value and look it up in the syscache, raising an
     // ERROR for one that does not exist.
@@ -173,7 +158,8 @@ fn text_depends_on_search_path(typid: pg_sys::Oid) -> bool {
             pg_sys::getBaseType(element)
         }
     };
-    u32::from(scalar) >= pg_sys::FirstNormalObjectId || REG_TYPES.contains(&scalar)
+    u32::from(scalar) >= pg_sys::FirstNormalObjectId
+        || crate::pg::ffi::OID_ALIAS_TYPES.contains(&scalar)
 }
 
 fn array_out() -> Box<pg_sys::FmgrInfo> {
