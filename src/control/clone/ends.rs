@@ -1,8 +1,10 @@
 //! The two ends of a clone: the node whose objects and rows are read (the source) and the
 //! node that makes them (the target). sync_clone runs on either: `to_peer`, this node is the
 //! source and the peer the target; `from_peer`, the other way round. Either way the target
-//! makes objects as one role — the role the source connects as when the peer is the target,
-//! the caller when this node is — and the source reads as that role too.
+//! makes everything as the role the source reaches it as — the role this node connects to
+//! the peer as, or the one the peer connects to this node as — so that a clone lets the
+//! source do at the target no more than its own connection could. This node reads as the
+//! caller; the peer reads as the role this node connects to it as.
 
 use super::plan::Plan;
 use super::rows::{self, Choice};
