@@ -49,7 +49,6 @@ fn handle_request(
         Request::CloneObjects(req) => Some(json(crate::control::clone::target::make_objects(
             req.objects,
             crate::pg::privilege::session_role(),
-            None,
         )?)),
         Request::CloneRows(req) => Some(json(crate::control::clone::target::take_rows(
             req,

@@ -463,27 +463,32 @@ pub fn without_replace(sql: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// The parts of a qualified name as PostgreSQL prints it (`public."Order"`, a function's
-/// `public.f(integer)` up to its arguments): quotes taken off.
+/// `public.f(integer)` up to its arguments), as the parser reads them: quotes taken off, an
+/// unquoted part folded to lower case.
 pub fn name_parts(name: &str) -> Vec<String> {
     let mut parts = vec![String::new()];
     let mut chars = name.chars().peekable();
     let mut quoted = false;
     while let Some(c) = chars.next() {
-        match c {
+        let c = match c {
             '"' if quoted && chars.peek() == Some(&'"') => {
                 chars.next();
-                if let Some(p) = parts.last_mut() {
-                    p.push('"')
-                }
+                '"'
             }
-            '"' => quoted = !quoted,
-            '.' if !quoted => parts.push(String::new()),
+            '"' => {
+                quoted = !quoted;
+                continue;
+            }
+            '.' if !quoted => {
+                parts.push(String::new());
+                continue;
+            }
             '(' if !quoted => break,
-            c => {
-                if let Some(p) = parts.last_mut() {
-                    p.push(c)
-                }
-            }
+            c if quoted => c,
+            c => c.to_ascii_lowercase(),
+        };
+        if let Some(p) = parts.last_mut() {
+            p.push(c)
         }
     }
     parts
@@ -632,5 +637,7 @@ mod tests {
             ["public", "total_of"]
         );
         assert_eq!(name_parts(r#""a(b".c"#), ["a(b", "c"]);
+        assert_eq!(name_parts(r#"public.Victim"#), ["public", "victim"]);
+        assert_eq!(name_parts(r#"public."Victim""#), ["public", "Victim"]);
     }
 }

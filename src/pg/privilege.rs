@@ -66,6 +66,14 @@ pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     pinned(|| isolated(|| switched(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE, f)))
 }
 
+/// [`as_role`] in a security-restricted operation, as PostgreSQL runs a table owner's index
+/// expressions: what `f` runs cannot make temporary objects (which would outlive it in this
+/// session, under another role), SET ROLE or keep cursors open.
+pub fn as_role_restricted<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    let flags = pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION;
+    pinned(|| isolated(|| switched(role, flags, f)))
+}
+
 /// Run `f` so that no setting it changes outlives it, as a SECURITY DEFINER function that ran
 /// another role's statements must: a `SET search_path` (or a trigger's set_config) in that
 /// role's code would otherwise still hold for the statements synclink runs with its own

@@ -65,14 +65,8 @@ impl Ends<'_> {
         }
     }
 
-    /// Make `objects` at the target: what became of each. Made here from the peer's
-    /// definitions, a key, index or trigger goes only on a table of `made_here`, the tables
-    /// this clone made.
-    pub fn make(
-        &self,
-        objects: Vec<Ddl>,
-        made_here: &[String],
-    ) -> Result<Vec<(Ddl, ObjectOutcome)>> {
+    /// Make `objects` at the target: what became of each.
+    pub fn make(&self, objects: Vec<Ddl>) -> Result<Vec<(Ddl, ObjectOutcome)>> {
         if objects.is_empty() {
             return Ok(Vec::new());
         }
@@ -83,9 +77,7 @@ impl Ends<'_> {
                     objects: objects.clone(),
                 },
             )?,
-            Ends::FromPeer(_, role) => {
-                target::make_objects(objects.clone(), *role, Some(made_here))?
-            }
+            Ends::FromPeer(_, role) => target::make_objects(objects.clone(), *role)?,
         };
         Ok(objects.into_iter().zip(outcomes).collect())
     }

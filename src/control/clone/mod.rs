@@ -201,7 +201,7 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
             (What::Tables, &plan.sequence_owners),
         ],
     );
-    for (ddl, outcome) in ends.make(first, &[])? {
+    for (ddl, outcome) in ends.make(first)? {
         if quiet(ddl.kind) && outcome.action != "failed"
             || ddl.kind == Kind::Schema && outcome.action == "exists"
         {
@@ -274,7 +274,7 @@ pub fn clone(peer_name: Option<&str>, options: Options) -> Result<Vec<Line>> {
             (What::Triggers, &plan.triggers),
         ],
     );
-    for (ddl, outcome) in ends.make(rest, &fresh)? {
+    for (ddl, outcome) in ends.make(rest)? {
         if quiet(ddl.kind) && outcome.action != "failed" {
             continue;
         }

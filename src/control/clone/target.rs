@@ -46,7 +46,7 @@ fn run_with(
     args: Vec<pgrx::datum::DatumWithOid<'static>>,
 ) -> std::result::Result<(), Refusal> {
     let run = crate::pg::subxact::run(|| {
-        crate::pg::privilege::as_role(role, || Spi::run_with_args(sql, &args))
+        crate::pg::privilege::as_role_restricted(role, || Spi::run_with_args(sql, &args))
     });
     match run {
         Ok(Ok(())) => Ok(()),
@@ -90,14 +90,9 @@ fn difference(here: &str, sent: &str) -> String {
 /// does: what they use may come later); a function or view that needs an object made after it
 /// (a table's row type, another view) is tried again once the others are made. A sequence is
 /// given to its column only when it was made here now. A definition is run only if it is one
-/// statement that makes what it says (see `refused_here` for the rest); `made_here` (for a
-/// clone of the peer made by the caller here) the tables made by this clone, the only ones
-/// that get keys, indexes and triggers.
-pub fn make_objects(
-    objects: Vec<Ddl>,
-    role: pg_sys::Oid,
-    made_here: Option<&[String]>,
-) -> Result<Vec<ObjectOutcome>> {
+/// statement that makes what it says (definition::fits), as `role` in a security-restricted
+/// operation.
+pub fn make_objects(objects: Vec<Ddl>, role: pg_sys::Oid) -> Result<Vec<ObjectOutcome>> {
     let role_name = crate::pg::privilege::role_name(role);
     let mut outcomes: Vec<Option<ObjectOutcome>> = vec![None; objects.len()];
     let mut pending: Vec<usize> = (0..objects.len()).collect();
@@ -158,11 +153,10 @@ pub fn make_objects(
                     }
                 }
             };
-            let why = match &statement {
-                Some(stmt) => refused_here(object, stmt, &role_name, made_here),
-                None => moved_elsewhere(object, made_here),
-            };
-            if let Some(why) = why {
+            if let Some(why) = statement
+                .as_ref()
+                .and_then(|stmt| refused_here(object, stmt, &role_name))
+            {
                 outcomes[i] = Some(outcome("failed", Some(format!("{why} — {}", object.sql))));
                 continue;
             }
@@ -216,55 +210,17 @@ pub fn make_objects(
         .collect())
 }
 
-/// Why a sequence's move is not made here, if it is not: in a clone from the peer, a sequence
-/// or a column of a table this clone did not make (`made_here`).
-fn moved_elsewhere(object: &Ddl, made_here: Option<&[String]>) -> Option<String> {
-    let made_here = made_here?;
-    let moved = object.table.as_deref().unwrap_or(&object.name);
-    let made = made_here
-        .iter()
-        .any(|t| definition::name_parts(t) == definition::name_parts(moved));
-    (!made).then(|| format!("{moved} was not made by this clone: its sequence is left as it is"))
-}
-
 /// Why a definition that fits its kind is still not made here, if it is not: a SECURITY
-/// DEFINER function that would run as another role than its owner at the source (or, made by
-/// the caller of a clone from the peer, as the caller); and, in a clone from the peer, a key,
-/// index or trigger on a table this clone did not make (`made_here`: the tables it made).
-fn refused_here(
-    object: &Ddl,
-    stmt: &crate::pg::ffi::Statement,
-    role_name: &str,
-    made_here: Option<&[String]>,
-) -> Option<String> {
-    if stmt.definer {
-        return match (made_here, object.runs_as.as_deref()) {
-            (Some(_), _) => Some(format!(
-                "a SECURITY DEFINER function from the peer, which would run as {role_name}: make it here by hand if it is meant to"
-            )),
-            (None, Some(owner)) if owner == role_name => None,
-            (None, owner) => Some(format!(
-                "a SECURITY DEFINER function, which runs as its owner: made here by role {role_name} it would run as that role, not as {}; make it here by hand as that role",
-                owner.unwrap_or("its owner at the source")
-            )),
-        };
+/// DEFINER function that would run here as another role than its owner at the source.
+fn refused_here(object: &Ddl, stmt: &crate::pg::ffi::Statement, role_name: &str) -> Option<String> {
+    match object.runs_as.as_deref() {
+        _ if !stmt.definer => None,
+        Some(owner) if owner == role_name => None,
+        owner => Some(format!(
+            "a SECURITY DEFINER function, which runs as its owner: made here by role {role_name} it would run as that role, not as {}; make it here by hand as that role",
+            owner.unwrap_or("its owner at the source")
+        )),
     }
-    let made_here = made_here?;
-    if !matches!(
-        object.kind,
-        Kind::Key | Kind::ForeignKey | Kind::Index | Kind::Trigger
-    ) {
-        return None;
-    }
-    let made = made_here
-        .iter()
-        .any(|t| definition::name_parts(t) == stmt.on);
-    (!made).then(|| {
-        format!(
-            "on table {}, which this clone did not make: left as it is",
-            stmt.on.join(".")
-        )
-    })
 }
 
 fn outcome(action: &str, detail: Option<String>) -> ObjectOutcome {
@@ -438,11 +394,13 @@ fn receiving(
     role: pg_sys::Oid,
     written_only: bool,
 ) -> Result<std::result::Result<Receiving, String>> {
+    // a table: rows written into a view or a foreign table would go on as its owner
     let here = crate::pg::spi::maybe_one::<pg_sys::Oid>(
-        "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+        "SELECT c.oid FROM pg_catalog.pg_class c \
+          WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)::pg_catalog.oid \
+            AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::\"char\"[])",
         &[name.into()],
-    )?
-    .filter(|o| *o != pg_sys::InvalidOid);
+    )?;
     let Some(relid) = here else {
         return Ok(Err(format!("table {name} is not here")));
     };
