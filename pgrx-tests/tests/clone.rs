@@ -654,6 +654,14 @@ fn a_clone_from_the_peer_brings_its_objects_and_rows_here() {
         table_hash(&mut b, "categories"),
         table_hash(&mut a, "categories")
     );
+    // and the sequences moved past every id the rerun copied
+    assert_eq!(
+        count(
+            &mut b,
+            "SELECT (nextval('customers_id_seq') > (SELECT max(id) FROM customers))::int::bigint"
+        ),
+        1
+    );
 }
 
 /// Rows that a table the clone made refuses: the batch COPY FROM refuses is halved until they
