@@ -182,46 +182,54 @@ pub fn choose(tables: &[pg_sys::Oid], max_rows: Option<i64>) -> Result<Vec<Choic
     Ok(choices)
 }
 
-/// The cursors [`read`] has open in this transaction, by table.
+/// A table whose chosen rows [`read`] is sending: its cursor, and what every batch of it says
+/// of the table (looked up once, when the cursor is opened).
+#[derive(Clone)]
+struct Reading {
+    relid: pg_sys::Oid,
+    cursor: String,
+    table: String,
+    /// the columns the batches carry: name and type
+    columns: Vec<(String, String)>,
+    key: Vec<String>,
+    /// this database's encoding, which the text of a batch in COPY's format is in
+    encoding: String,
+}
+
+/// The tables [`read`] has a cursor open for, in this transaction.
 struct Open {
     xact: u32,
-    cursors: Vec<(pg_sys::Oid, String)>,
+    readings: Vec<Reading>,
 }
 
 thread_local! {
     static OPEN: std::cell::RefCell<Open> =
-        const { std::cell::RefCell::new(Open { xact: 0, cursors: Vec::new() }) };
+        const { std::cell::RefCell::new(Open { xact: 0, readings: Vec::new() }) };
 }
 
-fn open_cursor(relid: pg_sys::Oid) -> Option<String> {
+fn reading(relid: pg_sys::Oid) -> Option<Reading> {
     let xact = crate::pg::ffi::local_xact();
     OPEN.with(|o| {
         let o = o.borrow();
         (o.xact == xact)
-            .then(|| {
-                o.cursors
-                    .iter()
-                    .find(|(r, _)| *r == relid)
-                    .map(|(_, c)| c.clone())
-            })
+            .then(|| o.readings.iter().find(|r| r.relid == relid).cloned())
             .flatten()
     })
 }
 
-fn remember_cursor(relid: pg_sys::Oid, cursor: Option<String>) {
+/// Remember `reading` for its table (None: forget `relid`'s).
+fn remember(relid: pg_sys::Oid, reading: Option<Reading>) {
     let xact = crate::pg::ffi::local_xact();
     OPEN.with(|o| {
         let mut o = o.borrow_mut();
         if o.xact != xact {
             *o = Open {
                 xact,
-                cursors: Vec::new(),
+                readings: Vec::new(),
             };
         }
-        o.cursors.retain(|(r, _)| *r != relid);
-        if let Some(c) = cursor {
-            o.cursors.push((relid, c));
-        }
+        o.readings.retain(|r| r.relid != relid);
+        o.readings.extend(reading);
     })
 }
 
@@ -251,77 +259,48 @@ pub fn read(
     if first {
         close_cursor(relid)?;
     }
-    let table = display(relid)?;
-    let columns = crate::catalog::definition::columns(relid)?;
-    let key = primary_key(relid)?;
-    let cursor = match open_cursor(relid) {
-        Some(c) => c,
+    let r = match reading(relid) {
+        Some(r) => r,
         None => {
-            let source = if limited { pick(relid) } else { table.clone() };
-            let query = if bulk {
-                // values through the types' send or output functions, never a cast
-                format!(
-                    "SELECT {} FROM {source} t",
-                    join(
-                        &columns.iter().filter(|c| !c.2).collect::<Vec<_>>(),
-                        ", ",
-                        |(n, ..)| format!("t.{}", ident(n))
-                    )
-                )
-            } else {
-                array_query(&columns, &key, &table, &source)
-            };
-            let c = Spi::connect(|c| c.open_cursor(query.as_str(), &[]).detach_into_name());
-            remember_cursor(relid, Some(c.clone()));
-            c
+            let r = open(relid, limited, bulk)?;
+            remember(relid, Some(r.clone()));
+            r
         }
     };
     let out = if bulk {
-        let encoding = crate::pg::spi::maybe_one::<String>(
-            "SELECT pg_catalog.getdatabaseencoding()::pg_catalog.text",
-            &[],
-        )?
-        .unwrap_or_default();
-        let client_encoding = std::ffi::CString::new(encoding.as_str()).unwrap_or_default();
+        let client_encoding = std::ffi::CString::new(r.encoding.as_str()).unwrap_or_default();
         // Text written as the other node reads it back (crate::data::wire); a binary
         // value's text (textsend) in this database's encoding, which the batch names.
         let batch = crate::pg::plan::with_settings(
             &[(c"client_encoding", client_encoding.as_c_str())],
             || {
                 crate::data::wire::compared(|| {
-                    crate::pg::copy::Writer::default().next(&cursor, limit, BULK_BYTES)
+                    crate::pg::copy::Writer::default().next(&r.cursor, limit, BULK_BYTES)
                 })
             },
         );
         batch.map(|b| {
             (
                 Outgoing::Copy(CopyRowsRequest {
-                    table: table.clone(),
-                    columns: columns
-                        .iter()
-                        .filter(|c| !c.2)
-                        .map(|(n, t, _)| (n.clone(), t.clone()))
-                        .collect(),
+                    table: r.table.clone(),
+                    columns: r.columns.clone(),
                     format: b.format,
-                    encoding,
+                    encoding: r.encoding.clone(),
                     count: b.rows as i32,
-                    key: key.clone(),
+                    key: r.key.clone(),
                 }),
                 b.data,
             )
         })
     } else {
-        let (rows, keys) = next_batch(&cursor)?;
+        let (rows, keys) = next_batch(&r.cursor)?;
         (!keys.is_empty()).then(|| {
             let count = keys.len() as i32;
             (
                 Outgoing::Rows(
                     CloneRowsRequest {
-                        table: table.clone(),
-                        columns: columns
-                            .iter()
-                            .map(|(n, t, _)| (n.clone(), t.clone()))
-                            .collect(),
+                        table: r.table.clone(),
+                        columns: r.columns.clone(),
                         rows,
                         count,
                     },
@@ -337,16 +316,56 @@ pub fn read(
     Ok(out)
 }
 
+/// Open the cursor over the chosen rows of `relid`: for `bulk`, the columns that are written
+/// (not generated), each value through its type's send or output function, never a cast;
+/// else each row as the text of the table's row type with its key.
+fn open(relid: pg_sys::Oid, limited: bool, bulk: bool) -> Result<Reading> {
+    let table = display(relid)?;
+    let all = crate::catalog::definition::columns(relid)?;
+    let key = primary_key(relid)?;
+    let source = if limited { pick(relid) } else { table.clone() };
+    let query = if bulk {
+        format!(
+            "SELECT {} FROM {source} t",
+            join(
+                &all.iter().filter(|c| !c.2).collect::<Vec<_>>(),
+                ", ",
+                |(n, ..)| format!("t.{}", ident(n))
+            )
+        )
+    } else {
+        array_query(&all, &key, &table, &source)
+    };
+    let cursor = Spi::connect(|c| c.open_cursor(query.as_str(), &[]).detach_into_name());
+    let encoding = crate::pg::spi::maybe_one::<String>(
+        "SELECT pg_catalog.getdatabaseencoding()::pg_catalog.text",
+        &[],
+    )?
+    .unwrap_or_default();
+    Ok(Reading {
+        relid,
+        cursor,
+        table,
+        columns: all
+            .into_iter()
+            .filter(|c| !bulk || !c.2)
+            .map(|(n, t, _)| (n, t))
+            .collect(),
+        key,
+        encoding,
+    })
+}
+
 /// Close the cursor [`read`] has open for `relid` in this transaction, if it is still there
 /// (a subtransaction rolled back since may have closed it).
 fn close_cursor(relid: pg_sys::Oid) -> Result<()> {
-    if let Some(cursor) = open_cursor(relid) {
+    if let Some(r) = reading(relid) {
         Spi::connect(|c| {
-            if let Ok(open) = c.find_cursor(&cursor) {
+            if let Ok(open) = c.find_cursor(&r.cursor) {
                 drop(open);
             }
         });
-        remember_cursor(relid, None);
+        remember(relid, None);
     }
     Ok(())
 }
